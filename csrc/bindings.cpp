@@ -1,0 +1,226 @@
+// Python bindings of the native core (module sparkbatch._native). Python code never calls these
+// directly from user code: sparkbatch.data and friends wrap them with names and checks.
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "crc32c.hpp"
+#include "minibatch_format.hpp"
+#include "one_hot.hpp"
+
+namespace py = pybind11;
+using sparkbatch::FormatError;
+
+namespace {
+
+// A FormatError with the file's name already in front of the message.
+struct NamedFormatError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+PyObject* format_error_type = nullptr;  // sparkbatch.errors.FormatError, set at import
+
+// A C-contiguous read-only view of any object with the buffer protocol, released on scope exit
+// (which must happen with the GIL held).
+class ByteView {
+ public:
+  explicit ByteView(py::handle obj) {
+    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) != 0) throw py::error_already_set();
+  }
+  ~ByteView() { PyBuffer_Release(&view_); }
+  ByteView(const ByteView&) = delete;
+  ByteView& operator=(const ByteView&) = delete;
+
+  const uint8_t* data() const { return static_cast<const uint8_t*>(view_.buf); }
+  std::size_t size() const { return static_cast<std::size_t>(view_.len); }
+  const Py_buffer& view() const { return view_; }
+
+ private:
+  Py_buffer view_{};
+};
+
+uint32_t py_crc32c(py::handle buffer, uint32_t value) {
+  ByteView view(buffer);
+  py::gil_scoped_release release;
+  return sparkbatch::crc32c_parallel(value, view.data(), view.size());
+}
+
+py::tuple py_read_header(py::handle buffer, const std::string& name) {
+  ByteView view(buffer);
+  sparkbatch::Header header;
+  try {
+    header = sparkbatch::parse_header(view.data(), view.size());
+  } catch (const FormatError& e) {
+    throw NamedFormatError(name + ": " + e.what());
+  }
+  py::list tensors;
+  for (const auto& t : header.tensors) {
+    py::tuple shape(t.shape.size());
+    for (std::size_t i = 0; i < t.shape.size(); ++i) shape[i] = py::int_(t.shape[i]);
+    tensors.append(py::make_tuple(t.name, t.dtype, shape, t.begin, t.end));
+  }
+  py::dict metadata;
+  for (const auto& [key, value] : header.metadata) metadata[py::str(key)] = py::str(value);
+  return py::make_tuple(header.data_start, tensors, metadata);
+}
+
+// Keeps the buffers of the tensors to write alive while the GIL is released.
+struct WriteRequest {
+  std::vector<std::unique_ptr<ByteView>> views;
+  std::vector<sparkbatch::TensorSource> sources;
+  std::vector<std::pair<std::string, std::string>> metadata;
+};
+
+WriteRequest make_request(const py::list& tensors, const py::dict& metadata) {
+  WriteRequest req;
+  for (const auto& item : tensors) {
+    auto entry = item.cast<py::tuple>();
+    if (entry.size() != 3) throw py::value_error("tensors must be (name, dtype, array) tuples");
+    sparkbatch::TensorSource src;
+    src.name = entry[0].cast<std::string>();
+    src.dtype = entry[1].cast<std::string>();
+    const std::size_t item_size = sparkbatch::dtype_size(src.dtype);
+    if (item_size == 0) throw py::value_error("unknown dtype " + src.dtype + " for tensor " + src.name);
+    auto view = std::make_unique<ByteView>(entry[2]);
+    const Py_buffer& pb = view->view();
+    if (static_cast<std::size_t>(pb.itemsize) != item_size)
+      throw py::value_error("tensor " + src.name + ": item size " + std::to_string(pb.itemsize) +
+                            " does not match dtype " + src.dtype);
+    for (int d = 0; d < pb.ndim; ++d) src.shape.push_back(static_cast<uint64_t>(pb.shape[d]));
+    src.data = view->data();
+    src.nbytes = view->size();
+    req.sources.push_back(std::move(src));
+    req.views.push_back(std::move(view));
+  }
+  for (const auto& [key, value] : metadata) {
+    auto k = key.cast<std::string>();
+    if (k == "crc32c") throw py::value_error("metadata key \"crc32c\" is reserved");
+    req.metadata.emplace_back(std::move(k), value.cast<std::string>());
+  }
+  return req;
+}
+
+uint64_t py_write_file(int fd, const py::list& tensors, const py::dict& metadata) {
+  WriteRequest req = make_request(tensors, metadata);
+  py::gil_scoped_release release;
+  const sparkbatch::Layout layout = sparkbatch::plan_layout(req.sources, req.metadata);
+  sparkbatch::write_layout(fd, layout);
+  return layout.total_size;
+}
+
+py::bytes py_serialize(const py::list& tensors, const py::dict& metadata) {
+  WriteRequest req = make_request(tensors, metadata);
+  sparkbatch::Layout layout;
+  {
+    py::gil_scoped_release release;
+    layout = sparkbatch::plan_layout(req.sources, req.metadata);
+  }
+  PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(layout.total_size));
+  if (raw == nullptr) throw py::error_already_set();
+  auto out = py::reinterpret_steal<py::bytes>(raw);
+  auto* dest = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(raw));
+  {
+    py::gil_scoped_release release;
+    sparkbatch::copy_layout(layout, dest);
+  }
+  return out;
+}
+
+template <typename Index>
+py::array_t<float> one_hot_typed(const py::array& indices, int64_t num_classes) {
+  auto idx = py::array_t<Index, py::array::c_style>::ensure(indices);
+  if (!idx) throw py::error_already_set();
+  const auto n = static_cast<std::size_t>(idx.shape(0));
+  const std::size_t steps = idx.ndim() == 2 ? static_cast<std::size_t>(idx.shape(1)) : 1;
+  std::vector<py::ssize_t> shape{idx.shape(0), static_cast<py::ssize_t>(num_classes)};
+  if (idx.ndim() == 2) shape.push_back(idx.shape(1));
+  py::array_t<float> out(shape);
+  const Index* in = idx.data();
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    sparkbatch::one_hot(in, n, steps, num_classes, dst);
+  }
+  return out;
+}
+
+py::array_t<float> py_one_hot(const py::array& indices, int64_t num_classes) {
+  if (num_classes <= 0) throw py::value_error("num_classes must be positive, got " + std::to_string(num_classes));
+  if (indices.ndim() != 1 && indices.ndim() != 2)
+    throw py::value_error("class indices must be 1-D [n] or 2-D [n, steps], got " +
+                          std::to_string(indices.ndim()) + " dimensions");
+  const auto dtype = indices.dtype();
+  if (py::isinstance<py::array_t<int32_t>>(indices)) return one_hot_typed<int32_t>(indices, num_classes);
+  if (py::isinstance<py::array_t<int64_t>>(indices)) return one_hot_typed<int64_t>(indices, num_classes);
+  if (py::isinstance<py::array_t<uint8_t>>(indices)) return one_hot_typed<uint8_t>(indices, num_classes);
+  if (py::isinstance<py::array_t<int16_t>>(indices)) return one_hot_typed<int16_t>(indices, num_classes);
+  throw py::type_error("class indices must be an integer array (int8..int64), got " +
+                       py::str(dtype).cast<std::string>());
+}
+
+py::dict build_info() {
+  py::dict info;
+#if defined(__x86_64__)
+  const char* hw = "sse4.2";
+#elif defined(__aarch64__)
+  const char* hw = "armv8-crc";
+#else
+  const char* hw = "none";
+#endif
+  info["crc32c"] = sparkbatch::crc32c_hardware() ? hw : "table";
+  info["threads"] = "std::thread";
+  info["openmp"] = false;
+  info["compiler"] = __VERSION__;
+#ifdef NDEBUG
+  info["debug"] = false;
+#else
+  info["debug"] = true;
+#endif
+#ifdef SPARKBATCH_SANITIZE
+  info["sanitizers"] = "address,undefined";
+#else
+  info["sanitizers"] = "";
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m, py::mod_gil_not_used()) {
+  m.doc() = "sparkbatch's native core: minibatch file format, CRC32C, one-hot encoding.";
+
+  format_error_type = py::module_::import("sparkbatch.errors").attr("FormatError").ptr();
+  Py_INCREF(format_error_type);  // lives as long as the interpreter
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const NamedFormatError& e) {
+      PyErr_SetString(format_error_type, e.what());
+    } catch (const sparkbatch::LabelRangeError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const std::system_error& e) {
+      errno = e.code().value();
+      PyErr_SetFromErrno(PyExc_OSError);
+    }
+  });
+
+  m.def("crc32c", &py_crc32c, py::arg("buffer"), py::arg("value") = 0,
+        "CRC-32C of a contiguous buffer, continuing from `value`.");
+  m.def("crc32c_hardware", &sparkbatch::crc32c_hardware,
+        "Whether CRC-32C uses the CPU's CRC instructions.");
+  m.def("read_header", &py_read_header, py::arg("buffer"), py::arg("name"),
+        "Check a minibatch/safetensors file held in `buffer`; return (data_start, tensors, metadata).");
+  m.def("write_file", &py_write_file, py::arg("fd"), py::arg("tensors"), py::arg("metadata"),
+        "Write a minibatch file to an open file descriptor; return the bytes written.");
+  m.def("serialize", &py_serialize, py::arg("tensors"), py::arg("metadata"),
+        "Return a minibatch file as bytes.");
+  m.def("one_hot", &py_one_hot, py::arg("indices"), py::arg("num_classes"),
+        "One-hot encode class indices [n] or [n, steps] into float32 [n, C] or [n, C, steps].");
+  m.def("build_info", &build_info, "Features of this native build.");
+  m.attr("ALIGNMENT") = sparkbatch::kAlignment;
+}

@@ -1,0 +1,263 @@
+#include "minibatch_format.hpp"
+
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <system_error>
+
+#include "crc32c.hpp"
+#include "json.hpp"
+
+namespace sparkbatch {
+namespace {
+
+const uint8_t kZeros[kAlignment] = {};
+
+std::string quoted(const std::string& s) {
+  std::string out;
+  json::append_quoted(out, s);
+  return out;
+}
+
+bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+std::string shape_text(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+uint64_t read_u64_pair_item(const json::Value& v, const std::string& what) {
+  if (v.type != json::Value::Type::Number || !v.is_uint)
+    throw FormatError(what + " must be a non-negative integer, found " +
+                      (v.type == json::Value::Type::Number ? v.text : json::type_name(v.type)));
+  return v.uint_value;
+}
+
+TensorEntry read_entry(const std::string& name, const json::Value& v) {
+  const std::string where = "tensor " + quoted(name);
+  if (v.type != json::Value::Type::Object)
+    throw FormatError(where + " must be an object, found " + json::type_name(v.type));
+  TensorEntry e;
+  e.name = name;
+
+  const json::Value* dtype = v.find("dtype");
+  if (dtype == nullptr || dtype->type != json::Value::Type::String)
+    throw FormatError(where + " has no \"dtype\" string");
+  e.dtype = dtype->text;
+  if (dtype_size(e.dtype) == 0) {
+    if (e.dtype == "BF16" || e.dtype.rfind("F8_", 0) == 0)
+      throw FormatError(where + " has dtype " + quoted(e.dtype) + ", which numpy cannot hold");
+    throw FormatError(where + " has unknown dtype " + quoted(e.dtype));
+  }
+
+  const json::Value* shape = v.find("shape");
+  if (shape == nullptr || shape->type != json::Value::Type::Array)
+    throw FormatError(where + " has no \"shape\" array");
+  for (const auto& d : shape->items) e.shape.push_back(read_u64_pair_item(d, where + " shape"));
+
+  const json::Value* offsets = v.find("data_offsets");
+  if (offsets == nullptr || offsets->type != json::Value::Type::Array || offsets->items.size() != 2)
+    throw FormatError(where + " has no \"data_offsets\" array of two integers");
+  e.begin = read_u64_pair_item(offsets->items[0], where + " data_offsets");
+  e.end = read_u64_pair_item(offsets->items[1], where + " data_offsets");
+  if (e.end < e.begin)
+    throw FormatError(where + " has data_offsets [" + std::to_string(e.begin) + ", " +
+                      std::to_string(e.end) + "] that end before they begin");
+
+  uint64_t nbytes = dtype_size(e.dtype);
+  for (uint64_t d : e.shape)
+    if (!checked_mul(nbytes, d, &nbytes))
+      throw FormatError(where + " has shape " + shape_text(e.shape) + " whose size overflows");
+  if (nbytes != e.end - e.begin)
+    throw FormatError(where + " has shape " + shape_text(e.shape) + " and dtype " + e.dtype +
+                      " (" + std::to_string(nbytes) + " bytes) but its data_offsets span " +
+                      std::to_string(e.end - e.begin) + " bytes");
+  return e;
+}
+
+}  // namespace
+
+std::size_t dtype_size(const std::string& dtype) {
+  static const std::pair<const char*, std::size_t> kSizes[] = {
+      {"F64", 8}, {"F32", 4}, {"F16", 2}, {"I64", 8}, {"I32", 4}, {"I16", 2}, {"I8", 1},
+      {"U64", 8}, {"U32", 4}, {"U16", 2}, {"U8", 1},  {"BOOL", 1}};
+  for (const auto& [name, size] : kSizes)
+    if (dtype == name) return size;
+  return 0;
+}
+
+Header parse_header(const uint8_t* data, uint64_t size) {
+  if (size < 8)
+    throw FormatError("file is " + std::to_string(size) +
+                      " bytes, too short for the 8-byte header length of a safetensors file");
+  uint64_t header_len;
+  std::memcpy(&header_len, data, 8);  // little-endian hosts only (checked in CMake)
+  if (header_len > kMaxHeaderBytes)
+    throw FormatError("header length " + std::to_string(header_len) +
+                      " exceeds the 100,000,000-byte limit: not a safetensors file, or corrupt");
+  if (header_len > size - 8)
+    throw FormatError("header length " + std::to_string(header_len) + " runs past the end of the " +
+                      std::to_string(size) + "-byte file (truncated?)");
+  if (header_len < 2 || data[8] != '{')
+    throw FormatError("header does not start with '{': not a safetensors file");
+
+  const std::string_view text(reinterpret_cast<const char*>(data + 8), header_len);
+  json::Value root;
+  try {
+    root = json::parse(text);
+  } catch (const json::ParseError& e) {
+    throw FormatError("header is not valid JSON: " + e.message + " at header byte " +
+                      std::to_string(e.offset));
+  }
+  if (root.type != json::Value::Type::Object) throw FormatError("header is not a JSON object");
+
+  Header h;
+  h.data_start = 8 + header_len;
+  const uint64_t data_size = size - h.data_start;
+  std::vector<TensorEntry> entries;
+  for (const auto& [name, value] : root.members) {
+    if (name == "__metadata__") {
+      if (value.type != json::Value::Type::Object)
+        throw FormatError("__metadata__ must be an object of strings, found " +
+                          std::string(json::type_name(value.type)));
+      for (const auto& [key, item] : value.members) {
+        if (item.type != json::Value::Type::String)
+          throw FormatError("__metadata__ value " + quoted(key) + " must be a string, found " +
+                            json::type_name(item.type));
+        h.metadata.emplace_back(key, item.text);
+      }
+      continue;
+    }
+    entries.push_back(read_entry(name, value));
+  }
+
+  std::stable_sort(entries.begin(), entries.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t expected = 0;
+  for (const auto& e : entries) {
+    if (e.begin < expected)
+      throw FormatError("tensor " + quoted(e.name) + " at bytes [" + std::to_string(e.begin) + ", " +
+                        std::to_string(e.end) + ") overlaps the tensor before it, which ends at " +
+                        std::to_string(expected));
+    if (e.begin > expected)
+      throw FormatError("tensor " + quoted(e.name) + " starts at byte " + std::to_string(e.begin) +
+                        " of the data section, leaving a gap after byte " + std::to_string(expected));
+    expected = e.end;
+  }
+  if (expected > data_size)
+    throw FormatError("tensors need " + std::to_string(expected) + " data bytes but the file holds " +
+                      std::to_string(data_size) + " after its header (truncated?)");
+  if (expected < data_size)
+    throw FormatError("the file holds " + std::to_string(data_size - expected) +
+                      " bytes after the last tensor, which ends at data byte " +
+                      std::to_string(expected));
+
+  for (auto& e : entries) {
+    const bool filler = e.name.rfind(kPadPrefix, 0) == 0 && e.dtype == "U8" &&
+                        e.shape.size() == 1 && e.end - e.begin < kAlignment;
+    if (!filler) h.tensors.push_back(std::move(e));
+  }
+  return h;
+}
+
+Layout plan_layout(const std::vector<TensorSource>& tensors,
+                   const std::vector<std::pair<std::string, std::string>>& metadata) {
+  Layout layout;
+  std::string entries;
+  uint64_t offset = 0;
+  uint32_t crc = 0;
+  int pads = 0;
+  auto add_entry = [&entries](const std::string& name, const std::string& dtype,
+                              const std::vector<uint64_t>& shape, uint64_t begin, uint64_t end) {
+    entries += ',';
+    json::append_quoted(entries, name);
+    entries += ":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape_text(shape) +
+               ",\"data_offsets\":[" + std::to_string(begin) + "," + std::to_string(end) + "]}";
+  };
+  for (const auto& t : tensors) {
+    if (offset % kAlignment != 0) {
+      const uint64_t pad = kAlignment - offset % kAlignment;
+      add_entry(kPadPrefix + std::to_string(pads++), "U8", {pad}, offset, offset + pad);
+      layout.pieces.push_back({nullptr, pad});
+      crc = crc32c(crc, kZeros, pad);
+      offset += pad;
+    }
+    add_entry(t.name, t.dtype, t.shape, offset, offset + t.nbytes);
+    layout.pieces.push_back({t.data, t.nbytes});
+    const uint32_t piece_crc = crc32c_parallel(0, t.data, t.nbytes);
+    crc = crc32c_combine(crc, piece_crc, t.nbytes);
+    offset += t.nbytes;
+  }
+
+  std::string meta = "{\"__metadata__\":{";
+  for (const auto& [key, value] : metadata) {
+    json::append_quoted(meta, key);
+    meta += ':';
+    json::append_quoted(meta, value);
+    meta += ',';
+  }
+  char crc_hex[9];
+  std::snprintf(crc_hex, sizeof crc_hex, "%08x", crc);
+  meta += std::string("\"crc32c\":\"") + crc_hex + "\"}";
+
+  std::string header = meta + entries + "}";
+  // Pad with spaces (valid JSON whitespace) so that the data section starts 64-byte aligned.
+  const uint64_t unpadded = 8 + header.size();
+  header.append((kAlignment - unpadded % kAlignment) % kAlignment, ' ');
+  const uint64_t header_len = header.size();
+  layout.header.resize(8);
+  std::memcpy(layout.header.data(), &header_len, 8);
+  layout.header += header;
+  layout.total_size = layout.header.size() + offset;
+  return layout;
+}
+
+void write_layout(int fd, const Layout& layout) {
+  std::vector<iovec> iov;
+  iov.reserve(layout.pieces.size() + 1);
+  iov.push_back({const_cast<char*>(layout.header.data()), layout.header.size()});
+  for (const auto& p : layout.pieces) {
+    if (p.size == 0) continue;
+    void* base = p.data ? const_cast<uint8_t*>(p.data) : const_cast<uint8_t*>(kZeros);
+    iov.push_back({base, static_cast<std::size_t>(p.size)});
+  }
+  std::size_t first = 0;
+  while (first < iov.size()) {
+    const int count = static_cast<int>(std::min<std::size_t>(iov.size() - first, IOV_MAX));
+    const ssize_t written = ::writev(fd, iov.data() + first, count);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      throw std::system_error(errno, std::generic_category(), "writev");
+    }
+    auto left = static_cast<std::size_t>(written);
+    while (first < iov.size() && left >= iov[first].iov_len) {
+      left -= iov[first].iov_len;
+      ++first;
+    }
+    if (left > 0) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+      iov[first].iov_len -= left;
+    }
+  }
+}
+
+void copy_layout(const Layout& layout, uint8_t* out) {
+  std::memcpy(out, layout.header.data(), layout.header.size());
+  out += layout.header.size();
+  for (const auto& p : layout.pieces) {
+    if (p.data) std::memcpy(out, p.data, p.size);
+    else std::memset(out, 0, p.size);
+    out += p.size;
+  }
+}
+
+}  // namespace sparkbatch

@@ -1,0 +1,13 @@
+"""sparkbatch: deep-learning minibatches from Spark, stored once, trained on fast.
+
+The package imports no JVM: :mod:`sparkbatch.spark` and :mod:`sparkbatch.train` import pyspark
+only when used.
+"""
+
+from __future__ import annotations
+
+from sparkbatch._version import __version__
+from sparkbatch.data import DataSet, MultiDataSet
+from sparkbatch.errors import FormatError, SparkbatchError
+
+__all__ = ["DataSet", "FormatError", "MultiDataSet", "SparkbatchError", "__version__"]

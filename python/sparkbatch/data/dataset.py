@@ -1,0 +1,144 @@
+"""One minibatch of examples with a single input and a single output: :class:`DataSet`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from sparkbatch.data._arrays import (
+    ExampleBatch,
+    Slot,
+    describe,
+    maybe,
+    merge_slot,
+    prepare_slots,
+    to_metadata,
+)
+
+if TYPE_CHECKING:
+    from sparkbatch.data.multidataset import MultiDataSet
+
+__all__ = ["DataSet"]
+
+
+class DataSet(ExampleBatch):
+    """Features, optional labels and optional time-step masks of ``n`` examples.
+
+    The DL4J ``DataSet``: features are ``[n, f]``, ``[n, c, h, w]`` (images, NCHW) or
+    ``[n, f, t]`` (sequences); labels ``[n, k]`` or ``[n, k, t]``; a mask ``[n, t]`` marks
+    the real time steps (1) of a sequence array and the padding (0). Numpy floating arrays
+    (memory maps included) are kept as given, never copied or written to; lists and integer
+    arrays become float32. ``ds[i]``, ``ds[a:b]``, ``ds[index_array]``, :meth:`split`,
+    :meth:`shuffle` and :meth:`copy` return new DataSets and never modify this one.
+
+    Parameters
+    ----------
+    features : array_like
+        The network inputs, first dimension the examples.
+    labels : array_like, optional
+        The targets, or None for unlabelled data.
+    features_mask, labels_mask : array_like, optional
+        ``[n, t]`` masks of sequence features or labels.
+    metadata : dict of str to str, optional
+        Free-form information carried along (and stored with the minibatch).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = DataSet(np.zeros((5, 3), np.float32), np.ones((5, 2), np.float32))
+    >>> ds
+    DataSet(num_examples=5, features=float32(5, 3), labels=float32(5, 2))
+    >>> [len(part) for part in ds.split(2)]
+    [2, 2, 1]
+    >>> short = DataSet(np.ones((1, 1, 2)), np.ones((1, 1, 2)))
+    >>> long = DataSet(np.ones((1, 1, 3)), np.ones((1, 1, 3)))
+    >>> DataSet.merge([short, long]).features_mask
+    array([[1., 1., 0.],
+           [1., 1., 1.]])
+    """
+
+    __slots__ = ("features", "features_mask", "labels", "labels_mask", "metadata")
+
+    features: np.ndarray
+    labels: np.ndarray | None
+    features_mask: np.ndarray | None
+    labels_mask: np.ndarray | None
+    metadata: dict[str, str] | None
+
+    def __init__(
+        self,
+        features: ArrayLike,
+        labels: ArrayLike | None = None,
+        features_mask: ArrayLike | None = None,
+        labels_mask: ArrayLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        (features_array, self.features_mask), (self.labels, self.labels_mask) = prepare_slots(
+            [
+                Slot("features", features, "features_mask", features_mask),
+                Slot("labels", labels, "labels_mask", labels_mask, required=False),
+            ]
+        )
+        assert features_array is not None  # features are required
+        self.features = features_array
+        self.metadata = to_metadata(metadata)
+
+    @property
+    def num_examples(self) -> int:
+        """The number of examples (the first dimension of every array)."""
+        return int(self.features.shape[0])
+
+    def _map(self, fn: Callable[[np.ndarray], np.ndarray]) -> DataSet:
+        """A new DataSet with ``fn`` applied to every array and mask."""
+        return type(self)(
+            fn(self.features),
+            maybe(fn, self.labels),
+            maybe(fn, self.features_mask),
+            maybe(fn, self.labels_mask),
+            self.metadata,
+        )
+
+    def to_multi(self) -> MultiDataSet:
+        """This DataSet as a :class:`MultiDataSet` with one input and one output (or none)."""
+        from sparkbatch.data.multidataset import MultiDataSet
+
+        return MultiDataSet.from_dataset(self)
+
+    @classmethod
+    def merge(cls, datasets: Sequence[DataSet]) -> DataSet:
+        """Concatenate DataSets along the examples, in order.
+
+        Sequences of different lengths are padded at the end with zeros and masked, as DL4J's
+        ``DataSetUtil.mergeTimeSeries`` does; features and labels are padded separately. The
+        result keeps the first DataSet's metadata; a single DataSet is returned unchanged.
+
+        Raises
+        ------
+        ValueError
+            If ``datasets`` is empty, mixes labelled and unlabelled data, or the shapes differ
+            in more than the examples and the sequence length.
+        """
+        datasets = list(datasets)
+        if not datasets:
+            raise ValueError("cannot merge an empty list of DataSets")
+        if len(datasets) == 1:
+            return datasets[0]
+        features, features_mask = merge_slot(
+            "features", [d.features for d in datasets], [d.features_mask for d in datasets]
+        )
+        labels, labels_mask = merge_slot(
+            "labels", [d.labels for d in datasets], [d.labels_mask for d in datasets]
+        )
+        assert features is not None
+        return cls(features, labels, features_mask, labels_mask, datasets[0].metadata)
+
+    def _repr_parts(self) -> list[str]:
+        return [
+            describe("features", self.features),
+            describe("labels", self.labels),
+            describe("features_mask", self.features_mask),
+            describe("labels_mask", self.labels_mask),
+        ]

@@ -1,0 +1,361 @@
+"""The minibatch file format: one DataSet or MultiDataSet per safetensors file.
+
+``docs/format.md`` is the specification; this module and ``csrc/minibatch_format.cpp`` implement
+it. In short: an 8-byte little-endian header length, a JSON header, then the data section.
+Tensors are named ``features``, ``labels``, ``features_mask`` and ``labels_mask`` (MultiDataSet:
+``features.0``, ``labels_mask.1``, ...), start on 64-byte boundaries (filler ``__pad.N`` U8 tensors
+keep the offsets contiguous, as safetensors requires), and ``__metadata__`` records the kind, the
+format version and the CRC32C of the data section. Class labels may be stored as int32 indices
+with ``num_classes:<tensor>`` in the metadata; loading one-hot encodes them natively.
+
+Loading a local file memory-maps it and returns read-only views, so nothing is copied; any other
+source (fsspec URL, file object, bytes) is read into one buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from collections.abc import Mapping
+from typing import IO, Any, Union
+
+import numpy as np
+
+from sparkbatch import _native
+from sparkbatch.data.dataset import DataSet
+from sparkbatch.data.multidataset import MultiDataSet
+from sparkbatch.errors import FormatError
+from sparkbatch.storage import atomic_local_path, is_local, open_output, resolve
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "SUFFIX",
+    "save",
+    "load",
+    "to_bytes",
+    "from_bytes",
+]
+
+FORMAT_NAME = "sparkbatch.minibatch"
+FORMAT_VERSION = 1  # numbered apart from the package version; bump on incompatible changes
+SUFFIX = ".safetensors"
+_MMAP_MIN_BYTES = 8  # mmap cannot map an empty file; tiny files are read instead
+
+_DTYPE_CODES = {
+    np.dtype("<f8"): "F64",
+    np.dtype("<f4"): "F32",
+    np.dtype("<f2"): "F16",
+    np.dtype("<i8"): "I64",
+    np.dtype("<i4"): "I32",
+    np.dtype("<i2"): "I16",
+    np.dtype("i1"): "I8",
+    np.dtype("<u8"): "U64",
+    np.dtype("<u4"): "U32",
+    np.dtype("<u2"): "U16",
+    np.dtype("u1"): "U8",
+    np.dtype("?"): "BOOL",
+}
+_NUMPY_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+
+Minibatch = Union[DataSet, MultiDataSet]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _dtype_code(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+    """Return the safetensors dtype of ``array`` and the array as C-ordered little-endian data."""
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    code = _DTYPE_CODES.get(dtype)
+    if code is None:
+        raise TypeError(
+            f"tensor {name!r} has dtype {array.dtype}, which the minibatch format cannot store "
+            f"(use one of {', '.join(str(d) for d in _DTYPE_CODES)})"
+        )
+    return code, np.ascontiguousarray(array, dtype=dtype)
+
+
+def _compact_labels(name: str, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Turn one-hot labels ``[n, C]`` or ``[n, C, t]`` into int32 indices ``[n]`` / ``[n, t]``."""
+    if labels.ndim not in (2, 3) or labels.shape[1] == 0:
+        raise ValueError(
+            f"compact_labels needs one-hot {name} shaped [n, classes] or [n, classes, steps], "
+            f"got shape {labels.shape}"
+        )
+    binary = (labels == 0) | (labels == 1)
+    if not binary.all() or not (labels.sum(axis=1) == 1).all():
+        raise ValueError(
+            f"compact_labels needs one-hot {name} (exactly one 1 per example and step, zeros "
+            "elsewhere); store them uncompressed with compact_labels=False"
+        )
+    return labels.argmax(axis=1).astype(np.int32), labels.shape[1]
+
+
+def _tensors_and_metadata(
+    data: Minibatch, compact_labels: bool
+) -> tuple[list[tuple[str, str, np.ndarray]], dict[str, str]]:
+    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    if isinstance(data, DataSet):
+        metadata["kind"] = "DataSet"
+        named = [
+            ("features", data.features),
+            ("labels", data.labels),
+            ("features_mask", data.features_mask),
+            ("labels_mask", data.labels_mask),
+        ]
+        label_names = {"labels"}
+    elif isinstance(data, MultiDataSet):
+        metadata["kind"] = "MultiDataSet"
+        metadata["num_features"] = str(len(data.features))
+        metadata["num_labels"] = str(len(data.labels))
+        named = [(f"features.{i}", a) for i, a in enumerate(data.features)]
+        named += [(f"labels.{i}", a) for i, a in enumerate(data.labels)]
+        named += [(f"features_mask.{i}", a) for i, a in enumerate(data.features_masks or [])]
+        named += [(f"labels_mask.{i}", a) for i, a in enumerate(data.labels_masks or [])]
+        label_names = {f"labels.{i}" for i in range(len(data.labels))}
+    else:
+        raise TypeError(f"expected a DataSet or MultiDataSet, got {type(data).__name__}")
+    if data.metadata:
+        metadata["metadata"] = json.dumps(data.metadata, sort_keys=True)
+
+    tensors = []
+    for name, array in named:
+        if array is None:
+            continue
+        if compact_labels and name in label_names:
+            array, num_classes = _compact_labels(name, array)
+            metadata[f"num_classes:{name}"] = str(num_classes)
+        code, array = _dtype_code(name, array)
+        tensors.append((name, code, array))
+    return tensors, metadata
+
+
+def to_bytes(data: Minibatch, *, compact_labels: bool = False) -> bytes:
+    """Encode a DataSet or MultiDataSet as the bytes of one minibatch file.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import DataSet
+    >>> blob = to_bytes(DataSet(np.ones((2, 3), np.float32), np.eye(2, dtype=np.float32)))
+    >>> from_bytes(blob).features.shape
+    (2, 3)
+    """
+    tensors, metadata = _tensors_and_metadata(data, compact_labels)
+    return _native.serialize(tensors, metadata)
+
+
+def save(
+    data: Minibatch,
+    target: PathLike | IO[bytes],
+    *,
+    compact_labels: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``data`` to a local path, an fsspec URL or a binary file object, atomically.
+
+    A local file is written by the native writer under a temporary name next to the target and
+    renamed into place; a remote one is uploaded in one piece. Either way no reader ever sees a
+    half-written file, and a retried writer replaces its own file instead of adding another.
+
+    Parameters
+    ----------
+    data : DataSet or MultiDataSet
+        What to store.
+    target : str, os.PathLike or binary file object
+        Where to store it.
+    compact_labels : bool
+        Store one-hot labels as int32 class indices (4 bytes per example instead of 4 per class);
+        loading restores the one-hot float32 arrays.
+    storage_options : mapping, optional
+        Passed to fsspec for URLs.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from sparkbatch.data import DataSet
+    >>> ds = DataSet(np.arange(6, dtype=np.float32).reshape(3, 2), np.eye(3, dtype=np.float32))
+    >>> path = os.path.join(tempfile.mkdtemp(), "batch.safetensors")
+    >>> save(ds, path, compact_labels=True)
+    >>> load(path).labels.tolist()
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    tensors, metadata = _tensors_and_metadata(data, compact_labels)
+    if hasattr(target, "write"):
+        target.write(_native.serialize(tensors, metadata))
+        return
+    fs, path = resolve(target, storage_options)
+    if is_local(fs):
+        with atomic_local_path(path) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _native.write_file(fd, tensors, metadata)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot write minibatch file: {e.strerror}", path) from e
+            finally:
+                os.close(fd)
+        return
+    with open_output(target, storage_options=storage_options) as out:
+        out.write(_native.serialize(tensors, metadata))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _map_local(path: str) -> mmap.mmap | bytes:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _MMAP_MIN_BYTES:
+            return f.read()
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+
+
+def _array(buffer: Any, entry: tuple, data_start: int, source: str) -> np.ndarray:
+    tensor, code, shape, begin, end = entry
+    dtype = _NUMPY_DTYPES.get(code)
+    if dtype is None:  # a valid safetensors dtype numpy cannot hold was already refused natively
+        raise FormatError(f"{source}: tensor {tensor!r} has dtype {code}, which numpy cannot hold")
+    count = (end - begin) // dtype.itemsize
+    if count == 0:
+        return np.empty(shape, dtype)
+    array = np.frombuffer(buffer, dtype, count, data_start + begin).reshape(shape)
+    # Files from other writers may leave tensors unaligned; native kernels want aligned data.
+    return array if array.flags.aligned else array.copy()
+
+
+def _indexed(names: dict[str, np.ndarray], prefix: str, count: int) -> list:
+    return [names.pop(f"{prefix}.{i}", None) for i in range(count)]
+
+
+def _count(metadata: Mapping[str, str], key: str, names: Mapping[str, Any], prefix: str, source: str) -> int:
+    if key in metadata:
+        try:
+            value = int(metadata[key])
+        except ValueError:
+            raise FormatError(f"{source}: metadata {key}={metadata[key]!r} is not an integer") from None
+        if value < 0:
+            raise FormatError(f"{source}: metadata {key}={value} is negative")
+        return value
+    indices = [int(n.split(".", 1)[1]) for n in names if n.startswith(prefix + ".") and n.split(".", 1)[1].isdigit()]
+    return max(indices) + 1 if indices else 0
+
+
+def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
+    data_start, entries, metadata = _native.read_header(buffer, source)
+    if verify and "crc32c" in metadata:
+        expected = metadata["crc32c"]
+        actual = _native.crc32c(memoryview(buffer)[data_start:])
+        if f"{actual:08x}" != expected.lower():
+            raise FormatError(
+                f"{source}: CRC32C of the data section is {actual:08x} but the header records "
+                f"{expected}: the file is corrupt"
+            )
+    version = metadata.get("format_version", str(FORMAT_VERSION))
+    if version != str(FORMAT_VERSION):
+        raise FormatError(
+            f"{source}: minibatch format version {version}; this sparkbatch reads version "
+            f"{FORMAT_VERSION} (upgrade sparkbatch)"
+        )
+    arrays = {e[0]: _array(buffer, e, data_start, source) for e in entries}
+    for key, value in metadata.items():
+        if key.startswith("num_classes:"):
+            name = key.split(":", 1)[1]
+            if name not in arrays:
+                raise FormatError(f"{source}: metadata {key} names no tensor of the file")
+            try:
+                arrays[name] = _native.one_hot(arrays[name], int(value))
+            except (ValueError, TypeError) as e:
+                raise FormatError(f"{source}: compact labels {name!r}: {e}") from None
+    user_metadata = json.loads(metadata["metadata"]) if "metadata" in metadata else None
+
+    kind = metadata.get("kind") or ("MultiDataSet" if "features.0" in arrays else "DataSet")
+    try:
+        if kind == "DataSet":
+            if "features" not in arrays:
+                raise FormatError(
+                    f"{source}: no tensor named 'features' (found {sorted(arrays) or 'none'}): "
+                    "not a minibatch file"
+                )
+            result: Minibatch = DataSet(
+                arrays.pop("features"),
+                arrays.pop("labels", None),
+                arrays.pop("features_mask", None),
+                arrays.pop("labels_mask", None),
+                metadata=user_metadata,
+            )
+        elif kind == "MultiDataSet":
+            n_in = _count(metadata, "num_features", arrays, "features", source)
+            n_out = _count(metadata, "num_labels", arrays, "labels", source)
+            features = _indexed(arrays, "features", n_in)
+            labels = _indexed(arrays, "labels", n_out)
+            missing = [f"features.{i}" for i, a in enumerate(features) if a is None]
+            missing += [f"labels.{i}" for i, a in enumerate(labels) if a is None]
+            if missing or not features:
+                raise FormatError(f"{source}: MultiDataSet tensors missing: {missing or ['features.0']}")
+            f_masks = _indexed(arrays, "features_mask", n_in)
+            l_masks = _indexed(arrays, "labels_mask", n_out)
+            result = MultiDataSet(
+                features,
+                labels,
+                f_masks if any(m is not None for m in f_masks) else None,
+                l_masks if any(m is not None for m in l_masks) else None,
+                metadata=user_metadata,
+            )
+        else:
+            raise FormatError(f"{source}: unknown kind {kind!r} (expected DataSet or MultiDataSet)")
+    except ValueError as e:
+        if isinstance(e, FormatError):
+            raise
+        raise FormatError(f"{source}: {e}") from None
+    if arrays:
+        raise FormatError(f"{source}: unexpected tensors {sorted(arrays)} for a {kind}")
+    return result
+
+
+def from_bytes(buffer: bytes | bytearray | memoryview, *, name: str = "<bytes>", verify: bool = True) -> Minibatch:
+    """Decode the bytes of one minibatch file; the arrays are views into ``buffer``."""
+    return _decode(buffer, name, verify)
+
+
+def load(
+    source: PathLike | IO[bytes],
+    *,
+    verify: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Minibatch:
+    """Read one minibatch file from a local path, an fsspec URL or a binary file object.
+
+    Local files are memory-mapped and the arrays are read-only views of the file (no copy);
+    other sources are read into one buffer. With ``verify=True`` the CRC32C of the data section
+    is checked; every header field is checked either way.
+
+    Raises
+    ------
+    FormatError
+        The file is truncated, corrupt or not a minibatch/safetensors file; the message names it.
+
+    Examples
+    --------
+    >>> import numpy as np, io
+    >>> from sparkbatch.data import DataSet
+    >>> buf = io.BytesIO()
+    >>> save(DataSet(np.zeros((4, 2), np.float32), np.zeros((4, 1), np.float32)), buf)
+    >>> _ = buf.seek(0)
+    >>> load(buf).num_examples
+    4
+    """
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None) or "<file object>"
+        return _decode(source.read(), str(name), verify)
+    fs, path = resolve(source, storage_options)
+    name = os.fspath(source)
+    if is_local(fs):
+        return _decode(_map_local(path), name, verify)
+    with fs.open(path, "rb") as f:
+        return _decode(f.read(), name, verify)
