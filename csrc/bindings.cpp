@@ -108,25 +108,21 @@ WriteRequest make_request(const py::list& tensors, const py::dict& metadata) {
 uint64_t py_write_file(int fd, const py::list& tensors, const py::dict& metadata) {
   WriteRequest req = make_request(tensors, metadata);
   py::gil_scoped_release release;
-  const sparkbatch::Layout layout = sparkbatch::plan_layout(req.sources, req.metadata);
-  sparkbatch::write_layout(fd, layout);
+  sparkbatch::Layout layout = sparkbatch::plan_layout(req.sources, req.metadata);
+  sparkbatch::write_file(fd, layout);
   return layout.total_size;
 }
 
 py::bytes py_serialize(const py::list& tensors, const py::dict& metadata) {
   WriteRequest req = make_request(tensors, metadata);
-  sparkbatch::Layout layout;
-  {
-    py::gil_scoped_release release;
-    layout = sparkbatch::plan_layout(req.sources, req.metadata);
-  }
+  sparkbatch::Layout layout = sparkbatch::plan_layout(req.sources, req.metadata);
   PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(layout.total_size));
   if (raw == nullptr) throw py::error_already_set();
   auto out = py::reinterpret_steal<py::bytes>(raw);
   auto* dest = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(raw));
   {
     py::gil_scoped_release release;
-    sparkbatch::copy_layout(layout, dest);
+    sparkbatch::serialize(layout, dest);
   }
   return out;
 }

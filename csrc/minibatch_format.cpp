@@ -1,5 +1,6 @@
 #include "minibatch_format.hpp"
 
+#include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <climits>
 #include <cstring>
 #include <system_error>
+#include <thread>
 
 #include "crc32c.hpp"
 #include "json.hpp"
@@ -174,7 +176,6 @@ Layout plan_layout(const std::vector<TensorSource>& tensors,
   Layout layout;
   std::string entries;
   uint64_t offset = 0;
-  uint32_t crc = 0;
   int pads = 0;
   auto add_entry = [&entries](const std::string& name, const std::string& dtype,
                               const std::vector<uint64_t>& shape, uint64_t begin, uint64_t end) {
@@ -188,56 +189,62 @@ Layout plan_layout(const std::vector<TensorSource>& tensors,
       const uint64_t pad = kAlignment - offset % kAlignment;
       add_entry(kPadPrefix + std::to_string(pads++), "U8", {pad}, offset, offset + pad);
       layout.pieces.push_back({nullptr, pad});
-      crc = crc32c(crc, kZeros, pad);
       offset += pad;
     }
     add_entry(t.name, t.dtype, t.shape, offset, offset + t.nbytes);
     layout.pieces.push_back({t.data, t.nbytes});
-    const uint32_t piece_crc = crc32c_parallel(0, t.data, t.nbytes);
-    crc = crc32c_combine(crc, piece_crc, t.nbytes);
     offset += t.nbytes;
   }
 
-  std::string meta = "{\"__metadata__\":{";
+  std::string header = "{\"__metadata__\":{";
   for (const auto& [key, value] : metadata) {
-    json::append_quoted(meta, key);
-    meta += ':';
-    json::append_quoted(meta, value);
-    meta += ',';
+    json::append_quoted(header, key);
+    header += ':';
+    json::append_quoted(header, value);
+    header += ',';
   }
-  char crc_hex[9];
-  std::snprintf(crc_hex, sizeof crc_hex, "%08x", crc);
-  meta += std::string("\"crc32c\":\"") + crc_hex + "\"}";
-
-  std::string header = meta + entries + "}";
+  header += "\"crc32c\":\"";
+  const std::size_t crc_in_json = header.size();
+  header += "00000000\"}" + entries + "}";
   // Pad with spaces (valid JSON whitespace) so that the data section starts 64-byte aligned.
-  const uint64_t unpadded = 8 + header.size();
-  header.append((kAlignment - unpadded % kAlignment) % kAlignment, ' ');
+  header.append((kAlignment - (8 + header.size()) % kAlignment) % kAlignment, ' ');
   const uint64_t header_len = header.size();
   layout.header.resize(8);
   std::memcpy(layout.header.data(), &header_len, 8);
   layout.header += header;
+  layout.crc_position = 8 + crc_in_json;
   layout.total_size = layout.header.size() + offset;
   return layout;
 }
 
-void write_layout(int fd, const Layout& layout) {
-  std::vector<iovec> iov;
-  iov.reserve(layout.pieces.size() + 1);
-  iov.push_back({const_cast<char*>(layout.header.data()), layout.header.size()});
+uint32_t data_crc(const Layout& layout, unsigned threads) {
+  uint32_t crc = 0;
   for (const auto& p : layout.pieces) {
-    if (p.size == 0) continue;
-    void* base = p.data ? const_cast<uint8_t*>(p.data) : const_cast<uint8_t*>(kZeros);
-    iov.push_back({base, static_cast<std::size_t>(p.size)});
+    const uint32_t piece = p.data ? crc32c_parallel(0, p.data, p.size, threads) : crc32c(0, kZeros, p.size);
+    crc = crc32c_combine(crc, piece, p.size);
   }
+  return crc;
+}
+
+void set_crc(Layout& layout, uint32_t crc) {
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", crc);
+  layout.header.replace(layout.crc_position, 8, hex, 8);
+}
+
+namespace {
+
+// pwritev of every iovec from `offset` on, resuming after partial writes.
+void write_all(int fd, std::vector<iovec> iov, off_t offset) {
   std::size_t first = 0;
   while (first < iov.size()) {
     const int count = static_cast<int>(std::min<std::size_t>(iov.size() - first, IOV_MAX));
-    const ssize_t written = ::writev(fd, iov.data() + first, count);
+    const ssize_t written = ::pwritev(fd, iov.data() + first, count, offset);
     if (written < 0) {
       if (errno == EINTR) continue;
-      throw std::system_error(errno, std::generic_category(), "writev");
+      throw std::system_error(errno, std::generic_category(), "pwritev");
     }
+    offset += written;
     auto left = static_cast<std::size_t>(written);
     while (first < iov.size() && left >= iov[first].iov_len) {
       left -= iov[first].iov_len;
@@ -250,7 +257,37 @@ void write_layout(int fd, const Layout& layout) {
   }
 }
 
-void copy_layout(const Layout& layout, uint8_t* out) {
+}  // namespace
+
+void write_file(int fd, Layout& layout) {
+  std::vector<iovec> data;
+  data.reserve(layout.pieces.size());
+  for (const auto& p : layout.pieces) {
+    if (p.size == 0) continue;
+    void* base = p.data ? const_cast<uint8_t*>(p.data) : const_cast<uint8_t*>(kZeros);
+    data.push_back({base, static_cast<std::size_t>(p.size)});
+  }
+#ifdef __linux__
+  // Reserving the blocks up front (as numpy's tofile does) makes the write itself faster; file
+  // systems without fallocate simply skip it.
+  (void)::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(layout.total_size));
+#endif
+  // The CRC (a read of the source arrays) overlaps the kernel's copy into the page cache.
+  uint32_t crc = 0;
+  std::thread crc_thread([&layout, &crc] { crc = data_crc(layout, 1); });
+  try {
+    write_all(fd, std::move(data), static_cast<off_t>(layout.header.size()));
+  } catch (...) {
+    crc_thread.join();
+    throw;
+  }
+  crc_thread.join();
+  set_crc(layout, crc);
+  write_all(fd, {{layout.header.data(), layout.header.size()}}, 0);
+}
+
+void serialize(Layout& layout, uint8_t* out) {
+  set_crc(layout, data_crc(layout));
   std::memcpy(out, layout.header.data(), layout.header.size());
   out += layout.header.size();
   for (const auto& p : layout.pieces) {

@@ -62,18 +62,26 @@ struct Layout {
   std::string header;
   std::vector<Piece> pieces;
   uint64_t total_size = 0;
+  std::size_t crc_position = 0;  // where the 8 hex digits of "crc32c" sit in `header`
 };
 
 // Plans a file: aligns tensors to 64 bytes (filler U8 tensors keep offsets contiguous, as
-// safetensors requires), computes the CRC32C of the data section and writes the header JSON with
-// `metadata` plus "crc32c". Computing the CRC is the long part; it runs without the GIL.
+// safetensors requires) and writes the header JSON with `metadata` plus a "crc32c" entry whose
+// fixed-width value set_crc fills in, so the header's length is known before the CRC is.
 Layout plan_layout(const std::vector<TensorSource>& tensors,
                    const std::vector<std::pair<std::string, std::string>>& metadata);
 
-// Writes a planned file to an open file descriptor (all of it, or throws std::system_error).
-void write_layout(int fd, const Layout& layout);
+// CRC32C of the data section (tensors and padding), on up to `threads` threads (0 = all cores).
+uint32_t data_crc(const Layout& layout, unsigned threads = 0);
 
-// Copies a planned file into `out`, which holds layout.total_size bytes.
-void copy_layout(const Layout& layout, uint8_t* out);
+// Stores `crc` in the header.
+void set_crc(Layout& layout, uint32_t crc);
+
+// Writes a whole file to an open file descriptor: the data section is written while another
+// thread computes its CRC, then the header with the CRC (throws std::system_error on failure).
+void write_file(int fd, Layout& layout);
+
+// Fills in the CRC and copies the whole file into `out`, which holds layout.total_size bytes.
+void serialize(Layout& layout, uint8_t* out);
 
 }  // namespace sparkbatch

@@ -1,0 +1,145 @@
+"""Save/load throughput of one DataSet minibatch file against the formats a user would pick.
+
+Usage: python bench/serialize.py [--sizes 1,64,512] [--repeat 5] [--dir /tmp]
+
+Each DataSet is float32 features [n, 256] plus one-hot float32 labels [n, 10], n chosen so the
+arrays total the given size in MB. Every method writes to and reads from the same local directory,
+in the same run, with the page cache warm (the usual state of a just-written or recently-read
+file); the best of ``--repeat`` runs is kept. "Load" ends when the arrays are usable in memory:
+numpy, pickle and safetensors read every byte; sparkbatch ``verify=True`` memory-maps the file
+and CRC-checks every byte (so the data is resident too), ``verify=False`` only maps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from sparkbatch.data import DataSet, load, save
+
+FEATURES, CLASSES = 256, 10
+
+
+def make_dataset(megabytes: float) -> DataSet:
+    n = max(1, int(megabytes * 1e6 / ((FEATURES + CLASSES) * 4)))
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((n, FEATURES), dtype=np.float32)
+    labels = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, n)]
+    return DataSet(features, labels)
+
+
+def methods(directory: str) -> dict[str, tuple[Callable[[DataSet], None], Callable[[], object]]]:
+    """name -> (save(ds), load() -> arrays) for every competitor, all in ``directory``."""
+    p = lambda name: os.path.join(directory, name)  # noqa: E731
+
+    def npy_save(ds: DataSet) -> None:
+        np.save(p("features.npy"), ds.features)
+        np.save(p("labels.npy"), ds.labels)
+
+    def npz_save(ds: DataSet) -> None:
+        np.savez(p("batch.npz"), features=ds.features, labels=ds.labels)
+
+    def npz_load() -> object:
+        with np.load(p("batch.npz")) as z:
+            return z["features"], z["labels"]
+
+    def pickle_save(ds: DataSet) -> None:
+        with open(p("batch.pkl"), "wb") as f:
+            pickle.dump((ds.features, ds.labels), f, protocol=5)
+
+    def pickle_load() -> object:
+        with open(p("batch.pkl"), "rb") as f:
+            return pickle.load(f)
+
+    table = {
+        "sparkbatch": (lambda ds: save(ds, p("batch.safetensors")), lambda: load(p("batch.safetensors"))),
+        "sparkbatch (no verify)": (None, lambda: load(p("batch.safetensors"), verify=False)),
+        "np.save/np.load": (npy_save, lambda: (np.load(p("features.npy")), np.load(p("labels.npy")))),
+        "np.savez": (npz_save, npz_load),
+        "pickle": (pickle_save, pickle_load),
+    }
+    try:
+        import safetensors.numpy as stn
+
+        table["safetensors.numpy"] = (
+            lambda ds: stn.save_file({"features": ds.features, "labels": ds.labels}, p("st.safetensors")),
+            lambda: stn.load_file(p("st.safetensors")),
+        )
+    except ImportError:
+        print("safetensors not installed: pip install 'sparkbatch[bench]' to compare with it")
+    return table
+
+
+def best_of(repeat: int, fn: Callable[[], object], before: Callable[[], None] | None = None) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        if before:
+            before()
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def clear(directory: str) -> None:
+    for name in os.listdir(directory):
+        os.remove(os.path.join(directory, name))
+
+
+def run(sizes: list[float], repeat: int, base: str) -> None:
+    directory = tempfile.mkdtemp(prefix="sparkbatch-bench-", dir=base)
+    try:
+        for size in sizes:
+            ds = make_dataset(size)
+            nbytes = ds.features.nbytes + ds.labels.nbytes
+            reps = repeat if size < 256 else max(2, repeat // 2)
+            rows = []
+            for name, (saver, loader) in methods(directory).items():
+                save_s = None
+                if saver is not None:
+                    save_s = best_of(reps, lambda s=saver: s(ds), before=lambda: clear(directory))
+                else:  # reuses the file the previous method wrote
+                    pass
+                if saver is None:
+                    methods(directory)["sparkbatch"][0](ds)
+                load_s = best_of(reps, loader)
+                rows.append((name, save_s, load_s))
+            report(size, nbytes, rows)
+            del ds
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def report(size: float, nbytes: int, rows: list[tuple[str, float | None, float]]) -> None:
+    ours = {name: (s, l) for name, s, l in rows}["sparkbatch"]
+    mb = nbytes / 1e6
+    print(f"\nDataSet of {mb:.1f} MB (float32 features [n, {FEATURES}] + labels [n, {CLASSES}])")
+    print(f"| method | save MB/s | sparkbatch save speed-up | load MB/s | load latency ms | sparkbatch load speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, save_s, load_s in rows:
+        save_cell = f"{mb / save_s:,.0f}" if save_s else "—"
+        save_ratio = f"{save_s / ours[0]:.2f}×" if save_s else "—"
+        print(
+            f"| {name} | {save_cell} | {save_ratio} | {mb / load_s:,.0f} | {load_s * 1e3:.2f} "
+            f"| {load_s / ours[1]:.2f}× |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,64,512", help="DataSet sizes in MB, comma-separated")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement (best kept)")
+    parser.add_argument("--dir", default=None, help="directory for the files (default: temp dir)")
+    args = parser.parse_args()
+    run([float(s) for s in args.sizes.split(",")], args.repeat, args.dir)
+
+
+if __name__ == "__main__":
+    main()
