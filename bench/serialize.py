@@ -77,41 +77,42 @@ def methods(directory: str) -> dict[str, tuple[Callable[[DataSet], None], Callab
     return table
 
 
-def best_of(repeat: int, fn: Callable[[], object], before: Callable[[], None] | None = None) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        if before:
-            before()
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def clear(directory: str) -> None:
     for name in os.listdir(directory):
         os.remove(os.path.join(directory, name))
 
 
-def run(sizes: list[float], repeat: int, base: str) -> None:
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(ds: DataSet, directory: str, repeat: int) -> list[tuple[str, float | None, float]]:
+    """Best save and load time of every method; the methods take turns in each repetition so
+    that a slow moment of the machine (page-cache reclaim, writeback) does not hit only one."""
+    table = methods(directory)
+    best: dict[str, list[float]] = {name: [float("inf"), float("inf")] for name in table}
+    for _ in range(repeat):
+        for name, (saver, loader) in table.items():
+            clear(directory)
+            if saver is None:  # loads the file of the method it shares a format with
+                table["sparkbatch"][0](ds)
+            else:
+                best[name][0] = min(best[name][0], timed(lambda: saver(ds)))
+            best[name][1] = min(best[name][1], timed(loader))
+    return [
+        (name, None if table[name][0] is None else save_s, load_s)
+        for name, (save_s, load_s) in best.items()
+    ]
+
+
+def run(sizes: list[float], repeat: int, base: str | None) -> None:
     directory = tempfile.mkdtemp(prefix="sparkbatch-bench-", dir=base)
     try:
         for size in sizes:
             ds = make_dataset(size)
-            nbytes = ds.features.nbytes + ds.labels.nbytes
-            reps = repeat if size < 256 else max(2, repeat // 2)
-            rows = []
-            for name, (saver, loader) in methods(directory).items():
-                save_s = None
-                if saver is not None:
-                    save_s = best_of(reps, lambda s=saver: s(ds), before=lambda: clear(directory))
-                else:  # reuses the file the previous method wrote
-                    pass
-                if saver is None:
-                    methods(directory)["sparkbatch"][0](ds)
-                load_s = best_of(reps, loader)
-                rows.append((name, save_s, load_s))
-            report(size, nbytes, rows)
+            report(size, ds.features.nbytes + ds.labels.nbytes, measure(ds, directory, repeat))
             del ds
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -135,7 +136,7 @@ def report(size: float, nbytes: int, rows: list[tuple[str, float | None, float]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,64,512", help="DataSet sizes in MB, comma-separated")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement (best kept)")
+    parser.add_argument("--repeat", type=int, default=7, help="runs per measurement (best kept)")
     parser.add_argument("--dir", default=None, help="directory for the files (default: temp dir)")
     args = parser.parse_args()
     run([float(s) for s in args.sizes.split(",")], args.repeat, args.dir)

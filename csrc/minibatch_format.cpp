@@ -18,6 +18,7 @@ namespace sparkbatch {
 namespace {
 
 const uint8_t kZeros[kAlignment] = {};
+constexpr uint64_t kOverlapMinBytes = uint64_t{4} << 20;  // smaller files: CRC first, one write
 
 std::string quoted(const std::string& s) {
   std::string out;
@@ -261,7 +262,8 @@ void write_all(int fd, std::vector<iovec> iov, off_t offset) {
 
 void write_file(int fd, Layout& layout) {
   std::vector<iovec> data;
-  data.reserve(layout.pieces.size());
+  data.reserve(layout.pieces.size() + 1);
+  data.push_back({layout.header.data(), layout.header.size()});
   for (const auto& p : layout.pieces) {
     if (p.size == 0) continue;
     void* base = p.data ? const_cast<uint8_t*>(p.data) : const_cast<uint8_t*>(kZeros);
@@ -272,7 +274,15 @@ void write_file(int fd, Layout& layout) {
   // systems without fallocate simply skip it.
   (void)::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(layout.total_size));
 #endif
-  // The CRC (a read of the source arrays) overlaps the kernel's copy into the page cache.
+  const uint64_t data_size = layout.total_size - layout.header.size();
+  if (data_size < kOverlapMinBytes) {  // starting a thread would cost more than it saves
+    set_crc(layout, data_crc(layout, 1));
+    write_all(fd, std::move(data), 0);
+    return;
+  }
+  // The CRC (a read of the source arrays) overlaps the kernel's copy into the page cache; the
+  // header, whose length does not depend on the CRC, is written last.
+  data.erase(data.begin());
   uint32_t crc = 0;
   std::thread crc_thread([&layout, &crc] { crc = data_crc(layout, 1); });
   try {

@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from sparkbatch._version import __version__
 from sparkbatch.data import DataSet, MultiDataSet
-from sparkbatch.errors import FormatError, SparkbatchError
+from sparkbatch.errors import CsvError, FormatError, SparkbatchError
 
-__all__ = ["DataSet", "FormatError", "MultiDataSet", "SparkbatchError", "__version__"]
+__all__ = ["CsvError", "DataSet", "FormatError", "MultiDataSet", "SparkbatchError", "__version__"]

@@ -7,7 +7,7 @@ catch the library's failures in one place; each also derives from the builtin it
 
 from __future__ import annotations
 
-__all__ = ["SparkbatchError", "FormatError"]
+__all__ = ["CsvError", "FormatError", "SparkbatchError"]
 
 
 class SparkbatchError(Exception):
@@ -19,3 +19,86 @@ class FormatError(SparkbatchError, ValueError):
 
     The message names the file (or URL) and says what was expected and what was found.
     """
+
+
+class CsvError(SparkbatchError, ValueError):
+    """A CSV row does not fit what was asked of it.
+
+    The message names the file (or URL, or partition), the 1-based line, the 0-based column and
+    what was expected and found; the same facts are attributes, so callers can act on them.
+
+    Parameters
+    ----------
+    message : str
+        The full message (see :meth:`at` for the standard one).
+    source : str, optional
+        File, URL or partition name, if known.
+    line : int, optional
+        1-based line of the record in ``source``, if known.
+    column : int, optional
+        0-based column, ``-1`` for a problem with the whole row, None if unknown.
+    text : str
+        The offending cell (or row) as text.
+    expected : str
+        What was expected there, e.g. ``"a number"``.
+
+    Examples
+    --------
+    >>> e = CsvError.at("data.csv", 3, 5, "2.5", "an integer class index in [0, 10)")
+    >>> print(e)
+    data.csv, line 3, column 5: expected an integer class index in [0, 10), found '2.5'
+    >>> print(CsvError.at(None, 4, -1, "1,2,3,4,5", "6 columns", found="5"))
+    line 4: expected 6 columns, found 5: '1,2,3,4,5'
+    >>> e.line, e.column, e.text
+    (3, 5, '2.5')
+    """
+
+    _MAX_SHOWN = 120  # longer cells are cut in the message (the attribute keeps them whole)
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        text: str = "",
+        expected: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.line = line
+        self.column = column
+        self.text = text
+        self.expected = expected
+
+    @classmethod
+    def at(
+        cls,
+        source: str | None,
+        line: int | None,
+        column: int | None,
+        text: str,
+        expected: str,
+        *,
+        found: str | None = None,
+    ) -> CsvError:
+        """Build the error with the standard message.
+
+        ``"{source}, line {line}, column {column}: expected {expected}, found {text!r}"``;
+        parts that are None are left out, and so is the column when it is ``-1`` (a problem
+        with the whole row). ``found``, if given, describes what was found before the text:
+        ``"... expected 6 columns, found 5: '1,2,3,4,5'"``.
+        """
+        where = []
+        if source is not None:
+            where.append(str(source))
+        if line is not None:
+            where.append(f"line {line}")
+        if column is not None and column >= 0:
+            where.append(f"column {column}")
+        shown = text if len(text) <= cls._MAX_SHOWN else text[: cls._MAX_SHOWN - 3] + "..."
+        what = f"expected {expected}, found "
+        what += f"{found}: {shown!r}" if found is not None else repr(shown)
+        message = f"{', '.join(where)}: {what}" if where else what
+        return cls(message, source=source, line=line, column=column, text=text, expected=expected)

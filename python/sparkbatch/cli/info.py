@@ -40,7 +40,8 @@ def collect() -> dict[str, str]:
         "sparkbatch": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "native crc32c": build["crc32c"] if build["crc32c"] != "table" else "table (no CPU CRC instructions)",
+        "native crc32c": build["crc32c"]
+        + (" (SIMD)" if build["crc32c"] != "table" else " (no CPU CRC instructions)"),
         "native threads": "OpenMP" if build["openmp"] else build["threads"],
         "native build": ("debug" if build["debug"] else "release")
         + (f", sanitizers: {build['sanitizers']}" if build["sanitizers"] else "")

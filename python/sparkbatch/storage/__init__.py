@@ -12,8 +12,20 @@ from sparkbatch.storage.paths import (
     read_bytes,
     resolve,
 )
+from sparkbatch.storage.ranges import (
+    LineRange,
+    count_lines_before,
+    expand_paths,
+    plan_line_ranges,
+    read_line_range,
+)
 
 __all__ = [
+    "LineRange",
+    "count_lines_before",
+    "expand_paths",
+    "plan_line_ranges",
+    "read_line_range",
     "atomic_local_path",
     "exists",
     "is_local",

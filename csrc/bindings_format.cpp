@@ -1,6 +1,4 @@
-// Python bindings of the native core (module sparkbatch._native). Python code never calls these
-// directly from user code: sparkbatch.data and friends wrap them with names and checks.
-#include <pybind11/pybind11.h>
+// Bindings of the minibatch file format, CRC32C and one-hot encoding.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -9,40 +7,15 @@
 #include <utility>
 #include <vector>
 
+#include "bindings.hpp"
 #include "crc32c.hpp"
 #include "minibatch_format.hpp"
 #include "one_hot.hpp"
 
-namespace py = pybind11;
-using sparkbatch::FormatError;
-
+namespace sparkbatch::bindings {
 namespace {
 
-// A FormatError with the file's name already in front of the message.
-struct NamedFormatError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-PyObject* format_error_type = nullptr;  // sparkbatch.errors.FormatError, set at import
-
-// A C-contiguous read-only view of any object with the buffer protocol, released on scope exit
-// (which must happen with the GIL held).
-class ByteView {
- public:
-  explicit ByteView(py::handle obj) {
-    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) != 0) throw py::error_already_set();
-  }
-  ~ByteView() { PyBuffer_Release(&view_); }
-  ByteView(const ByteView&) = delete;
-  ByteView& operator=(const ByteView&) = delete;
-
-  const uint8_t* data() const { return static_cast<const uint8_t*>(view_.buf); }
-  std::size_t size() const { return static_cast<std::size_t>(view_.len); }
-  const Py_buffer& view() const { return view_; }
-
- private:
-  Py_buffer view_{};
-};
+using sparkbatch::FormatError;
 
 uint32_t py_crc32c(py::handle buffer, uint32_t value) {
   ByteView view(buffer);
@@ -161,14 +134,7 @@ py::array_t<float> py_one_hot(const py::array& indices, int64_t num_classes) {
 
 py::dict build_info() {
   py::dict info;
-#if defined(__x86_64__)
-  const char* hw = "sse4.2";
-#elif defined(__aarch64__)
-  const char* hw = "armv8-crc";
-#else
-  const char* hw = "none";
-#endif
-  info["crc32c"] = sparkbatch::crc32c_hardware() ? hw : "table";
+  info["crc32c"] = sparkbatch::crc32c_method();
   info["threads"] = "std::thread";
   info["openmp"] = false;
   info["compiler"] = __VERSION__;
@@ -187,24 +153,7 @@ py::dict build_info() {
 
 }  // namespace
 
-PYBIND11_MODULE(_native, m, py::mod_gil_not_used()) {
-  m.doc() = "sparkbatch's native core: minibatch file format, CRC32C, one-hot encoding.";
-
-  format_error_type = py::module_::import("sparkbatch.errors").attr("FormatError").ptr();
-  Py_INCREF(format_error_type);  // lives as long as the interpreter
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const NamedFormatError& e) {
-      PyErr_SetString(format_error_type, e.what());
-    } catch (const sparkbatch::LabelRangeError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const std::system_error& e) {
-      errno = e.code().value();
-      PyErr_SetFromErrno(PyExc_OSError);
-    }
-  });
-
+void register_format(py::module_& m) {
   m.def("crc32c", &py_crc32c, py::arg("buffer"), py::arg("value") = 0,
         "CRC-32C of a contiguous buffer, continuing from `value`.");
   m.def("crc32c_hardware", &sparkbatch::crc32c_hardware,
@@ -220,3 +169,5 @@ PYBIND11_MODULE(_native, m, py::mod_gil_not_used()) {
   m.def("build_info", &build_info, "Features of this native build.");
   m.attr("ALIGNMENT") = sparkbatch::kAlignment;
 }
+
+}  // namespace sparkbatch::bindings

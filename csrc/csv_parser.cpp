@@ -1,0 +1,1103 @@
+#include "csv_parser.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <stdexcept>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+
+#include "thread_pool.hpp"
+
+#include <sys/mman.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace sparkbatch {
+
+void FloatBuffer::reallocate(std::size_t n) {
+  if (n == 0) {
+    std::free(data_);
+    data_ = nullptr;
+    size_ = capacity_ = 0;
+    return;
+  }
+  if (n > std::numeric_limits<std::size_t>::max() / sizeof(float)) throw std::bad_alloc();
+  const std::size_t bytes = n * sizeof(float);
+  void* grown = std::realloc(data_, bytes);
+  if (grown == nullptr) throw std::bad_alloc();
+  data_ = static_cast<float*>(grown);
+  capacity_ = n;
+  size_ = std::min(size_, n);
+#ifdef MADV_HUGEPAGE
+  // Huge pages for big blocks: a fresh 4 KiB page costs a fault, and the parse writes tens of MB.
+  constexpr std::uintptr_t kHuge = std::uintptr_t{1} << 21;
+  if (bytes >= 2 * kHuge) {
+    const auto first = (reinterpret_cast<std::uintptr_t>(grown) + kHuge - 1) & ~(kHuge - 1);
+    const auto last = (reinterpret_cast<std::uintptr_t>(grown) + bytes) & ~(kHuge - 1);
+    if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  }
+#endif
+}
+
+namespace {
+
+// NOTE(csv-threads): a buffer is split into chunks of at least this many bytes, one per thread,
+// at record boundaries. Without the quote character in the buffer a boundary is the first newline
+// after the cut; with it, one sequential memchr pass over newlines and quotes (find_boundaries)
+// tracks which newlines are inside quoted fields, so quoted CSV is parsed in parallel as well.
+constexpr std::size_t kMinChunkBytes = std::size_t{1} << 20;
+constexpr std::size_t kAbortCheckRecords = 1024;  // how often a chunk looks for an earlier error
+constexpr std::size_t kMaxListedCategories = 20;  // in "one of [...]"
+constexpr std::size_t kSlack = 32;  // bytes the fast path may read past a newline
+
+// ------------------------------------------------------------------------------------------------
+// Numbers
+
+inline unsigned digit(char c) { return static_cast<unsigned>(static_cast<unsigned char>(c)) - 48u; }
+
+// 10^k: exact for k <= 22, the correctly rounded double beyond (the compiler rounds literals).
+constexpr double kPow10[] = {
+    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14,
+    1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28, 1e29,
+    1e30, 1e31, 1e32, 1e33, 1e34, 1e35, 1e36, 1e37, 1e38, 1e39, 1e40, 1e41, 1e42, 1e43, 1e44,
+    1e45, 1e46, 1e47, 1e48, 1e49, 1e50, 1e51, 1e52, 1e53, 1e54, 1e55, 1e56, 1e57, 1e58, 1e59,
+    1e60, 1e61, 1e62, 1e63, 1e64};
+// 10^-k, correctly rounded: multiplying is several times faster than dividing by 10^k.
+constexpr double kPow10Negative[] = {
+    1e-0,  1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-6,  1e-7,  1e-8,  1e-9,  1e-10, 1e-11, 1e-12,
+    1e-13, 1e-14, 1e-15, 1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22, 1e-23, 1e-24, 1e-25,
+    1e-26, 1e-27, 1e-28, 1e-29, 1e-30, 1e-31, 1e-32, 1e-33, 1e-34, 1e-35, 1e-36, 1e-37, 1e-38,
+    1e-39, 1e-40, 1e-41, 1e-42, 1e-43, 1e-44, 1e-45, 1e-46, 1e-47, 1e-48, 1e-49, 1e-50, 1e-51,
+    1e-52, 1e-53, 1e-54, 1e-55, 1e-56, 1e-57, 1e-58, 1e-59, 1e-60, 1e-61, 1e-62, 1e-63, 1e-64};
+constexpr int kMaxPow10 = 64;
+
+
+// NOTE(csv-rounding): mantissa * 10^exp10 (0 < mantissa < 10^18) rounded to float32, when one
+// double multiplication settles it; false sends the caller to std::from_chars (correctly rounded).
+// The mantissa converts exactly when <= 2^53 and 10^k is exact for 0 <= k <= 22, so the product
+// is at most three roundings of half a unit in the last place away from the true value, usually
+// fewer. Rounding it on to float gives the correctly rounded float unless a float midpoint (the
+// low 29 bits of the double's mantissa equal to 0x10000000) lies within 8 units of the product:
+// then the true value might lie on the other side of it, or on it (ties go to even). That covers
+// Clinger's exact case too: a product exactly on a midpoint goes to from_chars. Results outside
+// float's normal range also go to from_chars (subnormals round at another bit; overflow).
+inline bool fast_convert(uint64_t mantissa, int64_t exp10, float& out) {
+  if (exp10 < -kMaxPow10 || exp10 > kMaxPow10) return false;
+  const double v = static_cast<double>(static_cast<int64_t>(mantissa)) *
+                   (exp10 < 0 ? kPow10Negative[-exp10] : kPow10[exp10]);
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const uint64_t exponent = bits >> 52;  // v > 0: no sign bit
+  const uint32_t low = static_cast<uint32_t>(bits) & 0x1FFFFFFFu;
+  // exponent - 1023 in [-126, 127): float normal range, below 2^127
+  if (exponent - (1023 - 126) >= 253 || low - (0x10000000u - 8u) <= 16u) return false;
+  out = static_cast<float>(v);
+  return true;
+}
+
+bool equals_lower(std::string_view text, std::string_view lower) {
+  if (text.size() != lower.size()) return false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if ((text[i] | 0x20) != lower[i]) return false;
+  }
+  return true;
+}
+
+// A number split into (up to) 18 significant digits and a power of ten.
+struct Decimal {
+  bool negative = false;
+  bool special = false;  // nan or inf: special_value holds it
+  float special_value = 0.0f;
+  uint64_t mantissa = 0;
+  int digits = 0;  // significant digits in mantissa
+  int64_t exp10 = 0;
+  bool truncated = false;  // nonzero digits beyond the 18th were dropped
+  const char* text = nullptr;  // the number after its sign, for from_chars
+  const char* text_end = nullptr;
+};
+
+// Parses [p, e) (trimmed): [+-] (digits [. digits] | . digits) [(e|E) [+-] digits], or nan, inf,
+// infinity (any case).
+bool parse_decimal(const char* p, const char* e, Decimal& out) {
+  if (p < e && (*p == '+' || *p == '-')) {
+    out.negative = *p == '-';
+    ++p;
+  }
+  out.text = p;
+  out.text_end = e;
+  if (p == e) return false;
+  if (digit(*p) >= 10 && *p != '.') {
+    const std::string_view word(p, static_cast<std::size_t>(e - p));
+    if (equals_lower(word, "nan")) {
+      out.special_value = std::numeric_limits<float>::quiet_NaN();
+    } else if (equals_lower(word, "inf") || equals_lower(word, "infinity")) {
+      out.special_value = std::numeric_limits<float>::infinity();
+    } else {
+      return false;
+    }
+    out.special = true;
+    return true;
+  }
+  bool any = false;
+  unsigned dg = 0;
+  for (; p < e && (dg = digit(*p)) < 10; ++p) {
+    any = true;
+    if (out.digits == 18) {
+      ++out.exp10;
+      out.truncated |= dg != 0;
+    } else if (out.mantissa != 0 || dg != 0) {
+      out.mantissa = out.mantissa * 10 + dg;
+      ++out.digits;
+    }
+  }
+  if (p < e && *p == '.') {
+    for (++p; p < e && (dg = digit(*p)) < 10; ++p) {
+      any = true;
+      if (out.digits == 18) {
+        out.truncated |= dg != 0;
+        continue;
+      }
+      if (out.mantissa != 0 || dg != 0) {
+        out.mantissa = out.mantissa * 10 + dg;
+        ++out.digits;
+      }
+      --out.exp10;
+    }
+  }
+  if (!any) return false;
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    ++p;
+    bool negative = false;
+    if (p < e && (*p == '+' || *p == '-')) {
+      negative = *p == '-';
+      ++p;
+    }
+    if (p == e || digit(*p) >= 10) return false;
+    int64_t x = 0;
+    for (; p < e && (dg = digit(*p)) < 10; ++p) {
+      if (x < 1'000'000) x = x * 10 + dg;
+    }
+    out.exp10 += negative ? -x : x;
+  }
+  return p == e;
+}
+
+bool decimal_to_float(const Decimal& dec, float& out) {
+  float v = 0.0f;
+  if (dec.special) {
+    v = dec.special_value;
+  } else if (dec.mantissa != 0 && (dec.truncated || !fast_convert(dec.mantissa, dec.exp10, v))) {
+    const auto r = std::from_chars(dec.text, dec.text_end, v);
+    if (r.ec == std::errc::result_out_of_range) {
+      // Beyond float's range: the magnitude says whether it overflowed or underflowed.
+      v = dec.exp10 + dec.digits - 1 >= 0 ? std::numeric_limits<float>::infinity() : 0.0f;
+    } else if (r.ec != std::errc() || r.ptr != dec.text_end) {
+      return false;
+    }
+  }
+  out = dec.negative ? -v : v;
+  return true;
+}
+
+// The integer the decimal spells, when it is one in [0, num_classes).
+bool class_index(const Decimal& dec, int64_t num_classes, int64_t& out) {
+  if (dec.special || dec.truncated) return false;
+  if (dec.mantissa == 0) {
+    out = 0;
+    return true;
+  }
+  if (dec.negative) return false;
+  const auto limit = static_cast<uint64_t>(num_classes);
+  uint64_t v = dec.mantissa;
+  if (dec.exp10 < 0) {
+    if (dec.exp10 < -19) return false;
+    uint64_t divisor = 1;
+    for (int64_t i = 0; i < -dec.exp10; ++i) divisor *= 10;
+    if (v % divisor != 0) return false;
+    v /= divisor;
+  } else {
+    for (int64_t i = 0; i < dec.exp10; ++i) {
+      if (v >= limit) return false;
+      v *= 10;  // v < limit < 2^63: no overflow
+    }
+  }
+  if (v >= limit) return false;
+  out = static_cast<int64_t>(v);
+  return true;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fields
+
+struct Dialect {
+  char delimiter = ',';
+  char quote = '"';
+  bool quoting = true;
+  char space_a = ' ';  // the blanks trimmed around values: space and tab, less the delimiter
+  char space_b = '\t';
+  bool is_space(char c) const { return c == space_a || c == space_b; }
+};
+
+enum class Term : uint8_t {
+  kNone,   // the fast path gave up on this field
+  kDelim,  // the field ended at a delimiter
+  kEnd,    // the field ended its record (newline, CRLF or the end of the buffer)
+  kBad,    // the cell is bad (bad_cell_ says why)
+  kTail,   // the record runs past the last newline: parse it again from a padded copy
+};
+
+// One field found by scan_field.
+struct Field {
+  const char* begin = nullptr;    // raw text [begin, raw_end): as in the buffer
+  const char* raw_end = nullptr;  // the terminator (delimiter, CR of CRLF, LF) or the buffer end
+  const char* next = nullptr;     // after the terminator
+  const char* content_begin = nullptr;  // quoted: between the quotes; unquoted: the raw text
+  const char* content_end = nullptr;
+  uint64_t inner_newlines = 0;  // newlines inside quotes
+  Term term = Term::kEnd;       // kDelim or kEnd
+  bool quoted = false;
+  bool doubled = false;       // the quoted text holds doubled quotes
+  bool unterminated = false;  // no closing quote before the end of the buffer
+  bool after_quote = false;   // something other than blanks between closing quote and terminator
+};
+
+// Finds the extent of the field starting at p, reading no byte at or beyond `end`. A field is
+// quoted when its first non-blank byte is the quote; quotes anywhere else are ordinary text. The
+// record structure it defines is the one find_boundaries follows.
+Field scan_field(const char* p, const char* end, const Dialect& d) {
+  Field f;
+  f.begin = p;
+  const char* q = p;
+  while (q < end && d.is_space(*q)) ++q;
+  const char* scan = p;
+  if (d.quoting && q < end && *q == d.quote) {
+    f.quoted = true;
+    f.content_begin = q + 1;
+    const char* s = q + 1;
+    for (;;) {
+      const auto* hit = static_cast<const char*>(std::memchr(s, d.quote, static_cast<std::size_t>(end - s)));
+      if (hit == nullptr) {
+        f.unterminated = true;
+        f.content_end = f.raw_end = f.next = end;
+        f.inner_newlines = static_cast<uint64_t>(std::count(f.content_begin, end, '\n'));
+        return f;
+      }
+      if (hit + 1 < end && hit[1] == d.quote) {
+        f.doubled = true;
+        s = hit + 2;
+        continue;
+      }
+      f.content_end = hit;
+      s = hit + 1;
+      break;
+    }
+    f.inner_newlines = static_cast<uint64_t>(std::count(f.content_begin, f.content_end, '\n'));
+    q = s;
+    while (q < end && d.is_space(*q)) ++q;
+    f.after_quote = !(q == end || *q == d.delimiter || *q == '\n' ||
+                      (*q == '\r' && (q + 1 == end || q[1] == '\n')));
+    scan = s;
+  }
+  q = scan;
+  while (q < end && *q != d.delimiter && *q != '\n') ++q;
+  if (q < end && *q == d.delimiter) {
+    f.raw_end = q;
+    f.next = q + 1;
+    f.term = Term::kDelim;
+  } else {
+    f.raw_end = q > scan && q[-1] == '\r' ? q - 1 : q;
+    f.next = q < end ? q + 1 : end;
+    f.term = Term::kEnd;
+  }
+  if (!f.quoted) {
+    f.content_begin = f.begin;
+    f.content_end = f.raw_end;
+  }
+  return f;
+}
+
+// [b, e) without the blanks around it.
+void trim(const char*& b, const char*& e, const Dialect& d) {
+  while (b < e && d.is_space(*b)) ++b;
+  while (e > b && d.is_space(e[-1])) --e;
+}
+
+// The quoted text with each doubled quote collapsed, appended to out.
+void append_unquoted(const Field& f, char quote, std::string& out) {
+  if (!f.doubled) {
+    out.append(f.content_begin, f.content_end);
+    return;
+  }
+  for (const char* s = f.content_begin; s < f.content_end; ++s) {
+    out.push_back(*s);
+    if (*s == quote) ++s;  // the second of a pair
+  }
+}
+
+std::string clip(const char* b, const char* e) {
+  while (e > b && (e[-1] == '\n' || e[-1] == '\r')) --e;  // a record's or buffer's line ending
+  return std::string(b, std::min(static_cast<std::size_t>(e - b), kCsvMaxErrorText));
+}
+
+// ------------------------------------------------------------------------------------------------
+// The parse
+
+enum class Kind : uint8_t { kNumber, kClass, kCategory, kString };
+
+// What every chunk parser reads; built once, never moved (category_index points into names).
+struct Plan {
+  Dialect dialect;
+  std::size_t columns = 0;
+  std::vector<Kind> kinds;                // per column
+  std::vector<int64_t> num_classes;       // per column (class columns)
+  std::vector<std::size_t> slot;          // per column: category or string slot
+  std::vector<std::string> expected;      // per column: what a good cell is
+  std::vector<std::vector<std::string>> category_names;
+  std::vector<std::unordered_map<std::string_view, float>> category_index;
+  std::size_t string_slots = 0;
+  bool skip_bad = false;
+};
+
+std::string python_list(const std::vector<std::string>& names) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) s += ", ";
+    if (i == kMaxListedCategories) {
+      s += "...";
+      break;
+    }
+    s += '\'';
+    for (char c : names[i]) {
+      if (c == '\'' || c == '\\') s += '\\';
+      s += c;
+    }
+    s += '\'';
+  }
+  return s + "]";
+}
+
+void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns) {
+  plan.columns = columns;
+  plan.kinds.assign(columns, Kind::kNumber);
+  plan.num_classes.assign(columns, 0);
+  plan.slot.assign(columns, 0);
+  plan.expected.assign(columns, "a number");
+  plan.skip_bad = o.skip_bad_rows;
+  for (const auto& [col, n] : o.class_columns) {
+    if (static_cast<uint64_t>(col) >= columns) continue;
+    const auto c = static_cast<std::size_t>(col);
+    plan.kinds[c] = Kind::kClass;
+    plan.num_classes[c] = n;
+    plan.expected[c] = "a class index in [0, " + std::to_string(n) + ")";
+  }
+  plan.category_names.reserve(o.categories.size());
+  for (const auto& [col, names] : o.categories) {
+    if (static_cast<uint64_t>(col) >= columns) continue;
+    const auto c = static_cast<std::size_t>(col);
+    plan.kinds[c] = Kind::kCategory;
+    plan.slot[c] = plan.category_names.size();
+    plan.expected[c] = "one of " + python_list(names);
+    plan.category_names.push_back(names);
+  }
+  plan.category_index.resize(plan.category_names.size());
+  for (std::size_t i = 0; i < plan.category_names.size(); ++i) {
+    const auto& names = plan.category_names[i];
+    for (std::size_t k = 0; k < names.size(); ++k) {
+      plan.category_index[i].emplace(std::string_view(names[k]), static_cast<float>(k));
+    }
+  }
+  std::vector<int64_t> strings = o.string_columns;
+  std::sort(strings.begin(), strings.end());
+  for (int64_t col : strings) {
+    if (static_cast<uint64_t>(col) >= columns) continue;
+    const auto c = static_cast<std::size_t>(col);
+    plan.kinds[c] = Kind::kString;
+    plan.slot[c] = plan.string_slots++;
+    plan.expected[c] = "text";
+  }
+}
+
+// SWAR digit parsing (NOTE(csv-swar)): eight bytes at once, so that the number of digits in a
+// field costs no mispredicted branch. The host is little-endian (CMakeLists.txt checks): the
+// first byte is the lowest.
+constexpr uint64_t kZeros = 0x3030303030303030u;  // "00000000"
+constexpr uint64_t kIntPow10[] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
+
+inline uint64_t load8(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
+// How many of the 8 bytes (t = bytes ^ "00000000") are leading ASCII digits.
+inline unsigned leading_digits(uint64_t t) {
+  const uint64_t non_digit =
+      (((t & 0x7F7F7F7F7F7F7F7Fu) + 0x7676767676767676u) | t) & 0x8080808080808080u;
+  return non_digit == 0 ? 8u : static_cast<unsigned>(__builtin_ctzll(non_digit)) >> 3;
+}
+
+// The value of the first n (0..8) digit bytes of t.
+inline uint64_t digits_value(uint64_t t, unsigned n) {
+  uint64_t v = n == 0 ? 0 : t << ((64 - 8 * n) & 63);  // the digits to the top, zeros below
+  v = v * 10 + (v >> 8);
+  v = (((v & 0x000000FF000000FFu) * 0x000F424000000064u) +
+       (((v >> 16) & 0x000000FF000000FFu) * 0x0000271000000001u)) >> 32;
+  return v;
+}
+
+// Appends the digits at p to m (wrapping past 19 digits: the caller checks the count) and returns
+// how many there were. Reads 8 bytes at once: the caller guarantees 8 readable bytes from every
+// newline it may reach (see ChunkParser::run).
+inline std::size_t read_digits(const char*& p, uint64_t& m) {
+  const uint64_t t = load8(p) ^ kZeros;
+  const unsigned n = leading_digits(t);
+  m = m * kIntPow10[n] + digits_value(t, n);
+  p += n;
+  if (n < 8) return n;
+  const char* const start = p - 8;
+  for (unsigned dg; (dg = digit(*p)) < 10; ++p) m = m * 10 + dg;
+  return static_cast<std::size_t>(p - start);
+}
+
+// Stores v, negated when `negative`, without a branch (signs are random in real data).
+inline void store_signed(float* out, float v, bool negative) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits ^= static_cast<uint32_t>(negative) << 31;
+  std::memcpy(out, &bits, sizeof bits);
+}
+
+// The scalar fast path for a number cell: blanks, [+-], digits [. digits] [e [+-] digits], blanks,
+// then a delimiter or line end. Reads past `pos` freely: the caller guarantees a newline ahead,
+// and kSlack readable bytes after it; every loop here stops at a newline. Returns kNone, consuming
+// nothing, for anything else (quotes, words, more than 18 digits, values needing from_chars,
+// errors): scan_field and parse_decimal decide those.
+inline Term scalar_number(const char*& pos, float* out, const Dialect& d) {
+  const char* p = pos;
+  if (static_cast<unsigned char>(*p) <= ' ') {
+    while (d.is_space(*p)) ++p;
+  }
+  const bool negative = *p == '-';
+  p += (*p == '-' || *p == '+');
+  uint64_t m = 0;
+  std::size_t count = read_digits(p, m);
+  int64_t exp10 = 0;
+  if (*p == '.') {
+    ++p;
+    const std::size_t fraction = read_digits(p, m);
+    exp10 = -static_cast<int64_t>(fraction);
+    count += fraction;
+  }
+  if (count - 1 >= 18) return Term::kNone;  // no digits, or more than fit
+  if ((*p | 0x20) == 'e') {
+    ++p;
+    const bool exp_negative = *p == '-';
+    p += (*p == '-' || *p == '+');
+    unsigned dg = digit(*p);
+    if (dg >= 10) return Term::kNone;
+    int64_t x = 0;
+    do {
+      x = x * 10 + dg;
+      ++p;
+    } while ((dg = digit(*p)) < 10 && x < 100'000);
+    if (dg < 10) return Term::kNone;
+    exp10 += exp_negative ? -x : x;
+  }
+  Term t = Term::kDelim;
+  if (*p != d.delimiter) {
+    while (d.is_space(*p)) ++p;
+    if (*p == d.delimiter) {
+      t = Term::kDelim;
+    } else if (*p == '\n') {
+      t = Term::kEnd;
+    } else if (*p == '\r' && p[1] == '\n') {
+      ++p;
+      t = Term::kEnd;
+    } else {
+      return Term::kNone;
+    }
+  }
+  float v = 0.0f;
+  if (m != 0 && !fast_convert(m, exp10, v)) return Term::kNone;
+  store_signed(out, v, negative);
+  pos = p + 1;
+  return t;
+}
+
+#if defined(__SSE2__)
+// kWindow + 16 - k, read as 16 bytes, is 0xFF in the bytes at index >= k (0 <= k <= 16).
+alignas(64) constexpr unsigned char kWindow[32] = {
+    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+
+// kScale[16 * negative + k] = (negative ? -1 : 1) * 10^-k.
+alignas(64) constexpr double kScale[32] = {
+    1e0,  1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-6,  1e-7,
+    1e-8, 1e-9,  1e-10, 1e-11, 1e-12, 1e-13, 1e-14, 1e-15,
+    -1e0,  -1e-1,  -1e-2,  -1e-3,  -1e-4,  -1e-5,  -1e-6,  -1e-7,
+    -1e-8, -1e-9,  -1e-10, -1e-11, -1e-12, -1e-13, -1e-14, -1e-15};
+
+inline __m128i load16(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+inline unsigned bitmask(__m128i v) { return static_cast<unsigned>(_mm_movemask_epi8(v)); }
+inline __m128i bytes_from(int k) { return load16(kWindow + 16 - k); }
+
+// The value of 15 digits (byte values 0..9 in bytes 1..15, the first the most significant; byte 0
+// is 0) as a double, exact (< 10^15), in the low lane.
+inline __m128d fifteen_digits(__m128i z) {
+  const __m128i pairs = _mm_add_epi16(
+      _mm_mullo_epi16(_mm_and_si128(z, _mm_set1_epi16(0x00FF)), _mm_set1_epi16(10)), _mm_srli_epi16(z, 8));
+  const __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00010064));  // 100, 1
+  const __m128i octs = _mm_madd_epi16(_mm_packs_epi32(quads, quads), _mm_set1_epi32(0x00012710));  // 10000, 1
+  const __m128d halves = _mm_cvtepi32_pd(octs);  // the first 8 digits, the last 8
+  return _mm_add_sd(_mm_mul_sd(halves, _mm_set_sd(1e8)), _mm_unpackhi_pd(halves, halves));
+}
+#endif
+
+// NOTE(csv-simd): the common cell, [+-]digits[.digits] in at most 15 bytes, is parsed with 16-byte
+// operations and no data-dependent branch. The delimiter or newline ending it comes first, from a
+// compare mask, so the next cell is known a few cycles after this one starts and the CPU overlaps
+// successive cells (finding the end digit by digit chains every cell to the previous one: half the
+// speed). The cell is then reloaded so that it ends at byte 15, the dot squeezed out with one byte
+// shift, the bytes before it (and a sign) cleared, and its at most 14 digits summed with
+// multiply-adds. That integer is exact in a double, and the result is 0 or in [1e-15, 1e15): one
+// multiplication by -+10^-k leaves only the midpoint test of NOTE(csv-rounding). Anything else
+// (exponents, blanks, longer cells, words, quotes, errors) goes to scalar_number, out of line.
+// `floor`: the 16 bytes before it are readable.
+inline Term fast_number(const char*& pos, float* out, const Dialect& d, const char* floor) {
+#if defined(__SSE2__)
+  const char* const p = pos;
+  const __m128i x = load16(p);
+  const unsigned newlines = bitmask(_mm_cmpeq_epi8(x, _mm_set1_epi8('\n')));
+  const unsigned ends = bitmask(_mm_cmpeq_epi8(x, _mm_set1_epi8(d.delimiter))) | newlines;
+  if (ends != 0 && p >= floor) {
+    const auto end = static_cast<unsigned>(__builtin_ctz(ends));
+    const unsigned crlf = (bitmask(_mm_cmpeq_epi8(x, _mm_set1_epi8('\r'))) << 1) & newlines;
+    const unsigned length = end - ((crlf >> end) & 1);
+    const __m128i t = _mm_sub_epi8(x, _mm_set1_epi8('0'));
+    const unsigned digits = bitmask(_mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(9)), t));
+    const unsigned in_cell = (1u << length) - 1;
+    const unsigned dots = bitmask(_mm_cmpeq_epi8(x, _mm_set1_epi8('.'))) & in_cell;
+    const bool negative = p[0] == '-';
+    const unsigned sign = negative || p[0] == '+';
+    if (((digits | dots | sign) & in_cell) == in_cell && (dots & (dots - 1)) == 0 &&
+        (digits & in_cell) != 0) {
+      const int shift = 16 - static_cast<int>(length);  // where the cell starts once end-aligned
+      const unsigned has_dot = dots != 0;
+      const auto dot = static_cast<unsigned>(__builtin_ctz(dots | 1u << length));  // length: none
+      const unsigned fraction = length - dot - has_dot;
+      const __m128i y = _mm_sub_epi8(load16(p + length - 16), _mm_set1_epi8('0'));
+      const __m128i after_dot = bytes_from(has_dot ? shift + static_cast<int>(dot) + 1 : 0);
+      const __m128i squeezed =
+          _mm_or_si128(_mm_and_si128(after_dot, y), _mm_andnot_si128(after_dot, _mm_slli_si128(y, 1)));
+      const __m128i z = _mm_and_si128(squeezed, bytes_from(shift + static_cast<int>(has_dot + sign)));
+      const __m128d v = _mm_mul_sd(fifteen_digits(z), _mm_load_sd(&kScale[16 * negative + fraction]));
+      const auto low = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_castpd_si128(v)));
+      if ((low & 0x1FFFFFFFu) - (0x10000000u - 8u) > 16u) {
+        _mm_store_ss(out, _mm_cvtsd_ss(_mm_setzero_ps(), v));
+        pos = p + end + 1;
+        return (newlines >> end) & 1 ? Term::kEnd : Term::kDelim;
+      }
+    }
+  }
+#else
+  (void)floor;
+#endif
+  return scalar_number(pos, out, d);
+}
+
+// Parses one chunk of records into its own storage.
+class ChunkParser {
+ public:
+  ChunkParser(const Plan& plan, std::size_t index, std::atomic<std::size_t>& first_error)
+      : strings(plan.string_slots), plan_(plan), index_(index), first_error_(first_error) {}
+
+  // Parses [begin, end); bytes in [readable_begin, readable_end) around it may be read.
+  void run(const char* begin, const char* end, const char* readable_begin, const char* readable_end);
+
+  FloatBuffer values;
+  std::size_t rows = 0;
+  std::vector<CsvStrings> strings;  // per string slot
+  uint64_t skipped = 0;
+  std::optional<CsvError> error;  // line relative to the chunk's first line
+  uint64_t lines = 0;
+
+ private:
+  struct BadCell {
+    std::size_t column = 0;
+    Field field;
+    const char* expected = nullptr;  // a literal or one of plan_.expected
+  };
+
+  const char* parse_records(const char* p, const char* end, const char* last_nl);
+  Term record(const char*& pos, const char* end, const char* last_nl);
+  Term slow_cell(std::size_t col, const char*& pos, const char* end, const char* last_nl, float* row,
+                 uint64_t& inner);
+  Term bad_record(const char*& pos, const char* rec, const char* resume, bool ended, std::size_t fields,
+                  const BadCell* cell, const char* end, const char* last_nl);
+  Term bad(std::size_t col, const Field& f, const char* expected) {
+    bad_cell_ = BadCell{col, f, expected};
+    return Term::kBad;
+  }
+  void rollback_strings() {
+    for (auto& s : strings) {
+      if (s.ends.size() > rows) s.ends.resize(rows);
+      s.chars.resize(s.ends.empty() ? 0 : s.ends.back());
+    }
+  }
+  void grow() {
+    const std::size_t want = std::max({values.capacity() * 2, size_ + plan_.columns, plan_.columns * 1024});
+    values.set_size(size_);
+    values.reallocate(want);
+    out_ = values.data();
+    capacity_ = want;
+  }
+  bool earlier_error() const { return first_error_.load(std::memory_order_relaxed) < index_; }
+
+  const Plan& plan_;
+  const std::size_t index_;
+  std::atomic<std::size_t>& first_error_;  // lowest chunk index with an error (raise mode)
+  float* out_ = nullptr;  // values' block, written without bounds checks after grow()
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+  const char* floor_ = nullptr;  // fast_number may read 16 bytes before this
+  uint64_t line_ = 0;  // lines consumed so far
+  bool stopped_ = false;
+  std::size_t records_ = 0;
+  BadCell bad_cell_;
+  std::string scratch_;
+};
+
+void ChunkParser::run(const char* begin, const char* end, const char* readable_begin,
+                      const char* readable_end) {
+  // Room for the estimated rows up front (untouched pages cost nothing), from a sample's newlines.
+  const auto bytes = static_cast<std::size_t>(end - begin);
+  if (plan_.columns > 0 && bytes > 0) {
+    const std::size_t sample = std::min<std::size_t>(bytes, 64 * 1024);
+    const auto newlines = static_cast<std::size_t>(std::count(begin, begin + sample, '\n'));
+    const std::size_t estimate = static_cast<std::size_t>(
+        static_cast<double>(bytes) * static_cast<double>(newlines + 1) / static_cast<double>(sample) * 1.02 + 16);
+    values.reallocate(estimate * plan_.columns);
+    out_ = values.data();
+    capacity_ = values.capacity();
+  }
+  // NOTE(csv-tail): the fast path reads without bounds checks up to kSlack bytes past a newline, so
+  // the records it parses in place end at or before the last newline with kSlack bytes after it.
+  // The rest (the last record or two: one without a newline, one whose quoted newline the parse ran
+  // past) is parsed from a padded copy.
+  const char* last_nl = nullptr;
+  if (readable_end - begin > static_cast<std::ptrdiff_t>(kSlack)) {
+    for (const char* q = std::min(end, readable_end - kSlack); q > begin;) {
+      if (*--q == '\n') {
+        last_nl = q;
+        break;
+      }
+    }
+  }
+  floor_ = readable_end - readable_begin >= 16 ? readable_begin + 16 : readable_end;
+  const char* p = last_nl != nullptr ? parse_records(begin, end, last_nl) : begin;
+  if (!stopped_ && p < end) {
+    std::string tail(p, end);
+    if (tail.back() != '\n') tail.push_back('\n');
+    const std::size_t size = tail.size();
+    tail.append(kSlack, '\0');
+    floor_ = tail.data() + 16;  // tail.size() >= kSlack
+    parse_records(tail.data(), tail.data() + size, tail.data() + size - 1);
+  }
+  values.set_size(size_);
+  lines = line_;
+}
+
+// Parses records while they start at or before last_nl (the buffer's last newline); returns where
+// it stopped: after the last one, or at a record to parse again from a padded copy.
+const char* ChunkParser::parse_records(const char* p, const char* end, const char* last_nl) {
+  while (p <= last_nl && !stopped_) {
+    if (++records_ % kAbortCheckRecords == 0 && !plan_.skip_bad && earlier_error()) {
+      stopped_ = true;  // an earlier chunk stops the parse: nothing after it is kept
+      break;
+    }
+    const char* rec = p;
+    if (record(p, end, last_nl) == Term::kTail) return rec;
+  }
+  return p;
+}
+
+Term ChunkParser::record(const char*& pos, const char* end, const char* last_nl) {
+  const Dialect& d = plan_.dialect;
+  const char* p = pos;
+  {
+    const char* q = p;
+    while (d.is_space(*q) || *q == '\r') ++q;
+    if (*q == '\n') {  // a blank line
+      pos = q + 1;
+      ++line_;
+      return Term::kEnd;
+    }
+  }
+  const std::size_t ncols = plan_.columns;
+  if (ncols == 0) return bad_record(pos, p, p, false, 0, nullptr, end, last_nl);
+  if (capacity_ - size_ < ncols) grow();
+  float* const row = out_ + size_;
+  const Kind* const kinds = plan_.kinds.data();
+  uint64_t inner = 0;  // newlines inside quoted fields
+  std::size_t col = 0;
+  for (;;) {
+    Term t = Term::kNone;
+    if (kinds[col] == Kind::kNumber) t = fast_number(p, row + col, d, floor_);
+    if (t == Term::kNone) t = slow_cell(col, p, end, last_nl, row, inner);
+    if (t == Term::kDelim) {
+      if (++col == ncols) return bad_record(pos, pos, p, false, ncols, nullptr, end, last_nl);
+      continue;
+    }
+    if (t == Term::kEnd) break;
+    if (t == Term::kTail) {
+      rollback_strings();
+      return Term::kTail;
+    }
+    const Field& f = bad_cell_.field;
+    return bad_record(pos, pos, f.next, f.term == Term::kEnd, col + 1, &bad_cell_, end, last_nl);
+  }
+  if (col + 1 != ncols) return bad_record(pos, pos, p, true, col + 1, nullptr, end, last_nl);
+  line_ += 1 + inner;
+  size_ += ncols;
+  ++rows;
+  pos = p;
+  return Term::kEnd;
+}
+
+Term ChunkParser::slow_cell(std::size_t col, const char*& pos, const char* end, const char* last_nl,
+                            float* row, uint64_t& inner) {
+  const Dialect& d = plan_.dialect;
+  const Field f = scan_field(pos, end, d);
+  if (f.next > last_nl + 1) return Term::kTail;
+  if (f.unterminated) return bad(col, f, "a closing quote");
+  if (f.after_quote) return bad(col, f, "a delimiter after the closing quote");
+  const Kind kind = plan_.kinds[col];
+  if (kind == Kind::kString) {
+    CsvStrings& s = strings[plan_.slot[col]];
+    if (f.quoted) {
+      append_unquoted(f, d.quote, s.chars);
+    } else {
+      s.chars.append(f.content_begin, f.content_end);
+    }
+    s.ends.push_back(s.chars.size());
+    row[col] = std::numeric_limits<float>::quiet_NaN();
+  } else {
+    const char* b = f.content_begin;
+    const char* e = f.content_end;
+    if (f.doubled) {
+      scratch_.clear();
+      append_unquoted(f, d.quote, scratch_);
+      b = scratch_.data();
+      e = b + scratch_.size();
+    }
+    trim(b, e, d);
+    if (kind == Kind::kCategory) {
+      const auto& index = plan_.category_index[plan_.slot[col]];
+      const auto it = index.find(std::string_view(b, static_cast<std::size_t>(e - b)));
+      if (it == index.end()) return bad(col, f, plan_.expected[col].c_str());
+      row[col] = it->second;
+    } else {
+      Decimal dec;
+      if (!parse_decimal(b, e, dec)) return bad(col, f, plan_.expected[col].c_str());
+      if (kind == Kind::kClass) {
+        int64_t index = 0;
+        if (!class_index(dec, plan_.num_classes[col], index)) return bad(col, f, plan_.expected[col].c_str());
+        row[col] = static_cast<float>(index);
+      } else if (!decimal_to_float(dec, row[col])) {
+        return bad(col, f, plan_.expected[col].c_str());
+      }
+    }
+  }
+  inner += f.inner_newlines;
+  pos = f.next;
+  return f.term;
+}
+
+// A bad record starting at `rec`: the rest of it is scanned from `resume` (unless `ended`), its
+// fields counted, and the first problem reported: an unterminated quote, then a wrong number of
+// fields, then the bad cell.
+Term ChunkParser::bad_record(const char*& pos, const char* rec, const char* resume, bool ended,
+                             std::size_t fields, const BadCell* cell, const char* end,
+                             const char* last_nl) {
+  const Dialect& d = plan_.dialect;
+  const char* next = resume;
+  std::optional<BadCell> unterminated;
+  if (cell != nullptr && cell->field.unterminated) unterminated = *cell;
+  for (bool done = ended; !done;) {
+    const Field f = scan_field(next, end, d);
+    if (f.unterminated && !unterminated) unterminated = BadCell{fields, f, "a closing quote"};
+    ++fields;
+    next = f.next;
+    done = f.term == Term::kEnd;
+  }
+  if (next > last_nl + 1) {
+    rollback_strings();
+    return Term::kTail;
+  }
+  CsvError e;
+  e.line = line_ + 1;
+  const BadCell* reported = unterminated ? &*unterminated : nullptr;
+  if (reported == nullptr && fields != plan_.columns) {
+    e.column = -1;
+    e.text = clip(rec, next);
+    e.expected = std::to_string(plan_.columns) + " columns, found " + std::to_string(fields);
+  } else {
+    if (reported == nullptr) reported = cell;
+    e.column = static_cast<int64_t>(reported->column);
+    e.text = clip(reported->field.begin, reported->field.raw_end);
+    e.expected = reported->expected;
+  }
+  if (!error) error = std::move(e);
+  line_ += static_cast<uint64_t>(std::count(rec, next, '\n'));
+  rollback_strings();
+  pos = next;
+  if (plan_.skip_bad) {
+    ++skipped;
+  } else {
+    stopped_ = true;
+    std::size_t seen = first_error_.load();
+    while (index_ < seen && !first_error_.compare_exchange_weak(seen, index_)) {
+    }
+  }
+  return Term::kEnd;
+}
+
+// The number of fields of the first non-blank record in [p, end), or 0 when there is none.
+std::size_t first_row_fields(const char* p, const char* end, const Dialect& d) {
+  while (p < end) {
+    const char* q = p;
+    while (q < end && (d.is_space(*q) || *q == '\r')) ++q;
+    if (q == end) return 0;
+    if (*q == '\n') {
+      p = q + 1;
+      continue;
+    }
+    std::size_t n = 1;
+    for (Field f = scan_field(p, end, d); f.term == Term::kDelim; f = scan_field(f.next, end, d)) ++n;
+    return n;
+  }
+  return 0;
+}
+
+const char* find_char(const char* p, const char* end, char c) {
+  return static_cast<const char*>(std::memchr(p, c, static_cast<std::size_t>(end - p)));
+}
+
+// Chunk starts: `begin`, then for each cut the first record boundary at or after it (see
+// NOTE(csv-threads)). Follows scan_field's rules: a quote opens a quoted field only as the first
+// non-blank byte of a field; a quoted field ends at a quote not followed by another.
+std::vector<const char*> find_boundaries(const char* begin, const char* end, std::size_t chunks,
+                                         const Dialect& d) {
+  std::vector<const char*> bounds{begin};
+  const auto bytes = static_cast<std::size_t>(end - begin);
+  auto cut = [&](std::size_t k) { return begin + bytes / chunks * k; };
+  std::size_t k = 1;
+  const bool quotes = d.quoting && find_char(begin, end, d.quote) != nullptr;
+  if (!quotes) {
+    for (; k < chunks; ++k) {
+      const char* from = std::max(cut(k) - 1, bounds.back());
+      const char* nl = find_char(from, end, '\n');
+      if (nl == nullptr || nl + 1 >= end) break;
+      if (nl + 1 > bounds.back()) bounds.push_back(nl + 1);
+    }
+    return bounds;
+  }
+  const char* s = begin;    // scan position, outside quotes
+  const char* rec = begin;  // start of the current record
+  const char* nl = find_char(s, end, '\n');
+  const char* q = find_char(s, end, d.quote);
+  while (k < chunks && nl != nullptr) {
+    if (nl < s) nl = find_char(s, end, '\n');
+    if (nl == nullptr) break;
+    if (q != nullptr && q < s) q = find_char(s, end, d.quote);
+    if (q == nullptr || nl < q) {
+      s = rec = nl + 1;
+      if (rec >= end) break;
+      if (rec >= cut(k)) {
+        bounds.push_back(rec);
+        while (k < chunks && rec >= cut(k)) ++k;
+      }
+      continue;
+    }
+    const char* b = q;
+    while (b > rec && d.is_space(b[-1])) --b;
+    if (b == rec || b[-1] == d.delimiter) {  // an opening quote: find its closing one
+      const char* c = q + 1;
+      for (;;) {
+        c = find_char(c, end, d.quote);
+        if (c == nullptr || c + 1 >= end || c[1] != d.quote) break;
+        c += 2;
+      }
+      if (c == nullptr) break;  // unterminated: the rest is one record
+      s = c + 1;
+    } else {
+      s = q + 1;
+    }
+  }
+  return bounds;
+}
+
+}  // namespace
+
+void validate_csv_options(const CsvOptions& o) {
+  auto bad_char = [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 128 || c == '\n' || c == '\r' || c == '+' || c == '-' || c == '.' ||
+           (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+  };
+  if (bad_char(o.delimiter))
+    throw std::invalid_argument(
+        "delimiter must be one ASCII character other than a letter, digit, '+', '-', '.', CR or LF, "
+        "got " + std::string(1, o.delimiter));
+  if (o.quoting) {
+    if (bad_char(o.quote) || o.quote == ' ' || o.quote == '\t')
+      throw std::invalid_argument(
+          "quote must be '' or one ASCII character other than a letter, digit, '+', '-', '.', "
+          "space, tab, CR or LF, got " + std::string(1, o.quote));
+    if (o.quote == o.delimiter) throw std::invalid_argument("quote and delimiter must differ");
+  }
+  if (o.columns < -1 || o.columns == 0)
+    throw std::invalid_argument("columns must be positive or -1 (from the first row), got " +
+                                std::to_string(o.columns));
+  auto check_column = [&](int64_t col, const char* what) {
+    if (col < 0)
+      throw std::invalid_argument(std::string(what) + " names column " + std::to_string(col) +
+                                  "; columns are numbered from 0");
+    if (o.columns > 0 && col >= o.columns)
+      throw std::invalid_argument(std::string(what) + " names column " + std::to_string(col) +
+                                  " but columns=" + std::to_string(o.columns));
+  };
+  std::map<int64_t, const char*> owner;
+  auto claim = [&](int64_t col, const char* what) {
+    check_column(col, what);
+    const auto [it, inserted] = owner.emplace(col, what);
+    if (!inserted)
+      throw std::invalid_argument("column " + std::to_string(col) + " is named in both " +
+                                  it->second + " and " + what);
+  };
+  for (const auto& [col, n] : o.class_columns) {
+    claim(col, "class_columns");
+    if (n <= 0)
+      throw std::invalid_argument("class_columns[" + std::to_string(col) +
+                                  "] must be a positive number of classes, got " + std::to_string(n));
+  }
+  for (const auto& [col, names] : o.categories) {
+    claim(col, "categories");
+    if (names.empty())
+      throw std::invalid_argument("categories[" + std::to_string(col) + "] is empty");
+    std::vector<std::string> sorted = names;
+    std::sort(sorted.begin(), sorted.end());
+    const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+    if (dup != sorted.end())
+      throw std::invalid_argument("categories[" + std::to_string(col) + "] lists '" + *dup + "' twice");
+  }
+  for (int64_t col : o.string_columns) claim(col, "string_columns");
+}
+
+CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
+  validate_csv_options(o);
+  Dialect d;
+  d.delimiter = o.delimiter;
+  d.quote = o.quoting ? o.quote : '\0';
+  d.quoting = o.quoting;
+  if (d.delimiter == ' ') d.space_a = '\t';
+  if (d.delimiter == '\t') d.space_b = ' ';
+
+  CsvResult result;
+  const char* const end = data + size;
+  const char* p = data;
+  uint64_t skipped_lines = 0;
+  for (; skipped_lines < o.skip_lines && p < end; ++skipped_lines) {
+    const char* nl = find_char(p, end, '\n');
+    p = nl != nullptr ? nl + 1 : end;
+  }
+
+  std::size_t columns = 0;
+  if (o.columns > 0) {
+    columns = static_cast<std::size_t>(o.columns);
+  } else {
+    columns = first_row_fields(p, end, d);
+    if (columns > 0) {  // columns named in the options count as present (rows lacking them are bad)
+      for (const auto& entry : o.class_columns) columns = std::max(columns, static_cast<std::size_t>(entry.first) + 1);
+      for (const auto& entry : o.categories) columns = std::max(columns, static_cast<std::size_t>(entry.first) + 1);
+      for (int64_t col : o.string_columns) columns = std::max(columns, static_cast<std::size_t>(col) + 1);
+    }
+  }
+  Plan plan;
+  plan.dialect = d;
+  build_plan(plan, o, columns);
+
+  const auto bytes = static_cast<std::size_t>(end - p);
+  const std::size_t threads = o.threads != 0 ? o.threads : pool_threads();
+  const std::size_t chunks = std::max<std::size_t>(1, std::min(threads, bytes / kMinChunkBytes));
+  std::vector<const char*> bounds = chunks > 1 ? find_boundaries(p, end, chunks, d) : std::vector<const char*>{p};
+  bounds.push_back(end);
+
+  std::atomic<std::size_t> first_error{std::numeric_limits<std::size_t>::max()};
+  std::vector<ChunkParser> parsers;
+  parsers.reserve(bounds.size() - 1);
+  for (std::size_t i = 0; i + 1 < bounds.size(); ++i) parsers.emplace_back(plan, i, first_error);
+  auto parse_chunk = [&](std::size_t i) { parsers[i].run(bounds[i], bounds[i + 1], data, end); };
+  if (parsers.size() == 1) {
+    parse_chunk(0);
+  } else {
+    parallel_for(parsers.size(), parse_chunk);
+  }
+
+  // Join the chunks in file order; without skipping, nothing is kept after an error.
+  result.columns = columns;
+  result.string_columns.reserve(plan.string_slots);
+  for (int64_t col : o.string_columns) {
+    if (static_cast<uint64_t>(col) < columns) result.string_columns.push_back(col);
+  }
+  std::sort(result.string_columns.begin(), result.string_columns.end());
+  result.strings.resize(plan.string_slots);
+  uint64_t line_offset = skipped_lines;
+  std::size_t kept = parsers.size();
+  for (std::size_t i = 0; i < parsers.size(); ++i) {
+    ChunkParser& c = parsers[i];
+    if (c.error && !result.error) {
+      result.error = std::move(c.error);
+      result.error->line += line_offset;
+      if (!o.skip_bad_rows) {
+        result.lines = line_offset + c.lines;
+        kept = 0;
+        break;
+      }
+    }
+    result.skipped += c.skipped;
+    line_offset += c.lines;
+    result.lines = line_offset;
+  }
+  if (parsers.empty() || kept == 0) return result;
+  result.lines = line_offset;
+  std::vector<std::size_t> row_offset(parsers.size() + 1, 0);
+  for (std::size_t i = 0; i < parsers.size(); ++i) row_offset[i + 1] = row_offset[i] + parsers[i].rows;
+  result.rows = row_offset.back();
+  for (std::size_t s = 0; s < plan.string_slots; ++s) {
+    for (auto& c : parsers) result.strings[s].push_back(std::move(c.strings[s]));
+  }
+  result.values = std::move(parsers[0].values);
+  if (parsers.size() > 1 && result.rows * columns > 0) {
+    result.values.reallocate(result.rows * columns);
+    float* const dest = result.values.data();
+    parallel_for(parsers.size() - 1, [&](std::size_t i) {
+      FloatBuffer& src = parsers[i + 1].values;
+      if (src.size() > 0) std::memcpy(dest + row_offset[i + 1] * columns, src.data(), src.size() * sizeof(float));
+      src = FloatBuffer();
+    });
+  }
+  result.values.reallocate(result.rows * columns);  // gives the unused reserve back
+  result.values.set_size(result.rows * columns);
+  return result;
+}
+
+}  // namespace sparkbatch

@@ -1,0 +1,8 @@
+"""Records and tables to DataSets: one-hot class labels, regression label ranges."""
+
+from __future__ import annotations
+
+from sparkbatch.convert.records import record_to_dataset, records_to_dataset
+from sparkbatch.convert.table import LabelSpec
+
+__all__ = ["LabelSpec", "record_to_dataset", "records_to_dataset"]

@@ -1,0 +1,130 @@
+"""Numeric tables (rows of columns) to DataSets: which columns are labels, and how.
+
+Shared by every path that turns whole tables into DataSets at once: parsed CSV partitions,
+Arrow record batches of DataFrames and lists of records. The label settings mirror DL4J's
+``DataVecDataSetFunction`` / ``RecordReaderDataSetIterator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparkbatch import _native
+from sparkbatch.data import DataSet
+
+__all__ = ["LabelSpec", "split_table", "batches"]
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where the labels of a table are and what they mean.
+
+    Classification: column ``label_index`` (``-1`` = last) holds a class index in
+    ``[0, num_classes)``, one-hot encoded into ``num_classes`` float32 columns. Regression
+    (``regression=True``): columns ``label_first..label_last`` (inclusive) are the labels. The
+    features are all other columns, in their order. With neither, every column is a feature.
+
+    Examples
+    --------
+    >>> spec = LabelSpec(label_index=-1, num_classes=3)
+    >>> spec.label_columns(5)
+    [4]
+    >>> LabelSpec(label_first=1, label_last=2, regression=True).label_columns(4)
+    [1, 2]
+    """
+
+    label_index: int | None = None
+    num_classes: int | None = None
+    label_first: int | None = None
+    label_last: int | None = None
+    regression: bool = False
+
+    def __post_init__(self) -> None:
+        ranged = self.label_first is not None or self.label_last is not None
+        if self.regression:
+            if self.label_index is not None and ranged:
+                raise ValueError("give label_index or label_first/label_last, not both")
+            if not ranged and self.label_index is None:
+                raise ValueError("regression needs label_first and label_last (or label_index)")
+            if ranged and (self.label_first is None or self.label_last is None):
+                raise ValueError("regression needs both label_first and label_last")
+            if ranged and self.label_last < self.label_first:  # type: ignore[operator]
+                raise ValueError(
+                    f"label_last ({self.label_last}) must not be below label_first ({self.label_first})"
+                )
+            if self.num_classes is not None:
+                raise ValueError("num_classes is for classification; drop it or regression=True")
+        elif ranged:
+            raise ValueError("label_first/label_last describe regression labels: pass regression=True")
+        elif self.label_index is not None:
+            if self.num_classes is None or self.num_classes < 1:
+                raise ValueError(
+                    f"classification needs num_classes >= 1 (got {self.num_classes}); "
+                    "for real-valued labels pass regression=True"
+                )
+        elif self.num_classes is not None:
+            raise ValueError("num_classes needs label_index (the column holding the class)")
+
+    @property
+    def classification(self) -> bool:
+        """Whether labels are one-hot encoded class indices."""
+        return not self.regression and self.label_index is not None
+
+    def label_columns(self, n_columns: int) -> list[int]:
+        """The label columns of a table of ``n_columns`` columns, as non-negative indices."""
+        if self.label_first is not None and self.label_last is not None:
+            first, last = self.label_first, self.label_last
+        elif self.label_index is not None:
+            first = last = self.label_index
+        else:
+            return []
+        if first < 0:
+            first += n_columns
+        if last < 0:
+            last += n_columns
+        if not 0 <= first <= last < n_columns:
+            raise ValueError(
+                f"label columns {self.label_first if self.label_first is not None else self.label_index}"
+                f"..{self.label_last if self.label_last is not None else self.label_index} "
+                f"are outside a table of {n_columns} columns"
+            )
+        return list(range(first, last + 1))
+
+
+def split_table(values: np.ndarray, spec: LabelSpec) -> DataSet:
+    """Cut a float table ``[rows, columns]`` into a DataSet per ``spec``, with whole-array ops.
+
+    Class indices must already be validated integers in range (the native CSV parser checks them
+    with the file and line at hand); they are one-hot encoded natively.
+
+    Examples
+    --------
+    >>> table = np.array([[0.5, 1.5, 2.0], [2.5, 3.5, 0.0]], np.float32)
+    >>> ds = split_table(table, LabelSpec(label_index=2, num_classes=3))
+    >>> ds.features.tolist(), ds.labels.tolist()
+    ([[0.5, 1.5], [2.5, 3.5]], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    """
+    if values.ndim != 2:
+        raise ValueError(f"a table must be 2-D [rows, columns], got shape {values.shape}")
+    label_cols = spec.label_columns(values.shape[1])
+    if not label_cols:
+        return DataSet(np.ascontiguousarray(values, dtype=np.float32))
+    first, last = label_cols[0], label_cols[-1] + 1
+    features = np.empty((values.shape[0], values.shape[1] - (last - first)), np.float32)
+    features[:, :first] = values[:, :first]
+    features[:, first:] = values[:, last:]
+    if spec.classification:
+        labels = _native.one_hot(values[:, first].astype(np.int32), int(spec.num_classes or 0))
+    else:
+        labels = np.ascontiguousarray(values[:, first:last], dtype=np.float32)
+    return DataSet(features, labels)
+
+
+def batches(ds: DataSet, batch_size: int) -> Iterator[DataSet]:
+    """The consecutive minibatches of ``batch_size`` examples of ``ds`` (the last smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    yield from ds.split(batch_size)

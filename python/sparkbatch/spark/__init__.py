@@ -1,0 +1,21 @@
+"""Spark-facing functions: CSV and DataFrames to DataSet RDDs, per record or per partition.
+
+Importing this package does not start or need a JVM; pyspark is imported where it is used.
+"""
+
+from __future__ import annotations
+
+from sparkbatch.spark.csv import LinesToDataSets, RangesToDataSets, csv_to_datasets
+from sparkbatch.spark.dataframe import ArrowToMinibatches, DataFrameError, dataframe_to_datasets
+from sparkbatch.spark.records import RecordsToDataSet, StringToRecords
+
+__all__ = [
+    "ArrowToMinibatches",
+    "DataFrameError",
+    "LinesToDataSets",
+    "RangesToDataSets",
+    "RecordsToDataSet",
+    "StringToRecords",
+    "csv_to_datasets",
+    "dataframe_to_datasets",
+]

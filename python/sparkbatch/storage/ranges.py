@@ -1,0 +1,171 @@
+"""Byte ranges of line-oriented files, read the way Hadoop's line splits are.
+
+Spark executors read their share of large text files themselves instead of receiving lines from
+the JVM. A file is cut into ranges of about ``split_size`` bytes; each line belongs to exactly
+one range:
+
+NOTE [line ranges]: the range ``[start, end)`` begins after the first newline at or past
+``start`` (at 0 for the first range) and ends with the first newline at or past ``end`` (or the
+end of the file). So a line that straddles a boundary belongs to the range in which it starts,
+consecutive ranges meet exactly, and no line is read twice or lost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sparkbatch.storage.paths import list_files, resolve
+
+__all__ = ["LineRange", "expand_paths", "plan_line_ranges", "read_line_range", "count_lines_before"]
+
+_BLOCK = 1 << 20  # bytes read at a time while looking for a newline
+
+
+@dataclass(frozen=True)
+class LineRange:
+    """Bytes ``[start, end)`` of the file ``url`` (``size`` bytes long), per NOTE [line ranges]."""
+
+    url: str
+    start: int
+    end: int
+    size: int
+
+    @property
+    def is_first(self) -> bool:
+        """Whether the range holds the file's first line (where header lines are)."""
+        return self.start == 0
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def expand_paths(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Expand files, directories (recursively) and globs into a sorted, duplicate-free file list.
+
+    Hidden files and files whose names start with ``_`` are skipped, as in
+    :func:`~sparkbatch.storage.list_files`.
+
+    Examples
+    --------
+    >>> from sparkbatch.storage import open_output
+    >>> for name in ("a.csv", "b.csv", "c.txt"):
+    ...     with open_output(f"memory://ranges-doc/{name}") as f:
+    ...         _ = f.write(b"1,2\\n")
+    >>> expand_paths("memory://ranges-doc/*.csv")
+    ['memory://ranges-doc/a.csv', 'memory://ranges-doc/b.csv']
+    """
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    found: list[str] = []
+    for item in items:
+        url = os.fspath(item)
+        fs, path = resolve(url, dict(storage_options or {}))
+        if not _has_magic(url):
+            found.extend(list_files(url, storage_options=dict(storage_options or {})))
+            continue
+        matches = sorted(fs.glob(path))
+        if not matches:
+            raise FileNotFoundError(f"no file matches {url!r}")
+        protocol = url.split("://", 1)[0] if "://" in url else ""
+        for match in matches:
+            name = os.path.basename(match.rstrip("/"))
+            if not name.startswith((".", "_")) and not fs.isdir(match):
+                found.append(_to_url(protocol, match))
+    return sorted(dict.fromkeys(found))
+
+
+def _to_url(protocol: str, path: str) -> str:
+    """A path from ``fs.glob`` back in the form the user wrote (plain, ``file://`` or remote)."""
+    if not protocol:
+        return path
+    if protocol == "file":
+        return "file://" + path
+    return f"{protocol}://{path.lstrip('/')}"
+
+
+def plan_line_ranges(
+    urls: Iterable[str],
+    split_size: int | Callable[[int], int],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[LineRange]:
+    """Cut each file into ranges of at most ``split_size`` bytes (empty files give none).
+
+    ``split_size`` may be a function of the total size of all files, called once.
+    """
+    sizes = []
+    for url in urls:
+        fs, path = resolve(url, dict(storage_options or {}))
+        sizes.append((url, int(fs.size(path))))
+    if callable(split_size):
+        split_size = split_size(sum(size for _, size in sizes))
+    if split_size <= 0:
+        raise ValueError(f"split_size must be positive, got {split_size}")
+    return [
+        LineRange(url, start, min(start + split_size, size), size)
+        for url, size in sizes
+        for start in range(0, size, split_size)
+    ]
+
+
+def _find_newline(f: Any, position: int, size: int) -> int:
+    """Position of the first ``\\n`` at or after ``position`` in the open file ``f``, or ``size``."""
+    f.seek(position)
+    while position < size:
+        block = f.read(min(_BLOCK, size - position))
+        if not block:
+            break
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found
+        position += len(block)
+    return size
+
+
+def read_line_range(
+    line_range: LineRange, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[bytes, int]:
+    """Read the whole lines that belong to ``line_range``; return them and their file offset.
+
+    Examples
+    --------
+    >>> from sparkbatch.storage import open_output
+    >>> with open_output("memory://ranges-doc/lines.txt") as f:
+    ...     _ = f.write(b"aaaa\\nbb\\ncccccc\\nd")
+    >>> [read_line_range(r)[0] for r in plan_line_ranges(["memory://ranges-doc/lines.txt"], 6)]
+    [b'aaaa\\nbb\\n', b'cccccc\\n', b'd']
+    """
+    r = line_range
+    fs, path = resolve(r.url, dict(storage_options or {}))
+    with fs.open(path, "rb") as f:
+        begin = 0 if r.start == 0 else _find_newline(f, r.start, r.size) + 1
+        if begin > r.end or begin >= r.size:
+            return b"", begin  # the range lies inside a line that began in an earlier range
+        stop = _find_newline(f, r.end, r.size) if r.end < r.size else r.size
+        stop = min(stop + 1, r.size)
+        f.seek(begin)
+        return f.read(stop - begin), begin
+
+
+def count_lines_before(
+    url: str, offset: int, *, storage_options: Mapping[str, Any] | None = None
+) -> int:
+    """Number of newlines in the first ``offset`` bytes of ``url`` (for error messages only)."""
+    fs, path = resolve(url, dict(storage_options or {}))
+    count = 0
+    with fs.open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(_BLOCK, offset))
+            if not block:
+                break
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count
+

@@ -1,0 +1,190 @@
+"""csv_to_datasets and dataframe_to_datasets on a real local[2] Spark, against numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparkbatch import CsvError, DataSet
+from sparkbatch.spark import csv_to_datasets, dataframe_to_datasets
+
+pytestmark = pytest.mark.spark
+
+N_FEATURES, N_CLASSES = 5, 10
+
+
+def _table(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features = np.round(rng.standard_normal((rows, N_FEATURES)) * 100, 3)
+    labels = rng.integers(0, N_CLASSES, rows)
+    return features, labels
+
+
+def _lines(features: np.ndarray, labels: np.ndarray) -> list[str]:
+    return [",".join(f"{v:.3f}" for v in row) + f",{y}" for row, y in zip(features, labels)]
+
+
+def _write(path, lines: list[str], *, header: bool = False, newline: str = "\n", trailing: bool = True) -> str:
+    text = newline.join((["a,b,c,d,e,label"] if header else []) + lines) + (newline if trailing else "")
+    with open(path, "w", newline="") as f:
+        f.write(text)
+    return str(path)
+
+
+def _merged(rdd) -> DataSet:
+    return DataSet.merge(rdd.collect())
+
+
+def _check(ds: DataSet, features: np.ndarray, labels: np.ndarray) -> None:
+    np.testing.assert_array_equal(ds.features, features.astype(np.float32))
+    np.testing.assert_array_equal(ds.labels, np.eye(N_CLASSES, dtype=np.float32)[labels])
+
+
+def _error_text(excinfo) -> str:
+    return str(excinfo.value)
+
+
+def test_rdd_of_lines_gives_minibatches_in_order(sc):
+    features, labels = _table(100)
+    rdd = sc.parallelize(_lines(features, labels), 3)
+    out = csv_to_datasets(rdd, label_index=5, num_classes=N_CLASSES, batch_size=16)
+    sizes = out.map(lambda d: d.num_examples).collect()
+    assert sum(sizes) == 100 and max(sizes) == 16
+    _check(_merged(out), features, labels)
+
+
+def test_empty_partitions_and_label_index_minus_one(sc):
+    features, labels = _table(3)
+    rdd = sc.parallelize(_lines(features, labels), 6)  # more partitions than lines
+    _check(_merged(csv_to_datasets(rdd, label_index=-1, num_classes=N_CLASSES)), features, labels)
+
+
+def test_file_in_byte_ranges_cut_mid_line(sc, tmp_path):
+    features, labels = _table(500, seed=1)
+    path = _write(tmp_path / "data.csv", _lines(features, labels), header=True)
+    out = csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=997, sc=sc)
+    assert out.getNumPartitions() > 20
+    _check(_merged(out), features, labels)
+
+
+def test_many_files_glob_directory_crlf_no_trailing_newline(sc, tmp_path):
+    parts = [_table(40, seed=s) for s in range(3)]
+    (tmp_path / "d").mkdir()
+    for i, (f, y) in enumerate(parts):
+        _write(tmp_path / "d" / f"part-{i}.csv", _lines(f, y), header=True, newline="\r\n", trailing=i != 1)
+    (tmp_path / "d" / "_SUCCESS").write_text("")
+    features = np.concatenate([f for f, _ in parts])
+    labels = np.concatenate([y for _, y in parts])
+    for source in (str(tmp_path / "d"), str(tmp_path / "d" / "*.csv")):
+        out = csv_to_datasets(source, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=301, sc=sc)
+        _check(_merged(out), features, labels)
+
+
+def test_quoted_fields_and_empty_file(sc, tmp_path):
+    path = _write(tmp_path / "q.csv", ['"1.5",2,"3e2",4,5,"7"', '6, 7 ,8,9,10,0'])
+    _write(tmp_path / "empty.csv", [], trailing=False)
+    out = _merged(csv_to_datasets([path, str(tmp_path / "empty.csv")], label_index=5, num_classes=N_CLASSES, sc=sc))
+    np.testing.assert_array_equal(out.features, [[1.5, 2, 300, 4, 5], [6, 7, 8, 9, 10]])
+    np.testing.assert_array_equal(out.labels.argmax(axis=1), [7, 0])
+
+
+def test_regression_columns(sc, tmp_path):
+    rng = np.random.default_rng(4)
+    table = np.round(rng.standard_normal((50, 6)), 4)
+    lines = [",".join(f"{v:.4f}" for v in row) for row in table]
+    path = _write(tmp_path / "r.csv", lines)
+    out = _merged(csv_to_datasets(path, label_first=3, label_last=5, regression=True, sc=sc))
+    np.testing.assert_array_equal(out.features, table[:, :3].astype(np.float32))
+    np.testing.assert_array_equal(out.labels, table[:, 3:].astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("bad", "column", "found"),
+    [
+        ("1,2,3,4,5,2.5", 5, "'2.5'"),
+        ("1,2,3,4,5,10", 5, "'10'"),
+        ("1,2,3,4,5,-1", 5, "'-1'"),
+        ("1,2,abc,4,5,1", 2, "'abc'"),
+    ],
+)
+def test_bad_cells_name_file_line_column_and_text(sc, tmp_path, bad, column, found):
+    features, labels = _table(300, seed=2)
+    lines = _lines(features, labels)
+    lines[250] = bad  # in a later byte range: the line number must still count from the top
+    path = _write(tmp_path / "bad.csv", lines, header=True)
+    with pytest.raises(Exception) as excinfo:
+        csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=2000, sc=sc).count()
+    text = _error_text(excinfo)
+    assert f"{path}, line 252, column {column}" in text
+    assert found in text
+
+
+def test_wrong_column_count_names_the_partition_for_rdds(sc):
+    features, labels = _table(20)
+    lines = _lines(features, labels)
+    lines[3] = "1,2,3"
+    with pytest.raises(Exception) as excinfo:
+        csv_to_datasets(sc.parallelize(lines, 1), label_index=5, num_classes=N_CLASSES).count()
+    assert "partition 0, line 4" in _error_text(excinfo)
+    assert "6 columns" in _error_text(excinfo)
+
+
+def test_skip_counts_bad_rows_in_an_accumulator(sc, tmp_path):
+    features, labels = _table(100, seed=3)
+    lines = _lines(features, labels)
+    bad_rows = [10, 55, 90]
+    for i in bad_rows:
+        lines[i] = "1,2,3,4,5,99"
+    path = _write(tmp_path / "skip.csv", lines)
+    out = csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, on_error="skip", split_size=1500, sc=sc)
+    merged = _merged(out)
+    keep = np.setdiff1d(np.arange(100), bad_rows)
+    _check(merged, features[keep], labels[keep])
+    assert out.skipped.value == 3
+
+
+def test_missing_input_is_a_clear_error(sc, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        csv_to_datasets(str(tmp_path / "nothing-here" / "*.csv"), label_index=5, num_classes=N_CLASSES, sc=sc)
+
+
+def test_argument_errors_are_raised_on_the_driver(sc, tmp_path):
+    with pytest.raises(ValueError, match="num_classes"):
+        csv_to_datasets(str(tmp_path), label_index=5, sc=sc)
+    with pytest.raises(ValueError, match="on_error"):
+        csv_to_datasets(str(tmp_path), label_index=5, num_classes=3, on_error="ignore", sc=sc)
+
+
+def test_dataframe_to_datasets_classification_and_regression(spark):
+    features, labels = _table(230, seed=5)
+    rows = [tuple(float(v) for v in f) + (int(y),) for f, y in zip(features, labels)]
+    names = ["a", "b", "c", "d", "e", "y"]
+    df = spark.createDataFrame(rows, names).repartition(3)
+    out = dataframe_to_datasets(df, names[:5], "y", num_classes=N_CLASSES, batch_size=32)
+    merged = _merged(out)
+    order = np.lexsort(merged.features.T[::-1])  # repartition shuffles rows: compare as sets
+    ref = np.lexsort(features.astype(np.float32).T[::-1])
+    np.testing.assert_array_equal(merged.features[order], features.astype(np.float32)[ref])
+    np.testing.assert_array_equal(merged.labels[order].argmax(axis=1), labels[ref])
+    assert max(out.map(lambda d: d.num_examples).collect()) == 32
+
+    reg = _merged(dataframe_to_datasets(df.coalesce(1), ["a", "b"], ["c", "d"], regression=True))
+    assert reg.features.shape == (230, 2) and reg.labels.shape == (230, 2)
+
+
+def test_dataframe_nulls_and_bad_labels_are_named(spark):
+    df = spark.createDataFrame([(1.0, 2.0, 1), (None, 1.0, 0)], ["a", "b", "y"])
+    with pytest.raises(Exception, match="column 'a' is null"):
+        dataframe_to_datasets(df.coalesce(1), ["a", "b"], "y", num_classes=2).count()
+    df = spark.createDataFrame([(1.0, 2.0, 1), (3.0, 1.0, 7)], ["a", "b", "y"])
+    with pytest.raises(Exception, match=r"column 'y', row 1 .*\[0, 2\), found 7"):
+        dataframe_to_datasets(df.coalesce(1), ["a", "b"], "y", num_classes=2).count()
+
+
+def test_on_disk_bytes_are_never_collected_to_the_driver(sc, tmp_path):
+    """The byte-range path ships only LineRange descriptions to executors."""
+    features, labels = _table(50)
+    path = _write(tmp_path / "x.csv", _lines(features, labels))
+    out = csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, split_size=200, sc=sc)
+    described = out.toDebugString().decode()
+    assert "ParallelCollectionRDD" in described and "HadoopRDD" not in described
