@@ -41,9 +41,13 @@ def generate(path: str, megabytes: float, seed: int = 0) -> int:
             n = 50_000
             values = rng.standard_normal((n, FEATURES))
             labels = rng.integers(0, CLASSES, n)
-            block = "\n".join(
-                ",".join(f"{v:.6f}" for v in row) + f",{label}" for row, label in zip(values, labels)
-            ) + "\n"
+            block = (
+                "\n".join(
+                    ",".join(f"{v:.6f}" for v in row) + f",{label}"
+                    for row, label in zip(values, labels, strict=True)
+                )
+                + "\n"
+            )
             f.write(block)
             written += len(block)
             rows += n
@@ -66,13 +70,23 @@ def parse_benchmarks(path: str) -> list[tuple[str, float]]:
     mb = len(data) / 1e6
     results = [
         ("sparkbatch native, 1 thread", mb / best(lambda: _native.parse_csv(data, threads=1))),
-        (f"sparkbatch native, {os.cpu_count()} threads", mb / best(lambda: _native.parse_csv(data, threads=0))),
+        (
+            f"sparkbatch native, {os.cpu_count()} threads",
+            mb / best(lambda: _native.parse_csv(data, threads=0)),
+        ),
     ]
     try:
         import pandas as pd
 
-        results.append(("pandas.read_csv (C engine)", mb / best(
-            lambda: pd.read_csv(path, header=None, dtype=np.float32, engine="c").to_numpy())))
+        results.append(
+            (
+                "pandas.read_csv (C engine)",
+                mb
+                / best(
+                    lambda: pd.read_csv(path, header=None, dtype=np.float32, engine="c").to_numpy()
+                ),
+            )
+        )
     except ImportError:
         print("pandas missing: pip install 'sparkbatch[bench]'", file=sys.stderr)
     try:
@@ -88,14 +102,24 @@ def parse_benchmarks(path: str) -> list[tuple[str, float]]:
         print("pyarrow missing: pip install 'sparkbatch[bench]'", file=sys.stderr)
     sample = data[: len(data) // 10]
     sample = sample[: sample.rfind(b"\n") + 1]
-    results.append(("np.loadtxt (1/10 sample)", len(sample) / 1e6 / best(
-        lambda: np.loadtxt(sample.decode().splitlines(), delimiter=",", dtype=np.float32), 1)))
+    results.append(
+        (
+            "np.loadtxt (1/10 sample)",
+            len(sample)
+            / 1e6
+            / best(
+                lambda: np.loadtxt(sample.decode().splitlines(), delimiter=",", dtype=np.float32), 1
+            ),
+        )
+    )
     return results
 
 
 def _count(features: np.ndarray, labels: np.ndarray) -> int:
     """Cut into minibatches as a training loop would, and count the examples."""
-    minibatches = [(features[i : i + BATCH], labels[i : i + BATCH]) for i in range(0, len(features), BATCH)]
+    minibatches = [
+        (features[i : i + BATCH], labels[i : i + BATCH]) for i in range(0, len(features), BATCH)
+    ]
     return sum(len(f) for f, _ in minibatches)
 
 
@@ -109,7 +133,9 @@ class _ArrowToArrays:
             table = np.column_stack([c.to_numpy() for c in batch.columns]).astype(np.float32)
             features = table[:, :FEATURES]
             labels = np.eye(CLASSES, dtype=np.float32)[table[:, FEATURES].astype(np.int64)]
-            yield pa.RecordBatch.from_arrays([pa.array([_count(features, labels)], pa.int64())], names=["n"])
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([_count(features, labels)], pa.int64())], names=["n"]
+            )
 
 
 class _PandasToArrays:
@@ -127,7 +153,9 @@ def _examples(ds) -> int:  # type: ignore[no-untyped-def]
     return ds.num_examples
 
 
-def spark_benchmarks(path: str, rows: int, rows_a: int, workdir: str) -> list[tuple[str, float, int]]:
+def spark_benchmarks(
+    path: str, rows: int, rows_a: int, workdir: str
+) -> list[tuple[str, float, int]]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
     from pyspark.sql import types as T
@@ -137,31 +165,51 @@ def spark_benchmarks(path: str, rows: int, rows_a: int, workdir: str) -> list[tu
 
     cores = os.cpu_count() or 2
     spark = (
-        SparkSession.builder.master(f"local[{cores}]").appName("sparkbatch-bench-csv")
-        .config("spark.ui.enabled", "false").config("spark.driver.memory", "6g")
-        .config("spark.python.worker.reuse", "true").getOrCreate()
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName("sparkbatch-bench-csv")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "6g")
+        .config("spark.python.worker.reuse", "true")
+        .getOrCreate()
     )
     sc = spark.sparkContext
     sc.setLogLevel("ERROR")
     small = os.path.join(workdir, "first-rows.csv")
     with open(path) as src, open(small, "w") as dst:
-        for _, line in zip(range(rows_a), src):
+        for _, line in zip(range(rows_a), src, strict=True):
             dst.write(line)
 
     def chain() -> int:
-        return (sc.textFile(small, cores).map(StringToRecords(CSVRecordReader()))
-                .map(RecordsToDataSet(label_index=FEATURES, num_classes=CLASSES)).map(_examples).sum())
+        return (
+            sc.textFile(small, cores)
+            .map(StringToRecords(CSVRecordReader()))
+            .map(RecordsToDataSet(label_index=FEATURES, num_classes=CLASSES))
+            .map(_examples)
+            .sum()
+        )
 
     def lines() -> int:
-        return csv_to_datasets(sc.textFile(path), label_index=FEATURES, num_classes=CLASSES,
-                               batch_size=BATCH).map(_examples).sum()
+        return (
+            csv_to_datasets(
+                sc.textFile(path), label_index=FEATURES, num_classes=CLASSES, batch_size=BATCH
+            )
+            .map(_examples)
+            .sum()
+        )
 
     def ranges() -> int:
-        return csv_to_datasets(path, label_index=FEATURES, num_classes=CLASSES, batch_size=BATCH,
-                               sc=sc).map(_examples).sum()
+        return (
+            csv_to_datasets(
+                path, label_index=FEATURES, num_classes=CLASSES, batch_size=BATCH, sc=sc
+            )
+            .map(_examples)
+            .sum()
+        )
 
-    schema = T.StructType([T.StructField(f"x{i}", T.FloatType()) for i in range(FEATURES)]
-                          + [T.StructField("y", T.IntegerType())])
+    schema = T.StructType(
+        [T.StructField(f"x{i}", T.FloatType()) for i in range(FEATURES)]
+        + [T.StructField("y", T.IntegerType())]
+    )
 
     def by_hand_arrow() -> int:
         df = spark.read.csv(path, schema=schema)
@@ -210,7 +258,11 @@ def main() -> None:
         print("| parser | MB/s | vs pandas |")
         print("|---|---:|---:|")
         for name, rate in parsed:
-            print(f"| {name} | {rate:,.0f} | {rate / pandas:.2f}× |" if pandas else f"| {name} | {rate:,.0f} | — |")
+            print(
+                f"| {name} | {rate:,.0f} | {rate / pandas:.2f}× |"
+                if pandas
+                else f"| {name} | {rate:,.0f} | — |"
+            )
         if args.skip_spark:
             return
         results = spark_benchmarks(path, rows, min(args.rows_a, rows), workdir)
@@ -221,7 +273,8 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for name, r, n in results:
             print(f"| {name} | {n:,} | {r:,.0f} | {rate['(c)'] / r:.2f}× |")
-        print(f"\n(c)/(a) = {rate['(c)'] / rate['(a)']:.1f}×   (c)/best (d) = {rate['(c)'] / d_best:.1f}×")
+        print(f"\n(c)/(a) = {rate['(c)'] / rate['(a)']:.1f}×", end="   ")
+        print(f"(c)/best (d) = {rate['(c)'] / d_best:.1f}×")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

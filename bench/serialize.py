@@ -59,9 +59,15 @@ def methods(directory: str) -> dict[str, tuple[Callable[[DataSet], None], Callab
             return pickle.load(f)
 
     table = {
-        "sparkbatch": (lambda ds: save(ds, p("batch.safetensors")), lambda: load(p("batch.safetensors"))),
+        "sparkbatch": (
+            lambda ds: save(ds, p("batch.safetensors")),
+            lambda: load(p("batch.safetensors")),
+        ),
         "sparkbatch (no verify)": (None, lambda: load(p("batch.safetensors"), verify=False)),
-        "np.save/np.load": (npy_save, lambda: (np.load(p("features.npy")), np.load(p("labels.npy")))),
+        "np.save/np.load": (
+            npy_save,
+            lambda: (np.load(p("features.npy")), np.load(p("labels.npy"))),
+        ),
         "np.savez": (npz_save, npz_load),
         "pickle": (pickle_save, pickle_load),
     }
@@ -69,7 +75,9 @@ def methods(directory: str) -> dict[str, tuple[Callable[[DataSet], None], Callab
         import safetensors.numpy as stn
 
         table["safetensors.numpy"] = (
-            lambda ds: stn.save_file({"features": ds.features, "labels": ds.labels}, p("st.safetensors")),
+            lambda ds: stn.save_file(
+                {"features": ds.features, "labels": ds.labels}, p("st.safetensors")
+            ),
             lambda: stn.load_file(p("st.safetensors")),
         )
     except ImportError:
@@ -99,7 +107,7 @@ def measure(ds: DataSet, directory: str, repeat: int) -> list[tuple[str, float |
             if saver is None:  # loads the file of the method it shares a format with
                 table["sparkbatch"][0](ds)
             else:
-                best[name][0] = min(best[name][0], timed(lambda: saver(ds)))
+                best[name][0] = min(best[name][0], timed(lambda save=saver: save(ds)))
             best[name][1] = min(best[name][1], timed(loader))
     return [
         (name, None if table[name][0] is None else save_s, load_s)
@@ -119,10 +127,13 @@ def run(sizes: list[float], repeat: int, base: str | None) -> None:
 
 
 def report(size: float, nbytes: int, rows: list[tuple[str, float | None, float]]) -> None:
-    ours = {name: (s, l) for name, s, l in rows}["sparkbatch"]
+    ours = {name: (save_s, load_s) for name, save_s, load_s in rows}["sparkbatch"]
     mb = nbytes / 1e6
     print(f"\nDataSet of {mb:.1f} MB (float32 features [n, {FEATURES}] + labels [n, {CLASSES}])")
-    print(f"| method | save MB/s | sparkbatch save speed-up | load MB/s | load latency ms | sparkbatch load speed-up |")
+    print(
+        "| method | save MB/s | sparkbatch save speed-up | load MB/s | load latency ms "
+        "| sparkbatch load speed-up |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, save_s, load_s in rows:
         save_cell = f"{mb / save_s:,.0f}" if save_s else "—"

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -37,7 +38,9 @@ py::dict py_parse_csv(py::handle buffer, const std::string& delimiter, const std
   options.delimiter = single_char(delimiter, "delimiter");
   options.quoting = !quote.empty();
   if (options.quoting) options.quote = single_char(quote, "quote (or '' for none)");
-  if (skip_lines < 0) throw py::value_error("skip_lines must be >= 0, got " + std::to_string(skip_lines));
+  if (skip_lines < 0) {
+    throw py::value_error("skip_lines must be >= 0, got " + std::to_string(skip_lines));
+  }
   options.skip_lines = static_cast<uint64_t>(skip_lines);
   options.columns = columns;
   options.class_columns = class_columns;
@@ -47,7 +50,8 @@ py::dict py_parse_csv(py::handle buffer, const std::string& delimiter, const std
     throw py::value_error("on_error must be 'raise' or 'skip', got '" + on_error + "'");
   options.skip_bad_rows = on_error == "skip";
   if (threads < 0 || threads > 4096)
-    throw py::value_error("threads must be in [0, 4096] (0: all cores), got " + std::to_string(threads));
+    throw py::value_error("threads must be in [0, 4096] (0: all cores), got " +
+                          std::to_string(threads));
   options.threads = static_cast<unsigned>(threads);
   validate_csv_options(options);  // std::invalid_argument becomes ValueError
 
@@ -76,10 +80,12 @@ py::dict py_parse_csv(py::handle buffer, const std::string& delimiter, const std
     for (const CsvStrings& piece : r.strings[i]) {
       std::size_t begin = 0;
       for (std::size_t end : piece.ends) {
-        PyList_SET_ITEM(cells.ptr(), k++, decode(piece.chars.data() + begin, end - begin).release().ptr());
+        py::str cell = decode(piece.chars.data() + begin, end - begin);
+        PyList_SET_ITEM(cells.ptr(), k++, cell.release().ptr());
         begin = end;
       }
     }
+    if (k != rows) throw std::logic_error("parse_csv: string cells do not match the rows");
     strings[py::int_(r.string_columns[i])] = cells;
   }
 
@@ -89,8 +95,8 @@ py::dict py_parse_csv(py::handle buffer, const std::string& delimiter, const std
   out["skipped"] = py::int_(r.skipped);
   if (r.error) {
     const CsvError& e = *r.error;
-    out["error"] = py::make_tuple(py::int_(e.line), py::int_(e.column), decode(e.text.data(), e.text.size()),
-                                  py::str(e.expected));
+    out["error"] = py::make_tuple(py::int_(e.line), py::int_(e.column),
+                                  decode(e.text.data(), e.text.size()), py::str(e.expected));
   } else {
     out["error"] = py::none();
   }

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -49,11 +50,17 @@ void FloatBuffer::reallocate(std::size_t n) {
 
 namespace {
 
-// NOTE(csv-threads): a buffer is split into chunks of at least this many bytes, one per thread,
-// at record boundaries. Without the quote character in the buffer a boundary is the first newline
-// after the cut; with it, one sequential memchr pass over newlines and quotes (find_boundaries)
-// tracks which newlines are inside quoted fields, so quoted CSV is parsed in parallel as well.
+// NOTE(csv-threads): with several threads a buffer is cut into chunks of at least kMinChunkBytes,
+// kChunksPerThread per thread (threads take the next chunk when done, so a slow one holds no one
+// up), at record boundaries. Without the quote character in the buffer a boundary is the first
+// newline after the cut; with it, one sequential memchr pass over newlines and quotes
+// (find_boundaries) tracks which newlines are inside quoted fields, so quoted CSV is parsed in
+// parallel too. A first parallel pass counts each chunk's newlines: a chunk holds at most that many
+// rows (one more without a final newline), so every chunk parses straight into its own part of
+// one shared block, and the parts are moved together only when a chunk had blank lines, quoted
+// newlines or bad rows.
 constexpr std::size_t kMinChunkBytes = std::size_t{1} << 20;
+constexpr std::size_t kChunksPerThread = 4;
 constexpr std::size_t kAbortCheckRecords = 1024;  // how often a chunk looks for an earlier error
 constexpr std::size_t kMaxListedCategories = 20;  // in "one of [...]"
 constexpr std::size_t kSlack = 32;  // bytes the fast path may read past a newline
@@ -79,16 +86,16 @@ constexpr double kPow10Negative[] = {
     1e-52, 1e-53, 1e-54, 1e-55, 1e-56, 1e-57, 1e-58, 1e-59, 1e-60, 1e-61, 1e-62, 1e-63, 1e-64};
 constexpr int kMaxPow10 = 64;
 
-
 // NOTE(csv-rounding): mantissa * 10^exp10 (0 < mantissa < 10^18) rounded to float32, when one
 // double multiplication settles it; false sends the caller to std::from_chars (correctly rounded).
-// The mantissa converts exactly when <= 2^53 and 10^k is exact for 0 <= k <= 22, so the product
-// is at most three roundings of half a unit in the last place away from the true value, usually
-// fewer. Rounding it on to float gives the correctly rounded float unless a float midpoint (the
-// low 29 bits of the double's mantissa equal to 0x10000000) lies within 8 units of the product:
-// then the true value might lie on the other side of it, or on it (ties go to even). That covers
-// Clinger's exact case too: a product exactly on a midpoint goes to from_chars. Results outside
-// float's normal range also go to from_chars (subnormals round at another bit; overflow).
+// The mantissa is exact up to 2^53 and 10^k for 0 <= k <= 22, so the product is at most three
+// roundings of half a unit in the last place away from the true value, usually fewer. Rounding it
+// on to float gives the correctly rounded float unless a float midpoint (the low 29 bits of the
+// double's mantissa equal to 0x10000000) lies within 8 units of the product: then the true value
+// might lie on the other side of it, or on it (ties go to even). That covers Clinger's exact case
+// too: a product exactly on a midpoint goes to from_chars. Results outside float's normal range
+// also go to from_chars (subnormals round at another bit; overflow). (fast_number has a float
+// division for short cells: NOTE(csv-simd).)
 inline bool fast_convert(uint64_t mantissa, int64_t exp10, float& out) {
   if (exp10 < -kMaxPow10 || exp10 > kMaxPow10) return false;
   const double v = static_cast<double>(static_cast<int64_t>(mantissa)) *
@@ -283,7 +290,8 @@ Field scan_field(const char* p, const char* end, const Dialect& d) {
     f.content_begin = q + 1;
     const char* s = q + 1;
     for (;;) {
-      const auto* hit = static_cast<const char*>(std::memchr(s, d.quote, static_cast<std::size_t>(end - s)));
+      const auto* hit =
+          static_cast<const char*>(std::memchr(s, d.quote, static_cast<std::size_t>(end - s)));
       if (hit == nullptr) {
         f.unterminated = true;
         f.content_end = f.raw_end = f.next = end;
@@ -425,9 +433,8 @@ void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns) {
   }
 }
 
-// SWAR digit parsing (NOTE(csv-swar)): eight bytes at once, so that the number of digits in a
-// field costs no mispredicted branch. The host is little-endian (CMakeLists.txt checks): the
-// first byte is the lowest.
+// Digits eight bytes at a time (SWAR), so that the number of digits in a cell costs no mispredicted
+// branch. The host is little-endian (CMakeLists.txt checks): the first byte is the lowest.
 constexpr uint64_t kZeros = 0x3030303030303030u;  // "00000000"
 constexpr uint64_t kIntPow10[] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
 
@@ -454,8 +461,8 @@ inline uint64_t digits_value(uint64_t t, unsigned n) {
 }
 
 // Appends the digits at p to m (wrapping past 19 digits: the caller checks the count) and returns
-// how many there were. Reads 8 bytes at once: the caller guarantees 8 readable bytes from every
-// newline it may reach (see ChunkParser::run).
+// how many there were. Reads 8 bytes at once: the caller guarantees kSlack readable bytes after
+// the newline that ends the cell (NOTE(csv-tail)).
 inline std::size_t read_digits(const char*& p, uint64_t& m) {
   const uint64_t t = load8(p) ^ kZeros;
   const unsigned n = leading_digits(t);
@@ -476,10 +483,10 @@ inline void store_signed(float* out, float v, bool negative) {
 }
 
 // The scalar fast path for a number cell: blanks, [+-], digits [. digits] [e [+-] digits], blanks,
-// then a delimiter or line end. Reads past `pos` freely: the caller guarantees a newline ahead,
-// and kSlack readable bytes after it; every loop here stops at a newline. Returns kNone, consuming
-// nothing, for anything else (quotes, words, more than 18 digits, values needing from_chars,
-// errors): scan_field and parse_decimal decide those.
+// then a delimiter or line end. Reads past `pos` freely: the caller guarantees a newline ahead and
+// kSlack readable bytes after it (NOTE(csv-tail)); every loop here stops at a newline. Returns
+// kNone, consuming nothing, for anything else (quotes, words, more than 18 digits, values needing
+// from_chars, errors): scan_field and parse_decimal decide those.
 inline Term scalar_number(const char*& pos, float* out, const Dialect& d) {
   const char* p = pos;
   if (static_cast<unsigned char>(*p) <= ' ') {
@@ -549,15 +556,19 @@ inline __m128i load16(const void* p) { return _mm_loadu_si128(static_cast<const 
 inline unsigned bitmask(__m128i v) { return static_cast<unsigned>(_mm_movemask_epi8(v)); }
 inline __m128i bytes_from(int k) { return load16(kWindow + 16 - k); }
 
-// The value of 15 digits (byte values 0..9 in bytes 1..15, the first the most significant; byte 0
-// is 0) as a double, exact (< 10^15), in the low lane.
-inline __m128d fifteen_digits(__m128i z) {
-  const __m128i pairs = _mm_add_epi16(
-      _mm_mullo_epi16(_mm_and_si128(z, _mm_set1_epi16(0x00FF)), _mm_set1_epi16(10)), _mm_srli_epi16(z, 8));
+// kDivisor[16 * negative + k] = (negative ? -1 : 1) * 10^k, exact floats for k <= 10.
+alignas(64) constexpr float kDivisor[32] = {
+    1e0f,  1e1f,  1e2f,  1e3f,  1e4f,  1e5f,  1e6f,  1e7f,  1e8f,  1e9f,  1e10f, 1, 1, 1, 1, 1,
+    -1e0f, -1e1f, -1e2f, -1e3f, -1e4f, -1e5f, -1e6f, -1e7f, -1e8f, -1e9f, -1e10f, 1, 1, 1, 1, 1};
+
+// 16 digits (byte values 0..9, the first the most significant) as two int32 in lanes 0 and 1:
+// the value of the first 8 digits and of the last 8.
+inline __m128i eight_digit_halves(__m128i z) {
+  const __m128i high = _mm_and_si128(z, _mm_set1_epi16(0x00FF));  // the first of each pair
+  const __m128i tens = _mm_mullo_epi16(high, _mm_set1_epi16(10));
+  const __m128i pairs = _mm_add_epi16(tens, _mm_srli_epi16(z, 8));
   const __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00010064));  // 100, 1
-  const __m128i octs = _mm_madd_epi16(_mm_packs_epi32(quads, quads), _mm_set1_epi32(0x00012710));  // 10000, 1
-  const __m128d halves = _mm_cvtepi32_pd(octs);  // the first 8 digits, the last 8
-  return _mm_add_sd(_mm_mul_sd(halves, _mm_set_sd(1e8)), _mm_unpackhi_pd(halves, halves));
+  return _mm_madd_epi16(_mm_packs_epi32(quads, quads), _mm_set1_epi32(0x00012710));  // 10000, 1
 }
 #endif
 
@@ -567,10 +578,11 @@ inline __m128d fifteen_digits(__m128i z) {
 // successive cells (finding the end digit by digit chains every cell to the previous one: half the
 // speed). The cell is then reloaded so that it ends at byte 15, the dot squeezed out with one byte
 // shift, the bytes before it (and a sign) cleared, and its at most 14 digits summed with
-// multiply-adds. That integer is exact in a double, and the result is 0 or in [1e-15, 1e15): one
-// multiplication by -+10^-k leaves only the midpoint test of NOTE(csv-rounding). Anything else
-// (exponents, blanks, longer cells, words, quotes, errors) goes to scalar_number, out of line.
-// `floor`: the 16 bytes before it are readable.
+// multiply-adds. Up to 7 significant digits and 10 decimals (the usual case) the integer and 10^k
+// are exact floats and one float division rounds correctly; otherwise one double multiplication
+// by -+10^-k and the midpoint test of NOTE(csv-rounding). Anything else (exponents, blanks, longer
+// cells, words, quotes, errors) goes to scalar_number. Reads the 16 bytes at pos (NOTE(csv-tail))
+// and the 16 before it when pos >= floor.
 inline Term fast_number(const char*& pos, float* out, const Dialect& d, const char* floor) {
 #if defined(__SSE2__)
   const char* const p = pos;
@@ -595,10 +607,26 @@ inline Term fast_number(const char*& pos, float* out, const Dialect& d, const ch
       const unsigned fraction = length - dot - has_dot;
       const __m128i y = _mm_sub_epi8(load16(p + length - 16), _mm_set1_epi8('0'));
       const __m128i after_dot = bytes_from(has_dot ? shift + static_cast<int>(dot) + 1 : 0);
-      const __m128i squeezed =
-          _mm_or_si128(_mm_and_si128(after_dot, y), _mm_andnot_si128(after_dot, _mm_slli_si128(y, 1)));
-      const __m128i z = _mm_and_si128(squeezed, bytes_from(shift + static_cast<int>(has_dot + sign)));
-      const __m128d v = _mm_mul_sd(fifteen_digits(z), _mm_load_sd(&kScale[16 * negative + fraction]));
+      const __m128i squeezed = _mm_or_si128(_mm_and_si128(after_dot, y),
+                                            _mm_andnot_si128(after_dot, _mm_slli_si128(y, 1)));
+      const int first = shift + static_cast<int>(has_dot + sign);  // the first digit, once squeezed
+      const __m128i z = _mm_and_si128(squeezed, bytes_from(first));
+      const __m128i halves = eight_digit_halves(z);
+      const auto both = static_cast<uint64_t>(_mm_cvtsi128_si64(halves));
+      const unsigned table = 16 * negative + fraction;
+      if ((both & 0xFF000000FFFFFFFFu) == 0 && fraction <= 10) {
+        // Below 2^24 the integer is an exact float, and so is 10^k: one correctly rounded division
+        // gives the float nearest the decimal.
+        const __m128 m = _mm_cvtepi32_ps(_mm_srli_si128(halves, 4));
+        _mm_store_ss(out, _mm_div_ss(m, _mm_load_ss(&kDivisor[table])));
+        pos = p + end + 1;
+        return (newlines >> end) & 1 ? Term::kEnd : Term::kDelim;
+      }
+      // Otherwise the integer (< 10^15) is exact in a double, 10^-k is not: NOTE(csv-rounding).
+      const __m128d parts = _mm_cvtepi32_pd(halves);
+      const __m128d high = _mm_mul_sd(parts, _mm_set_sd(1e8));
+      const __m128d v = _mm_mul_sd(_mm_add_sd(high, _mm_unpackhi_pd(parts, parts)),
+                                   _mm_load_sd(&kScale[table]));
       const auto low = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_castpd_si128(v)));
       if ((low & 0x1FFFFFFFu) - (0x10000000u - 8u) > 16u) {
         _mm_store_ss(out, _mm_cvtsd_ss(_mm_setzero_ps(), v));
@@ -619,8 +647,16 @@ class ChunkParser {
   ChunkParser(const Plan& plan, std::size_t index, std::atomic<std::size_t>& first_error)
       : strings(plan.string_slots), plan_(plan), index_(index), first_error_(first_error) {}
 
+  // Rows go to out[0, capacity) instead of `values`; capacity must hold every row of the chunk.
+  void use_storage(float* out, std::size_t capacity) {
+    out_ = out;
+    capacity_ = capacity;
+    external_ = true;
+  }
+
   // Parses [begin, end); bytes in [readable_begin, readable_end) around it may be read.
-  void run(const char* begin, const char* end, const char* readable_begin, const char* readable_end);
+  void run(const char* begin, const char* end, const char* readable_begin,
+           const char* readable_end);
 
   FloatBuffer values;
   std::size_t rows = 0;
@@ -638,10 +674,10 @@ class ChunkParser {
 
   const char* parse_records(const char* p, const char* end, const char* last_nl);
   Term record(const char*& pos, const char* end, const char* last_nl);
-  Term slow_cell(std::size_t col, const char*& pos, const char* end, const char* last_nl, float* row,
-                 uint64_t& inner);
-  Term bad_record(const char*& pos, const char* rec, const char* resume, bool ended, std::size_t fields,
-                  const BadCell* cell, const char* end, const char* last_nl);
+  Term slow_cell(std::size_t col, const char*& pos, const char* end, const char* last_nl,
+                 float* row, uint64_t& inner);
+  Term bad_record(const char*& pos, const char* rec, const char* resume, bool ended,
+                  std::size_t fields, const BadCell* cell, const char* end, const char* last_nl);
   Term bad(std::size_t col, const Field& f, const char* expected) {
     bad_cell_ = BadCell{col, f, expected};
     return Term::kBad;
@@ -653,7 +689,9 @@ class ChunkParser {
     }
   }
   void grow() {
-    const std::size_t want = std::max({values.capacity() * 2, size_ + plan_.columns, plan_.columns * 1024});
+    if (external_) throw std::logic_error("parse_csv: more rows than newlines in a chunk");
+    const std::size_t want =
+        std::max({values.capacity() * 2, size_ + plan_.columns, plan_.columns * 1024});
     values.set_size(size_);
     values.reallocate(want);
     out_ = values.data();
@@ -667,6 +705,7 @@ class ChunkParser {
   float* out_ = nullptr;  // values' block, written without bounds checks after grow()
   std::size_t size_ = 0;
   std::size_t capacity_ = 0;
+  bool external_ = false;  // out_ is not values'
   const char* floor_ = nullptr;  // fast_number may read 16 bytes before this
   uint64_t line_ = 0;  // lines consumed so far
   bool stopped_ = false;
@@ -679,11 +718,12 @@ void ChunkParser::run(const char* begin, const char* end, const char* readable_b
                       const char* readable_end) {
   // Room for the estimated rows up front (untouched pages cost nothing), from a sample's newlines.
   const auto bytes = static_cast<std::size_t>(end - begin);
-  if (plan_.columns > 0 && bytes > 0) {
+  if (!external_ && plan_.columns > 0 && bytes > 0) {
     const std::size_t sample = std::min<std::size_t>(bytes, 64 * 1024);
     const auto newlines = static_cast<std::size_t>(std::count(begin, begin + sample, '\n'));
-    const std::size_t estimate = static_cast<std::size_t>(
-        static_cast<double>(bytes) * static_cast<double>(newlines + 1) / static_cast<double>(sample) * 1.02 + 16);
+    const double rows_per_byte = static_cast<double>(newlines + 1) / static_cast<double>(sample);
+    const auto estimate =
+        static_cast<std::size_t>(static_cast<double>(bytes) * rows_per_byte * 1.02) + 16;
     values.reallocate(estimate * plan_.columns);
     out_ = values.data();
     capacity_ = values.capacity();
@@ -711,7 +751,7 @@ void ChunkParser::run(const char* begin, const char* end, const char* readable_b
     floor_ = tail.data() + 16;  // tail.size() >= kSlack
     parse_records(tail.data(), tail.data() + size, tail.data() + size - 1);
   }
-  values.set_size(size_);
+  if (!external_) values.set_size(size_);
   lines = line_;
 }
 
@@ -809,7 +849,9 @@ Term ChunkParser::slow_cell(std::size_t col, const char*& pos, const char* end, 
       if (!parse_decimal(b, e, dec)) return bad(col, f, plan_.expected[col].c_str());
       if (kind == Kind::kClass) {
         int64_t index = 0;
-        if (!class_index(dec, plan_.num_classes[col], index)) return bad(col, f, plan_.expected[col].c_str());
+        if (!class_index(dec, plan_.num_classes[col], index)) {
+          return bad(col, f, plan_.expected[col].c_str());
+        }
         row[col] = static_cast<float>(index);
       } else if (!decimal_to_float(dec, row[col])) {
         return bad(col, f, plan_.expected[col].c_str());
@@ -881,7 +923,9 @@ std::size_t first_row_fields(const char* p, const char* end, const Dialect& d) {
       continue;
     }
     std::size_t n = 1;
-    for (Field f = scan_field(p, end, d); f.term == Term::kDelim; f = scan_field(f.next, end, d)) ++n;
+    for (Field f = scan_field(p, end, d); f.term == Term::kDelim; f = scan_field(f.next, end, d)) {
+      ++n;
+    }
     return n;
   }
   return 0;
@@ -889,6 +933,32 @@ std::size_t first_row_fields(const char* p, const char* end, const Dialect& d) {
 
 const char* find_char(const char* p, const char* end, char c) {
   return static_cast<const char*>(std::memchr(p, c, static_cast<std::size_t>(end - p)));
+}
+
+std::size_t count_newlines(const char* p, const char* end) {
+  std::size_t n = 0;
+#if defined(__SSE2__)
+  const __m128i newline = _mm_set1_epi8('\n');
+  while (end - p >= 16 * 255) {  // 255 rounds of byte counters, then their sum
+    __m128i counts = _mm_setzero_si128();
+    for (int i = 0; i < 255; ++i, p += 16) {
+      counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(load16(p), newline));
+    }
+    const __m128i sums = _mm_sad_epu8(counts, _mm_setzero_si128());
+    n += static_cast<std::size_t>(_mm_cvtsi128_si64(sums) +
+                                  _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums)));
+  }
+#endif
+  return n + static_cast<std::size_t>(std::count(p, end, '\n'));
+}
+
+// Calls fn(i) for every chunk i < n from at most `threads` threads, each taking the next chunk.
+void for_each_chunk(std::size_t threads, std::size_t n,
+                    const std::function<void(std::size_t)>& fn) {
+  std::atomic<std::size_t> next{0};
+  parallel_for(std::min(threads, n), [&](std::size_t) {
+    for (std::size_t i; (i = next.fetch_add(1)) < n;) fn(i);
+  });
 }
 
 // Chunk starts: `begin`, then for each cut the first record boundary at or after it (see
@@ -955,8 +1025,8 @@ void validate_csv_options(const CsvOptions& o) {
   };
   if (bad_char(o.delimiter))
     throw std::invalid_argument(
-        "delimiter must be one ASCII character other than a letter, digit, '+', '-', '.', CR or LF, "
-        "got " + std::string(1, o.delimiter));
+        "delimiter must be one ASCII character other than a letter, digit, '+', '-', '.', CR or "
+        "LF, got " + std::string(1, o.delimiter));
   if (o.quoting) {
     if (bad_char(o.quote) || o.quote == ' ' || o.quote == '\t')
       throw std::invalid_argument(
@@ -987,7 +1057,8 @@ void validate_csv_options(const CsvOptions& o) {
     claim(col, "class_columns");
     if (n <= 0)
       throw std::invalid_argument("class_columns[" + std::to_string(col) +
-                                  "] must be a positive number of classes, got " + std::to_string(n));
+                                  "] must be a positive number of classes, got " +
+                                  std::to_string(n));
   }
   for (const auto& [col, names] : o.categories) {
     claim(col, "categories");
@@ -997,7 +1068,8 @@ void validate_csv_options(const CsvOptions& o) {
     std::sort(sorted.begin(), sorted.end());
     const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
     if (dup != sorted.end())
-      throw std::invalid_argument("categories[" + std::to_string(col) + "] lists '" + *dup + "' twice");
+      throw std::invalid_argument("categories[" + std::to_string(col) + "] lists '" + *dup +
+                                  "' twice");
   }
   for (int64_t col : o.string_columns) claim(col, "string_columns");
 }
@@ -1025,10 +1097,13 @@ CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
     columns = static_cast<std::size_t>(o.columns);
   } else {
     columns = first_row_fields(p, end, d);
-    if (columns > 0) {  // columns named in the options count as present (rows lacking them are bad)
-      for (const auto& entry : o.class_columns) columns = std::max(columns, static_cast<std::size_t>(entry.first) + 1);
-      for (const auto& entry : o.categories) columns = std::max(columns, static_cast<std::size_t>(entry.first) + 1);
-      for (int64_t col : o.string_columns) columns = std::max(columns, static_cast<std::size_t>(col) + 1);
+    if (columns > 0) {  // columns named in the options exist (rows lacking them are bad)
+      auto cover = [&](int64_t col) {
+        columns = std::max(columns, static_cast<std::size_t>(col) + 1);
+      };
+      for (const auto& entry : o.class_columns) cover(entry.first);
+      for (const auto& entry : o.categories) cover(entry.first);
+      for (int64_t col : o.string_columns) cover(col);
     }
   }
   Plan plan;
@@ -1037,19 +1112,36 @@ CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
 
   const auto bytes = static_cast<std::size_t>(end - p);
   const std::size_t threads = o.threads != 0 ? o.threads : pool_threads();
-  const std::size_t chunks = std::max<std::size_t>(1, std::min(threads, bytes / kMinChunkBytes));
-  std::vector<const char*> bounds = chunks > 1 ? find_boundaries(p, end, chunks, d) : std::vector<const char*>{p};
+  std::vector<const char*> bounds{p};
+  if (threads > 1 && bytes >= 2 * kMinChunkBytes) {
+    const std::size_t chunks = std::min(threads * kChunksPerThread, bytes / kMinChunkBytes);
+    bounds = find_boundaries(p, end, chunks, d);
+  }
   bounds.push_back(end);
+  const std::size_t n = bounds.size() - 1;
 
   std::atomic<std::size_t> first_error{std::numeric_limits<std::size_t>::max()};
   std::vector<ChunkParser> parsers;
-  parsers.reserve(bounds.size() - 1);
-  for (std::size_t i = 0; i + 1 < bounds.size(); ++i) parsers.emplace_back(plan, i, first_error);
-  auto parse_chunk = [&](std::size_t i) { parsers[i].run(bounds[i], bounds[i + 1], data, end); };
-  if (parsers.size() == 1) {
-    parse_chunk(0);
+  parsers.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) parsers.emplace_back(plan, i, first_error);
+  FloatBuffer shared;                            // the rows of every chunk when n > 1
+  std::vector<std::size_t> row_bound(n + 1, 0);  // chunk i may write rows [row_bound[i], [i + 1])
+  if (n == 1) {
+    parsers[0].run(bounds[0], bounds[1], data, end);
   } else {
-    parallel_for(parsers.size(), parse_chunk);
+    for_each_chunk(threads, n, [&](std::size_t i) {
+      row_bound[i + 1] = count_newlines(bounds[i], bounds[i + 1]) + (bounds[i + 1][-1] != '\n');
+    });
+    for (std::size_t i = 0; i < n; ++i) row_bound[i + 1] += row_bound[i];
+    shared.reallocate(row_bound[n] * columns);
+    for (std::size_t i = 0; i < n; ++i) {
+      parsers[i].use_storage(shared.data() + row_bound[i] * columns,
+                             (row_bound[i + 1] - row_bound[i]) * columns);
+    }
+    for_each_chunk(threads, n, [&](std::size_t i) {
+      if (!o.skip_bad_rows && first_error.load() < i) return;  // nothing after it is kept
+      parsers[i].run(bounds[i], bounds[i + 1], data, end);
+    });
   }
 
   // Join the chunks in file order; without skipping, nothing is kept after an error.
@@ -1061,39 +1153,35 @@ CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
   std::sort(result.string_columns.begin(), result.string_columns.end());
   result.strings.resize(plan.string_slots);
   uint64_t line_offset = skipped_lines;
-  std::size_t kept = parsers.size();
-  for (std::size_t i = 0; i < parsers.size(); ++i) {
-    ChunkParser& c = parsers[i];
+  for (ChunkParser& c : parsers) {
     if (c.error && !result.error) {
       result.error = std::move(c.error);
       result.error->line += line_offset;
-      if (!o.skip_bad_rows) {
+      if (!o.skip_bad_rows) {  // no rows; lines up to the bad record
         result.lines = line_offset + c.lines;
-        kept = 0;
-        break;
+        return result;
       }
     }
     result.skipped += c.skipped;
     line_offset += c.lines;
-    result.lines = line_offset;
   }
-  if (parsers.empty() || kept == 0) return result;
   result.lines = line_offset;
-  std::vector<std::size_t> row_offset(parsers.size() + 1, 0);
-  for (std::size_t i = 0; i < parsers.size(); ++i) row_offset[i + 1] = row_offset[i] + parsers[i].rows;
-  result.rows = row_offset.back();
   for (std::size_t s = 0; s < plan.string_slots; ++s) {
     for (auto& c : parsers) result.strings[s].push_back(std::move(c.strings[s]));
   }
-  result.values = std::move(parsers[0].values);
-  if (parsers.size() > 1 && result.rows * columns > 0) {
-    result.values.reallocate(result.rows * columns);
-    float* const dest = result.values.data();
-    parallel_for(parsers.size() - 1, [&](std::size_t i) {
-      FloatBuffer& src = parsers[i + 1].values;
-      if (src.size() > 0) std::memcpy(dest + row_offset[i + 1] * columns, src.data(), src.size() * sizeof(float));
-      src = FloatBuffer();
-    });
+  if (n == 1) {
+    result.rows = parsers[0].rows;
+    result.values = std::move(parsers[0].values);
+  } else {
+    for (std::size_t i = 0; i < n; ++i) {  // close the gaps left by rows a chunk did not have
+      const std::size_t count = parsers[i].rows * columns;
+      if (row_bound[i] != result.rows && count > 0) {
+        std::memmove(shared.data() + result.rows * columns,
+                     shared.data() + row_bound[i] * columns, count * sizeof(float));
+      }
+      result.rows += parsers[i].rows;
+    }
+    result.values = std::move(shared);
   }
   result.values.reallocate(result.rows * columns);  // gives the unused reserve back
   result.values.set_size(result.rows * columns);

@@ -1,9 +1,9 @@
 // CSV text to a float32 matrix in one call: the hot path of every CSV pipeline.
 //
 // A buffer of CSV bytes becomes a row-major float matrix (plus the text of string columns) in one
-// pass that scans each field once and parses its digits while scanning. Numbers are correctly
-// rounded to float32. Large buffers are cut at record boundaries and parsed by several threads,
-// each into its own storage; the pieces are joined in file order.
+// pass: the common number cell is found and converted with 16-byte operations, the rest by a
+// scalar parser. Numbers are correctly rounded to float32. Large buffers are cut at record
+// boundaries and parsed by several threads, each straight into its own part of the result.
 //
 // Bad data never throws: the parser reports the first bad row (line, column, text, what was
 // expected) and, when asked, skips bad rows and counts them. Bad options throw
@@ -96,7 +96,7 @@ struct CsvResult {
   std::size_t rows = 0;
   std::size_t columns = 0;
   std::vector<int64_t> string_columns;           // ascending
-  std::vector<std::vector<CsvStrings>> strings;  // [i][piece]: string_columns[i], pieces in row order
+  std::vector<std::vector<CsvStrings>> strings;  // [i][piece]: string_columns[i], in row order
   uint64_t skipped = 0;                          // bad rows skipped (skip_bad_rows)
   std::optional<CsvError> error;                 // the first bad row, in file order
   uint64_t lines = 0;                            // physical lines consumed

@@ -20,6 +20,7 @@ def spark() -> Iterator[object]:
         SparkSession.builder.master("local[2]")
         .appName("sparkbatch-tests")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.driver.memory", "2g")
         .config("spark.python.worker.reuse", "true")

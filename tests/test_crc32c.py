@@ -112,13 +112,27 @@ def test_buffer_types() -> None:
     assert _native.crc32c(np.frombuffer(data, dtype=np.uint8)) == expected
     for off in (1, 7, 33):
         piece = memoryview(data)[off : off + 4000]
-        assert _native.crc32c(piece, 77) == ref_table_prefixes(data[off : off + 4000], 77, [4000])[4000]
+        assert (
+            _native.crc32c(piece, 77)
+            == ref_table_prefixes(data[off : off + 4000], 77, [4000])[4000]
+        )
 
 
 # Thresholds of the native code: folding blocks (128, 256 B), mixed chunks (3584, 14336 B) and
 # the three 8 KiB CRC instruction streams (24576 B), alone and combined.
-BOUNDARIES = [256, 512, 3584, 3584 + 512, 2 * 3584, 14336, 14336 + 3584, 2 * 14336 + 3584 + 511,
-              24576, 24576 + 14336, 2 * 24576]
+BOUNDARIES = [
+    256,
+    512,
+    3584,
+    3584 + 512,
+    2 * 3584,
+    14336,
+    14336 + 3584,
+    2 * 14336 + 3584 + 511,
+    24576,
+    24576 + 14336,
+    2 * 24576,
+]
 
 
 @pytest.mark.parametrize("offset", [0, 5])
@@ -127,8 +141,10 @@ def test_lengths_around_thresholds(offset: int) -> None:
     longest = max(BOUNDARIES) + 40
     big = random_bytes(longest + 64, 1000 + offset)
     view = big[offset : offset + longest]
-    lengths = sorted({b + d for b in BOUNDARIES for d in range(-33, 34) if b + d >= 0}
-                     | {rng.randrange(longest) for _ in range(100)})
+    lengths = sorted(
+        {b + d for b in BOUNDARIES for d in range(-33, 34) if b + d >= 0}
+        | {rng.randrange(longest) for _ in range(100)}
+    )
     init = rng.getrandbits(32)
     expected = ref_table_prefixes(bytes(view), init, lengths)
     bad = [n for n in lengths if _native.crc32c(view[:n], init) != expected[n]]

@@ -15,11 +15,13 @@ def test_the_guide_has_examples():
     assert "index.md" in PAGES
 
 
+@pytest.mark.spark
 @pytest.mark.parametrize("page", PAGES)
-def test_doc_examples(page):
+def test_doc_examples(page, spark, sc):
     result = doctest.testfile(
         str(DOCS / page),
         module_relative=False,
+        globs={"spark": spark, "sc": sc},
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
     )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {page}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparkbatch import CsvError, DataSet
+from sparkbatch import DataSet
 from sparkbatch.spark import csv_to_datasets, dataframe_to_datasets
 
 pytestmark = pytest.mark.spark
@@ -21,11 +21,16 @@ def _table(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lines(features: np.ndarray, labels: np.ndarray) -> list[str]:
-    return [",".join(f"{v:.3f}" for v in row) + f",{y}" for row, y in zip(features, labels)]
+    rows = zip(features, labels, strict=True)
+    return [",".join(f"{v:.3f}" for v in row) + f",{y}" for row, y in rows]
 
 
-def _write(path, lines: list[str], *, header: bool = False, newline: str = "\n", trailing: bool = True) -> str:
-    text = newline.join((["a,b,c,d,e,label"] if header else []) + lines) + (newline if trailing else "")
+def _write(
+    path, lines: list[str], *, header: bool = False, newline: str = "\n", trailing: bool = True
+) -> str:
+    text = newline.join((["a,b,c,d,e,label"] if header else []) + lines) + (
+        newline if trailing else ""
+    )
     with open(path, "w", newline="") as f:
         f.write(text)
     return str(path)
@@ -62,7 +67,9 @@ def test_empty_partitions_and_label_index_minus_one(sc):
 def test_file_in_byte_ranges_cut_mid_line(sc, tmp_path):
     features, labels = _table(500, seed=1)
     path = _write(tmp_path / "data.csv", _lines(features, labels), header=True)
-    out = csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=997, sc=sc)
+    out = csv_to_datasets(
+        path, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=997, sc=sc
+    )
     assert out.getNumPartitions() > 20
     _check(_merged(out), features, labels)
 
@@ -71,19 +78,31 @@ def test_many_files_glob_directory_crlf_no_trailing_newline(sc, tmp_path):
     parts = [_table(40, seed=s) for s in range(3)]
     (tmp_path / "d").mkdir()
     for i, (f, y) in enumerate(parts):
-        _write(tmp_path / "d" / f"part-{i}.csv", _lines(f, y), header=True, newline="\r\n", trailing=i != 1)
+        _write(
+            tmp_path / "d" / f"part-{i}.csv",
+            _lines(f, y),
+            header=True,
+            newline="\r\n",
+            trailing=i != 1,
+        )
     (tmp_path / "d" / "_SUCCESS").write_text("")
     features = np.concatenate([f for f, _ in parts])
     labels = np.concatenate([y for _, y in parts])
     for source in (str(tmp_path / "d"), str(tmp_path / "d" / "*.csv")):
-        out = csv_to_datasets(source, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=301, sc=sc)
+        out = csv_to_datasets(
+            source, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=301, sc=sc
+        )
         _check(_merged(out), features, labels)
 
 
 def test_quoted_fields_and_empty_file(sc, tmp_path):
-    path = _write(tmp_path / "q.csv", ['"1.5",2,"3e2",4,5,"7"', '6, 7 ,8,9,10,0'])
+    path = _write(tmp_path / "q.csv", ['"1.5",2,"3e2",4,5,"7"', "6, 7 ,8,9,10,0"])
     _write(tmp_path / "empty.csv", [], trailing=False)
-    out = _merged(csv_to_datasets([path, str(tmp_path / "empty.csv")], label_index=5, num_classes=N_CLASSES, sc=sc))
+    out = _merged(
+        csv_to_datasets(
+            [path, str(tmp_path / "empty.csv")], label_index=5, num_classes=N_CLASSES, sc=sc
+        )
+    )
     np.testing.assert_array_equal(out.features, [[1.5, 2, 300, 4, 5], [6, 7, 8, 9, 10]])
     np.testing.assert_array_equal(out.labels.argmax(axis=1), [7, 0])
 
@@ -113,7 +132,9 @@ def test_bad_cells_name_file_line_column_and_text(sc, tmp_path, bad, column, fou
     lines[250] = bad  # in a later byte range: the line number must still count from the top
     path = _write(tmp_path / "bad.csv", lines, header=True)
     with pytest.raises(Exception) as excinfo:
-        csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=2000, sc=sc).count()
+        csv_to_datasets(
+            path, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=2000, sc=sc
+        ).count()
     text = _error_text(excinfo)
     assert f"{path}, line 252, column {column}" in text
     assert found in text
@@ -136,7 +157,9 @@ def test_skip_counts_bad_rows_in_an_accumulator(sc, tmp_path):
     for i in bad_rows:
         lines[i] = "1,2,3,4,5,99"
     path = _write(tmp_path / "skip.csv", lines)
-    out = csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, on_error="skip", split_size=1500, sc=sc)
+    out = csv_to_datasets(
+        path, label_index=5, num_classes=N_CLASSES, on_error="skip", split_size=1500, sc=sc
+    )
     merged = _merged(out)
     keep = np.setdiff1d(np.arange(100), bad_rows)
     _check(merged, features[keep], labels[keep])
@@ -145,7 +168,9 @@ def test_skip_counts_bad_rows_in_an_accumulator(sc, tmp_path):
 
 def test_missing_input_is_a_clear_error(sc, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
-        csv_to_datasets(str(tmp_path / "nothing-here" / "*.csv"), label_index=5, num_classes=N_CLASSES, sc=sc)
+        csv_to_datasets(
+            str(tmp_path / "nothing-here" / "*.csv"), label_index=5, num_classes=N_CLASSES, sc=sc
+        )
 
 
 def test_argument_errors_are_raised_on_the_driver(sc, tmp_path):
@@ -157,7 +182,7 @@ def test_argument_errors_are_raised_on_the_driver(sc, tmp_path):
 
 def test_dataframe_to_datasets_classification_and_regression(spark):
     features, labels = _table(230, seed=5)
-    rows = [tuple(float(v) for v in f) + (int(y),) for f, y in zip(features, labels)]
+    rows = [tuple(float(v) for v in f) + (int(y),) for f, y in zip(features, labels, strict=True)]
     names = ["a", "b", "c", "d", "e", "y"]
     df = spark.createDataFrame(rows, names).repartition(3)
     out = dataframe_to_datasets(df, names[:5], "y", num_classes=N_CLASSES, batch_size=32)

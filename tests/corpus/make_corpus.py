@@ -22,7 +22,12 @@ def _file(header: dict, data: bytes, *, header_len: int | None = None) -> bytes:
 
 def _valid_header(crc: str = "00000000") -> dict:
     return {
-        "__metadata__": {"format": "sparkbatch.minibatch", "format_version": "1", "kind": "DataSet", "crc32c": crc},
+        "__metadata__": {
+            "format": "sparkbatch.minibatch",
+            "format_version": "1",
+            "kind": "DataSet",
+            "crc32c": crc,
+        },
         "features": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
         "labels": {"dtype": "F32", "shape": [2, 1], "data_offsets": [16, 24]},
     }
@@ -65,12 +70,18 @@ def build() -> dict[str, tuple[bytes, str]]:
     return {
         "truncated.safetensors": (good[:-5], "truncated"),
         "crc_mismatch.safetensors": (bytes(flipped), "CRC32C"),
-        "header_past_end.safetensors": (_file(_valid_header(), DATA, header_len=4000), "runs past the end"),
+        "header_past_end.safetensors": (
+            _file(_valid_header(), DATA, header_len=4000),
+            "runs past the end",
+        ),
         "invalid_json.safetensors": (struct.pack("<Q", 13) + b'{"features":}', "not valid JSON"),
         "shape_mismatch.safetensors": (_file(shape_bad, DATA), "data_offsets span"),
         "overlapping.safetensors": (_file(overlap, DATA[:20]), "overlaps"),
         "unknown_dtype.safetensors": (_file(dtype_bad, DATA), "unknown dtype"),
-        "not_safetensors.safetensors": (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False}", "limit"),
+        "not_safetensors.safetensors": (
+            b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False}",
+            "limit",
+        ),
         "text_file.safetensors": (b"1.0,2.0,3.0\n4.0,5.0,6.0\n", "limit"),
         "empty.safetensors": (b"", "too short"),
         "gap.safetensors": (_file(gap, DATA + b"\0" * 4), "gap"),
@@ -78,10 +89,16 @@ def build() -> dict[str, tuple[bytes, str]]:
         "huge_header_length.safetensors": (struct.pack("<Q", 2**62) + b"{}", "limit"),
         "shape_overflow.safetensors": (_file(overflow, DATA), "overflows"),
         "bf16.safetensors": (_file(bf16, DATA), "numpy cannot hold"),
-        "duplicate_key.safetensors": (struct.pack("<Q", len(duplicate)) + duplicate + DATA, "duplicate key"),
+        "duplicate_key.safetensors": (
+            struct.pack("<Q", len(duplicate)) + duplicate + DATA,
+            "duplicate key",
+        ),
         "metadata_not_string.safetensors": (_file(meta_bad, DATA), "must be a string"),
         "header_not_object.safetensors": (struct.pack("<Q", 2) + b"[]", "does not start with '{'"),
-        "label_out_of_range.safetensors": (_file(label_bad, struct.pack("<f f i i", 0, 0, 1, 7)), "class index 7"),
+        "label_out_of_range.safetensors": (
+            _file(label_bad, struct.pack("<f f i i", 0, 0, 1, 7)),
+            "class index 7",
+        ),
         "format_version_99.safetensors": (_file(version_bad, DATA), "format version 99"),
     }
 
@@ -90,7 +107,10 @@ def main() -> None:
     for name, (blob, _) in build().items():
         (HERE / name).write_bytes(blob)
     (HERE / "expected.json").write_text(
-        json.dumps({name: phrase for name, (_, phrase) in build().items()}, indent=1, sort_keys=True) + "\n"
+        json.dumps(
+            {name: phrase for name, (_, phrase) in build().items()}, indent=1, sort_keys=True
+        )
+        + "\n"
     )
 
 

@@ -23,8 +23,12 @@ def run(paths: Sequence[str], *, verify: bool = True) -> int:
             failed += 1
             continue
         if isinstance(data, DataSet):
-            parts = [("features", data.features), ("labels", data.labels),
-                     ("features_mask", data.features_mask), ("labels_mask", data.labels_mask)]
+            parts = [
+                ("features", data.features),
+                ("labels", data.labels),
+                ("features_mask", data.features_mask),
+                ("labels_mask", data.labels_mask),
+            ]
         else:
             parts = [(f"features.{i}", a) for i, a in enumerate(data.features)]
             parts += [(f"labels.{i}", a) for i, a in enumerate(data.labels)]

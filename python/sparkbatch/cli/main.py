@@ -14,7 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("info", help="print the version, native build features and dependencies")
-    inspect = commands.add_parser("inspect", help="describe minibatch files (shapes, dtypes, checks)")
+    inspect = commands.add_parser(
+        "inspect", help="describe minibatch files (shapes, dtypes, checks)"
+    )
     inspect.add_argument("paths", nargs="+", help="minibatch files (local paths or fsspec URLs)")
     inspect.add_argument("--no-verify", action="store_true", help="skip the CRC32C check")
     return parser

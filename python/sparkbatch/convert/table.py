@@ -53,12 +53,15 @@ class LabelSpec:
                 raise ValueError("regression needs both label_first and label_last")
             if ranged and self.label_last < self.label_first:  # type: ignore[operator]
                 raise ValueError(
-                    f"label_last ({self.label_last}) must not be below label_first ({self.label_first})"
+                    f"label_last ({self.label_last}) must not be below "
+                    f"label_first ({self.label_first})"
                 )
             if self.num_classes is not None:
                 raise ValueError("num_classes is for classification; drop it or regression=True")
         elif ranged:
-            raise ValueError("label_first/label_last describe regression labels: pass regression=True")
+            raise ValueError(
+                "label_first/label_last describe regression labels: pass regression=True"
+            )
         elif self.label_index is not None:
             if self.num_classes is None or self.num_classes < 1:
                 raise ValueError(
@@ -86,9 +89,13 @@ class LabelSpec:
         if last < 0:
             last += n_columns
         if not 0 <= first <= last < n_columns:
+            asked = (
+                f"{self.label_first}..{self.label_last}"
+                if self.label_first is not None
+                else str(self.label_index)
+            )
             raise ValueError(
-                f"label columns {self.label_first if self.label_first is not None else self.label_index}"
-                f"..{self.label_last if self.label_last is not None else self.label_index} "
+                f"label columns {asked} "
                 f"are outside a table of {n_columns} columns"
             )
         return list(range(first, last + 1))

@@ -59,7 +59,7 @@ _DTYPE_CODES = {
 }
 _NUMPY_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
-Minibatch = Union[DataSet, MultiDataSet]
+Minibatch = Union[DataSet, MultiDataSet]  # noqa: UP007 (a runtime alias: 3.10's | cannot mix with a string)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -250,16 +250,24 @@ def _indexed(names: dict[str, np.ndarray], prefix: str, count: int) -> list:
     return [names.pop(f"{prefix}.{i}", None) for i in range(count)]
 
 
-def _count(metadata: Mapping[str, str], key: str, names: Mapping[str, Any], prefix: str, source: str) -> int:
+def _count(
+    metadata: Mapping[str, str], key: str, names: Mapping[str, Any], prefix: str, source: str
+) -> int:
     if key in metadata:
         try:
             value = int(metadata[key])
         except ValueError:
-            raise FormatError(f"{source}: metadata {key}={metadata[key]!r} is not an integer") from None
+            raise FormatError(
+                f"{source}: metadata {key}={metadata[key]!r} is not an integer"
+            ) from None
         if value < 0:
             raise FormatError(f"{source}: metadata {key}={value} is negative")
         return value
-    indices = [int(n.split(".", 1)[1]) for n in names if n.startswith(prefix + ".") and n.split(".", 1)[1].isdigit()]
+    indices = [
+        int(n.split(".", 1)[1])
+        for n in names
+        if n.startswith(prefix + ".") and n.split(".", 1)[1].isdigit()
+    ]
     return max(indices) + 1 if indices else 0
 
 
@@ -314,7 +322,9 @@ def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
             missing = [f"features.{i}" for i, a in enumerate(features) if a is None]
             missing += [f"labels.{i}" for i, a in enumerate(labels) if a is None]
             if missing or not features:
-                raise FormatError(f"{source}: MultiDataSet tensors missing: {missing or ['features.0']}")
+                raise FormatError(
+                    f"{source}: MultiDataSet tensors missing: {missing or ['features.0']}"
+                )
             f_masks = _indexed(arrays, "features_mask", n_in)
             l_masks = _indexed(arrays, "labels_mask", n_out)
             result = MultiDataSet(
@@ -335,7 +345,9 @@ def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
     return result
 
 
-def from_bytes(buffer: bytes | bytearray | memoryview, *, name: str = "<bytes>", verify: bool = True) -> Minibatch:
+def from_bytes(
+    buffer: bytes | bytearray | memoryview, *, name: str = "<bytes>", verify: bool = True
+) -> Minibatch:
     """Decode the bytes of one minibatch file; the arrays are views into ``buffer``."""
     return _decode(buffer, name, verify)
 

@@ -84,8 +84,12 @@ def _first_row_width(buffer: Any, options: CsvOptions, skip_lines: int | None) -
             cut = bytes(head).rfind(b"\n")
             head = head[: cut + 1] if cut >= 0 else head
         result = _native.parse_csv(
-            head, delimiter=options.delimiter, quote=options.quote, skip_lines=skip,
-            on_error="skip", threads=1,
+            head,
+            delimiter=options.delimiter,
+            quote=options.quote,
+            skip_lines=skip,
+            on_error="skip",
+            threads=1,
         )
         if result["values"].shape[0] or result["values"].shape[1]:
             return int(result["values"].shape[1])
@@ -228,7 +232,9 @@ def csv_to_datasets(
         if not ranges:
             result = sc.emptyRDD()
         else:
-            function = RangesToDataSets(spec, options, batch_size, skipped, storage_options=storage_options)
+            function = RangesToDataSets(
+                spec, options, batch_size, skipped, storage_options=storage_options
+            )
             result = sc.parallelize(ranges, len(ranges)).mapPartitions(function)
     if skipped is not None:
         result.skipped = skipped  # type: ignore[attr-defined]

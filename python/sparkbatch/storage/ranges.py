@@ -116,7 +116,7 @@ def plan_line_ranges(
 
 
 def _find_newline(f: Any, position: int, size: int) -> int:
-    """Position of the first ``\\n`` at or after ``position`` in the open file ``f``, or ``size``."""
+    """Position of the first newline at or after ``position`` in the open file, or ``size``."""
     f.seek(position)
     while position < size:
         block = f.read(min(_BLOCK, size - position))
@@ -168,4 +168,3 @@ def count_lines_before(
             count += block.count(b"\n")
             offset -= len(block)
     return count
-
