@@ -119,6 +119,7 @@ def split_table(values: np.ndarray, spec: LabelSpec) -> DataSet:
     label_cols = spec.label_columns(values.shape[1])
     if not label_cols:
         return DataSet(np.ascontiguousarray(values, dtype=np.float32))
+    # The arrays built below agree by construction: NOTE [unchecked construction].
     first, last = label_cols[0], label_cols[-1] + 1
     features = np.empty((values.shape[0], values.shape[1] - (last - first)), np.float32)
     features[:, :first] = values[:, :first]
@@ -127,7 +128,7 @@ def split_table(values: np.ndarray, spec: LabelSpec) -> DataSet:
         labels = _native.one_hot(values[:, first].astype(np.int32), int(spec.num_classes or 0))
     else:
         labels = np.ascontiguousarray(values[:, first:last], dtype=np.float32)
-    return DataSet(features, labels)
+    return DataSet._unchecked(features, labels)
 
 
 def batches(ds: DataSet, batch_size: int) -> Iterator[DataSet]:

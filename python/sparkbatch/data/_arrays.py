@@ -5,6 +5,12 @@ Both classes hold "slots": an array (features or labels, ``[n, ...]``) with an o
 (``[n, t]``, only for sequences ``[n, f, t]``). Conversion, validation, index normalisation and
 the time-series merge live here once, so both classes behave identically.
 
+NOTE [unchecked construction]: validating a DataSet costs a few microseconds, more than
+slicing one out of a bigger one. Arrays derived from already-checked ones by an operation that
+keeps the example axis (slicing, index selection, copying) and arrays built by sparkbatch itself
+(``convert.table.split_table``) skip the checks through ``DataSet._unchecked`` / ``_map``.
+Everything a user passes in, or a file provides, is checked.
+
 NOTE [time-series merge]: merging follows DL4J's ``DataSetUtil.mergeTimeSeries``. Sequences of
 length ``T_i`` fill steps ``0..T_i-1`` of a zero array of length ``T_max`` (padding at the end);
 a mask ``[n, T_max]`` is produced when any input has a mask or the lengths differ. Given masks

@@ -91,9 +91,25 @@ class DataSet(ExampleBatch):
         """The number of examples (the first dimension of every array)."""
         return int(self.features.shape[0])
 
+    @classmethod
+    def _unchecked(
+        cls,
+        features: np.ndarray,
+        labels: np.ndarray | None = None,
+        features_mask: np.ndarray | None = None,
+        labels_mask: np.ndarray | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> DataSet:
+        """A DataSet of numpy arrays already known to agree; see NOTE [unchecked construction]."""
+        ds = cls.__new__(cls)
+        ds.features, ds.labels = features, labels
+        ds.features_mask, ds.labels_mask = features_mask, labels_mask
+        ds.metadata = dict(metadata) if metadata else None
+        return ds
+
     def _map(self, fn: Callable[[np.ndarray], np.ndarray]) -> DataSet:
-        """A new DataSet with ``fn`` applied to every array and mask."""
-        return type(self)(
+        """A new DataSet with ``fn`` (which keeps the example axis) applied to every array."""
+        return self._unchecked(
             fn(self.features),
             maybe(fn, self.labels),
             maybe(fn, self.features_mask),

@@ -143,14 +143,17 @@ labels[0]=float32(4, 1), features_masks[1]=float32(4, 5))
         return int(self.features[0].shape[0])
 
     def _map(self, fn: Callable[[np.ndarray], np.ndarray]) -> MultiDataSet:
-        """A new MultiDataSet with ``fn`` applied to every array and mask."""
-        return type(self)(
-            [fn(array) for array in self.features],
-            [fn(array) for array in self.labels],
-            [maybe(fn, mask) for mask in self.features_masks],
-            [maybe(fn, mask) for mask in self.labels_masks],
-            self.metadata,
-        )
+        """A new MultiDataSet with ``fn`` (which keeps the example axis) applied to every array.
+
+        Skips validation: see NOTE [unchecked construction] in ``_arrays``.
+        """
+        mds = type(self).__new__(type(self))
+        mds.features = tuple(fn(array) for array in self.features)
+        mds.labels = tuple(fn(array) for array in self.labels)
+        mds.features_masks = tuple(maybe(fn, mask) for mask in self.features_masks)
+        mds.labels_masks = tuple(maybe(fn, mask) for mask in self.labels_masks)
+        mds.metadata = dict(self.metadata) if self.metadata else None
+        return mds
 
     @classmethod
     def merge(cls, datasets: Sequence[MultiDataSet]) -> MultiDataSet:

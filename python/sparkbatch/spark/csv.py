@@ -33,8 +33,15 @@ MIN_SPLIT_SIZE = 4 << 20  # ... and at least this many, unless a file is smaller
 
 
 def default_split_size(total_bytes: int, parallelism: int) -> int:
-    """About two ranges per core, each between 4 and 64 MiB."""
-    wanted = -(-total_bytes // max(1, 2 * parallelism))
+    """A size that cuts ``total_bytes`` into a multiple of ``parallelism`` ranges (so that every
+    core gets the same share, at least two each), each of 4 to 64 MiB.
+
+    >>> default_split_size(150 << 20, 2) >> 20, default_split_size(10 << 30, 4) >> 20
+    (37, 64)
+    """
+    cores = max(1, parallelism)
+    waves = max(2, -(-total_bytes // (cores * MAX_SPLIT_SIZE)))
+    wanted = -(-total_bytes // (waves * cores))
     return max(MIN_SPLIT_SIZE, min(MAX_SPLIT_SIZE, wanted))
 
 

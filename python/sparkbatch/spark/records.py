@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sparkbatch.convert.records import _convert, _label_spec
+from sparkbatch.convert.records import _label_spec, convert_record
 from sparkbatch.data import DataSet
 from sparkbatch.records.csv import CSVRecordReader, Record
 
@@ -114,7 +114,7 @@ class RecordsToDataSet:
         self.spec = _label_spec(label_index, num_classes, label_first, label_last, regression)
 
     def __call__(self, record: Sequence[Any]) -> DataSet:
-        return _convert(self.spec, [record], None, None)
+        return convert_record(self.spec, record)
 
     def __repr__(self) -> str:
         s = self.spec
