@@ -24,7 +24,8 @@ import sys
 
 # This file is named csv.py: keep its folder off sys.path so `import csv` (pandas does) finds
 # the standard library.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402 (after the sys.path fix above)
 import itertools  # noqa: E402
