@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from sparkbatch.spark.csv import LinesToDataSets, RangesToDataSets, csv_to_datasets
 from sparkbatch.spark.dataframe import ArrowToMinibatches, DataFrameError, dataframe_to_datasets
+from sparkbatch.spark.export import BatchAndExport, batch_and_export, list_paths
 from sparkbatch.spark.records import RecordsToDataSet, StringToRecords
 
 __all__ = [
     "ArrowToMinibatches",
+    "BatchAndExport",
     "DataFrameError",
     "LinesToDataSets",
     "RangesToDataSets",
     "RecordsToDataSet",
     "StringToRecords",
+    "batch_and_export",
     "csv_to_datasets",
     "dataframe_to_datasets",
+    "list_paths",
 ]

@@ -1,0 +1,102 @@
+"""The manifest of an exported directory: every minibatch file with its example count and shapes.
+
+``batch_and_export`` writes ``_manifest.json`` after its Spark job succeeded, so it lists exactly
+the files of the successful attempts. Readers use it when present (one small read instead of a
+listing of thousands of objects, and exact example counts) and list the directory otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sparkbatch.data.format import FORMAT_NAME, FORMAT_VERSION, SUFFIX
+from sparkbatch.errors import FormatError
+from sparkbatch.storage import exists, join, list_files, open_output, read_bytes
+
+__all__ = ["MANIFEST_NAME", "describe", "minibatch_files", "read_manifest", "write_manifest"]
+
+MANIFEST_NAME = "_manifest.json"
+
+
+def describe(data: Any) -> dict[str, Any]:
+    """Example count and tensor shapes/dtypes of a DataSet or MultiDataSet, for the manifest."""
+    if hasattr(data, "features_mask"):
+        named = {
+            "features": data.features,
+            "labels": data.labels,
+            "features_mask": data.features_mask,
+            "labels_mask": data.labels_mask,
+        }
+    else:
+        named = {f"features.{i}": a for i, a in enumerate(data.features)}
+        named.update({f"labels.{i}": a for i, a in enumerate(data.labels)})
+    return {
+        "kind": type(data).__name__,
+        "num_examples": int(data.num_examples),
+        "tensors": {
+            name: {"dtype": str(a.dtype), "shape": list(a.shape)}
+            for name, a in named.items()
+            if a is not None
+        },
+    }
+
+
+def write_manifest(
+    directory: str,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> str:
+    """Write ``_manifest.json`` atomically; ``entries`` hold ``path`` (relative) and details."""
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "num_files": len(entries),
+        "num_examples": sum(int(e["num_examples"]) for e in entries),
+        **extra,
+        "files": list(entries),
+    }
+    url = join(directory, MANIFEST_NAME)
+    with open_output(url, storage_options=dict(storage_options or {})) as f:
+        f.write(json.dumps(manifest, indent=1).encode())
+    return url
+
+
+def read_manifest(
+    directory: str, *, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The manifest of ``directory``, or None when it has none."""
+    url = join(directory, MANIFEST_NAME)
+    options = dict(storage_options or {})
+    if not exists(url, storage_options=options):
+        return None
+    try:
+        manifest = json.loads(read_bytes(url, storage_options=options))
+        files = manifest["files"]
+        if not isinstance(files, list) or not all(isinstance(f.get("path"), str) for f in files):
+            raise TypeError("files must be a list of objects with a 'path'")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FormatError(f"{url}: not a sparkbatch manifest ({e})") from None
+    return manifest
+
+
+def minibatch_files(
+    directory: str, *, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """URLs of the minibatch files of ``directory``: from its manifest, else by listing it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import DataSet
+    >>> DataSet(np.zeros((2, 1))).save("memory://manifest-doc/b.safetensors")
+    >>> minibatch_files("memory://manifest-doc")
+    ['memory://manifest-doc/b.safetensors']
+    """
+    manifest = read_manifest(directory, storage_options=storage_options)
+    if manifest is not None:
+        return [join(directory, entry["path"]) for entry in manifest["files"]]
+    return list_files(directory, suffix=SUFFIX, storage_options=dict(storage_options or {}))
