@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from sparkbatch.data.dataset import DataSet
+from sparkbatch.data.export import export_datasets
 from sparkbatch.data.format import FORMAT_VERSION, SUFFIX, from_bytes, load, save, to_bytes
+from sparkbatch.data.iterators import FileDataSetIterator, FileMultiDataSetIterator
+from sparkbatch.data.loaders import (
+    Loader,
+    SerializedDataSetLoader,
+    SerializedMultiDataSetLoader,
+    Source,
+)
 from sparkbatch.data.multidataset import MultiDataSet
 
 __all__ = [
     "FORMAT_VERSION",
     "SUFFIX",
     "DataSet",
+    "FileDataSetIterator",
+    "FileMultiDataSetIterator",
+    "Loader",
     "MultiDataSet",
+    "SerializedDataSetLoader",
+    "SerializedMultiDataSetLoader",
+    "Source",
+    "export_datasets",
     "from_bytes",
     "load",
     "save",

@@ -7,15 +7,23 @@ listing of thousands of objects, and exact example counts) and list the director
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sparkbatch.data.format import FORMAT_NAME, FORMAT_VERSION, SUFFIX
 from sparkbatch.errors import FormatError
-from sparkbatch.storage import exists, join, list_files, open_output, read_bytes
+from sparkbatch.storage import exists, join, list_files, open_output, read_bytes, resolve
 
-__all__ = ["MANIFEST_NAME", "describe", "minibatch_files", "read_manifest", "write_manifest"]
+__all__ = [
+    "MANIFEST_NAME",
+    "describe",
+    "minibatch_files",
+    "prepare_output",
+    "read_manifest",
+    "write_manifest",
+]
 
 MANIFEST_NAME = "_manifest.json"
 
@@ -75,12 +83,45 @@ def read_manifest(
         return None
     try:
         manifest = json.loads(read_bytes(url, storage_options=options))
-        files = manifest["files"]
-        if not isinstance(files, list) or not all(isinstance(f.get("path"), str) for f in files):
-            raise TypeError("files must be a list of objects with a 'path'")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FormatError(f"{url}: not a sparkbatch manifest ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{url}: not valid JSON ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        raise FormatError(f'{url}: expected an object with a "files" list, found {manifest!r:.80}')
+    for i, entry in enumerate(files):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not path.strip("/") or ".." in path.split("/"):
+            raise FormatError(
+                f'{url}: files[{i}] must be an object with a relative "path" inside the '
+                f"directory, found {entry!r:.80}"
+            )
     return manifest
+
+
+def prepare_output(
+    directory: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse to export into ``directory`` if it holds minibatch files or a manifest, or, with
+    ``overwrite``, remove them first, so that no stale file of an earlier export is read later."""
+    options = dict(storage_options or {})
+    fs, root = resolve(directory, options)
+    if not fs.exists(root):
+        return
+    old = list_files(directory, suffix=SUFFIX, storage_options=options) if fs.isdir(root) else []
+    manifest = join(directory, MANIFEST_NAME)
+    has_manifest = exists(manifest, storage_options=options)
+    if not old and not has_manifest:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"directory already holds {len(old)} minibatch file(s)"
+            + (f", e.g. {old[0]}" if old else " and a manifest")
+            + " (pass overwrite=True, or export to an empty directory)",
+            directory,
+        )
+    for url in old + ([manifest] if has_manifest else []):
+        fs.rm(resolve(url, options)[1])
 
 
 def minibatch_files(

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 from sparkbatch.data import SUFFIX, DataSet, MultiDataSet, save
-from sparkbatch.data.manifest import MANIFEST_NAME, describe, minibatch_files, write_manifest
-from sparkbatch.storage import join, list_files, resolve
+from sparkbatch.data.manifest import describe, minibatch_files, prepare_output, write_manifest
+from sparkbatch.storage import join
 
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
@@ -90,24 +90,6 @@ class BatchAndExport:
             yield (url, {"path": name, **describe(minibatch)}) if self.with_details else url
 
 
-def _clear(path: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> None:
-    """Refuse (or, with ``overwrite``, remove) minibatch files and a manifest at ``path``."""
-    fs, root = resolve(path, dict(storage_options or {}))
-    if not fs.exists(root):
-        return
-    old = list_files(path, suffix=SUFFIX, storage_options=dict(storage_options or {}))
-    manifest = join(path, MANIFEST_NAME)
-    has_manifest = fs.exists(resolve(manifest, dict(storage_options or {}))[1])
-    if not old and not has_manifest:
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{path} already holds {len(old)} minibatch files: pass overwrite=True to replace them"
-        )
-    for url in old + ([manifest] if has_manifest else []):
-        fs.rm(resolve(url, dict(storage_options or {}))[1])
-
-
 def batch_and_export(
     rdd: RDD[Minibatch],
     path: str | os.PathLike[str],
@@ -142,7 +124,7 @@ def batch_and_export(
     >>> urls = batch_and_export(rdd, "s3://bucket/train", batch_size=32)  # doctest: +SKIP
     """
     path = os.fspath(path)
-    _clear(path, overwrite, storage_options)
+    prepare_output(path, overwrite=overwrite, storage_options=storage_options)
     function = BatchAndExport(
         batch_size,
         path,

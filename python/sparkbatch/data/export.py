@@ -1,0 +1,139 @@
+"""Save a stream of minibatches as numbered files on a single machine.
+
+The local counterpart of DL4J's "prepare data on a single machine ... saving DataSets" how-to:
+:func:`export_datasets` writes each DataSet or MultiDataSet of an iterable to
+``{prefix}_{index:06d}.safetensors`` under a directory (local or fsspec URL), one atomic file
+each, and :class:`~sparkbatch.data.FileDataSetIterator` reads them back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+from sparkbatch.data.dataset import DataSet
+from sparkbatch.data.format import SUFFIX, save
+from sparkbatch.data.manifest import describe, prepare_output, write_manifest
+from sparkbatch.data.multidataset import MultiDataSet
+from sparkbatch.storage import join
+
+__all__ = ["export_datasets"]
+
+
+class _Progress:
+    """A one-line ``\\r`` counter on a text stream; silent when disabled."""
+
+    def __init__(self, enabled: bool, stream: TextIO) -> None:
+        self.enabled = enabled
+        self.stream = stream
+        self.shown = False
+
+    def update(self, files: int, examples: int) -> None:
+        if self.enabled:
+            self.stream.write(f"\rexported {files} minibatches ({examples} examples)")
+            self.stream.flush()
+            self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def export_datasets(
+    iterable: Iterable[DataSet | MultiDataSet],
+    url: str | os.PathLike[str],
+    prefix: str = "dataset",
+    *,
+    compact_labels: bool = False,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> list[str]:
+    """Write each minibatch of ``iterable`` to its own file under the directory ``url``.
+
+    Files are named ``{prefix}_{index:06d}.safetensors`` from index 0, in the order of
+    ``iterable``, and each is written atomically (:func:`~sparkbatch.data.save`), so a reader
+    never sees a partial file. Nothing is re-batched: split or merge first if needed
+    (``ds.split(32)``). At the end ``_manifest.json`` lists every file with its example count,
+    shapes and dtypes (see :mod:`sparkbatch.data.manifest`), which training and
+    :class:`~sparkbatch.data.FileDataSetIterator` read instead of listing the directory.
+
+    Parameters
+    ----------
+    iterable : iterable of DataSet or MultiDataSet
+        The minibatches, consumed once (a generator is fine).
+    url : str or os.PathLike
+        Output directory: a local path or fsspec URL; created if missing.
+    prefix : str, default "dataset"
+        File name prefix.
+    compact_labels : bool, default False
+        Store one-hot labels as class indices (see :func:`~sparkbatch.data.save`).
+    overwrite : bool, default False
+        Export into a directory that already holds minibatch files or a manifest: they are
+        removed first, so no stale file of an earlier export is read back with the new ones.
+    storage_options : mapping, optional
+        Keyword arguments for the file system.
+    progress : bool, optional
+        Show a ``exported N minibatches (M examples)`` counter on stderr; by default only when
+        stderr is a terminal.
+
+    Returns
+    -------
+    list of str
+        The URLs written, in order.
+
+    Raises
+    ------
+    FileExistsError
+        ``overwrite`` is False and ``url`` already holds minibatch files; nothing is written.
+    TypeError
+        An item is neither a DataSet nor a MultiDataSet (files before it are kept).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import DataSet, load
+    >>> ds = DataSet(np.arange(10, dtype=np.float32).reshape(5, 2), np.ones((5, 1), np.float32))
+    >>> urls = export_datasets(ds.split(2), "memory://sparkbatch-doc/export")
+    >>> urls
+    ['memory://sparkbatch-doc/export/dataset_000000.safetensors', ...]
+    >>> [load(u).num_examples for u in urls]
+    [2, 2, 1]
+    >>> export_datasets(ds.split(2), "memory://sparkbatch-doc/export")
+    Traceback (most recent call last):
+    FileExistsError: [Errno 17] ... 'memory://sparkbatch-doc/export'
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+    if not isinstance(url, (str, os.PathLike)) or not isinstance(os.fspath(url), str):
+        raise TypeError(f"url must be a str or os.PathLike[str], got {type(url).__name__}")
+    if not isinstance(prefix, str) or not prefix or "/" in prefix or os.sep in prefix:
+        raise ValueError(f"prefix must be a non-empty file name prefix without '/', got {prefix!r}")
+    target = os.fspath(url)
+    options = dict(storage_options) if storage_options else None
+    prepare_output(target, overwrite=overwrite, storage_options=options)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = _Progress(show, sys.stderr)
+    written: list[str] = []
+    entries: list[dict[str, Any]] = []
+    examples = 0
+    try:
+        for index, data in enumerate(iterable):
+            if not isinstance(data, (DataSet, MultiDataSet)):
+                raise TypeError(
+                    f"item {index} of iterable must be a DataSet or MultiDataSet, "
+                    f"got {type(data).__name__}"
+                )
+            name = f"{prefix}_{index:06d}{SUFFIX}"
+            out = join(target, name)
+            save(data, out, compact_labels=compact_labels, storage_options=options)
+            written.append(out)
+            entries.append({"path": name, **describe(data)})
+            examples += data.num_examples
+            bar.update(len(written), examples)
+    finally:
+        bar.close()
+    write_manifest(target, entries, storage_options=options)
+    return written

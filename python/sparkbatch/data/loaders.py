@@ -1,0 +1,243 @@
+"""Loaders turn one stored file into one minibatch (DL4J's ``Loader``, ``Source``).
+
+A :class:`Source` names one file (a local path or fsspec URL plus ``storage_options``) and opens
+it; a :class:`Loader` is any object with a ``load(source)`` method that returns a
+:class:`~sparkbatch.data.DataSet` or :class:`~sparkbatch.data.MultiDataSet`. Loaders travel to
+Spark executors, so they are small picklable classes that hold settings only; whatever they need
+to read a file is built inside ``load``.
+
+The built-in loaders read sparkbatch minibatch files. A custom format needs only a class:
+
+>>> import numpy as np
+>>> from sparkbatch.data import DataSet
+>>> from sparkbatch.storage import open_output
+>>> class NpzLoader:
+...     '''Reads ``.npz`` files holding arrays ``x`` (features) and ``y`` (labels).'''
+...     def load(self, source):
+...         with source.open() as f, np.load(f) as arrays:
+...             return DataSet(arrays["x"], arrays["y"])
+>>> with open_output("memory://sparkbatch-doc/npz/batch.npz") as f:
+...     np.savez(f, x=np.ones((3, 2), np.float32), y=np.eye(3, dtype=np.float32))
+>>> NpzLoader().load(Source("memory://sparkbatch-doc/npz/batch.npz"))
+DataSet(num_examples=3, features=float32(3, 2), labels=float32(3, 3))
+>>> isinstance(NpzLoader(), Loader)
+True
+>>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+
+Pass such a loader to :class:`~sparkbatch.data.FileDataSetIterator` (``loader=NpzLoader()``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from typing import IO, Any, Protocol, Union, runtime_checkable
+
+from sparkbatch.data.dataset import DataSet
+from sparkbatch.data.format import load
+from sparkbatch.data.multidataset import MultiDataSet
+from sparkbatch.errors import FormatError
+from sparkbatch.storage import is_local, resolve
+
+__all__ = [
+    "Loader",
+    "SerializedDataSetLoader",
+    "SerializedMultiDataSetLoader",
+    "Source",
+]
+
+Minibatch = Union[DataSet, MultiDataSet]  # noqa: UP007 (a runtime alias, as in format.py)
+
+
+def _not_found(url: str, cause: BaseException) -> FileNotFoundError:
+    error = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), url)
+    error.__cause__ = cause
+    return error
+
+
+class Source:
+    """One file to load: a local path or fsspec URL, plus the options of its file system.
+
+    The DL4J ``Source``: loaders call :meth:`open` for a binary stream, or read :attr:`url`
+    themselves (e.g. to memory-map a local file). A Source holds strings only, so it pickles.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        Local path or fsspec URL (``memory://``, ``s3://``, ``file://``, ...).
+    storage_options : mapping, optional
+        Keyword arguments for the file system (credentials, endpoint, ...).
+
+    Examples
+    --------
+    >>> from sparkbatch.storage import open_output
+    >>> with open_output("memory://sparkbatch-doc/src/a.bin") as f:
+    ...     _ = f.write(b"abc")
+    >>> source = Source("memory://sparkbatch-doc/src/a.bin")
+    >>> with source.open() as f:
+    ...     f.read()
+    b'abc'
+    >>> print(source)
+    memory://sparkbatch-doc/src/a.bin
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+
+    __slots__ = ("storage_options", "url")
+
+    url: str
+    storage_options: dict[str, Any] | None
+
+    def __init__(
+        self, url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        path = os.fspath(url) if isinstance(url, (str, os.PathLike)) else None
+        if not isinstance(path, str):
+            raise TypeError(f"url must be a str or os.PathLike[str], got {type(url).__name__}")
+        self.url = path
+        self.storage_options = dict(storage_options) if storage_options else None
+
+    def open(self) -> IO[bytes]:
+        """Open the file for reading, in binary mode; close it (``with``) when done.
+
+        Raises
+        ------
+        FileNotFoundError
+            No file at :attr:`url`; the error's ``filename`` is the URL.
+        """
+        fs, path = resolve(self.url, self.storage_options)
+        try:
+            return fs.open(path, "rb")  # type: ignore[no-any-return]
+        except FileNotFoundError as e:
+            raise _not_found(self.url, e) from e
+
+    def is_local(self) -> bool:
+        """Whether the file is on the local file system (so :attr:`url` can be memory-mapped)."""
+        return is_local(resolve(self.url, self.storage_options)[0])
+
+    def __getstate__(self) -> tuple[str, dict[str, Any] | None]:
+        return self.url, self.storage_options
+
+    def __setstate__(self, state: tuple[str, dict[str, Any] | None]) -> None:
+        self.url, self.storage_options = state
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Source):
+            return NotImplemented
+        return (self.url, self.storage_options) == (other.url, other.storage_options)
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        options = "" if self.storage_options is None else ", storage_options=..."
+        return f"Source({self.url!r}{options})"
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """Anything with ``load(source) -> DataSet | MultiDataSet`` (DL4J's ``Loader<T>``).
+
+    Implementations must be picklable (they are shipped to Spark executors): keep settings in
+    plain attributes and build heavy objects inside :meth:`load`. A missing file should raise
+    :class:`FileNotFoundError` and an unreadable one :class:`~sparkbatch.errors.FormatError`,
+    both naming ``source.url``. See the module docstring for a complete custom loader.
+    """
+
+    def load(self, source: Source) -> DataSet | MultiDataSet:
+        """Read the minibatch stored at ``source``."""
+        ...
+
+
+def _load_minibatch(source: Source, verify: bool) -> Minibatch:
+    """Load a minibatch file: memory-mapped when local, read in one piece otherwise."""
+    try:
+        return load(source.url, verify=verify, storage_options=source.storage_options)
+    except FileNotFoundError as e:
+        if e.filename == source.url:
+            raise
+        raise _not_found(source.url, e) from e
+
+
+class _SerializedLoader:
+    """Settings shared by the built-in loaders of sparkbatch minibatch files."""
+
+    def __init__(self, *, verify: bool = True) -> None:
+        self.verify = bool(verify)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.verify == self.verify  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.verify))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(verify={self.verify})"
+
+
+class SerializedDataSetLoader(_SerializedLoader):
+    """Loads a sparkbatch minibatch file holding a :class:`~sparkbatch.data.DataSet`.
+
+    Local files are memory-mapped (the arrays are read-only views of the file); others are read
+    in one piece. The DL4J ``SerializedDataSetLoader``.
+
+    Parameters
+    ----------
+    verify : bool, default True
+        Check the CRC32C of the data section.
+
+    Raises
+    ------
+    FormatError
+        From :meth:`load`: the file is corrupt, or holds a MultiDataSet.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import DataSet, save
+    >>> save(DataSet(np.zeros((2, 3), np.float32)), "memory://sparkbatch-doc/l/a.safetensors")
+    >>> SerializedDataSetLoader().load(Source("memory://sparkbatch-doc/l/a.safetensors"))
+    DataSet(num_examples=2, features=float32(2, 3))
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+
+    def load(self, source: Source) -> DataSet:
+        """Read the DataSet stored at ``source``."""
+        data = _load_minibatch(source, self.verify)
+        if not isinstance(data, DataSet):
+            raise FormatError(
+                f"{source.url}: holds a {type(data).__name__}, not a DataSet; "
+                "use SerializedMultiDataSetLoader (or FileMultiDataSetIterator)"
+            )
+        return data
+
+
+class SerializedMultiDataSetLoader(_SerializedLoader):
+    """Loads a sparkbatch minibatch file as a :class:`~sparkbatch.data.MultiDataSet`.
+
+    A file holding a DataSet becomes a MultiDataSet with one input and one output
+    (:meth:`DataSet.to_multi`). The DL4J ``SerializedMultiDataSetLoader``.
+
+    Parameters
+    ----------
+    verify : bool, default True
+        Check the CRC32C of the data section.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import DataSet, save
+    >>> save(DataSet(np.zeros((2, 3), np.float32)), "memory://sparkbatch-doc/m/a.safetensors")
+    >>> mds = SerializedMultiDataSetLoader().load(Source("memory://sparkbatch-doc/m/a.safetensors"))
+    >>> type(mds).__name__, mds.num_examples
+    ('MultiDataSet', 2)
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+
+    def load(self, source: Source) -> MultiDataSet:
+        """Read the MultiDataSet (or DataSet, converted) stored at ``source``."""
+        data = _load_minibatch(source, self.verify)
+        return data.to_multi() if isinstance(data, DataSet) else data
