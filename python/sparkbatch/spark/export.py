@@ -31,24 +31,36 @@ def file_name(partition: int, batch: int) -> str:
     return f"part-{partition:05d}-{batch:06d}{SUFFIX}"
 
 
+def _merge(pieces: list[Minibatch]) -> Minibatch:
+    return pieces[0] if len(pieces) == 1 else type(pieces[0]).merge(pieces)
+
+
 def _rebatch(items: Iterable[Minibatch], batch_size: int) -> Iterator[Minibatch]:
-    """Exactly ``batch_size`` examples per minibatch, in order; the remainder last (smaller)."""
-    pending: list[Minibatch] = []
+    """Exactly ``batch_size`` examples per minibatch, in order; the remainder last (smaller).
+
+    Full minibatches inside an incoming DataSet are views of it; only a minibatch that spans
+    two incoming DataSets is merged (copied).
+    """
+    pending: list[Minibatch] = []  # pieces holding fewer than batch_size examples together
     held = 0
     for item in items:
-        if item.num_examples == 0:
-            continue
-        pending.append(item)
-        held += item.num_examples
-        if held < batch_size:
-            continue
-        merged = pending[0] if len(pending) == 1 else type(pending[0]).merge(pending)
-        cut = held - held % batch_size
-        yield from merged[:cut].split(batch_size)
-        pending = [merged[cut:]] if cut < held else []
-        held -= cut
+        n = item.num_examples
+        start = 0
+        if held and n:  # complete the pending minibatch from the head of this item
+            start = min(batch_size - held, n)
+            pending.append(item[:start])
+            held += start
+            if held < batch_size:
+                continue
+            yield _merge(pending)
+            pending, held = [], 0
+        full_end = start + (n - start) // batch_size * batch_size
+        for s in range(start, full_end, batch_size):
+            yield item[s : s + batch_size]
+        if full_end < n:
+            pending, held = [item[full_end:]], n - full_end
     if held:
-        yield pending[0] if len(pending) == 1 else type(pending[0]).merge(pending)
+        yield _merge(pending)
 
 
 class BatchAndExport:

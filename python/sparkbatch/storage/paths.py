@@ -160,11 +160,15 @@ def _temp_name(name: str) -> str:
     return f".{name[:_TEMP_NAME_CHARS]}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
 
 
-def _create_temp(directory: str, name: str) -> tuple[str, IO[bytes]]:
+def _create_temp(directory: str, name: str, opened: bool = True) -> tuple[str, IO[bytes] | None]:
+    """A new temporary file next to ``name``: its path and, if ``opened``, a binary file on it."""
     for _ in range(100):
         tmp = os.path.join(directory, _temp_name(name))
         try:
-            return tmp, open(tmp, "xb")  # exclusive: never reuse another writer's file
+            if opened:
+                return tmp, open(tmp, "xb")  # exclusive: never reuse another writer's file
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp, None
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", directory)
@@ -188,8 +192,10 @@ def _commit_local(tmp: str, target: str, overwrite: bool, url: str) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_local(path: str, overwrite: bool, url: str) -> Iterator[tuple[str, IO[bytes]]]:
-    """Yield ``(temporary path, file opened "xb" on it)``; commit onto ``path`` on success.
+def _atomic_local(
+    path: str, overwrite: bool, url: str, opened: bool = True
+) -> Iterator[tuple[str, IO[bytes] | None]]:
+    """Yield ``(temporary path, file opened "xb" on it or None)``; commit onto ``path`` on success.
 
     The one mechanism behind :func:`atomic_local_path` and local :func:`open_output`; see
     NOTE [atomic writes]. ``url`` is the name that errors carry.
@@ -201,15 +207,17 @@ def _atomic_local(path: str, overwrite: bool, url: str) -> Iterator[tuple[str, I
         raise _error(FileExistsError, errno.EEXIST, url, _OVERWRITE_HINT)
     directory, name = os.path.split(target)
     os.makedirs(directory, exist_ok=True)
-    tmp, f = _create_temp(directory, name)
+    tmp, f = _create_temp(directory, name, opened)
     committed = False
     try:
         yield tmp, f
-        f.close()
+        if f is not None:
+            f.close()
         _commit_local(tmp, target, overwrite, url)
         committed = True
     finally:
-        f.close()
+        if f is not None:
+            f.close()
         if not committed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -261,14 +269,16 @@ def atomic_local_path(path: str | os.PathLike[str], *, overwrite: bool = True) -
     ['a.bin']
     """
     local = _to_str(path, "path")
-    fs, resolved = resolve(local)
-    if not is_local(fs):
-        raise ValueError(
-            f"path must be on the local file system, got {local!r}; "
-            "use open_output() to write to other file systems"
-        )
-    with _atomic_local(resolved, overwrite, local) as (tmp, f):
-        f.close()
+    if "://" in local or "::" in local:  # plain paths skip fsspec's URL parsing (tens of µs)
+        fs, resolved = resolve(local)
+        if not is_local(fs):
+            raise ValueError(
+                f"path must be on the local file system, got {local!r}; "
+                "use open_output() to write to other file systems"
+            )
+    else:
+        resolved = local
+    with _atomic_local(resolved, overwrite, local, opened=False) as (tmp, _):
         yield tmp
 
 
