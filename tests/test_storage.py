@@ -2,10 +2,9 @@
 
 Each test that takes ``base_url`` runs on all back ends listed in ``BACKENDS``; ``base_url`` is a
 fresh, empty directory URL for that test (it may not exist yet: object stores have no empty
-directories). To add a back end (``s3`` against a local moto server), add its name to ``BACKENDS``
-and a branch to ``base_url`` that yields a unique prefix; configure credentials and endpoint
-through ``fsspec.config.conf`` (``monkeypatch.setitem(fsspec.config.conf, "s3", {...})``) so the
-tests need no ``storage_options``.
+directories). ``s3`` runs against the session's local moto server, configured through
+``fsspec.config.conf`` so that the tests need no ``storage_options``. To add a back end, add its
+name to ``BACKENDS`` and a branch to ``base_url`` that yields a unique prefix.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from sparkbatch.storage.paths import (
     resolve,
 )
 
-BACKENDS = ["local", "file-url", "memory"]
+BACKENDS = ["local", "file-url", "memory", "s3"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -50,6 +49,13 @@ def base_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator
         if fs.exists(root):
             fs.rm(root, recursive=True)
         assert not [k for k in fs.store if k.startswith(root)]
+    elif backend == "s3":
+        # The session's local S3-protocol server; fsspec's default config reaches it, so the
+        # tests themselves need no storage_options. Fresh instances: no cached listings.
+        s3_storage = request.getfixturevalue("s3_storage")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(fsspec.config.conf, "s3", {**s3_storage, "skip_instance_cache": True})
+            yield f"s3://sparkbatch/storage-test-{uuid.uuid4().hex[:12]}"
     else:  # pragma: no cover - a back end listed in BACKENDS without a branch here
         raise AssertionError(f"no fixture for back end {backend!r}")
 
@@ -313,7 +319,7 @@ def test_exists(base_url: str) -> None:
 
 def test_resolve(base_url: str) -> None:
     fs, path = resolve(join(base_url, "a.bin"))
-    assert is_local(fs) == (not base_url.startswith("memory://"))
+    assert is_local(fs) == (not base_url.startswith(("memory://", "s3://")))
     assert path.endswith("/a.bin")
     assert "://" not in path
 
