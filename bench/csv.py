@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import sys
 
+from _common import best, local_spark  # noqa: E402 (bench/ is on sys.path until the next line)
+
 # This file is named csv.py: keep its folder off sys.path so `import csv` (pandas does) finds
 # the standard library.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,15 +61,6 @@ def generate(path: str, megabytes: float, seed: int = 0) -> int:
             written += len(block)
             rows += n
     return rows
-
-
-def best(fn: Callable[[], object], repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def parse_benchmarks(path: str) -> list[tuple[str, float]]:
@@ -163,25 +156,14 @@ def _examples(ds) -> int:  # type: ignore[no-untyped-def]
 def spark_benchmarks(
     path: str, rows: int, rows_a: int, workdir: str
 ) -> list[tuple[str, float, int]]:
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
     from pyspark.sql import types as T
 
     from sparkbatch.records import CSVRecordReader
     from sparkbatch.spark import RecordsToDataSet, StringToRecords, csv_to_datasets
 
     cores = os.cpu_count() or 2
-    spark = (
-        SparkSession.builder.master(f"local[{cores}]")
-        .appName("sparkbatch-bench-csv")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "6g")
-        .config("spark.python.worker.reuse", "true")
-        .getOrCreate()
-    )
+    spark = local_spark("sparkbatch-bench-csv", driver_memory="6g")
     sc = spark.sparkContext
-    sc.setLogLevel("ERROR")
     small = os.path.join(workdir, "first-rows.csv")
     with open(path) as src, open(small, "w") as dst:
         dst.writelines(itertools.islice(src, rows_a))

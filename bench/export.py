@@ -17,13 +17,12 @@ import argparse
 import glob
 import os
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
+from _common import best, local_spark
 from sparkbatch.data import DataSet, FileDataSetIterator
 
 
@@ -55,32 +54,12 @@ class _SaveNpy:
             yield part.num_examples
 
 
-def best(fn: Callable[[], object], repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def spark_export(args: argparse.Namespace, workdir: str) -> tuple[str, str]:
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
     from sparkbatch.spark import batch_and_export
 
     cores = os.cpu_count() or 2
-    spark = (
-        SparkSession.builder.master(f"local[{cores}]")
-        .appName("sparkbatch-bench-export")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "4g")
-        .getOrCreate()
-    )
+    spark = local_spark("sparkbatch-bench-export")
     sc = spark.sparkContext
-    sc.setLogLevel("ERROR")
     partitions = 2 * cores
     make = _make_partition(args.features, 10, args.examples // partitions, 1000)
     rdd = sc.parallelize(range(partitions), partitions).mapPartitionsWithIndex(make).cache()
