@@ -94,6 +94,12 @@ def _flatten(
     return labels, predictions, mask
 
 
+
+def _check_same_names(what: str, ours: Sequence[str] | None, theirs: Sequence[str] | None) -> None:
+    """Evaluations of differently named classes or columns must not be merged."""
+    if ours is not None and theirs is not None and list(ours) != list(theirs):
+        raise ValueError(f"cannot merge {what} names {list(theirs)} into {list(ours)}")
+
 class Evaluation:
     """Accumulating evaluation of a classifier: confusion matrix, accuracy, precision, recall.
 
@@ -250,14 +256,7 @@ class Evaluation:
             raise TypeError(f"can only merge an Evaluation, got {type(other).__name__}")
         if other.top_n != self.top_n:
             raise ValueError(f"cannot merge top_n={other.top_n} into top_n={self.top_n}")
-        if (
-            self.label_names is not None
-            and other.label_names is not None
-            and self.label_names != other.label_names
-        ):
-            raise ValueError(
-                f"cannot merge class names {other.label_names} into {self.label_names}"
-            )
+        _check_same_names("class", self.label_names, other.label_names)
         if other.num_classes is None:
             return self
         if self.num_classes is None:
@@ -500,14 +499,7 @@ class RegressionEvaluation:
         """Add the sums of ``other`` (evaluated on other data) to this one; return ``self``."""
         if not isinstance(other, RegressionEvaluation):
             raise TypeError(f"can only merge a RegressionEvaluation, got {type(other).__name__}")
-        if (
-            self.column_names is not None
-            and other.column_names is not None
-            and self.column_names != other.column_names
-        ):
-            raise ValueError(
-                f"cannot merge column names {other.column_names} into {self.column_names}"
-            )
+        _check_same_names("column", self.column_names, other.column_names)
         if other._sums is None:
             return self
         if self._sums is None:
