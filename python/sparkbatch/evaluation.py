@@ -94,11 +94,11 @@ def _flatten(
     return labels, predictions, mask
 
 
-
 def _check_same_names(what: str, ours: Sequence[str] | None, theirs: Sequence[str] | None) -> None:
     """Evaluations of differently named classes or columns must not be merged."""
     if ours is not None and theirs is not None and list(ours) != list(theirs):
         raise ValueError(f"cannot merge {what} names {list(theirs)} into {list(ours)}")
+
 
 class Evaluation:
     """Accumulating evaluation of a classifier: confusion matrix, accuracy, precision, recall.
