@@ -35,3 +35,21 @@ def local_spark(app: str, driver_memory: str = "4g") -> Any:
     )
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def blas_info() -> str:
+    """numpy's BLAS library, its kernel and thread count (threadpoolctl), for the printout."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "numpy BLAS: unknown (pip install threadpoolctl to report it)"
+    import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
+
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    if not pools:
+        return "numpy BLAS: none found"
+    p = pools[0]
+    return (
+        f"numpy BLAS {p.get('internal_api')} {p.get('version')} "
+        f"({p.get('architecture')}, {p.get('num_threads')} threads)"
+    )

@@ -39,5 +39,6 @@ class ByteView {
 // Each registers its part of the module.
 void register_format(py::module_& m);  // bindings_format.cpp: file format, CRC32C, one-hot
 void register_csv(py::module_& m);
+void register_nn(py::module_& m);  // bindings_nn.cpp: the built-in network's kernels
 
 }  // namespace sparkbatch::bindings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -82,6 +83,22 @@ def test_dataset_round_trip_local_is_readonly_memory_map(tmp_path):
     assert back.features.base is not None  # a view, not a copy
     with pytest.raises(ValueError):
         back.features[0, 0] = 1.0
+
+
+def _backing(array: np.ndarray) -> object:
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_large_local_files_are_mapped_and_small_ones_read_into_one_aligned_buffer(tmp_path):
+    small, large = tmp_path / "small.safetensors", tmp_path / "large.safetensors"
+    save(DataSet(np.ones((16, 4), np.float32)), small)
+    save(DataSet(np.ones((1 << 17, 4), np.float32)), large)  # 2 MiB of features
+    assert isinstance(_backing(load(large).features), mmap.mmap)
+    back = load(small)
+    assert not isinstance(_backing(back.features), mmap.mmap)
+    assert back.features.ctypes.data % 64 == 0 and not back.features.flags.writeable
 
 
 def test_every_tensor_and_the_data_section_are_64_byte_aligned(tmp_path):

@@ -36,12 +36,17 @@ __all__ = [
     "load",
     "to_bytes",
     "from_bytes",
+    "save_tensors",
+    "load_tensors",
 ]
 
 FORMAT_NAME = "sparkbatch.minibatch"
 FORMAT_VERSION = 1  # numbered apart from the package version; bump on incompatible changes
 SUFFIX = ".safetensors"
-_MMAP_MIN_BYTES = 8  # mmap cannot map an empty file; tiny files are read instead
+# Files smaller than this are read into one buffer instead of memory-mapped: below about 2 MiB
+# the page faults and the unmap cost more than one copy out of the page cache (docs/performance.md).
+_MMAP_MIN_BYTES = 2 << 20
+_ALIGNMENT = 64  # of the data section and of every tensor in it (docs/format.md)
 
 _DTYPE_CODES = {
     np.dtype("<f8"): "F64",
@@ -198,6 +203,31 @@ def save(
     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     """
     tensors, metadata = _tensors_and_metadata(data, compact_labels)
+    _write(tensors, metadata, target, storage_options)
+
+
+def save_tensors(
+    tensors: Mapping[str, np.ndarray],
+    target: PathLike | IO[bytes],
+    metadata: Mapping[str, str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write named arrays and string metadata as one checksummed safetensors file, atomically.
+
+    The same writer as :func:`save`, for files that hold something other than a minibatch (a
+    network's parameters, for instance); ``metadata`` should name what the file holds.
+    """
+    named = [(name, *_dtype_code(name, np.asarray(array))) for name, array in tensors.items()]
+    _write(named, dict(metadata), target, storage_options)
+
+
+def _write(
+    tensors: list[tuple[str, str, np.ndarray]],
+    metadata: dict[str, str],
+    target: PathLike | IO[bytes],
+    storage_options: Mapping[str, Any] | None,
+) -> None:
     if hasattr(target, "write"):
         target.write(_native.serialize(tensors, metadata))
         return
@@ -223,11 +253,18 @@ def save(
 # Reading
 
 
-def _map_local(path: str) -> mmap.mmap | bytes:
+def _map_local(path: str) -> mmap.mmap | memoryview:
+    """The bytes of a local file: a read-only memory map, or a read-only buffer when small."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < _MMAP_MIN_BYTES:
-            return f.read()
+            spare = np.empty(size + _ALIGNMENT - 1, np.uint8)
+            skip = -spare.ctypes.data % _ALIGNMENT  # the file's 64-byte alignment holds in memory
+            buffer = spare[skip : skip + size]
+            if f.readinto(buffer) != size:
+                raise FormatError(f"{path}: the file changed size while it was read")
+            buffer.flags.writeable = False  # the same read-only arrays as a map gives
+            return memoryview(buffer)
         # No MAP_POPULATE: the kernel's fault-around maps 64 KiB per fault, which measured faster
         # than populating the whole mapping up front, and verify=False then touches nothing.
         return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
@@ -271,7 +308,8 @@ def _count(
     return max(indices) + 1 if indices else 0
 
 
-def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
+def _read_arrays(buffer: Any, source: str, verify: bool) -> tuple[dict[str, np.ndarray], dict]:
+    """The tensors of a safetensors buffer by name, and its metadata, after every check."""
     data_start, entries, metadata = _native.read_header(buffer, source)
     if verify and "crc32c" in metadata:
         expected = metadata["crc32c"]
@@ -287,7 +325,24 @@ def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
             f"{source}: minibatch format version {version}; this sparkbatch reads version "
             f"{FORMAT_VERSION} (upgrade sparkbatch)"
         )
-    arrays = {e[0]: _array(buffer, e, data_start, source) for e in entries}
+    return {e[0]: _array(buffer, e, data_start, source) for e in entries}, metadata
+
+
+def load_tensors(
+    source: PathLike | IO[bytes],
+    *,
+    verify: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a file written by :func:`save_tensors` (or any safetensors file): arrays and metadata.
+
+    The arrays are read-only views, as :func:`load` gives; every check of :func:`load` applies.
+    """
+    return _read_arrays(*_buffer_of(source, storage_options), verify)
+
+
+def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
+    arrays, metadata = _read_arrays(buffer, source, verify)
     for key, value in metadata.items():
         if key.startswith("num_classes:"):
             name = key.split(":", 1)[1]
@@ -360,7 +415,8 @@ def load(
 ) -> Minibatch:
     """Read one minibatch file from a local path, an fsspec URL or a binary file object.
 
-    Local files are memory-mapped and the arrays are read-only views of the file (no copy);
+    Local files from 2 MiB up are memory-mapped and the arrays are read-only views of the file
+    (no copy); smaller local files, where one copy costs less than the page faults of a map, and
     other sources are read into one buffer. With ``verify=True`` the CRC32C of the data section
     is checked; every header field is checked either way.
 
@@ -379,15 +435,19 @@ def load(
     >>> load(buf).num_examples
     4
     """
+    return _decode(*_buffer_of(source, storage_options), verify)
+
+
+def _buffer_of(source: Any, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """The bytes of a file (mapped or read, see :func:`load`) and the name errors give it."""
     if hasattr(source, "read"):
-        name = getattr(source, "name", None) or "<file object>"
-        return _decode(source.read(), str(name), verify)
+        return source.read(), str(getattr(source, "name", None) or "<file object>")
     name = os.fspath(source)
     local = _plain_local_path(source, storage_options)
     if local is not None:
-        return _decode(_map_local(local), name, verify)
+        return _map_local(local), name
     fs, path = resolve(source, storage_options)
     if is_local(fs):
-        return _decode(_map_local(path), name, verify)
+        return _map_local(path), name
     with fs.open(path, "rb") as f:
-        return _decode(f.read(), name, verify)
+        return f.read(), name

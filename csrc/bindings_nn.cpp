@@ -1,0 +1,361 @@
+// Bindings of the built-in network's kernels: _native.nn_*. Each takes numpy arrays of one dtype
+// (float32 or float64), C-contiguous; outputs must be writeable. Nothing is converted or copied:
+// an array of the wrong dtype, layout or shape is refused, since a silent copy of an output would
+// lose the result. The GIL is released while a kernel runs.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "nn_kernels.hpp"
+
+namespace sparkbatch::bindings {
+namespace {
+
+using nn::Activation;
+using nn::Loss;
+using nn::Updater;
+
+enum class Kind { f32, f64 };
+
+Kind kind_of(const py::array& a, const char* name) {
+  if (a.dtype().is(py::dtype::of<float>())) return Kind::f32;
+  if (a.dtype().is(py::dtype::of<double>())) return Kind::f64;
+  throw py::type_error(std::string(name) + " must be float32 or float64, got " +
+                       py::str(a.dtype()).cast<std::string>());
+}
+
+void check_layout(const py::array& a, const char* name, bool writeable) {
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (writeable && !a.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+}
+
+// The arrays of one call: all of one dtype, checked once.
+struct Args {
+  Kind kind = Kind::f32;
+  bool first = true;
+  void add(const py::array& a, const char* name, bool writeable) {
+    const Kind k = kind_of(a, name);
+    if (first) {
+      kind = k;
+      first = false;
+    } else if (k != kind) {
+      throw py::type_error(std::string(name) + " has dtype " +
+                           py::str(a.dtype()).cast<std::string>() +
+                           " but the other arrays have " + (kind == Kind::f32 ? "float32" : "float64"));
+    }
+    check_layout(a, name, writeable);
+  }
+};
+
+template <typename T>
+T* mut(const py::array& a) {
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+template <typename T>
+const T* cptr(const std::optional<py::array>& a) {
+  return a ? static_cast<const T*>(a->data()) : nullptr;
+}
+
+template <typename T>
+T* mptr(const std::optional<py::array>& a) {
+  return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
+}
+
+// [n, m] of a 2-D array.
+std::pair<std::size_t, std::size_t> matrix_shape(const py::array& a, const char* name) {
+  if (a.ndim() != 2)
+    throw py::value_error(std::string(name) + " must be 2-D [n, m], got " +
+                          std::to_string(a.ndim()) + "-D");
+  return {static_cast<std::size_t>(a.shape(0)), static_cast<std::size_t>(a.shape(1))};
+}
+
+void expect_shape(const py::array& a, const char* name, std::size_t n, std::size_t m) {
+  if (a.ndim() != 2 || static_cast<std::size_t>(a.shape(0)) != n ||
+      static_cast<std::size_t>(a.shape(1)) != m)
+    throw py::value_error(std::string(name) + " must have shape [" + std::to_string(n) + ", " +
+                          std::to_string(m) + "]");
+}
+
+void expect_vector(const std::optional<py::array>& a, const char* name, std::size_t m) {
+  if (a && (a->ndim() != 1 || static_cast<std::size_t>(a->shape(0)) != m))
+    throw py::value_error(std::string(name) + " must have shape [" + std::to_string(m) + "]");
+}
+
+Activation activation_of(int code) {
+  if (code < 0 || code > static_cast<int>(Activation::softmax))
+    throw py::value_error("unknown activation code " + std::to_string(code));
+  return static_cast<Activation>(code);
+}
+
+Loss loss_of(int code) {
+  if (code < 0 || code > static_cast<int>(Loss::mae))
+    throw py::value_error("unknown loss code " + std::to_string(code));
+  return static_cast<Loss>(code);
+}
+
+void py_bias_activation(const py::array& z, const std::optional<py::array>& bias,
+                        const py::array& out, int activation, double alpha) {
+  Args args;
+  args.add(z, "z", true);
+  if (bias) args.add(*bias, "bias", false);
+  args.add(out, "out", true);
+  const auto [n, m] = matrix_shape(z, "z");
+  expect_shape(out, "out", n, m);
+  expect_vector(bias, "bias", m);
+  const Activation act = activation_of(activation);
+  py::gil_scoped_release release;
+  if (args.kind == Kind::f32)
+    nn::bias_activation(mut<float>(z), cptr<float>(bias), mut<float>(out), n, m, act,
+                        static_cast<float>(alpha));
+  else
+    nn::bias_activation(mut<double>(z), cptr<double>(bias), mut<double>(out), n, m, act, alpha);
+}
+
+void py_activation_backward(const py::array& da, const std::optional<py::array>& z,
+                            const py::array& a, const py::array& dz,
+                            const std::optional<py::array>& db, int activation, double alpha) {
+  Args args;
+  args.add(da, "da", false);
+  if (z) args.add(*z, "z", false);
+  args.add(a, "a", false);
+  args.add(dz, "dz", true);
+  if (db) args.add(*db, "db", true);
+  const auto [n, m] = matrix_shape(da, "da");
+  if (z) expect_shape(*z, "z", n, m);
+  expect_shape(a, "a", n, m);
+  expect_shape(dz, "dz", n, m);
+  expect_vector(db, "db", m);
+  const Activation act = activation_of(activation);
+  if (!z && nn::needs_preactivation(act))
+    throw py::value_error("this activation's gradient needs the pre-activation z");
+  py::gil_scoped_release release;
+  if (args.kind == Kind::f32)
+    nn::activation_backward(static_cast<const float*>(da.data()), cptr<float>(z),
+                            static_cast<const float*>(a.data()), mut<float>(dz), mptr<float>(db),
+                            n, m, act, static_cast<float>(alpha));
+  else
+    nn::activation_backward(static_cast<const double*>(da.data()), cptr<double>(z),
+                            static_cast<const double*>(a.data()), mut<double>(dz),
+                            mptr<double>(db), n, m, act, alpha);
+}
+
+// Label-mask weights: [n] or [n, 1] per example, [n, m] per output.
+template <typename T>
+nn::LossWeights<T> weights_of(const std::optional<py::array>& w, std::size_t n, std::size_t m) {
+  nn::LossWeights<T> out;
+  if (!w) return out;
+  const auto size = static_cast<std::size_t>(w->size());
+  const bool per_example = size == n && (w->ndim() == 1 || (w->ndim() == 2 && w->shape(1) == 1));
+  const bool per_output = w->ndim() == 2 && size == n * m && static_cast<std::size_t>(w->shape(0)) == n;
+  if (!per_example && !per_output)
+    throw py::value_error("weights must have shape [" + std::to_string(n) + "], [" +
+                          std::to_string(n) + ", 1] or [" + std::to_string(n) + ", " +
+                          std::to_string(m) + "]");
+  out.data = static_cast<const T*>(w->data());
+  out.per_output = per_output && !per_example;
+  return out;
+}
+
+double py_output_layer(int loss, int activation, double alpha, const py::array& z,
+                       const std::optional<py::array>& bias, const py::array& labels,
+                       const std::optional<py::array>& weights, const py::array& a,
+                       const py::array& dz, const std::optional<py::array>& db, double scale) {
+  Args args;
+  args.add(z, "z", true);
+  if (bias) args.add(*bias, "bias", false);
+  args.add(labels, "labels", false);
+  if (weights) args.add(*weights, "weights", false);
+  args.add(a, "a", true);
+  args.add(dz, "dz", true);
+  if (db) args.add(*db, "db", true);
+  const auto [n, m] = matrix_shape(z, "z");
+  expect_shape(labels, "labels", n, m);
+  expect_shape(a, "a", n, m);
+  expect_shape(dz, "dz", n, m);
+  expect_vector(bias, "bias", m);
+  expect_vector(db, "db", m);
+  const Loss l = loss_of(loss);
+  const Activation act = activation_of(activation);
+  if (args.kind == Kind::f32) {
+    const auto w = weights_of<float>(weights, n, m);
+    py::gil_scoped_release release;
+    return nn::output_layer(l, act, static_cast<float>(alpha), mut<float>(z), cptr<float>(bias),
+                            static_cast<const float*>(labels.data()), w, mut<float>(a),
+                            mut<float>(dz), mptr<float>(db), n, m, static_cast<float>(scale));
+  }
+  const auto w = weights_of<double>(weights, n, m);
+  py::gil_scoped_release release;
+  return nn::output_layer(l, act, alpha, mut<double>(z), cptr<double>(bias),
+                          static_cast<const double*>(labels.data()), w, mut<double>(a),
+                          mut<double>(dz), mptr<double>(db), n, m, scale);
+}
+
+double py_loss_sum(int loss, int activation, const py::array& z, const py::array& a,
+                   const py::array& labels, const std::optional<py::array>& weights) {
+  Args args;
+  args.add(z, "z", false);
+  args.add(a, "a", false);
+  args.add(labels, "labels", false);
+  if (weights) args.add(*weights, "weights", false);
+  const auto [n, m] = matrix_shape(z, "z");
+  expect_shape(a, "a", n, m);
+  expect_shape(labels, "labels", n, m);
+  const Loss l = loss_of(loss);
+  const Activation act = activation_of(activation);
+  if (args.kind == Kind::f32) {
+    const auto w = weights_of<float>(weights, n, m);
+    py::gil_scoped_release release;
+    return nn::loss_sum(l, act, static_cast<const float*>(z.data()),
+                        static_cast<const float*>(a.data()),
+                        static_cast<const float*>(labels.data()), w, n, m);
+  }
+  const auto w = weights_of<double>(weights, n, m);
+  py::gil_scoped_release release;
+  return nn::loss_sum(l, act, static_cast<const double*>(z.data()),
+                      static_cast<const double*>(a.data()),
+                      static_cast<const double*>(labels.data()), w, n, m);
+}
+
+void py_updater_step(int updater, const py::array& params, const py::array& grads,
+                     const py::array& state, double lr, double beta1, double beta2, double eps,
+                     double momentum, double decay) {
+  if (updater < 0 || updater > static_cast<int>(Updater::rmsprop))
+    throw py::value_error("unknown updater code " + std::to_string(updater));
+  const auto u = static_cast<Updater>(updater);
+  Args args;
+  args.add(params, "params", true);
+  args.add(grads, "grads", false);
+  args.add(state, "state", true);
+  const auto count = static_cast<std::size_t>(params.size());
+  if (static_cast<std::size_t>(grads.size()) != count)
+    throw py::value_error("grads has " + std::to_string(grads.size()) + " values, params " +
+                          std::to_string(count));
+  const auto expected_state = count * static_cast<std::size_t>(nn::updater_state_per_param(u));
+  if (static_cast<std::size_t>(state.size()) != expected_state)
+    throw py::value_error("state has " + std::to_string(state.size()) + " values, expected " +
+                          std::to_string(expected_state));
+  nn::UpdaterHyper h;
+  h.lr = lr;
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.eps = eps;
+  h.momentum = momentum;
+  h.decay = decay;
+  py::gil_scoped_release release;
+  if (args.kind == Kind::f32)
+    nn::updater_step(u, mut<float>(params), static_cast<const float*>(grads.data()),
+                     mut<float>(state), count, h);
+  else
+    nn::updater_step(u, mut<double>(params), static_cast<const double*>(grads.data()),
+                     mut<double>(state), count, h);
+}
+
+// Flat views of same-sized buffers of one dtype.
+struct Flat {
+  Args args;
+  std::size_t count = 0;
+  bool have = false;
+  void add(const py::array& a, const char* name, bool writeable) {
+    args.add(a, name, writeable);
+    const auto size = static_cast<std::size_t>(a.size());
+    if (have && size != count)
+      throw py::value_error(std::string(name) + " has " + std::to_string(size) +
+                            " values, the others " + std::to_string(count));
+    count = size;
+    have = true;
+  }
+};
+
+void py_average(const std::vector<py::array>& buffers, const py::array& out,
+                std::optional<double> divisor) {
+  if (buffers.empty()) throw py::value_error("average needs at least one buffer");
+  const double d = divisor.value_or(static_cast<double>(buffers.size()));
+  if (!(d > 0)) throw py::value_error("divisor must be > 0, got " + std::to_string(d));
+  Flat flat;
+  for (const auto& b : buffers) flat.add(b, "buffer", false);
+  flat.add(out, "out", true);
+  const std::size_t k = buffers.size();
+  if (flat.args.kind == Kind::f32) {
+    std::vector<const float*> pointers;
+    for (const auto& b : buffers) pointers.push_back(static_cast<const float*>(b.data()));
+    py::gil_scoped_release release;
+    nn::average(pointers.data(), k, mut<float>(out), flat.count, d);
+  } else {
+    std::vector<const double*> pointers;
+    for (const auto& b : buffers) pointers.push_back(static_cast<const double*>(b.data()));
+    py::gil_scoped_release release;
+    nn::average(pointers.data(), k, mut<double>(out), flat.count, d);
+  }
+}
+
+void py_add_into(const py::array& acc, const py::array& x) {
+  Flat flat;
+  flat.add(acc, "acc", true);
+  flat.add(x, "x", false);
+  py::gil_scoped_release release;
+  if (flat.args.kind == Kind::f32)
+    nn::add_into(mut<float>(acc), static_cast<const float*>(x.data()), flat.count);
+  else
+    nn::add_into(mut<double>(acc), static_cast<const double*>(x.data()), flat.count);
+}
+
+void py_axpy(const py::array& y, const py::array& x, double alpha) {
+  Flat flat;
+  flat.add(y, "y", true);
+  flat.add(x, "x", false);
+  py::gil_scoped_release release;
+  if (flat.args.kind == Kind::f32)
+    nn::axpy(mut<float>(y), static_cast<const float*>(x.data()), static_cast<float>(alpha),
+             flat.count);
+  else
+    nn::axpy(mut<double>(y), static_cast<const double*>(x.data()), alpha, flat.count);
+}
+
+void py_dropout(const py::array& x, double rate, uint64_t seed) {
+  if (!(rate >= 0.0 && rate < 1.0))
+    throw py::value_error("dropout rate must be in [0, 1), got " + std::to_string(rate));
+  Flat flat;
+  flat.add(x, "x", true);
+  py::gil_scoped_release release;
+  if (flat.args.kind == Kind::f32)
+    nn::dropout(mut<float>(x), flat.count, rate, seed);
+  else
+    nn::dropout(mut<double>(x), flat.count, rate, seed);
+}
+
+}  // namespace
+
+void register_nn(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("nn_bias_activation", &py_bias_activation, "z"_a, "bias"_a, "out"_a, "activation"_a,
+        "alpha"_a = 0.0,
+        "z += bias (in place); out = activation(z). out may be z.");
+  m.def("nn_activation_backward", &py_activation_backward, "da"_a, "z"_a, "a"_a, "dz"_a, "db"_a,
+        "activation"_a, "alpha"_a = 0.0,
+        "dz = da * activation'(z); db = column sums of dz. dz may be da.");
+  m.def("nn_output_layer", &py_output_layer, "loss"_a, "activation"_a, "alpha"_a, "z"_a,
+        "bias"_a, "labels"_a, "weights"_a, "a"_a, "dz"_a, "db"_a, "scale"_a,
+        "Output layer after its matrix product: bias, activation, weighted loss (returned as a "
+        "sum), dz = scale * dloss/dz, db = column sums of dz.");
+  m.def("nn_loss_sum", &py_loss_sum, "loss"_a, "activation"_a, "z"_a, "a"_a, "labels"_a,
+        "weights"_a, "Sum of the weighted loss terms of an output layer's activations.");
+  m.def("nn_updater_step", &py_updater_step, "updater"_a, "params"_a, "grads"_a, "state"_a,
+        "lr"_a, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "momentum"_a = 0.0,
+        "decay"_a = 0.95, "One updater step over a flat parameter buffer, in place.");
+  m.def("nn_average", &py_average, "buffers"_a, "out"_a, "divisor"_a = py::none(),
+        "out = element-wise sum of the buffers / divisor (default: their number, the mean); "
+        "out may be one of them.");
+  m.def("nn_add_into", &py_add_into, "acc"_a, "x"_a, "acc += x, in place.");
+  m.def("nn_axpy", &py_axpy, "y"_a, "x"_a, "alpha"_a, "y += alpha * x, in place.");
+  m.def("nn_dropout", &py_dropout, "x"_a, "rate"_a, "seed"_a,
+        "Inverted dropout in place; the mask is a function of (seed, index).");
+}
+
+}  // namespace sparkbatch::bindings

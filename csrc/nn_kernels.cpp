@@ -1,0 +1,359 @@
+#include "nn_kernels.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "thread_pool.hpp"
+
+namespace sparkbatch::nn {
+namespace {
+
+// Below this many elements a pass runs on the calling thread: waking the pool costs more.
+constexpr std::size_t kParallelMin = std::size_t{1} << 17;
+
+// Calls fn(begin, end) over pieces of [0, count); `work` is the number of elements touched.
+template <typename F>
+void for_pieces(std::size_t count, std::size_t work, F&& fn) {
+  const std::size_t threads = pool_threads();
+  if (work < kParallelMin || threads < 2 || count < 2) {
+    fn(std::size_t{0}, count);
+    return;
+  }
+  const std::size_t pieces = std::min(count, threads * 4);
+  const std::size_t step = (count + pieces - 1) / pieces;
+  parallel_for(pieces, [&](std::size_t p) {
+    const std::size_t begin = p * step;
+    const std::size_t end = std::min(count, begin + step);
+    if (begin < end) fn(begin, end);
+  });
+}
+
+template <Activation A>
+using ActivationTag = std::integral_constant<Activation, A>;
+
+// Calls f with the activation as a compile-time constant, so each loop is specialised (and the
+// simple ones vectorised) instead of switching per element.
+template <typename F>
+void with_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::relu:
+      return f(ActivationTag<Activation::relu>{});
+    case Activation::leaky_relu:
+      return f(ActivationTag<Activation::leaky_relu>{});
+    case Activation::elu:
+      return f(ActivationTag<Activation::elu>{});
+    case Activation::gelu:
+      return f(ActivationTag<Activation::gelu>{});
+    case Activation::tanh:
+      return f(ActivationTag<Activation::tanh>{});
+    case Activation::sigmoid:
+      return f(ActivationTag<Activation::sigmoid>{});
+    case Activation::softmax:
+      return f(ActivationTag<Activation::softmax>{});
+    case Activation::identity:
+    default:
+      return f(ActivationTag<Activation::identity>{});
+  }
+}
+
+// Row i of softmax(z + bias), with z updated to z + bias; a may alias z. Returns log(sum(exp z)).
+template <typename T>
+T softmax_row(T* z, const T* bias, T* a, std::size_t m) {
+  T top = -std::numeric_limits<T>::infinity();
+  for (std::size_t j = 0; j < m; ++j) {
+    if (bias != nullptr) z[j] += bias[j];
+    top = z[j] > top ? z[j] : top;
+  }
+  T sum = T(0);
+  for (std::size_t j = 0; j < m; ++j) {
+    a[j] = exp_(z[j] - top);
+    sum += a[j];
+  }
+  const T inv = T(1) / sum;
+  for (std::size_t j = 0; j < m; ++j) a[j] *= inv;
+  return top + log_(sum);
+}
+
+// dz_j = a_j * (da_j - sum_k da_k a_k): the softmax Jacobian times da, for one row.
+template <typename T>
+void softmax_backward_row(const T* da, const T* a, T* dz, std::size_t m) {
+  T dot = T(0);
+  for (std::size_t j = 0; j < m; ++j) dot += da[j] * a[j];
+  for (std::size_t j = 0; j < m; ++j) dz[j] = a[j] * (da[j] - dot);
+}
+
+// db = column sums of dz [n, m], in row order.
+template <typename T>
+void column_sums(const T* dz, T* db, std::size_t n, std::size_t m) {
+  std::fill(db, db + m, T(0));
+  for (std::size_t i = 0; i < n; ++i) {
+    const T* row = dz + i * m;
+    for (std::size_t j = 0; j < m; ++j) db[j] += row[j];
+  }
+}
+
+template <typename T>
+constexpr T kLogEps = T(1e-10);  // keeps log() finite for cross-entropy of non-fused activations
+
+}  // namespace
+
+template <typename T>
+void bias_activation(T* z, const T* bias, T* a, std::size_t n, std::size_t m, Activation act,
+                     T alpha) {
+  with_activation(act, [&](auto tag) {
+    constexpr Activation A = decltype(tag)::value;
+    for_pieces(n, n * m, [&](std::size_t begin, std::size_t end) {
+      for (std::size_t i = begin; i < end; ++i) {
+        T* zr = z + i * m;
+        T* ar = a + i * m;
+        if constexpr (A == Activation::softmax) {
+          softmax_row(zr, bias, ar, m);
+        } else {
+          for (std::size_t j = 0; j < m; ++j) {
+            const T x = bias != nullptr ? zr[j] + bias[j] : zr[j];
+            zr[j] = x;
+            ar[j] = activate(A, x, alpha);
+          }
+        }
+      }
+    });
+  });
+}
+
+template <typename T>
+void activation_backward(const T* da, const T* z, const T* a, T* dz, T* db, std::size_t n,
+                         std::size_t m, Activation act, T alpha) {
+  with_activation(act, [&](auto tag) {
+    constexpr Activation A = decltype(tag)::value;
+    for_pieces(n, n * m, [&](std::size_t begin, std::size_t end) {
+      for (std::size_t i = begin; i < end; ++i) {
+        const std::size_t row = i * m;
+        if constexpr (A == Activation::softmax) {
+          softmax_backward_row(da + row, a + row, dz + row, m);
+        } else if constexpr (A == Activation::identity) {
+          if (dz != da) std::copy(da + row, da + row + m, dz + row);
+        } else {
+          for (std::size_t j = 0; j < m; ++j) {
+            const T x = z != nullptr ? z[row + j] : T(0);
+            dz[row + j] = da[row + j] * activation_grad(A, x, a[row + j], alpha);
+          }
+        }
+      }
+    });
+  });
+  if (db != nullptr) column_sums(dz, db, n, m);
+}
+
+template <typename T>
+double output_layer(Loss loss, Activation act, T alpha, T* z, const T* bias, const T* labels,
+                    LossWeights<T> weights, T* a, T* dz, T* db, std::size_t n, std::size_t m,
+                    T scale) {
+  const T inv_outputs = T(1) / T(m);
+  double total = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t row = i * m;
+    T* zr = z + row;
+    T* ar = a + row;
+    T* dzr = dz + row;
+    const T* yr = labels + row;
+    T row_loss = T(0);
+    if (loss == Loss::mcxent && act == Activation::softmax) {
+      const T lse = softmax_row(zr, bias, ar, m);  // log p_j = z_j - lse
+      T weighted_labels = T(0);  // sum_k w_k y_k: d(loss)/dz_j = p_j * this - w_j y_j
+      for (std::size_t j = 0; j < m; ++j) {
+        const T c = weights.at(i, j, m) * yr[j];
+        weighted_labels += c;
+        row_loss += softmax_xent_term(zr[j] - lse, c);
+      }
+      for (std::size_t j = 0; j < m; ++j)
+        dzr[j] = scale * (ar[j] * weighted_labels - weights.at(i, j, m) * yr[j]);
+    } else if (loss == Loss::xent && act == Activation::sigmoid) {
+      for (std::size_t j = 0; j < m; ++j) {
+        if (bias != nullptr) zr[j] += bias[j];
+        ar[j] = sigmoid(zr[j]);
+        T g;
+        const T term = sigmoid_xent(zr[j], yr[j], &g);
+        const T w = weights.at(i, j, m);
+        row_loss += w * term;
+        dzr[j] = scale * w * g;
+      }
+    } else {
+      bias_activation(zr, bias, ar, 1, m, act, alpha);
+      for (std::size_t j = 0; j < m; ++j) {
+        T g;
+        T term;
+        switch (loss) {
+          case Loss::mcxent:
+            term = mcxent_term(ar[j], yr[j], kLogEps<T>, &g);
+            break;
+          case Loss::xent:
+            term = xent_term(ar[j], yr[j], kLogEps<T>, &g);
+            break;
+          case Loss::mae:
+            term = mae_term(ar[j], yr[j], inv_outputs, &g);
+            break;
+          case Loss::mse:
+          default:
+            term = mse_term(ar[j], yr[j], inv_outputs, &g);
+            break;
+        }
+        const T w = weights.at(i, j, m);
+        row_loss += w * term;
+        dzr[j] = scale * w * g;  // d(loss)/da for now
+      }
+      activation_backward(dzr, zr, ar, dzr, static_cast<T*>(nullptr), 1, m, act, alpha);
+    }
+    total += static_cast<double>(row_loss);
+  }
+  if (db != nullptr) column_sums(dz, db, n, m);
+  return total;
+}
+
+template <typename T>
+double loss_sum(Loss loss, Activation act, const T* z, const T* a, const T* labels,
+                LossWeights<T> weights, std::size_t n, std::size_t m) {
+  const T inv_outputs = T(1) / T(m);
+  double total = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t row = i * m;
+    T row_loss = T(0);
+    if (loss == Loss::mcxent && act == Activation::softmax) {
+      T top = z[row];
+      for (std::size_t j = 1; j < m; ++j) top = z[row + j] > top ? z[row + j] : top;
+      T sum = T(0);
+      for (std::size_t j = 0; j < m; ++j) sum += exp_(z[row + j] - top);
+      const T lse = top + log_(sum);
+      for (std::size_t j = 0; j < m; ++j)
+        row_loss += softmax_xent_term(z[row + j] - lse, weights.at(i, j, m) * labels[row + j]);
+    } else {
+      for (std::size_t j = 0; j < m; ++j) {
+        T g;
+        T term;
+        const T y = labels[row + j];
+        if (loss == Loss::xent && act == Activation::sigmoid) {
+          term = sigmoid_xent(z[row + j], y, &g);
+        } else if (loss == Loss::mcxent) {
+          term = mcxent_term(a[row + j], y, kLogEps<T>, &g);
+        } else if (loss == Loss::xent) {
+          term = xent_term(a[row + j], y, kLogEps<T>, &g);
+        } else if (loss == Loss::mae) {
+          term = mae_term(a[row + j], y, inv_outputs, &g);
+        } else {
+          term = mse_term(a[row + j], y, inv_outputs, &g);
+        }
+        row_loss += weights.at(i, j, m) * term;
+      }
+    }
+    total += static_cast<double>(row_loss);
+  }
+  return total;
+}
+
+int updater_state_per_param(Updater u) {
+  switch (u) {
+    case Updater::momentum:
+    case Updater::nesterov:
+    case Updater::rmsprop:
+      return 1;
+    case Updater::adam:
+      return 2;
+    case Updater::sgd:
+    default:
+      return 0;
+  }
+}
+
+template <typename T>
+void updater_step(Updater u, T* params, const T* grads, T* state, std::size_t count,
+                  const UpdaterHyper& h) {
+  const T lr = static_cast<T>(h.lr);
+  const T mu = static_cast<T>(h.momentum);
+  const T beta1 = static_cast<T>(h.beta1);
+  const T beta2 = static_cast<T>(h.beta2);
+  const T eps = static_cast<T>(h.eps);
+  const T decay = static_cast<T>(h.decay);
+  for_pieces(count, count, [&](std::size_t begin, std::size_t end) {
+    switch (u) {
+      case Updater::momentum:
+        for (std::size_t i = begin; i < end; ++i) momentum_step(params[i], state[i], grads[i], lr, mu);
+        break;
+      case Updater::nesterov:
+        for (std::size_t i = begin; i < end; ++i) nesterov_step(params[i], state[i], grads[i], lr, mu);
+        break;
+      case Updater::adam: {
+        T* m = state;
+        T* v = state + count;
+        for (std::size_t i = begin; i < end; ++i)
+          adam_step(params[i], m[i], v[i], grads[i], lr, beta1, beta2, eps);
+        break;
+      }
+      case Updater::rmsprop:
+        for (std::size_t i = begin; i < end; ++i)
+          rmsprop_step(params[i], state[i], grads[i], lr, decay, eps);
+        break;
+      case Updater::sgd:
+      default:
+        for (std::size_t i = begin; i < end; ++i) sgd_step(params[i], grads[i], lr);
+        break;
+    }
+  });
+}
+
+template <typename T>
+void average(const T* const* buffers, std::size_t k, T* out, std::size_t count, double divisor) {
+  const T d = static_cast<T>(divisor);
+  for_pieces(count, count * k, [&](std::size_t begin, std::size_t end) {
+    if (k == 1) {  // a sum aggregated elsewhere, divided here
+      const T* x = buffers[0];
+      for (std::size_t i = begin; i < end; ++i) out[i] = x[i] / d;
+      return;
+    }
+    for (std::size_t i = begin; i < end; ++i)
+      out[i] = mean_at(buffers, static_cast<int64_t>(k), static_cast<int64_t>(i), d);
+  });
+}
+
+template <typename T>
+void add_into(T* acc, const T* x, std::size_t count) {
+  for_pieces(count, count, [&](std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) acc[i] += x[i];
+  });
+}
+
+template <typename T>
+void axpy(T* y, const T* x, T alpha, std::size_t count) {
+  for_pieces(count, count, [&](std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] += alpha * x[i];
+  });
+}
+
+template <typename T>
+void dropout(T* x, std::size_t count, double rate, uint64_t seed) {
+  const double keep = 1.0 - rate;
+  const auto threshold = static_cast<uint64_t>(keep * 4294967296.0);
+  const T inv_keep = static_cast<T>(1.0 / keep);
+  for_pieces(count, count, [&](std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) x[i] *= dropout_factor(seed, i, threshold, inv_keep);
+  });
+}
+
+#define SPARKBATCH_NN_INSTANTIATE(T)                                                             \
+  template void bias_activation<T>(T*, const T*, T*, std::size_t, std::size_t, Activation, T);  \
+  template void activation_backward<T>(const T*, const T*, const T*, T*, T*, std::size_t,        \
+                                       std::size_t, Activation, T);                              \
+  template double output_layer<T>(Loss, Activation, T, T*, const T*, const T*, LossWeights<T>,  \
+                                  T*, T*, T*, std::size_t, std::size_t, T);                      \
+  template double loss_sum<T>(Loss, Activation, const T*, const T*, const T*, LossWeights<T>,    \
+                              std::size_t, std::size_t);                                         \
+  template void updater_step<T>(Updater, T*, const T*, T*, std::size_t, const UpdaterHyper&);   \
+  template void average<T>(const T* const*, std::size_t, T*, std::size_t, double);                    \
+  template void add_into<T>(T*, const T*, std::size_t);                                          \
+  template void axpy<T>(T*, const T*, T, std::size_t);                                           \
+  template void dropout<T>(T*, std::size_t, double, uint64_t);
+
+SPARKBATCH_NN_INSTANTIATE(float)
+SPARKBATCH_NN_INSTANTIATE(double)
+
+}  // namespace sparkbatch::nn

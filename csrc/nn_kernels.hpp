@@ -1,0 +1,84 @@
+// The CPU kernels of the built-in network: one pass over memory for each step that is not a
+// matrix product (numpy's BLAS does those). Every kernel is a loop around the element-wise
+// functions of nn_math.hpp, which the CUDA kernels share. Large arrays are split over the thread
+// pool; results do not depend on the number of threads (every element is computed by one thread,
+// and reductions run in a fixed order).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "nn_math.hpp"
+
+namespace sparkbatch::nn {
+
+// Per-example ([n]) or per-output ([n, m]) weights of the loss, from a label mask; none: all 1.
+template <typename T>
+struct LossWeights {
+  const T* data = nullptr;
+  bool per_output = false;
+  T at(std::size_t i, std::size_t j, std::size_t m) const {
+    if (data == nullptr) return T(1);
+    return per_output ? data[i * m + j] : data[i];
+  }
+};
+
+// z[i, j] += bias[j]; a[i, j] = f(z[i, j]) (softmax: over row i). `a` may be `z`.
+template <typename T>
+void bias_activation(T* z, const T* bias, T* a, std::size_t n, std::size_t m, Activation act,
+                     T alpha);
+
+// dz = da * f'(z) (softmax: a * (da - sum(da * a)) per row) and db = column sums of dz.
+// `dz` may be `da`; `z` may be null when the activation does not need it; `db` may be null.
+template <typename T>
+void activation_backward(const T* da, const T* z, const T* a, T* dz, T* db, std::size_t n,
+                         std::size_t m, Activation act, T alpha);
+
+// The whole output layer after its matrix product, in one pass per row: adds the bias to z,
+// computes the activation a, the weighted loss, dz = scale * d(loss)/dz and db = column sums of dz.
+// Softmax with cross-entropy and sigmoid with binary cross-entropy use the fused, stable forms.
+// Returns the sum of the weighted loss terms (not scaled).
+template <typename T>
+double output_layer(Loss loss, Activation act, T alpha, T* z, const T* bias, const T* labels,
+                    LossWeights<T> weights, T* a, T* dz, T* db, std::size_t n, std::size_t m,
+                    T scale);
+
+// The loss only (no gradient): for scoring. `a` is the activated output.
+template <typename T>
+double loss_sum(Loss loss, Activation act, const T* z, const T* a, const T* labels,
+                LossWeights<T> weights, std::size_t n, std::size_t m);
+
+struct UpdaterHyper {
+  double lr = 0;        // scheduled learning rate (Adam: the bias-corrected step)
+  double beta1 = 0.9;   // Adam
+  double beta2 = 0.999; // Adam
+  double eps = 1e-8;    // Adam, RMSProp
+  double momentum = 0;  // Momentum, Nesterov
+  double decay = 0.95;  // RMSProp
+};
+
+// Number of state values per parameter of each updater.
+int updater_state_per_param(Updater u);
+
+// One step of updater `u` over `count` parameters: state holds state_per_param blocks of count.
+template <typename T>
+void updater_step(Updater u, T* params, const T* grads, T* state, std::size_t count,
+                  const UpdaterHyper& h);
+
+// out = (sum of the k buffers) / divisor; out may be one of them. divisor = k gives the mean.
+template <typename T>
+void average(const T* const* buffers, std::size_t k, T* out, std::size_t count, double divisor);
+
+// acc += x.
+template <typename T>
+void add_into(T* acc, const T* x, std::size_t count);
+
+// y += alpha * x.
+template <typename T>
+void axpy(T* y, const T* x, T alpha, std::size_t count);
+
+// x[i] *= dropout_factor(seed, i) for i in [0, count): drops with probability `rate`.
+template <typename T>
+void dropout(T* x, std::size_t count, double rate, uint64_t seed);
+
+}  // namespace sparkbatch::nn

@@ -1,0 +1,241 @@
+// The element-wise arithmetic of the built-in network, written once for host and device code.
+//
+// Every activation (and its derivative), every loss term, every updater's step, the mean of k
+// buffers and the dropout mask are small inline functions here. The CPU kernels (nn_kernels.cpp)
+// call them in their loops and the CUDA kernels (csrc/cuda/) call them once per thread, so the CPU
+// test suite checks the very arithmetic the GPU runs. Nothing here allocates, throws or loops over
+// an array; row-wise pieces (softmax) are composed from these functions by the kernels.
+#pragma once
+
+#include <math.h>
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SB_HD __host__ __device__ __forceinline__
+#else
+#define SB_HD inline
+#endif
+
+namespace sparkbatch::nn {
+
+// The codes are part of the Python API (sparkbatch.nn.functions); append, never renumber.
+enum class Activation : int32_t {
+  identity = 0,
+  relu = 1,
+  leaky_relu = 2,
+  elu = 3,
+  gelu = 4,
+  tanh = 5,
+  sigmoid = 6,
+  softmax = 7,  // row-wise: the kernels normalise each row; element-wise it is exp
+};
+
+enum class Loss : int32_t {
+  mcxent = 0,  // multi-class cross-entropy, -sum_j y_j log a_j (fused with softmax)
+  xent = 1,    // binary cross-entropy summed over the outputs (fused with sigmoid)
+  mse = 2,     // mean over the outputs of (a - y)^2
+  mae = 3,     // mean over the outputs of |a - y|
+};
+
+enum class Updater : int32_t { sgd = 0, momentum = 1, nesterov = 2, adam = 3, rmsprop = 4 };
+
+// Overloads that pick the float or double function on host and device alike.
+SB_HD float exp_(float x) { return ::expf(x); }
+SB_HD double exp_(double x) { return ::exp(x); }
+SB_HD float expm1_(float x) { return ::expm1f(x); }
+SB_HD double expm1_(double x) { return ::expm1(x); }
+SB_HD float log_(float x) { return ::logf(x); }
+SB_HD double log_(double x) { return ::log(x); }
+SB_HD float log1p_(float x) { return ::log1pf(x); }
+SB_HD double log1p_(double x) { return ::log1p(x); }
+SB_HD float tanh_(float x) { return ::tanhf(x); }
+SB_HD double tanh_(double x) { return ::tanh(x); }
+SB_HD float erf_(float x) { return ::erff(x); }
+SB_HD double erf_(double x) { return ::erf(x); }
+SB_HD float sqrt_(float x) { return ::sqrtf(x); }
+SB_HD double sqrt_(double x) { return ::sqrt(x); }
+SB_HD float abs_(float x) { return ::fabsf(x); }
+SB_HD double abs_(double x) { return ::fabs(x); }
+
+// 1 / (1 + e^-x) without overflow for large |x|.
+template <typename T>
+SB_HD T sigmoid(T x) {
+  if (x >= T(0)) return T(1) / (T(1) + exp_(-x));
+  const T e = exp_(x);
+  return e / (T(1) + e);
+}
+
+// y = f(x). Softmax is exp here; the kernels subtract the row maximum first and normalise after.
+template <typename T>
+SB_HD T activate(Activation a, T x, T alpha) {
+  switch (a) {
+    case Activation::relu:
+      return x > T(0) ? x : T(0);
+    case Activation::leaky_relu:
+      return x > T(0) ? x : alpha * x;
+    case Activation::elu:
+      return x > T(0) ? x : alpha * expm1_(x);
+    case Activation::gelu:  // the exact form, as PyTorch's default
+      return T(0.5) * x * (T(1) + erf_(x * T(0.70710678118654752440)));
+    case Activation::tanh:
+      return tanh_(x);
+    case Activation::sigmoid:
+      return sigmoid(x);
+    case Activation::softmax:
+      return exp_(x);
+    case Activation::identity:
+    default:
+      return x;
+  }
+}
+
+// dy/dx at pre-activation x with y = f(x), for the element-wise activations (softmax's Jacobian
+// is not diagonal: see softmax_backward in the kernels).
+template <typename T>
+SB_HD T activation_grad(Activation a, T x, T y, T alpha) {
+  switch (a) {
+    case Activation::relu:
+      return x > T(0) ? T(1) : T(0);
+    case Activation::leaky_relu:
+      return x > T(0) ? T(1) : alpha;
+    case Activation::elu:
+      return x > T(0) ? T(1) : y + alpha;
+    case Activation::gelu: {
+      const T cdf = T(0.5) * (T(1) + erf_(x * T(0.70710678118654752440)));
+      const T pdf = T(0.39894228040143267794) * exp_(T(-0.5) * x * x);
+      return cdf + x * pdf;
+    }
+    case Activation::tanh:
+      return T(1) - y * y;
+    case Activation::sigmoid:
+      return y * (T(1) - y);
+    case Activation::identity:
+    case Activation::softmax:
+    default:
+      return T(1);
+  }
+}
+
+// Whether backward needs the pre-activation x (else y suffices and x may be overwritten).
+SB_HD bool needs_preactivation(Activation a) {
+  return a == Activation::relu || a == Activation::leaky_relu || a == Activation::elu ||
+         a == Activation::gelu;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses: each returns the loss term of one output and stores d(term)/d(input) in *grad.
+// `inv_outputs` is 1 / (number of outputs) for the losses that average over the outputs.
+
+// Cross-entropy of softmax outputs from the log-probability z - lse; the gradient with respect
+// to z is p * sum(y) - y, which the kernel assembles per row (it needs the row's label sum).
+template <typename T>
+SB_HD T softmax_xent_term(T z_minus_lse, T y) {
+  return -y * z_minus_lse;
+}
+
+// Binary cross-entropy of sigmoid(z) from the logit z, stable for any |z|; grad w.r.t. z.
+template <typename T>
+SB_HD T sigmoid_xent(T z, T y, T* grad) {
+  *grad = sigmoid(z) - y;
+  return (z > T(0) ? z : T(0)) - z * y + log1p_(exp_(-abs_(z)));
+}
+
+// Cross-entropy of an arbitrary activation a in (0, 1]: grad w.r.t. a. `eps` keeps log finite.
+template <typename T>
+SB_HD T mcxent_term(T a, T y, T eps, T* grad) {
+  const T clipped = a > eps ? a : eps;
+  *grad = -y / clipped;
+  return -y * log_(clipped);
+}
+
+// Binary cross-entropy of an arbitrary activation a in [0, 1]: grad w.r.t. a.
+template <typename T>
+SB_HD T xent_term(T a, T y, T eps, T* grad) {
+  const T lo = a > eps ? a : eps;
+  const T hi = a < T(1) - eps ? a : T(1) - eps;
+  *grad = (hi - y) / (lo * (T(1) - hi));
+  return -(y * log_(lo) + (T(1) - y) * log_(T(1) - hi));
+}
+
+template <typename T>
+SB_HD T mse_term(T a, T y, T inv_outputs, T* grad) {
+  const T d = a - y;
+  *grad = T(2) * d * inv_outputs;
+  return d * d * inv_outputs;
+}
+
+template <typename T>
+SB_HD T mae_term(T a, T y, T inv_outputs, T* grad) {
+  const T d = a - y;
+  *grad = (d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0))) * inv_outputs;
+  return abs_(d) * inv_outputs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Updaters: one parameter p with its gradient g and its state. Hyper-parameters arrive already
+// scheduled (and, for Adam, bias-corrected on the host once per step).
+
+template <typename T>
+SB_HD void sgd_step(T& p, T g, T lr) {
+  p -= lr * g;
+}
+
+// Classical momentum: v <- mu v - lr g; p <- p + v.
+template <typename T>
+SB_HD void momentum_step(T& p, T& v, T g, T lr, T mu) {
+  v = mu * v - lr * g;
+  p += v;
+}
+
+// Nesterov momentum in DL4J's form (Nesterovs): p <- p - mu v_prev + (1 + mu) v.
+template <typename T>
+SB_HD void nesterov_step(T& p, T& v, T g, T lr, T mu) {
+  const T previous = v;
+  v = mu * v - lr * g;
+  p += (T(1) + mu) * v - mu * previous;
+}
+
+// Adam with the bias correction folded into step = lr sqrt(1 - b2^t) / (1 - b1^t).
+template <typename T>
+SB_HD void adam_step(T& p, T& m, T& v, T g, T step, T beta1, T beta2, T eps) {
+  m = beta1 * m + (T(1) - beta1) * g;
+  v = beta2 * v + (T(1) - beta2) * g * g;
+  p -= step * m / (sqrt_(v) + eps);
+}
+
+template <typename T>
+SB_HD void rmsprop_step(T& p, T& s, T g, T lr, T decay, T eps) {
+  s = decay * s + (T(1) - decay) * g * g;
+  p -= lr * g / (sqrt_(s) + eps);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Averaging and dropout.
+
+// Element i of the sum of k buffers divided by `divisor` (k for a mean; the number of workers
+// when the buffers are already sums), summed in buffer order so every caller rounds alike.
+template <typename T>
+SB_HD T mean_at(const T* const* buffers, int64_t k, int64_t i, T divisor) {
+  T sum = buffers[0][i];
+  for (int64_t j = 1; j < k; ++j) sum += buffers[j][i];
+  return sum / divisor;
+}
+
+// A counter-based hash (splitmix64's finaliser): the dropout mask of element i is a function of
+// (seed, i), so backward recomputes the mask instead of storing it, on host and device alike.
+SB_HD uint64_t mix64(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// The factor element i is multiplied by: 0 when dropped, 1 / keep otherwise (inverted dropout).
+// `threshold` is keep * 2^32 (elements whose hash's upper 32 bits fall below it are kept).
+template <typename T>
+SB_HD T dropout_factor(uint64_t seed, uint64_t i, uint64_t threshold, T inv_keep) {
+  return (mix64(seed, i) >> 32) < threshold ? inv_keep : T(0);
+}
+
+}  // namespace sparkbatch::nn

@@ -1,0 +1,251 @@
+"""The native kernels of the built-in network against numpy references, edge values included.
+
+These kernels are loops around the element-wise functions of ``csrc/nn_math.hpp``, which the
+CUDA module shares, so these tests check the GPU's arithmetic too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from sparkbatch import _native
+from sparkbatch.nn import ACTIVATIONS, LOSSES
+
+DTYPES = [np.float32, np.float64]
+EDGES = [-1e4, -80.0, -3.0, -1e-40, 0.0, 1e-40, 0.5, 3.0, 80.0, 1e4]
+ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def _sigmoid(x):
+    return np.where(
+        x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))
+    )
+
+
+def _reference(name, x, alpha):
+    with np.errstate(over="ignore", under="ignore"):
+        if name == "identity":
+            return x, np.ones_like(x)
+        if name == "relu":
+            return np.maximum(x, 0), (x > 0).astype(x.dtype)
+        if name == "leaky_relu":
+            return np.where(x > 0, x, alpha * x), np.where(x > 0, 1, alpha).astype(x.dtype)
+        if name == "elu":
+            y = np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+            return y, np.where(x > 0, 1, y + alpha).astype(x.dtype)
+        if name == "gelu":
+            cdf = 0.5 * (1 + erf(x / np.sqrt(2)))
+            return x * cdf, cdf + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+        if name == "tanh":
+            y = np.tanh(x)
+            return y, 1 - y * y
+        if name == "sigmoid":
+            y = _sigmoid(x)
+            return y, y * (1 - y)
+        if name == "softmax":
+            e = np.exp(x - x.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True), None
+    raise AssertionError(name)
+
+
+def _inputs(dtype):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.array(EDGES), rng.normal(0, 3, 30)]).astype(dtype)
+    return x.reshape(5, 8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_forward_and_gradient_match_numpy(name, dtype):
+    z = _inputs(dtype)
+    bias = np.linspace(-0.5, 0.5, 8).astype(dtype)
+    expected_z = z + bias
+    alpha = ALPHA.get(name, 0.0)
+    y_ref, grad_ref = _reference(name, expected_z.astype(np.float64), alpha)
+    a = np.empty_like(z)
+    _native.nn_bias_activation(z, bias, a, ACTIVATIONS[name], alpha)
+    np.testing.assert_array_equal(z, expected_z)  # z now holds the pre-activation
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(a, y_ref, rtol=tol * 10, atol=tol)
+    assert np.isfinite(a).all()
+
+    rng = np.random.default_rng(1)
+    da = rng.normal(size=z.shape).astype(dtype)
+    da[0] = 0  # zero gradients stay zero
+    dz = np.empty_like(z)
+    db = np.empty(8, dtype)
+    _native.nn_activation_backward(da, z, a, dz, db, ACTIVATIONS[name], alpha)
+    if name == "softmax":
+        a64 = a.astype(np.float64)
+        grad_ref_dz = a64 * (da - (da * a64).sum(axis=1, keepdims=True))
+    else:
+        grad_ref_dz = da * grad_ref
+    np.testing.assert_allclose(dz, grad_ref_dz, rtol=tol * 100, atol=tol * 10)
+    np.testing.assert_allclose(db, dz.sum(axis=0), rtol=tol * 100, atol=tol * 10)
+    assert (dz[0] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
+    z = np.array([[1e4, 0, -1e4], [-1e4, -1e4 + 1, -1e4 + 2], [0, 0, 0]], dtype)
+    y = np.eye(3, dtype=dtype)[[1, 2, 0]]
+    a, dz, db = np.empty_like(z), np.empty_like(z), np.empty(3, dtype)
+    zin = z.copy()
+    loss = _native.nn_output_layer(
+        LOSSES["cross_entropy"], ACTIVATIONS["softmax"], 0.0, zin, None, y, None, a, dz, db, 1 / 3
+    )
+    z64 = z.astype(np.float64)
+    lse = z64.max(axis=1) + np.log(np.exp(z64 - z64.max(axis=1, keepdims=True)).sum(axis=1))
+    expected = -(y * (z64 - lse[:, None])).sum()
+    assert loss == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(dz, (a - y) / 3, atol=1e-7)
+    assert np.isfinite(a).all() and np.isfinite(dz).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_binary_cross_entropy_is_stable_for_huge_logits(dtype):
+    z = np.array([[1e4, -1e4, 0.0, 30.0, -30.0, 1e-40]], dtype)
+    y = np.array([[0, 1, 1, 1, 0, 0]], dtype)
+    a, dz = np.empty_like(z), np.empty_like(z)
+    loss = _native.nn_output_layer(
+        LOSSES["xent"], ACTIVATIONS["sigmoid"], 0.0, z.copy(), None, y, None, a, dz, None, 1.0
+    )
+    z64 = z.astype(np.float64)
+    expected = (np.maximum(z64, 0) - z64 * y + np.log1p(np.exp(-np.abs(z64)))).sum()
+    assert loss == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(dz, _sigmoid(z64) - y, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["mse", "mae"])
+def test_regression_losses_with_per_example_weights(loss, dtype):
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(6, 3)).astype(dtype)
+    y = rng.normal(size=(6, 3)).astype(dtype)
+    y[0, 0] = z[0, 0]  # MAE's gradient at zero error is zero
+    w = np.array([1, 0, 1, 0.5, 1, 2], dtype)
+    a, dz, db = np.empty_like(z), np.empty_like(z), np.empty(3, dtype)
+    bias = np.zeros(3, dtype)
+    total = _native.nn_output_layer(
+        LOSSES[loss], ACTIVATIONS["identity"], 0.0, z.copy(), bias, y, w, a, dz, db, 0.25
+    )
+    d = (z - y).astype(np.float64)
+    terms = d * d / 3 if loss == "mse" else np.abs(d) / 3
+    grads = 2 * d / 3 if loss == "mse" else np.sign(d) / 3
+    assert total == pytest.approx((w[:, None] * terms).sum(), rel=1e-6)
+    np.testing.assert_allclose(dz, 0.25 * w[:, None] * grads, rtol=1e-6)
+    assert dz[0, 0] == 0 and (dz[1] == 0).all()
+    score = _native.nn_loss_sum(LOSSES[loss], ACTIVATIONS["identity"], a, a, y, w)
+    assert score == pytest.approx(total, rel=1e-6)
+
+
+def _numpy_step(name, p, g, state, lr, t=1):
+    p, state = p.astype(np.float64), state.astype(np.float64)
+    if name == "sgd":
+        return p - lr * g, state
+    if name in ("momentum", "nesterov"):
+        v = 0.9 * state - lr * g
+        return (p + v if name == "momentum" else p + 1.9 * v - 0.9 * state), v
+    if name == "adam":
+        n = p.size
+        m = 0.9 * state[:n] + 0.1 * g
+        v = 0.999 * state[n:] + 0.001 * g * g
+        step = lr * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        return p - step * m / (np.sqrt(v) + 1e-8), np.concatenate([m, v])
+    if name == "rmsprop":
+        s = 0.95 * state + 0.05 * g * g
+        return p - lr * g / (np.sqrt(s) + 1e-8), s
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("name", "code", "per_param"),
+    [("sgd", 0, 0), ("momentum", 1, 1), ("nesterov", 2, 1), ("adam", 3, 2), ("rmsprop", 4, 1)],
+)
+@pytest.mark.parametrize("size", [37, 300_001])  # serial, and split over the thread pool
+def test_updater_steps_match_numpy(name, code, per_param, dtype, size):
+    rng = np.random.default_rng(3)
+    p = rng.normal(size=size).astype(dtype)
+    g = rng.normal(size=size).astype(dtype)
+    g[:5] = 0  # zero gradients
+    g[5] = 1e-40  # a denormal
+    state = np.abs(rng.normal(size=size * per_param)).astype(dtype)
+    expected_p, expected_state = _numpy_step(name, p, g.astype(np.float64), state, 0.01, t=3)
+    step = 0.01 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3) if name == "adam" else 0.01
+    _native.nn_updater_step(code, p, g, state, step, momentum=0.9)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(p, expected_p, rtol=tol, atol=tol)
+    np.testing.assert_allclose(state, expected_state, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 2, 3, 7])
+@pytest.mark.parametrize("size", [10, 300_001])
+def test_average_of_k_buffers_matches_numpy(k, dtype, size):
+    rng = np.random.default_rng(k)
+    buffers = [rng.normal(size=size).astype(dtype) for _ in range(k)]
+    out = np.empty(size, dtype)
+    _native.nn_average(buffers, out)
+    tol = 1e-6 if dtype == np.float32 else 1e-14  # float32 sums of k values round k times
+    np.testing.assert_allclose(
+        out, np.mean(np.stack(buffers).astype(np.float64), axis=0), rtol=tol, atol=tol
+    )
+    # in place into the first buffer, and a sum built with add_into averages the same
+    acc = buffers[0].copy()
+    for b in buffers[1:]:
+        _native.nn_add_into(acc, b)
+    np.testing.assert_allclose(acc / k, out, rtol=tol, atol=tol)
+    _native.nn_average(buffers, buffers[0])
+    np.testing.assert_array_equal(buffers[0], out)
+
+
+def test_axpy_and_dropout():
+    y = np.ones(1000, np.float32)
+    _native.nn_axpy(y, np.full(1000, 2, np.float32), 0.5)
+    assert (y == 2).all()
+    x = np.ones(100_000, np.float32)
+    _native.nn_dropout(x, 0.25, 42)
+    kept = x != 0
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_allclose(x[kept], 1 / 0.75)
+    again = np.ones(100_000, np.float32)
+    _native.nn_dropout(again, 0.25, 42)
+    np.testing.assert_array_equal(again, x)  # the mask is a function of (seed, index)
+    other = np.ones(100_000, np.float32)
+    _native.nn_dropout(other, 0.25, 43)
+    assert (other != x).any()
+
+
+def test_kernels_refuse_what_they_would_have_to_copy():
+    z = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _native.nn_bias_activation(z.astype(np.int32), None, z, 0)
+    with pytest.raises(TypeError, match="other arrays have float32"):
+        _native.nn_bias_activation(z, None, z.astype(np.float64), 0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _native.nn_bias_activation(np.zeros((3, 2), np.float32).T, None, z, 0)
+    readonly = np.zeros((2, 3), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        _native.nn_bias_activation(z, None, readonly, 0)
+    with pytest.raises(ValueError, match=r"bias must have shape \[3\]"):
+        _native.nn_bias_activation(z, np.zeros(2, np.float32), z, 0)
+    with pytest.raises(ValueError, match="unknown activation code 99"):
+        _native.nn_bias_activation(z, None, z, 99)
+    with pytest.raises(ValueError, match="state has 6 values, expected 12"):
+        _native.nn_updater_step(3, z, z, z, 0.1)
+    with pytest.raises(ValueError, match="needs the pre-activation"):
+        _native.nn_activation_backward(z, None, z, z, None, ACTIVATIONS["relu"])
+
+
+def test_average_divides_a_sum_by_the_number_of_contributors():
+    # the distributed master sums worker buffers by tree aggregation, then divides once
+    total = np.array([3.0, 6.0, -9.0], np.float32)
+    params = np.empty(3, np.float32)
+    _native.nn_average([total], params, 3)
+    np.testing.assert_array_equal(params, [1, 2, -3])
+    with pytest.raises(ValueError, match="divisor must be > 0"):
+        _native.nn_average([total], params, 0)
