@@ -23,8 +23,14 @@ using nn::Updater;
 enum class Kind { f32, f64 };
 
 Kind kind_of(const py::array& a, const char* name) {
-  if (a.dtype().is(py::dtype::of<float>())) return Kind::f32;
-  if (a.dtype().is(py::dtype::of<double>())) return Kind::f64;
+  // By value, not identity: an unpickled array has its own (equal) dtype object. The host is
+  // little-endian (CMake checks), so '<' and '=' are both native.
+  const py::dtype dt = a.dtype();
+  const char order = dt.byteorder();
+  if (dt.kind() == 'f' && (order == '=' || order == '<')) {
+    if (dt.itemsize() == 4) return Kind::f32;
+    if (dt.itemsize() == 8) return Kind::f64;
+  }
   throw py::type_error(std::string(name) + " must be float32 or float64, got " +
                        py::str(a.dtype()).cast<std::string>());
 }

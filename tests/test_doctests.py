@@ -21,8 +21,17 @@ def test_the_package_has_examples():
     assert "sparkbatch.data.format" in MODULES and "sparkbatch.storage.paths" in MODULES
 
 
+def _uses_spark(module: object) -> bool:
+    tests = doctest.DocTestFinder().find(module)
+    return any("sc." in ex.source or "(sc," in ex.source for t in tests for ex in t.examples)
+
+
 @pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name):
+def test_docstring_examples(name, request):
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    # Examples of Spark functions get the session's SparkContext as ``sc``, as in pyspark's shell.
+    extra = {"sc": request.getfixturevalue("sc")} if _uses_spark(module) else {}
+    result = doctest.testmod(
+        module, extraglobs=extra, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"

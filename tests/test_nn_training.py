@@ -190,7 +190,7 @@ def test_multidataset_with_one_input_and_output_fits_and_more_is_refused():
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
     net = Network([Output(3, 2)], SGD(0.1))
     assert np.isfinite(net.fit_batch(MultiDataSet([x], [y])))
-    with pytest.raises(ValueError, match="2 inputs and 1 outputs"):
+    with pytest.raises(ValueError, match="has 2 inputs and 1 outputs"):
         net.fit_batch(MultiDataSet([x, x], [y]))
 
 

@@ -137,6 +137,27 @@ labels[0]=float32(4, 1), features_masks[1]=float32(4, 5))
             dataset.metadata,
         )
 
+    def to_dataset(self) -> DataSet:
+        """The DataSet of a MultiDataSet with one input and one output (or none); arrays shared.
+
+        Raises ValueError naming the numbers of inputs and outputs otherwise.
+        """
+        if len(self.features) != 1 or len(self.labels) > 1:
+            raise ValueError(
+                f"this MultiDataSet has {len(self.features)} inputs and {len(self.labels)} "
+                "outputs; only one input and one output make a DataSet"
+            )
+        from sparkbatch.data.dataset import DataSet  # dataset.py imports this module
+
+        labelled = bool(self.labels)
+        return DataSet(
+            self.features[0],
+            self.labels[0] if labelled else None,
+            self.features_masks[0],
+            self.labels_masks[0] if labelled else None,
+            metadata=self.metadata,
+        )
+
     @property
     def num_examples(self) -> int:
         """The number of examples (the first dimension of every array)."""

@@ -537,17 +537,10 @@ def _as_dataset(batch: DataSet | MultiDataSet) -> DataSet:
     if isinstance(batch, DataSet):
         return batch
     if isinstance(batch, MultiDataSet):
-        if len(batch.features) != 1 or len(batch.labels) != 1:
-            raise ValueError(
-                f"the built-in network has one input and one output; this MultiDataSet has "
-                f"{len(batch.features)} inputs and {len(batch.labels)} outputs"
-            )
-        return DataSet(
-            batch.features[0],
-            batch.labels[0],
-            None if batch.features_masks is None else batch.features_masks[0],
-            None if batch.labels_masks is None else batch.labels_masks[0],
-        )
+        try:
+            return batch.to_dataset()
+        except ValueError as e:
+            raise ValueError(f"the built-in network has one input and one output: {e}") from None
     raise TypeError(f"expected a DataSet or MultiDataSet minibatch, got {type(batch).__name__}")
 
 

@@ -1,0 +1,24 @@
+"""Distributed training on Spark by parameter averaging, and its statistics.
+
+:class:`SparkNetwork` fits a :class:`Model` (such as :class:`sparkbatch.nn.Network`) from an RDD
+of DataSets, a directory of minibatch files or an RDD of paths, as :class:`ParameterAveraging`
+configures, and evaluates it with exactly merged counts; :class:`TrainingStats` holds the
+timings and renders the HTML report.
+"""
+
+from __future__ import annotations
+
+from .master import ParameterAveraging, plan_rounds
+from .model import Model
+from .spark_network import SparkNetwork
+from .stats import PhaseTiming, RoundStats, TrainingStats
+
+__all__ = [
+    "Model",
+    "ParameterAveraging",
+    "SparkNetwork",
+    "plan_rounds",
+    "PhaseTiming",
+    "RoundStats",
+    "TrainingStats",
+]

@@ -1,0 +1,133 @@
+"""``ParameterAveraging``: the configuration of DL4J's parameter-averaging training master, and
+how an epoch of minibatch files is cut into averaging rounds.
+
+One round hands every worker ``averaging_frequency`` minibatch files (of
+``batch_size_per_worker`` examples each when they were exported by sparkbatch); the workers fit
+them from the broadcast parameters and the driver averages what they return. DL4J's flaw of
+silently dropping the data a worker gets beyond ``averaging_frequency`` minibatches is not
+repeated: every file of an epoch is fitted exactly once, and the epoch's last round takes what is
+left, spread over as many workers as it fills.
+
+Examples
+--------
+>>> master = ParameterAveraging(batch_size_per_worker=32, averaging_frequency=2)
+>>> plan_rounds([f"f{i}" for i in range(7)], workers=2, averaging_frequency=2, shuffle=False)
+[[['f0', 'f1'], ['f2', 'f3']], [['f4', 'f5'], ['f6']]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ParameterAveraging", "plan_rounds"]
+
+_REPARTITION = ("always", "never", "balanced")
+_APPROACH = ("export", "direct")
+
+
+@dataclass(frozen=True)
+class ParameterAveraging:
+    """How :class:`~sparkbatch.train.SparkNetwork` trains: DL4J's
+    ``ParameterAveragingTrainingMaster``, with Python names and safer defaults.
+
+    Parameters
+    ----------
+    batch_size_per_worker : int
+        Examples per minibatch a worker fits (and per exported file).
+    averaging_frequency : int
+        Minibatches each worker fits between two averagings.
+    workers : int, optional
+        Workers per round; default ``sc.defaultParallelism``.
+    prefetch : int
+        Minibatch files a worker loads ahead on a background thread (0: none).
+    save_updater : bool
+        Average and keep the updater state (momentum, Adam moments) across rounds; without it
+        every round starts the workers from a fresh updater. (DL4J's default is effectively
+        False; True trains better.)
+    repartition : "always", "never" or "balanced"
+        For ``approach="direct"``: deal minibatches round-robin over ``workers`` partitions
+        ("always", "balanced": equal shares), or keep the RDD's partitions as the workers
+        ("never"). Files are always dealt evenly.
+    approach : "export" or "direct"
+        How ``fit(rdd)`` trains: "export" first writes the RDD as minibatch files under
+        ``export_dir`` (removed afterwards) and trains from them, as DL4J does by default;
+        "direct" trains from the RDD's partitions (persisted), without files.
+    collect_stats : bool
+        Keep per-worker timings of every phase (broadcast, load, fit) for
+        :attr:`SparkNetwork.stats` and its HTML report; round totals are always kept.
+    export_dir : str, optional
+        Base URL for the export approach's temporary files; on a cluster it must be storage
+        every executor reaches (``hdfs://``, ``s3://``, a shared mount). Default: the driver's
+        temporary directory, which suits local Spark and one-machine clusters.
+    shuffle : bool
+        Shuffle the order of the files every epoch (seeded by ``seed`` and the epoch).
+    seed : int
+        Seeds the shuffles.
+    aggregation_depth : int
+        Depth of the ``treeAggregate`` that sums the workers' results.
+    eval_batch_size : int
+        Examples per batch when evaluating or scoring (DL4J's default 64).
+    storage_options : mapping, optional
+        fsspec options for the files (credentials, endpoint).
+    """
+
+    batch_size_per_worker: int = 16
+    averaging_frequency: int = 5
+    workers: int | None = None
+    prefetch: int = 2
+    save_updater: bool = True
+    repartition: str = "always"
+    approach: str = "export"
+    collect_stats: bool = False
+    export_dir: str | None = None
+    shuffle: bool = True
+    seed: int = 0
+    aggregation_depth: int = 2
+    eval_batch_size: int = 64
+    storage_options: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size_per_worker", "averaging_frequency", "aggregation_depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.repartition not in _REPARTITION:
+            raise ValueError(f"repartition must be one of {_REPARTITION}, got {self.repartition!r}")
+        if self.approach not in _APPROACH:
+            raise ValueError(f"approach must be one of {_APPROACH}, got {self.approach!r}")
+
+
+def plan_rounds(
+    files: Sequence[str],
+    workers: int,
+    averaging_frequency: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+) -> list[list[list[str]]]:
+    """Cut one epoch of ``files`` into rounds; each round is a list of per-worker file lists.
+
+    A full round gives ``averaging_frequency`` files to each of ``workers`` workers; the last
+    round spreads what is left as evenly as it can (workers left without files sit it out).
+    """
+    order = list(files)
+    if shuffle:
+        permutation = np.random.default_rng([seed, epoch]).permutation(len(order))
+        order = [order[i] for i in permutation]
+    per_round = workers * averaging_frequency
+    rounds = []
+    for start in range(0, len(order), per_round):
+        chunk = order[start : start + per_round]
+        bounds = np.linspace(0, len(chunk), min(workers, len(chunk)) + 1).round().astype(int)
+        rounds.append([chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+    return rounds

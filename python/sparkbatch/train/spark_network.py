@@ -1,0 +1,376 @@
+"""``SparkNetwork``: fit, evaluate and score a model across Spark executors by parameter averaging.
+
+The successor of DL4J's ``SparkDl4jMultiLayer`` / ``SparkComputationGraph``. One averaging round:
+
+1. the driver broadcasts the parameters (and, with ``save_updater``, the updater state) once;
+2. every worker sets them on its model (built once per Python worker from the model's
+   configuration), fits its minibatches (reading its own files, ``prefetch`` ahead), and
+   returns its parameters;
+3. ``treeAggregate`` sums the workers' results with the native in-place add, and the driver
+   divides the sum by the number of workers that had data with the native averaging kernel,
+   straight into the model's parameter buffer; then the broadcast is destroyed.
+
+Minibatch files never travel through the driver; only their URLs do. Evaluation merges
+per-partition counts (never averages per-partition figures), so partitions of different sizes
+weigh what their examples weigh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import _native
+from ..data import SerializedDataSetLoader, SerializedMultiDataSetLoader
+from ..data.manifest import minibatch_files
+from ..evaluation import Evaluation, RegressionEvaluation
+from ..spark.export import _rebatch, batch_and_export
+from ..storage import join, resolve
+from .master import ParameterAveraging, plan_rounds
+from .model import Model
+from .stats import PhaseTiming, RoundStats, TrainingStats
+from .worker import (
+    EvaluatePartition,
+    FitRound,
+    MinibatchLoader,
+    RoundResult,
+    combine,
+    merge_evaluations,
+)
+
+if TYPE_CHECKING:
+    from pyspark import RDD, SparkContext
+
+__all__ = ["SparkNetwork"]
+
+log = logging.getLogger("sparkbatch.train")
+
+
+class SparkNetwork:
+    """Train ``model`` on Spark by parameter averaging, as ``master`` configures.
+
+    Parameters
+    ----------
+    sc : SparkContext or SparkSession
+    model : Model
+        E.g. a :class:`sparkbatch.nn.Network`; trained in place (its buffers are updated after
+        every round) and returned by :meth:`fit`.
+    master : ParameterAveraging, optional
+        Default ``ParameterAveraging()``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import DataSet
+    >>> from sparkbatch.nn import Dense, Network, Output, SGD
+    >>> from sparkbatch.train import ParameterAveraging, SparkNetwork
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(400, 4)).astype(np.float32)
+    >>> y = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).astype(int)]
+    >>> rdd = sc.parallelize(DataSet(x, y).split(50), 2)
+    >>> net = Network([Dense(4, 8, "tanh"), Output(8, 2)], SGD(0.5), seed=0)
+    >>> master = ParameterAveraging(batch_size_per_worker=25, averaging_frequency=2)
+    >>> spark_net = SparkNetwork(sc, net, master)
+    >>> _ = spark_net.fit(rdd, epochs=5)
+    >>> spark_net.evaluate(rdd).accuracy() > 0.9
+    True
+    """
+
+    def __init__(self, sc: Any, model: Model, master: ParameterAveraging | None = None) -> None:
+        self.sc: SparkContext = getattr(sc, "sparkContext", sc)
+        for method in ("params", "set_params", "updater_state", "fit_batch", "to_config"):
+            if not callable(getattr(model, method, None)):
+                raise TypeError(f"model must implement the Model protocol; it lacks {method}()")
+        self.model = model
+        self.master = master if master is not None else ParameterAveraging()
+        #: Round totals of every fit (and per-worker timings with ``collect_stats=True``).
+        self.stats = TrainingStats()
+        self._round = 0
+
+    # -- fitting -----------------------------------------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        """Workers per round: the master's ``workers`` or the context's default parallelism."""
+        return self.master.workers or self.sc.defaultParallelism
+
+    def fit(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
+        """Fit an RDD of DataSets, or the minibatch files under a directory URL."""
+        if isinstance(data, (str, os.PathLike)):
+            return self._fit_files(self._files(data), SerializedDataSetLoader(), epochs)
+        if self.master.approach == "direct":
+            return self._fit_direct(data, epochs)
+        return self._fit_exported(data, epochs)
+
+    def fit_paths(self, paths: RDD | Sequence[str], loader: Any = None, epochs: int = 1) -> Model:
+        """Fit the minibatch files at ``paths`` (an RDD or list of URLs) read by ``loader``.
+
+        ``loader`` is any :class:`~sparkbatch.data.Loader`; default
+        :class:`~sparkbatch.data.SerializedDataSetLoader`.
+        """
+        urls = paths.collect() if hasattr(paths, "collect") else list(paths)
+        return self._fit_files(urls, loader or SerializedDataSetLoader(), epochs)
+
+    def fit_multi(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
+        """Fit MultiDataSets: files under a directory URL, or an RDD of MultiDataSets.
+
+        The built-in network has one input and one output, so it fits MultiDataSets of one
+        input and one output and refuses others with a clear error.
+        """
+        if isinstance(data, (str, os.PathLike)):
+            return self._fit_files(self._files(data), SerializedMultiDataSetLoader(), epochs)
+        return self.fit(data, epochs)
+
+    def _files(self, url: str | os.PathLike[str]) -> list[str]:
+        urls = minibatch_files(os.fspath(url), storage_options=self.master.storage_options)
+        if not urls:
+            raise FileNotFoundError(f"no minibatch files under {os.fspath(url)}")
+        return urls
+
+    def _fit_files(self, urls: list[str], loader: Any, epochs: int) -> Model:
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if not urls:
+            raise ValueError("no minibatch files to fit")
+        m = self.master
+        for e in range(epochs):
+            epoch = getattr(self.model, "epoch", e)
+            rounds = plan_rounds(
+                urls,
+                self.workers,
+                m.averaging_frequency,
+                shuffle=m.shuffle,
+                seed=m.seed,
+                epoch=epoch,
+            )
+            for r, assignment in enumerate(rounds):
+                label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
+
+                def job(fit: FitRound, assignment: list[list[str]] = assignment) -> Any:
+                    return self.sc.parallelize(assignment, len(assignment)).mapPartitionsWithIndex(
+                        fit
+                    )
+
+                self._round_of(job, label, epoch, len(rounds), loader=loader)
+            self._end_epoch()
+        return self.model
+
+    def _fit_exported(self, rdd: RDD, epochs: int) -> Model:
+        base = self.master.export_dir or tempfile.gettempdir()
+        directory = join(base, f"sparkbatch-export-{uuid.uuid4().hex[:12]}")
+        options = self.master.storage_options
+        try:
+            self.sc.setJobDescription("sparkbatch fit: exporting minibatches")
+            urls = batch_and_export(
+                rdd, directory, self.master.batch_size_per_worker, storage_options=options
+            )
+            return self._fit_files(urls, MinibatchLoader(), epochs)
+        finally:
+            fs, path = resolve(directory, options)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+            self.sc.setJobDescription(None)
+
+    def _fit_direct(self, rdd: RDD, epochs: int) -> Model:
+        from pyspark import StorageLevel
+
+        m = self.master
+        size = m.batch_size_per_worker
+        batched = rdd.mapPartitions(lambda items: _rebatch(items, size))
+        if m.repartition == "never":
+            workers = rdd.getNumPartitions()
+            keyed = batched.mapPartitionsWithIndex(
+                lambda p, items: (((p, i), b) for i, b in enumerate(items))
+            )
+        else:
+            workers = self.workers
+            keyed = batched.zipWithIndex().map(lambda t: ((t[1] % workers, t[1] // workers), t[0]))
+        keyed.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            self.sc.setJobDescription("sparkbatch fit: batching the RDD")
+            steps = keyed.map(lambda kv: kv[0][1]).fold(-1, max) + 1
+            if steps == 0:
+                raise ValueError("the RDD holds no examples to fit")
+            freq = m.averaging_frequency
+            rounds = -(-steps // freq)
+            for e in range(epochs):
+                epoch = getattr(self.model, "epoch", e)
+                for r in range(rounds):
+                    label = f"epoch {e + 1}/{epochs}, round {r + 1}/{rounds}"
+                    lo, hi = r * freq, (r + 1) * freq
+
+                    def job(fit: FitRound, lo: int = lo, hi: int = hi) -> Any:
+                        part = keyed.filter(lambda kv: lo <= kv[0][1] < hi)
+                        ordered = part.repartitionAndSortWithinPartitions(
+                            workers, lambda key: key[0]
+                        )
+                        return ordered.values().mapPartitionsWithIndex(fit)
+
+                    self._round_of(job, label, epoch, rounds, loader=None)
+                self._end_epoch()
+        finally:
+            keyed.unpersist()
+            self.sc.setJobDescription(None)
+        return self.model
+
+    def _round_of(
+        self, job: Any, label: str, epoch: int, rounds_in_epoch: int, *, loader: Any
+    ) -> None:
+        """Run one averaging round: broadcast, fit on the workers, sum, average."""
+        m = self.master
+        model = self.model
+        start = time.time()
+        self.sc.setJobDescription(f"sparkbatch fit: {label}")
+        weights = self.sc.broadcast(
+            {
+                "params": model.params(),
+                "state": model.updater_state() if m.save_updater else None,
+                "iteration": getattr(model, "iteration", 0),
+                "epoch": epoch,
+            }
+        )
+        broadcast_end = time.time()
+        fit = FitRound(
+            type(model),
+            _config_json(model),
+            weights,
+            round_index=self._round,
+            batch_size=m.batch_size_per_worker,
+            save_updater=m.save_updater,
+            loader=loader,
+            storage_options=m.storage_options,
+            prefetch=m.prefetch,
+            collect_stats=m.collect_stats,
+        )
+        try:
+            result: RoundResult | None = job(fit).treeAggregate(
+                None, combine, combine, m.aggregation_depth
+            )
+        finally:
+            weights.destroy()
+        job_end = time.time()
+        if result is None:  # no worker had data: nothing to average
+            return
+        _native.nn_average([result.params], model.params(), result.workers)
+        if m.save_updater and result.state is not None:
+            _native.nn_average([result.state], model.updater_state(), result.workers)
+        if hasattr(model, "iteration"):
+            model.iteration += result.max_batches
+        score = result.score_sum / result.batches
+        if hasattr(model, "last_score"):
+            model.last_score = score
+        end = time.time()
+        fit_s = max(
+            (p.seconds for p in result.phases if p.phase == "fit"), default=job_end - broadcast_end
+        )
+        self.stats.add_round(
+            RoundStats(
+                epoch=epoch,
+                round=self._round,
+                rounds_in_epoch=rounds_in_epoch,
+                score=score,
+                examples=result.examples,
+                workers=result.workers,
+                start=start,
+                end=end,
+                broadcast_s=broadcast_end - start,
+                fit_s=min(fit_s, end - start),
+                aggregate_s=max(0.0, (end - start) - (broadcast_end - start) - fit_s),
+            )
+        )
+        if m.collect_stats:
+            self.stats.add_phases(result.phases)
+            self.stats.add_phases(
+                [
+                    PhaseTiming(self._round, "driver", "broadcast", start, broadcast_end),
+                    PhaseTiming(self._round, "driver", "aggregate", job_end, end),
+                ]
+            )
+        log.info("%s: score %.6f over %d examples", label, score, result.examples)
+        self._round += 1
+
+    def _end_epoch(self) -> None:
+        if hasattr(self.model, "epoch"):
+            self.model.epoch += 1
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        data: RDD | str | os.PathLike[str],
+        *,
+        top_n: int = 1,
+        labels: Sequence[str] | None = None,
+        loader: Any = None,
+    ) -> Evaluation:
+        """Classification figures over an RDD of DataSets or the files under a URL, merged
+        exactly from per-partition counts."""
+        num_classes = getattr(self.model, "num_outputs", None)
+        args = {"num_classes": num_classes, "labels": labels, "top_n": top_n}
+        result = self._evaluate(data, "classification", loader, args)
+        return result.evaluation if result else Evaluation(**args)
+
+    def evaluate_regression(
+        self,
+        data: RDD | str | os.PathLike[str],
+        *,
+        column_names: Sequence[str] | None = None,
+        loader: Any = None,
+    ) -> RegressionEvaluation:
+        """Regression figures per output column over an RDD or the files under a URL."""
+        args = {
+            "num_columns": getattr(self.model, "num_outputs", None),
+            "column_names": column_names,
+        }
+        result = self._evaluate(data, "regression", loader, args)
+        return result.evaluation if result else RegressionEvaluation(**args)
+
+    def score(self, data: RDD | str | os.PathLike[str], *, loader: Any = None) -> float:
+        """The model's mean score per example (per unmasked step) over all of ``data``."""
+        result = self._evaluate(data, "score", loader, {})
+        if result is None or result.examples == 0:
+            raise ValueError("no examples to score")
+        return result.loss_sum / result.examples
+
+    def _evaluate(self, data: Any, kind: str, loader: Any, args: dict[str, Any]) -> Any:
+        m = self.master
+        weights = self.sc.broadcast({"params": self.model.params()})
+        try:
+            if isinstance(data, (str, os.PathLike)):
+                urls = self._files(data)
+                loader = loader or MinibatchLoader()
+                slices = min(len(urls), self.workers)
+                chunks = [urls[i::slices] for i in range(slices)]
+                rdd = self.sc.parallelize(chunks, slices)
+            elif hasattr(data, "mapPartitions"):
+                rdd, loader = data, None
+            else:
+                raise TypeError(f"expected an RDD or a directory URL, got {type(data).__name__}")
+            evaluate = EvaluatePartition(
+                type(self.model),
+                _config_json(self.model),
+                weights,
+                kind=kind,
+                batch_size=m.eval_batch_size,
+                loader=loader,
+                storage_options=m.storage_options,
+                prefetch=m.prefetch,
+                evaluation_args=args,
+            )
+            self.sc.setJobDescription(f"sparkbatch {kind}")
+            return rdd.mapPartitions(evaluate).treeAggregate(
+                None, merge_evaluations, merge_evaluations, m.aggregation_depth
+            )
+        finally:
+            weights.destroy()
+            self.sc.setJobDescription(None)
+
+
+def _config_json(model: Model) -> str:
+    return json.dumps(model.to_config(), sort_keys=True)

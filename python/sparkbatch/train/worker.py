@@ -1,0 +1,280 @@
+"""What runs on the executors: one averaging round of one worker, and distributed evaluation.
+
+The functions here are small picklable classes holding configuration and broadcast handles
+only; the model is built on the executor from its configuration and kept per Python worker
+process (:func:`_model`), so a round costs one broadcast read and no model construction.
+Results travel back as :class:`RoundResult` objects that ``treeAggregate`` sums in place with
+the native kernel (:func:`combine`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _native
+from ..data import DataSet, MultiDataSet, Source, load
+from ..evaluation import Evaluation, RegressionEvaluation
+from .stats import PhaseTiming
+
+__all__ = [
+    "RoundResult",
+    "FitRound",
+    "EvaluatePartition",
+    "MinibatchLoader",
+    "combine",
+    "merge_evaluations",
+]
+
+_MODELS: OrderedDict[tuple[type, str], Any] = OrderedDict()  # per Python worker process
+_MODELS_KEPT = 2
+
+
+def _model(model_class: type, config_json: str) -> Any:
+    """This process's model for ``config_json``, built once and reused by later rounds."""
+    key = (model_class, config_json)
+    model = _MODELS.get(key)
+    if model is None:
+        model = _MODELS[key] = model_class.from_config(json.loads(config_json))
+        while len(_MODELS) > _MODELS_KEPT:
+            _MODELS.popitem(last=False)
+    return model
+
+
+@dataclass
+class RoundResult:
+    """Sums over the workers of one round (one worker's own values before aggregation)."""
+
+    params: np.ndarray
+    state: np.ndarray | None
+    score_sum: float  # of every minibatch's score
+    batches: int
+    examples: int
+    workers: int
+    max_batches: int  # the most minibatches one worker fitted: the iteration advance
+    phases: list[PhaseTiming] = field(default_factory=list)
+
+
+def combine(a: RoundResult | None, b: RoundResult | None) -> RoundResult | None:
+    """Sum two partial results in place (``a`` is reused); a worker without data is None."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    _native.nn_add_into(a.params, b.params)
+    if a.state is not None and b.state is not None:
+        _native.nn_add_into(a.state, b.state)
+    a.score_sum += b.score_sum
+    a.batches += b.batches
+    a.examples += b.examples
+    a.workers += b.workers
+    a.max_batches = max(a.max_batches, b.max_batches)
+    a.phases.extend(b.phases)
+    return a
+
+
+class MinibatchLoader:
+    """Loads a sparkbatch minibatch file, whichever it holds (DataSet or MultiDataSet)."""
+
+    def load(self, source: Source) -> DataSet | MultiDataSet:
+        return load(source.url, storage_options=source.storage_options)
+
+
+def _minibatches(
+    items: Iterable[Any], loader: Any, storage_options: Any, prefetch: int, batch_size: int
+) -> Iterator[DataSet | MultiDataSet]:
+    """The minibatches of one worker: files (loaded ``prefetch`` ahead) or in-memory batches,
+    split to ``batch_size`` examples where larger."""
+    if loader is None:
+        batches: Iterable[Any] = items
+    else:
+        sources = [Source(url, storage_options) for url in items]
+        batches = _prefetched(loader, sources, prefetch)
+    for batch in batches:
+        if batch.num_examples > batch_size:
+            yield from batch.split(batch_size)
+        elif batch.num_examples:
+            yield batch
+
+
+def _prefetched(loader: Any, sources: list[Source], prefetch: int) -> Iterator[Any]:
+    if prefetch == 0 or len(sources) < 2:
+        for source in sources:
+            yield loader.load(source)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparkbatch-prefetch") as pool:
+        pending = [pool.submit(loader.load, s) for s in sources[:prefetch]]
+        for i in range(len(sources)):
+            batch = pending.pop(0).result()
+            if i + prefetch < len(sources):
+                pending.append(pool.submit(loader.load, sources[i + prefetch]))
+            yield batch
+
+
+class FitRound:
+    """One worker's part of a round: set the broadcast parameters, fit, return the result.
+
+    Used with ``mapPartitionsWithIndex``; a partition holds either one list of file URLs
+    (``loader`` given) or the worker's minibatches themselves.
+    """
+
+    def __init__(
+        self,
+        model_class: type,
+        config_json: str,
+        weights: Any,  # Broadcast of {"params", "state", "iteration", "epoch"}
+        *,
+        round_index: int,
+        batch_size: int,
+        save_updater: bool,
+        loader: Any = None,
+        storage_options: Any = None,
+        prefetch: int = 2,
+        collect_stats: bool = False,
+    ) -> None:
+        self.model_class = model_class
+        self.config_json = config_json
+        self.weights = weights
+        self.round_index = round_index
+        self.batch_size = batch_size
+        self.save_updater = save_updater
+        self.loader = loader
+        self.storage_options = storage_options
+        self.prefetch = prefetch
+        self.collect_stats = collect_stats
+
+    def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[RoundResult]:
+        items = list(partition)
+        if self.loader is not None:  # one element: this worker's list of files
+            items = [url for urls in items for url in urls]
+        if not items:
+            return iter(())
+        worker = f"worker {index}"
+        start = time.time()
+        weights = self.weights.value
+        model = _model(self.model_class, self.config_json)
+        model.set_params(weights["params"])
+        state = model.updater_state()
+        if self.save_updater and weights["state"] is not None:
+            model.set_updater_state(weights["state"])
+        elif state.size:
+            state[...] = 0  # a fresh updater every round, as DL4J without saveUpdater
+        model.iteration, model.epoch = weights["iteration"], weights["epoch"]
+        fit_start = time.time()
+        score_sum, batches, examples = 0.0, 0, 0
+        for batch in _minibatches(
+            items, self.loader, self.storage_options, self.prefetch, self.batch_size
+        ):
+            score_sum += float(model.fit_batch(batch))
+            batches += 1
+            examples += batch.num_examples
+        end = time.time()
+        if batches == 0:
+            return iter(())
+        phases = []
+        if self.collect_stats:
+            phases = [
+                PhaseTiming(self.round_index, worker, "broadcast", start, fit_start),
+                PhaseTiming(self.round_index, worker, "fit", fit_start, end),
+            ]
+        result = RoundResult(
+            params=np.array(model.params(), copy=True),
+            state=np.array(model.updater_state(), copy=True) if self.save_updater else None,
+            score_sum=score_sum,
+            batches=batches,
+            examples=examples,
+            workers=1,
+            max_batches=batches,
+            phases=phases,
+        )
+        return iter([result])
+
+
+@dataclass
+class EvaluationResult:
+    """Per-partition evaluation counts (merged exactly) and loss sums (for the score)."""
+
+    evaluation: Evaluation | RegressionEvaluation | None
+    loss_sum: float
+    examples: float
+
+
+def merge_evaluations(
+    a: EvaluationResult | None, b: EvaluationResult | None
+) -> EvaluationResult | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if a.evaluation is not None and b.evaluation is not None:
+        a.evaluation.merge(b.evaluation)
+    a.loss_sum += b.loss_sum
+    a.examples += b.examples
+    return a
+
+
+class EvaluatePartition:
+    """Evaluate (``kind`` "classification" or "regression") or score one partition."""
+
+    def __init__(
+        self,
+        model_class: type,
+        config_json: str,
+        weights: Any,
+        *,
+        kind: str,
+        batch_size: int,
+        loader: Any = None,
+        storage_options: Any = None,
+        prefetch: int = 2,
+        evaluation_args: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_class = model_class
+        self.config_json = config_json
+        self.weights = weights
+        self.kind = kind
+        self.batch_size = batch_size
+        self.loader = loader
+        self.storage_options = storage_options
+        self.prefetch = prefetch
+        self.evaluation_args = evaluation_args or {}
+
+    def __call__(self, partition: Iterator[Any]) -> Iterator[EvaluationResult]:
+        items = list(partition)
+        if self.loader is not None:
+            items = [url for urls in items for url in urls]
+        if not items:
+            return iter(())
+        model = _model(self.model_class, self.config_json)
+        model.set_params(self.weights.value["params"])
+        if self.kind == "classification":
+            evaluation: Any = Evaluation(**self.evaluation_args)
+        elif self.kind == "regression":
+            evaluation = RegressionEvaluation(**self.evaluation_args)
+        else:
+            evaluation = None
+        loss_sum, examples = 0.0, 0.0
+        for batch in _minibatches(
+            items, self.loader, self.storage_options, self.prefetch, self.batch_size
+        ):
+            ds = _single(batch)
+            if evaluation is not None:
+                evaluation.eval(ds.labels, model.output(ds.features), ds.labels_mask)
+            else:
+                weight = (
+                    float(np.sum(ds.labels_mask)) if ds.labels_mask is not None else ds.num_examples
+                )
+                loss_sum += model.score(ds) * weight
+                examples += weight
+        return iter([EvaluationResult(evaluation, loss_sum, examples)])
+
+
+def _single(batch: DataSet | MultiDataSet) -> DataSet:
+    return batch.to_dataset() if isinstance(batch, MultiDataSet) else batch

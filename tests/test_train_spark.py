@@ -1,0 +1,211 @@
+"""Parameter averaging on a real local Spark: equivalences with single-machine fitting,
+distributed evaluation, retries, the HTML report."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from sparkbatch.data import DataSet, FileDataSetIterator, MultiDataSet, Source, load
+from sparkbatch.data.manifest import minibatch_files
+from sparkbatch.nn import SGD, Adam, Dense, Network, Output
+from sparkbatch.spark import batch_and_export, list_paths
+from sparkbatch.train import ParameterAveraging, SparkNetwork
+
+pytestmark = pytest.mark.spark
+
+
+def _data(n: int, seed: int = 0) -> DataSet:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[np.argmax(x[:, :3] + 0.3 * x[:, 3:], axis=1)]
+    return DataSet(x, y)
+
+
+def _network(updater=None, seed: int = 1) -> Network:
+    return Network(
+        [Dense(4, 8, "tanh"), Output(8, 3, "softmax", "cross_entropy")],
+        updater or SGD(0.2),
+        seed=seed,
+    )
+
+
+def _export(sc, tmp_path, n: int, batch: int, name: str = "files") -> str:
+    out = str(tmp_path / name)
+    batch_and_export(sc.parallelize(_data(n).split(50), 2), out, batch)
+    return out
+
+
+@pytest.mark.parametrize("updater", [SGD(0.2), Adam(0.01)], ids=["sgd", "adam"])
+def test_one_worker_frequency_one_equals_single_machine_fitting(sc, tmp_path, updater):
+    directory = _export(sc, tmp_path, 200, 16)
+    master = ParameterAveraging(
+        batch_size_per_worker=16, averaging_frequency=1, workers=1, shuffle=False
+    )
+    distributed = SparkNetwork(sc, _network(updater), master).fit(directory, epochs=2)
+    local = _network(updater).fit(FileDataSetIterator(minibatch_files(directory)), epochs=2)
+    np.testing.assert_allclose(distributed.params(), local.params(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(distributed.updater_state(), local.updater_state(), atol=1e-6)
+    assert distributed.iteration == local.iteration == 2 * len(minibatch_files(directory))
+    assert distributed.epoch == local.epoch == 2
+
+
+def test_two_workers_one_round_equal_one_step_on_the_merged_batch(sc, tmp_path):
+    data = _data(32)
+    directory = str(tmp_path / "two")
+    for i, part in enumerate(data.split(16)):
+        part.save(os.path.join(directory, f"part-{i}.safetensors"))
+    master = ParameterAveraging(batch_size_per_worker=16, averaging_frequency=1, workers=2)
+    averaged = SparkNetwork(sc, _network(), master).fit(directory)
+    merged = _network()
+    merged.fit_batch(data)
+    np.testing.assert_allclose(averaged.params(), merged.params(), rtol=0, atol=1e-6)
+    assert averaged.iteration == 1
+
+
+def test_fit_from_rdd_and_from_exported_path_agree(sc, tmp_path):
+    rdd = sc.parallelize(_data(300).split(50), 2)
+    master = ParameterAveraging(
+        batch_size_per_worker=20,
+        averaging_frequency=2,
+        workers=2,
+        shuffle=False,
+        export_dir=str(tmp_path / "scratch"),
+    )
+    from_rdd = SparkNetwork(sc, _network(), master).fit(rdd, epochs=2)
+    assert os.listdir(tmp_path / "scratch") == []  # the temporary export is removed
+    directory = str(tmp_path / "exported")
+    batch_and_export(rdd, directory, 20)
+    from_path = SparkNetwork(sc, _network(), master).fit(directory, epochs=2)
+    np.testing.assert_allclose(from_rdd.params(), from_path.params(), rtol=0, atol=1e-6)
+    # and fit_paths over an RDD of the same paths
+    via_paths = SparkNetwork(sc, _network(), master).fit_paths(list_paths(sc, directory), epochs=2)
+    np.testing.assert_allclose(via_paths.params(), from_path.params(), rtol=0, atol=1e-6)
+
+
+def test_training_learns_and_distributed_evaluation_equals_local(sc, tmp_path):
+    data = _data(600, seed=3)
+    rdd = sc.parallelize(data.split(40), 3)  # partitions of unequal sizes: 200, 200, 200 + ...
+    master = ParameterAveraging(batch_size_per_worker=25, averaging_frequency=3, workers=2)
+    spark_net = SparkNetwork(sc, _network(Adam(0.02)), master)
+    net = spark_net.fit(rdd, epochs=4)
+    evaluation = spark_net.evaluate(rdd)
+    local = net.evaluate(data)
+    assert evaluation.accuracy() > 0.9
+    np.testing.assert_array_equal(evaluation.confusion_matrix(), local.confusion_matrix())
+    assert spark_net.score(rdd) == pytest.approx(net.score(data), rel=1e-5)
+    regression = spark_net.evaluate_regression(rdd)
+    assert regression.mean_squared_error() == pytest.approx(
+        net.evaluate_regression(data).mean_squared_error(), rel=1e-5
+    )
+    directory = str(tmp_path / "eval")
+    batch_and_export(rdd, directory, 64)
+    np.testing.assert_array_equal(
+        spark_net.evaluate(directory).confusion_matrix(), local.confusion_matrix()
+    )
+    assert spark_net.score(directory) == pytest.approx(net.score(data), rel=1e-5)
+
+
+def test_every_example_is_used_once_per_epoch_in_full_and_partial_rounds(sc, tmp_path):
+    directory = _export(sc, tmp_path, 230, 10)  # 23 files + 1 ragged at the partition ends
+    files = minibatch_files(directory)
+    master = ParameterAveraging(batch_size_per_worker=10, averaging_frequency=4, workers=2)
+    spark_net = SparkNetwork(sc, _network(), master)
+    spark_net.fit(directory, epochs=2)
+    rounds = spark_net.stats.rounds
+    per_round = 2 * 4
+    assert len(rounds) == 2 * -(-len(files) // per_round)
+    for epoch in (0, 1):
+        assert sum(r.examples for r in rounds if r.epoch == epoch) == 230
+    assert rounds[-1].workers <= 2 and all(np.isfinite(r.score) for r in rounds)
+
+
+class _FailsOnceLoader:
+    """Fails the first attempt of the task that loads ``victim``: Spark must retry it."""
+
+    def __init__(self, victim: str) -> None:
+        self.victim = victim
+
+    def load(self, source: Source) -> DataSet:
+        from pyspark import TaskContext
+
+        if source.url == self.victim and TaskContext.get().attemptNumber() == 0:
+            raise RuntimeError("injected failure on the first attempt")
+        return load(source.url)
+
+
+def test_a_failed_worker_task_is_retried_and_no_example_is_lost_or_doubled(sc, tmp_path):
+    directory = _export(sc, tmp_path, 120, 10)
+    files = minibatch_files(directory)
+    master = ParameterAveraging(
+        batch_size_per_worker=10, averaging_frequency=3, workers=2, shuffle=False
+    )
+    retried = SparkNetwork(sc, _network(), master)
+    retried.fit_paths(files, _FailsOnceLoader(files[4]))
+    assert sum(r.examples for r in retried.stats.rounds) == 120
+    clean = SparkNetwork(sc, _network(), master).fit_paths(files)
+    np.testing.assert_allclose(retried.model.params(), clean.params(), rtol=0, atol=1e-6)
+
+
+def test_direct_approach_trains_from_partitions_without_files(sc):
+    data = _data(400, seed=5)
+    rdd = sc.parallelize(data.split(30), 3)
+    for repartition in ("always", "never"):
+        master = ParameterAveraging(
+            batch_size_per_worker=20,
+            averaging_frequency=2,
+            workers=2,
+            approach="direct",
+            repartition=repartition,
+        )
+        spark_net = SparkNetwork(sc, _network(Adam(0.02)), master)
+        spark_net.fit(rdd, epochs=3)
+        for epoch in (0, 1, 2):
+            assert sum(r.examples for r in spark_net.stats.rounds if r.epoch == epoch) == 400
+        assert spark_net.evaluate(rdd).accuracy() > 0.85
+
+
+def test_fit_multi_takes_one_input_multidatasets_and_refuses_more(sc, tmp_path):
+    data = _data(100)
+    single = str(tmp_path / "multi")
+    for i, part in enumerate(data.split(25)):
+        MultiDataSet.from_dataset(part).save(os.path.join(single, f"m-{i}.safetensors"))
+    master = ParameterAveraging(batch_size_per_worker=25, averaging_frequency=1, workers=2)
+    net = SparkNetwork(sc, _network(), master).fit_multi(single)
+    assert net.iteration == 2
+    double = str(tmp_path / "double")
+    MultiDataSet([data.features, data.features], [data.labels]).save(
+        os.path.join(double, "m.safetensors")
+    )
+    with pytest.raises(Exception, match="has 2 inputs and 1 outputs"):
+        SparkNetwork(sc, _network(), master).fit_multi(double)
+
+
+def test_stats_report_holds_the_rounds_and_the_workers(sc, tmp_path):
+    directory = _export(sc, tmp_path, 160, 10)
+    master = ParameterAveraging(
+        batch_size_per_worker=10, averaging_frequency=2, workers=2, collect_stats=True
+    )
+    spark_net = SparkNetwork(sc, _network(), master)
+    spark_net.fit(directory, epochs=2)
+    stats = spark_net.stats
+    assert len(stats.rounds) == 2 * 4
+    workers = {p.worker for p in stats.phases}
+    assert {"worker 0", "worker 1", "driver"} <= workers
+    assert {p.phase for p in stats.phases} >= {"broadcast", "fit", "aggregate"}
+    report = tmp_path / "report.html"
+    stats.to_html(str(report))
+    html = report.read_text()
+    assert "worker 0" in html and "worker 1" in html and "<svg" in html
+    assert stats.summary()
+
+
+def test_bad_configuration_is_refused():
+    with pytest.raises(ValueError, match="averaging_frequency must be >= 1"):
+        ParameterAveraging(averaging_frequency=0)
+    with pytest.raises(ValueError, match="approach must be one of"):
+        ParameterAveraging(approach="gossip")
+    with pytest.raises(TypeError, match="Model protocol"):
+        SparkNetwork(None, object())
