@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import sparkbatch
+import sparkbatch.nn
 from sparkbatch import DataSet
 from sparkbatch.cli import main
 
@@ -41,3 +43,40 @@ def test_inspect_describes_good_files_and_names_bad_ones(tmp_path, capsys):
     assert main(["inspect", str(good), str(bad)]) == 1
     out = capsys.readouterr().out
     assert f"{bad}: ERROR" in out
+
+
+@pytest.mark.spark
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    # A subprocess: the demo starts and stops its own local Spark.
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sparkbatch",
+            "demo",
+            "--rows",
+            "3000",
+            "--epochs",
+            "2",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Test accuracy" in result.stdout and "Where the time went" in result.stdout
+    accuracy = float(result.stdout.split("Test accuracy ")[1].split()[0])
+    assert accuracy > 0.9
+    assert (out / "report.html").read_text().count("<svg") >= 2
+    assert list((out / "minibatches" / "train").glob("*.safetensors"))
+    assert sparkbatch.nn.Network.load(out / "network.safetensors").num_outputs == 4
+
+
+def test_demo_with_a_csv_needs_its_label_column(capsys):
+    assert main(["demo", "--csv", "data.csv"]) == 2
+    assert "--label-index" in capsys.readouterr().err

@@ -19,6 +19,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("paths", nargs="+", help="minibatch files (local paths or fsspec URLs)")
     inspect.add_argument("--no-verify", action="store_true", help="skip the CRC32C check")
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on a local Spark: CSV -> minibatch files -> distributed "
+        "training -> evaluation and an HTML report",
+    )
+    demo.add_argument("--rows", type=int, default=50_000, help="rows of the generated CSV")
+    demo.add_argument("--csv", help="your own CSV (path, URL or glob) instead of a generated one")
+    demo.add_argument("--label-index", type=int, help="column of the class index (-1: last)")
+    demo.add_argument("--num-classes", type=int, help="number of classes")
+    demo.add_argument("--skip-lines", type=int, default=None, help="header lines per file")
+    demo.add_argument("--out", default="sparkbatch-demo", help="output directory (local)")
+    demo.add_argument("--workers", type=int, help="local Spark workers (default: all cores)")
+    demo.add_argument("--epochs", type=int, default=5)
+    demo.add_argument("--batch-size", type=int, default=64)
+    demo.add_argument("--averaging-frequency", type=int, default=5)
     return parser
 
 
@@ -33,6 +48,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sparkbatch.cli import inspect
 
         return inspect.run(args.paths, verify=not args.no_verify)
+    if args.command == "demo":
+        from sparkbatch.cli import demo
+
+        return demo.run(
+            rows=args.rows,
+            csv=args.csv,
+            label_index=args.label_index,
+            num_classes=args.num_classes,
+            skip_lines=args.skip_lines,
+            out=args.out,
+            workers=args.workers,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            averaging_frequency=args.averaging_frequency,
+        )
     raise AssertionError(args.command)  # argparse rejects unknown commands
 
 
