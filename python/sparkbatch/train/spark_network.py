@@ -149,13 +149,19 @@ class SparkNetwork:
                 seed=m.seed,
                 epoch=epoch,
             )
-            for r, assignment in enumerate(rounds):
+            # One RDD per epoch, a partition per worker holding its files of every round: a
+            # round's job then only picks its entry (cheaper than a new RDD per round).
+            workers = max(len(files) for files in rounds)
+            per_worker = [
+                [files[w] if w < len(files) else [] for files in rounds] for w in range(workers)
+            ]
+            plan = self.sc.parallelize(per_worker, workers)  # one element per partition
+            for r in range(len(rounds)):
                 label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
 
-                def job(fit: FitRound, assignment: list[list[str]] = assignment) -> Any:
-                    return self.sc.parallelize(assignment, len(assignment)).mapPartitionsWithIndex(
-                        fit
-                    )
+                def job(fit: FitRound, r: int = r) -> Any:
+                    fit.round_in_plan = r
+                    return plan.mapPartitionsWithIndex(fit)
 
                 self._round_of(job, label, epoch, len(rounds), loader=loader)
             self._end_epoch()

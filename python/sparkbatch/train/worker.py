@@ -150,10 +150,14 @@ class FitRound:
         self.prefetch = prefetch
         self.collect_stats = collect_stats
 
+    #: With files: the partition holds one list per round of this worker's files; this
+    #: round's index into it.
+    round_in_plan: int = 0
+
     def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[RoundResult]:
         items = list(partition)
-        if self.loader is not None:  # one element: this worker's list of files
-            items = [url for urls in items for url in urls]
+        if self.loader is not None:  # this worker's file lists, one per round of the epoch
+            items = [url for rounds in items for url in rounds[self.round_in_plan]]
         if not items:
             return iter(())
         worker = f"worker {index}"
