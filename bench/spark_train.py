@@ -98,7 +98,8 @@ def main() -> None:
     print()
     print("| training | rounds | wall s | examples/s | vs single machine | outside fitting |")
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| single machine, one process | — | {single:.2f} | {examples / single:,.0f} | 1.00× | — |")
+    rate = examples / single
+    print(f"| single machine, one process | — | {single:.2f} | {rate:,.0f} | 1.00× | — |")
     for frequency, rounds, wall, rate, overhead in rows:
         print(
             f"| parameter averaging, frequency {frequency} | {rounds} | {wall:.2f} | "

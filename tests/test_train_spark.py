@@ -209,3 +209,16 @@ def test_bad_configuration_is_refused():
         ParameterAveraging(approach="gossip")
     with pytest.raises(TypeError, match="Model protocol"):
         SparkNetwork(None, object())
+
+
+def test_workers_use_a_gpu_only_where_one_is_visible(sc, tmp_path):
+    from sparkbatch.nn.gpu import cuda_available
+
+    directory = _export(sc, tmp_path, 100, 25)
+    auto = ParameterAveraging(batch_size_per_worker=25, workers=2, worker_device="auto")
+    assert SparkNetwork(sc, _network(), auto).fit(directory).iteration > 0
+    if cuda_available():
+        pytest.skip("a GPU is visible: worker_device='cuda' trains instead of failing")
+    cuda = ParameterAveraging(batch_size_per_worker=25, workers=2, worker_device="cuda")
+    with pytest.raises(Exception, match="needs a GPU"):
+        SparkNetwork(sc, _network(), cuda).fit(directory)

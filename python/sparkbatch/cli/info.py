@@ -7,6 +7,7 @@ import importlib.util
 import platform
 import shutil
 import subprocess
+from types import ModuleType
 
 from sparkbatch._version import __version__
 
@@ -30,12 +31,55 @@ def _java_version() -> str:
     return first[0] if first else java
 
 
+def _cuda_version(code: int) -> str:
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def _cuda_facts() -> dict[str, str]:
+    """Whether the CUDA module was built (for which architectures) and which GPUs it sees.
+
+    Never raises: without a driver the module still imports and sees no device.
+    """
+    if importlib.util.find_spec("sparkbatch._cuda") is None:
+        return {"cuda module": "not built (CPU only)"}
+    try:
+        from sparkbatch import _cuda
+    except ImportError as e:
+        return {"cuda module": f"built but not importable: {e}"}
+    module = (
+        f"built for {', '.join(_cuda.architectures())} "
+        f"(CUDA runtime {_cuda_version(_cuda.runtime_version())}, linked statically)"
+    )
+    count = _cuda.device_count()
+    driver = _cuda.driver_version()
+    if count == 0:
+        devices = "none visible" + (
+            " (no NVIDIA driver)" if driver == 0 else f" (driver for CUDA {_cuda_version(driver)})"
+        )
+    else:
+        names = []
+        for i in range(count):
+            major, minor = _cuda.device_capability(i)
+            names.append(f"{i}: {_cuda.device_name(i)} (sm_{major}{minor})")
+        devices = f"{count} (driver for CUDA {_cuda_version(driver)}): " + "; ".join(names)
+    return {"cuda module": module, "cuda devices": devices, "cuda cublas": _cublas(_cuda)}
+
+
+def _cublas(cuda: ModuleType) -> str:
+    """Where cuBLAS loads from (the GPU network's matrix products need it; no GPU needed here)."""
+    from sparkbatch.nn.gpu import _cublas_candidates
+
+    try:
+        return cuda.load_cublas(_cublas_candidates())
+    except RuntimeError:
+        return "not found (GPU training needs it: pip install nvidia-cublas-cu12, or nvidia-cublas)"
+
+
 def collect() -> dict[str, str]:
     """Return the facts ``sparkbatch info`` prints, as strings keyed by what they describe."""
     from sparkbatch import _native
 
     build = _native.build_info()
-    cuda = importlib.util.find_spec("sparkbatch._cuda") is not None
     return {
         "sparkbatch": __version__,
         "python": platform.python_version(),
@@ -46,7 +90,7 @@ def collect() -> dict[str, str]:
         "native build": ("debug" if build["debug"] else "release")
         + (f", sanitizers: {build['sanitizers']}" if build["sanitizers"] else "")
         + f", compiler {build['compiler']}",
-        "cuda module": "built" if cuda else "not built",
+        **_cuda_facts(),
         "numpy": _package_version("numpy"),
         "fsspec": _package_version("fsspec"),
         "pyspark": _package_version("pyspark"),

@@ -94,10 +94,7 @@ class LabelSpec:
                 if self.label_first is not None
                 else str(self.label_index)
             )
-            raise ValueError(
-                f"label columns {asked} "
-                f"are outside a table of {n_columns} columns"
-            )
+            raise ValueError(f"label columns {asked} are outside a table of {n_columns} columns")
         return list(range(first, last + 1))
 
 

@@ -41,6 +41,7 @@ from ..data import DataSet, MultiDataSet
 from ..data.format import load_tensors, save_tensors
 from ..errors import FormatError
 from ..evaluation import Evaluation, RegressionEvaluation
+from . import gpu
 from .functions import activation_code, loss_code, needs_preactivation
 from .layers import Dense, Output, layer_from_config
 from .updaters import Adam, Updater, updater_from_config
@@ -95,6 +96,7 @@ class Network:
         *,
         seed: int = 0,
         dtype: str | np.dtype = "float32",
+        device: str | int = "cpu",
     ) -> None:
         self.layers: tuple[Dense | Output, ...] = tuple(layers)
         _check_layers(self.layers)
@@ -126,6 +128,35 @@ class Network:
         rng = np.random.default_rng(self.seed)
         for layer, weights in zip(self.layers, self._weights, strict=True):
             layer.init_weights(rng, weights)
+        self._gpu: gpu.GpuState | None = None
+        if gpu.parse_device(device) is not None:
+            self.to(device)
+
+    @property
+    def device(self) -> str:
+        """Where the parameters live and the arithmetic runs: ``"cpu"`` or ``"cuda:N"``."""
+        return "cpu" if self._gpu is None else f"cuda:{self._gpu.device}"
+
+    def to(self, device: str | int) -> Network:
+        """Move the network to ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (in place); returns it.
+
+        Parameters and updater state move with it, so outputs and training continue
+        unchanged. Raises :class:`~sparkbatch.nn.gpu.CudaUnavailableError` saying why when no
+        usable GPU is there.
+        """
+        index = gpu.parse_device(device)
+        if self._gpu is not None and index != self._gpu.device:
+            self._sync_host()
+            self._gpu = None
+        if index is not None and self._gpu is None:
+            self._gpu = gpu.GpuState(self, index)
+        return self
+
+    def _sync_host(self) -> None:
+        """Bring the host buffers up to date with the device (no-op on the CPU)."""
+        if self._gpu is not None:
+            self._gpu.download_params(self._params)
+            self._gpu.download_state(self._state)
 
     # -- parameters ------------------------------------------------------------------------------
 
@@ -143,19 +174,31 @@ class Network:
         return self.layers[-1].n_out
 
     def params(self) -> np.ndarray:
-        """The flat parameter buffer itself (no copy): writing to it changes the network."""
+        """The flat parameter buffer itself (no copy): writing to it changes the network.
+
+        On a GPU network, a host copy (change parameters there with :meth:`set_params`).
+        """
+        if self._gpu is not None:
+            return self._gpu.download_params()
         return self._params
 
     def set_params(self, values: Any) -> None:
         """Copy ``values`` (``num_params`` numbers) into the parameter buffer."""
         np.copyto(self._params, _flat(values, self._params.size, "params"), casting="same_kind")
+        if self._gpu is not None:
+            self._gpu.upload_params(self._params)
 
     def gradients(self) -> np.ndarray:
-        """The flat gradient buffer of the last :meth:`fit_batch` (no copy)."""
+        """The flat gradient buffer of the last :meth:`fit_batch` (no copy; a copy on a GPU)."""
+        if self._gpu is not None:
+            return self._gpu.download_gradients()
         return self._grads
 
     def updater_state(self) -> np.ndarray:
-        """The flat updater state (``state_per_param * num_params`` values; no copy)."""
+        """The flat updater state (``state_per_param * num_params`` values; no copy, a copy on
+        a GPU network)."""
+        if self._gpu is not None:
+            return self._gpu.download_state()
         return self._state
 
     def set_updater_state(self, values: Any) -> None:
@@ -163,17 +206,27 @@ class Network:
         np.copyto(
             self._state, _flat(values, self._state.size, "updater state"), casting="same_kind"
         )
+        if self._gpu is not None:
+            self._gpu.upload_state(self._state)
 
     def weights(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """Views ``(W [n_in, n_out], b [n_out])`` of layer ``layer`` in the parameter buffer."""
+        """Views ``(W [n_in, n_out], b [n_out])`` of layer ``layer`` in the parameter buffer
+        (of a host copy on a GPU network)."""
+        self._sync_host()
         return self._weights[layer], self._biases[layer]
 
     # -- training ----------------------------------------------------------------------------
 
     def fit_batch(self, batch: DataSet | MultiDataSet) -> float:
         """One step on one minibatch; returns its score (loss + L2 penalty) before the step."""
-        score = self.compute_gradients(batch)
-        self.updater.step(self._params, self._grads, self._state, self.iteration, self.epoch)
+        if self._gpu is not None:
+            x, y, w = self._arrays(batch, labels_needed=True)
+            if x.shape[0] == 0:
+                raise ValueError("cannot fit an empty minibatch")
+            score = self._gpu.fit_batch(x, y, w)
+        else:
+            score = self.compute_gradients(batch)
+            self.updater.step(self._params, self._grads, self._state, self.iteration, self.epoch)
         self.iteration += 1
         self.last_score = score
         return score
@@ -188,6 +241,8 @@ class Network:
         rows = x.shape[0]
         if rows == 0:
             raise ValueError("cannot fit an empty minibatch")
+        if self._gpu is not None:
+            return self._gpu.compute_gradients(x, y, w)
         ws = self._workspace(rows)
         inputs = self._forward(x, ws, training=True)
         last = len(self.layers) - 1
@@ -249,7 +304,10 @@ class Network:
         step = batch_size or max(rows.shape[0], 1)
         for begin in range(0, rows.shape[0], step):
             chunk = rows[begin : begin + step]
-            out[begin : begin + len(chunk)] = self._infer(chunk)[1]
+            if self._gpu is not None:
+                self._gpu.infer(chunk, out=out[begin : begin + len(chunk)])
+            else:
+                out[begin : begin + len(chunk)] = self._infer(chunk)[1]
         return _unrows(out, x.shape) if sequence else out
 
     def score(
@@ -264,13 +322,17 @@ class Network:
             x, y, w = self._arrays(batch, labels_needed=True)
             if x.shape[0] == 0:
                 continue
-            z, a = self._infer(x)
-            act, _ = self._codes[-1]
-            total += _native.nn_loss_sum(self._loss, act, z, a, y, w)
+            if self._gpu is not None:
+                total += self._gpu.score_sum(x, y, w)
+            else:
+                z, a = self._infer(x)
+                act, _ = self._codes[-1]
+                total += _native.nn_loss_sum(self._loss, act, z, a, y, w)
             weight += x.shape[0] if w is None else float(w.sum())
         if weight == 0:
             raise ValueError("no examples to score")
-        return total / weight + self._l2_penalty()
+        penalty = self._gpu.l2_penalty() if self._gpu is not None else self._l2_penalty()
+        return total / weight + penalty
 
     def evaluate(
         self,
@@ -339,13 +401,14 @@ class Network:
         )
 
     def clone(self) -> Network:
-        """An independent copy: configuration, parameters, updater state and counters."""
+        """An independent copy on the CPU: configuration, parameters, updater state, counters."""
         twin = Network.from_config(self.to_config())
         twin._copy_state_from(self)
         return twin
 
     def save(self, target: Any, *, storage_options: Mapping[str, Any] | None = None) -> None:
         """Write configuration, parameters and updater state as one safetensors file, atomically."""
+        self._sync_host()
         metadata = {
             "kind": "Network",
             "config": self.to_json(),
@@ -380,6 +443,8 @@ class Network:
         return net
 
     def __getstate__(self) -> dict[str, Any]:
+        # A pickled network is a CPU network: the machine that unpickles it may have no GPU.
+        self._sync_host()
         return {
             "config": self.to_config(),
             "params": self._params,
@@ -406,8 +471,9 @@ class Network:
     # -- internals ---------------------------------------------------------------------------
 
     def _copy_state_from(self, other: Network) -> None:
-        self._params[...] = other._params
-        self._state[...] = other._state
+        other._sync_host()
+        self.set_params(other._params)
+        self.set_updater_state(other._state)
         self.iteration, self.epoch, self.last_score = other.iteration, other.epoch, other.last_score
 
     def _workspace(self, rows: int) -> _Workspace:

@@ -71,6 +71,10 @@ class ParameterAveraging:
         Depth of the ``treeAggregate`` that sums the workers' results.
     eval_batch_size : int
         Examples per batch when evaluating or scoring (DL4J's default 64).
+    worker_device : "cpu", "cuda" or "auto"
+        Where workers fit: "cuda" moves each worker's model to its GPU (an error where none is
+        visible), "auto" uses a GPU where one is visible. The driver's averaging stays on the
+        CPU either way. Needs a model with ``to(device)``, as :class:`sparkbatch.nn.Network`.
     storage_options : mapping, optional
         fsspec options for the files (credentials, endpoint).
     """
@@ -88,6 +92,7 @@ class ParameterAveraging:
     seed: int = 0
     aggregation_depth: int = 2
     eval_batch_size: int = 64
+    worker_device: str = "cpu"
     storage_options: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +107,10 @@ class ParameterAveraging:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.repartition not in _REPARTITION:
             raise ValueError(f"repartition must be one of {_REPARTITION}, got {self.repartition!r}")
+        if self.worker_device not in ("cpu", "cuda", "auto"):
+            raise ValueError(
+                f"worker_device must be 'cpu', 'cuda' or 'auto', got {self.worker_device!r}"
+            )
         if self.approach not in _APPROACH:
             raise ValueError(f"approach must be one of {_APPROACH}, got {self.approach!r}")
 

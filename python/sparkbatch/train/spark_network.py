@@ -159,7 +159,7 @@ class SparkNetwork:
             for r in range(len(rounds)):
                 label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
 
-                def job(fit: FitRound, r: int = r) -> Any:
+                def job(fit: FitRound, r: int = r, plan: Any = plan) -> Any:
                     fit.round_in_plan = r
                     return plan.mapPartitionsWithIndex(fit)
 
@@ -253,6 +253,7 @@ class SparkNetwork:
             storage_options=m.storage_options,
             prefetch=m.prefetch,
             collect_stats=m.collect_stats,
+            device=m.worker_device,
         )
         try:
             result: RoundResult | None = job(fit).treeAggregate(
@@ -263,9 +264,13 @@ class SparkNetwork:
         job_end = time.time()
         if result is None:  # no worker had data: nothing to average
             return
-        _native.nn_average([result.params], model.params(), result.workers)
+        # Averaged in place into the returned sum, then set: works for any Model (a GPU
+        # network's params() is a host copy) at the cost of one copy of the parameters.
+        _native.nn_average([result.params], result.params, result.workers)
+        model.set_params(result.params)
         if m.save_updater and result.state is not None:
-            _native.nn_average([result.state], model.updater_state(), result.workers)
+            _native.nn_average([result.state], result.state, result.workers)
+            model.set_updater_state(result.state)
         if hasattr(model, "iteration"):
             model.iteration += result.max_batches
         score = result.score_sum / result.batches

@@ -33,19 +33,32 @@ __all__ = [
     "merge_evaluations",
 ]
 
-_MODELS: OrderedDict[tuple[type, str], Any] = OrderedDict()  # per Python worker process
+_MODELS: OrderedDict[tuple[type, str, str], Any] = OrderedDict()  # per Python worker process
 _MODELS_KEPT = 2
 
 
-def _model(model_class: type, config_json: str) -> Any:
-    """This process's model for ``config_json``, built once and reused by later rounds."""
-    key = (model_class, config_json)
+def _model(model_class: type, config_json: str, device: str = "cpu") -> Any:
+    """This process's model for ``config_json``, built once and reused by later rounds.
+
+    ``device`` "cuda" or "auto" (a GPU where one is visible) moves it to the GPU; CUDA is
+    touched only here, in the executor's Python worker, never before a fork.
+    """
+    key = (model_class, config_json, device)
     model = _MODELS.get(key)
     if model is None:
-        model = _MODELS[key] = model_class.from_config(json.loads(config_json))
+        model = model_class.from_config(json.loads(config_json))
+        if device == "cuda" or (device == "auto" and _gpu_visible()):
+            model.to("cuda")
+        _MODELS[key] = model
         while len(_MODELS) > _MODELS_KEPT:
             _MODELS.popitem(last=False)
     return model
+
+
+def _gpu_visible() -> bool:
+    from ..nn.gpu import cuda_available
+
+    return cuda_available()
 
 
 @dataclass
@@ -138,7 +151,9 @@ class FitRound:
         storage_options: Any = None,
         prefetch: int = 2,
         collect_stats: bool = False,
+        device: str = "cpu",
     ) -> None:
+        self.device = device
         self.model_class = model_class
         self.config_json = config_json
         self.weights = weights
@@ -163,7 +178,7 @@ class FitRound:
         worker = f"worker {index}"
         start = time.time()
         weights = self.weights.value
-        model = _model(self.model_class, self.config_json)
+        model = _model(self.model_class, self.config_json, self.device)
         model.set_params(weights["params"])
         state = model.updater_state()
         if self.save_updater and weights["state"] is not None:

@@ -1,0 +1,423 @@
+// Bindings of the CUDA kernels: _cuda.nn_* take DeviceBuffers where _native.nn_* take numpy
+// arrays, with the same names, arguments, checks and messages, plus matmul (cuBLAS). Buffers of
+// one call must share a dtype and a device; the call runs on that device. Kernels are queued on
+// the legacy default stream and return at once, except those that return a number (they wait
+// for it). The GIL is released while CUDA is called.
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cublas.hpp"
+#include "kernels.hpp"
+#include "py_cuda.hpp"
+
+namespace sparkbatch::cuda::bindings {
+namespace {
+
+const char* dtype_name(DType t) { return t == DType::f32 ? "float32" : "float64"; }
+
+// The buffers of one call: one dtype, one device, checked once.
+struct Args {
+  DType dtype = DType::f32;
+  int device = 0;
+  bool first = true;
+  void add(const DeviceBuffer& b, const char* name) {
+    if (first) {
+      dtype = b.dtype();
+      device = b.device();
+      first = false;
+      return;
+    }
+    if (b.dtype() != dtype)
+      throw py::type_error(std::string(name) + " has dtype " + dtype_name(b.dtype()) +
+                           " but the other buffers have " + dtype_name(dtype));
+    if (b.device() != device)
+      throw py::value_error(std::string(name) + " is on CUDA device " +
+                            std::to_string(b.device()) + " but the other buffers are on device " +
+                            std::to_string(device));
+  }
+  void add(const DeviceBuffer* b, const char* name) {
+    if (b != nullptr) add(*b, name);
+  }
+};
+
+template <typename T>
+T* ptr(const DeviceBuffer& b) {
+  return b.as<T>();
+}
+
+template <typename T>
+T* ptr(const DeviceBuffer* b) {
+  return b != nullptr ? b->as<T>() : nullptr;
+}
+
+std::pair<std::size_t, std::size_t> matrix_shape(const DeviceBuffer& b, const char* name) {
+  if (b.shape().size() != 2)
+    throw py::value_error(std::string(name) + " must be 2-D [n, m], got " +
+                          std::to_string(b.shape().size()) + "-D");
+  return {static_cast<std::size_t>(b.shape()[0]), static_cast<std::size_t>(b.shape()[1])};
+}
+
+void expect_shape(const DeviceBuffer& b, const char* name, std::size_t n, std::size_t m) {
+  if (b.shape().size() != 2 || static_cast<std::size_t>(b.shape()[0]) != n ||
+      static_cast<std::size_t>(b.shape()[1]) != m)
+    throw py::value_error(std::string(name) + " must have shape [" + std::to_string(n) + ", " +
+                          std::to_string(m) + "]");
+}
+
+void expect_vector(const DeviceBuffer* b, const char* name, std::size_t m) {
+  if (b != nullptr && (b->shape().size() != 1 || static_cast<std::size_t>(b->shape()[0]) != m))
+    throw py::value_error(std::string(name) + " must have shape [" + std::to_string(m) + "]");
+}
+
+Activation activation_of(int code) {
+  if (code < 0 || code > static_cast<int>(Activation::softmax))
+    throw py::value_error("unknown activation code " + std::to_string(code));
+  return static_cast<Activation>(code);
+}
+
+Loss loss_of(int code) {
+  if (code < 0 || code > static_cast<int>(Loss::mae))
+    throw py::value_error("unknown loss code " + std::to_string(code));
+  return static_cast<Loss>(code);
+}
+
+int state_per_param(Updater u) {  // nn::updater_state_per_param
+  switch (u) {
+    case Updater::momentum:
+    case Updater::nesterov:
+    case Updater::rmsprop:
+      return 1;
+    case Updater::adam:
+      return 2;
+    case Updater::sgd:
+    default:
+      return 0;
+  }
+}
+
+// Label-mask weights, as bindings_nn.cpp reads them: [n] or [n, 1] per example, [n, m] per output.
+template <typename T>
+LossWeights<T> weights_of(const DeviceBuffer* w, std::size_t n, std::size_t m) {
+  LossWeights<T> out;
+  if (w == nullptr) return out;
+  const std::size_t size = w->size();
+  const auto& shape = w->shape();
+  const bool per_example =
+      size == n && (shape.size() == 1 || (shape.size() == 2 && shape[1] == 1));
+  const bool per_output =
+      shape.size() == 2 && size == n * m && static_cast<std::size_t>(shape[0]) == n;
+  if (!per_example && !per_output)
+    throw py::value_error("weights must have shape [" + std::to_string(n) + "], [" +
+                          std::to_string(n) + ", 1] or [" + std::to_string(n) + ", " +
+                          std::to_string(m) + "]");
+  out.data = w->as<T>();
+  out.per_output = per_output && !per_example;
+  return out;
+}
+
+void py_bias_activation(const DeviceBuffer& z, const DeviceBuffer* bias, const DeviceBuffer& out,
+                        int activation, double alpha) {
+  Args args;
+  args.add(z, "z");
+  args.add(bias, "bias");
+  args.add(out, "out");
+  const auto [n, m] = matrix_shape(z, "z");
+  expect_shape(out, "out", n, m);
+  expect_vector(bias, "bias", m);
+  const Activation act = activation_of(activation);
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  if (args.dtype == DType::f32)
+    bias_activation(ptr<float>(z), ptr<const float>(bias), ptr<float>(out), n, m, act,
+                    static_cast<float>(alpha));
+  else
+    bias_activation(ptr<double>(z), ptr<const double>(bias), ptr<double>(out), n, m, act, alpha);
+}
+
+void py_activation_backward(const DeviceBuffer& da, const DeviceBuffer* z, const DeviceBuffer& a,
+                            const DeviceBuffer& dz, const DeviceBuffer* db, int activation,
+                            double alpha) {
+  Args args;
+  args.add(da, "da");
+  args.add(z, "z");
+  args.add(a, "a");
+  args.add(dz, "dz");
+  args.add(db, "db");
+  const auto [n, m] = matrix_shape(da, "da");
+  if (z != nullptr) expect_shape(*z, "z", n, m);
+  expect_shape(a, "a", n, m);
+  expect_shape(dz, "dz", n, m);
+  expect_vector(db, "db", m);
+  const Activation act = activation_of(activation);
+  if (z == nullptr && nn::needs_preactivation(act))
+    throw py::value_error("this activation's gradient needs the pre-activation z");
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  if (args.dtype == DType::f32)
+    activation_backward(ptr<const float>(da), ptr<const float>(z), ptr<const float>(a),
+                        ptr<float>(dz), ptr<float>(db), n, m, act, static_cast<float>(alpha));
+  else
+    activation_backward(ptr<const double>(da), ptr<const double>(z), ptr<const double>(a),
+                        ptr<double>(dz), ptr<double>(db), n, m, act, alpha);
+}
+
+double py_output_layer(int loss, int activation, double alpha, const DeviceBuffer& z,
+                       const DeviceBuffer* bias, const DeviceBuffer& labels,
+                       const DeviceBuffer* weights, const DeviceBuffer& a, const DeviceBuffer& dz,
+                       const DeviceBuffer* db, double scale) {
+  Args args;
+  args.add(z, "z");
+  args.add(bias, "bias");
+  args.add(labels, "labels");
+  args.add(weights, "weights");
+  args.add(a, "a");
+  args.add(dz, "dz");
+  args.add(db, "db");
+  const auto [n, m] = matrix_shape(z, "z");
+  expect_shape(labels, "labels", n, m);
+  expect_shape(a, "a", n, m);
+  expect_shape(dz, "dz", n, m);
+  expect_vector(bias, "bias", m);
+  expect_vector(db, "db", m);
+  const Loss l = loss_of(loss);
+  const Activation act = activation_of(activation);
+  if (args.dtype == DType::f32) {
+    const auto w = weights_of<float>(weights, n, m);
+    py::gil_scoped_release release;
+    const DeviceGuard guard(args.device);
+    const ScratchLock scratch(rows_scratch(n));
+    return output_layer(l, act, static_cast<float>(alpha), ptr<float>(z), ptr<const float>(bias),
+                        ptr<const float>(labels), w, ptr<float>(a), ptr<float>(dz),
+                        ptr<float>(db), n, m, static_cast<float>(scale), scratch.data());
+  }
+  const auto w = weights_of<double>(weights, n, m);
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  const ScratchLock scratch(rows_scratch(n));
+  return output_layer(l, act, alpha, ptr<double>(z), ptr<const double>(bias),
+                      ptr<const double>(labels), w, ptr<double>(a), ptr<double>(dz),
+                      ptr<double>(db), n, m, scale, scratch.data());
+}
+
+double py_loss_sum(int loss, int activation, const DeviceBuffer& z, const DeviceBuffer& a,
+                   const DeviceBuffer& labels, const DeviceBuffer* weights) {
+  Args args;
+  args.add(z, "z");
+  args.add(a, "a");
+  args.add(labels, "labels");
+  args.add(weights, "weights");
+  const auto [n, m] = matrix_shape(z, "z");
+  expect_shape(a, "a", n, m);
+  expect_shape(labels, "labels", n, m);
+  const Loss l = loss_of(loss);
+  const Activation act = activation_of(activation);
+  if (args.dtype == DType::f32) {
+    const auto w = weights_of<float>(weights, n, m);
+    py::gil_scoped_release release;
+    const DeviceGuard guard(args.device);
+    const ScratchLock scratch(rows_scratch(n));
+    return loss_sum(l, act, ptr<const float>(z), ptr<const float>(a), ptr<const float>(labels), w,
+                    n, m, scratch.data());
+  }
+  const auto w = weights_of<double>(weights, n, m);
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  const ScratchLock scratch(rows_scratch(n));
+  return loss_sum(l, act, ptr<const double>(z), ptr<const double>(a), ptr<const double>(labels),
+                  w, n, m, scratch.data());
+}
+
+void py_updater_step(int updater, const DeviceBuffer& params, const DeviceBuffer& grads,
+                     const DeviceBuffer& state, double lr, double beta1, double beta2, double eps,
+                     double momentum, double decay) {
+  if (updater < 0 || updater > static_cast<int>(Updater::rmsprop))
+    throw py::value_error("unknown updater code " + std::to_string(updater));
+  const auto u = static_cast<Updater>(updater);
+  Args args;
+  args.add(params, "params");
+  args.add(grads, "grads");
+  args.add(state, "state");
+  const std::size_t count = params.size();
+  if (grads.size() != count)
+    throw py::value_error("grads has " + std::to_string(grads.size()) + " values, params " +
+                          std::to_string(count));
+  const std::size_t expected_state = count * static_cast<std::size_t>(state_per_param(u));
+  if (state.size() != expected_state)
+    throw py::value_error("state has " + std::to_string(state.size()) + " values, expected " +
+                          std::to_string(expected_state));
+  UpdaterHyper h;
+  h.lr = lr;
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.eps = eps;
+  h.momentum = momentum;
+  h.decay = decay;
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  if (args.dtype == DType::f32)
+    updater_step(u, ptr<float>(params), ptr<const float>(grads), ptr<float>(state), count, h);
+  else
+    updater_step(u, ptr<double>(params), ptr<const double>(grads), ptr<double>(state), count, h);
+}
+
+// Same-sized buffers of one dtype and device.
+struct Flat {
+  Args args;
+  std::size_t count = 0;
+  bool have = false;
+  void add(const DeviceBuffer& b, const char* name) {
+    args.add(b, name);
+    if (have && b.size() != count)
+      throw py::value_error(std::string(name) + " has " + std::to_string(b.size()) +
+                            " values, the others " + std::to_string(count));
+    count = b.size();
+    have = true;
+  }
+};
+
+template <typename T>
+void average_of(const std::vector<DeviceBuffer>& buffers, const DeviceBuffer& out,
+                std::size_t count, double divisor, int device) {
+  std::vector<const T*> pointers;
+  for (const auto& b : buffers) pointers.push_back(b.as<const T>());
+  py::gil_scoped_release release;
+  const DeviceGuard guard(device);
+  average(pointers.data(), pointers.size(), out.as<T>(), count, divisor);
+}
+
+void py_average(const std::vector<DeviceBuffer>& buffers, const DeviceBuffer& out,
+                std::optional<double> divisor) {
+  if (buffers.empty()) throw py::value_error("average needs at least one buffer");
+  if (buffers.size() > kMaxAverage)
+    throw py::value_error("average takes at most " + std::to_string(kMaxAverage) +
+                          " buffers per call, got " + std::to_string(buffers.size()) +
+                          "; sum them in groups with nn_add_into, then divide");
+  const double d = divisor.value_or(static_cast<double>(buffers.size()));
+  if (!(d > 0)) throw py::value_error("divisor must be > 0, got " + std::to_string(d));
+  Flat flat;
+  for (const auto& b : buffers) flat.add(b, "buffer");
+  flat.add(out, "out");
+  if (flat.args.dtype == DType::f32)
+    average_of<float>(buffers, out, flat.count, d, flat.args.device);
+  else
+    average_of<double>(buffers, out, flat.count, d, flat.args.device);
+}
+
+void py_add_into(const DeviceBuffer& acc, const DeviceBuffer& x) {
+  Flat flat;
+  flat.add(acc, "acc");
+  flat.add(x, "x");
+  py::gil_scoped_release release;
+  const DeviceGuard guard(flat.args.device);
+  if (flat.args.dtype == DType::f32)
+    add_into(ptr<float>(acc), ptr<const float>(x), flat.count);
+  else
+    add_into(ptr<double>(acc), ptr<const double>(x), flat.count);
+}
+
+void py_axpy(const DeviceBuffer& y, const DeviceBuffer& x, double alpha) {
+  Flat flat;
+  flat.add(y, "y");
+  flat.add(x, "x");
+  py::gil_scoped_release release;
+  const DeviceGuard guard(flat.args.device);
+  if (flat.args.dtype == DType::f32)
+    axpy(ptr<float>(y), ptr<const float>(x), static_cast<float>(alpha), flat.count);
+  else
+    axpy(ptr<double>(y), ptr<const double>(x), alpha, flat.count);
+}
+
+void py_dropout(const DeviceBuffer& x, double rate, uint64_t seed) {
+  if (!(rate >= 0.0 && rate < 1.0))
+    throw py::value_error("dropout rate must be in [0, 1), got " + std::to_string(rate));
+  py::gil_scoped_release release;
+  const DeviceGuard guard(x.device());
+  if (x.dtype() == DType::f32)
+    dropout(ptr<float>(x), x.size(), rate, seed);
+  else
+    dropout(ptr<double>(x), x.size(), rate, seed);
+}
+
+double py_sum_squares(const DeviceBuffer& x) {
+  py::gil_scoped_release release;
+  const DeviceGuard guard(x.device());
+  const ScratchLock scratch(sum_scratch());
+  if (x.dtype() == DType::f32) return sum_squares(ptr<const float>(x), x.size(), scratch.data());
+  return sum_squares(ptr<const double>(x), x.size(), scratch.data());
+}
+
+bool overlap(const DeviceBuffer& a, const DeviceBuffer& b) {
+  const auto* pa = static_cast<const char*>(a.data());
+  const auto* pb = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
+void py_matmul(const DeviceBuffer& a, const DeviceBuffer& b, const DeviceBuffer& out, bool trans_a,
+               bool trans_b, double alpha, double beta) {
+  Args args;
+  args.add(a, "a");
+  args.add(b, "b");
+  args.add(out, "out");
+  const auto [ra, ca] = matrix_shape(a, "a");
+  const auto [rb, cb] = matrix_shape(b, "b");
+  const std::size_t m = trans_a ? ca : ra;
+  const std::size_t k = trans_a ? ra : ca;
+  const std::size_t kb = trans_b ? cb : rb;
+  const std::size_t n = trans_b ? rb : cb;
+  if (k != kb)
+    throw py::value_error("matmul: op(a) is [" + std::to_string(m) + ", " + std::to_string(k) +
+                          "] but op(b) is [" + std::to_string(kb) + ", " + std::to_string(n) +
+                          "]");
+  expect_shape(out, "out", m, n);
+  if (overlap(out, a) || overlap(out, b))
+    throw py::value_error("matmul: out must not share memory with a or b");
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  const auto lm = static_cast<long>(m), ln = static_cast<long>(n), lk = static_cast<long>(k);
+  if (args.dtype == DType::f32)
+    gemm<float>(trans_a, trans_b, lm, ln, lk, static_cast<float>(alpha), ptr<const float>(a),
+                ptr<const float>(b), static_cast<float>(beta), ptr<float>(out));
+  else
+    gemm<double>(trans_a, trans_b, lm, ln, lk, alpha, ptr<const double>(a), ptr<const double>(b),
+                 beta, ptr<double>(out));
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("nn_bias_activation", &py_bias_activation, "z"_a, "bias"_a, "out"_a, "activation"_a,
+        "alpha"_a = 0.0, "z += bias (in place); out = activation(z). out may be z.");
+  m.def("nn_activation_backward", &py_activation_backward, "da"_a, "z"_a, "a"_a, "dz"_a, "db"_a,
+        "activation"_a, "alpha"_a = 0.0,
+        "dz = da * activation'(z); db = column sums of dz. dz may be da.");
+  m.def("nn_output_layer", &py_output_layer, "loss"_a, "activation"_a, "alpha"_a, "z"_a,
+        "bias"_a, "labels"_a, "weights"_a, "a"_a, "dz"_a, "db"_a, "scale"_a,
+        "Output layer after its matrix product: bias, activation, weighted loss (returned as a "
+        "sum), dz = scale * dloss/dz, db = column sums of dz. Waits for the GPU.");
+  m.def("nn_loss_sum", &py_loss_sum, "loss"_a, "activation"_a, "z"_a, "a"_a, "labels"_a,
+        "weights"_a,
+        "Sum of the weighted loss terms of an output layer's activations. Waits for the GPU.");
+  m.def("nn_updater_step", &py_updater_step, "updater"_a, "params"_a, "grads"_a, "state"_a,
+        "lr"_a, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "momentum"_a = 0.0,
+        "decay"_a = 0.95, "One updater step over a flat parameter buffer, in place.");
+  m.def("nn_average", &py_average, "buffers"_a, "out"_a, "divisor"_a = py::none(),
+        "out = element-wise sum of the buffers (at most 64) / divisor (default: their number, "
+        "the mean); out may be one of them.");
+  m.def("nn_add_into", &py_add_into, "acc"_a, "x"_a, "acc += x, in place.");
+  m.def("nn_axpy", &py_axpy, "y"_a, "x"_a, "alpha"_a, "y += alpha * x, in place.");
+  m.def("nn_dropout", &py_dropout, "x"_a, "rate"_a, "seed"_a,
+        "Inverted dropout in place; the mask is a function of (seed, index), as on the CPU.");
+  m.def("nn_sum_squares", &py_sum_squares, "x"_a,
+        "Sum of the squares of the elements, accumulated in float64. Waits for the GPU.");
+  m.def("matmul", &py_matmul, "a"_a, "b"_a, "out"_a, "trans_a"_a = false, "trans_b"_a = false,
+        "alpha"_a = 1.0, "beta"_a = 0.0,
+        "out = alpha * op(a) @ op(b) + beta * out for row-major matrices (cuBLAS); op transposes "
+        "when trans_a / trans_b. out must not overlap a or b.");
+}
+
+}  // namespace sparkbatch::cuda::bindings

@@ -1,0 +1,83 @@
+// The CUDA kernels of the built-in network, as host functions that launch them on the legacy
+// default stream of the current device. Each does what the CPU kernel of the same name in
+// nn_kernels.hpp does, with the same argument meanings, by calling the element-wise functions
+// of nn_math.hpp once per thread; see nn_kernels.hpp for the contracts. All pointers are device
+// pointers; sizes of zero launch nothing. A launch failure throws CudaError (check.hpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "nn_math.hpp"
+
+namespace sparkbatch::cuda {
+
+using nn::Activation;
+using nn::Loss;
+using nn::Updater;
+
+// Per-example ([n]) or per-output ([n, m]) loss weights; data null: all 1 (nn::LossWeights).
+template <typename T>
+struct LossWeights {
+  const T* data = nullptr;
+  bool per_output = false;
+};
+
+template <typename T>
+void bias_activation(T* z, const T* bias, T* a, std::size_t n, std::size_t m, Activation act,
+                     T alpha);
+
+template <typename T>
+void activation_backward(const T* da, const T* z, const T* a, T* dz, T* db, std::size_t n,
+                         std::size_t m, Activation act, T alpha);
+
+// Doubles of scratch that output_layer and loss_sum need for n rows.
+std::size_t rows_scratch(std::size_t n);
+
+// Returns the sum of the weighted loss terms, reduced on the device; `scratch` holds
+// rows_scratch(n) doubles. Synchronises (it copies the sum back).
+template <typename T>
+double output_layer(Loss loss, Activation act, T alpha, T* z, const T* bias, const T* labels,
+                    LossWeights<T> weights, T* a, T* dz, T* db, std::size_t n, std::size_t m,
+                    T scale, double* scratch);
+
+template <typename T>
+double loss_sum(Loss loss, Activation act, const T* z, const T* a, const T* labels,
+                LossWeights<T> weights, std::size_t n, std::size_t m, double* scratch);
+
+struct UpdaterHyper {  // as nn::UpdaterHyper
+  double lr = 0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double momentum = 0;
+  double decay = 0.95;
+};
+
+template <typename T>
+void updater_step(Updater u, T* params, const T* grads, T* state, std::size_t count,
+                  const UpdaterHyper& h);
+
+// The most buffers one average() call takes (their pointers travel as a kernel argument).
+constexpr std::size_t kMaxAverage = 64;
+
+template <typename T>
+void average(const T* const* buffers, std::size_t k, T* out, std::size_t count, double divisor);
+
+template <typename T>
+void add_into(T* acc, const T* x, std::size_t count);
+
+template <typename T>
+void axpy(T* y, const T* x, T alpha, std::size_t count);
+
+template <typename T>
+void dropout(T* x, std::size_t count, double rate, uint64_t seed);
+
+// Doubles of scratch that sum_squares needs.
+std::size_t sum_scratch();
+
+// sum(x_i^2) accumulated in double, for the L2 penalty; synchronises.
+template <typename T>
+double sum_squares(const T* x, std::size_t count, double* scratch);
+
+}  // namespace sparkbatch::cuda

@@ -1,0 +1,551 @@
+"""The CUDA module: kernels against the CPU kernels, device memory, interop, the GPU network.
+
+Tests marked ``gpu`` need a visible NVIDIA GPU and skip with the reason where there is none. The
+others run everywhere: the CUDA module must stay optional (never imported by ``import
+sparkbatch``), and where it was built it must import and answer on a machine with no driver.
+The element-wise arithmetic the GPU runs is tested on every machine by test_nn_kernels.py,
+since the CPU kernels call the same functions (csrc/nn_math.hpp).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sparkbatch import _native
+from sparkbatch.data import DataSet
+from sparkbatch.nn import ACTIVATIONS, LOSSES, Adam, Dense, Momentum, Network, Output
+from sparkbatch.nn.gpu import (
+    CudaUnavailableError,
+    GpuState,
+    cuda_available,
+    cuda_module,
+    load_cublas,
+    parse_device,
+)
+
+BUILT = importlib.util.find_spec("sparkbatch._cuda") is not None
+DEFAULT_ARCHITECTURES = ["80-real", "90-real", "90-virtual"]  # csrc/cuda/CMakeLists.txt
+
+
+def _why_no_gpu() -> str:
+    try:
+        cuda_module()
+    except CudaUnavailableError as e:
+        return str(e)
+    return ""
+
+
+WHY_NO_GPU = _why_no_gpu()
+
+
+def gpu(test):
+    """Marks a test ``gpu`` and skips it, with the reason, where no GPU can be used."""
+    skip = pytest.mark.skipif(bool(WHY_NO_GPU), reason=f"no usable GPU: {WHY_NO_GPU}")
+    return pytest.mark.gpu(skip(test))
+
+
+DTYPES = [np.float32, np.float64]
+
+
+def _tolerance(dtype) -> float:
+    return 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+def assert_close(got, expected, dtype, scale=None):
+    """Max relative error ``_tolerance(dtype)``; elements far below the array's scale (by
+    default its largest magnitude) are held to that tolerance times the scale."""
+    expected = np.asarray(expected, np.float64)
+    got = np.asarray(got, np.float64)
+    if scale is None:
+        scale = float(np.abs(expected).max()) if expected.size else 0.0
+    tol = _tolerance(dtype)
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * scale)
+
+
+# -- always run -----------------------------------------------------------------------------------
+
+
+def test_importing_sparkbatch_does_not_import_the_cuda_module():
+    code = (
+        "import sys, sparkbatch, sparkbatch.nn, sparkbatch.nn.gpu\n"
+        "print('sparkbatch._cuda' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_cuda_available_answers_a_bool_without_raising():
+    assert cuda_available() in (True, False)
+    assert cuda_available() == (WHY_NO_GPU == "")
+
+
+def test_parse_device_names_the_choices():
+    assert parse_device("cpu") is None
+    assert parse_device("cuda") == 0
+    assert parse_device("CUDA:2") == 2
+    assert parse_device(1) == 1
+    for bad in ("gpu", "cuda:x", "cpu:0", -1, True):
+        with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:N'"):
+            parse_device(bad)
+
+
+def test_without_a_gpu_asking_for_one_says_why():
+    if cuda_available():
+        pytest.skip("a GPU is visible here")
+    net = Network([Output(4, 2)], seed=0)
+    with pytest.raises(CudaUnavailableError, match="device='cuda' needs a GPU, but") as info:
+        GpuState(net)
+    assert isinstance(info.value, RuntimeError)
+    assert "use device='cpu'" in str(info.value) or "without its CUDA module" in str(info.value)
+
+
+@pytest.mark.skipif(not BUILT, reason="sparkbatch was built without its CUDA module")
+def test_the_cuda_module_reports_its_build_and_answers_without_a_driver():
+    from sparkbatch import _cuda
+
+    expected = os.environ.get("CUDAARCHS")
+    assert _cuda.architectures() == (expected.split(";") if expected else DEFAULT_ARCHITECTURES)
+    count = _cuda.device_count()
+    assert isinstance(count, int) and count >= 0
+    assert cuda_available() == (count > 0)
+    assert _cuda.runtime_version() >= 12000
+    assert _cuda.driver_version() >= 0
+    if count == 0:
+        with pytest.raises(RuntimeError, match="cudaError"):
+            _cuda.DeviceBuffer((4,), "float32")
+        with pytest.raises(IndexError, match="no CUDA device 0"):
+            _cuda.device_name(0)
+
+
+@pytest.mark.skipif(not BUILT, reason="sparkbatch was built without its CUDA module")
+def test_a_missing_cublas_is_named_with_the_reason():
+    from sparkbatch import _cuda
+
+    if _cuda.cublas_library() is not None:
+        pytest.skip(f"cuBLAS is loaded already ({_cuda.cublas_library()})")
+    with pytest.raises(RuntimeError, match="cuBLAS is needed") as info:
+        _cuda.load_cublas(["libsparkbatch-no-such-cublas.so"])
+    assert "libsparkbatch-no-such-cublas.so" in str(info.value)
+    assert "nvidia-cublas-cu12" in str(info.value)
+    assert _cuda.cublas_library() is None  # a failed load leaves nothing behind
+
+
+# -- device memory --------------------------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_buffer_round_trip_views_and_copies(dtype):
+    cuda = cuda_module()
+    host = np.arange(24, dtype=dtype).reshape(4, 6)
+    buf = cuda.to_device(host)
+    assert buf.shape == (4, 6) and buf.dtype == np.dtype(dtype) and buf.size == 24
+    assert buf.nbytes == host.nbytes and buf.ptr != 0 and buf.device == 0
+    np.testing.assert_array_equal(buf.to_host(), host)
+
+    view = buf.view(6, (2, 3))  # elements 6..11
+    assert view.ptr == buf.ptr + 6 * host.itemsize
+    np.testing.assert_array_equal(view.to_host(), host.reshape(-1)[6:12].reshape(2, 3))
+    view.copy_from_host(-np.ones((2, 3)))
+    expected = host.copy().reshape(-1)
+    expected[6:12] = -1
+    np.testing.assert_array_equal(buf.to_host().reshape(-1), expected)
+    with pytest.raises(ValueError, match="does not fit"):
+        buf.view(20, (5,))
+
+    other = cuda.DeviceBuffer((24,), dtype)
+    other.copy_from(buf)
+    out = np.empty(24, dtype)
+    assert other.to_host(out) is out
+    np.testing.assert_array_equal(out, expected)
+    other.zero()
+    assert not other.to_host().any()
+    with pytest.raises(ValueError, match="has 5 values, the buffer 24"):
+        other.copy_from_host(np.zeros(5))
+
+    del buf  # the view keeps the allocation alive
+    np.testing.assert_array_equal(view.to_host(), -np.ones((2, 3)))
+
+    interface = view.__cuda_array_interface__
+    assert interface["version"] == 3 and interface["shape"] == (2, 3)
+    assert interface["data"] == (view.ptr, False) and interface["strides"] is None
+    assert interface["typestr"] == np.dtype(dtype).newbyteorder("<").str
+    assert view.__dlpack_device__() == (2, 0)
+    assert repr(view) == f"DeviceBuffer(shape=(2, 3), dtype={np.dtype(dtype).name}, device=0)"
+    empty = cuda.DeviceBuffer((0, 3), dtype)
+    assert empty.to_host().shape == (0, 3)
+
+
+@gpu
+def test_torch_and_cupy_see_the_same_memory():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this PyTorch has no CUDA")
+    cuda = cuda_module()
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    buf = cuda.to_device(host)
+
+    shared = torch.as_tensor(buf, device="cuda")  # __cuda_array_interface__
+    assert shared.data_ptr() == buf.ptr and tuple(shared.shape) == (3, 4)
+    assert shared.dtype == torch.float32
+
+    exported = torch.from_dlpack(buf)  # __dlpack__
+    assert exported.data_ptr() == buf.ptr and exported.device.type == "cuda"
+    exported += 1
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(buf.to_host(), host + 1)
+
+    window = torch.from_dlpack(buf.view(5, (7,)))
+    assert window.data_ptr() == buf.ptr + 5 * 4
+    del buf, shared  # the DLPack exports keep the memory alive
+    np.testing.assert_array_equal(exported.cpu().numpy(), host + 1)
+    np.testing.assert_array_equal(window.cpu().numpy(), (host + 1).reshape(-1)[5:12])
+
+    try:
+        import cupy
+    except ImportError:
+        return
+    again = cuda.to_device(host)
+    assert cupy.asarray(again).data.ptr == again.ptr
+
+
+# -- kernels against the CPU kernels --------------------------------------------------------------
+
+EDGES = [-1e4, -80.0, -3.0, -1e-40, 0.0, 1e-40, 0.5, 3.0, 80.0, 1e4]
+ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def _inputs(dtype, rows=37, cols=45, seed=0):
+    """A [rows, cols] matrix with the edge values in it, and otherwise N(0, 3)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 3, rows * cols)
+    x[: len(EDGES)] = EDGES
+    return x.astype(dtype).reshape(rows, cols)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_bias_activation_and_backward_match_the_cpu(name, dtype):
+    cuda = cuda_module()
+    code, alpha = ACTIVATIONS[name], ALPHA.get(name, 0.0)
+    z = _inputs(dtype)
+    bias = np.linspace(-0.5, 0.5, z.shape[1]).astype(dtype)
+    z_cpu, a_cpu = z.copy(), np.empty_like(z)
+    _native.nn_bias_activation(z_cpu, bias, a_cpu, code, alpha)
+    z_gpu, a_gpu = cuda.to_device(z), cuda.DeviceBuffer(z.shape, dtype)
+    cuda.nn_bias_activation(z_gpu, cuda.to_device(bias), a_gpu, code, alpha)
+    np.testing.assert_array_equal(z_gpu.to_host(), z_cpu)  # z + bias: one IEEE addition
+    assert_close(a_gpu.to_host(), a_cpu, dtype)
+
+    in_place = cuda.to_device(z)  # a may be z
+    cuda.nn_bias_activation(in_place, None, in_place, code, alpha)
+    expected = z.copy()
+    _native.nn_bias_activation(expected, None, expected, code, alpha)
+    assert_close(in_place.to_host(), expected, dtype)
+
+    # Backward from the CPU's forward values, so that only the backward kernels are compared.
+    da = np.random.default_rng(1).normal(size=z.shape).astype(dtype)
+    da[0] = 0
+    dz_cpu, db_cpu = np.empty_like(z), np.empty(z.shape[1], dtype)
+    _native.nn_activation_backward(da, z_cpu, a_cpu, dz_cpu, db_cpu, code, alpha)
+    dz_gpu, db_gpu = cuda.DeviceBuffer(z.shape, dtype), cuda.DeviceBuffer((z.shape[1],), dtype)
+    cuda.nn_activation_backward(
+        cuda.to_device(da),
+        cuda.to_device(z_cpu),
+        cuda.to_device(a_cpu),
+        dz_gpu,
+        db_gpu,
+        code,
+        alpha,
+    )
+    assert_close(dz_gpu.to_host(), dz_cpu, dtype)
+    assert_close(db_gpu.to_host(), db_cpu, dtype, scale=np.abs(dz_cpu).sum(axis=0).max())
+    assert not dz_gpu.to_host()[0].any()
+
+    da_gpu = cuda.to_device(da)  # dz may be da; z may be omitted when not needed
+    z_arg = cuda.to_device(z_cpu) if name in ("relu", "leaky_relu", "elu", "gelu") else None
+    cuda.nn_activation_backward(da_gpu, z_arg, cuda.to_device(a_cpu), da_gpu, None, code, alpha)
+    assert_close(da_gpu.to_host(), dz_cpu, dtype)
+
+
+def _labels(loss, rng, shape, dtype):
+    if loss == "cross_entropy":
+        return np.eye(shape[1], dtype=dtype)[rng.integers(0, shape[1], shape[0])]
+    if loss == "binary_cross_entropy":
+        return (rng.random(shape) < 0.5).astype(dtype)
+    return rng.normal(size=shape).astype(dtype)
+
+
+OUTPUT_CASES = [
+    ("cross_entropy", "softmax"),  # fused
+    ("binary_cross_entropy", "sigmoid"),  # fused
+    ("cross_entropy", "sigmoid"),
+    ("binary_cross_entropy", "softmax"),
+    *[("mse", a) for a in ACTIVATIONS],
+    *[("mae", a) for a in ("identity", "tanh", "softmax")],
+]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weights", [None, "example", "output"])
+@pytest.mark.parametrize(("loss", "activation"), OUTPUT_CASES)
+@pytest.mark.parametrize("width", [10, 70])  # one warp per row: fewer and more columns than lanes
+def test_output_layer_and_loss_sum_match_the_cpu(loss, activation, weights, dtype, width):
+    cuda = cuda_module()
+    rng = np.random.default_rng(2)
+    n, code, act = 41, LOSSES[loss], ACTIVATIONS[activation]
+    alpha = ALPHA.get(activation, 0.0)
+    z = rng.normal(0, 2, (n, width)).astype(dtype)
+    bias = rng.normal(0, 0.5, width).astype(dtype)
+    y = _labels(loss, rng, z.shape, dtype)
+    w = {
+        None: None,
+        "example": rng.random(n).astype(dtype),
+        "output": rng.random((n, width)).astype(dtype),
+    }[weights]
+    scale = 1.0 / n
+
+    z_cpu, a_cpu, dz_cpu = z.copy(), np.empty_like(z), np.empty_like(z)
+    db_cpu = np.empty(width, dtype)
+    loss_cpu = _native.nn_output_layer(
+        code, act, alpha, z_cpu, bias, y, w, a_cpu, dz_cpu, db_cpu, scale
+    )
+    z_gpu = cuda.to_device(z)
+    a_gpu, dz_gpu = cuda.DeviceBuffer(z.shape, dtype), cuda.DeviceBuffer(z.shape, dtype)
+    db_gpu = cuda.DeviceBuffer((width,), dtype)
+    w_gpu = None if w is None else cuda.to_device(w)
+    y_gpu = cuda.to_device(y)
+    loss_gpu = cuda.nn_output_layer(
+        code, act, alpha, z_gpu, cuda.to_device(bias), y_gpu, w_gpu, a_gpu, dz_gpu, db_gpu, scale
+    )
+    assert loss_gpu == pytest.approx(loss_cpu, rel=_tolerance(dtype))
+    np.testing.assert_array_equal(z_gpu.to_host(), z_cpu)
+    assert_close(a_gpu.to_host(), a_cpu, dtype)
+    assert_close(dz_gpu.to_host(), dz_cpu, dtype)
+    assert_close(db_gpu.to_host(), db_cpu, dtype, scale=np.abs(dz_cpu).sum(axis=0).max())
+
+    expected = _native.nn_loss_sum(code, act, z_cpu, a_cpu, y, w)
+    got = cuda.nn_loss_sum(code, act, cuda.to_device(z_cpu), cuda.to_device(a_cpu), y_gpu, w_gpu)
+    assert got == pytest.approx(expected, rel=_tolerance(dtype))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("updater", range(5))  # sgd, momentum, nesterov, adam, rmsprop
+def test_updater_step_matches_the_cpu(updater, dtype):
+    cuda = cuda_module()
+    rng = np.random.default_rng(3)
+    count = 100_003  # an odd size, over many blocks
+    per_param = {0: 0, 1: 1, 2: 1, 3: 2, 4: 1}[updater]
+    params = rng.normal(size=count).astype(dtype)
+    grads = rng.normal(size=count).astype(dtype)
+    grads[:100] = 0
+    state = np.abs(rng.normal(size=per_param * count)).astype(dtype)
+    hyper = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, momentum=0.9, decay=0.95)
+    p_gpu, s_gpu = cuda.to_device(params), cuda.to_device(state)
+    for _ in range(3):
+        _native.nn_updater_step(updater, params, grads, state, **hyper)
+        cuda.nn_updater_step(updater, p_gpu, cuda.to_device(grads), s_gpu, **hyper)
+    assert_close(p_gpu.to_host(), params, dtype)
+    assert_close(s_gpu.to_host(), state, dtype)
+    with pytest.raises(ValueError, match="state has"):
+        cuda.nn_updater_step(3, p_gpu, p_gpu, p_gpu, lr=0.1)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 11])
+@pytest.mark.parametrize("offset", [0, 1])  # 1: unaligned views, the scalar kernel
+def test_average_matches_the_cpu(k, offset, dtype):
+    cuda = cuda_module()
+    rng = np.random.default_rng(4)
+    count = 10_007
+    host = [rng.normal(size=count).astype(dtype) for _ in range(k)]
+    blocks = [cuda.DeviceBuffer((count + 8,), dtype) for _ in range(k)]
+    views = [b.view(offset, (count,)) for b in blocks]
+    for view, values in zip(views, host, strict=True):
+        view.copy_from_host(values)
+    expected = np.empty(count, dtype)
+    _native.nn_average(host, expected)
+    out = cuda.DeviceBuffer((count,), dtype)
+    cuda.nn_average(views, out)
+    np.testing.assert_array_equal(out.to_host(), expected)  # + and / only: bit-identical
+
+    _native.nn_average(host, expected, divisor=2.5)
+    cuda.nn_average(views, views[0], divisor=2.5)  # out may be one of the buffers
+    np.testing.assert_array_equal(views[0].to_host(), expected)
+
+
+@gpu
+def test_average_refuses_mismatched_buffers_and_too_many():
+    cuda = cuda_module()
+    a32, b32 = cuda.DeviceBuffer((8,), "float32"), cuda.DeviceBuffer((9,), "float32")
+    with pytest.raises(ValueError, match="has 9 values, the others 8"):
+        cuda.nn_average([a32, b32], a32)
+    with pytest.raises(TypeError, match="has dtype float64 but the other buffers have float32"):
+        cuda.nn_average([a32], cuda.DeviceBuffer((8,), "float64"))
+    with pytest.raises(ValueError, match="at most 64 buffers"):
+        cuda.nn_average([a32] * 65, a32)
+    with pytest.raises(ValueError, match="divisor must be > 0"):
+        cuda.nn_average([a32], a32, divisor=0)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_axpy_dropout_and_sum_squares_match_the_cpu(dtype):
+    cuda = cuda_module()
+    rng = np.random.default_rng(5)
+    acc, x = rng.normal(size=(2, 70_001)).astype(dtype)
+    acc_gpu, x_gpu = cuda.to_device(acc), cuda.to_device(x)
+    _native.nn_add_into(acc, x)
+    cuda.nn_add_into(acc_gpu, x_gpu)
+    np.testing.assert_array_equal(acc_gpu.to_host(), acc)
+    _native.nn_axpy(acc, x, 0.3)
+    cuda.nn_axpy(acc_gpu, x_gpu, 0.3)
+    assert_close(acc_gpu.to_host(), acc, dtype)
+    for rate, seed in ((0.0, 1), (0.25, 7), (0.9, 2**64 - 1)):
+        _native.nn_dropout(acc, rate, seed)
+        cuda.nn_dropout(acc_gpu, rate, seed)
+        np.testing.assert_array_equal(acc_gpu.to_host() == 0, acc == 0)  # the same mask
+        assert_close(acc_gpu.to_host(), acc, dtype)
+    squares = float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+    assert cuda.nn_sum_squares(x_gpu) == pytest.approx(squares, rel=1e-12)
+    assert cuda.nn_sum_squares(cuda.DeviceBuffer((0,), dtype)) == 0.0
+
+
+@pytest.fixture
+def cublas():
+    """Skips where cuBLAS cannot be loaded (the GPU network's matrix products need it)."""
+    try:
+        return load_cublas()
+    except CudaUnavailableError as e:
+        pytest.skip(str(e))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("trans_a", "trans_b"), [(False, False), (True, False), (False, True)])
+def test_matmul_matches_numpy(trans_a, trans_b, dtype, cublas):
+    cuda = cuda_module()
+    rng = np.random.default_rng(6)
+    m, k, n = 33, 130, 17
+    a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    out = cuda.DeviceBuffer((m, n), dtype)
+    cuda.matmul(cuda.to_device(a), cuda.to_device(b), out, trans_a=trans_a, trans_b=trans_b)
+    # cuBLAS sums in its own order (never TF32 by default): errors grow like sqrt(k)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out.to_host(), expected, rtol=tol, atol=tol * np.sqrt(k) * 4)
+    with pytest.raises(ValueError, match="op\\(a\\) is"):
+        cuda.matmul(cuda.to_device(a), cuda.to_device(a), out)
+    square = cuda.DeviceBuffer((4, 4), dtype)
+    with pytest.raises(ValueError, match="must not share memory"):
+        cuda.matmul(square, square, square)
+
+
+# -- the network on the GPU -----------------------------------------------------------------------
+
+
+def _sequence_batches(dtype, steps=5, n=24, t=3):
+    """Minibatches of sequences with a label mask, so that the loss weights are exercised."""
+    rng = np.random.default_rng(7)
+    for _ in range(steps):
+        x = rng.normal(size=(n, 12, t)).astype(dtype)
+        y = np.eye(3, dtype=dtype)[rng.integers(0, 3, (n, t))].transpose(0, 2, 1)
+        mask = (rng.random((n, t)) < 0.8).astype(dtype)
+        yield DataSet(x, y, labels_mask=mask)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_steps_follow_the_cpu_steps(dtype, cublas):
+    def make():
+        layers = [
+            Dense(12, 16, "relu", l2=1e-3),
+            Dense(16, 8, "tanh", dropout=0.2),
+            Output(8, 3, "softmax", "cross_entropy", dropout=0.1),
+        ]
+        return Network(layers, Momentum(0.05), seed=3, dtype=dtype)
+
+    cpu, on_gpu = make(), make()
+    state = GpuState(on_gpu)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for batch in _sequence_batches(dtype):
+        expected = cpu.fit_batch(batch)
+        x, y, w = on_gpu._arrays(batch, labels_needed=True)
+        score = state.fit_batch(x, y, w)
+        on_gpu.iteration += 1
+        assert score == pytest.approx(expected, rel=tol)
+    params = state.download_params()
+    np.testing.assert_allclose(params, cpu.params(), rtol=tol, atol=tol * 1e-2)
+    np.testing.assert_allclose(state.download_state(), cpu.updater_state(), rtol=tol, atol=tol)
+
+    x, y, w = cpu._arrays(next(_sequence_batches(dtype, steps=1)), labels_needed=True)
+    np.testing.assert_allclose(state.infer(x), cpu._infer(x)[1], rtol=tol, atol=tol * 1e-2)
+    z, a = cpu._infer(x)
+    expected = _native.nn_loss_sum(LOSSES["cross_entropy"], ACTIVATIONS["softmax"], z, a, y, w)
+    assert state.score_sum(x, y, w) == pytest.approx(expected, rel=tol)
+    assert state.l2_penalty() == pytest.approx(cpu._l2_penalty(), rel=tol)
+
+    on_device = cuda_module().to_device(x)  # inputs already on the device are used in place
+    np.testing.assert_allclose(state.infer(on_device), state.infer(x), rtol=0, atol=0)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x_train, x_test, c_train, c_test = train_test_split(
+        digits.data, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+    )
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    eye = np.eye(10, dtype=np.float32)
+    return (
+        DataSet(((x_train - mean) / std).astype(np.float32), eye[c_train]),
+        DataSet(((x_test - mean) / std).astype(np.float32), eye[c_test]),
+    )
+
+
+def _digits_network(**kwargs) -> Network:
+    layers = [
+        Dense(64, 64, "relu"),
+        Dense(64, 32, "relu"),
+        Output(32, 10, "softmax", "cross_entropy"),
+    ]
+    return Network(layers, Adam(3e-3), seed=0, **kwargs)
+
+
+@gpu
+def test_a_gpu_network_learns_digits_as_well_as_the_cpu_network(cublas):
+    train, test = _digits()
+    net = _digits_network(device="cuda")
+    net.fit(train.shuffle(1), epochs=30, batch_size=32)
+    evaluation = net.evaluate(test)
+    assert evaluation.accuracy() >= 0.95, evaluation.stats()
+    assert isinstance(net.params(), np.ndarray)  # a host copy
+
+
+@gpu
+def test_moving_a_network_between_devices_keeps_its_outputs(cublas):
+    train, test = _digits()
+    net = _digits_network()
+    net.fit(train, epochs=2, batch_size=64)
+    on_cpu = net.output(test.features)
+    net.to("cuda")
+    np.testing.assert_allclose(net.output(test.features), on_cpu, rtol=1e-5, atol=1e-6)
+    net.fit(train, epochs=1, batch_size=64)  # trained on the GPU ...
+    on_gpu = net.output(test.features)
+    net.to("cpu")  # ... and brought back with its parameters and updater state
+    np.testing.assert_allclose(net.output(test.features), on_gpu, rtol=1e-5, atol=1e-6)
