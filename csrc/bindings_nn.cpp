@@ -74,6 +74,13 @@ T* mptr(const std::optional<py::array>& a) {
   return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
 }
 
+// Whether two arrays' bytes overlap: kernels that take restrict pointers refuse that.
+bool overlap(const py::array& a, const py::array& b) {
+  const auto* a0 = static_cast<const char*>(a.data());
+  const auto* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
 // [n, m] of a 2-D array.
 std::pair<std::size_t, std::size_t> matrix_shape(const py::array& a, const char* name) {
   if (a.ndim() != 2)
@@ -187,6 +194,8 @@ double py_output_layer(int loss, int activation, double alpha, const py::array& 
   expect_shape(dz, "dz", n, m);
   expect_vector(bias, "bias", m);
   expect_vector(db, "db", m);
+  if (overlap(a, z) || overlap(dz, z) || overlap(dz, labels))
+    throw py::value_error("the output layer's a and dz must not share memory with z or labels");
   const Loss l = loss_of(loss);
   const Activation act = activation_of(activation);
   if (args.kind == Kind::f32) {
@@ -239,6 +248,8 @@ void py_updater_step(int updater, const py::array& params, const py::array& grad
   args.add(params, "params", true);
   args.add(grads, "grads", false);
   args.add(state, "state", true);
+  if (overlap(params, grads) || overlap(params, state) || overlap(grads, state))
+    throw py::value_error("params, grads and state must be separate buffers");
   const auto count = static_cast<std::size_t>(params.size());
   if (static_cast<std::size_t>(grads.size()) != count)
     throw py::value_error("grads has " + std::to_string(grads.size()) + " values, params " +

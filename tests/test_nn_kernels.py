@@ -236,7 +236,12 @@ def test_kernels_refuse_what_they_would_have_to_copy():
     with pytest.raises(ValueError, match="unknown activation code 99"):
         _native.nn_bias_activation(z, None, z, 99)
     with pytest.raises(ValueError, match="state has 6 values, expected 12"):
-        _native.nn_updater_step(3, z, z, z, 0.1)
+        _native.nn_updater_step(3, z, z.copy(), z.copy(), 0.1)
+    with pytest.raises(ValueError, match="separate buffers"):
+        _native.nn_updater_step(3, z, z, np.zeros(12, np.float32), 0.1)
+    labels = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="must not share memory"):
+        _native.nn_output_layer(0, 7, 0.0, z, None, labels, None, z, z.copy(), None, 1.0)
     with pytest.raises(ValueError, match="needs the pre-activation"):
         _native.nn_activation_backward(z, None, z, z, None, ACTIVATIONS["relu"])
 

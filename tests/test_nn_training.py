@@ -235,3 +235,36 @@ def test_sequences_are_fitted_and_output_step_by_step():
     evaluation = net.evaluate(ds)
     assert evaluation.num_examples == int(mask.sum())
     assert evaluation.accuracy() > 0.95
+
+
+def test_dropout_streams_give_different_masks_and_stream_zero_is_the_default():
+    rng = np.random.default_rng(8)
+    batch = DataSet(
+        rng.normal(size=(32, 6)).astype(np.float32),
+        np.eye(2, dtype=np.float32)[rng.integers(0, 2, 32)],
+    )
+    net = Network([Dense(6, 8, "relu", dropout=0.5), Output(8, 2)], SGD(0.1), seed=3)
+    default = net.compute_gradients(batch), net.gradients().copy()
+    other = net.clone()
+    other.dropout_stream = 1  # what a parameter-averaging worker with index 1 sets
+    assert other.compute_gradients(batch) != default[0]
+    same = net.clone()
+    assert same.compute_gradients(batch) == default[0]
+    np.testing.assert_array_equal(same.gradients(), default[1])
+
+
+def test_reset_updater_zeroes_the_state_and_restarts_adams_bias_correction():
+    rng = np.random.default_rng(9)
+    batch = DataSet(
+        rng.normal(size=(16, 3)).astype(np.float32), rng.normal(size=(16, 1)).astype(np.float32)
+    )
+    net = Network([Output(3, 1, "identity", "mse")], Adam(0.1), seed=1)
+    net.fit(batch, epochs=5)
+    fresh = net.clone()
+    fresh.iteration = 0
+    fresh.reset_updater()
+    net.reset_updater()
+    assert not net.updater_state().any() and net.updater_steps == 0 and net.iteration == 5
+    net.fit_batch(batch)  # the first step of a fresh Adam, whatever the iteration count
+    fresh.fit_batch(batch)
+    np.testing.assert_array_equal(net.params(), fresh.params())

@@ -222,3 +222,41 @@ def test_workers_use_a_gpu_only_where_one_is_visible(sc, tmp_path):
     cuda = ParameterAveraging(batch_size_per_worker=25, workers=2, worker_device="cuda")
     with pytest.raises(Exception, match="needs a GPU"):
         SparkNetwork(sc, _network(), cuda).fit(directory)
+
+
+@pytest.mark.parametrize(("files", "workers", "frequency"), [(23, 2, 4), (8, 3, 1), (5, 4, 3)])
+def test_plan_rounds_deals_every_file_once_per_epoch(files, workers, frequency):
+    from sparkbatch.train import plan_rounds
+
+    names = [f"f{i}" for i in range(files)]
+    orders = set()
+    for seed, epoch in [(0, 0), (0, 1), (7, 0)]:
+        rounds = plan_rounds(names, workers, frequency, shuffle=True, seed=seed, epoch=epoch)
+        dealt = [f for assignment in rounds for worker in assignment for f in worker]
+        assert sorted(dealt) == sorted(names)  # a multiset: nothing dropped or doubled
+        assert all(len(a) <= workers and all(len(w) <= frequency for w in a) for a in rounds)
+        assert len(rounds) == -(-files // (workers * frequency))
+        orders.add(tuple(dealt))
+    assert len(orders) > 1  # epochs and seeds shuffle differently
+
+
+def test_without_save_updater_every_round_starts_a_fresh_updater(sc, tmp_path):
+    # One worker, two minibatches a round: the same as resetting Adam every two steps locally
+    # (Adam's bias correction restarts too, though the iteration count goes on).
+    directory = _export(sc, tmp_path, 160, 16)
+    files = minibatch_files(directory)
+    master = ParameterAveraging(
+        batch_size_per_worker=16,
+        averaging_frequency=2,
+        workers=1,
+        shuffle=False,
+        save_updater=False,
+    )
+    distributed = SparkNetwork(sc, _network(Adam(0.01)), master).fit(directory)
+    local = _network(Adam(0.01))
+    for i, batch in enumerate(FileDataSetIterator(files)):
+        if i % 2 == 0:
+            local.reset_updater()
+        local.fit_batch(batch)
+    np.testing.assert_allclose(distributed.params(), local.params(), rtol=0, atol=1e-6)
+    assert distributed.iteration == local.iteration == len(files)

@@ -31,3 +31,61 @@ def parse_csv(
     on_error: str = "raise",
     threads: int = 0,
 ) -> dict[str, Any]: ...
+
+# The built-in network's kernels (bindings_nn.cpp): float32 or float64 arrays of one dtype,
+# C-contiguous, outputs writeable; nothing is converted or copied.
+def nn_bias_activation(
+    z: NDArray[Any],
+    bias: NDArray[Any] | None,
+    out: NDArray[Any],
+    activation: int,
+    alpha: float = 0.0,
+) -> None: ...
+def nn_activation_backward(
+    da: NDArray[Any],
+    z: NDArray[Any] | None,
+    a: NDArray[Any],
+    dz: NDArray[Any],
+    db: NDArray[Any] | None,
+    activation: int,
+    alpha: float = 0.0,
+) -> None: ...
+def nn_output_layer(
+    loss: int,
+    activation: int,
+    alpha: float,
+    z: NDArray[Any],
+    bias: NDArray[Any] | None,
+    labels: NDArray[Any],
+    weights: NDArray[Any] | None,
+    a: NDArray[Any],
+    dz: NDArray[Any],
+    db: NDArray[Any] | None,
+    scale: float,
+) -> float: ...
+def nn_loss_sum(
+    loss: int,
+    activation: int,
+    z: NDArray[Any],
+    a: NDArray[Any],
+    labels: NDArray[Any],
+    weights: NDArray[Any] | None,
+) -> float: ...
+def nn_updater_step(
+    updater: int,
+    params: NDArray[Any],
+    grads: NDArray[Any],
+    state: NDArray[Any],
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    momentum: float = 0.0,
+    decay: float = 0.95,
+) -> None: ...
+def nn_average(
+    buffers: Sequence[NDArray[Any]], out: NDArray[Any], divisor: float | None = None
+) -> None: ...
+def nn_add_into(acc: NDArray[Any], x: NDArray[Any]) -> None: ...
+def nn_axpy(y: NDArray[Any], x: NDArray[Any], alpha: float) -> None: ...
+def nn_dropout(x: NDArray[Any], rate: float, seed: int) -> None: ...

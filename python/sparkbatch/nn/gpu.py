@@ -293,7 +293,7 @@ class GpuState:
             self.params,
             self.grads,
             self.state,
-            **updater._hyper(network.iteration, network.epoch),
+            **updater._hyper(network.iteration, network.epoch, network.updater_steps),
         )
         return score
 

@@ -51,6 +51,7 @@ __all__ = ["Network"]
 CONFIG_FORMAT = "sparkbatch.nn.Network"
 CONFIG_VERSION = 1
 _WORKSPACES_KEPT = 4  # batch sizes whose work arrays are kept (the last batch is often smaller)
+_INFERENCE_ROWS = 4096  # rows per forward pass of output() when no batch size is given
 _MASK64 = (1 << 64) - 1
 
 
@@ -113,6 +114,12 @@ class Network:
         self.epoch = 0
         #: Score of the last minibatch fitted (``nan`` before the first).
         self.last_score = math.nan
+        #: Steps accumulated in the updater state since it was last zeroed (Adam's bias
+        #: correction); equal to ``iteration`` unless :meth:`reset_updater` was called.
+        self.updater_steps = 0
+        #: Mixed into the dropout masks' seed: parameter-averaging workers set their index, so
+        #: that workers of one round drop different inputs (0 gives single-machine masks).
+        self.dropout_stream = 0
 
         total = sum(layer.num_params for layer in self.layers)
         self._params = np.zeros(total, self.dtype)
@@ -209,6 +216,13 @@ class Network:
         if self._gpu is not None:
             self._gpu.upload_state(self._state)
 
+    def reset_updater(self) -> None:
+        """Zero the updater state (velocities, Adam's moments) as a fresh updater has it."""
+        self._state[...] = 0
+        if self._gpu is not None:
+            self._gpu.upload_state(self._state)
+        self.updater_steps = 0
+
     def weights(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """Views ``(W [n_in, n_out], b [n_out])`` of layer ``layer`` in the parameter buffer
         (of a host copy on a GPU network)."""
@@ -226,8 +240,16 @@ class Network:
             score = self._gpu.fit_batch(x, y, w)
         else:
             score = self.compute_gradients(batch)
-            self.updater.step(self._params, self._grads, self._state, self.iteration, self.epoch)
+            self.updater.step(
+                self._params,
+                self._grads,
+                self._state,
+                self.iteration,
+                self.epoch,
+                self.updater_steps,
+            )
         self.iteration += 1
+        self.updater_steps += 1
         self.last_score = score
         return score
 
@@ -301,7 +323,7 @@ class Network:
         sequence = x.ndim == 3
         rows = _rows(x, "features", self.num_inputs, self.dtype)
         out = np.empty((rows.shape[0], self.num_outputs), self.dtype)
-        step = batch_size or max(rows.shape[0], 1)
+        step = batch_size or _INFERENCE_ROWS
         for begin in range(0, rows.shape[0], step):
             chunk = rows[begin : begin + step]
             if self._gpu is not None:
@@ -320,15 +342,16 @@ class Network:
         total, weight = 0.0, 0.0
         for batch in _batches(data, batch_size):
             x, y, w = self._arrays(batch, labels_needed=True)
-            if x.shape[0] == 0:
-                continue
-            if self._gpu is not None:
-                total += self._gpu.score_sum(x, y, w)
-            else:
-                z, a = self._infer(x)
-                act, _ = self._codes[-1]
-                total += _native.nn_loss_sum(self._loss, act, z, a, y, w)
-            weight += x.shape[0] if w is None else float(w.sum())
+            for begin in range(0, x.shape[0], _INFERENCE_ROWS):
+                end = begin + _INFERENCE_ROWS
+                xs, ys, ws = x[begin:end], y[begin:end], None if w is None else w[begin:end]
+                if self._gpu is not None:
+                    total += self._gpu.score_sum(xs, ys, ws)
+                else:
+                    z, a = self._infer(xs)
+                    act, _ = self._codes[-1]
+                    total += _native.nn_loss_sum(self._loss, act, z, a, ys, ws)
+                weight += xs.shape[0] if ws is None else float(ws.sum())
         if weight == 0:
             raise ValueError("no examples to score")
         penalty = self._gpu.l2_penalty() if self._gpu is not None else self._l2_penalty()
@@ -414,6 +437,7 @@ class Network:
             "config": self.to_json(),
             "iteration": str(self.iteration),
             "epoch": str(self.epoch),
+            "updater_steps": str(self.updater_steps),
         }
         tensors = {"params": self._params}
         if self._state.size:
@@ -440,6 +464,7 @@ class Network:
             net.set_updater_state(arrays.get("updater_state", np.zeros(0)))
         net.iteration = int(metadata.get("iteration", 0))
         net.epoch = int(metadata.get("epoch", 0))
+        net.updater_steps = int(metadata.get("updater_steps", net.iteration))
         return net
 
     def __getstate__(self) -> dict[str, Any]:
@@ -451,6 +476,8 @@ class Network:
             "state": self._state,
             "iteration": self.iteration,
             "epoch": self.epoch,
+            "updater_steps": self.updater_steps,
+            "dropout_stream": self.dropout_stream,
             "last_score": self.last_score,
         }
 
@@ -459,6 +486,8 @@ class Network:
         self._params[...] = state["params"]
         self._state[...] = state["state"]
         self.iteration, self.epoch = state["iteration"], state["epoch"]
+        self.updater_steps = state.get("updater_steps", self.iteration)
+        self.dropout_stream = state.get("dropout_stream", 0)
         self.last_score = state["last_score"]
 
     def __repr__(self) -> str:
@@ -475,6 +504,7 @@ class Network:
         self.set_params(other._params)
         self.set_updater_state(other._state)
         self.iteration, self.epoch, self.last_score = other.iteration, other.epoch, other.last_score
+        self.updater_steps, self.dropout_stream = other.updater_steps, other.dropout_stream
 
     def _workspace(self, rows: int) -> _Workspace:
         ws = self._workspaces.get(rows)
@@ -538,7 +568,10 @@ class Network:
         return ws.z[last], ws.a[last]
 
     def _dropout_seed(self, layer: int) -> int:
-        return ((self.seed * 0x100000001B3 + self.iteration) * 1_000_003 + layer) & _MASK64
+        stream = self.dropout_stream * 0x9E3779B97F4A7C15
+        return (
+            ((self.seed * 0x100000001B3 + self.iteration) * 1_000_003 + layer) ^ stream
+        ) & _MASK64
 
     def _l2_penalty(self) -> float:
         penalty = 0.0

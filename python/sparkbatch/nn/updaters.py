@@ -117,14 +117,28 @@ class Updater:
         count = iteration if self.schedule.unit == "iteration" else epoch
         return self.learning_rate * self.schedule.factor(count)
 
-    def _hyper(self, iteration: int, epoch: int) -> dict[str, float]:
+    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
         return {"lr": self.rate(iteration, epoch)}
 
     def step(
-        self, params: np.ndarray, grads: np.ndarray, state: np.ndarray, iteration: int, epoch: int
+        self,
+        params: np.ndarray,
+        grads: np.ndarray,
+        state: np.ndarray,
+        iteration: int,
+        epoch: int,
+        steps: int | None = None,
     ) -> None:
-        """Apply one step in place; ``iteration`` counts the minibatches fitted before this one."""
-        _native.nn_updater_step(self.code, params, grads, state, **self._hyper(iteration, epoch))
+        """Apply one step in place.
+
+        ``iteration`` counts the minibatches fitted before this one (it drives schedules);
+        ``steps`` counts the steps accumulated in ``state`` since it was last zeroed (Adam's
+        bias correction; default ``iteration``). They differ when the state is reset, as
+        parameter averaging without ``save_updater`` does every round.
+        """
+        _native.nn_updater_step(
+            self.code, params, grads, state, **self._hyper(iteration, epoch, steps)
+        )
 
     def to_config(self) -> dict[str, Any]:
         config = {"type": type(self).__name__, **asdict(self)}
@@ -154,7 +168,7 @@ class Momentum(Updater):
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
-    def _hyper(self, iteration: int, epoch: int) -> dict[str, float]:
+    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
         return {"lr": self.rate(iteration, epoch), "momentum": self.momentum}
 
 
@@ -185,8 +199,8 @@ class Adam(Updater):
                 f"{self.beta2}, {self.epsilon}"
             )
 
-    def _hyper(self, iteration: int, epoch: int) -> dict[str, float]:
-        t = iteration + 1
+    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
+        t = (iteration if steps is None else steps) + 1
         step = self.rate(iteration, epoch) * math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
         return {"lr": step, "beta1": self.beta1, "beta2": self.beta2, "eps": self.epsilon}
 
@@ -209,7 +223,7 @@ class RMSProp(Updater):
                 f"RMSProp needs decay in [0, 1) and epsilon > 0, got {self.decay}, {self.epsilon}"
             )
 
-    def _hyper(self, iteration: int, epoch: int) -> dict[str, float]:
+    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
         return {"lr": self.rate(iteration, epoch), "decay": self.decay, "eps": self.epsilon}
 
 

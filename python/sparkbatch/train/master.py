@@ -49,9 +49,12 @@ class ParameterAveraging:
         every round starts the workers from a fresh updater. (DL4J's default is effectively
         False; True trains better.)
     repartition : "always", "never" or "balanced"
-        For ``approach="direct"``: deal minibatches round-robin over ``workers`` partitions
-        ("always", "balanced": equal shares), or keep the RDD's partitions as the workers
-        ("never"). Files are always dealt evenly.
+        For ``approach="direct"``: deal the minibatches round-robin over ``workers``
+        partitions, so that every worker gets an equal share ("always" and "balanced" both do
+        this; DL4J's "Always" repartitions without balancing), or keep the RDD's partitions as
+        the workers ("never"). Files are always dealt evenly. The direct approach keeps the
+        RDD's order every epoch (``shuffle`` applies to files) and filters the persisted RDD
+        once per round, as DL4J's does: prefer "export" for large data.
     approach : "export" or "direct"
         How ``fit(rdd)`` trains: "export" first writes the RDD as minibatch files under
         ``export_dir`` (removed afterwards) and trains from them, as DL4J does by default;

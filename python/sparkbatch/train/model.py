@@ -48,6 +48,10 @@ class Model(Protocol):
         """Predictions for a batch of features."""
         ...
 
+    def score(self, batch: Any) -> float:
+        """Mean loss per example (per unmasked step) of a minibatch; for distributed scoring."""
+        ...
+
     def to_config(self) -> dict[str, Any]:
         """JSON-able configuration from which ``from_config`` builds an identical model."""
         ...

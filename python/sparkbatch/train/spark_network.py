@@ -102,6 +102,8 @@ class SparkNetwork:
 
     def fit(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
         """Fit an RDD of DataSets, or the minibatch files under a directory URL."""
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
         if isinstance(data, (str, os.PathLike)):
             return self._fit_files(self._files(data), SerializedDataSetLoader(), epochs)
         if self.master.approach == "direct":
@@ -189,6 +191,7 @@ class SparkNetwork:
         m = self.master
         size = m.batch_size_per_worker
         batched = rdd.mapPartitions(lambda items: _rebatch(items, size))
+        batched.persist(StorageLevel.MEMORY_AND_DISK)  # zipWithIndex's job, then keyed's
         if m.repartition == "never":
             workers = rdd.getNumPartitions()
             keyed = batched.mapPartitionsWithIndex(
@@ -222,6 +225,7 @@ class SparkNetwork:
                 self._end_epoch()
         finally:
             keyed.unpersist()
+            batched.unpersist()
             self.sc.setJobDescription(None)
         return self.model
 
@@ -238,6 +242,7 @@ class SparkNetwork:
                 "params": model.params(),
                 "state": model.updater_state() if m.save_updater else None,
                 "iteration": getattr(model, "iteration", 0),
+                "updater_steps": getattr(model, "updater_steps", getattr(model, "iteration", 0)),
                 "epoch": epoch,
             }
         )
@@ -273,6 +278,8 @@ class SparkNetwork:
             model.set_updater_state(result.state)
         if hasattr(model, "iteration"):
             model.iteration += result.max_batches
+        if m.save_updater and hasattr(model, "updater_steps"):
+            model.updater_steps += result.max_batches
         score = result.score_sum / result.batches
         if hasattr(model, "last_score"):
             model.last_score = score

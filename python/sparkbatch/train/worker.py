@@ -9,6 +9,7 @@ the native kernel (:func:`combine`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import OrderedDict
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from .. import _native
-from ..data import DataSet, MultiDataSet, Source, load
+from ..data import DataSet, MultiDataSet, Source
+from ..data.loaders import _load_minibatch
 from ..evaluation import Evaluation, RegressionEvaluation
 from .stats import PhaseTiming
 
@@ -96,8 +98,11 @@ def combine(a: RoundResult | None, b: RoundResult | None) -> RoundResult | None:
 class MinibatchLoader:
     """Loads a sparkbatch minibatch file, whichever it holds (DataSet or MultiDataSet)."""
 
+    def __init__(self, *, verify: bool = True) -> None:
+        self.verify = verify
+
     def load(self, source: Source) -> DataSet | MultiDataSet:
-        return load(source.url, storage_options=source.storage_options)
+        return _load_minibatch(source, self.verify)
 
 
 def _minibatches(
@@ -180,12 +185,17 @@ class FitRound:
         weights = self.weights.value
         model = _model(self.model_class, self.config_json, self.device)
         model.set_params(weights["params"])
-        state = model.updater_state()
+        model.iteration, model.epoch = weights["iteration"], weights["epoch"]
         if self.save_updater and weights["state"] is not None:
             model.set_updater_state(weights["state"])
-        elif state.size:
-            state[...] = 0  # a fresh updater every round, as DL4J without saveUpdater
-        model.iteration, model.epoch = weights["iteration"], weights["epoch"]
+            if hasattr(model, "updater_steps"):
+                model.updater_steps = weights["updater_steps"]
+        elif hasattr(model, "reset_updater"):
+            model.reset_updater()  # a fresh updater every round, as DL4J without saveUpdater
+        else:
+            model.set_updater_state(np.zeros_like(model.updater_state()))
+        if hasattr(model, "dropout_stream"):
+            model.dropout_stream = index  # workers of a round drop different inputs
         fit_start = time.time()
         score_sum, batches, examples = 0.0, 0, 0
         for batch in _minibatches(
@@ -266,11 +276,12 @@ class EvaluatePartition:
         self.evaluation_args = evaluation_args or {}
 
     def __call__(self, partition: Iterator[Any]) -> Iterator[EvaluationResult]:
-        items = list(partition)
+        first = next(partition, None)  # the partition is read lazily: DataSets can be many
+        if first is None:
+            return iter(())
+        items: Iterable[Any] = itertools.chain([first], partition)
         if self.loader is not None:
             items = [url for urls in items for url in urls]
-        if not items:
-            return iter(())
         model = _model(self.model_class, self.config_json)
         model.set_params(self.weights.value["params"])
         if self.kind == "classification":
@@ -286,10 +297,10 @@ class EvaluatePartition:
             ds = _single(batch)
             if evaluation is not None:
                 evaluation.eval(ds.labels, model.output(ds.features), ds.labels_mask)
-            else:
-                weight = (
-                    float(np.sum(ds.labels_mask)) if ds.labels_mask is not None else ds.num_examples
-                )
+                continue
+            mask = ds.labels_mask
+            weight = float(np.sum(mask)) if mask is not None else float(ds.num_examples)
+            if weight > 0:  # a fully masked batch adds nothing (and has no mean to take)
                 loss_sum += model.score(ds) * weight
                 examples += weight
         return iter([EvaluationResult(evaluation, loss_sum, examples)])
