@@ -94,9 +94,6 @@ void column_sums(const T* dz, T* db, std::size_t n, std::size_t m) {
   }
 }
 
-template <typename T>
-constexpr T kLogEps = T(1e-10);  // keeps log() finite for cross-entropy of non-fused activations
-
 }  // namespace
 
 template <typename T>
@@ -186,10 +183,10 @@ double output_layer(Loss loss, Activation act, T alpha, T* z, const T* bias, con
         T term;
         switch (loss) {
           case Loss::mcxent:
-            term = mcxent_term(ar[j], yr[j], kLogEps<T>, &g);
+            term = mcxent_term(ar[j], yr[j], log_eps<T>(), &g);
             break;
           case Loss::xent:
-            term = xent_term(ar[j], yr[j], kLogEps<T>, &g);
+            term = xent_term(ar[j], yr[j], log_eps<T>(), &g);
             break;
           case Loss::mae:
             term = mae_term(ar[j], yr[j], inv_outputs, &g);
@@ -235,9 +232,9 @@ double loss_sum(Loss loss, Activation act, const T* z, const T* a, const T* labe
         if (loss == Loss::xent && act == Activation::sigmoid) {
           term = sigmoid_xent(z[row + j], y, &g);
         } else if (loss == Loss::mcxent) {
-          term = mcxent_term(a[row + j], y, kLogEps<T>, &g);
+          term = mcxent_term(a[row + j], y, log_eps<T>(), &g);
         } else if (loss == Loss::xent) {
-          term = xent_term(a[row + j], y, kLogEps<T>, &g);
+          term = xent_term(a[row + j], y, log_eps<T>(), &g);
         } else if (loss == Loss::mae) {
           term = mae_term(a[row + j], y, inv_outputs, &g);
         } else {
@@ -249,20 +246,6 @@ double loss_sum(Loss loss, Activation act, const T* z, const T* a, const T* labe
     total += static_cast<double>(row_loss);
   }
   return total;
-}
-
-int updater_state_per_param(Updater u) {
-  switch (u) {
-    case Updater::momentum:
-    case Updater::nesterov:
-    case Updater::rmsprop:
-      return 1;
-    case Updater::adam:
-      return 2;
-    case Updater::sgd:
-    default:
-      return 0;
-  }
 }
 
 template <typename T>

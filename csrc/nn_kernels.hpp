@@ -12,17 +12,6 @@
 
 namespace sparkbatch::nn {
 
-// Per-example ([n]) or per-output ([n, m]) weights of the loss, from a label mask; none: all 1.
-template <typename T>
-struct LossWeights {
-  const T* data = nullptr;
-  bool per_output = false;
-  T at(std::size_t i, std::size_t j, std::size_t m) const {
-    if (data == nullptr) return T(1);
-    return per_output ? data[i * m + j] : data[i];
-  }
-};
-
 // z[i, j] += bias[j]; a[i, j] = f(z[i, j]) (softmax: over row i). `a` may be `z`.
 template <typename T>
 void bias_activation(T* z, const T* bias, T* a, std::size_t n, std::size_t m, Activation act,
@@ -47,18 +36,6 @@ double output_layer(Loss loss, Activation act, T alpha, T* z, const T* bias, con
 template <typename T>
 double loss_sum(Loss loss, Activation act, const T* z, const T* a, const T* labels,
                 LossWeights<T> weights, std::size_t n, std::size_t m);
-
-struct UpdaterHyper {
-  double lr = 0;        // scheduled learning rate (Adam: the bias-corrected step)
-  double beta1 = 0.9;   // Adam
-  double beta2 = 0.999; // Adam
-  double eps = 1e-8;    // Adam, RMSProp
-  double momentum = 0;  // Momentum, Nesterov
-  double decay = 0.95;  // RMSProp
-};
-
-// Number of state values per parameter of each updater.
-int updater_state_per_param(Updater u);
 
 // One step of updater `u` over `count` parameters: state holds state_per_param blocks of count.
 template <typename T>

@@ -9,6 +9,7 @@
 
 #include <math.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -121,6 +122,51 @@ SB_HD T activation_grad(Activation a, T x, T y, T alpha) {
 SB_HD bool needs_preactivation(Activation a) {
   return a == Activation::relu || a == Activation::leaky_relu || a == Activation::elu ||
          a == Activation::gelu;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the CPU and CUDA kernels share besides the arithmetic.
+
+// Per-example ([n]) or per-output ([n, m]) weights of the loss, from a label mask; none: all 1.
+template <typename T>
+struct LossWeights {
+  const T* data = nullptr;
+  bool per_output = false;
+  SB_HD T at(std::size_t i, std::size_t j, std::size_t m) const {
+    if (data == nullptr) return T(1);
+    return per_output ? data[i * m + j] : data[i];
+  }
+};
+
+// An updater step's hyper-parameters, already scheduled (Adam: lr is the bias-corrected step).
+struct UpdaterHyper {
+  double lr = 0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double momentum = 0;
+  double decay = 0.95;
+};
+
+// State values per parameter of each updater.
+SB_HD int updater_state_per_param(Updater u) {
+  switch (u) {
+    case Updater::momentum:
+    case Updater::nesterov:
+    case Updater::rmsprop:
+      return 1;
+    case Updater::adam:
+      return 2;
+    case Updater::sgd:
+    default:
+      return 0;
+  }
+}
+
+// Keeps log() finite in the cross-entropies of activations other than the fused ones.
+template <typename T>
+SB_HD T log_eps() {
+  return T(1e-10);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -85,20 +85,6 @@ Loss loss_of(int code) {
   return static_cast<Loss>(code);
 }
 
-int state_per_param(Updater u) {  // nn::updater_state_per_param
-  switch (u) {
-    case Updater::momentum:
-    case Updater::nesterov:
-    case Updater::rmsprop:
-      return 1;
-    case Updater::adam:
-      return 2;
-    case Updater::sgd:
-    default:
-      return 0;
-  }
-}
-
 // Label-mask weights, as bindings_nn.cpp reads them: [n] or [n, 1] per example, [n, m] per output.
 template <typename T>
 LossWeights<T> weights_of(const DeviceBuffer* w, std::size_t n, std::size_t m) {
@@ -245,7 +231,8 @@ void py_updater_step(int updater, const DeviceBuffer& params, const DeviceBuffer
   if (grads.size() != count)
     throw py::value_error("grads has " + std::to_string(grads.size()) + " values, params " +
                           std::to_string(count));
-  const std::size_t expected_state = count * static_cast<std::size_t>(state_per_param(u));
+  const std::size_t expected_state =
+      count * static_cast<std::size_t>(nn::updater_state_per_param(u));
   if (state.size() != expected_state)
     throw py::value_error("state has " + std::to_string(state.size()) + " values, expected " +
                           std::to_string(expected_state));

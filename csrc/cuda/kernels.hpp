@@ -16,12 +16,8 @@ using nn::Activation;
 using nn::Loss;
 using nn::Updater;
 
-// Per-example ([n]) or per-output ([n, m]) loss weights; data null: all 1 (nn::LossWeights).
-template <typename T>
-struct LossWeights {
-  const T* data = nullptr;
-  bool per_output = false;
-};
+using nn::LossWeights;
+using nn::UpdaterHyper;
 
 template <typename T>
 void bias_activation(T* z, const T* bias, T* a, std::size_t n, std::size_t m, Activation act,
@@ -44,15 +40,6 @@ double output_layer(Loss loss, Activation act, T alpha, T* z, const T* bias, con
 template <typename T>
 double loss_sum(Loss loss, Activation act, const T* z, const T* a, const T* labels,
                 LossWeights<T> weights, std::size_t n, std::size_t m, double* scratch);
-
-struct UpdaterHyper {  // as nn::UpdaterHyper
-  double lr = 0;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double momentum = 0;
-  double decay = 0.95;
-};
 
 template <typename T>
 void updater_step(Updater u, T* params, const T* grads, T* state, std::size_t count,

@@ -51,26 +51,14 @@ __device__ __forceinline__ std::size_t thread_stride() {
   return static_cast<std::size_t>(gridDim.x) * blockDim.x;
 }
 
-template <typename T>
-__device__ __forceinline__ T weight_at(const LossWeights<T>& w, std::size_t i, std::size_t j,
-                                       std::size_t m) {
-  if (w.data == nullptr) return T(1);
-  return w.per_output ? w.data[i * m + j] : w.data[i];
-}
-
-template <typename T>
-__device__ __forceinline__ T log_eps() {
-  return T(1e-10);  // kLogEps of nn_kernels.cpp
-}
-
 // The loss term of one output from its activation a (every loss but the fused ones).
 template <typename T>
 __device__ __forceinline__ T loss_term(Loss loss, T a, T y, T inv_outputs, T* grad) {
   switch (loss) {
     case Loss::mcxent:
-      return nn::mcxent_term(a, y, log_eps<T>(), grad);
+      return nn::mcxent_term(a, y, nn::log_eps<T>(), grad);
     case Loss::xent:
-      return nn::xent_term(a, y, log_eps<T>(), grad);
+      return nn::xent_term(a, y, nn::log_eps<T>(), grad);
     case Loss::mae:
       return nn::mae_term(a, y, inv_outputs, grad);
     case Loss::mse:
@@ -181,20 +169,20 @@ __global__ void output_layer_kernel(Loss loss, Activation act, T alpha, T* z, co
     const T lse = softmax_row(zr, bias, ar, m, lane);  // log p_j = z_j - lse
     T weighted_labels = T(0);  // sum_k w_k y_k: d(loss)/dz_j = p_j * this - w_j y_j
     for (std::size_t j = lane; j < m; j += kWarp) {
-      const T c = weight_at(w, row, j, m) * yr[j];
+      const T c = w.at(row, j, m) * yr[j];
       weighted_labels += c;
       row_loss += nn::softmax_xent_term(zr[j] - lse, c);
     }
     weighted_labels = warp_sum(weighted_labels);
     for (std::size_t j = lane; j < m; j += kWarp)
-      dzr[j] = scale * (ar[j] * weighted_labels - weight_at(w, row, j, m) * yr[j]);
+      dzr[j] = scale * (ar[j] * weighted_labels - w.at(row, j, m) * yr[j]);
   } else if (loss == Loss::xent && act == Activation::sigmoid) {
     for (std::size_t j = lane; j < m; j += kWarp) {
       if (bias != nullptr) zr[j] += bias[j];
       ar[j] = nn::sigmoid(zr[j]);
       T g;
       const T term = nn::sigmoid_xent(zr[j], yr[j], &g);
-      const T wt = weight_at(w, row, j, m);
+      const T wt = w.at(row, j, m);
       row_loss += wt * term;
       dzr[j] = scale * wt * g;
     }
@@ -211,7 +199,7 @@ __global__ void output_layer_kernel(Loss loss, Activation act, T alpha, T* z, co
     for (std::size_t j = lane; j < m; j += kWarp) {
       T g;
       const T term = loss_term(loss, ar[j], yr[j], inv_outputs, &g);
-      const T wt = weight_at(w, row, j, m);
+      const T wt = w.at(row, j, m);
       row_loss += wt * term;
       dzr[j] = scale * wt * g;  // d(loss)/da for now
     }
@@ -249,14 +237,14 @@ __global__ void loss_sum_kernel(Loss loss, Activation act, const T* z, const T* 
     sum = warp_sum(sum);
     const T lse = top + nn::log_(sum);
     for (std::size_t j = lane; j < m; j += kWarp)
-      row_loss += nn::softmax_xent_term(zr[j] - lse, weight_at(w, row, j, m) * yr[j]);
+      row_loss += nn::softmax_xent_term(zr[j] - lse, w.at(row, j, m) * yr[j]);
   } else {
     for (std::size_t j = lane; j < m; j += kWarp) {
       T g;
       const T term = loss == Loss::xent && act == Activation::sigmoid
                          ? nn::sigmoid_xent(zr[j], yr[j], &g)
                          : loss_term(loss, ar[j], yr[j], inv_outputs, &g);
-      row_loss += weight_at(w, row, j, m) * term;
+      row_loss += w.at(row, j, m) * term;
     }
   }
   row_loss = warp_sum(row_loss);
