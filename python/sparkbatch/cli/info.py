@@ -10,6 +10,7 @@ import subprocess
 from types import ModuleType
 
 from sparkbatch._version import __version__
+from sparkbatch.nn.gpu import cuda_version
 
 
 def _package_version(name: str) -> str:
@@ -31,10 +32,6 @@ def _java_version() -> str:
     return first[0] if first else java
 
 
-def _cuda_version(code: int) -> str:
-    return f"{code // 1000}.{code % 1000 // 10}"
-
-
 def _cuda_facts() -> dict[str, str]:
     """Whether the CUDA module was built (for which architectures) and which GPUs it sees.
 
@@ -48,20 +45,20 @@ def _cuda_facts() -> dict[str, str]:
         return {"cuda module": f"built but not importable: {e}"}
     module = (
         f"built for {', '.join(_cuda.architectures())} "
-        f"(CUDA runtime {_cuda_version(_cuda.runtime_version())}, linked statically)"
+        f"(CUDA runtime {cuda_version(_cuda.runtime_version())}, linked statically)"
     )
     count = _cuda.device_count()
     driver = _cuda.driver_version()
     if count == 0:
         devices = "none visible" + (
-            " (no NVIDIA driver)" if driver == 0 else f" (driver for CUDA {_cuda_version(driver)})"
+            " (no NVIDIA driver)" if driver == 0 else f" (driver for CUDA {cuda_version(driver)})"
         )
     else:
         names = []
         for i in range(count):
             major, minor = _cuda.device_capability(i)
             names.append(f"{i}: {_cuda.device_name(i)} (sm_{major}{minor})")
-        devices = f"{count} (driver for CUDA {_cuda_version(driver)}): " + "; ".join(names)
+        devices = f"{count} (driver for CUDA {cuda_version(driver)}): " + "; ".join(names)
     return {"cuda module": module, "cuda devices": devices, "cuda cublas": _cublas(_cuda)}
 
 

@@ -83,7 +83,8 @@ def _import() -> tuple[ModuleType | None, str]:
         )
 
 
-def _version(code: int) -> str:
+def cuda_version(code: int) -> str:
+    """A CUDA version code (e.g. 13000, as cudaRuntimeGetVersion gives) as text ("13.0")."""
     return f"{code // 1000}.{code % 1000 // 10}"
 
 
@@ -112,8 +113,8 @@ def cuda_module() -> ModuleType:
         why = "no NVIDIA driver is installed (libcuda.so.1 was not found)"
     elif driver < runtime:
         why = (
-            f"the NVIDIA driver supports CUDA {_version(driver)} while sparkbatch._cuda was "
-            f"built with CUDA {_version(runtime)}: update the driver"
+            f"the NVIDIA driver supports CUDA {cuda_version(driver)} while sparkbatch._cuda was "
+            f"built with CUDA {cuda_version(runtime)}: update the driver"
         )
     else:
         why = "the NVIDIA driver sees no GPU"
