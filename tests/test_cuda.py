@@ -19,7 +19,7 @@ import pytest
 
 from sparkbatch import _native
 from sparkbatch.data import DataSet
-from sparkbatch.nn import ACTIVATIONS, LOSSES, Adam, Dense, Momentum, Network, Output
+from sparkbatch.nn import ACTIVATIONS, LOSSES, SGD, Adam, Dense, Momentum, Network, Output
 from sparkbatch.nn.gpu import (
     CudaUnavailableError,
     GpuState,
@@ -549,3 +549,22 @@ def test_moving_a_network_between_devices_keeps_its_outputs(cublas):
     on_gpu = net.output(test.features)
     net.to("cpu")  # ... and brought back with its parameters and updater state
     np.testing.assert_allclose(net.output(test.features), on_gpu, rtol=1e-5, atol=1e-6)
+
+
+@gpu
+def test_a_gpu_networks_parameters_are_shared_with_torch_without_a_copy():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this PyTorch has no CUDA")
+    net = Network([Dense(4, 3), Output(3, 2)], SGD(0.1), seed=0, device="cuda")
+    view = torch.from_dlpack(net.device_params())
+    assert view.numel() == net.num_params
+    np.testing.assert_array_equal(view.cpu().numpy(), net.params())
+    view.zero_()
+    torch.cuda.synchronize()
+    assert not net.params().any()  # the network sees what torch wrote
+
+
+def test_a_cpu_networks_device_params_is_its_buffer():
+    net = Network([Output(3, 2)], SGD(0.1))
+    assert net.device_params() is net.params()

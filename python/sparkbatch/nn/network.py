@@ -189,6 +189,13 @@ class Network:
             return self._gpu.download_params()
         return self._params
 
+    def device_params(self) -> Any:
+        """The parameter buffer where it lives, without a copy: the numpy array on the CPU, a
+        ``sparkbatch._cuda.DeviceBuffer`` on a GPU, which exposes ``__dlpack__`` and
+        ``__cuda_array_interface__`` so that PyTorch or CuPy can use the same device memory
+        (e.g. ``torch.from_dlpack(net.device_params())``)."""
+        return self._params if self._gpu is None else self._gpu.params
+
     def set_params(self, values: Any) -> None:
         """Copy ``values`` (``num_params`` numbers) into the parameter buffer."""
         np.copyto(self._params, _flat(values, self._params.size, "params"), casting="same_kind")
