@@ -10,6 +10,7 @@
 #include "bindings.hpp"
 #include "crc32c.hpp"
 #include "minibatch_format.hpp"
+#include "thread_pool.hpp"
 #include "one_hot.hpp"
 
 namespace sparkbatch::bindings {
@@ -136,6 +137,7 @@ py::dict build_info() {
   py::dict info;
   info["crc32c"] = sparkbatch::crc32c_method();
   info["threads"] = "std::thread";
+  info["pool_threads"] = sparkbatch::pool_threads();
   info["openmp"] = false;
   info["compiler"] = __VERSION__;
 #ifdef NDEBUG

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -100,13 +101,24 @@ class Pool {
   std::exception_ptr error_;
 };
 
+// Threads the pool works with, the caller included: $SPARKBATCH_NUM_THREADS when set to a
+// positive number (Spark workers set it to their task's cores, so that many concurrent tasks
+// do not each start a thread per core), else the hardware concurrency.
+unsigned configured_threads() {
+  if (const char* value = std::getenv("SPARKBATCH_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(value, &end, 10);
+    if (end != value && *end == '\0' && n > 0) return static_cast<unsigned>(std::min(n, 4096L));
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 Pool& pool() {
   static std::mutex creation;
   static Pool* instance = nullptr;  // never deleted: detached workers may still wait on it
   std::lock_guard<std::mutex> lock(creation);
   if (instance == nullptr || instance->pid() != ::getpid()) {
-    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-    instance = new Pool(cores - 1);
+    instance = new Pool(configured_threads() - 1);
   }
   return *instance;
 }

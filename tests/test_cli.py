@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -84,3 +85,20 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 def test_demo_with_a_csv_needs_its_label_column(capsys):
     assert main(["demo", "--csv", "data.csv"]) == 2
     assert "--label-index" in capsys.readouterr().err
+
+
+def test_the_native_thread_pool_follows_sparkbatch_num_threads():
+    def pool(value: str | None) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "SPARKBATCH_NUM_THREADS"}
+        if value is not None:
+            env["SPARKBATCH_NUM_THREADS"] = value
+        code = "from sparkbatch import _native; print(_native.build_info()['pool_threads'])"
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        return int(out.stdout)
+
+    default = pool(None)
+    assert default == max(1, os.cpu_count() or 1)
+    assert pool("1") == 1 and pool("3") == 3
+    assert pool("zero") == default and pool("-2") == default  # ignored, not an error

@@ -83,7 +83,10 @@ def collect() -> dict[str, str]:
         "platform": platform.platform(),
         "native crc32c": build["crc32c"]
         + (" (SIMD)" if build["crc32c"] != "table" else " (no CPU CRC instructions)"),
-        "native threads": "OpenMP" if build["openmp"] else build["threads"],
+        "native threads": (
+            f"{'OpenMP' if build['openmp'] else build['threads']}, a pool of "
+            f"{build['pool_threads']} (SPARKBATCH_NUM_THREADS sets it)"
+        ),
         "native build": ("debug" if build["debug"] else "release")
         + (f", sanitizers: {build['sanitizers']}" if build["sanitizers"] else "")
         + f", compiler {build['compiler']}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,19 @@ _MODELS: OrderedDict[tuple[type, str, str], Any] = OrderedDict()  # per Python w
 _MODELS_KEPT = 2
 
 
+def _limit_native_threads() -> None:
+    """Size this Python worker's native thread pool to its task's cores (set before first use).
+
+    Otherwise every concurrent task of an executor starts a thread per core of the machine.
+    """
+    if "SPARKBATCH_NUM_THREADS" not in os.environ:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        if context is not None:
+            os.environ["SPARKBATCH_NUM_THREADS"] = str(max(1, context.cpus()))
+
+
 def _model(model_class: type, config_json: str, device: str = "cpu") -> Any:
     """This process's model for ``config_json``, built once and reused by later rounds.
 
@@ -48,6 +62,7 @@ def _model(model_class: type, config_json: str, device: str = "cpu") -> Any:
     key = (model_class, config_json, device)
     model = _MODELS.get(key)
     if model is None:
+        _limit_native_threads()
         model = model_class.from_config(json.loads(config_json))
         if device == "cuda" or (device == "auto" and _gpu_visible()):
             model.to("cuda")
