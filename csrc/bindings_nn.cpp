@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bindings.hpp"
+#include "nn_codes.hpp"
 #include "nn_kernels.hpp"
 
 namespace sparkbatch::bindings {
@@ -101,18 +102,6 @@ void expect_vector(const std::optional<py::array>& a, const char* name, std::siz
     throw py::value_error(std::string(name) + " must have shape [" + std::to_string(m) + "]");
 }
 
-Activation activation_of(int code) {
-  if (code < 0 || code > static_cast<int>(Activation::softmax))
-    throw py::value_error("unknown activation code " + std::to_string(code));
-  return static_cast<Activation>(code);
-}
-
-Loss loss_of(int code) {
-  if (code < 0 || code > static_cast<int>(Loss::mae))
-    throw py::value_error("unknown loss code " + std::to_string(code));
-  return static_cast<Loss>(code);
-}
-
 void py_bias_activation(const py::array& z, const std::optional<py::array>& bias,
                         const py::array& out, int activation, double alpha) {
   Args args;
@@ -122,7 +111,7 @@ void py_bias_activation(const py::array& z, const std::optional<py::array>& bias
   const auto [n, m] = matrix_shape(z, "z");
   expect_shape(out, "out", n, m);
   expect_vector(bias, "bias", m);
-  const Activation act = activation_of(activation);
+  const Activation act = nn::activation_of(activation);
   py::gil_scoped_release release;
   if (args.kind == Kind::f32)
     nn::bias_activation(mut<float>(z), cptr<float>(bias), mut<float>(out), n, m, act,
@@ -145,7 +134,7 @@ void py_activation_backward(const py::array& da, const std::optional<py::array>&
   expect_shape(a, "a", n, m);
   expect_shape(dz, "dz", n, m);
   expect_vector(db, "db", m);
-  const Activation act = activation_of(activation);
+  const Activation act = nn::activation_of(activation);
   if (!z && nn::needs_preactivation(act))
     throw py::value_error("this activation's gradient needs the pre-activation z");
   py::gil_scoped_release release;
@@ -196,8 +185,8 @@ double py_output_layer(int loss, int activation, double alpha, const py::array& 
   expect_vector(db, "db", m);
   if (overlap(a, z) || overlap(dz, z) || overlap(dz, labels))
     throw py::value_error("the output layer's a and dz must not share memory with z or labels");
-  const Loss l = loss_of(loss);
-  const Activation act = activation_of(activation);
+  const Loss l = nn::loss_of(loss);
+  const Activation act = nn::activation_of(activation);
   if (args.kind == Kind::f32) {
     const auto w = weights_of<float>(weights, n, m);
     py::gil_scoped_release release;
@@ -222,8 +211,8 @@ double py_loss_sum(int loss, int activation, const py::array& z, const py::array
   const auto [n, m] = matrix_shape(z, "z");
   expect_shape(a, "a", n, m);
   expect_shape(labels, "labels", n, m);
-  const Loss l = loss_of(loss);
-  const Activation act = activation_of(activation);
+  const Loss l = nn::loss_of(loss);
+  const Activation act = nn::activation_of(activation);
   if (args.kind == Kind::f32) {
     const auto w = weights_of<float>(weights, n, m);
     py::gil_scoped_release release;
@@ -241,9 +230,7 @@ double py_loss_sum(int loss, int activation, const py::array& z, const py::array
 void py_updater_step(int updater, const py::array& params, const py::array& grads,
                      const py::array& state, double lr, double beta1, double beta2, double eps,
                      double momentum, double decay) {
-  if (updater < 0 || updater > static_cast<int>(Updater::rmsprop))
-    throw py::value_error("unknown updater code " + std::to_string(updater));
-  const auto u = static_cast<Updater>(updater);
+  const Updater u = nn::updater_of(updater);
   Args args;
   args.add(params, "params", true);
   args.add(grads, "grads", false);

@@ -12,6 +12,7 @@
 
 #include "cublas.hpp"
 #include "kernels.hpp"
+#include "nn_codes.hpp"
 #include "py_cuda.hpp"
 
 namespace sparkbatch::cuda::bindings {
@@ -73,18 +74,6 @@ void expect_vector(const DeviceBuffer* b, const char* name, std::size_t m) {
     throw py::value_error(std::string(name) + " must have shape [" + std::to_string(m) + "]");
 }
 
-Activation activation_of(int code) {
-  if (code < 0 || code > static_cast<int>(Activation::softmax))
-    throw py::value_error("unknown activation code " + std::to_string(code));
-  return static_cast<Activation>(code);
-}
-
-Loss loss_of(int code) {
-  if (code < 0 || code > static_cast<int>(Loss::mae))
-    throw py::value_error("unknown loss code " + std::to_string(code));
-  return static_cast<Loss>(code);
-}
-
 // Label-mask weights, as bindings_nn.cpp reads them: [n] or [n, 1] per example, [n, m] per output.
 template <typename T>
 LossWeights<T> weights_of(const DeviceBuffer* w, std::size_t n, std::size_t m) {
@@ -114,7 +103,7 @@ void py_bias_activation(const DeviceBuffer& z, const DeviceBuffer* bias, const D
   const auto [n, m] = matrix_shape(z, "z");
   expect_shape(out, "out", n, m);
   expect_vector(bias, "bias", m);
-  const Activation act = activation_of(activation);
+  const Activation act = nn::activation_of(activation);
   py::gil_scoped_release release;
   const DeviceGuard guard(args.device);
   if (args.dtype == DType::f32)
@@ -138,7 +127,7 @@ void py_activation_backward(const DeviceBuffer& da, const DeviceBuffer* z, const
   expect_shape(a, "a", n, m);
   expect_shape(dz, "dz", n, m);
   expect_vector(db, "db", m);
-  const Activation act = activation_of(activation);
+  const Activation act = nn::activation_of(activation);
   if (z == nullptr && nn::needs_preactivation(act))
     throw py::value_error("this activation's gradient needs the pre-activation z");
   py::gil_scoped_release release;
@@ -169,8 +158,8 @@ double py_output_layer(int loss, int activation, double alpha, const DeviceBuffe
   expect_shape(dz, "dz", n, m);
   expect_vector(bias, "bias", m);
   expect_vector(db, "db", m);
-  const Loss l = loss_of(loss);
-  const Activation act = activation_of(activation);
+  const Loss l = nn::loss_of(loss);
+  const Activation act = nn::activation_of(activation);
   if (args.dtype == DType::f32) {
     const auto w = weights_of<float>(weights, n, m);
     py::gil_scoped_release release;
@@ -199,8 +188,8 @@ double py_loss_sum(int loss, int activation, const DeviceBuffer& z, const Device
   const auto [n, m] = matrix_shape(z, "z");
   expect_shape(a, "a", n, m);
   expect_shape(labels, "labels", n, m);
-  const Loss l = loss_of(loss);
-  const Activation act = activation_of(activation);
+  const Loss l = nn::loss_of(loss);
+  const Activation act = nn::activation_of(activation);
   if (args.dtype == DType::f32) {
     const auto w = weights_of<float>(weights, n, m);
     py::gil_scoped_release release;
@@ -220,9 +209,7 @@ double py_loss_sum(int loss, int activation, const DeviceBuffer& z, const Device
 void py_updater_step(int updater, const DeviceBuffer& params, const DeviceBuffer& grads,
                      const DeviceBuffer& state, double lr, double beta1, double beta2, double eps,
                      double momentum, double decay) {
-  if (updater < 0 || updater > static_cast<int>(Updater::rmsprop))
-    throw py::value_error("unknown updater code " + std::to_string(updater));
-  const auto u = static_cast<Updater>(updater);
+  const Updater u = nn::updater_of(updater);
   Args args;
   args.add(params, "params");
   args.add(grads, "grads");
