@@ -101,10 +101,13 @@ class PhaseTiming:
 class RoundStats:
     """One averaging round as the driver saw it.
 
-    ``broadcast_s``, ``fit_s`` and ``aggregate_s`` are the driver's wall-clock seconds spent
-    creating broadcast variables, running the Spark job until the results are back, and tree
-    aggregation plus averaging; ``start`` and ``end`` bound the whole round (:func:`time.time`).
-    ``score`` is the mean score of the ``workers`` that contributed ``examples`` examples.
+    ``broadcast_s`` is the driver's time creating the broadcast. ``fit_s`` is the slowest
+    worker's fitting (loading included) when per-worker timings are collected
+    (``collect_stats=True``), else the whole Spark job's wall time (fitting plus scheduling and
+    returning results). ``aggregate_s`` is the rest of the round: with per-worker timings, all
+    that is not broadcast or fitting (scheduling, moving and summing results, averaging).
+    ``start`` and ``end`` bound the whole round (:func:`time.time`). ``score`` is the mean
+    score of the minibatches the ``workers`` fitted, over ``examples`` examples.
     """
 
     epoch: int
