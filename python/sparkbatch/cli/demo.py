@@ -80,7 +80,7 @@ def run(
     workers: int | None = None,
     epochs: int = 5,
     batch_size: int = 64,
-    averaging_frequency: int = 5,
+    averaging_frequency: int = 20,
 ) -> int:
     """Run the demo; returns the exit status."""
     if csv is not None and (label_index is None or num_classes is None):

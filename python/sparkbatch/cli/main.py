@@ -33,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, help="local Spark workers (default: all cores)")
     demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--batch-size", type=int, default=64)
-    demo.add_argument("--averaging-frequency", type=int, default=5)
+    demo.add_argument(
+        "--averaging-frequency",
+        type=int,
+        default=20,
+        help="minibatches per worker between averagings (a round costs a Spark job: on local "
+        "Spark, 20 trains this small network about 3x faster than 5, as accurately)",
+    )
     return parser
 
 
