@@ -53,3 +53,20 @@ def blas_info() -> str:
         f"numpy BLAS {p.get('internal_api')} {p.get('version')} "
         f"({p.get('architecture')}, {p.get('num_threads')} threads)"
     )
+
+
+def torch_mlp(torch: Any, net: Any) -> Any:
+    """A ``torch.nn.Sequential`` of Linear and ReLU layers with ``net``'s weights (a sparkbatch
+    ``Network`` of ReLU ``Dense`` layers and a linear output), so both start identically."""
+    linears = []
+    for i, layer in enumerate(net.layers):
+        w, b = net.weights(i)
+        linear = torch.nn.Linear(layer.n_in, layer.n_out)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w.T.copy()))
+            linear.bias.copy_(torch.from_numpy(b.copy()))
+        linears.append(linear)
+    modules: list = []
+    for linear in linears[:-1]:
+        modules += [linear, torch.nn.ReLU()]
+    return torch.nn.Sequential(*modules, linears[-1])

@@ -21,23 +21,22 @@ Without a GPU the script says why and exits 0. Run::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from sparkbatch.nn import Adam, Dense, Network, Output
-from sparkbatch.nn.gpu import CudaUnavailableError, GpuState, cuda_module, load_cublas
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import torch_mlp  # noqa: E402
+from train import SIZES, make_network  # noqa: E402  (the same network as the CPU benchmark)
 
-SIZES = (784, 256, 128, 10)
+sys.path.pop(0)
+
+from sparkbatch.nn.gpu import CudaUnavailableError, GpuState, cuda_module, load_cublas  # noqa: E402
+
 MIB = 1 << 20
-
-
-def make_network() -> Network:
-    layers = [Dense(SIZES[i], SIZES[i + 1], "relu") for i in range(len(SIZES) - 2)]
-    layers.append(Output(SIZES[-2], SIZES[-1], "softmax", "cross_entropy"))
-    return Network(layers, Adam(1e-3), seed=0)
 
 
 def best_time(fn: Callable[[], object], sync: Callable[[], object], repeat: int) -> float:
@@ -105,18 +104,7 @@ def sparkbatch_step(cuda, x, y, batch: int, resident: bool) -> Callable[[int], f
 def torch_step(torch, x, labels, batch: int, resident: bool, fused: bool) -> Callable[[int], float]:
     net = make_network()  # the same initial weights as sparkbatch's
     device = torch.device("cuda")
-    linears = []
-    for i in range(len(SIZES) - 1):
-        w, b = net.weights(i)
-        layer = torch.nn.Linear(SIZES[i], SIZES[i + 1])
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            layer.bias.copy_(torch.from_numpy(b.copy()))
-        linears.append(layer)
-    modules: list = []
-    for layer in linears[:-1]:
-        modules += [layer, torch.nn.ReLU()]
-    model = torch.nn.Sequential(*modules, linears[-1]).to(device)
+    model = torch_mlp(torch, net).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
     loss_fn = torch.nn.CrossEntropyLoss()
     xs = torch.from_numpy(x)

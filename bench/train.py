@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import blas_info  # noqa: E402
+from _common import blas_info, torch_mlp  # noqa: E402
 
 sys.path.pop(0)
 
@@ -84,18 +84,7 @@ def torch_step_fn(net: Network, x: np.ndarray, labels: np.ndarray, fused: bool, 
     import torch
 
     torch.set_num_threads(threads)
-    linears = []
-    for i in range(len(SIZES) - 1):
-        w, b = net.weights(i)
-        layer = torch.nn.Linear(SIZES[i], SIZES[i + 1])
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            layer.bias.copy_(torch.from_numpy(b.copy()))
-        linears.append(layer)
-    modules: list = []
-    for layer in linears[:-1]:
-        modules += [layer, torch.nn.ReLU()]
-    model = torch.nn.Sequential(*modules, linears[-1])
+    model = torch_mlp(torch, net)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
     loss_fn = torch.nn.CrossEntropyLoss()
     xs = torch.from_numpy(x)
