@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=160, help="minibatch files (one epoch)")
     parser.add_argument("--frequencies", default="1,5,20")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--exchange", default="spark,socket", help="ParameterAveraging.exchange")
     args = parser.parse_args()
 
     directory = tempfile.mkdtemp(prefix="sparkbatch-bench-")
@@ -78,20 +79,23 @@ def main() -> None:
     try:
         warm = ParameterAveraging(batch_size_per_worker=args.batch, workers=args.workers)
         SparkNetwork(sc, make_network(), warm).fit_paths(files[: 2 * args.workers])
-        for frequency in map(int, args.frequencies.split(",")):
-            master = ParameterAveraging(
-                batch_size_per_worker=args.batch,
-                averaging_frequency=frequency,
-                workers=args.workers,
-                collect_stats=True,
-            )
-            spark_net = SparkNetwork(sc, make_network(), master)
-            start = time.perf_counter()
-            spark_net.fit(directory)
-            wall = time.perf_counter() - start
-            stats = spark_net.stats
-            fit = sum(r.fit_s for r in stats.rounds)
-            rows.append((frequency, len(stats.rounds), wall, examples / wall, 1 - fit / wall))
+        for exchange in args.exchange.split(","):
+            for frequency in map(int, args.frequencies.split(",")):
+                master = ParameterAveraging(
+                    batch_size_per_worker=args.batch,
+                    averaging_frequency=frequency,
+                    workers=args.workers,
+                    collect_stats=True,
+                    exchange=exchange,
+                )
+                spark_net = SparkNetwork(sc, make_network(), master)
+                start = time.perf_counter()
+                spark_net.fit(directory)
+                wall = time.perf_counter() - start
+                stats = spark_net.stats
+                fit = sum(r.fit_s for r in stats.rounds)
+                rounds = len(stats.rounds)
+                rows.append((exchange, frequency, rounds, wall, examples / wall, 1 - fit / wall))
     finally:
         spark.stop()
 
@@ -100,9 +104,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     rate = examples / single
     print(f"| single machine, one process | — | {single:.2f} | {rate:,.0f} | 1.00× | — |")
-    for frequency, rounds, wall, rate, overhead in rows:
+    for exchange, frequency, rounds, wall, rate, overhead in rows:
         print(
-            f"| parameter averaging, frequency {frequency} | {rounds} | {wall:.2f} | "
+            f"| parameter averaging, exchange={exchange}, frequency {frequency} | {rounds} | "
+            f"{wall:.2f} | "
             f"{rate:,.0f} | {single / wall:.2f}× | {100 * overhead:.1f} % |"
         )
 

@@ -108,8 +108,17 @@ spark_net = SparkNetwork(sc, net, master)
 spark_net.fit({str(data)!r}, epochs=3)
 evaluation = spark_net.evaluate({str(data)!r})
 net.save({str(tmp_path / "net.safetensors")!r})
+# The same training with the socket exchange: one barrier job per epoch, averaging through
+# the driver over TCP; the executors connect to spark.driver.host.
+socket_net = Network([Dense(6, 16, "tanh"), Output(16, 3)], Adam(0.02), seed=0)
+socket_master = ParameterAveraging(batch_size_per_worker=50, averaging_frequency=3, workers=2,
+                                   exchange="socket")
+socket_spark_net = SparkNetwork(sc, socket_net, socket_master)
+socket_spark_net.fit({str(data)!r}, epochs=3)
 executors = sc._jsc.sc().statusTracker().getExecutorInfos()
 print(json.dumps({{
+    "socket_difference": float(abs(socket_net.params() - net.params()).max()),
+    "socket_rounds": len(socket_spark_net.stats.rounds),
     "accuracy": evaluation.accuracy(),
     "confusion": evaluation.confusion_matrix().tolist(),
     "rounds": len(spark_net.stats.rounds),
@@ -126,6 +135,8 @@ spark.stop()
     assert sum(result["examples"]) == 3 * 1200
     assert {"worker 0", "worker 1", "driver"} <= set(result["workers"])
     assert result["accuracy"] > 0.9
+    assert result["socket_rounds"] == result["rounds"]
+    assert result["socket_difference"] < 1e-5
     # the distributed evaluation counts what a local evaluation of the trained model counts
     local = Network.load(tmp_path / "net.safetensors").evaluate(DataSet(x, y))
     np.testing.assert_array_equal(result["confusion"], local.confusion_matrix())

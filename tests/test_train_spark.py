@@ -260,3 +260,80 @@ def test_without_save_updater_every_round_starts_a_fresh_updater(sc, tmp_path):
         local.fit_batch(batch)
     np.testing.assert_allclose(distributed.params(), local.params(), rtol=0, atol=1e-6)
     assert distributed.iteration == local.iteration == len(files)
+
+
+# --- exchange="socket": one barrier job per epoch, averaging through the driver -----------------
+
+
+@pytest.mark.parametrize(
+    "updater, save_updater",
+    [(SGD(0.2), True), (Adam(0.01), True), (Adam(0.01), False)],
+    ids=["sgd", "adam", "adam-fresh-updater"],
+)
+def test_socket_exchange_trains_exactly_as_spark_exchange(sc, tmp_path, updater, save_updater):
+    directory = _export(sc, tmp_path, 230, 10)  # 24 files: full rounds and a partial one
+    results = {}
+    for exchange in ("spark", "socket"):
+        master = ParameterAveraging(
+            batch_size_per_worker=10,
+            averaging_frequency=4,
+            workers=2,
+            save_updater=save_updater,
+            collect_stats=True,
+            exchange=exchange,
+        )
+        spark_net = SparkNetwork(sc, _network(updater), master)
+        spark_net.fit(directory, epochs=2)
+        results[exchange] = spark_net
+    spark, socket = results["spark"].model, results["socket"].model
+    np.testing.assert_allclose(socket.params(), spark.params(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(socket.updater_state(), spark.updater_state(), rtol=0, atol=1e-6)
+    assert (socket.iteration, socket.epoch) == (spark.iteration, spark.epoch)
+    ours, theirs = results["socket"].stats.rounds, results["spark"].stats.rounds
+    assert [(r.epoch, r.examples, r.workers) for r in ours] == [
+        (r.epoch, r.examples, r.workers) for r in theirs
+    ]
+    np.testing.assert_allclose([r.score for r in ours], [r.score for r in theirs], rtol=1e-5)
+    phases = results["socket"].stats.phases
+    assert {p.worker for p in phases} == {"worker 0", "worker 1", "driver"}
+    assert {p.phase for p in phases} == {"broadcast", "fit", "aggregate"}
+    assert {p.round for p in phases} == {r.round for r in ours}
+
+
+class _FailsOnceEverLoader:
+    """Fails the first load of ``victim`` in any process (a marker file remembers it)."""
+
+    def __init__(self, victim: str, marker: str) -> None:
+        self.victim, self.marker = victim, marker
+
+    def load(self, source: Source) -> DataSet:
+        if source.url == self.victim and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise RuntimeError("injected failure on the first attempt")
+        return load(source.url)
+
+
+def test_socket_exchange_resumes_a_retried_epoch_at_its_unfinished_round(sc, tmp_path):
+    directory = _export(sc, tmp_path, 120, 10)
+    files = minibatch_files(directory)
+    master = ParameterAveraging(
+        batch_size_per_worker=10, averaging_frequency=3, workers=2, shuffle=False, exchange="socket"
+    )
+    # Round 0 fits files 0-5; the failure comes in round 1, after round 0 was averaged.
+    marker = str(tmp_path / "failed-once")
+    retried = SparkNetwork(sc, _network(Adam(0.01)), master)
+    retried.fit_paths(files, _FailsOnceEverLoader(files[8], marker))
+    assert os.path.exists(marker)
+    assert [r.examples for r in retried.stats.rounds] == [60, 60]
+    clean = SparkNetwork(sc, _network(Adam(0.01)), master).fit_paths(files)
+    np.testing.assert_allclose(retried.model.params(), clean.params(), rtol=0, atol=1e-6)
+    assert retried.model.iteration == clean.iteration == 6
+
+
+def test_socket_exchange_refuses_the_direct_approach_and_unknown_exchanges():
+    with pytest.raises(ValueError, match="exchange='socket' trains from minibatch files"):
+        ParameterAveraging(exchange="socket", approach="direct")
+    with pytest.raises(ValueError, match="exchange must be one of"):
+        ParameterAveraging(exchange="mpi")
+    with pytest.raises(ValueError, match="exchange_port"):
+        ParameterAveraging(exchange="socket", exchange_port=70000)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -37,9 +38,11 @@ from .model import Model
 from .stats import PhaseTiming, RoundStats, TrainingStats
 from .worker import (
     EvaluatePartition,
+    FitEpoch,
     FitRound,
     MinibatchLoader,
     RoundResult,
+    _own_buffers,
     combine,
     merge_evaluations,
 )
@@ -158,14 +161,17 @@ class SparkNetwork:
                 [files[w] if w < len(files) else [] for files in rounds] for w in range(workers)
             ]
             plan = self.sc.parallelize(per_worker, workers)  # one element per partition
-            for r in range(len(rounds)):
-                label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
+            if m.exchange == "socket":
+                self._socket_epoch(plan, len(rounds), loader, epoch, f"epoch {e + 1}/{epochs}")
+            else:
+                for r in range(len(rounds)):
+                    label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
 
-                def job(fit: FitRound, r: int = r, plan: Any = plan) -> Any:
-                    fit.round_in_plan = r
-                    return plan.mapPartitionsWithIndex(fit)
+                    def job(fit: FitRound, r: int = r, plan: Any = plan) -> Any:
+                        fit.round_in_plan = r
+                        return plan.mapPartitionsWithIndex(fit)
 
-                self._round_of(job, label, epoch, len(rounds), loader=loader)
+                    self._round_of(job, label, epoch, len(rounds), loader=loader)
             self._end_epoch()
         return self.model
 
@@ -269,13 +275,49 @@ class SparkNetwork:
         job_end = time.time()
         if result is None:  # no worker had data: nothing to average
             return
-        # Averaged in place into the returned sum, then set: works for any Model (a GPU
-        # network's params() is a host copy) at the cost of one copy of the parameters.
-        _native.nn_average([result.params], result.params, result.workers)
-        model.set_params(result.params)
+        fit_s = max(
+            (p.seconds for p in result.phases if p.phase == "fit"), default=job_end - broadcast_end
+        )
+        self._apply_round(
+            result,
+            epoch=epoch,
+            rounds_in_epoch=rounds_in_epoch,
+            label=label,
+            start=start,
+            broadcast_s=broadcast_end - start,
+            fit_s=fit_s,
+            aggregate_start=job_end,
+        )
+
+    def _apply_round(
+        self,
+        result: RoundResult,
+        *,
+        epoch: int,
+        rounds_in_epoch: int,
+        label: str,
+        start: float,
+        broadcast_s: float,
+        fit_s: float,
+        aggregate_start: float,
+    ) -> None:
+        """Average the round's summed ``result`` into the model and record the round."""
+        m = self.master
+        model = self.model
+        # A CPU network's buffers take the average directly; any other Model (a GPU network's
+        # params() is a host copy) gets it averaged in place into the sum, then set.
+        own = _own_buffers(model, m.save_updater)
+        if own:
+            _native.nn_average([result.params], own[0], result.workers)
+        else:
+            _native.nn_average([result.params], result.params, result.workers)
+            model.set_params(result.params)
         if m.save_updater and result.state is not None:
-            _native.nn_average([result.state], result.state, result.workers)
-            model.set_updater_state(result.state)
+            if own:
+                _native.nn_average([result.state], own[1], result.workers)
+            else:
+                _native.nn_average([result.state], result.state, result.workers)
+                model.set_updater_state(result.state)
         if hasattr(model, "iteration"):
             model.iteration += result.max_batches
         if m.save_updater and hasattr(model, "updater_steps"):
@@ -284,9 +326,6 @@ class SparkNetwork:
         if hasattr(model, "last_score"):
             model.last_score = score
         end = time.time()
-        fit_s = max(
-            (p.seconds for p in result.phases if p.phase == "fit"), default=job_end - broadcast_end
-        )
         self.stats.add_round(
             RoundStats(
                 epoch=epoch,
@@ -297,21 +336,103 @@ class SparkNetwork:
                 workers=result.workers,
                 start=start,
                 end=end,
-                broadcast_s=broadcast_end - start,
+                broadcast_s=broadcast_s,
                 fit_s=min(fit_s, end - start),
-                aggregate_s=max(0.0, (end - start) - (broadcast_end - start) - fit_s),
+                aggregate_s=max(0.0, (end - start) - broadcast_s - fit_s),
             )
         )
         if m.collect_stats:
             self.stats.add_phases(result.phases)
-            self.stats.add_phases(
-                [
-                    PhaseTiming(self._round, "driver", "broadcast", start, broadcast_end),
-                    PhaseTiming(self._round, "driver", "aggregate", job_end, end),
-                ]
-            )
+            phases = [PhaseTiming(self._round, "driver", "aggregate", aggregate_start, end)]
+            if m.exchange == "spark":
+                phases.insert(
+                    0, PhaseTiming(self._round, "driver", "broadcast", start, start + broadcast_s)
+                )
+            self.stats.add_phases(phases)
         log.info("%s: score %.6f over %d examples", label, score, result.examples)
         self._round += 1
+
+    def _socket_epoch(
+        self, plan: RDD, rounds_in_epoch: int, loader: Any, epoch: int, label: str
+    ) -> None:
+        """Fit one epoch as one barrier job whose workers average through the driver."""
+        from .exchange import AveragingServer
+
+        m = self.master
+        model = self.model
+
+        def state() -> tuple[dict[str, Any], list[Any]]:
+            counters = {
+                "iteration": getattr(model, "iteration", 0),
+                "updater_steps": getattr(model, "updater_steps", getattr(model, "iteration", 0)),
+                "epoch": epoch,
+            }
+            arrays = [model.params()]
+            if m.save_updater:
+                arrays.append(model.updater_state())
+            return counters, arrays
+
+        def apply(result: RoundResult, r: int, start: float, fit_s: float, bcast: float) -> None:
+            self._apply_round(
+                result,
+                epoch=epoch,
+                rounds_in_epoch=rounds_in_epoch,
+                label=f"{label}, round {r + 1}/{rounds_in_epoch}",
+                start=start,
+                broadcast_s=bcast,
+                fit_s=fit_s,
+                aggregate_start=time.time(),
+            )
+
+        host, bind = self._exchange_address()
+        server = AveragingServer(
+            workers=plan.getNumPartitions(),
+            rounds=rounds_in_epoch,
+            state=state,
+            apply=apply,
+            host=host,
+            bind_host=bind,
+            port=m.exchange_port,
+        )
+        fit = FitEpoch(
+            type(model),
+            _config_json(model),
+            server.address,
+            server.token,
+            first_round=self._round,
+            batch_size=m.batch_size_per_worker,
+            save_updater=m.save_updater,
+            loader=loader,
+            storage_options=m.storage_options,
+            prefetch=m.prefetch,
+            collect_stats=m.collect_stats,
+            device=m.worker_device,
+        )
+        self.sc.setJobDescription(f"sparkbatch fit: {label} ({rounds_in_epoch} rounds, socket)")
+        try:
+            # Behind a shuffle the barrier stage is a shuffle-map stage, which Spark retries as
+            # a whole when a task fails (a failed barrier result stage aborts the job).
+            plan.barrier().mapPartitionsWithIndex(fit).repartition(1).collect()
+        finally:
+            server.close()
+        if server.error is not None:
+            raise server.error
+        if server.next_round != rounds_in_epoch:
+            raise RuntimeError(
+                f"{label}: the workers' job ended after {server.next_round} of "
+                f"{rounds_in_epoch} rounds"
+            )
+
+    def _exchange_address(self) -> tuple[str, str]:
+        """Where workers reach the driver's averaging server, and the address it listens on."""
+        m = self.master
+        if m.exchange_host:
+            return m.exchange_host, ""
+        conf = self.sc.getConf()
+        if self.sc.master.startswith("local"):
+            return "127.0.0.1", "127.0.0.1"
+        host = conf.get("spark.driver.host") or socket.gethostname()
+        return host, conf.get("spark.driver.bindAddress") or ""
 
     def _end_epoch(self) -> None:
         if hasattr(self.model, "epoch"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,7 @@ from .stats import PhaseTiming
 __all__ = [
     "RoundResult",
     "FitRound",
+    "FitEpoch",
     "EvaluatePartition",
     "MinibatchLoader",
     "combine",
@@ -199,26 +201,12 @@ class FitRound:
         start = time.time()
         weights = self.weights.value
         model = _model(self.model_class, self.config_json, self.device)
-        model.set_params(weights["params"])
-        model.iteration, model.epoch = weights["iteration"], weights["epoch"]
-        if self.save_updater and weights["state"] is not None:
-            model.set_updater_state(weights["state"])
-            if hasattr(model, "updater_steps"):
-                model.updater_steps = weights["updater_steps"]
-        elif hasattr(model, "reset_updater"):
-            model.reset_updater()  # a fresh updater every round, as DL4J without saveUpdater
-        else:
-            model.set_updater_state(np.zeros_like(model.updater_state()))
-        if hasattr(model, "dropout_stream"):
-            model.dropout_stream = index  # workers of a round drop different inputs
+        _start_round(model, weights, weights["params"], weights["state"], self.save_updater, index)
         fit_start = time.time()
-        score_sum, batches, examples = 0.0, 0, 0
-        for batch in _minibatches(
-            items, self.loader, self.storage_options, self.prefetch, self.batch_size
-        ):
-            score_sum += float(model.fit_batch(batch))
-            batches += 1
-            examples += batch.num_examples
+        score_sum, batches, examples = _fit_all(
+            model,
+            _minibatches(items, self.loader, self.storage_options, self.prefetch, self.batch_size),
+        )
         end = time.time()
         if batches == 0:
             return iter(())
@@ -239,6 +227,151 @@ class FitRound:
             phases=phases,
         )
         return iter([result])
+
+
+def _start_round(
+    model: Any,
+    counters: dict[str, Any],
+    params: np.ndarray,
+    state: np.ndarray | None,
+    save_updater: bool,
+    index: int,
+    *,
+    in_place: bool = False,
+) -> None:
+    """Set a worker's model to the round's starting point (``counters``: iteration,
+    updater_steps, epoch); without ``save_updater`` the updater starts fresh, as DL4J's does.
+    ``in_place``: ``params`` and ``state`` already are the model's own buffers."""
+    if not in_place:
+        model.set_params(params)
+    model.iteration, model.epoch = counters["iteration"], counters["epoch"]
+    if save_updater and state is not None:
+        if not in_place:
+            model.set_updater_state(state)
+        if hasattr(model, "updater_steps"):
+            model.updater_steps = counters["updater_steps"]
+    elif hasattr(model, "reset_updater"):
+        model.reset_updater()
+    else:
+        model.set_updater_state(np.zeros_like(model.updater_state()))
+    if hasattr(model, "dropout_stream"):
+        model.dropout_stream = index  # workers of a round drop different inputs
+
+
+def _own_buffers(model: Any, save_updater: bool) -> list[np.ndarray]:
+    """The model's parameter (and updater state) buffers where they are host memory the model
+    fits from, so that averages can be received straight into them; else an empty list."""
+    if getattr(model, "device", None) != "cpu":
+        return []
+    buffers = [model.params()] + ([model.updater_state()] if save_updater else [])
+    if not all(isinstance(b, np.ndarray) and b.flags.writeable for b in buffers):
+        return []
+    return buffers
+
+
+def _fit_all(model: Any, batches: Iterable[Any]) -> tuple[float, int, int]:
+    """Fit every minibatch; the sum of their scores, their count and their examples."""
+    score_sum, count, examples = 0.0, 0, 0
+    for batch in batches:
+        score_sum += float(model.fit_batch(batch))
+        count += 1
+        examples += batch.num_examples
+    return score_sum, count, examples
+
+
+class FitEpoch:
+    """One worker's whole epoch for ``exchange="socket"``: a barrier task that fits round after
+    round, sending its parameters to the driver's :class:`~sparkbatch.train.exchange.
+    AveragingServer` after each and continuing from the average it sends back.
+
+    The partition holds one element: this worker's file lists, one per round of the epoch.
+    """
+
+    def __init__(
+        self,
+        model_class: type,
+        config_json: str,
+        address: tuple[str, int],
+        token: str,
+        *,
+        first_round: int,
+        batch_size: int,
+        save_updater: bool,
+        loader: Any,
+        storage_options: Any = None,
+        prefetch: int = 2,
+        collect_stats: bool = False,
+        device: str = "cpu",
+    ) -> None:
+        self.model_class = model_class
+        self.config_json = config_json
+        self.address = address
+        self.token = token
+        self.first_round = first_round
+        self.batch_size = batch_size
+        self.save_updater = save_updater
+        self.loader = loader
+        self.storage_options = storage_options
+        self.prefetch = prefetch
+        self.collect_stats = collect_stats
+        self.device = device
+
+    def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[Any]:
+        from .exchange import recv_message, send_message
+
+        items = list(partition)  # read to the end, or the Python worker is not reused
+        plan = items[0] if items else []  # this worker's files, one list per round
+        model = _model(self.model_class, self.config_json, self.device)
+        worker = f"worker {index}"
+        with socket.create_connection(self.address, timeout=120) as sock:
+            sock.settimeout(None)  # a round waits for the slowest worker, however long
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            send_message(sock, {"token": self.token, "worker": index})
+            # A CPU network's own buffers receive the averages (no copy); others a spare.
+            spare = _own_buffers(model, self.save_updater)
+            header, arrays, received = recv_message(sock, spare)
+            r = int(header["round"])  # where the epoch stands: a retried task resumes there
+            while r < len(plan):
+                state = arrays[1] if len(arrays) > 1 else None
+                in_place = len(arrays) == len(spare) > 0 and all(
+                    a is b for a, b in zip(arrays, spare, strict=True)
+                )
+                _start_round(
+                    model, header, arrays[0], state, self.save_updater, index, in_place=in_place
+                )
+                fit_start = time.time()
+                score_sum, batches, examples = _fit_all(
+                    model,
+                    _minibatches(
+                        plan[r], self.loader, self.storage_options, self.prefetch, self.batch_size
+                    ),
+                )
+                end = time.time()
+                phases = []
+                if self.collect_stats:
+                    g = self.first_round + r
+                    phases = [
+                        [g, worker, "broadcast", received, fit_start],
+                        [g, worker, "fit", fit_start, end],
+                    ]
+                result = []
+                if batches:
+                    result = [model.params()]
+                    if self.save_updater:
+                        result.append(model.updater_state())
+                message = {
+                    "round": r,
+                    "score_sum": score_sum,
+                    "batches": batches,
+                    "examples": examples,
+                    "fit_s": end - fit_start,
+                    "broadcast_s": fit_start - received,
+                    "phases": phases,
+                }
+                send_message(sock, message, result)
+                header, arrays, received = recv_message(sock, spare or arrays)
+                r = int(header["round"])
+        return iter(())
 
 
 @dataclass

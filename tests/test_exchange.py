@@ -1,0 +1,149 @@
+"""The socket exchange's protocol and server, driven by plain sockets (no Spark)."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from sparkbatch.train.exchange import AveragingServer, recv_message, send_message
+
+_OPEN: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets():
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _server(workers: int, rounds: int):
+    params = np.zeros(4, np.float32)
+    applied = []
+
+    def state():
+        return {"iteration": len(applied), "updater_steps": 0, "epoch": 0}, [params]
+
+    def apply(result, r, start, fit_s, broadcast_s):
+        np.copyto(params, result.params / result.workers)
+        applied.append((r, result.workers, result.examples, fit_s))
+
+    server = AveragingServer(
+        workers=workers,
+        rounds=rounds,
+        state=state,
+        apply=apply,
+        host="127.0.0.1",
+        bind_host="127.0.0.1",
+    )
+    return server, params, applied
+
+
+def _connect(server, worker: int, token: str | None = None) -> tuple[socket.socket, dict, list]:
+    sock = socket.create_connection(server.address, timeout=10)
+    _OPEN.append(sock)
+    send_message(sock, {"token": token or server.token, "worker": worker})
+    header, arrays, _ = recv_message(sock)
+    return sock, header, arrays
+
+
+def _result(sock, r: int, values, batches: int = 1, fit_s: float = 0.1) -> None:
+    arrays = [np.asarray(values, np.float32)] if batches else []
+    message = {
+        "round": r,
+        "score_sum": 1.0 * batches,
+        "batches": batches,
+        "examples": 10 * batches,
+        "fit_s": fit_s,
+        "broadcast_s": 0.0,
+        "phases": [],
+    }
+    send_message(sock, message, arrays)
+
+
+def test_messages_round_trip_headers_and_arrays_into_reused_buffers():
+    a, b = socket.socketpair()
+    with a, b:
+        arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([], np.float64)]
+        send_message(a, {"x": 1}, arrays)
+        spare = [np.empty((2, 3), np.float32)]
+        header, got, _ = recv_message(b, spare)
+        assert header == {"x": 1}
+        assert got[0] is spare[0]  # received in place
+        np.testing.assert_array_equal(got[0], arrays[0])
+        assert got[1].dtype == np.float64 and got[1].size == 0
+        a.sendall(b"\xff" * 8)  # a header length no peer sends
+        with pytest.raises(ConnectionError, match="not a sparkbatch peer"):
+            recv_message(b)
+        a.close()
+        with pytest.raises(ConnectionError, match="closed"):
+            recv_message(b)
+
+
+def test_two_workers_are_averaged_round_by_round():
+    server, params, applied = _server(workers=2, rounds=2)
+    try:
+        w0, start0, _ = _connect(server, 0)
+        w1, start1, _ = _connect(server, 1)
+        assert start0["round"] == start1["round"] == 0
+        _result(w0, 0, [2, 2, 2, 2], fit_s=0.3)
+        _result(w1, 0, [4, 4, 4, 4], fit_s=0.5)
+        for sock in (w0, w1):
+            header, arrays, _ = recv_message(sock)
+            assert header["round"] == 1 and header["iteration"] == 1
+            np.testing.assert_array_equal(arrays[0], [3, 3, 3, 3])
+        assert applied == [(0, 2, 20, 0.5)]
+        # In the last round worker 1 has no data: it does not count in the average.
+        _result(w0, 1, [5, 5, 5, 5])
+        _result(w1, 1, None, batches=0)
+        for sock in (w0, w1):
+            header, arrays, _ = recv_message(sock)
+            assert header["round"] == 2 and arrays == []
+        np.testing.assert_array_equal(params, [5, 5, 5, 5])
+        assert server.next_round == 2 and server.error is None
+    finally:
+        server.close()
+
+
+def test_strangers_are_ignored_and_a_retried_worker_resumes_without_double_counting():
+    server, params, applied = _server(workers=2, rounds=3)
+    try:
+        stranger = socket.create_connection(server.address, timeout=10)
+        _OPEN.append(stranger)
+        send_message(stranger, {"token": "guess", "worker": 0})
+        assert stranger.recv(1) == b""  # closed without an answer
+        w0, _, _ = _connect(server, 0)
+        w1, _, _ = _connect(server, 1)
+        _result(w0, 0, [1, 1, 1, 1])
+        _result(w1, 0, [3, 3, 3, 3])
+        recv_message(w0)
+        recv_message(w1)
+        # Worker 1's task dies in round 1 after worker 0 sent its result; Spark retries both.
+        _result(w0, 1, [7, 7, 7, 7])
+        w1.close()
+        again1, header, arrays = _connect(server, 1)
+        assert header["round"] == 1  # round 0 is kept, round 1 is fitted again
+        np.testing.assert_array_equal(arrays[0], [2, 2, 2, 2])
+        again0, header, _ = _connect(server, 0)
+        assert header["round"] == 1
+        _result(again0, 1, [7, 7, 7, 7])  # worker 0's round 1 again: counted once
+        _result(again1, 1, [9, 9, 9, 9])
+        for sock in (again0, again1, w0):
+            header, arrays, _ = recv_message(sock)
+            assert header["round"] == 2
+            np.testing.assert_array_equal(arrays[0], [8, 8, 8, 8])
+        assert [a[:3] for a in applied] == [(0, 2, 20), (1, 2, 20)]
+    finally:
+        server.close()
+
+
+def test_closing_the_server_releases_waiting_workers():
+    server, _, _ = _server(workers=2, rounds=2)
+    w0, _, _ = _connect(server, 0)
+    _result(w0, 0, [1, 1, 1, 1])  # waits for worker 1, who never comes
+    server.close()
+    w0.settimeout(10)
+    with pytest.raises(ConnectionError):
+        recv_message(w0)
