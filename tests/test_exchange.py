@@ -23,7 +23,7 @@ def _server(workers: int, rounds: int):
     params = np.zeros(4, np.float32)
     applied = []
 
-    def state():
+    def state(r):
         return {"iteration": len(applied), "updater_steps": 0, "epoch": 0}, [params]
 
     def apply(result, r, start, fit_s, broadcast_s):

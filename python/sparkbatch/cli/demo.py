@@ -80,7 +80,8 @@ def run(
     workers: int | None = None,
     epochs: int = 5,
     batch_size: int = 64,
-    averaging_frequency: int = 20,
+    averaging_frequency: int = 5,
+    exchange: str = "socket",
 ) -> int:
     """Run the demo; returns the exit status."""
     if csv is not None and (label_index is None or num_classes is None):
@@ -112,6 +113,7 @@ def run(
             epochs,
             batch_size,
             averaging_frequency,
+            exchange,
         )
     finally:
         spark.stop()
@@ -129,6 +131,7 @@ def _pipeline(
     epochs: int,
     batch_size: int,
     averaging_frequency: int,
+    exchange: str,
 ) -> int:
     from sparkbatch.nn import Adam, Dense, Network, Output
     from sparkbatch.spark import batch_and_export, csv_to_datasets
@@ -171,9 +174,10 @@ def _pipeline(
         averaging_frequency=averaging_frequency,
         workers=workers,
         collect_stats=True,
+        exchange=exchange,
     )
     spark_net = SparkNetwork(sc, net, master)
-    with clock.step(f"train {epochs} epochs by parameter averaging"):
+    with clock.step(f"train {epochs} epochs by parameter averaging ({exchange} exchange)"):
         spark_net.fit(train_dir, epochs=epochs)
     with clock.step("evaluate on the held-out split"):
         evaluation = spark_net.evaluate(test_dir)

@@ -1,8 +1,8 @@
-"""The ``exchange="socket"`` transport: one barrier Spark job per epoch, averaging over TCP.
+"""The ``exchange="socket"`` transport: one barrier Spark job per fit, averaging over TCP.
 
 With ``exchange="spark"`` every averaging round is a Spark job: broadcast, fit, ``treeAggregate``.
 On small rounds Spark's own cost dominates (job scheduling and task start, moving the results
-through the JVM). Here the workers of an epoch run as one barrier stage instead (all started
+through the JVM). Here the workers of a whole fit run as one barrier stage instead (all started
 together), and after every ``averaging_frequency`` minibatches each sends its parameters (and
 updater state) straight to a small server on the driver, which sums them with the native
 in-place add, averages them with the native kernel into the model and sends the average back.
@@ -96,12 +96,13 @@ def _recv_into(sock: socket.socket, view: Any) -> None:
 
 
 class AveragingServer:
-    """The driver's side of one epoch: collects every worker's round, averages, answers.
+    """The driver's side of one fit: collects every worker's round, averages, answers.
 
     ``apply(result, round_index, start, fit_s, broadcast_s)`` is called (under the server's
     lock) when all ``workers`` have sent round ``round_index``: it must average ``result`` into
-    the model and record the round. ``state()`` returns what a (re)starting worker needs:
-    a header dict (iteration, updater_steps, epoch) and the arrays (parameters, updater state).
+    the model and record the round. ``state(r)`` returns what a worker about to fit round ``r``
+    needs: a header dict (iteration, updater_steps, epoch) and the arrays (parameters, updater
+    state).
     """
 
     def __init__(
@@ -109,7 +110,7 @@ class AveragingServer:
         *,
         workers: int,
         rounds: int,
-        state: Callable[[], tuple[dict[str, Any], list[np.ndarray]]],
+        state: Callable[[int], tuple[dict[str, Any], list[np.ndarray]]],
         apply: Callable[[RoundResult, int, float, float, float], None],
         host: str,
         bind_host: str = "",
@@ -136,7 +137,7 @@ class AveragingServer:
         accept.start()
 
     def close(self) -> None:
-        """Stop listening and wake every waiting connection (the epoch is over or failed)."""
+        """Stop listening and wake every waiting connection (the fit is over or failed)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -176,8 +177,8 @@ class AveragingServer:
                 with self._cond:
                     if self._closed:
                         return
-                    header, arrays = self._state()
                     r = self.next_round
+                    header, arrays = self._state(r)
                 send_message(conn, dict(header, round=r), arrays)
                 spare: list[np.ndarray] = []  # this connection's receive buffers
                 while r < self.rounds:
@@ -201,8 +202,8 @@ class AveragingServer:
                             self._cond.wait()
                         if self._closed:
                             return
-                        header, arrays = self._state()
                         r = self.next_round
+                        header, arrays = self._state(r)
                     send_message(conn, dict(header, round=r), arrays if r < self.rounds else [])
             except (ConnectionError, OSError):
                 return  # the task died or was killed: Spark fails or retries the stage

@@ -85,13 +85,13 @@ class ParameterAveraging:
         How the workers' parameters meet. "spark" (DL4J's way, the default): every round is a
         Spark job; the parameters are broadcast and the results summed by ``treeAggregate``.
         Works on any cluster, but each round pays Spark's job and task start-up and moves the
-        parameters through the JVM. "socket": every epoch is one barrier job whose tasks run
+        parameters through the JVM. "socket": every fit is one barrier job whose tasks run
         all of its rounds, sending their parameters to a server on the driver over TCP after
         every ``averaging_frequency`` minibatches and going on from the average it sends back
         (the same arithmetic, several times faster on small rounds). Needs every worker
         scheduled at once (``workers`` at most the executors' task slots, no dynamic
         allocation) and the executors able to reach the driver; trains from files (the
-        "export" approach, ``fit(url)``, ``fit_paths``). A failed task restarts the epoch's
+        "export" approach, ``fit(url)``, ``fit_paths``). A failed task restarts the job's
         unfinished round on every worker, so no example is lost or counted twice.
     exchange_host : str, optional
         For "socket": the address executors connect to; default 127.0.0.1 on a local master,

@@ -38,8 +38,8 @@ from .model import Model
 from .stats import PhaseTiming, RoundStats, TrainingStats
 from .worker import (
     EvaluatePartition,
-    FitEpoch,
     FitRound,
+    FitRounds,
     MinibatchLoader,
     RoundResult,
     _own_buffers,
@@ -144,6 +144,21 @@ class SparkNetwork:
         if not urls:
             raise ValueError("no minibatch files to fit")
         m = self.master
+        if m.exchange == "socket":
+            first = getattr(self.model, "epoch", None)
+            schedule = [
+                plan_rounds(
+                    urls,
+                    self.workers,
+                    m.averaging_frequency,
+                    shuffle=m.shuffle,
+                    seed=m.seed,
+                    epoch=e if first is None else first + e,
+                )
+                for e in range(epochs)
+            ]
+            self._fit_by_socket(schedule, loader)
+            return self.model
         for e in range(epochs):
             epoch = getattr(self.model, "epoch", e)
             rounds = plan_rounds(
@@ -156,22 +171,15 @@ class SparkNetwork:
             )
             # One RDD per epoch, a partition per worker holding its files of every round: a
             # round's job then only picks its entry (cheaper than a new RDD per round).
-            workers = max(len(files) for files in rounds)
-            per_worker = [
-                [files[w] if w < len(files) else [] for files in rounds] for w in range(workers)
-            ]
-            plan = self.sc.parallelize(per_worker, workers)  # one element per partition
-            if m.exchange == "socket":
-                self._socket_epoch(plan, len(rounds), loader, epoch, f"epoch {e + 1}/{epochs}")
-            else:
-                for r in range(len(rounds)):
-                    label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
+            plan = self.sc.parallelize(*_per_worker(rounds))  # one element per partition
+            for r in range(len(rounds)):
+                label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
 
-                    def job(fit: FitRound, r: int = r, plan: Any = plan) -> Any:
-                        fit.round_in_plan = r
-                        return plan.mapPartitionsWithIndex(fit)
+                def job(fit: FitRound, r: int = r, plan: Any = plan) -> Any:
+                    fit.round_in_plan = r
+                    return plan.mapPartitionsWithIndex(fit)
 
-                    self._round_of(job, label, epoch, len(rounds), loader=loader)
+                self._round_of(job, label, epoch, len(rounds), loader=loader)
             self._end_epoch()
         return self.model
 
@@ -352,20 +360,27 @@ class SparkNetwork:
         log.info("%s: score %.6f over %d examples", label, score, result.examples)
         self._round += 1
 
-    def _socket_epoch(
-        self, plan: RDD, rounds_in_epoch: int, loader: Any, epoch: int, label: str
-    ) -> None:
-        """Fit one epoch as one barrier job whose workers average through the driver."""
+    def _fit_by_socket(self, schedule: list[list[list[list[str]]]], loader: Any) -> None:
+        """Fit every epoch of ``schedule`` (each a list of rounds from :func:`plan_rounds`) as
+        one barrier job whose workers average through the driver after every round."""
         from .exchange import AveragingServer
 
         m = self.master
         model = self.model
+        epochs = len(schedule)
+        first = getattr(model, "epoch", None)
+        # Every round of the fit: (epoch index, its epoch number, round in the epoch, rounds)
+        rounds = [
+            (e, e if first is None else first + e, r, len(epoch_rounds))
+            for e, epoch_rounds in enumerate(schedule)
+            for r in range(len(epoch_rounds))
+        ]
 
-        def state() -> tuple[dict[str, Any], list[Any]]:
+        def state(r: int) -> tuple[dict[str, Any], list[Any]]:
             counters = {
                 "iteration": getattr(model, "iteration", 0),
                 "updater_steps": getattr(model, "updater_steps", getattr(model, "iteration", 0)),
-                "epoch": epoch,
+                "epoch": rounds[min(r, len(rounds) - 1)][1],
             }
             arrays = [model.params()]
             if m.save_updater:
@@ -373,28 +388,32 @@ class SparkNetwork:
             return counters, arrays
 
         def apply(result: RoundResult, r: int, start: float, fit_s: float, bcast: float) -> None:
+            e, epoch, in_epoch, count = rounds[r]
             self._apply_round(
                 result,
                 epoch=epoch,
-                rounds_in_epoch=rounds_in_epoch,
-                label=f"{label}, round {r + 1}/{rounds_in_epoch}",
+                rounds_in_epoch=count,
+                label=f"epoch {e + 1}/{epochs}, round {in_epoch + 1}/{count}",
                 start=start,
                 broadcast_s=bcast,
                 fit_s=fit_s,
                 aggregate_start=time.time(),
             )
+            if in_epoch + 1 == count:
+                self._end_epoch()
 
         host, bind = self._exchange_address()
+        per_worker, workers = _per_worker([r for epoch_rounds in schedule for r in epoch_rounds])
         server = AveragingServer(
-            workers=plan.getNumPartitions(),
-            rounds=rounds_in_epoch,
+            workers=workers,
+            rounds=len(rounds),
             state=state,
             apply=apply,
             host=host,
             bind_host=bind,
             port=m.exchange_port,
         )
-        fit = FitEpoch(
+        fit = FitRounds(
             type(model),
             _config_json(model),
             server.address,
@@ -408,19 +427,22 @@ class SparkNetwork:
             collect_stats=m.collect_stats,
             device=m.worker_device,
         )
-        self.sc.setJobDescription(f"sparkbatch fit: {label} ({rounds_in_epoch} rounds, socket)")
+        self.sc.setJobDescription(
+            f"sparkbatch fit: {epochs} epoch(s), {len(rounds)} rounds, socket exchange"
+        )
         try:
             # Behind a shuffle the barrier stage is a shuffle-map stage, which Spark retries as
             # a whole when a task fails (a failed barrier result stage aborts the job).
+            plan = self.sc.parallelize(per_worker, workers)
             plan.barrier().mapPartitionsWithIndex(fit).repartition(1).collect()
         finally:
             server.close()
+            self.sc.setJobDescription(None)
         if server.error is not None:
             raise server.error
-        if server.next_round != rounds_in_epoch:
+        if server.next_round != len(rounds):
             raise RuntimeError(
-                f"{label}: the workers' job ended after {server.next_round} of "
-                f"{rounds_in_epoch} rounds"
+                f"the workers' job ended after {server.next_round} of {len(rounds)} rounds"
             )
 
     def _exchange_address(self) -> tuple[str, str]:
@@ -509,6 +531,14 @@ class SparkNetwork:
         finally:
             weights.destroy()
             self.sc.setJobDescription(None)
+
+
+def _per_worker(rounds: list[list[list[str]]]) -> tuple[list[list[list[str]]], int]:
+    """Turn rounds of per-worker file lists into per-worker lists of every round's files (a
+    worker without files in a round gets an empty list), and the number of workers."""
+    workers = max(len(files) for files in rounds)
+    per_worker = [[files[w] if w < len(files) else [] for files in rounds] for w in range(workers)]
+    return per_worker, workers
 
 
 def _config_json(model: Model) -> str:

@@ -31,7 +31,7 @@ from .stats import PhaseTiming
 __all__ = [
     "RoundResult",
     "FitRound",
-    "FitEpoch",
+    "FitRounds",
     "EvaluatePartition",
     "MinibatchLoader",
     "combine",
@@ -279,12 +279,13 @@ def _fit_all(model: Any, batches: Iterable[Any]) -> tuple[float, int, int]:
     return score_sum, count, examples
 
 
-class FitEpoch:
-    """One worker's whole epoch for ``exchange="socket"``: a barrier task that fits round after
-    round, sending its parameters to the driver's :class:`~sparkbatch.train.exchange.
-    AveragingServer` after each and continuing from the average it sends back.
+class FitRounds:
+    """One worker's part of a whole fit for ``exchange="socket"``: a barrier task that fits
+    round after round (of every epoch), sending its parameters to the driver's
+    :class:`~sparkbatch.train.exchange.AveragingServer` after each and going on from the
+    average it sends back.
 
-    The partition holds one element: this worker's file lists, one per round of the epoch.
+    The partition holds one element: this worker's file lists, one per round.
     """
 
     def __init__(
