@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
 import pytest
 
 from sparkbatch.train.exchange import AveragingServer, recv_message, send_message
+from sparkbatch.train.shared_slots import SharedSlots
 
 _OPEN: list[socket.socket] = []
 
@@ -147,3 +149,89 @@ def test_closing_the_server_releases_waiting_workers():
     w0.settimeout(10)
     with pytest.raises(ConnectionError):
         recv_message(w0)
+
+
+# --- shared-memory slots (workers on the driver's machine) --------------------------------------
+
+shm = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this system")
+
+
+@shm
+def test_shared_slots_are_seen_by_an_attached_mapping_and_removed_on_close():
+    specs = [("<f4", 5), ("<f4", 10)]
+    slots = SharedSlots.create(specs, 3)
+    assert slots is not None and os.path.getsize(slots.path) == SharedSlots.nbytes(specs, 3)
+    other = SharedSlots.attach(slots.path, specs, 3)
+    try:
+        slots.slot(1)[1][:] = np.arange(10)
+        np.testing.assert_array_equal(other.slot(1)[1], np.arange(10))
+        assert all(a.ctypes.data % 64 == 0 for i in range(3) for a in other.slot(i))
+        assert SharedSlots.attach(slots.path, specs, 4) is None  # not the expected size
+    finally:
+        other.close()
+        slots.close(unlink=True)
+    assert not os.path.exists(slots.path)
+    assert SharedSlots.attach(slots.path, specs, 3) is None  # gone (or another machine)
+
+
+@shm
+def test_workers_on_the_drivers_machine_exchange_through_shared_slots_until_one_reconnects():
+    params = np.zeros(4, np.float32)
+    slots = SharedSlots.create([("<f4", 4)], 3)  # workers 0 and 1, then the average
+
+    def apply(result, r, start, fit_s, broadcast_s):
+        np.copyto(params, result.params / result.workers)
+
+    server = AveragingServer(
+        workers=2,
+        rounds=3,
+        state=lambda r: ({"iteration": 0, "updater_steps": 0, "epoch": 0}, [params]),
+        apply=apply,
+        host="127.0.0.1",
+        bind_host="127.0.0.1",
+        shared=slots,
+    )
+    mine = SharedSlots.attach(slots.path, slots.specs, slots.count)
+    try:
+        socks = []
+        for w in (0, 1):
+            sock = socket.create_connection(server.address, timeout=10)
+            _OPEN.append(sock)
+            send_message(sock, {"token": server.token, "worker": w, "shared": True})
+            header, arrays, _ = recv_message(sock)
+            assert header["shared"] is True and len(arrays) == 1  # the start comes by TCP
+            socks.append(sock)
+        for w, value in ((0, 2.0), (1, 6.0)):
+            mine.slot(w)[0][:] = value
+            message = {
+                "round": 0,
+                "score_sum": 1.0,
+                "batches": 1,
+                "examples": 10,
+                "fit_s": 0.1,
+                "broadcast_s": 0.0,
+                "phases": [],
+                "shared": True,
+            }
+            send_message(socks[w], message)
+        for sock in socks:
+            header, arrays, _ = recv_message(sock)
+            assert (
+                header
+                == {"iteration": 0, "updater_steps": 0, "epoch": 0, "round": 1, "shared": True}
+                and arrays == []
+            )
+        np.testing.assert_array_equal(mine.slot(2)[0], [4, 4, 4, 4])  # the average
+        # Worker 1 connects again (a retried task): from now on everything goes by TCP.
+        again, header, arrays = _connect(server, 1)
+        assert header["round"] == 1 and header["shared"] is False
+        np.testing.assert_array_equal(arrays[0], [4, 4, 4, 4])
+        _result(socks[0], 1, [0, 0, 0, 0])
+        _result(again, 1, [2, 2, 2, 2])
+        header, arrays, _ = recv_message(socks[0])
+        assert header["shared"] is False
+        np.testing.assert_array_equal(arrays[0], [1, 1, 1, 1])
+    finally:
+        mine.close()
+        server.close()
+    assert not os.path.exists(slots.path)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .shared_slots import SharedSlots
 from .stats import PhaseTiming
 from .worker import RoundResult, combine
 
@@ -115,6 +116,7 @@ class AveragingServer:
         host: str,
         bind_host: str = "",
         port: int = 0,
+        shared: SharedSlots | None = None,
     ) -> None:
         self.workers = workers
         self.rounds = rounds
@@ -131,6 +133,12 @@ class AveragingServer:
         self.next_round = 0
         self._round_start = time.time()
         self._closed = False
+        # Shared-memory slots (workers 0..W-1, then the average) while every worker has
+        # connected once; a second connection for a worker (a retry) turns them off for good,
+        # so that no slot ever has two writers or a reader that lags a round behind.
+        self._shared = shared
+        self._shared_ok = shared is not None
+        self._connected: set[int] = set()
         #: The first error raised while averaging (the job then fails on its own).
         self.error: BaseException | None = None
         accept = threading.Thread(target=self._accept, name="sparkbatch-exchange", daemon=True)
@@ -141,6 +149,8 @@ class AveragingServer:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            if self._shared is not None:
+                self._shared.close(unlink=True)
         self._listener.close()
 
     # -- connections -------------------------------------------------------------------------
@@ -177,13 +187,21 @@ class AveragingServer:
                 with self._cond:
                     if self._closed:
                         return
+                    if worker in self._connected:
+                        self._shared_ok = False
+                    self._connected.add(worker)
+                    granted = self._shared_ok and bool(hello.get("shared"))
                     r = self.next_round
                     header, arrays = self._state(r)
-                send_message(conn, dict(header, round=r), arrays)
+                send_message(conn, dict(header, round=r, shared=granted), arrays)
                 spare: list[np.ndarray] = []  # this connection's receive buffers
                 while r < self.rounds:
                     message, spare, _ = recv_message(conn, spare)
                     sent = int(message["round"])
+                    if granted and message.get("shared") and self._shared is not None:
+                        received = self._shared.slot(worker)  # its only writer is this task
+                    else:
+                        received = spare
                     with self._cond:
                         if self._closed or sent > self.next_round:
                             return
@@ -191,7 +209,7 @@ class AveragingServer:
                             # Summed on arrival (in place into the first result's buffers,
                             # which their connection reuses only after this round's end).
                             self._arrived.add(worker)
-                            self._total = combine(self._total, _result_of(message, spare))
+                            self._total = combine(self._total, _result_of(message, received))
                             self._fit_s = max(self._fit_s, float(message["fit_s"]))
                             self._broadcast_s = max(
                                 self._broadcast_s, float(message["broadcast_s"])
@@ -204,7 +222,10 @@ class AveragingServer:
                             return
                         r = self.next_round
                         header, arrays = self._state(r)
-                    send_message(conn, dict(header, round=r), arrays if r < self.rounds else [])
+                        shared = granted and self._shared_ok  # the average is in its slot
+                    if shared or r >= self.rounds:
+                        arrays = []
+                    send_message(conn, dict(header, round=r, shared=shared), arrays)
             except (ConnectionError, OSError):
                 return  # the task died or was killed: Spark fails or retries the stage
 
@@ -213,6 +234,10 @@ class AveragingServer:
         try:
             if self._total is not None:
                 self._apply(self._total, r, self._round_start, self._fit_s, self._broadcast_s)
+            if self._shared_ok and self._shared is not None and r + 1 < self.rounds:
+                _, arrays = self._state(r + 1)
+                for slot, array in zip(self._shared.slot(self.workers), arrays, strict=True):
+                    np.copyto(slot, array.reshape(-1))
         except BaseException as e:  # noqa: BLE001  (kept for the driver, which re-raises it)
             if self.error is None:
                 self.error = e

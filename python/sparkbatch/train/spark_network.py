@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
@@ -364,6 +365,7 @@ class SparkNetwork:
         """Fit every epoch of ``schedule`` (each a list of rounds from :func:`plan_rounds`) as
         one barrier job whose workers average through the driver after every round."""
         from .exchange import AveragingServer
+        from .shared_slots import SharedSlots
 
         m = self.master
         model = self.model
@@ -404,6 +406,10 @@ class SparkNetwork:
 
         host, bind = self._exchange_address()
         per_worker, workers = _per_worker([r for epoch_rounds in schedule for r in epoch_rounds])
+        shared = None
+        if self.sc.master.startswith("local"):  # the workers share this machine's memory
+            specs = [(a.dtype.str, a.size) for a in state(0)[1]]
+            shared = SharedSlots.create(specs, workers + 1)  # None: TCP carries it all
         server = AveragingServer(
             workers=workers,
             rounds=len(rounds),
@@ -412,6 +418,7 @@ class SparkNetwork:
             host=host,
             bind_host=bind,
             port=m.exchange_port,
+            shared=shared,
         )
         fit = FitRounds(
             type(model),
@@ -426,15 +433,32 @@ class SparkNetwork:
             prefetch=m.prefetch,
             collect_stats=m.collect_stats,
             device=m.worker_device,
+            shared=(shared.path, shared.specs, shared.count) if shared else None,
         )
         self.sc.setJobDescription(
             f"sparkbatch fit: {epochs} epoch(s), {len(rounds)} rounds, socket exchange"
         )
         try:
-            # Behind a shuffle the barrier stage is a shuffle-map stage, which Spark retries as
-            # a whole when a task fails (a failed barrier result stage aborts the job).
             plan = self.sc.parallelize(per_worker, workers)
-            plan.barrier().mapPartitionsWithIndex(fit).repartition(1).collect()
+            # Spark aborts a job whose barrier result stage fails; it is submitted again here,
+            # as often as Spark would retry a task, and resumes at the first round not averaged.
+            tries = _task_tries(self.sc)
+            for attempt in range(1, tries + 1):
+                try:
+                    plan.barrier().mapPartitionsWithIndex(fit).collect()
+                    break
+                except Exception as e:
+                    if server.error is not None or attempt == tries:
+                        raise
+                    log.warning(
+                        "the workers' job failed in round %d of %d (try %d of %d), "
+                        "resuming there: %s",
+                        server.next_round + 1,
+                        len(rounds),
+                        attempt,
+                        tries,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__,
+                    )
         finally:
             server.close()
             self.sc.setJobDescription(None)
@@ -531,6 +555,16 @@ class SparkNetwork:
         finally:
             weights.destroy()
             self.sc.setJobDescription(None)
+
+
+def _task_tries(sc: SparkContext) -> int:
+    """How many times Spark runs a task before failing its job: ``local[N, F]`` gives F,
+    other local masters 1, clusters ``spark.task.maxFailures`` (default 4)."""
+    master = sc.master
+    if master == "local" or master.startswith("local["):  # not local-cluster[...]
+        match = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
+        return max(1, int(match.group(1))) if match else 1
+    return max(1, int(sc.getConf().get("spark.task.maxFailures", "4")))
 
 
 def _per_worker(rounds: list[list[list[str]]]) -> tuple[list[list[list[str]]], int]:

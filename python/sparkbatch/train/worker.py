@@ -303,9 +303,11 @@ class FitRounds:
         prefetch: int = 2,
         collect_stats: bool = False,
         device: str = "cpu",
+        shared: tuple[str, list[tuple[str, int]], int] | None = None,
     ) -> None:
         self.model_class = model_class
         self.config_json = config_json
+        self.shared = shared  # the driver's shared-memory slots: (path, specs, count)
         self.address = address
         self.token = token
         self.first_round = first_round
@@ -318,25 +320,41 @@ class FitRounds:
         self.device = device
 
     def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[Any]:
-        from .exchange import recv_message, send_message
+        from .shared_slots import SharedSlots
 
         items = list(partition)  # read to the end, or the Python worker is not reused
         plan = items[0] if items else []  # this worker's files, one list per round
         model = _model(self.model_class, self.config_json, self.device)
+        slots = SharedSlots.attach(*self.shared) if self.shared else None  # None: not here
+        try:
+            self._fit(index, plan, model, slots)
+        finally:
+            if slots is not None:
+                slots.close()
+        return iter(())
+
+    def _fit(self, index: int, plan: list[list[str]], model: Any, slots: Any) -> None:
+        from .exchange import recv_message, send_message
+
         worker = f"worker {index}"
+        # A CPU network's own buffers receive the averages (no copy); others a spare.
+        spare = _own_buffers(model, self.save_updater)
         with socket.create_connection(self.address, timeout=120) as sock:
             sock.settimeout(None)  # a round waits for the slowest worker, however long
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            send_message(sock, {"token": self.token, "worker": index})
-            # A CPU network's own buffers receive the averages (no copy); others a spare.
-            spare = _own_buffers(model, self.save_updater)
+            hello = {"token": self.token, "worker": index, "shared": slots is not None}
+            send_message(sock, hello)
             header, arrays, received = recv_message(sock, spare)
-            r = int(header["round"])  # where the epoch stands: a retried task resumes there
+            r = int(header["round"])  # where the fit stands: a retried task resumes there
             while r < len(plan):
-                state = arrays[1] if len(arrays) > 1 else None
+                # The driver says where the average is: in the message, or the last slot.
+                shared = bool(header.get("shared")) and slots is not None
+                if shared and not arrays:
+                    arrays = slots.slot(slots.count - 1)
                 in_place = len(arrays) == len(spare) > 0 and all(
                     a is b for a, b in zip(arrays, spare, strict=True)
                 )
+                state = arrays[1] if len(arrays) > 1 else None
                 _start_round(
                     model, header, arrays[0], state, self.save_updater, index, in_place=in_place
                 )
@@ -360,6 +378,10 @@ class FitRounds:
                     result = [model.params()]
                     if self.save_updater:
                         result.append(model.updater_state())
+                    if shared:  # into this worker's slot; the message then carries none
+                        for slot, array in zip(slots.slot(index), result, strict=True):
+                            np.copyto(slot, array.reshape(-1))
+                        result = []
                 message = {
                     "round": r,
                     "score_sum": score_sum,
@@ -368,11 +390,13 @@ class FitRounds:
                     "fit_s": end - fit_start,
                     "broadcast_s": fit_start - received,
                     "phases": phases,
+                    "shared": shared,
                 }
                 send_message(sock, message, result)
-                header, arrays, received = recv_message(sock, spare or arrays)
+                if not spare and not shared:
+                    spare = arrays  # reuse the last arrays received (never shared views)
+                header, arrays, received = recv_message(sock, spare)
                 r = int(header["round"])
-        return iter(())
 
 
 @dataclass
