@@ -2,14 +2,17 @@
 
 A 784-1024-200-10 ReLU network (1,010,850 parameters) with softmax cross-entropy and Adam is
 trained for one epoch from minibatch files on local Spark with one worker per core, at averaging
-frequencies 1, 5 and 20, next to single-machine fitting of the same files in one process (numpy's
-BLAS on every core). "Outside fitting" is everything of a round but the slowest worker's fitting:
-the broadcast, Spark's job scheduling and task start, returning and summing the parameters with
-``treeAggregate`` and averaging them on the driver.
+frequencies 1, 5 and 20, with both exchanges (``exchange="spark"``: a Spark job per round,
+broadcast and ``treeAggregate``; ``exchange="socket"``: one barrier job, averaging through the
+driver), next to single-machine fitting of the same files in one process (numpy's BLAS on every
+core). "Outside fitting" is all of the wall time but the slowest worker's fitting of each round:
+Spark's job scheduling and task start, moving, summing and averaging the parameters.
 
 Run (unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in this command only, see the env notes)::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/spark_train.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/spark_train.py \
+        --files 640 --exchange socket
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ Messages are length-prefixed: 8 bytes (little-endian) of JSON header length, the
 connection must open with the run's random token, so nothing else on the network can feed the
 average.
 
-Failures: Spark retries a barrier stage as a whole; the new tasks connect again and resume at
-the first round not yet averaged, from the driver's parameters, so each minibatch still counts
-exactly once per epoch (see :meth:`AveragingServer._serve`).
+Where the workers share the driver's machine, the arrays go through
+:class:`~sparkbatch.train.shared_slots.SharedSlots` instead and the messages carry only headers.
+
+Failures: a failed barrier task fails the job, which the driver submits again; the new tasks
+connect again and resume at the first round not yet averaged, from the driver's parameters, so
+each minibatch still counts exactly once per epoch (see :meth:`AveragingServer._serve`).
 """
 
 from __future__ import annotations

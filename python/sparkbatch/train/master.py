@@ -91,8 +91,10 @@ class ParameterAveraging:
         (the same arithmetic, several times faster on small rounds). Needs every worker
         scheduled at once (``workers`` at most the executors' task slots, no dynamic
         allocation) and the executors able to reach the driver; trains from files (the
-        "export" approach, ``fit(url)``, ``fit_paths``). A failed task restarts the job's
-        unfinished round on every worker, so no example is lost or counted twice.
+        "export" approach, ``fit(url)``, ``fit_paths``). Workers on the driver's machine
+        exchange through shared memory (``/dev/shm``). A failed task fails the job, which is
+        submitted again as often as Spark retries a task; every worker resumes at the first
+        round not yet averaged, so no example is lost or counted twice.
     exchange_host : str, optional
         For "socket": the address executors connect to; default 127.0.0.1 on a local master,
         else ``spark.driver.host``.
