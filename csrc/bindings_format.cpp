@@ -2,6 +2,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -24,14 +31,7 @@ uint32_t py_crc32c(py::handle buffer, uint32_t value) {
   return sparkbatch::crc32c_parallel(value, view.data(), view.size());
 }
 
-py::tuple py_read_header(py::handle buffer, const std::string& name) {
-  ByteView view(buffer);
-  sparkbatch::Header header;
-  try {
-    header = sparkbatch::parse_header(view.data(), view.size());
-  } catch (const FormatError& e) {
-    throw NamedFormatError(name + ": " + e.what());
-  }
+py::tuple header_tuple(const sparkbatch::Header& header) {
   py::list tensors;
   for (const auto& t : header.tensors) {
     py::tuple shape(t.shape.size());
@@ -41,6 +41,107 @@ py::tuple py_read_header(py::handle buffer, const std::string& name) {
   py::dict metadata;
   for (const auto& [key, value] : header.metadata) metadata[py::str(key)] = py::str(value);
   return py::make_tuple(header.data_start, tensors, metadata);
+}
+
+py::tuple py_read_header(py::handle buffer, const std::string& name) {
+  ByteView view(buffer);
+  sparkbatch::Header header;
+  try {
+    header = sparkbatch::parse_header(view.data(), view.size());
+  } catch (const FormatError& e) {
+    throw NamedFormatError(name + ": " + e.what());
+  }
+  return header_tuple(header);
+}
+
+// Closes a file descriptor on scope exit.
+struct FileDescriptor {
+  int fd;
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Reads a whole small local file into one 64-byte aligned numpy buffer and checks its header, in
+// one call with the GIL released: no Python file object, and the CRC32C of the data section is
+// taken chunk by chunk right after each chunk is read, while it is still in the CPU's cache.
+// Returns None (having read nothing) when the file has `max_bytes` bytes or more, so that the
+// caller maps it instead; else (buffer, data_start, tensors, metadata, crc or None).
+py::object py_read_file(const std::string& path, const std::string& name, uint64_t max_bytes,
+                        bool crc) {
+  FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) {
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+    throw py::error_already_set();
+  }
+  struct stat st {};
+  if (::fstat(file.fd, &st) != 0) {
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+    throw py::error_already_set();
+  }
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size >= max_bytes) return py::none();
+  py::array_t<uint8_t> storage(static_cast<py::ssize_t>(size + sparkbatch::kAlignment));
+  uint8_t* base = storage.mutable_data();
+  const auto skip = static_cast<std::size_t>(
+      (sparkbatch::kAlignment - reinterpret_cast<uintptr_t>(base) % sparkbatch::kAlignment) %
+      sparkbatch::kAlignment);
+  uint8_t* data = base + skip;
+
+  constexpr uint64_t kChunk = uint64_t{256} << 10;
+  uint64_t got = 0, checked = 0, data_start = 0;
+  uint32_t value = 0;
+  int error = 0;
+  bool short_read = false;
+  sparkbatch::Header header;
+  std::string format_error;
+  {
+    py::gil_scoped_release release;
+    while (got < size) {
+      const ssize_t n = ::pread(file.fd, data + got, std::min(kChunk, size - got),
+                                static_cast<off_t>(got));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        error = errno;
+        break;
+      }
+      if (n == 0) {
+        short_read = true;
+        break;
+      }
+      got += static_cast<uint64_t>(n);
+      if (data_start == 0 && got >= 8) {
+        uint64_t header_len = 0;
+        std::memcpy(&header_len, data, 8);  // little-endian on every platform we build for
+        data_start = header_len <= size - 8 ? 8 + header_len : size;
+        checked = data_start;
+      }
+      if (crc && data_start != 0 && got > checked) {
+        value = sparkbatch::crc32c(value, data + checked, got - checked);
+        checked = got;
+      }
+    }
+    if (error == 0 && !short_read) {
+      try {
+        header = sparkbatch::parse_header(data, size);
+      } catch (const FormatError& e) {
+        format_error = e.what();
+      }
+    }
+  }
+  if (error != 0) {
+    errno = error;
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+    throw py::error_already_set();
+  }
+  if (short_read) throw NamedFormatError(name + ": the file changed size while it was read");
+  if (!format_error.empty()) throw NamedFormatError(name + ": " + format_error);
+  storage.attr("flags").attr("writeable") = false;  // read-only arrays, as a memory map gives
+  py::object buffer = storage[py::slice(static_cast<py::ssize_t>(skip),
+                                        static_cast<py::ssize_t>(skip + size), 1)];
+  py::tuple parsed = header_tuple(header);
+  return py::make_tuple(buffer, parsed[0], parsed[1], parsed[2],
+                        crc ? py::object(py::int_(value)) : py::object(py::none()));
 }
 
 // Keeps the buffers of the tensors to write alive while the GIL is released.
@@ -162,6 +263,11 @@ void register_format(py::module_& m) {
         "Whether CRC-32C uses the CPU's CRC instructions.");
   m.def("read_header", &py_read_header, py::arg("buffer"), py::arg("name"),
         "Check a minibatch/safetensors file held in `buffer`; return (data_start, tensors, metadata).");
+  m.def("read_file", &py_read_file, py::arg("path"), py::arg("name"), py::arg("max_bytes"),
+        py::arg("crc"),
+        "Read a local file smaller than `max_bytes` into an aligned buffer and check its header; "
+        "return (buffer, data_start, tensors, metadata, crc32c of the data section or None), or "
+        "None for a larger file.");
   m.def("write_file", &py_write_file, py::arg("fd"), py::arg("tensors"), py::arg("metadata"),
         "Write a minibatch file to an open file descriptor; return the bytes written.");
   m.def("serialize", &py_serialize, py::arg("tensors"), py::arg("metadata"),

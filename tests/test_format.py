@@ -101,6 +101,33 @@ def test_large_local_files_are_mapped_and_small_ones_read_into_one_aligned_buffe
     assert back.features.ctypes.data % 64 == 0 and not back.features.flags.writeable
 
 
+def test_small_local_files_read_natively_give_what_bytes_and_maps_give(tmp_path):
+    path = tmp_path / "small.safetensors"
+    rng = np.random.default_rng(3)
+    ds = DataSet(rng.normal(size=(40, 7)).astype(np.float32), np.eye(4, dtype=np.float32)[[1] * 40])
+    save(ds, path)
+    for back in (load(path), load(path, verify=False), from_bytes(path.read_bytes())):
+        np.testing.assert_array_equal(back.features, ds.features)
+        np.testing.assert_array_equal(back.labels, ds.labels)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load(tmp_path / "missing.safetensors")
+    with pytest.raises(IsADirectoryError):
+        load(tmp_path)
+
+
+def test_integer_and_masked_tensors_of_small_files_get_the_constructors_conversions(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    features = np.arange(12, dtype=np.int32).reshape(4, 3)
+    safetensors_numpy.save_file({"features": features}, str(tmp_path / "i.safetensors"))
+    back = load(tmp_path / "i.safetensors")
+    assert back.features.dtype == np.float32  # as DataSet(int array) gives
+    np.testing.assert_array_equal(back.features, features)
+    bad = {"features": np.zeros((4, 3), np.float32), "labels": np.zeros((5, 2), np.float32)}
+    safetensors_numpy.save_file(bad, str(tmp_path / "b.safetensors"))
+    with pytest.raises(FormatError, match="labels has 5 examples but features has 4"):
+        load(tmp_path / "b.safetensors")
+
+
 def test_every_tensor_and_the_data_section_are_64_byte_aligned(tmp_path):
     # 3 x 5 float32 = 60 bytes: the float64 labels need a filler tensor before them
     ds = DataSet(np.ones((3, 5), np.float32), np.ones((3, 7), np.float64))

@@ -253,18 +253,9 @@ def _write(
 # Reading
 
 
-def _map_local(path: str) -> mmap.mmap | memoryview:
-    """The bytes of a local file: a read-only memory map, or a read-only buffer when small."""
+def _map_local(path: str) -> mmap.mmap:
+    """A read-only memory map of a local file."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < _MMAP_MIN_BYTES:
-            spare = np.empty(size + _ALIGNMENT - 1, np.uint8)
-            skip = -spare.ctypes.data % _ALIGNMENT  # the file's 64-byte alignment holds in memory
-            buffer = spare[skip : skip + size]
-            if f.readinto(buffer) != size:
-                raise FormatError(f"{path}: the file changed size while it was read")
-            buffer.flags.writeable = False  # the same read-only arrays as a map gives
-            return memoryview(buffer)
         # No MAP_POPULATE: the kernel's fault-around maps 64 KiB per fault, which measured faster
         # than populating the whole mapping up front, and verify=False then touches nothing.
         return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
@@ -311,12 +302,20 @@ def _count(
 def _read_arrays(buffer: Any, source: str, verify: bool) -> tuple[dict[str, np.ndarray], dict]:
     """The tensors of a safetensors buffer by name, and its metadata, after every check."""
     data_start, entries, metadata = _native.read_header(buffer, source)
-    if verify and "crc32c" in metadata:
+    crc = _native.crc32c(memoryview(buffer)[data_start:]) if verify else None
+    return _arrays_of(buffer, data_start, entries, metadata, crc, source)
+
+
+def _arrays_of(
+    buffer: Any, data_start: int, entries: list, metadata: dict, crc: int | None, source: str
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Check the CRC (``crc``: of the data section, None to skip) and the format version of a
+    parsed file, and return its tensors as arrays over ``buffer`` by name, and its metadata."""
+    if crc is not None and "crc32c" in metadata:
         expected = metadata["crc32c"]
-        actual = _native.crc32c(memoryview(buffer)[data_start:])
-        if f"{actual:08x}" != expected.lower():
+        if f"{crc:08x}" != expected.lower():
             raise FormatError(
-                f"{source}: CRC32C of the data section is {actual:08x} but the header records "
+                f"{source}: CRC32C of the data section is {crc:08x} but the header records "
                 f"{expected}: the file is corrupt"
             )
     version = metadata.get("format_version", str(FORMAT_VERSION))
@@ -326,6 +325,31 @@ def _read_arrays(buffer: Any, source: str, verify: bool) -> tuple[dict[str, np.n
             f"{FORMAT_VERSION} (upgrade sparkbatch)"
         )
     return {e[0]: _array(buffer, e, data_start, source) for e in entries}, metadata
+
+
+def _read(
+    source: Any, storage_options: Mapping[str, Any] | None, verify: bool
+) -> tuple[dict[str, np.ndarray], dict, str]:
+    """The checked tensors and metadata of a file, and the name errors give it.
+
+    Local files under 2 MiB are read (and CRC-checked as they are read) by one native call;
+    larger local files are memory-mapped; other sources are read into one buffer.
+    """
+    if hasattr(source, "read"):
+        name = str(getattr(source, "name", None) or "<file object>")
+        return (*_read_arrays(source.read(), name, verify), name)
+    name = os.fspath(source)
+    path = _plain_local_path(source, storage_options)
+    if path is None:
+        fs, fs_path = resolve(source, storage_options)
+        if not is_local(fs):
+            with fs.open(fs_path, "rb") as f:
+                return (*_read_arrays(f.read(), name, verify), name)
+        path = fs_path
+    small = _native.read_file(path, name, _MMAP_MIN_BYTES, verify)
+    if small is not None:
+        return (*_arrays_of(*small, name), name)
+    return (*_read_arrays(_map_local(path), name, verify), name)
 
 
 def load_tensors(
@@ -338,11 +362,16 @@ def load_tensors(
 
     The arrays are read-only views, as :func:`load` gives; every check of :func:`load` applies.
     """
-    return _read_arrays(*_buffer_of(source, storage_options), verify)
+    arrays, metadata, _ = _read(source, storage_options, verify)
+    return arrays, metadata
 
 
 def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
-    arrays, metadata = _read_arrays(buffer, source, verify)
+    return _minibatch(*_read_arrays(buffer, source, verify), source)
+
+
+def _minibatch(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> Minibatch:
+    """The DataSet or MultiDataSet that a file's checked tensors and metadata describe."""
     for key, value in metadata.items():
         if key.startswith("num_classes:"):
             name = key.split(":", 1)[1]
@@ -362,12 +391,12 @@ def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
                     f"{source}: no tensor named 'features' (found {sorted(arrays) or 'none'}): "
                     "not a minibatch file"
                 )
-            result: Minibatch = DataSet(
+            result: Minibatch = _dataset(
                 arrays.pop("features"),
                 arrays.pop("labels", None),
                 arrays.pop("features_mask", None),
                 arrays.pop("labels_mask", None),
-                metadata=user_metadata,
+                user_metadata,
             )
         elif kind == "MultiDataSet":
             n_in = _count(metadata, "num_features", arrays, "features", source)
@@ -398,6 +427,35 @@ def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
     if arrays:
         raise FormatError(f"{source}: unexpected tensors {sorted(arrays)} for a {kind}")
     return result
+
+
+def _dataset(
+    features: np.ndarray,
+    labels: np.ndarray | None,
+    features_mask: np.ndarray | None,
+    labels_mask: np.ndarray | None,
+    metadata: Any,
+) -> DataSet:
+    """The file's DataSet. The usual minibatch (float features and labels ``[n, ...]``, no
+    masks, no metadata) needs none of the constructor's conversions and only its example-count
+    check, made here; anything else goes through the full constructor and its checks."""
+    if (
+        features_mask is None
+        and labels_mask is None
+        and metadata is None
+        and features.dtype.kind == "f"
+        and features.ndim >= 2
+        and (
+            labels is None
+            or (
+                labels.dtype.kind == "f"
+                and labels.ndim >= 2
+                and labels.shape[0] == features.shape[0]
+            )
+        )
+    ):
+        return DataSet._unchecked(features, labels)
+    return DataSet(features, labels, features_mask, labels_mask, metadata=metadata)
 
 
 def from_bytes(
@@ -435,19 +493,5 @@ def load(
     >>> load(buf).num_examples
     4
     """
-    return _decode(*_buffer_of(source, storage_options), verify)
-
-
-def _buffer_of(source: Any, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    """The bytes of a file (mapped or read, see :func:`load`) and the name errors give it."""
-    if hasattr(source, "read"):
-        return source.read(), str(getattr(source, "name", None) or "<file object>")
-    name = os.fspath(source)
-    local = _plain_local_path(source, storage_options)
-    if local is not None:
-        return _map_local(local), name
-    fs, path = resolve(source, storage_options)
-    if is_local(fs):
-        return _map_local(path), name
-    with fs.open(path, "rb") as f:
-        return f.read(), name
+    arrays, metadata, name = _read(source, storage_options, verify)
+    return _minibatch(arrays, metadata, name)
