@@ -330,6 +330,13 @@ def test_socket_exchange_resumes_a_retried_epoch_at_its_unfinished_round(sc, tmp
     assert retried.model.iteration == clean.iteration == 6
 
 
+def test_socket_exchange_refuses_more_workers_than_task_slots_at_once(sc, tmp_path):
+    directory = _export(sc, tmp_path, 60, 10)
+    master = ParameterAveraging(batch_size_per_worker=10, workers=3, exchange="socket")
+    with pytest.raises(ValueError, match="runs all 3 workers at once, but the cluster has 2"):
+        SparkNetwork(sc, _network(), master).fit(directory)
+
+
 def test_socket_exchange_refuses_the_direct_approach_and_unknown_exchanges():
     with pytest.raises(ValueError, match="exchange='socket' trains from minibatch files"):
         ParameterAveraging(exchange="socket", approach="direct")

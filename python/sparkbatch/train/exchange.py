@@ -201,14 +201,13 @@ class AveragingServer:
                 while r < self.rounds:
                     message, spare, _ = recv_message(conn, spare)
                     sent = int(message["round"])
-                    if granted and message.get("shared") and self._shared is not None:
-                        received = self._shared.slot(worker)  # its only writer is this task
-                    else:
-                        received = spare
                     with self._cond:
                         if self._closed or sent > self.next_round:
                             return
                         if sent == self.next_round and worker not in self._arrived:
+                            received = spare
+                            if granted and message.get("shared") and self._shared is not None:
+                                received = self._shared.slot(worker)  # written by this task only
                             # Summed on arrival (in place into the first result's buffers,
                             # which their connection reuses only after this round's end).
                             self._arrived.add(worker)

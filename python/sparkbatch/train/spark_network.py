@@ -406,6 +406,13 @@ class SparkNetwork:
 
         host, bind = self._exchange_address()
         per_worker, workers = _per_worker([r for epoch_rounds in schedule for r in epoch_rounds])
+        slots = _task_slots(self.sc)
+        if 0 < slots < workers:  # Spark would wait (10 minutes by default) for slots to appear
+            raise ValueError(
+                f"exchange='socket' runs all {workers} workers at once, but the cluster has "
+                f"{slots} task slots: set ParameterAveraging(workers=...) to {slots} or fewer, "
+                "or use exchange='spark'"
+            )
         shared = None
         if self.sc.master.startswith("local"):  # the workers share this machine's memory
             specs = [(a.dtype.str, a.size) for a in state(0)[1]]
@@ -565,6 +572,16 @@ def _task_tries(sc: SparkContext) -> int:
         match = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
         return max(1, int(match.group(1))) if match else 1
     return max(1, int(sc.getConf().get("spark.task.maxFailures", "4")))
+
+
+def _task_slots(sc: SparkContext) -> int:
+    """How many tasks the cluster runs at once now (0: unknown, e.g. no executor yet)."""
+    try:
+        jsc = sc._jsc.sc()  # type: ignore[attr-defined]
+        profile = jsc.resourceProfileManager().defaultResourceProfile()
+        return int(jsc.maxNumConcurrentTasks(profile))
+    except Exception:  # noqa: BLE001  (an internal API: fall back to the public figure)
+        return int(sc.defaultParallelism)
 
 
 def _per_worker(rounds: list[list[list[str]]]) -> tuple[list[list[list[str]]], int]:

@@ -339,7 +339,16 @@ class FitRounds:
         worker = f"worker {index}"
         # A CPU network's own buffers receive the averages (no copy); others a spare.
         spare = _own_buffers(model, self.save_updater)
-        with socket.create_connection(self.address, timeout=120) as sock:
+        try:
+            sock = socket.create_connection(self.address, timeout=30)
+        except OSError as e:
+            host, port = self.address
+            raise ConnectionError(
+                f"this executor cannot reach the driver's averaging server at {host}:{port} "
+                f"({e}): set ParameterAveraging(exchange_host=...) to an address executors "
+                "reach and open its port (exchange_port=...), or use exchange='spark'"
+            ) from e
+        with sock:
             sock.settimeout(None)  # a round waits for the slowest worker, however long
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             hello = {"token": self.token, "worker": index, "shared": slots is not None}
