@@ -223,6 +223,19 @@ class Network:
         if self._gpu is not None:
             self._gpu.upload_state(self._state)
 
+    def _use_buffers(self, params: np.ndarray, state: np.ndarray | None = None) -> None:
+        """Keep the parameters (and the updater state) in the given flat arrays from now on,
+        their current values copied in: a parameter-averaging worker hands the driver its
+        parameters in shared memory this way, without a copy per round. CPU networks only."""
+        if self._gpu is not None:
+            raise ValueError("a GPU network's parameters live on the GPU")
+        np.copyto(params, self._params)
+        self._params = params
+        self._weights, self._biases = _views(params, self.layers)
+        if state is not None:
+            np.copyto(state, self._state)
+            self._state = state
+
     def reset_updater(self) -> None:
         """Zero the updater state (velocities, Adam's moments) as a fresh updater has it."""
         self._state[...] = 0

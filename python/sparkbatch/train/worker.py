@@ -330,6 +330,13 @@ class FitRounds:
             self._fit(index, plan, model, slots)
         finally:
             if slots is not None:
+                if any(
+                    np.shares_memory(a, b)
+                    for a in _own_buffers(model, True)
+                    for b in slots.slot(index)
+                ):
+                    # back to private memory: the cached model outlives the shared file
+                    model._use_buffers(*(np.empty_like(a) for a in _own_buffers(model, True)))
                 slots.close()
         return iter(())
 
@@ -355,6 +362,20 @@ class FitRounds:
             send_message(sock, hello)
             header, arrays, received = recv_message(sock, spare)
             r = int(header["round"])  # where the fit stands: a retried task resumes there
+            bound = False
+            if (
+                header.get("shared")
+                and slots is not None
+                and spare
+                and hasattr(model, "_use_buffers")
+            ):
+                # Granted to this task alone: its network keeps its parameters (and state) in
+                # its slot, so a round's result is there without a copy.
+                state = arrays[1] if len(arrays) > 1 else None
+                _start_round(model, header, arrays[0], state, self.save_updater, index)
+                model._use_buffers(*slots.slot(index))
+                spare = arrays = _own_buffers(model, self.save_updater)
+                bound = True
             while r < len(plan):
                 # The driver says where the average is: in the message, or the last slot.
                 shared = bool(header.get("shared")) and slots is not None
@@ -387,9 +408,10 @@ class FitRounds:
                     result = [model.params()]
                     if self.save_updater:
                         result.append(model.updater_state())
-                    if shared:  # into this worker's slot; the message then carries none
-                        for slot, array in zip(slots.slot(index), result, strict=True):
-                            np.copyto(slot, array.reshape(-1))
+                    if shared:  # in this worker's slot; the message then carries none
+                        if not bound:
+                            for slot, array in zip(slots.slot(index), result, strict=True):
+                                np.copyto(slot, array.reshape(-1))
                         result = []
                 message = {
                     "round": r,
