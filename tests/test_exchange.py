@@ -238,21 +238,13 @@ def test_workers_on_the_drivers_machine_exchange_through_shared_slots_until_one_
 
 
 def test_a_worker_that_cannot_reach_the_driver_says_what_to_set():
-    from sparkbatch.train.worker import FitRounds
+    from sparkbatch.train.worker import FitRounds, WorkerSetup
 
     with socket.socket() as unused:  # a port nothing listens on
         unused.bind(("127.0.0.1", 0))
         address = unused.getsockname()
-    fit = FitRounds(
-        object,
-        "{}",
-        address,
-        "token",
-        first_round=0,
-        batch_size=1,
-        save_updater=False,
-        loader=None,
-    )
+    setup = WorkerSetup(object, "{}", batch_size=1, save_updater=False)
+    fit = FitRounds(setup, address, "token", first_round=0)
     with pytest.raises(ConnectionError, match="exchange_host=") as info:
         fit._fit(0, [["a"]], object(), None)
     assert f"{address[0]}:{address[1]}" in str(info.value)

@@ -123,15 +123,14 @@ def test_every_example_is_used_once_per_epoch_in_full_and_partial_rounds(sc, tmp
 
 
 class _FailsOnceLoader:
-    """Fails the first attempt of the task that loads ``victim``: Spark must retry it."""
+    """Fails the first load of ``victim`` in any process (a marker file remembers it)."""
 
-    def __init__(self, victim: str) -> None:
-        self.victim = victim
+    def __init__(self, victim: str, marker: str) -> None:
+        self.victim, self.marker = victim, marker
 
     def load(self, source: Source) -> DataSet:
-        from pyspark import TaskContext
-
-        if source.url == self.victim and TaskContext.get().attemptNumber() == 0:
+        if source.url == self.victim and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
             raise RuntimeError("injected failure on the first attempt")
         return load(source.url)
 
@@ -143,7 +142,9 @@ def test_a_failed_worker_task_is_retried_and_no_example_is_lost_or_doubled(sc, t
         batch_size_per_worker=10, averaging_frequency=3, workers=2, shuffle=False
     )
     retried = SparkNetwork(sc, _network(), master)
-    retried.fit_paths(files, _FailsOnceLoader(files[4]))
+    marker = str(tmp_path / "failed-once")
+    retried.fit_paths(files, _FailsOnceLoader(files[4], marker))
+    assert os.path.exists(marker)
     assert sum(r.examples for r in retried.stats.rounds) == 120
     clean = SparkNetwork(sc, _network(), master).fit_paths(files)
     np.testing.assert_allclose(retried.model.params(), clean.params(), rtol=0, atol=1e-6)
@@ -300,19 +301,6 @@ def test_socket_exchange_trains_exactly_as_spark_exchange(sc, tmp_path, updater,
     assert {p.round for p in phases} == {r.round for r in ours}
 
 
-class _FailsOnceEverLoader:
-    """Fails the first load of ``victim`` in any process (a marker file remembers it)."""
-
-    def __init__(self, victim: str, marker: str) -> None:
-        self.victim, self.marker = victim, marker
-
-    def load(self, source: Source) -> DataSet:
-        if source.url == self.victim and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            raise RuntimeError("injected failure on the first attempt")
-        return load(source.url)
-
-
 def test_socket_exchange_resumes_a_retried_epoch_at_its_unfinished_round(sc, tmp_path):
     directory = _export(sc, tmp_path, 120, 10)
     files = minibatch_files(directory)
@@ -322,7 +310,7 @@ def test_socket_exchange_resumes_a_retried_epoch_at_its_unfinished_round(sc, tmp
     # Round 0 fits files 0-5; the failure comes in round 1, after round 0 was averaged.
     marker = str(tmp_path / "failed-once")
     retried = SparkNetwork(sc, _network(Adam(0.01)), master)
-    retried.fit_paths(files, _FailsOnceEverLoader(files[8], marker))
+    retried.fit_paths(files, _FailsOnceLoader(files[8], marker))
     assert os.path.exists(marker)
     assert [r.examples for r in retried.stats.rounds] == [60, 60]
     clean = SparkNetwork(sc, _network(Adam(0.01)), master).fit_paths(files)

@@ -43,6 +43,7 @@ from .worker import (
     FitRounds,
     MinibatchLoader,
     RoundResult,
+    WorkerSetup,
     _own_buffers,
     combine,
     merge_evaluations,
@@ -262,19 +263,7 @@ class SparkNetwork:
             }
         )
         broadcast_end = time.time()
-        fit = FitRound(
-            type(model),
-            _config_json(model),
-            weights,
-            round_index=self._round,
-            batch_size=m.batch_size_per_worker,
-            save_updater=m.save_updater,
-            loader=loader,
-            storage_options=m.storage_options,
-            prefetch=m.prefetch,
-            collect_stats=m.collect_stats,
-            device=m.worker_device,
-        )
+        fit = FitRound(self._worker_setup(loader), weights, round_index=self._round)
         try:
             result: RoundResult | None = job(fit).treeAggregate(
                 None, combine, combine, m.aggregation_depth
@@ -296,6 +285,20 @@ class SparkNetwork:
             broadcast_s=broadcast_end - start,
             fit_s=fit_s,
             aggregate_start=job_end,
+        )
+
+    def _worker_setup(self, loader: Any) -> WorkerSetup:
+        m = self.master
+        return WorkerSetup(
+            type(self.model),
+            _config_json(self.model),
+            batch_size=m.batch_size_per_worker,
+            save_updater=m.save_updater,
+            loader=loader,
+            storage_options=m.storage_options,
+            prefetch=m.prefetch,
+            collect_stats=m.collect_stats,
+            device=m.worker_device,
         )
 
     def _apply_round(
@@ -428,18 +431,10 @@ class SparkNetwork:
             shared=shared,
         )
         fit = FitRounds(
-            type(model),
-            _config_json(model),
+            self._worker_setup(loader),
             server.address,
             server.token,
             first_round=self._round,
-            batch_size=m.batch_size_per_worker,
-            save_updater=m.save_updater,
-            loader=loader,
-            storage_options=m.storage_options,
-            prefetch=m.prefetch,
-            collect_stats=m.collect_stats,
-            device=m.worker_device,
             shared=(shared.path, shared.specs, shared.count) if shared else None,
         )
         self.sc.setJobDescription(

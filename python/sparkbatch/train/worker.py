@@ -30,6 +30,7 @@ from .stats import PhaseTiming
 
 __all__ = [
     "RoundResult",
+    "WorkerSetup",
     "FitRound",
     "FitRounds",
     "EvaluatePartition",
@@ -153,39 +154,43 @@ def _prefetched(loader: Any, sources: list[Source], prefetch: int) -> Iterator[A
             yield batch
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker task of a fit needs: how to build the model, read its minibatches
+    (``loader`` None: the partition holds the minibatches themselves) and what to report."""
+
+    model_class: type
+    config_json: str
+    batch_size: int
+    save_updater: bool
+    loader: Any = None
+    storage_options: Any = None
+    prefetch: int = 2
+    collect_stats: bool = False
+    device: str = "cpu"
+
+    def model(self) -> Any:
+        """This Python worker's model for the fit (built once per process, see :func:`_model`)."""
+        return _model(self.model_class, self.config_json, self.device)
+
+    def minibatches(self, items: Iterable[Any]) -> Iterator[DataSet | MultiDataSet]:
+        """The minibatches of ``items`` (file URLs or minibatches), ``batch_size`` at most."""
+        return _minibatches(
+            items, self.loader, self.storage_options, self.prefetch, self.batch_size
+        )
+
+
 class FitRound:
     """One worker's part of a round: set the broadcast parameters, fit, return the result.
 
     Used with ``mapPartitionsWithIndex``; a partition holds either one list of file URLs
-    (``loader`` given) or the worker's minibatches themselves.
+    (``setup.loader`` given) or the worker's minibatches themselves.
     """
 
-    def __init__(
-        self,
-        model_class: type,
-        config_json: str,
-        weights: Any,  # Broadcast of {"params", "state", "iteration", "epoch"}
-        *,
-        round_index: int,
-        batch_size: int,
-        save_updater: bool,
-        loader: Any = None,
-        storage_options: Any = None,
-        prefetch: int = 2,
-        collect_stats: bool = False,
-        device: str = "cpu",
-    ) -> None:
-        self.device = device
-        self.model_class = model_class
-        self.config_json = config_json
-        self.weights = weights
+    def __init__(self, setup: WorkerSetup, weights: Any, *, round_index: int) -> None:
+        self.setup = setup
+        self.weights = weights  # Broadcast of {"params", "state", "iteration", "epoch"}
         self.round_index = round_index
-        self.batch_size = batch_size
-        self.save_updater = save_updater
-        self.loader = loader
-        self.storage_options = storage_options
-        self.prefetch = prefetch
-        self.collect_stats = collect_stats
 
     #: With files: the partition holds one list per round of this worker's files; this
     #: round's index into it.
@@ -193,32 +198,30 @@ class FitRound:
 
     def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[RoundResult]:
         items = list(partition)
-        if self.loader is not None:  # this worker's file lists, one per round of the epoch
+        setup = self.setup
+        if setup.loader is not None:  # this worker's file lists, one per round of the epoch
             items = [url for rounds in items for url in rounds[self.round_in_plan]]
         if not items:
             return iter(())
         worker = f"worker {index}"
         start = time.time()
         weights = self.weights.value
-        model = _model(self.model_class, self.config_json, self.device)
-        _start_round(model, weights, weights["params"], weights["state"], self.save_updater, index)
+        model = setup.model()
+        _start_round(model, weights, weights["params"], weights["state"], setup.save_updater, index)
         fit_start = time.time()
-        score_sum, batches, examples = _fit_all(
-            model,
-            _minibatches(items, self.loader, self.storage_options, self.prefetch, self.batch_size),
-        )
+        score_sum, batches, examples = _fit_all(model, setup.minibatches(items))
         end = time.time()
         if batches == 0:
             return iter(())
         phases = []
-        if self.collect_stats:
+        if setup.collect_stats:
             phases = [
                 PhaseTiming(self.round_index, worker, "broadcast", start, fit_start),
                 PhaseTiming(self.round_index, worker, "fit", fit_start, end),
             ]
         result = RoundResult(
             params=np.array(model.params(), copy=True),
-            state=np.array(model.updater_state(), copy=True) if self.save_updater else None,
+            state=np.array(model.updater_state(), copy=True) if setup.save_updater else None,
             score_sum=score_sum,
             batches=batches,
             examples=examples,
@@ -290,41 +293,25 @@ class FitRounds:
 
     def __init__(
         self,
-        model_class: type,
-        config_json: str,
+        setup: WorkerSetup,
         address: tuple[str, int],
         token: str,
         *,
         first_round: int,
-        batch_size: int,
-        save_updater: bool,
-        loader: Any,
-        storage_options: Any = None,
-        prefetch: int = 2,
-        collect_stats: bool = False,
-        device: str = "cpu",
         shared: tuple[str, list[tuple[str, int]], int] | None = None,
     ) -> None:
-        self.model_class = model_class
-        self.config_json = config_json
-        self.shared = shared  # the driver's shared-memory slots: (path, specs, count)
-        self.address = address
+        self.setup = setup
+        self.address = address  # of the driver's AveragingServer, and its token
         self.token = token
-        self.first_round = first_round
-        self.batch_size = batch_size
-        self.save_updater = save_updater
-        self.loader = loader
-        self.storage_options = storage_options
-        self.prefetch = prefetch
-        self.collect_stats = collect_stats
-        self.device = device
+        self.first_round = first_round  # the fit's first round in the training's numbering
+        self.shared = shared  # the driver's shared-memory slots: (path, specs, count)
 
     def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[Any]:
         from .shared_slots import SharedSlots
 
         items = list(partition)  # read to the end, or the Python worker is not reused
         plan = items[0] if items else []  # this worker's files, one list per round
-        model = _model(self.model_class, self.config_json, self.device)
+        model = self.setup.model()
         slots = SharedSlots.attach(*self.shared) if self.shared else None  # None: not here
         try:
             self._fit(index, plan, model, slots)
@@ -345,7 +332,7 @@ class FitRounds:
 
         worker = f"worker {index}"
         # A CPU network's own buffers receive the averages (no copy); others a spare.
-        spare = _own_buffers(model, self.save_updater)
+        spare = _own_buffers(model, self.setup.save_updater)
         try:
             sock = socket.create_connection(self.address, timeout=30)
         except OSError as e:
@@ -372,9 +359,9 @@ class FitRounds:
                 # Granted to this task alone: its network keeps its parameters (and state) in
                 # its slot, so a round's result is there without a copy.
                 state = arrays[1] if len(arrays) > 1 else None
-                _start_round(model, header, arrays[0], state, self.save_updater, index)
+                _start_round(model, header, arrays[0], state, self.setup.save_updater, index)
                 model._use_buffers(*slots.slot(index))
-                spare = arrays = _own_buffers(model, self.save_updater)
+                spare = arrays = _own_buffers(model, self.setup.save_updater)
                 bound = True
             while r < len(plan):
                 # The driver says where the average is: in the message, or the last slot.
@@ -386,18 +373,19 @@ class FitRounds:
                 )
                 state = arrays[1] if len(arrays) > 1 else None
                 _start_round(
-                    model, header, arrays[0], state, self.save_updater, index, in_place=in_place
+                    model,
+                    header,
+                    arrays[0],
+                    state,
+                    self.setup.save_updater,
+                    index,
+                    in_place=in_place,
                 )
                 fit_start = time.time()
-                score_sum, batches, examples = _fit_all(
-                    model,
-                    _minibatches(
-                        plan[r], self.loader, self.storage_options, self.prefetch, self.batch_size
-                    ),
-                )
+                score_sum, batches, examples = _fit_all(model, self.setup.minibatches(plan[r]))
                 end = time.time()
                 phases = []
-                if self.collect_stats:
+                if self.setup.collect_stats:
                     g = self.first_round + r
                     phases = [
                         [g, worker, "broadcast", received, fit_start],
@@ -406,7 +394,7 @@ class FitRounds:
                 result = []
                 if batches:
                     result = [model.params()]
-                    if self.save_updater:
+                    if self.setup.save_updater:
                         result.append(model.updater_state())
                     if shared:  # in this worker's slot; the message then carries none
                         if not bound:
