@@ -332,3 +332,19 @@ def test_socket_exchange_refuses_the_direct_approach_and_unknown_exchanges():
         ParameterAveraging(exchange="mpi")
     with pytest.raises(ValueError, match="exchange_port"):
         ParameterAveraging(exchange="socket", exchange_port=70000)
+
+
+def test_socket_exchange_reports_a_busy_port_and_leaves_no_shared_memory(sc, tmp_path):
+    import socket
+
+    directory = _export(sc, tmp_path, 60, 10)
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    with socket.create_server(("", 0)) as busy:
+        port = busy.getsockname()[1]
+        master = ParameterAveraging(
+            batch_size_per_worker=10, workers=2, exchange="socket", exchange_port=port
+        )
+        with pytest.raises(OSError):
+            SparkNetwork(sc, _network(), master).fit(directory)
+    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert not {n for n in after - before if n.startswith("sparkbatch-exchange")}

@@ -420,16 +420,21 @@ class SparkNetwork:
         if self.sc.master.startswith("local"):  # the workers share this machine's memory
             specs = [(a.dtype.str, a.size) for a in state(0)[1]]
             shared = SharedSlots.create(specs, workers + 1)  # None: TCP carries it all
-        server = AveragingServer(
-            workers=workers,
-            rounds=len(rounds),
-            state=state,
-            apply=apply,
-            host=host,
-            bind_host=bind,
-            port=m.exchange_port,
-            shared=shared,
-        )
+        try:
+            server = AveragingServer(
+                workers=workers,
+                rounds=len(rounds),
+                state=state,
+                apply=apply,
+                host=host,
+                bind_host=bind,
+                port=m.exchange_port,
+                shared=shared,
+            )
+        except BaseException:
+            if shared is not None:
+                shared.close(unlink=True)
+            raise
         fit = FitRounds(
             self._worker_setup(loader),
             server.address,
@@ -450,7 +455,9 @@ class SparkNetwork:
                     plan.barrier().mapPartitionsWithIndex(fit).collect()
                     break
                 except Exception as e:
-                    if server.error is not None or attempt == tries:
+                    if server.error is not None:  # the driver failed averaging: that is the news
+                        raise server.error from e
+                    if attempt == tries:
                         raise
                     log.warning(
                         "the workers' job failed in round %d of %d (try %d of %d), "
