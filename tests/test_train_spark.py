@@ -263,7 +263,7 @@ def test_without_save_updater_every_round_starts_a_fresh_updater(sc, tmp_path):
     assert distributed.iteration == local.iteration == len(files)
 
 
-# --- exchange="socket": one barrier job per epoch, averaging through the driver -----------------
+# --- exchange="socket": one barrier job per fit, averaging through the driver -------------------
 
 
 @pytest.mark.parametrize(
