@@ -78,7 +78,8 @@ uint32_t data_crc(const Layout& layout, unsigned threads = 0);
 void set_crc(Layout& layout, uint32_t crc);
 
 // Writes a whole file to an open file descriptor: the data section is written while another
-// thread computes its CRC, then the header with the CRC (throws std::system_error on failure).
+// thread computes its CRC (for large files paced just ahead of the write, so that the arrays are
+// read from memory once), then the header with the CRC (throws std::system_error on failure).
 void write_file(int fd, Layout& layout);
 
 // Fills in the CRC and copies the whole file into `out`, which holds layout.total_size bytes.

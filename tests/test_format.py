@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import mmap
@@ -226,6 +227,46 @@ def test_file_bytes_do_not_depend_on_the_target():
     from sparkbatch.storage import read_bytes
 
     assert read_bytes("memory://format-test/b.safetensors") == to_bytes(ds)
+
+
+# The native writer takes one of three paths by size: the CRC, then one write (under 4 MiB); the
+# CRC on a second thread beside one write; from 64 MiB on, the CRC paced just ahead of 1 MiB
+# writes. Each must put exactly the bytes of to_bytes() on disk.
+WRITER_PATHS = pytest.mark.parametrize("rows", [1_000, 10_000, 64_000], ids=["1MB", "10MB", "68MB"])
+
+
+@WRITER_PATHS
+def test_every_writer_path_puts_the_bytes_of_to_bytes_on_disk(tmp_path, rows):
+    rng = np.random.default_rng(rows)
+    # Odd widths put zero padding between the tensors, and across the 1 MiB write boundaries.
+    mds = MultiDataSet(
+        [
+            rng.standard_normal((rows, 257), dtype=np.float32),
+            rng.standard_normal((rows, 5), dtype=np.float32),
+        ],
+        [rng.standard_normal((rows, 3), dtype=np.float32)],
+    )
+    path = tmp_path / "m.safetensors"
+    save(mds, path)
+    assert path.read_bytes() == to_bytes(mds)
+    back = load(path)  # verifies the CRC
+    for ours, theirs in zip(back.features + back.labels, mds.features + mds.labels):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@WRITER_PATHS
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_every_writer_path_reports_a_failed_write(rows):
+    from sparkbatch.data.format import _tensors_and_metadata
+
+    tensors, metadata = _tensors_and_metadata(DataSet(np.ones((rows, 265), np.float32)), False)
+    fd = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
+    try:
+        with pytest.raises(OSError) as info:
+            _native.write_file(fd, tensors, metadata)
+    finally:
+        os.close(fd)
+    assert info.value.errno == errno.ENOSPC
 
 
 def test_unlabelled_dataset_round_trips(tmp_path):
