@@ -31,27 +31,55 @@ uint32_t py_crc32c(py::handle buffer, uint32_t value) {
   return sparkbatch::crc32c_parallel(value, view.data(), view.size());
 }
 
-py::tuple header_tuple(const sparkbatch::Header& header) {
-  py::list tensors;
-  for (const auto& t : header.tensors) {
-    py::tuple shape(t.shape.size());
-    for (std::size_t i = 0; i < t.shape.size(); ++i) shape[i] = py::int_(t.shape[i]);
-    tensors.append(py::make_tuple(t.name, t.dtype, shape, t.begin, t.end));
-  }
+py::dict metadata_dict(const sparkbatch::Header& header) {
   py::dict metadata;
   for (const auto& [key, value] : header.metadata) metadata[py::str(key)] = py::str(value);
-  return py::make_tuple(header.data_start, tensors, metadata);
+  return metadata;
 }
 
-py::tuple py_read_header(py::handle buffer, const std::string& name) {
-  ByteView view(buffer);
+// The tensors of a checked header as numpy arrays over `file` (a uint8 array holding the whole
+// file, which becomes their base), by name. `dtypes` maps safetensors dtype codes to numpy dtypes.
+// A tensor whose data is not aligned to its item size (files of other writers may do that) is
+// copied, as the native kernels want aligned data.
+py::dict tensor_arrays(const py::array& file, const sparkbatch::Header& header,
+                       const py::dict& dtypes, const std::string& name) {
+  const auto* bytes = static_cast<const uint8_t*>(file.data());
+  py::dict arrays;
+  for (const auto& t : header.tensors) {
+    PyObject* found = PyDict_GetItemString(dtypes.ptr(), t.dtype.c_str());
+    if (found == nullptr)  // a valid safetensors dtype that numpy cannot hold (BF16, F8, ...)
+      throw NamedFormatError(name + ": tensor '" + t.name + "' has dtype " + t.dtype +
+                             ", which numpy cannot hold");
+    const auto dtype = py::reinterpret_borrow<py::dtype>(found);
+    const std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
+    const uint8_t* data = bytes + header.data_start + t.begin;
+    const auto itemsize = static_cast<uintptr_t>(dtype.itemsize());
+    py::array array;
+    if (t.end == t.begin) {
+      array = py::array(dtype, shape);
+    } else if (reinterpret_cast<uintptr_t>(data) % itemsize == 0) {
+      array = py::array(dtype, shape, data, file);
+    } else {
+      array = py::array(dtype, shape);
+      std::memcpy(array.mutable_data(), data, t.end - t.begin);
+    }
+    arrays[py::str(t.name)] = std::move(array);
+  }
+  return arrays;
+}
+
+// Checks the header of a file held in `file` (a uint8 array); returns (arrays over it by name,
+// metadata, data_start).
+py::tuple py_read_header(const py::array& file, const std::string& name, const py::dict& dtypes) {
   sparkbatch::Header header;
   try {
-    header = sparkbatch::parse_header(view.data(), view.size());
+    header = sparkbatch::parse_header(static_cast<const uint8_t*>(file.data()),
+                                      static_cast<uint64_t>(file.nbytes()));
   } catch (const FormatError& e) {
     throw NamedFormatError(name + ": " + e.what());
   }
-  return header_tuple(header);
+  return py::make_tuple(tensor_arrays(file, header, dtypes, name), metadata_dict(header),
+                        header.data_start);
 }
 
 // Closes a file descriptor on scope exit.
@@ -66,9 +94,9 @@ struct FileDescriptor {
 // one call with the GIL released: no Python file object, and the CRC32C of the data section is
 // taken chunk by chunk right after each chunk is read, while it is still in the CPU's cache.
 // Returns None (having read nothing) when the file has `max_bytes` bytes or more, so that the
-// caller maps it instead; else (buffer, data_start, tensors, metadata, crc or None).
+// caller maps it instead; else (arrays by name, metadata, crc or None).
 py::object py_read_file(const std::string& path, const std::string& name, uint64_t max_bytes,
-                        bool crc) {
+                        bool crc, const py::dict& dtypes) {
   FileDescriptor file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (file.fd < 0) {
     PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
@@ -137,10 +165,9 @@ py::object py_read_file(const std::string& path, const std::string& name, uint64
   if (short_read) throw NamedFormatError(name + ": the file changed size while it was read");
   if (!format_error.empty()) throw NamedFormatError(name + ": " + format_error);
   storage.attr("flags").attr("writeable") = false;  // read-only arrays, as a memory map gives
-  py::object buffer = storage[py::slice(static_cast<py::ssize_t>(skip),
-                                        static_cast<py::ssize_t>(skip + size), 1)];
-  py::tuple parsed = header_tuple(header);
-  return py::make_tuple(buffer, parsed[0], parsed[1], parsed[2],
+  py::array file_bytes = storage[py::slice(static_cast<py::ssize_t>(skip),
+                                           static_cast<py::ssize_t>(skip + size), 1)];
+  return py::make_tuple(tensor_arrays(file_bytes, header, dtypes, name), metadata_dict(header),
                         crc ? py::object(py::int_(value)) : py::object(py::none()));
 }
 
@@ -261,13 +288,14 @@ void register_format(py::module_& m) {
         "CRC-32C of a contiguous buffer, continuing from `value`.");
   m.def("crc32c_hardware", &sparkbatch::crc32c_hardware,
         "Whether CRC-32C uses the CPU's CRC instructions.");
-  m.def("read_header", &py_read_header, py::arg("buffer"), py::arg("name"),
-        "Check a minibatch/safetensors file held in `buffer`; return (data_start, tensors, metadata).");
+  m.def("read_header", &py_read_header, py::arg("file"), py::arg("name"), py::arg("dtypes"),
+        "Check a minibatch/safetensors file held in the uint8 array `file`; return (its tensors as "
+        "arrays over it by name, metadata, data_start). `dtypes` maps dtype codes to numpy dtypes.");
   m.def("read_file", &py_read_file, py::arg("path"), py::arg("name"), py::arg("max_bytes"),
-        py::arg("crc"),
+        py::arg("crc"), py::arg("dtypes"),
         "Read a local file smaller than `max_bytes` into an aligned buffer and check its header; "
-        "return (buffer, data_start, tensors, metadata, crc32c of the data section or None), or "
-        "None for a larger file.");
+        "return (tensors as read-only arrays by name, metadata, crc32c of the data section or "
+        "None), or None for a larger file.");
   m.def("write_file", &py_write_file, py::arg("fd"), py::arg("tensors"), py::arg("metadata"),
         "Write a minibatch file to an open file descriptor; return the bytes written.");
   m.def("serialize", &py_serialize, py::arg("tensors"), py::arg("metadata"),

@@ -250,7 +250,7 @@ def test_every_writer_path_puts_the_bytes_of_to_bytes_on_disk(tmp_path, rows):
     save(mds, path)
     assert path.read_bytes() == to_bytes(mds)
     back = load(path)  # verifies the CRC
-    for ours, theirs in zip(back.features + back.labels, mds.features + mds.labels):
+    for ours, theirs in zip(back.features + back.labels, mds.features + mds.labels, strict=True):
         np.testing.assert_array_equal(ours, theirs)
 
 

@@ -261,19 +261,6 @@ def _map_local(path: str) -> mmap.mmap:
         return mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
 
 
-def _array(buffer: Any, entry: tuple, data_start: int, source: str) -> np.ndarray:
-    tensor, code, shape, begin, end = entry
-    dtype = _NUMPY_DTYPES.get(code)
-    if dtype is None:  # a valid safetensors dtype numpy cannot hold was already refused natively
-        raise FormatError(f"{source}: tensor {tensor!r} has dtype {code}, which numpy cannot hold")
-    count = (end - begin) // dtype.itemsize
-    if count == 0:
-        return np.empty(shape, dtype)
-    array = np.frombuffer(buffer, dtype, count, data_start + begin).reshape(shape)
-    # Files from other writers may leave tensors unaligned; native kernels want aligned data.
-    return array if array.flags.aligned else array.copy()
-
-
 def _indexed(names: dict[str, np.ndarray], prefix: str, count: int) -> list:
     return [names.pop(f"{prefix}.{i}", None) for i in range(count)]
 
@@ -300,17 +287,17 @@ def _count(
 
 
 def _read_arrays(buffer: Any, source: str, verify: bool) -> tuple[dict[str, np.ndarray], dict]:
-    """The tensors of a safetensors buffer by name, and its metadata, after every check."""
-    data_start, entries, metadata = _native.read_header(buffer, source)
-    crc = _native.crc32c(memoryview(buffer)[data_start:]) if verify else None
-    return _arrays_of(buffer, data_start, entries, metadata, crc, source)
+    """The tensors of a safetensors buffer by name (views of it), and its metadata, after every
+    check."""
+    file = np.frombuffer(buffer, np.uint8)
+    arrays, metadata, data_start = _native.read_header(file, source, _NUMPY_DTYPES)
+    _check(metadata, _native.crc32c(file[data_start:]) if verify else None, source)
+    return arrays, metadata
 
 
-def _arrays_of(
-    buffer: Any, data_start: int, entries: list, metadata: dict, crc: int | None, source: str
-) -> tuple[dict[str, np.ndarray], dict]:
+def _check(metadata: Mapping[str, str], crc: int | None, source: str) -> None:
     """Check the CRC (``crc``: of the data section, None to skip) and the format version of a
-    parsed file, and return its tensors as arrays over ``buffer`` by name, and its metadata."""
+    parsed file."""
     if crc is not None and "crc32c" in metadata:
         expected = metadata["crc32c"]
         if f"{crc:08x}" != expected.lower():
@@ -324,7 +311,6 @@ def _arrays_of(
             f"{source}: minibatch format version {version}; this sparkbatch reads version "
             f"{FORMAT_VERSION} (upgrade sparkbatch)"
         )
-    return {e[0]: _array(buffer, e, data_start, source) for e in entries}, metadata
 
 
 def _read(
@@ -346,9 +332,11 @@ def _read(
             with fs.open(fs_path, "rb") as f:
                 return (*_read_arrays(f.read(), name, verify), name)
         path = fs_path
-    small = _native.read_file(path, name, _MMAP_MIN_BYTES, verify)
+    small = _native.read_file(path, name, _MMAP_MIN_BYTES, verify, _NUMPY_DTYPES)
     if small is not None:
-        return (*_arrays_of(*small, name), name)
+        arrays, metadata, crc = small
+        _check(metadata, crc, name)
+        return arrays, metadata, name
     return (*_read_arrays(_map_local(path), name, verify), name)
 
 
