@@ -168,6 +168,47 @@ def test_direct_approach_trains_from_partitions_without_files(sc):
         assert spark_net.evaluate(rdd).accuracy() > 0.85
 
 
+def _averaged_locally(per_worker: list[list[DataSet]], frequency: int, epochs: int) -> np.ndarray:
+    """Parameter averaging on one machine (SGD, no updater state): every round, each worker
+    starts from the average, fits its next ``frequency`` minibatches in order; the workers that
+    had any are averaged."""
+    params = _network().params().copy()
+    rounds = -(-max(len(b) for b in per_worker) // frequency)
+    for _ in range(epochs):
+        for r in range(rounds):
+            results = []
+            for batches in per_worker:
+                mine = batches[r * frequency : (r + 1) * frequency]
+                if mine:
+                    local = _network()
+                    local.set_params(params)
+                    for batch in mine:
+                        local.fit_batch(batch)
+                    results.append(local.params().copy())
+            params = np.mean(results, axis=0)
+    return params
+
+
+@pytest.mark.parametrize("repartition", ["always", "never"])
+def test_direct_approach_fits_each_workers_minibatches_in_order_round_by_round(sc, repartition):
+    batches = _data(460, seed=7).split(20)  # 23 minibatches: the workers' last rounds differ
+    rdd = sc.parallelize(batches, 3)
+    master = ParameterAveraging(
+        batch_size_per_worker=20,
+        averaging_frequency=2,
+        workers=2,
+        approach="direct",
+        repartition=repartition,
+    )
+    fitted = SparkNetwork(sc, _network(), master).fit(rdd, epochs=2)
+    if repartition == "always":  # dealt in turn: minibatch i to worker i % 2
+        per_worker = [batches[0::2], batches[1::2]]
+    else:  # a worker per partition
+        per_worker = rdd.glom().collect()
+    expected = _averaged_locally(per_worker, frequency=2, epochs=2)
+    np.testing.assert_allclose(fitted.params(), expected, rtol=0, atol=1e-6)
+
+
 def test_fit_multi_takes_one_input_multidatasets_and_refuses_more(sc, tmp_path):
     data = _data(100)
     single = str(tmp_path / "multi")

@@ -54,12 +54,14 @@ class ParameterAveraging:
         partitions, so that every worker gets an equal share ("always" and "balanced" both do
         this; DL4J's "Always" repartitions without balancing), or keep the RDD's partitions as
         the workers ("never"). Files are always dealt evenly. The direct approach keeps the
-        RDD's order every epoch (``shuffle`` applies to files) and filters the persisted RDD
-        once per round, as DL4J's does: prefer "export" for large data.
+        RDD's order every epoch (``shuffle`` applies to files); it shuffles the minibatches
+        once per fit into a partition per worker and round, so that a round reads only its
+        own (DL4J's scans the whole RDD every round).
     approach : "export" or "direct"
         How ``fit(rdd)`` trains: "export" first writes the RDD as minibatch files under
         ``export_dir`` (removed afterwards) and trains from them, as DL4J does by default;
-        "direct" trains from the RDD's partitions (persisted), without files.
+        "direct" trains from the RDD's partitions, without files (Spark's shuffle files hold
+        them meanwhile).
     collect_stats : bool
         Keep per-worker timings of every phase (broadcast, load, fit) for
         :attr:`SparkNetwork.stats` and its HTML report; round totals are always kept.

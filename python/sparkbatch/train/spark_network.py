@@ -17,6 +17,8 @@ weigh what their examples weigh.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -177,9 +179,9 @@ class SparkNetwork:
             for r in range(len(rounds)):
                 label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
 
-                def job(fit: FitRound, r: int = r, plan: Any = plan) -> Any:
+                def job(fit: FitRound, r: int = r, plan: Any = plan) -> RoundResult | None:
                     fit.round_in_plan = r
-                    return plan.mapPartitionsWithIndex(fit)
+                    return self._sum(plan.mapPartitionsWithIndex(fit))
 
                 self._round_of(job, label, epoch, len(rounds), loader=loader)
             self._end_epoch()
@@ -216,7 +218,7 @@ class SparkNetwork:
         else:
             workers = self.workers
             keyed = batched.zipWithIndex().map(lambda t: ((t[1] % workers, t[1] // workers), t[0]))
-        keyed.persist(StorageLevel.MEMORY_AND_DISK)
+        keyed.persist(StorageLevel.MEMORY_AND_DISK)  # read by the count below and the shuffle
         try:
             self.sc.setJobDescription("sparkbatch fit: batching the RDD")
             steps = keyed.map(lambda kv: kv[0][1]).fold(-1, max) + 1
@@ -224,20 +226,29 @@ class SparkNetwork:
                 raise ValueError("the RDD holds no examples to fit")
             freq = m.averaging_frequency
             rounds = -(-steps // freq)
+            # One shuffle for the whole fit: partition r * workers + w holds worker w's
+            # minibatches of round r in step order, and a round's job computes only its own
+            # partitions (reading the shuffle's files), so an epoch reads the data once.
+            planned = keyed.repartitionAndSortWithinPartitions(
+                rounds * workers, lambda key: (key[1] // freq) * workers + key[0]
+            ).values()
             for e in range(epochs):
                 epoch = getattr(self.model, "epoch", e)
                 for r in range(rounds):
                     label = f"epoch {e + 1}/{epochs}, round {r + 1}/{rounds}"
-                    lo, hi = r * freq, (r + 1) * freq
+                    parts = list(range(r * workers, (r + 1) * workers))
 
-                    def job(fit: FitRound, lo: int = lo, hi: int = hi) -> Any:
-                        part = keyed.filter(lambda kv: lo <= kv[0][1] < hi)
-                        ordered = part.repartitionAndSortWithinPartitions(
-                            workers, lambda key: key[0]
+                    def job(fit: FitRound, parts: list[int] = parts) -> RoundResult | None:
+                        fitted = planned.mapPartitionsWithIndex(
+                            lambda index, items: fit(index % workers, items)
                         )
-                        return ordered.values().mapPartitionsWithIndex(fit)
+                        results = self.sc.runJob(fitted, lambda results: results, parts)
+                        return functools.reduce(combine, results, None)
 
                     self._round_of(job, label, epoch, rounds, loader=None)
+                    if e == 0 and r == 0:  # the shuffle has run: its files hold the data now
+                        keyed.unpersist()
+                        batched.unpersist()
                 self._end_epoch()
         finally:
             keyed.unpersist()
@@ -245,10 +256,15 @@ class SparkNetwork:
             self.sc.setJobDescription(None)
         return self.model
 
+    def _sum(self, rdd: RDD, merge: Any = combine) -> Any:
+        """``treeAggregate`` of ``rdd``'s results with ``merge`` (None when it has none)."""
+        return rdd.treeAggregate(None, merge, merge, self.master.aggregation_depth)
+
     def _round_of(
         self, job: Any, label: str, epoch: int, rounds_in_epoch: int, *, loader: Any
     ) -> None:
-        """Run one averaging round: broadcast, fit on the workers, sum, average."""
+        """Run one averaging round: broadcast, fit on the workers, sum, average. ``job(fit)`` runs
+        ``fit`` on the round's workers and returns the sum of their results."""
         m = self.master
         model = self.model
         start = time.time()
@@ -265,9 +281,7 @@ class SparkNetwork:
         broadcast_end = time.time()
         fit = FitRound(self._worker_setup(loader), weights, round_index=self._round)
         try:
-            result: RoundResult | None = job(fit).treeAggregate(
-                None, combine, combine, m.aggregation_depth
-            )
+            result: RoundResult | None = job(fit)
         finally:
             weights.destroy()
         job_end = time.time()
@@ -546,21 +560,10 @@ class SparkNetwork:
                 rdd, loader = data, None
             else:
                 raise TypeError(f"expected an RDD or a directory URL, got {type(data).__name__}")
-            evaluate = EvaluatePartition(
-                type(self.model),
-                _config_json(self.model),
-                weights,
-                kind=kind,
-                batch_size=m.eval_batch_size,
-                loader=loader,
-                storage_options=m.storage_options,
-                prefetch=m.prefetch,
-                evaluation_args=args,
-            )
+            setup = dataclasses.replace(self._worker_setup(loader), batch_size=m.eval_batch_size)
+            evaluate = EvaluatePartition(setup, weights, kind=kind, evaluation_args=args)
             self.sc.setJobDescription(f"sparkbatch {kind}")
-            return rdd.mapPartitions(evaluate).treeAggregate(
-                None, merge_evaluations, merge_evaluations, m.aggregation_depth
-            )
+            return self._sum(rdd.mapPartitions(evaluate), merge_evaluations)
         finally:
             weights.destroy()
             self.sc.setJobDescription(None)

@@ -442,29 +442,21 @@ def merge_evaluations(
 
 
 class EvaluatePartition:
-    """Evaluate (``kind`` "classification" or "regression") or score one partition."""
+    """Evaluate (``kind`` "classification" or "regression") or score one partition with the
+    broadcast parameters, on the workers' model (``setup``: its ``batch_size`` is the evaluation
+    batch size; ``save_updater`` and ``collect_stats`` do not apply)."""
 
     def __init__(
         self,
-        model_class: type,
-        config_json: str,
+        setup: WorkerSetup,
         weights: Any,
         *,
         kind: str,
-        batch_size: int,
-        loader: Any = None,
-        storage_options: Any = None,
-        prefetch: int = 2,
         evaluation_args: dict[str, Any] | None = None,
     ) -> None:
-        self.model_class = model_class
-        self.config_json = config_json
-        self.weights = weights
+        self.setup = setup
+        self.weights = weights  # Broadcast of {"params"}
         self.kind = kind
-        self.batch_size = batch_size
-        self.loader = loader
-        self.storage_options = storage_options
-        self.prefetch = prefetch
         self.evaluation_args = evaluation_args or {}
 
     def __call__(self, partition: Iterator[Any]) -> Iterator[EvaluationResult]:
@@ -472,9 +464,9 @@ class EvaluatePartition:
         if first is None:
             return iter(())
         items: Iterable[Any] = itertools.chain([first], partition)
-        if self.loader is not None:
+        if self.setup.loader is not None:
             items = [url for urls in items for url in urls]
-        model = _model(self.model_class, self.config_json)
+        model = self.setup.model()
         model.set_params(self.weights.value["params"])
         if self.kind == "classification":
             evaluation: Any = Evaluation(**self.evaluation_args)
@@ -483,9 +475,7 @@ class EvaluatePartition:
         else:
             evaluation = None
         loss_sum, examples = 0.0, 0.0
-        for batch in _minibatches(
-            items, self.loader, self.storage_options, self.prefetch, self.batch_size
-        ):
+        for batch in self.setup.minibatches(items):
             ds = _single(batch)
             if evaluation is not None:
                 evaluation.eval(ds.labels, model.output(ds.features), ds.labels_mask)
