@@ -3,6 +3,7 @@ distributed evaluation, retries, the HTML report."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -192,7 +193,7 @@ def _averaged_locally(per_worker: list[list[DataSet]], frequency: int, epochs: i
 @pytest.mark.parametrize("repartition", ["always", "never"])
 def test_direct_approach_fits_each_workers_minibatches_in_order_round_by_round(sc, repartition):
     batches = _data(460, seed=7).split(20)  # 23 minibatches: the workers' last rounds differ
-    rdd = sc.parallelize(batches, 3)
+    rdd = sc.parallelize(batches, 2)  # "never": two workers of 11 and 12 minibatches
     master = ParameterAveraging(
         batch_size_per_worker=20,
         averaging_frequency=2,
@@ -207,6 +208,13 @@ def test_direct_approach_fits_each_workers_minibatches_in_order_round_by_round(s
         per_worker = rdd.glom().collect()
     expected = _averaged_locally(per_worker, frequency=2, epochs=2)
     np.testing.assert_allclose(fitted.params(), expected, rtol=0, atol=1e-6)
+    by_socket = dataclasses.replace(master, exchange="socket")
+    np.testing.assert_allclose(
+        SparkNetwork(sc, _network(), by_socket).fit(rdd, epochs=2).params(),
+        expected,
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_fit_multi_takes_one_input_multidatasets_and_refuses_more(sc, tmp_path):
@@ -366,9 +374,7 @@ def test_socket_exchange_refuses_more_workers_than_task_slots_at_once(sc, tmp_pa
         SparkNetwork(sc, _network(), master).fit(directory)
 
 
-def test_socket_exchange_refuses_the_direct_approach_and_unknown_exchanges():
-    with pytest.raises(ValueError, match="exchange='socket' trains from minibatch files"):
-        ParameterAveraging(exchange="socket", approach="direct")
+def test_socket_exchange_refuses_unknown_exchanges_and_bad_ports():
     with pytest.raises(ValueError, match="exchange must be one of"):
         ParameterAveraging(exchange="mpi")
     with pytest.raises(ValueError, match="exchange_port"):

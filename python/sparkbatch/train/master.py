@@ -92,8 +92,9 @@ class ParameterAveraging:
         every ``averaging_frequency`` minibatches and going on from the average it sends back
         (the same arithmetic, several times faster on small rounds). Needs every worker
         scheduled at once (``workers`` at most the executors' task slots, no dynamic
-        allocation) and the executors able to reach the driver; trains from files (the
-        "export" approach, ``fit(url)``, ``fit_paths``). Workers on the driver's machine
+        allocation) and the executors able to reach the driver; with ``approach="direct"``
+        each worker holds its share of the minibatches in memory for the whole fit. Workers on
+        the driver's machine
         exchange through shared memory (``/dev/shm``). A failed task fails the job, which is
         submitted again as often as Spark retries a task; every worker resumes at the first
         round not yet averaged, so no example is lost or counted twice.
@@ -143,11 +144,6 @@ class ParameterAveraging:
             raise ValueError(f"approach must be one of {_APPROACH}, got {self.approach!r}")
         if self.exchange not in _EXCHANGE:
             raise ValueError(f"exchange must be one of {_EXCHANGE}, got {self.exchange!r}")
-        if self.exchange == "socket" and self.approach == "direct":
-            raise ValueError(
-                "exchange='socket' trains from minibatch files: use approach='export' "
-                "(the default) or exchange='spark' with approach='direct'"
-            )
         if not 0 <= self.exchange_port < 65536:
             raise ValueError(f"exchange_port must be in 0..65535, got {self.exchange_port}")
 

@@ -27,7 +27,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _native
@@ -161,7 +161,9 @@ class SparkNetwork:
                 )
                 for e in range(epochs)
             ]
-            self._fit_by_socket(schedule, loader)
+            per_worker, workers = _per_worker([r for rounds in schedule for r in rounds])
+            plan = self.sc.parallelize(per_worker, workers)  # one element per partition
+            self._fit_by_socket([len(rounds) for rounds in schedule], plan, workers, loader)
             return self.model
         for e in range(epochs):
             epoch = getattr(self.model, "epoch", e)
@@ -226,6 +228,18 @@ class SparkNetwork:
                 raise ValueError("the RDD holds no examples to fit")
             freq = m.averaging_frequency
             rounds = -(-steps // freq)
+            if m.exchange == "socket":
+                # A partition per worker holding its minibatches of every round, in order.
+                def plan_of(items: Any) -> Iterator[list[list[Any]]]:
+                    batches = [b for _, b in items]
+                    mine = [batches[r * freq : (r + 1) * freq] for r in range(rounds)]
+                    yield mine * epochs
+
+                plan = keyed.repartitionAndSortWithinPartitions(
+                    workers, lambda key: key[0]
+                ).mapPartitions(plan_of)
+                self._fit_by_socket([rounds] * epochs, plan, workers, loader=None)
+                return self.model
             # One shuffle for the whole fit: partition r * workers + w holds worker w's
             # minibatches of round r in step order, and a round's job computes only its own
             # partitions (reading the shuffle's files), so an epoch reads the data once.
@@ -378,21 +392,23 @@ class SparkNetwork:
         log.info("%s: score %.6f over %d examples", label, score, result.examples)
         self._round += 1
 
-    def _fit_by_socket(self, schedule: list[list[list[list[str]]]], loader: Any) -> None:
-        """Fit every epoch of ``schedule`` (each a list of rounds from :func:`plan_rounds`) as
-        one barrier job whose workers average through the driver after every round."""
+    def _fit_by_socket(self, epoch_rounds: list[int], plan: RDD, workers: int, loader: Any) -> None:
+        """Fit every epoch (``epoch_rounds``: how many rounds each has) as one barrier job
+        whose workers average through the driver after every round. ``plan`` has a partition
+        per worker holding one element: its items (file URLs, or minibatches when ``loader`` is
+        None) for every round of the fit, one list per round."""
         from .exchange import AveragingServer
         from .shared_slots import SharedSlots
 
         m = self.master
         model = self.model
-        epochs = len(schedule)
+        epochs = len(epoch_rounds)
         first = getattr(model, "epoch", None)
         # Every round of the fit: (epoch index, its epoch number, round in the epoch, rounds)
         rounds = [
-            (e, e if first is None else first + e, r, len(epoch_rounds))
-            for e, epoch_rounds in enumerate(schedule)
-            for r in range(len(epoch_rounds))
+            (e, e if first is None else first + e, r, count)
+            for e, count in enumerate(epoch_rounds)
+            for r in range(count)
         ]
 
         def state(r: int) -> tuple[dict[str, Any], list[Any]]:
@@ -422,7 +438,6 @@ class SparkNetwork:
                 self._end_epoch()
 
         host, bind = self._exchange_address()
-        per_worker, workers = _per_worker([r for epoch_rounds in schedule for r in epoch_rounds])
         slots = _task_slots(self.sc)
         if 0 < slots < workers:  # Spark would wait (10 minutes by default) for slots to appear
             raise ValueError(
@@ -460,7 +475,6 @@ class SparkNetwork:
             f"sparkbatch fit: {epochs} epoch(s), {len(rounds)} rounds, socket exchange"
         )
         try:
-            plan = self.sc.parallelize(per_worker, workers)
             # Spark aborts a job whose barrier result stage fails; it is submitted again here,
             # as often as Spark would retry a task, and resumes at the first round not averaged.
             tries = _task_tries(self.sc)
