@@ -151,18 +151,23 @@ def test_a_failed_worker_task_is_retried_and_no_example_is_lost_or_doubled(sc, t
     np.testing.assert_allclose(retried.model.params(), clean.params(), rtol=0, atol=1e-6)
 
 
+def _direct(repartition: str) -> ParameterAveraging:
+    """Two workers fitting minibatches of 20 straight from an RDD's partitions, averaging every
+    two."""
+    return ParameterAveraging(
+        batch_size_per_worker=20,
+        averaging_frequency=2,
+        workers=2,
+        approach="direct",
+        repartition=repartition,
+    )
+
+
 def test_direct_approach_trains_from_partitions_without_files(sc):
     data = _data(400, seed=5)
     rdd = sc.parallelize(data.split(30), 3)
     for repartition in ("always", "never"):
-        master = ParameterAveraging(
-            batch_size_per_worker=20,
-            averaging_frequency=2,
-            workers=2,
-            approach="direct",
-            repartition=repartition,
-        )
-        spark_net = SparkNetwork(sc, _network(Adam(0.02)), master)
+        spark_net = SparkNetwork(sc, _network(Adam(0.02)), _direct(repartition))
         spark_net.fit(rdd, epochs=3)
         for epoch in (0, 1, 2):
             assert sum(r.examples for r in spark_net.stats.rounds if r.epoch == epoch) == 400
@@ -194,13 +199,7 @@ def _averaged_locally(per_worker: list[list[DataSet]], frequency: int, epochs: i
 def test_direct_approach_fits_each_workers_minibatches_in_order_round_by_round(sc, repartition):
     batches = _data(460, seed=7).split(20)  # 23 minibatches: the workers' last rounds differ
     rdd = sc.parallelize(batches, 2)  # "never": two workers of 11 and 12 minibatches
-    master = ParameterAveraging(
-        batch_size_per_worker=20,
-        averaging_frequency=2,
-        workers=2,
-        approach="direct",
-        repartition=repartition,
-    )
+    master = _direct(repartition)
     fitted = SparkNetwork(sc, _network(), master).fit(rdd, epochs=2)
     if repartition == "always":  # dealt in turn: minibatch i to worker i % 2
         per_worker = [batches[0::2], batches[1::2]]
