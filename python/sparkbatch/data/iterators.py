@@ -9,6 +9,8 @@ NOTE [prefetch thread]: loading a file is mostly native work that releases the G
 memory map, the CRC32C check), so one background thread overlaps it with the caller's training
 step. One thread keeps the files in order; ``prefetch`` bounds how many loaded files wait in
 memory. The thread is shut down when a pass ends, fails, or its generator is closed or collected.
+Where loads are too quick, or the caller too busy with nothing, for the hand-off between threads
+to pay, the files load inline instead (NOTE [adaptive prefetch] in ``_prefetch``).
 
 NOTE [file order]: the file list is fixed when the iterator is created (a ``_manifest.json`` in
 the directory, else a sorted listing). ``shuffle=True`` permutes it for each pass with
@@ -18,14 +20,13 @@ pass is reproducible; without a seed every pass differs.
 
 from __future__ import annotations
 
-import collections
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from sparkbatch.data._prefetch import prefetched
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.loaders import (
     Loader,
@@ -145,32 +146,9 @@ class _FileIterator(Generic[_B]):
         return data
 
     def _loaded(self, urls: list[str]) -> Iterator[_B]:
-        """Yield each file's minibatch, in order, loading ahead on a thread (NOTE [prefetch])."""
-        if self.prefetch == 0:
-            for url in urls:
-                yield self._load(url)
-            return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparkbatch-prefetch")
-        pending: collections.deque[Future[_B]] = collections.deque()
-        remaining = iter(urls)
-
-        def fill() -> None:  # keep `prefetch` files loading while the caller works
-            while len(pending) < self.prefetch:
-                url = next(remaining, None)
-                if url is None:
-                    return
-                pending.append(pool.submit(self._load, url))
-
-        try:
-            fill()
-            while pending:
-                data = pending.popleft().result()
-                fill()
-                yield data
-        finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+        """Yield each file's minibatch, in order, loading ahead on a thread where that pays
+        (NOTE [prefetch thread])."""
+        return prefetched(self._load, urls, self.prefetch)
 
     def __iter__(self) -> Iterator[_B]:
         loaded = self._loaded(self.file_order())

@@ -16,7 +16,6 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from .. import _native
 from ..data import DataSet, MultiDataSet, Source
+from ..data._prefetch import prefetched
 from ..data.loaders import _load_minibatch
 from ..evaluation import Evaluation, RegressionEvaluation
 from .stats import PhaseTiming
@@ -132,25 +132,11 @@ def _minibatches(
         batches: Iterable[Any] = items
     else:
         sources = [Source(url, storage_options) for url in items]
-        batches = _prefetched(loader, sources, prefetch)
+        batches = prefetched(loader.load, sources, prefetch)
     for batch in batches:
         if batch.num_examples > batch_size:
             yield from batch.split(batch_size)
         elif batch.num_examples:
-            yield batch
-
-
-def _prefetched(loader: Any, sources: list[Source], prefetch: int) -> Iterator[Any]:
-    if prefetch == 0 or len(sources) < 2:
-        for source in sources:
-            yield loader.load(source)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sparkbatch-prefetch") as pool:
-        pending = [pool.submit(loader.load, s) for s in sources[:prefetch]]
-        for i in range(len(sources)):
-            batch = pending.pop(0).result()
-            if i + prefetch < len(sources):
-                pending.append(pool.submit(loader.load, sources[i + prefetch]))
             yield batch
 
 
