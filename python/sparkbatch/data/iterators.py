@@ -206,7 +206,9 @@ class FileDataSetIterator(_FileIterator[DataSet]):
     seed : int, optional
         Seed of the file order; None gives a different order on every pass.
     prefetch : int, default 2
-        Files to load ahead on a background thread; 0 loads in the caller's thread.
+        Files to load ahead on a background thread; 0 loads in the caller's thread. Where loads
+        are quick or the caller has nothing to do between files, they load inline anyway
+        (the hand-off between threads would cost more than it hides).
     loader : Loader, optional
         Reads one file; defaults to :class:`~sparkbatch.data.SerializedDataSetLoader`.
     storage_options : mapping, optional

@@ -44,7 +44,8 @@ class ParameterAveraging:
     workers : int, optional
         Workers per round; default ``sc.defaultParallelism``.
     prefetch : int
-        Minibatch files a worker loads ahead on a background thread (0: none).
+        Minibatch files a worker loads ahead on a background thread (0: none); quick loads
+        (cached local files) are done inline, where the thread cannot pay.
     save_updater : bool
         Average and keep the updater state (momentum, Adam moments) across rounds; without it
         every round starts the workers from a fresh updater. (DL4J's default is effectively
