@@ -301,6 +301,39 @@ def test_column_count_errors() -> None:
     assert error(f"1\n{long_row}\n") == (2, -1, long_row[:200], "1 columns, found 300")
 
 
+def wide_table(rows: int, width: int, seed: int) -> tuple[bytes, np.ndarray]:
+    """Rows of `width` pixel values (0..255), the last a class index in [0, 10)."""
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, 256, (rows, width))
+    table[:, -1] = rng.integers(0, 10, rows)
+    data = "".join(",".join(map(str, row.tolist())) + "\n" for row in table).encode()
+    return data, table.astype(np.float32)
+
+
+@pytest.mark.parametrize("width", [784, 20_000, 200_000])
+def test_wide_rows(width: int) -> None:
+    data, table = wide_table(12, width, seed=width)
+    classes = {width - 1: 10}
+    for threads in (1, 4):
+        got = parse(data, class_columns=classes, threads=threads)
+        assert got["error"] is None
+        np.testing.assert_array_equal(got["values"], table)
+    lines = data.split(b"\n")
+
+    def line_8(cells: list[bytes]) -> bytes:
+        return b"\n".join([*lines[:7], b",".join(cells), *lines[8:]])
+
+    cells = lines[7].split(b",")
+    label = "a class index in [0, 10)"
+    found = parse(line_8([*cells[:-1], b"12"]), class_columns=classes)["error"]
+    assert found == (8, width - 1, "12", label)
+    half = width // 2
+    found = parse(line_8([*cells[:half], b"x", *cells[half + 1 :]]), threads=4)["error"]
+    assert found == (8, half, "x", "a number")
+    line, column, _, expected = parse(line_8(cells[1:]), threads=4)["error"]
+    assert (line, column, expected) == (8, -1, f"{width} columns, found {width - 1}")
+
+
 def test_empty_and_blank_buffers() -> None:
     for data in (b"", b"\n\n", b" \r\n\t\n"):
         result = parse(data)

@@ -143,6 +143,20 @@ def test_utf8_with_byte_order_mark(tmp_path):
     assert list(CSVRecordReader().initialize(path)) == [[1.0, "é"]]
 
 
+@pytest.mark.parametrize("width", [20_000, 200_000])
+def test_wide_rows(tmp_path, width):
+    rng = np.random.default_rng(width)
+    table = rng.integers(0, 256, (3, width))
+    table[:, -1] = rng.integers(0, 10, 3)
+    text = "".join(",".join(map(str, row.tolist())) + "\n" for row in table)
+    path = _write(tmp_path / "wide.csv", "label at the end\n" + text)
+    records = list(CSVRecordReader(skip_lines=1).initialize(path))
+    ds = records_to_dataset(records, label_index=-1, num_classes=10)
+    assert ds.features.shape == (3, width - 1) and ds.labels.shape == (3, 10)
+    np.testing.assert_array_equal(ds.features, table[:, :-1])
+    np.testing.assert_array_equal(ds.labels.argmax(axis=1), table[:, -1])
+
+
 def test_reset_and_has_next(tmp_path):
     path = _write(tmp_path / "a.csv", "1\n2\n")
     reader = CSVRecordReader().initialize(path)

@@ -140,6 +140,57 @@ def test_bad_cells_name_file_line_column_and_text(sc, tmp_path, bad, column, fou
     assert found in text
 
 
+def _wide(path, rows: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A CSV of `rows` images of `width - 1` pixels and a class in the last column."""
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, 256, (rows, width))
+    table[:, -1] = rng.integers(0, N_CLASSES, rows)
+    lines = [",".join(map(str, row.tolist())) for row in table]
+    _write(path, lines, header=True)
+    return table[:, :-1], table[:, -1]
+
+
+@pytest.mark.parametrize("width", [20_000, 200_000])
+def test_wide_rows_in_byte_ranges_cut_inside_rows(sc, tmp_path, width):
+    """Rows far longer than a range (and than any first read): one width for every range."""
+    features, labels = _wide(tmp_path / "wide.csv", 6, width, seed=width)
+    out = csv_to_datasets(
+        str(tmp_path / "wide.csv"),
+        label_index=-1,
+        num_classes=N_CLASSES,
+        skip_lines=1,
+        batch_size=4,
+        split_size=width,  # several ranges per row
+        sc=sc,
+    )
+    assert out.getNumPartitions() > 12
+    merged = _merged(out)
+    assert merged.features.shape == (6, width - 1)
+    _check(merged, features, labels)
+
+
+def test_wide_rows_errors_name_the_right_column(sc, tmp_path):
+    width = 20_000
+    features, labels = _wide(tmp_path / "wide.csv", 6, width)
+    text = (tmp_path / "wide.csv").read_text().split("\n")
+    text[4] = text[4].rsplit(",", 1)[0] + ",12"  # line 5: a class outside [0, 10)
+    (tmp_path / "bad.csv").write_text("\n".join(text))
+    args = {"label_index": -1, "num_classes": N_CLASSES, "skip_lines": 1, "sc": sc}
+    with pytest.raises(Exception) as excinfo:
+        csv_to_datasets(str(tmp_path / "bad.csv"), split_size=10_000, **args).count()
+    expected = f"line 5, column {width - 1}: expected a class index in [0, 10), found '12'"
+    assert f"bad.csv, {expected}" in _error_text(excinfo)
+    lines = _lines_of(tmp_path / "wide.csv")[1:]
+    out = _merged(csv_to_datasets(sc.parallelize(lines, 3), label_index=-1, num_classes=N_CLASSES))
+    _check(out, features, labels)
+    with pytest.raises(ValueError, match=r"label columns 20000 are outside a table of 20000 col"):
+        csv_to_datasets(str(tmp_path / "wide.csv"), **{**args, "label_index": width})
+
+
+def _lines_of(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
 def test_wrong_column_count_names_the_partition_for_rdds(sc):
     features, labels = _table(20)
     lines = _lines(features, labels)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
-from sparkbatch.records.csv_parser import CsvOptions, parse_csv_buffer
+from sparkbatch.records.csv_parser import CsvOptions, first_row, parse_csv_buffer
 from sparkbatch.storage import (
     LineRange,
     count_lines_before,
     expand_paths,
     plan_line_ranges,
     read_line_range,
+    resolve,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +32,13 @@ __all__ = ["csv_to_datasets", "LinesToDataSets", "RangesToDataSets"]
 
 MAX_SPLIT_SIZE = 64 << 20  # bytes of CSV per Spark partition when reading files ...
 MIN_SPLIT_SIZE = 4 << 20  # ... and at least this many, unless a file is smaller
+_MAX_BLOCK = 16 << 20  # bytes read at a time while looking for the first data row
+
+# NOTE [one width]: every row of a csv_to_datasets input must have as many fields as the first
+# data row (of the first file that has one; of the RDD), and that width is found once, on the
+# driver, before any partition is parsed. A partition that took the width of its own first row
+# would get a result that depends on where the input was cut: with on_error="skip" a bad first
+# row would make every good row after it "bad", and a label_index=-1 would name another column.
 
 
 def default_split_size(total_bytes: int, parallelism: int) -> int:
@@ -45,6 +54,14 @@ def default_split_size(total_bytes: int, parallelism: int) -> int:
     return max(MIN_SPLIT_SIZE, min(MAX_SPLIT_SIZE, wanted))
 
 
+@dataclass(frozen=True)
+class _Table:
+    """The width every row must have, and where it was taken from (for messages)."""
+
+    columns: int
+    origin: str  # "a.csv, line 2": the first data row
+
+
 class _CsvToDataSets:
     """What both partition functions share: parse a buffer, cut it into DataSets, count skips."""
 
@@ -54,6 +71,7 @@ class _CsvToDataSets:
         options: CsvOptions,
         batch_size: int,
         skipped: Accumulator[int] | None,
+        table: _Table | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -61,48 +79,63 @@ class _CsvToDataSets:
         self.options = options
         self.batch_size = batch_size
         self.skipped = skipped
+        self.table = table
 
     def _convert(self, buffer: Any, **parse_args: Any) -> Iterator[DataSet]:
-        class_columns = {}
-        if self.spec.classification:
-            width = _first_row_width(buffer, self.options, parse_args.get("skip_lines"))
-            if width is None:
+        table = self.table
+        if table is None:
+            found = first_row(bytes(buffer), self.options, skip_lines=parse_args.get("skip_lines"))
+            if found is None:
                 return
-            class_columns = {self.spec.label_columns(width)[0]: int(self.spec.num_classes or 0)}
-        parsed = parse_csv_buffer(buffer, self.options, class_columns=class_columns, **parse_args)
+            table = _Table(found[0], f"{parse_args['source']}, line {found[1]}")
+        parsed = parse_csv_buffer(
+            buffer,
+            self.options,
+            columns=table.columns,
+            columns_from=table.origin,
+            class_columns=_class_columns(self.spec, table),
+            **parse_args,
+        )
         if parsed.skipped and self.skipped is not None:
             self.skipped.add(parsed.skipped)
         if parsed.values.shape[0]:
             yield from batches(split_table(parsed.values, self.spec), self.batch_size)
 
 
-def _first_row_width(buffer: Any, options: CsvOptions, skip_lines: int | None) -> int | None:
-    """Columns of the first data row (to resolve ``label_index=-1``), None if there is no row."""
-    from sparkbatch import _native
+def _class_columns(spec: LabelSpec, table: _Table) -> dict[int, int]:
+    """The class column of a classification ``spec`` with its class count, checked against the
+    table's width."""
+    try:
+        label_columns = spec.label_columns(table.columns)
+    except ValueError as e:
+        raise ValueError(f"{e} (the first data row, {table.origin})") from None
+    if not spec.classification:
+        return {}
+    return {label_columns[0]: int(spec.num_classes or 0)}
 
-    view = memoryview(buffer)
-    skip = options.skip_lines if skip_lines is None else skip_lines
-    # The first few KB hold the first data row in any sensible CSV; grow until one is found.
-    size = 1 << 14
-    while True:
-        head = view[:size]
-        complete = size >= len(view)
-        if not complete:
-            cut = bytes(head).rfind(b"\n")
-            head = head[: cut + 1] if cut >= 0 else head
-        result = _native.parse_csv(
-            head,
-            delimiter=options.delimiter,
-            quote=options.quote,
-            skip_lines=skip,
-            on_error="skip",
-            threads=1,
-        )
-        if result["values"].shape[0] or result["values"].shape[1]:
-            return int(result["values"].shape[1])
-        if complete:
-            return None
-        size *= 4
+
+def _file_table(
+    urls: Sequence[str], options: CsvOptions, storage_options: Mapping[str, Any] | None
+) -> _Table | None:
+    """The width of the first data row of the first file that has one (None: no file has).
+
+    Read on the driver, as Spark's CSV reader reads a header: every byte range then checks its
+    rows against the same width, whatever the ranges are (NOTE [one width]).
+    """
+    for url in urls:
+        fs, path = resolve(url, dict(storage_options or {}))
+        with fs.open(path, "rb") as f:
+            head, block = b"", 1 << 16
+            while True:
+                chunk = f.read(block)
+                head += chunk
+                found = first_row(head, options, complete=not chunk)
+                if found is not None:
+                    return _Table(found[0], f"{url}, line {found[1]}")
+                if not chunk:
+                    break
+                block = min(2 * block, _MAX_BLOCK)
+    return None
 
 
 class LinesToDataSets(_CsvToDataSets):
@@ -178,7 +211,9 @@ def csv_to_datasets(
     source : RDD of str, path, URL, glob, or a list of them
         An RDD of lines, or files (directories are read recursively; any fsspec URL). Files are
         read by the executors in byte ranges of ``split_size`` (NOTE [line ranges] in
-        :mod:`sparkbatch.storage.ranges`), header lines skipped once per file.
+        :mod:`sparkbatch.storage.ranges`), header lines skipped once per file. Every row must
+        have as many columns as the first data row of the first file (read on the driver when
+        this function is called, as Spark's CSV reader reads a header; NOTE [one width]).
     label_index, num_classes : int, optional
         Classification: the column of the class index (``-1`` = last) and the class count.
     label_first, label_last, regression
@@ -239,10 +274,15 @@ def csv_to_datasets(
         if not ranges:
             result = sc.emptyRDD()
         else:
-            function = RangesToDataSets(
-                spec, options, batch_size, skipped, storage_options=storage_options
-            )
-            result = sc.parallelize(ranges, len(ranges)).mapPartitions(function)
+            table = _file_table(urls, options, storage_options)
+            if table is None:  # no file holds a data row
+                result = sc.emptyRDD()
+            else:
+                _class_columns(spec, table)  # a label column outside the table fails here
+                function = RangesToDataSets(
+                    spec, options, batch_size, skipped, table, storage_options=storage_options
+                )
+                result = sc.parallelize(ranges, len(ranges)).mapPartitions(function)
     if skipped is not None:
         result.skipped = skipped  # type: ignore[attr-defined]
     return result
