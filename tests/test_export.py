@@ -128,3 +128,162 @@ def test_unwritable_destination_fails_naming_it(sc, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(Exception, match="a-file"):
         batch_and_export(sc.parallelize(_datasets([3]), 1), str(blocker / "out"), batch_size=2)
+
+
+# --- NOTE [export commit]: incomplete exports are refused, overwrite removes only its own files
+
+
+def test_a_failed_export_is_refused_by_every_reader_until_rerun(sc, tmp_path):
+    from sparkbatch.data import FileDataSetIterator
+    from sparkbatch.data.manifest import minibatch_files
+    from sparkbatch.errors import IncompleteExportError
+
+    out = str(tmp_path / "failed")
+    good = _datasets([10, 10, 10, 10])
+    rdd = sc.parallelize([good[0], good[1], None, good[2], good[3]], 2)
+    with pytest.raises(TypeError, match=r"partition 1, element 0: expected a DataSet .*NoneType"):
+        batch_and_export(rdd, out, batch_size=3)
+    assert _files(out), "the partition without the bad element was written"
+    for read in (
+        lambda: minibatch_files(out),
+        lambda: list_paths(sc, out),
+        lambda: list(FileDataSetIterator(out)),
+    ):
+        with pytest.raises(IncompleteExportError, match=rf"{out}: incomplete export .*overwrite"):
+            read()
+    with pytest.raises(FileExistsError, match="incomplete export"):
+        batch_and_export(sc.parallelize(good, 2), out, batch_size=3)
+    urls = batch_and_export(sc.parallelize(good, 2), out, batch_size=3, overwrite=True)
+    assert sorted(os.listdir(out)) == sorted([*_files(out), "_manifest.json"])
+    read_back = [load(u).features[:, 0] for u in list_paths(sc, out).collect()]
+    values = np.sort(np.concatenate(read_back))
+    np.testing.assert_array_equal(values, np.arange(40, dtype=np.float32))
+    assert len(urls) == len(_files(out))
+
+
+def test_elements_that_are_not_datasets_are_named(sc, tmp_path):
+    for bad, name in [({"x": 1}, "dict"), (np.zeros(3), "ndarray"), ("a,b", "str")]:
+        rdd = sc.parallelize([_datasets([2])[0], bad], 1)
+        with pytest.raises(TypeError, match=rf"partition 0, element 1: .* got {name}\n"):
+            batch_and_export(rdd, str(tmp_path / name), batch_size=2)
+
+
+def test_a_multidataset_among_datasets_is_named(sc, tmp_path):
+    ds = _datasets([2])[0]
+    rdd = sc.parallelize([ds, MultiDataSet.from_dataset(ds)], 1)
+    with pytest.raises(ValueError, match=r"partition 0, element 1: a MultiDataSet .* is a DataSet"):
+        batch_and_export(rdd, str(tmp_path / "kinds"), batch_size=2)
+
+
+def test_feature_widths_must_agree_within_and_across_partitions(sc, tmp_path):
+    from sparkbatch.data.manifest import minibatch_files
+    from sparkbatch.errors import IncompleteExportError
+
+    narrow = DataSet(np.zeros((4, 5), np.float32), np.zeros((4, 2), np.float32))
+    wide = DataSet(np.zeros((4, 7), np.float32), np.zeros((4, 2), np.float32))
+    one_partition = sc.parallelize([narrow, wide], 1)
+    with pytest.raises(ValueError, match=r"partition 0, element 1: .*features \(4, 7\).* \(n, 5\)"):
+        batch_and_export(one_partition, str(tmp_path / "within"), batch_size=4)
+    out = str(tmp_path / "across")
+    with pytest.raises(ValueError, match=r"part-00001-000000.safetensors does not match "
+                       r"part-00000-000000.safetensors: features of shape \(4, 7\)"):
+        batch_and_export(sc.parallelize([narrow, wide], 2), out, batch_size=4)
+    with pytest.raises(IncompleteExportError):
+        minibatch_files(out)
+
+
+def test_masked_sequences_may_differ_in_length(sc, tmp_path):
+    def sequence(steps: int) -> DataSet:
+        return DataSet(
+            np.zeros((2, 3, steps), np.float32),
+            np.zeros((2, 2, steps), np.float32),
+            np.ones((2, steps), np.float32),
+            np.ones((2, steps), np.float32),
+        )
+
+    urls = batch_and_export(sc.parallelize([sequence(4), sequence(9)], 2), str(tmp_path), 2)
+    assert [load(u).features.shape for u in urls] == [(2, 3, 4), (2, 3, 9)]
+
+
+def test_overwrite_removes_only_what_an_earlier_export_wrote(sc, tmp_path):
+    out = tmp_path / "mixed"
+    batch_and_export(sc.parallelize(_datasets([6]), 1), str(out), batch_size=2)
+    (out / "notes.txt").write_text("mine")
+    urls = batch_and_export(sc.parallelize(_datasets([2]), 1), str(out), 2, overwrite=True)
+    assert len(urls) == 1 and (out / "notes.txt").read_text() == "mine"
+    # a checkpoint beside the export, and a minibatch file of the user's in a subdirectory
+    DataSet(np.ones((1, 1), np.float32)).save(str(out / "model.safetensors"))
+    DataSet(np.ones((1, 1), np.float32)).save(str(out / "sub" / "mine.safetensors"))
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    with pytest.raises(FileExistsError, match=r"2 minibatch file\(s\) that no sparkbatch export "
+                       r"there wrote \(.*model.safetensors, .*sub/mine.safetensors\)"):
+        batch_and_export(sc.parallelize(_datasets([2]), 1), str(out), 2, overwrite=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+def test_overwrite_of_a_plain_directory_of_files_removes_nothing(sc, tmp_path):
+    for i in range(2):
+        _datasets([2])[0].save(str(tmp_path / f"dataset_{i}.safetensors"))
+    with pytest.raises(FileExistsError, match="no sparkbatch export there wrote"):
+        batch_and_export(sc.parallelize(_datasets([2]), 1), str(tmp_path), 2, overwrite=True)
+    assert _files(tmp_path) == ["dataset_0.safetensors", "dataset_1.safetensors"]
+
+
+def test_a_commit_interrupted_before_the_marker_is_removed_is_complete(tmp_path):
+    from sparkbatch.data import export_datasets
+    from sparkbatch.data.manifest import PENDING_NAME, minibatch_files
+    from sparkbatch.errors import IncompleteExportError
+
+    urls = export_datasets(_datasets([2, 2]), str(tmp_path))
+    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    marker = {"export_id": manifest["export_id"], "started": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / PENDING_NAME).write_text(json.dumps(marker))
+    assert minibatch_files(str(tmp_path)) == urls
+    marker["export_id"] = "another"  # a later export began here and has not finished
+    (tmp_path / PENDING_NAME).write_text(json.dumps(marker))
+    with pytest.raises(IncompleteExportError, match="started 2026-01-01"):
+        minibatch_files(str(tmp_path))
+
+
+def test_an_incomplete_export_in_a_subdirectory_is_refused(tmp_path):
+    from sparkbatch.data import export_datasets
+    from sparkbatch.data.manifest import minibatch_files
+    from sparkbatch.errors import IncompleteExportError
+
+    export_datasets(_datasets([2]), str(tmp_path / "a"))
+
+    def failing():
+        yield from _datasets([2, 2])
+        raise RuntimeError("the source broke")
+
+    with pytest.raises(RuntimeError, match="the source broke"):
+        export_datasets(failing(), str(tmp_path / "b"))
+    with pytest.raises(IncompleteExportError, match=rf"{tmp_path / 'b'}: incomplete export"):
+        minibatch_files(str(tmp_path))
+    assert len(minibatch_files(str(tmp_path / "a"))) == 1
+    export_datasets(_datasets([2, 2]), str(tmp_path / "b"), overwrite=True)
+    assert len(minibatch_files(str(tmp_path))) == 3
+
+
+def test_export_datasets_refuses_mixed_shapes_naming_both_files(tmp_path):
+    from sparkbatch.data import export_datasets
+
+    batches = [DataSet(np.zeros((2, w), np.float32)) for w in (3, 3, 4)]
+    with pytest.raises(ValueError, match=r"dataset_000002.safetensors does not match "
+                       r"dataset_000000.safetensors: features of shape \(2, 4\)"):
+        export_datasets(batches, str(tmp_path))
+
+
+def test_errors_on_executors_keep_their_type_and_message(sc, tmp_path):
+    from sparkbatch.errors import CsvError
+    from sparkbatch.spark import csv_to_datasets
+
+    csv = tmp_path / "bad.csv"
+    csv.write_text("1,2,0\n3,x,1\n")
+    rdd = csv_to_datasets(str(csv), label_index=2, num_classes=2, sc=sc)
+    with pytest.raises(CsvError) as caught:
+        batch_and_export(rdd, str(tmp_path / "out"), batch_size=2)
+    first = str(caught.value).splitlines()[0]
+    assert first.startswith(f"{csv}, line 2, column 1: expected a number"), first
+    assert "Spark executor" in str(caught.value)
+    assert type(caught.value.__cause__).__module__.startswith("pyspark")

@@ -379,3 +379,28 @@ def test_serialized_loader_memory_maps_local_files(tmp_path):
     assert not data.features.flags.writeable  # a read-only view of the mapped file
     mds = SerializedMultiDataSetLoader().load(Source(path))
     assert isinstance(mds, MultiDataSet) and len(mds.features) == 1
+
+
+def test_mmap_false_reads_large_files_into_memory(tmp_path):
+    import mmap as mmap_module
+
+    from sparkbatch.data import DataSet, SerializedDataSetLoader, Source, load
+
+    path = str(tmp_path / "big.safetensors")
+    features = np.arange(3 << 20, dtype=np.float32).reshape(-1, 16)  # 12 MiB: mapped by default
+    DataSet(features).save(path)
+
+    def base_of(array):
+        while getattr(array, "base", None) is not None:
+            array = array.base
+        return array.obj if isinstance(array, memoryview) else array
+
+    assert isinstance(base_of(load(path).features), mmap_module.mmap)
+    for data in (load(path, mmap=False), SerializedDataSetLoader(mmap=False).load(Source(path))):
+        assert not isinstance(base_of(data.features), mmap_module.mmap)
+        np.testing.assert_array_equal(data.features, features)
+    # a file truncated after loading cannot hurt a copy that was read
+    copy = load(path, mmap=False)
+    os.truncate(path, 100)
+    assert float(copy.features[-1, -1]) == features[-1, -1]
+    assert SerializedDataSetLoader(mmap=False) != SerializedDataSetLoader()

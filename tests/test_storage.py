@@ -459,3 +459,56 @@ def test_atomic_local_path_uses_normal_permissions(tmp_path: pathlib.Path) -> No
     _write(str(tmp_path / "a.bin"))
     mode = stat.S_IMODE(os.stat(tmp_path / "a.bin").st_mode)
     assert mode == stat.S_IMODE(os.stat(plain).st_mode)
+
+
+# --- saving over something that is not a regular file is refused, and it stays what it was
+
+
+def _special_entries(tmp_path):
+    """A FIFO, a listening Unix socket, a directory, a link to a device and a dangling link."""
+    import socket
+
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "socket.safetensors"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    directory = tmp_path / "dir.safetensors"
+    directory.mkdir()
+    device = tmp_path / "device.safetensors"
+    device.symlink_to("/dev/null")
+    dangling = tmp_path / "dangling.safetensors"
+    dangling.symlink_to(tmp_path / "nothing")
+    entries = {
+        fifo: (stat.S_ISFIFO, "a pipe"),
+        sock_path: (stat.S_ISSOCK, "a socket"),
+        directory: (stat.S_ISDIR, "Is a directory"),
+        device: (stat.S_ISLNK, "a device"),
+        dangling: (stat.S_ISLNK, "symbolic link to nothing"),
+    }
+    return sock, entries
+
+
+@pytest.mark.parametrize("writer", ["atomic_local_path", "open_output", "save"])
+def test_saving_over_a_non_regular_file_is_refused(tmp_path, writer):
+    import numpy as np
+
+    from sparkbatch.data import DataSet
+
+    sock, entries = _special_entries(tmp_path)
+    try:
+        for path, (is_kind, message) in entries.items():
+            with pytest.raises(OSError, match=message) as caught:
+                if writer == "atomic_local_path":
+                    with atomic_local_path(str(path)) as tmp:
+                        open(tmp, "wb").close()
+                elif writer == "open_output":
+                    with open_output(str(path)) as f:
+                        f.write(b"x")
+                else:
+                    DataSet(np.zeros((1, 1), np.float32)).save(str(path))
+            assert str(path) in str(caught.value)
+            assert is_kind(os.lstat(path).st_mode), f"{path} was replaced"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in entries)
+    finally:
+        sock.close()

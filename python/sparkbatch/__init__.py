@@ -8,6 +8,23 @@ from __future__ import annotations
 
 from sparkbatch._version import __version__
 from sparkbatch.data import DataSet, MultiDataSet
-from sparkbatch.errors import CsvError, FormatError, SparkbatchError
+from sparkbatch.errors import (
+    CsvError,
+    DivergenceError,
+    FormatError,
+    IncompleteExportError,
+    NonFiniteError,
+    SparkbatchError,
+)
 
-__all__ = ["CsvError", "DataSet", "FormatError", "MultiDataSet", "SparkbatchError", "__version__"]
+__all__ = [
+    "CsvError",
+    "DataSet",
+    "DivergenceError",
+    "FormatError",
+    "IncompleteExportError",
+    "MultiDataSet",
+    "NonFiniteError",
+    "SparkbatchError",
+    "__version__",
+]

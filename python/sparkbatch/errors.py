@@ -7,7 +7,14 @@ catch the library's failures in one place; each also derives from the builtin it
 
 from __future__ import annotations
 
-__all__ = ["CsvError", "FormatError", "SparkbatchError"]
+__all__ = [
+    "CsvError",
+    "DivergenceError",
+    "FormatError",
+    "IncompleteExportError",
+    "NonFiniteError",
+    "SparkbatchError",
+]
 
 
 class SparkbatchError(Exception):
@@ -18,6 +25,37 @@ class FormatError(SparkbatchError, ValueError):
     """A minibatch file is truncated, corrupt or not in the expected format.
 
     The message names the file (or URL) and says what was expected and what was found.
+    """
+
+
+class IncompleteExportError(FormatError):
+    """A directory holds an export that failed or is still running: it has no complete manifest.
+
+    Exports write ``_in_progress.json`` first and ``_manifest.json`` (with the same export id)
+    last, so their part files are never read as a whole data set before the job succeeded. The
+    message names the directory; re-run the export with ``overwrite=True`` to replace it.
+    """
+
+    def __init__(self, message: str, *, directory: str | None = None) -> None:
+        super().__init__(message)
+        self.directory = directory
+
+
+class NonFiniteError(SparkbatchError, ValueError):
+    """A minibatch holds NaN or infinity in its features, labels or masks.
+
+    The message names the minibatch (its file; its RDD partition and index on Spark; its position
+    in what ``Network.fit`` was given), the array and the first such value's position. Training
+    options ``non_finite="skip"`` skip such minibatches instead, and count them.
+    """
+
+
+class DivergenceError(SparkbatchError, ArithmeticError):
+    """Training produced a non-finite score, gradient or averaged parameter vector.
+
+    The message names where: the epoch, iteration and minibatch on one machine; on Spark the
+    round, the worker and the minibatch (or the round, for the workers' average). The model keeps
+    the parameters of before the step or round that diverged.
     """
 
 

@@ -8,7 +8,6 @@ printing the accuracy and where the time went.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -139,8 +138,6 @@ def _pipeline(
 
     train_dir = os.path.join(out, "minibatches", "train")
     test_dir = os.path.join(out, "minibatches", "test")
-    for directory in (train_dir, test_dir):
-        shutil.rmtree(directory, ignore_errors=True)
     with clock.step("CSV -> DataSets -> minibatch files"):
         datasets = csv_to_datasets(
             csv,
@@ -151,8 +148,9 @@ def _pipeline(
             sc=sc,
         )
         train, test = datasets.randomSplit([0.8, 0.2], seed=7)
-        train_files = batch_and_export(train, train_dir, batch_size)
-        test_files = batch_and_export(test, test_dir, batch_size)
+        # overwrite removes only the files of an earlier demo run (NOTE [export commit])
+        train_files = batch_and_export(train, train_dir, batch_size, overwrite=True)
+        test_files = batch_and_export(test, test_dir, batch_size, overwrite=True)
     if not train_files or not test_files:
         print("sparkbatch demo: too few rows for a training and a test split", file=sys.stderr)
         return 1

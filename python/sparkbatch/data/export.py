@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.format import SUFFIX, save
-from sparkbatch.data.manifest import describe, prepare_output, write_manifest
+from sparkbatch.data.manifest import begin_export, commit_export, describe, part_pattern
 from sparkbatch.data.multidataset import MultiDataSet
 from sparkbatch.storage import join
 
@@ -72,8 +72,10 @@ def export_datasets(
     compact_labels : bool, default False
         Store one-hot labels as class indices (see :func:`~sparkbatch.data.save`).
     overwrite : bool, default False
-        Export into a directory that already holds minibatch files or a manifest: they are
-        removed first, so no stale file of an earlier export is read back with the new ones.
+        Export into a directory that holds an earlier export: its files (those its manifest
+        lists, or those an incomplete one wrote) are removed first, so no stale file is read
+        back with the new ones. Other minibatch files there are never removed: they are an
+        error.
     storage_options : mapping, optional
         Keyword arguments for the file system.
     progress : bool, optional
@@ -85,12 +87,20 @@ def export_datasets(
     list of str
         The URLs written, in order.
 
+    Until the manifest is written the directory holds ``_in_progress.json``, and readers
+    refuse it as an incomplete export (:class:`~sparkbatch.errors.IncompleteExportError`): the
+    files of an export that raised are never read as a whole data set.
+
     Raises
     ------
     FileExistsError
-        ``overwrite`` is False and ``url`` already holds minibatch files; nothing is written.
+        ``overwrite`` is False and ``url`` already holds minibatch files or an export, or it is
+        True and ``url`` holds minibatch files no earlier export wrote; nothing is written.
     TypeError
-        An item is neither a DataSet nor a MultiDataSet (files before it are kept).
+        An item is neither a DataSet nor a MultiDataSet (the export stays incomplete).
+    ValueError
+        Two minibatches differ in kind or shape other than in the example axis (and the time
+        axis of masked sequences); the message names both files.
 
     Examples
     --------
@@ -113,7 +123,9 @@ def export_datasets(
         raise ValueError(f"prefix must be a non-empty file name prefix without '/', got {prefix!r}")
     target = os.fspath(url)
     options = dict(storage_options) if storage_options else None
-    prepare_output(target, overwrite=overwrite, storage_options=options)
+    export_id = begin_export(
+        target, part_pattern(prefix), overwrite=overwrite, storage_options=options
+    )
     show = sys.stderr.isatty() if progress is None else bool(progress)
     bar = _Progress(show, sys.stderr)
     written: list[str] = []
@@ -135,5 +147,5 @@ def export_datasets(
             bar.update(len(written), examples)
     finally:
         bar.close()
-    write_manifest(target, entries, storage_options=options)
+    commit_export(target, export_id, entries, storage_options=options)
     return written

@@ -46,6 +46,7 @@ SUFFIX = ".safetensors"
 # Files smaller than this are read into one buffer instead of memory-mapped: below about 2 MiB
 # the page faults and the unmap cost more than one copy out of the page cache (docs/performance.md).
 _MMAP_MIN_BYTES = 2 << 20
+_READ_ANY_SIZE = (1 << 64) - 1  # read_file's size limit that never declines a file
 _ALIGNMENT = 64  # of the data section and of every tensor in it (docs/format.md)
 
 _DTYPE_CODES = {
@@ -314,12 +315,13 @@ def _check(metadata: Mapping[str, str], crc: int | None, source: str) -> None:
 
 
 def _read(
-    source: Any, storage_options: Mapping[str, Any] | None, verify: bool
+    source: Any, storage_options: Mapping[str, Any] | None, verify: bool, mmap: bool = True
 ) -> tuple[dict[str, np.ndarray], dict, str]:
     """The checked tensors and metadata of a file, and the name errors give it.
 
-    Local files under 2 MiB are read (and CRC-checked as they are read) by one native call;
-    larger local files are memory-mapped; other sources are read into one buffer.
+    Local files under 2 MiB (any size with ``mmap=False``) are read (and CRC-checked as they are
+    read) by one native call; larger local files are memory-mapped; other sources are read into
+    one buffer.
     """
     if hasattr(source, "read"):
         name = str(getattr(source, "name", None) or "<file object>")
@@ -332,7 +334,8 @@ def _read(
             with fs.open(fs_path, "rb") as f:
                 return (*_read_arrays(f.read(), name, verify), name)
         path = fs_path
-    small = _native.read_file(path, name, _MMAP_MIN_BYTES, verify, _NUMPY_DTYPES)
+    limit = _MMAP_MIN_BYTES if mmap else _READ_ANY_SIZE
+    small = _native.read_file(path, name, limit, verify, _NUMPY_DTYPES)
     if small is not None:
         arrays, metadata, crc = small
         _check(metadata, crc, name)
@@ -457,6 +460,7 @@ def load(
     source: PathLike | IO[bytes],
     *,
     verify: bool = True,
+    mmap: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Minibatch:
     """Read one minibatch file from a local path, an fsspec URL or a binary file object.
@@ -465,6 +469,11 @@ def load(
     (no copy); smaller local files, where one copy costs less than the page faults of a map, and
     other sources are read into one buffer. With ``verify=True`` the CRC32C of the data section
     is checked; every header field is checked either way.
+
+    A mapped file must not be truncated while its arrays are in use: touching a page past the
+    new end kills the process with SIGBUS, as with ``np.load(mmap_mode="r")``. Where another
+    program may rewrite files in place (sparkbatch's own writers never do: they rename a new
+    file over the old one), pass ``mmap=False`` to read every file into memory instead.
 
     Raises
     ------
@@ -481,5 +490,5 @@ def load(
     >>> load(buf).num_examples
     4
     """
-    arrays, metadata, name = _read(source, storage_options, verify)
+    arrays, metadata, name = _read(source, storage_options, verify, mmap)
     return _minibatch(arrays, metadata, name)

@@ -152,10 +152,11 @@ class Loader(Protocol):
         ...
 
 
-def _load_minibatch(source: Source, verify: bool) -> Minibatch:
-    """Load a minibatch file: memory-mapped when local, read in one piece otherwise."""
+def _load_minibatch(source: Source, verify: bool, mmap: bool = True) -> Minibatch:
+    """Load a minibatch file: memory-mapped when local and ``mmap``, read in one piece
+    otherwise."""
     try:
-        return load(source.url, verify=verify, storage_options=source.storage_options)
+        return load(source.url, verify=verify, mmap=mmap, storage_options=source.storage_options)
     except FileNotFoundError as e:
         if e.filename == source.url:
             raise
@@ -165,17 +166,24 @@ def _load_minibatch(source: Source, verify: bool) -> Minibatch:
 class _SerializedLoader:
     """Settings shared by the built-in loaders of sparkbatch minibatch files."""
 
-    def __init__(self, *, verify: bool = True) -> None:
+    def __init__(self, *, verify: bool = True, mmap: bool = True) -> None:
         self.verify = bool(verify)
+        self.mmap = bool(mmap)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"mmap": True, **state})  # pickles of loaders without mmap
+
+    def _key(self) -> tuple[Any, ...]:
+        return type(self), self.verify, self.mmap
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.verify == self.verify  # type: ignore[attr-defined]
+        return isinstance(other, _SerializedLoader) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash((type(self), self.verify))
+        return hash(self._key())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(verify={self.verify})"
+        return f"{type(self).__name__}(verify={self.verify}, mmap={self.mmap})"
 
 
 class SerializedDataSetLoader(_SerializedLoader):
@@ -188,6 +196,10 @@ class SerializedDataSetLoader(_SerializedLoader):
     ----------
     verify : bool, default True
         Check the CRC32C of the data section.
+    mmap : bool, default True
+        Memory-map local files from 2 MiB up. A mapped file truncated in place by another
+        program kills the reader with SIGBUS (see :func:`~sparkbatch.data.load`); ``False``
+        reads every file into memory.
 
     Raises
     ------
@@ -206,7 +218,7 @@ class SerializedDataSetLoader(_SerializedLoader):
 
     def load(self, source: Source) -> DataSet:
         """Read the DataSet stored at ``source``."""
-        data = _load_minibatch(source, self.verify)
+        data = _load_minibatch(source, self.verify, self.mmap)
         if not isinstance(data, DataSet):
             raise FormatError(
                 f"{source.url}: holds a {type(data).__name__}, not a DataSet; "
@@ -225,6 +237,8 @@ class SerializedMultiDataSetLoader(_SerializedLoader):
     ----------
     verify : bool, default True
         Check the CRC32C of the data section.
+    mmap : bool, default True
+        Memory-map local files from 2 MiB up (see :class:`SerializedDataSetLoader`).
 
     Examples
     --------
@@ -239,5 +253,5 @@ class SerializedMultiDataSetLoader(_SerializedLoader):
 
     def load(self, source: Source) -> MultiDataSet:
         """Read the MultiDataSet (or DataSet, converted) stored at ``source``."""
-        data = _load_minibatch(source, self.verify)
+        data = _load_minibatch(source, self.verify, self.mmap)
         return data.to_multi() if isinstance(data, DataSet) else data

@@ -1,31 +1,52 @@
-"""The manifest of an exported directory: every minibatch file with its example count and shapes.
+"""The manifest of an exported directory, and how an export commits (NOTE [export commit]).
 
-``batch_and_export`` writes ``_manifest.json`` after its Spark job succeeded, so it lists exactly
-the files of the successful attempts. Readers use it when present (one small read instead of a
-listing of thousands of objects, and exact example counts) and list the directory otherwise.
+``batch_and_export`` and ``export_datasets`` write ``_in_progress.json`` before their first file
+and ``_manifest.json`` after their last, so the manifest lists exactly the files of the
+successful attempts and a directory without it is recognisably incomplete. Readers use the
+manifest when present (one small read instead of a listing of thousands of objects, and exact
+example counts), refuse an incomplete export, and list other directories.
 """
 
 from __future__ import annotations
 
+import datetime
 import errno
 import json
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sparkbatch.data.format import FORMAT_NAME, FORMAT_VERSION, SUFFIX
-from sparkbatch.errors import FormatError
-from sparkbatch.storage import exists, join, list_files, open_output, read_bytes, resolve
+from sparkbatch.errors import FormatError, IncompleteExportError
+from sparkbatch.storage import (
+    exists,
+    join,
+    list_files,
+    list_tree,
+    open_output,
+    read_bytes,
+    resolve,
+)
+from sparkbatch.storage.paths import _exists
 
 __all__ = [
     "MANIFEST_NAME",
+    "PENDING_NAME",
+    "begin_export",
+    "check_complete",
+    "check_shapes",
+    "commit_export",
     "describe",
     "minibatch_files",
-    "prepare_output",
+    "part_pattern",
     "read_manifest",
+    "read_marker",
     "write_manifest",
 ]
 
 MANIFEST_NAME = "_manifest.json"
+PENDING_NAME = "_in_progress.json"
 
 
 def describe(data: Any) -> dict[str, Any]:
@@ -40,6 +61,8 @@ def describe(data: Any) -> dict[str, Any]:
     else:
         named = {f"features.{i}": a for i, a in enumerate(data.features)}
         named.update({f"labels.{i}": a for i, a in enumerate(data.labels)})
+        named.update({f"features_mask.{i}": a for i, a in enumerate(data.features_masks)})
+        named.update({f"labels_mask.{i}": a for i, a in enumerate(data.labels_masks)})
     return {
         "kind": type(data).__name__,
         "num_examples": int(data.num_examples),
@@ -81,10 +104,7 @@ def read_manifest(
     options = dict(storage_options or {})
     if not exists(url, storage_options=options):
         return None
-    try:
-        manifest = json.loads(read_bytes(url, storage_options=options))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{url}: not valid JSON ({e})") from None
+    manifest = _read_json(url, options, "the manifest")
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, list):
         raise FormatError(f'{url}: expected an object with a "files" list, found {manifest!r:.80}')
@@ -98,36 +118,278 @@ def read_manifest(
     return manifest
 
 
-def prepare_output(
-    directory: str, *, overwrite: bool, storage_options: Mapping[str, Any] | None = None
+# ---------------------------------------------------------------------------------------------
+# NOTE [export commit]: an export is complete only once its manifest is written.
+#
+# begin_export() writes ``_in_progress.json`` (an export id, the start time and the pattern of
+# the part names) before anything else; commit_export() writes ``_manifest.json`` with the same
+# id and then removes the marker. A directory whose marker has no manifest of the same id holds
+# a failed, killed or still-running export, and every reader (minibatch_files, hence
+# list_paths, FileDataSetIterator and training) refuses it with IncompleteExportError. A crash
+# between the manifest and the marker's removal leaves both with one id: complete. Directories
+# without a marker (files saved one by one, DL4J exports) are read by listing, as before.
+#
+# Overwriting removes only what an earlier export wrote: the files its manifest lists, or, for
+# an incomplete one, the files named by its marker's pattern (and their temporaries). Any other
+# minibatch file in the way is an error that names it, never deleted.
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")  # storage's atomic-write temporaries
+
+
+def part_pattern(prefix: str) -> str:
+    """The regular expression of ``{prefix}_{index:06d}.safetensors``, the names of
+    :func:`~sparkbatch.data.export_datasets`."""
+    return re.escape(prefix) + r"_\d{6}" + re.escape(SUFFIX)
+
+
+def _read_json(url: str, options: dict[str, Any], what: str) -> Any:
+    try:
+        return json.loads(read_bytes(url, storage_options=options))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{url}: {what} is not valid JSON ({e})") from None
+
+
+def read_marker(
+    directory: str, *, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The ``_in_progress.json`` marker of ``directory`` (an export that has not committed), or
+    None. An unreadable marker reads as ``{}``: still a marker."""
+    options = dict(storage_options or {})
+    url = join(directory, PENDING_NAME)
+    if not exists(url, storage_options=options):
+        return None
+    try:
+        marker = _read_json(url, options, "the export marker")
+    except (FormatError, FileNotFoundError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def _incomplete(directory: str, marker: Mapping[str, Any]) -> IncompleteExportError:
+    started = f" started {marker['started']}" if isinstance(marker.get("started"), str) else ""
+    return IncompleteExportError(
+        f"{directory}: incomplete export (it has {PENDING_NAME}{started} but no {MANIFEST_NAME} "
+        "of that export): the export failed or is still running, so its files are not a whole "
+        "data set; re-run the export with overwrite=True",
+        directory=directory,
+    )
+
+
+def check_complete(
+    directory: str,
+    manifest: Mapping[str, Any] | None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Refuse to export into ``directory`` if it holds minibatch files or a manifest, or, with
-    ``overwrite``, remove them first, so that no stale file of an earlier export is read later."""
+    """Raise IncompleteExportError if ``directory`` holds an export that has not committed
+    (NOTE [export commit]); ``manifest`` is its manifest as read, or None."""
+    marker = read_marker(directory, storage_options=storage_options)
+    if marker is None:
+        return
+    if manifest is not None and "export_id" in marker:
+        if manifest.get("export_id") == marker["export_id"]:
+            return  # committed; the process died before it removed the marker
+    raise _incomplete(directory, marker)
+
+
+def _matches(pattern: Any, name: str) -> bool:
+    if not isinstance(pattern, str):
+        return False
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def begin_export(
+    directory: str,
+    names: str,
+    *,
+    overwrite: bool,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Start an export into ``directory``: check what is there, write the marker, and with
+    ``overwrite`` remove the files of an earlier export. Returns the new export's id.
+
+    ``names`` is the regular expression of the part names this export writes (relative to
+    ``directory``). See NOTE [export commit].
+
+    Raises
+    ------
+    FileExistsError
+        Without ``overwrite``: the directory holds minibatch files, a manifest or a marker.
+        With it: the directory holds minibatch files that no earlier export there wrote.
+    NotADirectoryError
+        ``directory`` is a file.
+    """
     options = dict(storage_options or {})
     fs, root = resolve(directory, options)
-    if not fs.exists(root):
-        return
-    old = list_files(directory, suffix=SUFFIX, storage_options=options) if fs.isdir(root) else []
-    manifest = join(directory, MANIFEST_NAME)
-    has_manifest = exists(manifest, storage_options=options)
-    if not old and not has_manifest:
-        return
+    removable: list[str] = []
+    if _exists(fs, root):
+        if not fs.isdir(root):
+            raise NotADirectoryError(errno.ENOTDIR, "the export directory is a file", directory)
+        removable = _previous_export(directory, names, overwrite, options)
+    export_id = secrets.token_hex(16)
+    marker = {
+        "format": FORMAT_NAME,
+        "export_id": export_id,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "names": names,
+    }
+    with open_output(join(directory, PENDING_NAME), storage_options=options) as f:
+        f.write(json.dumps(marker, indent=1).encode())
+    if removable:  # the manifest comes first: readers see an incomplete export from here on
+        fs.rm([resolve(url, options)[1] for url in removable])
+    return export_id
+
+
+def _previous_export(
+    directory: str, names: str, overwrite: bool, options: dict[str, Any]
+) -> list[str]:
+    """The files of an earlier export in ``directory`` that ``overwrite`` may remove; raise if
+    anything else, or without ``overwrite`` anything at all, is in the way."""
+    relative = {url: rel for rel, url in list_tree(directory, storage_options=options)}
+    present = set(relative.values())
+    has_manifest = MANIFEST_NAME in present
+    marker = read_marker(directory, storage_options=options) if PENDING_NAME in present else None
+    minibatches = [url for url, rel in relative.items() if _is_minibatch(rel)]
     if not overwrite:
+        if minibatches or has_manifest or marker is not None:
+            count = f"{len(minibatches)} minibatch file(s)"
+            what = (
+                f"an incomplete export ({PENDING_NAME}, {count})"
+                if marker is not None
+                else f"an export ({MANIFEST_NAME}, {count})"
+                if has_manifest
+                else f"{count}, e.g. {minibatches[0]}"
+            )
+            raise FileExistsError(
+                errno.EEXIST,
+                f"directory already holds {what} (pass overwrite=True to replace an earlier "
+                "export, or export to an empty directory)",
+                directory,
+            )
+        return []
+    listed: set[str] = set()
+    if has_manifest:
+        manifest = read_manifest(directory, storage_options=options) or {"files": []}
+        listed = {entry["path"].strip("/") for entry in manifest["files"]}
+    patterns = [names] if (has_manifest or marker is not None) else []
+    if marker:
+        patterns.append(marker.get("names"))
+    ours = [
+        url
+        for url in minibatches
+        if relative[url] in listed or any(_matches(p, relative[url]) for p in patterns)
+    ]
+    others = sorted(set(minibatches) - set(ours))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise FileExistsError(
             errno.EEXIST,
-            f"directory already holds {len(old)} minibatch file(s)"
-            + (f", e.g. {old[0]}" if old else " and a manifest")
-            + " (pass overwrite=True, or export to an empty directory)",
+            f"directory holds {len(others)} minibatch file(s) that no sparkbatch export there "
+            f"wrote ({shown}); overwrite=True removes only the files an earlier export's "
+            f"{MANIFEST_NAME} or {PENDING_NAME} names: move these, or export to another directory",
             directory,
         )
-    for url in old + ([manifest] if has_manifest else []):
-        fs.rm(resolve(url, options)[1])
+    temporaries = []
+    for url, rel in relative.items():
+        found = _TEMPORARY.fullmatch(rel) if "/" not in rel else None
+        if found and any(_matches(p, found["name"]) for p in patterns):
+            temporaries.append(url)
+    return ([join(directory, MANIFEST_NAME)] if has_manifest else []) + ours + temporaries
+
+
+def commit_export(
+    directory: str,
+    export_id: str,
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> str:
+    """Complete the export ``export_id``: check that its minibatches agree in shape, write the
+    manifest, remove the marker. Returns the manifest's URL.
+
+    Raises
+    ------
+    ValueError
+        Two minibatches differ in shape (other than in the example axis, or the time axis of a
+        masked sequence); the export stays incomplete.
+    """
+    check_shapes(entries, directory)
+    url = write_manifest(
+        directory, entries, storage_options=storage_options, export_id=export_id, **extra
+    )
+    marker = read_marker(directory, storage_options=storage_options)
+    if marker is not None and marker.get("export_id") == export_id:
+        fs, path = resolve(join(directory, PENDING_NAME), dict(storage_options or {}))
+        fs.rm(path)
+    return url
+
+
+def shape_signature(entry: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shapes of a manifest entry's tensors without the axes that may differ between the
+    minibatches of one export: the example axis, and the time axis of a masked sequence."""
+    tensors = entry["tensors"]
+    signature = {}
+    for name, tensor in tensors.items():
+        shape = tuple(tensor["shape"][1:])
+        base, _, index = name.partition(".")
+        if base.endswith("_mask"):
+            shape = ()
+        else:
+            mask = f"{base}_mask" + (f".{index}" if index else "")
+            if mask in tensors and shape:
+                shape = shape[:-1]
+        signature[name] = shape
+    return signature
+
+
+def check_shapes(entries: Sequence[Mapping[str, Any]], where: str) -> None:
+    """Raise ValueError naming the first minibatch (manifest entry) whose kind or shapes differ
+    from the first one's; ``where`` names the export."""
+    if not entries:
+        return
+    first = entries[0]
+    expected = shape_signature(first)
+    for entry in entries[1:]:
+        found = shape_signature(entry)
+        if entry["kind"] == first["kind"] and found == expected:
+            continue
+        raise ValueError(
+            f"{where}: minibatch {entry['path']} does not match {first['path']}: "
+            f"{_differences(first, entry)}; every minibatch of an export must agree in kind and "
+            "in shape except for the example axis (and the time axis of masked sequences)"
+        )
+
+
+def _differences(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+    if first["kind"] != other["kind"]:
+        return f"a {other['kind']} where the first is a {first['kind']}"
+    expected, found = shape_signature(first), shape_signature(other)
+    parts = []
+    for name in sorted(set(expected) | set(found)):
+        if name not in found:
+            parts.append(f"it has no {name}")
+        elif name not in expected:
+            parts.append(f"it has a {name} the first has not")
+        elif expected[name] != found[name]:
+            shape, first_shape = other["tensors"][name]["shape"], first["tensors"][name]["shape"]
+            parts.append(f"{name} of shape {tuple(shape)} where the first has {tuple(first_shape)}")
+    return ", ".join(parts)
 
 
 def minibatch_files(
     directory: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> list[str]:
     """URLs of the minibatch files of ``directory``: from its manifest, else by listing it.
+
+    Raises
+    ------
+    IncompleteExportError
+        ``directory``, or a directory under it, holds an export that failed or is still
+        running (NOTE [export commit]).
 
     Examples
     --------
@@ -137,7 +399,25 @@ def minibatch_files(
     >>> minibatch_files("memory://manifest-doc")
     ['memory://manifest-doc/b.safetensors']
     """
-    manifest = read_manifest(directory, storage_options=storage_options)
+    options = dict(storage_options or {})
+    manifest = read_manifest(directory, storage_options=options)
+    check_complete(directory, manifest, storage_options=options)
     if manifest is not None:
         return [join(directory, entry["path"]) for entry in manifest["files"]]
-    return list_files(directory, suffix=SUFFIX, storage_options=dict(storage_options or {}))
+    tree = list_tree(directory, storage_options=options)
+    for rel, _ in tree:
+        if rel.endswith("/" + PENDING_NAME):  # an export in a subdirectory
+            sub = join(directory, rel.rsplit("/", 1)[0])
+            check_complete(
+                sub, read_manifest(sub, storage_options=options), storage_options=options
+            )
+    if not tree:  # one file, an empty directory, or nothing (FileNotFoundError)
+        return list_files(directory, suffix=SUFFIX, storage_options=options)
+    return [url for rel, url in tree if _is_minibatch(rel)]
+
+
+def _is_minibatch(relative: str) -> bool:
+    """Whether a listed file is a minibatch to read: a visible ``.safetensors`` file."""
+    return relative.endswith(SUFFIX) and not any(
+        part.startswith((".", "_")) for part in relative.split("/")
+    )

@@ -5,6 +5,7 @@ Importing this package does not start or need a JVM; pyspark is imported where i
 
 from __future__ import annotations
 
+from sparkbatch.spark._errors import executor_errors
 from sparkbatch.spark.csv import LinesToDataSets, RangesToDataSets, csv_to_datasets
 from sparkbatch.spark.dataframe import ArrowToMinibatches, DataFrameError, dataframe_to_datasets
 from sparkbatch.spark.export import BatchAndExport, batch_and_export, list_paths
@@ -21,5 +22,6 @@ __all__ = [
     "batch_and_export",
     "csv_to_datasets",
     "dataframe_to_datasets",
+    "executor_errors",
     "list_paths",
 ]

@@ -5,17 +5,27 @@ cut into minibatches of exactly ``batch_size`` examples, in order (the partition
 one smaller minibatch). Minibatch ``k`` of partition ``p`` is always written to
 ``part-{p:05d}-{k:06d}.safetensors`` with an atomic commit, so a retried or speculative task
 replaces its own files instead of adding others (DL4J names files by JVM id, which duplicates
-them), and ``batch_and_export`` writes ``_manifest.json`` only after the job succeeded.
+them), and ``batch_and_export`` writes ``_manifest.json`` only after the job succeeded (until
+then ``_in_progress.json`` marks the directory incomplete: NOTE [export commit] in
+:mod:`sparkbatch.data.manifest`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 from sparkbatch.data import SUFFIX, DataSet, MultiDataSet, save
-from sparkbatch.data.manifest import describe, minibatch_files, prepare_output, write_manifest
+from sparkbatch.data.manifest import (
+    begin_export,
+    commit_export,
+    describe,
+    minibatch_files,
+    shape_signature,
+)
+from sparkbatch.spark._errors import executor_errors
 from sparkbatch.storage import join
 
 if TYPE_CHECKING:
@@ -29,6 +39,44 @@ Minibatch = Union[DataSet, MultiDataSet]  # noqa: UP007 (runtime alias)
 def file_name(partition: int, batch: int) -> str:
     """The name of minibatch ``batch`` of ``partition``: NOTE [exactly-once export]."""
     return f"part-{partition:05d}-{batch:06d}{SUFFIX}"
+
+
+PART_PATTERN = r"part-\d{5,}-\d{6,}" + re.escape(SUFFIX)  # what file_name gives
+
+
+def _checked(items: Iterable[Any], partition: int) -> Iterator[Minibatch]:
+    """The items of a partition, each checked to be a DataSet or MultiDataSet of the same kind
+    and shapes (bar the example axis) as the first, so that a bad element is named before any
+    merge trips over it."""
+    first: tuple[type, dict[str, Any]] | None = None
+    for i, item in enumerate(items):
+        if not isinstance(item, (DataSet, MultiDataSet)):
+            raise TypeError(
+                f"partition {partition}, element {i}: expected a DataSet or MultiDataSet, "
+                f"got {type(item).__name__}"
+            )
+        signature = shape_signature(describe(item))
+        if first is None:
+            first = (type(item), signature)
+        elif type(item) is not first[0] or signature != first[1]:
+            shapes = describe(item)["tensors"]
+            raise ValueError(
+                f"partition {partition}, element {i}: a {type(item).__name__} with "
+                f"{_shapes(shapes)} where element 0 is a {first[0].__name__} with "
+                f"{_shapes_of(first[1])}; every element must agree in kind and in shape except "
+                "for the example axis (and the time axis of masked sequences)"
+            )
+        yield item
+
+
+def _shapes(tensors: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {tuple(t['shape'])}" for name, t in tensors.items())
+
+
+def _shapes_of(signature: Mapping[str, tuple[int, ...]]) -> str:
+    return ", ".join(
+        f"{name} {('n', *shape)}".replace("'", "") for name, shape in signature.items()
+    )
 
 
 def _merge(pieces: list[Minibatch]) -> Minibatch:
@@ -81,8 +129,8 @@ class BatchAndExport:
         storage_options: Mapping[str, Any] | None = None,
         with_details: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
         self.batch_size = batch_size
         self.path = os.fspath(path)
         self.compact_labels = compact_labels
@@ -90,7 +138,7 @@ class BatchAndExport:
         self.with_details = with_details
 
     def __call__(self, index: int, items: Iterable[Minibatch]) -> Iterator[Any]:
-        for k, minibatch in enumerate(_rebatch(items, self.batch_size)):
+        for k, minibatch in enumerate(_rebatch(_checked(items, index), self.batch_size)):
             name = file_name(index, k)
             url = join(self.path, name)
             save(
@@ -113,8 +161,12 @@ def batch_and_export(
 ) -> list[str]:
     """Export ``rdd`` to minibatch files under ``path`` and write its manifest; return the URLs.
 
-    An action: runs the job, then writes ``_manifest.json`` (every file with its example count,
-    shapes and dtypes) atomically from the driver, so files of failed attempts are never in it.
+    An action: writes ``_in_progress.json``, runs the job, checks that every minibatch agrees
+    in kind and shape (bar the example axis, and the time axis of masked sequences), then writes
+    ``_manifest.json`` (every file with its example count, shapes and dtypes) atomically from the
+    driver and removes the marker. Files of failed attempts are never in the manifest, and until
+    it is written readers refuse the directory as an incomplete export
+    (:class:`~sparkbatch.errors.IncompleteExportError`).
 
     Parameters
     ----------
@@ -125,18 +177,30 @@ def batch_and_export(
     batch_size : int
         Examples per file; the last file of each partition may hold fewer.
     overwrite : bool
-        Replace minibatch files already in ``path`` (else FileExistsError).
+        Replace an earlier export in ``path``: the files its manifest lists (or that an
+        incomplete one wrote) are removed first. Other minibatch files are never removed: they
+        are a FileExistsError naming them, as any earlier export is without ``overwrite``.
     compact_labels : bool
         Store one-hot labels as class indices (see :func:`sparkbatch.data.save`).
     storage_options : mapping, optional
         fsspec options.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` holds minibatch files in the way (see ``overwrite``); nothing is written.
+    TypeError, ValueError
+        An element of ``rdd`` is not a DataSet or MultiDataSet, or minibatches differ in kind
+        or shape; the message names the partition and element, or the files.
+
+    Errors raised on the executors (storage, a bad element) are raised again here as their own
+    types, with the executor's message first (see :func:`sparkbatch.spark.executor_errors`).
 
     Examples
     --------
     >>> urls = batch_and_export(rdd, "s3://bucket/train", batch_size=32)  # doctest: +SKIP
     """
     path = os.fspath(path)
-    prepare_output(path, overwrite=overwrite, storage_options=storage_options)
     function = BatchAndExport(
         batch_size,
         path,
@@ -144,14 +208,18 @@ def batch_and_export(
         storage_options=storage_options,
         with_details=True,
     )
-    written = rdd.mapPartitionsWithIndex(function, preservesPartitioning=True).collect()
+    export_id = begin_export(
+        path, PART_PATTERN, overwrite=overwrite, storage_options=storage_options
+    )
+    with executor_errors():
+        written = rdd.mapPartitionsWithIndex(function, preservesPartitioning=True).collect()
     written.sort(key=lambda item: item[1]["path"])
-    kinds = {entry["kind"] for _, entry in written}
-    write_manifest(
+    commit_export(
         path,
+        export_id,
         [entry for _, entry in written],
         storage_options=storage_options,
-        kind=kinds.pop() if len(kinds) == 1 else "mixed",
+        kind=written[0][1]["kind"] if written else None,
         batch_size=batch_size,
     )
     return [url for url, _ in written]
@@ -168,5 +236,5 @@ def list_paths(
 
     Uses the directory's manifest when it has one, else lists it recursively in a stable order.
     """
-    urls = minibatch_files(os.fspath(path), storage_options=storage_options)
+    urls = minibatch_files(os.fspath(path), storage_options=storage_options)  # refuses incomplete
     return sc.parallelize(urls, num_slices or max(1, min(len(urls), sc.defaultParallelism)))

@@ -30,6 +30,7 @@ import errno
 import io
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "is_local",
     "join",
     "list_files",
+    "list_tree",
     "open_output",
     "read_bytes",
     "resolve",
@@ -174,8 +176,37 @@ def _create_temp(directory: str, name: str, opened: bool = True) -> tuple[str, I
     raise FileExistsError(errno.EEXIST, "no free temporary name", directory)
 
 
+def _check_replaceable(target: str, url: str) -> None:
+    """Refuse a target that exists and is not a regular file (or a link to one): a rename
+    would replace a directory entry, a device node, a socket or a pipe with a plain file."""
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        if os.path.islink(target):  # a dangling link: replacing it would hide the mistake
+            raise _error(
+                FileExistsError, errno.EEXIST, url, " (a symbolic link to nothing)"
+            ) from None
+        return
+    except NotADirectoryError as e:  # a parent is a file
+        raise _error(NotADirectoryError, errno.ENOTDIR, url) from e
+    if stat.S_ISDIR(mode):
+        raise _error(IsADirectoryError, errno.EISDIR, url)
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a pipe"
+            if stat.S_ISFIFO(mode)
+            else "not a regular file"
+        )
+        raise _error(FileExistsError, errno.EEXIST, url, f" and is {kind}: refusing to replace it")
+
+
 def _commit_local(tmp: str, target: str, overwrite: bool, url: str) -> None:
     if overwrite:
+        _check_replaceable(target, url)  # again: something may have appeared since the open
         os.replace(tmp, target)
         return
     try:
@@ -201,8 +232,7 @@ def _atomic_local(
     NOTE [atomic writes]. ``url`` is the name that errors carry.
     """
     target = os.path.abspath(path)
-    if os.path.isdir(target):
-        raise _error(IsADirectoryError, errno.EISDIR, url)
+    _check_replaceable(target, url)
     if not overwrite and os.path.lexists(target):
         raise _error(FileExistsError, errno.EEXIST, url, _OVERWRITE_HINT)
     directory, name = os.path.split(target)
@@ -475,15 +505,51 @@ def list_files(
     memory://sparkbatch-doc/ls/notes.txt
     >>> fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
     """
-    target = _to_str(url)
+    suffixes = None if suffix is None else (suffix,) if isinstance(suffix, str) else tuple(suffix)
+    found = _listing(_to_str(url), recursive, storage_options)
+    if found and not found[0][0]:  # url names one file
+        name = found[0][1].rstrip("/").rsplit("/", 1)[-1]
+        return [found[0][1]] if suffixes is None or name.endswith(suffixes) else []
+    return [full for rel, full in sorted(found) if _visible(rel, suffixes)]
+
+
+def _visible(relative: str, suffixes: tuple[str, ...] | None) -> bool:
+    """Whether :func:`list_files` lists a file: not hidden, and with one of ``suffixes``."""
+    name = relative.rsplit("/", 1)[-1]
+    return not _is_hidden(relative) and (suffixes is None or name.endswith(suffixes))
+
+
+def list_tree(
+    url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """Every file under a directory, hidden ones included: sorted ``(relative path, URL)``
+    pairs, the relative path "/"-separated and the URL in the form :func:`list_files` gives.
+
+    For code that must see markers and temporaries, which :func:`list_files` skips.
+
+    Examples
+    --------
+    >>> for name in ["a.bin", "sub/_marker", ".tmp"]:
+    ...     with open_output(join("memory://sparkbatch-doc/tree", name)) as f:
+    ...         _ = f.write(b"x")
+    >>> [rel for rel, _ in list_tree("memory://sparkbatch-doc/tree")]
+    ['.tmp', 'a.bin', 'sub/_marker']
+    >>> fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+    return sorted(item for item in _listing(_to_str(url), True, storage_options) if item[0])
+
+
+def _listing(
+    target: str, recursive: bool, storage_options: dict[str, Any] | None
+) -> list[tuple[str, str]]:
+    """``(path relative to target, full URL)`` of every file under ``target`` (hidden ones
+    too); a target that names one file gives ``[("", target)]``."""
     fs, root = resolve(target, storage_options)
     if is_local(fs):
         # Plain local paths come back absolute and local; file:// URLs stay file:// URLs.
         base = fs.unstrip_protocol(root) if "://" in target else root
     else:
         base = target
-    suffixes = None if suffix is None else (suffix,) if isinstance(suffix, str) else tuple(suffix)
-
     fs.invalidate_cache(root)
     try:
         found = fs.find(root, maxdepth=None if recursive else 1, withdirs=False, detail=False)
@@ -491,18 +557,15 @@ def list_files(
         raise _error(FileNotFoundError, errno.ENOENT, target) from e
     relatives = [_relative(p, root) for p in found]
     if relatives == [""] or (not found and fs.isfile(root)):  # url names one file
-        name = root.rstrip("/").rsplit("/", 1)[-1]
-        return [base] if suffixes is None or name.endswith(suffixes) else []
+        return [("", base)]
     if not found and not fs.isdir(root):
         raise _error(FileNotFoundError, errno.ENOENT, target)
-
-    keep: list[tuple[str, str]] = []
+    listing: list[tuple[str, str]] = []
     for path, rel in zip(found, relatives, strict=True):
         if rel is None:  # the back end named it outside root: use its own URL form
             rel, full = path.rsplit("/", 1)[-1], fs.unstrip_protocol(path)
         else:
             full = join(base, *rel.split("/"))
-        name = rel.rsplit("/", 1)[-1]
-        if rel and not _is_hidden(rel) and (suffixes is None or name.endswith(suffixes)):
-            keep.append((rel, full))
-    return [full for _, full in sorted(keep)]
+        if rel:
+            listing.append((rel, full))
+    return listing
