@@ -54,6 +54,11 @@ def test_inspect_describes_good_files_and_names_bad_ones(tmp_path, capsys):
 def test_demo_runs_the_whole_pipeline(tmp_path):
     # A subprocess: the demo starts and stops its own local Spark.
     out = tmp_path / "demo"
+    # a user's files beside and inside the demo's export directories are kept
+    mine = [out / "minibatches" / "mine.safetensors", out / "minibatches" / "train" / "notes.txt"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("mine")
     result = subprocess.run(
         [
             sys.executable,
@@ -79,6 +84,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert accuracy > 0.9
     assert (out / "report.html").read_text().count("<svg") >= 2
     assert list((out / "minibatches" / "train").glob("*.safetensors"))
+    assert [path.read_text() for path in mine] == ["mine", "mine"]
     assert sparkbatch.nn.Network.load(out / "network.safetensors").num_outputs == 4
 
 
@@ -102,3 +108,21 @@ def test_the_native_thread_pool_follows_sparkbatch_num_threads():
     assert default == max(1, os.cpu_count() or 1)
     assert pool("1") == 1 and pool("3") == 3
     assert pool("zero") == default and pool("-2") == default  # ignored, not an error
+
+
+@pytest.mark.spark
+def test_demo_with_bad_csv_says_where_without_a_traceback(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("".join(f"{i % 7}.5,{i % 3}.0,{i % 2}\n" for i in range(40)) + "1.0,oops,1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sparkbatch", "demo", "--csv", str(csv), "--label-index", "2",
+         "--num-classes", "2", "--epochs", "1", "--workers", "1", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    error = next(line for line in lines if line.startswith("sparkbatch demo: "))
+    assert error.startswith(f"sparkbatch demo: CsvError: {csv}, line 41, column 1: expected"), error
+    assert lines[-1] == "(raised in a Spark task; PySpark's exception is chained as the cause)"

@@ -62,20 +62,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return inspect.run(args.paths, verify=not args.no_verify)
     if args.command == "demo":
         from sparkbatch.cli import demo
+        from sparkbatch.errors import SparkbatchError
 
-        return demo.run(
-            rows=args.rows,
-            csv=args.csv,
-            label_index=args.label_index,
-            num_classes=args.num_classes,
-            skip_lines=args.skip_lines,
-            out=args.out,
-            workers=args.workers,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            averaging_frequency=args.averaging_frequency,
-            exchange=args.exchange,
-        )
+        try:
+            return demo.run(
+                rows=args.rows,
+                csv=args.csv,
+                label_index=args.label_index,
+                num_classes=args.num_classes,
+                skip_lines=args.skip_lines,
+                out=args.out,
+                workers=args.workers,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                averaging_frequency=args.averaging_frequency,
+                exchange=args.exchange,
+            )
+        except (SparkbatchError, ValueError, OSError) as e:
+            # bad input or storage: the message says what and where; a traceback adds nothing
+            print(f"sparkbatch demo: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
     raise AssertionError(args.command)  # argparse rejects unknown commands
 
 

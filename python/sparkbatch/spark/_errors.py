@@ -23,7 +23,7 @@ _TRACEBACK = "Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"(?P<name>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?")
 # where the JVM's text resumes after the Python traceback it quotes
 _JVM_TRAILER = re.compile(r"\n(?:\s*SQLSTATE: |\tat |Driver stacktrace:)")
-_WHERE = "(raised on a Spark executor; PySpark's error is the cause below)"
+_WHERE = "(raised in a Spark task; PySpark's exception is chained as the cause)"
 
 
 def _exception_type(name: str) -> type[BaseException] | None:
