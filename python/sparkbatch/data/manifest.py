@@ -28,7 +28,7 @@ from sparkbatch.storage import (
     read_bytes,
     resolve,
 )
-from sparkbatch.storage.paths import _exists
+from sparkbatch.storage.paths import temporary_target
 
 __all__ = [
     "MANIFEST_NAME",
@@ -133,9 +133,6 @@ def read_manifest(
 # an incomplete one, the files named by its marker's pattern (and their temporaries). Any other
 # minibatch file in the way is an error that names it, never deleted.
 
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")  # storage's atomic-write temporaries
-
-
 def part_pattern(prefix: str) -> str:
     """The regular expression of ``{prefix}_{index:06d}.safetensors``, the names of
     :func:`~sparkbatch.data.export_datasets`."""
@@ -225,7 +222,7 @@ def begin_export(
     options = dict(storage_options or {})
     fs, root = resolve(directory, options)
     removable: list[str] = []
-    if _exists(fs, root):
+    if exists(directory, storage_options=options):
         if not fs.isdir(root):
             raise NotADirectoryError(errno.ENOTDIR, "the export directory is a file", directory)
         removable = _previous_export(directory, names, overwrite, options)
@@ -294,8 +291,8 @@ def _previous_export(
         )
     temporaries = []
     for url, rel in relative.items():
-        found = _TEMPORARY.fullmatch(rel) if "/" not in rel else None
-        if found and any(_matches(p, found["name"]) for p in patterns):
+        target = temporary_target(rel) if "/" not in rel else None
+        if target and any(_matches(p, target) for p in patterns):
             temporaries.append(url)
     return ([join(directory, MANIFEST_NAME)] if has_manifest else []) + ours + temporaries
 

@@ -29,6 +29,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -160,6 +161,24 @@ def join(url: str | os.PathLike[str], *parts: str | os.PathLike[str]) -> str:
 
 def _temp_name(name: str) -> str:
     return f".{name[:_TEMP_NAME_CHARS]}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+
+
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}" + re.escape(_TEMP_SUFFIX))
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name a temporary file of an atomic write was for (its first 40 characters),
+    or None if ``name`` is not such a temporary; for tidying up after killed writers.
+
+    Examples
+    --------
+    >>> temporary_target(_temp_name("part-00000-000001.safetensors"))
+    'part-00000-000001.safetensors'
+    >>> temporary_target("notes.txt") is None
+    True
+    """
+    found = _TEMP_NAME.fullmatch(name)
+    return found["name"] if found else None
 
 
 def _create_temp(directory: str, name: str, opened: bool = True) -> tuple[str, IO[bytes] | None]:
