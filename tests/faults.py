@@ -10,10 +10,13 @@ server of ``tests/conftest.py``) and forwards every request unless a switch says
   answering;
 * ``truncate(n)``: forward the next ``n`` matching requests but send back only half of the
   response body, then reset the connection;
+* ``drop(n)``: forward the next ``n`` matching requests (the server acts on them) but reset
+  the connection instead of answering, as when an answer is lost on the way;
 * ``delay(seconds, n)``: hold the next ``n`` matching requests (``n=None``: all of them, until
   :meth:`clear`) before forwarding them;
 * ``stop()`` / ``resume()``: close the listening socket and every open connection (a stopped
-  server: new connections are refused) and listen on the same port again.
+  server: new connections are refused) and listen on the same port again; ``stop_at(...)``
+  stops when a matching request comes (which is not answered).
 
 Every switch takes ``method`` ("PUT", "GET", ...), ``path`` (a substring of the request path)
 and ``after`` (let that many matching requests through first), so a fault can be placed
@@ -44,6 +47,7 @@ __all__ = [
     "KillingLoader",
     "claim",
     "claimed",
+    "executor_pid",
     "proxied_options",
     "upstream_of",
 ]
@@ -62,7 +66,7 @@ class _Closed(Exception):
 
 @dataclass
 class _Rule:
-    action: str  # "fail", "reset", "truncate", "delay"
+    action: str  # "fail", "reset", "truncate", "drop", "delay", "stop"
     remaining: int | None  # None: until cleared
     method: str | None
     path: str | None
@@ -199,6 +203,7 @@ class FaultProxy:
         self.log: list[tuple[str, str, str]] = []
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
+        self._life = threading.RLock()  # start, stop and close, from tests or serving threads
         self._listener: socket.socket | None = None
         self._accepting: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -223,6 +228,10 @@ class FaultProxy:
 
     def start(self) -> None:
         """Listen (on a free port the first time, on the same port after :meth:`stop`)."""
+        with self._life:
+            self._listen()
+
+    def _listen(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((HOST, self.port))
@@ -238,21 +247,26 @@ class FaultProxy:
 
     def stop(self) -> None:
         """Act as a stopped server: refuse new connections and drop every open one."""
-        self._stopping.set()
-        if self._accepting is not None:
-            self._accepting.join(timeout=5)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            _rst(client)
+        with self._life:
+            self._stopping.set()
+            if self._accepting is not None:
+                self._accepting.join(timeout=5)
+                self._accepting = None
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            with self._lock:
+                clients = list(self._clients)
+            for client in clients:  # their threads, woken, close them (with a reset)
+                with contextlib.suppress(OSError):
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    client.shutdown(socket.SHUT_RDWR)
 
     def resume(self) -> None:
         """Listen again on the same port after :meth:`stop`."""
-        if self._listener is None:
-            self.start()
+        with self._life:
+            if self._listener is None:
+                self.start()
 
     def close(self) -> None:
         self._closed = True
@@ -301,6 +315,16 @@ class FaultProxy:
     ) -> None:
         """Send half the response body of the next ``count`` matching requests, then reset."""
         self._add(_Rule("truncate", count, method, path, after))
+
+    def drop(
+        self, count: int, *, method: str | None = None, path: str | None = None, after: int = 0
+    ) -> None:
+        """Forward the next ``count`` matching requests, then reset instead of answering."""
+        self._add(_Rule("drop", count, method, path, after))
+
+    def stop_at(self, *, method: str | None = None, path: str | None = None, after: int = 0):
+        """Stop (see :meth:`stop`) when the next matching request comes, leaving it unanswered."""
+        self._add(_Rule("stop", 1, method, path, after))
 
     def delay(
         self,
@@ -385,6 +409,9 @@ class FaultProxy:
                 if action == "reset":
                     _rst(client)
                     return
+                if action == "stop":
+                    self.stop()
+                    return
                 if action == "fail":
                     assert rule is not None
                     client.sendall(_error_response(rule.status, rule.code, request.path))
@@ -401,8 +428,9 @@ class FaultProxy:
                 assert up_reader is not None
                 upstream.sendall(request.head + request.body)
                 head, body, close = _read_response(up_reader, request.method)
-                if action == "truncate":
-                    client.sendall(head + body[: len(body) // 2])
+                if action in ("truncate", "drop"):
+                    if action == "truncate":
+                        client.sendall(head + body[: len(body) // 2])
                     _rst(client)
                     return
                 client.sendall(head + body)
@@ -514,7 +542,8 @@ def claim(marker_dir: str, name: str, times: int = 1, details: dict | None = Non
         except FileExistsError:
             continue
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), **_task_details(), **(details or {})}, f)
+            info = {"pid": os.getpid(), "cwd": os.getcwd(), **_task_details()}
+            json.dump({**info, **(details or {})}, f)
         return True
     return False
 
@@ -545,14 +574,33 @@ def _task_details() -> dict:
     return {"partition": context.partitionId(), "attempt": context.attemptNumber()}
 
 
-def _kill_self() -> None:
+def _kill_self(target: str = "worker") -> None:
+    """SIGKILL this Python worker, or (``target="executor"``) the executor JVM that started it."""
     import os
     import signal
     import sys
 
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    pid = os.getpid() if target == "worker" else executor_pid()
+    os.kill(pid, signal.SIGKILL)
+    if pid != os.getpid():  # the JVM is gone; its Python workers end when they notice
+        os._exit(1)
+
+
+def executor_pid() -> int:
+    """The pid of the executor JVM above this Python worker (a standalone cluster's
+    ``CoarseGrainedExecutorBackend``), found through ``/proc``."""
+    import os
+
+    pid = os.getpid()
+    for _ in range(10):
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])  # the parent's pid
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"CoarseGrainedExecutorBackend" in f.read():
+                return pid
+    raise RuntimeError("no executor JVM above this process (local mode has none)")
 
 
 class KillAt:
@@ -561,6 +609,7 @@ class KillAt:
 
     Placed before an export, the items before ``at`` have been written by then (the export
     pulls items lazily). ``watch``: a local folder whose listing goes into the marker.
+    ``target="executor"`` kills the executor JVM instead (standalone clusters only).
     """
 
     def __init__(
@@ -572,9 +621,10 @@ class KillAt:
         times: int = 1,
         watch: str | None = None,
         name: str = "killed",
+        target: str = "worker",
     ) -> None:
         self.marker_dir, self.partition, self.at = marker_dir, partition, at
-        self.times, self.watch, self.name = times, watch, name
+        self.times, self.watch, self.name, self.target = times, watch, name, target
 
     def __call__(self, index: int, items: Any) -> Any:
         import os
@@ -583,7 +633,7 @@ class KillAt:
             if index == self.partition and i == self.at:
                 listing = sorted(os.listdir(self.watch)) if self.watch else []
                 if claim(self.marker_dir, self.name, self.times, {"listing": listing}):
-                    _kill_self()
+                    _kill_self(self.target)
             yield item
 
 
