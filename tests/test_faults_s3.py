@@ -206,18 +206,38 @@ def test_spark_export_retries_transient_faults_mid_export(sc, s3_storage, proxy,
     np.testing.assert_array_equal(_read_ids(prefix, options), np.arange(120))
 
 
+SPARK_LASTING = {
+    # fault: (switch it on, what batch_and_export raises on the driver, and a regex of it)
+    # s3fs's OSError on an executor is raised again as an OSError (spark.executor_errors) ...
+    "500 from the 6th upload": (
+        lambda p: p.fail(10**6, 500, method="PUT", path="/part-", after=5),
+        OSError,
+        "injected by tests/faults.py",
+    ),
+    # ... botocore's EndpointConnectionError is not a builtin: it stays PySpark's exception.
+    "server stopped at the 6th upload": (
+        lambda p: p.stop_at(method="PUT", path="/part-", after=5),
+        Exception,
+        "(?i)could not connect to the endpoint",
+    ),
+}
+
+
 @pytest.mark.spark
-def test_spark_export_with_the_server_stopped_fails_and_is_refused_until_rerun(
-    sc, s3_storage, proxy, prefix
+@pytest.mark.parametrize("fault", list(SPARK_LASTING))
+def test_spark_export_with_lasting_faults_fails_and_is_refused_until_rerun(
+    sc, s3_storage, proxy, prefix, fault
 ):
     from sparkbatch.errors import IncompleteExportError
     from sparkbatch.spark import list_paths
 
+    switch, raised, text = SPARK_LASTING[fault]
     options = proxied_options(s3_storage, proxy, **QUICK)
-    proxy.stop_at(method="PUT", path="/part-", after=5)
-    with pytest.raises(Exception, match="(?i)connect") as failed:
+    switch(proxy)
+    with pytest.raises(raised, match=text) as failed:
         _spark_export(sc, prefix, options)
-    print(f"stopped: {_described(failed.value)}")
+    print(f"{fault}: {_described(failed.value)}"[:3000])
+    proxy.clear()
     proxy.resume()
     assert len(list_files(prefix, suffix=".safetensors", storage_options=s3_storage)) >= 5
     with pytest.raises(IncompleteExportError, match=re.escape(prefix)):
