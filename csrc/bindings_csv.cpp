@@ -33,10 +33,11 @@ py::dict py_parse_csv(py::handle buffer, const std::string& delimiter, const std
                       const std::map<int64_t, int64_t>& class_columns,
                       const std::map<int64_t, std::vector<std::string>>& categories,
                       const std::vector<int64_t>& string_columns, const std::string& on_error,
-                      int64_t threads) {
+                      int64_t threads, bool quoted_newlines) {
   CsvOptions options;
   options.delimiter = single_char(delimiter, "delimiter");
   options.quoting = !quote.empty();
+  options.quoted_newlines = quoted_newlines;
   if (options.quoting) options.quote = single_char(quote, "quote (or '' for none)");
   if (skip_lines < 0) {
     throw py::value_error("skip_lines must be >= 0, got " + std::to_string(skip_lines));
@@ -112,8 +113,10 @@ void register_csv(py::module_& m) {
         py::arg("class_columns") = std::map<int64_t, int64_t>{},
         py::arg("categories") = std::map<int64_t, std::vector<std::string>>{},
         py::arg("string_columns") = std::vector<int64_t>{}, py::arg("on_error") = "raise",
-        py::arg("threads") = 0,
+        py::arg("threads") = 0, py::arg("quoted_newlines") = true,
         R"doc(Parses a whole buffer of CSV bytes into a float32 matrix, without the GIL.
+
+With quoted_newlines=False every line is one record, and a quoted field must close on its line.
 
 Returns a dict: "values" (float32 [rows, columns]), "strings" ({column: [str]} for string_columns),
 "skipped" (bad rows skipped with on_error="skip"), "error" (None or (line, column, text, expected)

@@ -248,6 +248,7 @@ struct Dialect {
   char delimiter = ',';
   char quote = '"';
   bool quoting = true;
+  bool quoted_newlines = true;  // false: NOTE(csv-lines)
   char space_a = ' ';  // the blanks trimmed around values: space and tab, less the delimiter
   char space_b = '\t';
   bool is_space(char c) const { return c == space_a || c == space_b; }
@@ -272,9 +273,18 @@ struct Field {
   Term term = Term::kEnd;       // kDelim or kEnd
   bool quoted = false;
   bool doubled = false;       // the quoted text holds doubled quotes
-  bool unterminated = false;  // no closing quote before the end of the buffer
+  bool unterminated = false;  // no closing quote before the end of the buffer (or line)
   bool after_quote = false;   // something other than blanks between closing quote and terminator
 };
+
+const char* find_char(const char* p, const char* end, char c) {
+  return static_cast<const char*>(std::memchr(p, c, static_cast<std::size_t>(end - p)));
+}
+
+// NOTE(csv-lines): with quoted_newlines false a record is one line, whatever its quotes, so any
+// cut of a file at newlines gives the same records (Spark's CSV reader without multiLine does
+// the same). A quoted field still open at the end of its line is unterminated there: the record
+// is bad and the next line is a record of its own.
 
 // Finds the extent of the field starting at p, reading no byte at or beyond `end`. A field is
 // quoted when its first non-blank byte is the quote; quotes anywhere else are ordinary text. The
@@ -292,6 +302,15 @@ Field scan_field(const char* p, const char* end, const Dialect& d) {
     for (;;) {
       const auto* hit =
           static_cast<const char*>(std::memchr(s, d.quote, static_cast<std::size_t>(end - s)));
+      if (!d.quoted_newlines) {  // the field ends with its line
+        const char* nl = find_char(s, hit != nullptr ? hit : end, '\n');
+        if (nl != nullptr) {
+          f.unterminated = true;
+          f.content_end = f.raw_end = nl > f.content_begin && nl[-1] == '\r' ? nl - 1 : nl;
+          f.next = nl + 1;
+          return f;
+        }
+      }
       if (hit == nullptr) {
         f.unterminated = true;
         f.content_end = f.raw_end = f.next = end;
@@ -372,6 +391,7 @@ struct Plan {
   std::vector<std::unordered_map<std::string_view, float>> category_index;
   std::size_t string_slots = 0;
   bool skip_bad = false;
+  const char* closing_quote = "a closing quote";  // what an unterminated field lacks
 };
 
 std::string python_list(const std::vector<std::string>& names) {
@@ -399,6 +419,7 @@ void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns) {
   plan.slot.assign(columns, 0);
   plan.expected.assign(columns, "a number");
   plan.skip_bad = o.skip_bad_rows;
+  if (!o.quoted_newlines) plan.closing_quote = "a closing quote before the end of the line";
   for (const auto& [col, n] : o.class_columns) {
     if (static_cast<uint64_t>(col) >= columns) continue;
     const auto c = static_cast<std::size_t>(col);
@@ -817,7 +838,7 @@ Term ChunkParser::slow_cell(std::size_t col, const char*& pos, const char* end, 
   const Dialect& d = plan_.dialect;
   const Field f = scan_field(pos, end, d);
   if (f.next > last_nl + 1) return Term::kTail;
-  if (f.unterminated) return bad(col, f, "a closing quote");
+  if (f.unterminated) return bad(col, f, plan_.closing_quote);
   if (f.after_quote) return bad(col, f, "a delimiter after the closing quote");
   const Kind kind = plan_.kinds[col];
   if (kind == Kind::kString) {
@@ -875,7 +896,7 @@ Term ChunkParser::bad_record(const char*& pos, const char* rec, const char* resu
   if (cell != nullptr && cell->field.unterminated) unterminated = *cell;
   for (bool done = ended; !done;) {
     const Field f = scan_field(next, end, d);
-    if (f.unterminated && !unterminated) unterminated = BadCell{fields, f, "a closing quote"};
+    if (f.unterminated && !unterminated) unterminated = BadCell{fields, f, plan_.closing_quote};
     ++fields;
     next = f.next;
     done = f.term == Term::kEnd;
@@ -931,10 +952,6 @@ std::size_t first_row_fields(const char* p, const char* end, const Dialect& d) {
   return 0;
 }
 
-const char* find_char(const char* p, const char* end, char c) {
-  return static_cast<const char*>(std::memchr(p, c, static_cast<std::size_t>(end - p)));
-}
-
 std::size_t count_newlines(const char* p, const char* end) {
   std::size_t n = 0;
 #if defined(__SSE2__)
@@ -970,7 +987,8 @@ std::vector<const char*> find_boundaries(const char* begin, const char* end, std
   const auto bytes = static_cast<std::size_t>(end - begin);
   auto cut = [&](std::size_t k) { return begin + bytes / chunks * k; };
   std::size_t k = 1;
-  const bool quotes = d.quoting && find_char(begin, end, d.quote) != nullptr;
+  const bool quotes =
+      d.quoting && d.quoted_newlines && find_char(begin, end, d.quote) != nullptr;
   if (!quotes) {
     for (; k < chunks; ++k) {
       const char* from = std::max(cut(k) - 1, bounds.back());
@@ -1080,6 +1098,7 @@ CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
   d.delimiter = o.delimiter;
   d.quote = o.quoting ? o.quote : '\0';
   d.quoting = o.quoting;
+  d.quoted_newlines = o.quoted_newlines;
   if (d.delimiter == ' ') d.space_a = '\t';
   if (d.delimiter == '\t') d.space_b = ' ';
 

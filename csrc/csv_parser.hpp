@@ -25,6 +25,9 @@ struct CsvOptions {
   char delimiter = ',';
   char quote = '"';
   bool quoting = true;      // false: the quote character has no meaning
+  // false: every newline ends a record, and a quoted field left open at the end of its line is
+  // bad (NOTE(csv-lines)); true: a quoted field may hold newlines.
+  bool quoted_newlines = true;
   uint64_t skip_lines = 0;  // physical lines skipped at the start (headers)
   int64_t columns = -1;     // -1: the number of fields of the first data row
   std::map<int64_t, int64_t> class_columns;              // column -> number of classes

@@ -267,6 +267,62 @@ def test_error_line_of_a_record_spanning_lines() -> None:
     assert error('1,"a\nb",x\n', string_columns=[1]) == (1, 2, "x", "a number")
 
 
+LINES = {"quoted_newlines": False}  # NOTE(csv-lines): one record per line
+NO_CLOSE = "a closing quote before the end of the line"
+
+
+def test_one_record_per_line() -> None:
+    assert values('1,"2",3\r\n"4" ,"5e0", 6\n', **LINES).tolist() == [[1, 2, 3], [4, 5, 6]]
+    result = parse(b'1,"2\n3",4\n5,6,7\n', on_error="skip", columns=3, **LINES)
+    assert result["values"].tolist() == [[5, 6, 7]]
+    assert result["skipped"] == 2 and result["lines"] == 3
+    assert result["error"] == (1, 1, '"2', NO_CLOSE)
+    assert error(b'1,2,3\n4,"5\r\n6,7,8\n', **LINES) == (2, 1, '"5', NO_CLOSE)
+    assert error(b'1,2,3\n4,5,"6', **LINES) == (2, 2, '"6', NO_CLOSE)
+    assert error(b'1,2,"3""\n', **LINES) == (1, 2, '"3""', NO_CLOSE)
+    text = parse(b'a,"b\nc",d\n', string_columns=[0, 1, 2], on_error="skip", **LINES)
+    assert text["skipped"] == 2 and text["strings"] == {0: [], 1: [], 2: []}
+    assert error(b'1,"x\n', string_columns=[1], **LINES) == (1, 1, '"x', NO_CLOSE)
+
+
+MESSY = [
+    "1,2,3",
+    '"4",5, 6 ',
+    '7,"8\n9",10',  # a quoted newline: two bad lines
+    '"a',
+    'b",1,2',
+    "x,1,2",
+    "",
+    "  \r",
+    "1,2",
+    "1,2,3,4",
+    '"1""",2,3',
+    "5,6,7\r",
+    '1,2,"3"',
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_records_per_line_do_not_depend_on_where_the_text_is_cut(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = ("\n".join(rng.choice(MESSY, 400)) + "\n").encode()
+    kwargs = {"columns": 3, "on_error": "skip", "threads": 1, **LINES}
+    whole = parse(data, **kwargs)
+    assert 0 < whole["skipped"] and 0 < whole["values"].shape[0]
+    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
+    for _ in range(20):
+        cuts = [0, *sorted(rng.choice(newlines[:-1], rng.integers(1, 30), replace=False)), None]
+        parts = [parse(data[a:b], **kwargs) for a, b in zip(cuts, cuts[1:], strict=False)]
+        np.testing.assert_array_equal(np.concatenate([p["values"] for p in parts]), whole["values"])
+        assert sum(p["skipped"] for p in parts) == whole["skipped"]
+        assert sum(p["lines"] for p in parts) == whole["lines"] == data.count(b"\n")
+    big = data * (3 * (1 << 20) // len(data))
+    one = parse(big, **kwargs)
+    many = parse(big, **{**kwargs, "threads": 4})
+    np.testing.assert_array_equal(many["values"], one["values"])
+    assert many["skipped"] == one["skipped"] == whole["skipped"] * (len(big) // len(data))
+
+
 def test_no_quoting() -> None:
     result = parse(b'1,"2",3\n', quote="", string_columns=[1])
     assert result["strings"] == {1: ['"2"']}

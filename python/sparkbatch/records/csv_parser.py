@@ -18,7 +18,7 @@ import numpy as np
 from sparkbatch import _native
 from sparkbatch.errors import CsvError
 
-__all__ = ["CsvOptions", "ParsedCsv", "first_row", "parse_csv_buffer"]
+__all__ = ["CsvOptions", "ParsedCsv", "table_width", "parse_csv_buffer"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -68,6 +68,7 @@ def parse_csv_buffer(
     string_columns: Sequence[int] = (),
     threads: int = 0,
     lines_before: Callable[[], int] | None = None,
+    quoted_newlines: bool = True,
 ) -> ParsedCsv:
     """Parse ``buffer`` natively; raise :class:`CsvError` for the first bad row (or skip them).
 
@@ -93,6 +94,9 @@ def parse_csv_buffer(
         Threads for the native parser (0: all cores).
     lines_before : callable, optional
         Called only when reporting an error: the number of lines of the file before ``buffer``.
+    quoted_newlines : bool
+        Whether a quoted field may hold line breaks; False: every line is one record, and a
+        quoted field must close on its line (NOTE(csv-lines) in ``csrc/csv_parser.cpp``).
 
     Examples
     --------
@@ -119,6 +123,7 @@ def parse_csv_buffer(
         string_columns=list(string_columns),
         on_error=options.on_error,
         threads=threads,
+        quoted_newlines=quoted_newlines,
     )
     if result["error"] is not None and options.on_error == "raise":
         line, column, text, expected = result["error"]
@@ -131,40 +136,70 @@ def parse_csv_buffer(
     return ParsedCsv(result["values"], result["strings"], result["skipped"], result["lines"])
 
 
-def first_row(
+SAMPLE_ROWS = 100  # table_width looks at up to this many data rows ...
+SAMPLE_BYTES = 1 << 16  # ... those that end within this many bytes (and at least the first)
+
+
+def table_width(
     data: bytes, options: CsvOptions, *, skip_lines: int | None = None, complete: bool = True
 ) -> tuple[int, int] | None:
-    """The number of fields and the 1-based line of the first data row of ``data``.
+    """The number of columns of a table, and the 1-based line of its first row of that width.
 
-    The first data row is the first line after the header lines that is not blank (blanks as
-    the native parser has them: spaces, tabs and CR, less the delimiter). None when ``data``
-    holds none; with ``complete=False`` (``data`` is the start of a longer text) only whole lines
-    count, and None means that more text is needed. Only the lines up to that row are looked at.
+    The width is the most common number of fields among the first data rows (the first
+    ``SAMPLE_ROWS`` lines after the header lines that are not blank, those of them that end
+    within the first ``SAMPLE_BYTES`` bytes of ``data`` and at least the first), ties going to
+    the earliest: one bad row at the top does not set the width of a whole file. Blank lines are
+    as the native parser has them (spaces, tabs and CR, less the delimiter); every line is one
+    row (NOTE(csv-lines) in ``csrc/csv_parser.cpp``).
+
+    None when ``data`` holds no data row; with ``complete=False`` (``data`` is the start of a
+    longer text) only whole lines count, and None means that more text is needed.
 
     Examples
     --------
-    >>> first_row(b"x,y,z\\n\\n1,2,3\\n", CsvOptions(skip_lines=1))
+    >>> table_width(b"x,y,z\\n\\n1,2,3\\n4,5\\n", CsvOptions(skip_lines=1))
     (3, 3)
-    >>> first_row(b"1,2,3", CsvOptions(), complete=False) is None
+    >>> table_width(b"1,2\\n3,4,5\\n6,7,8\\n", CsvOptions())
+    (3, 2)
+    >>> table_width(b"1,2,3\\n", CsvOptions(), complete=False) is None
     True
     """
     skip = options.skip_lines if skip_lines is None else skip_lines
     blanks = b" \t\r".replace(options.delimiter.encode(), b"")
-    pos, line = 0, 1
-    while pos < len(data):
+    delimiter, quote = options.delimiter.encode(), options.quote.encode() or b"\n"
+    widths: dict[int, tuple[int, int]] = {}  # width -> (rows, first line)
+    pos, line, rows = 0, 1, 0
+    while rows < SAMPLE_ROWS and (rows == 0 or pos < SAMPLE_BYTES):
         end = data.find(b"\n", pos)
         if end < 0:
             if not complete:
+                if rows > 0 and len(data) >= SAMPLE_BYTES:
+                    break  # the line ends past the sample
                 return None
+            if pos >= len(data):
+                break
             end = len(data)
-        if line > skip and data[pos:end].strip(blanks):
-            result = _native.parse_csv(
-                data[pos:end],
-                delimiter=options.delimiter,
-                quote=options.quote,
-                on_error="skip",
-                threads=1,
-            )
-            return int(result["values"].shape[1]), line
+        row = data[pos:end]
+        if line > skip and row.strip(blanks) and (rows == 0 or end <= SAMPLE_BYTES):
+            width = row.count(delimiter) + 1 if quote not in row else _fields(row, options)
+            count, first = widths.get(width, (0, line))
+            widths[width] = (count + 1, first)
+            rows += 1
         pos, line = end + 1, line + 1
-    return None
+    if not widths:
+        return None
+    width, (_, first) = max(widths.items(), key=lambda item: (item[1][0], -item[1][1]))
+    return width, first
+
+
+def _fields(row: bytes, options: CsvOptions) -> int:
+    """The number of fields of one line holding quotes."""
+    result = _native.parse_csv(
+        row,
+        delimiter=options.delimiter,
+        quote=options.quote,
+        on_error="skip",
+        threads=1,
+        quoted_newlines=False,
+    )
+    return int(result["values"].shape[1])

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
-from sparkbatch.records.csv_parser import CsvOptions, first_row, parse_csv_buffer
+from sparkbatch.records.csv_parser import (
+    SAMPLE_BYTES,
+    SAMPLE_ROWS,
+    CsvOptions,
+    parse_csv_buffer,
+    table_width,
+)
 from sparkbatch.storage import (
     LineRange,
     count_lines_before,
@@ -39,6 +45,15 @@ _MAX_BLOCK = 16 << 20  # bytes read at a time while looking for the first data r
 # driver, before any partition is parsed. A partition that took the width of its own first row
 # would get a result that depends on where the input was cut: with on_error="skip" a bad first
 # row would make every good row after it "bad", and a label_index=-1 would name another column.
+
+# NOTE [one record per line]: csv_to_datasets reads each line as one record, as Spark's CSV
+# reader does without multiLine (and DL4J's textFile + CSVRecordReader): a quoted field may hold
+# the delimiter but not a line break. One that does is a bad row on its first line ("expected a
+# closing quote before the end of the line"), and each line after it is a row of its own
+# (usually bad too). Files are cut into byte ranges at line breaks, and no range could tell
+# whether the line break it starts after lies inside quotes without reading the file from the
+# start, so this rule is what keeps rows, values and skip counts the same for every split_size
+# (and every partitioning of an RDD). CSVRecordReader (one machine) reads quoted line breaks.
 
 
 def default_split_size(total_bytes: int, parallelism: int) -> int:
@@ -84,7 +99,8 @@ class _CsvToDataSets:
     def _convert(self, buffer: Any, **parse_args: Any) -> Iterator[DataSet]:
         table = self.table
         if table is None:
-            found = first_row(bytes(buffer), self.options, skip_lines=parse_args.get("skip_lines"))
+            skip = parse_args.get("skip_lines")
+            found = table_width(bytes(buffer), self.options, skip_lines=skip)
             if found is None:
                 return
             table = _Table(found[0], f"{parse_args['source']}, line {found[1]}")
@@ -94,6 +110,7 @@ class _CsvToDataSets:
             columns=table.columns,
             columns_from=table.origin,
             class_columns=_class_columns(self.spec, table),
+            quoted_newlines=False,  # NOTE [one record per line]
             **parse_args,
         )
         if parsed.skipped and self.skipped is not None:
@@ -117,7 +134,8 @@ def _class_columns(spec: LabelSpec, table: _Table) -> dict[int, int]:
 def _file_table(
     urls: Sequence[str], options: CsvOptions, storage_options: Mapping[str, Any] | None
 ) -> _Table | None:
-    """The width of the first data row of the first file that has one (None: no file has).
+    """The width of the table: that of the first data rows of the first file that has some
+    (:func:`~sparkbatch.records.csv_parser.table_width`), None when no file has a data row.
 
     Read on the driver, as Spark's CSV reader reads a header: every byte range then checks its
     rows against the same width, whatever the ranges are (NOTE [one width]).
@@ -125,11 +143,11 @@ def _file_table(
     for url in urls:
         fs, path = resolve(url, dict(storage_options or {}))
         with fs.open(path, "rb") as f:
-            head, block = b"", 1 << 16
+            head, block = b"", SAMPLE_BYTES
             while True:
                 chunk = f.read(block)
                 head += chunk
-                found = first_row(head, options, complete=not chunk)
+                found = table_width(head, options, complete=not chunk)
                 if found is not None:
                     return _Table(found[0], f"{url}, line {found[1]}")
                 if not chunk:
@@ -138,13 +156,86 @@ def _file_table(
     return None
 
 
+class _RddHead:
+    """The first lines of a partition, as many as :func:`_rdd_table` needs: ``header`` lines, then
+    data lines until, with ``rows`` and ``size`` from earlier partitions, the sample of
+    :func:`~sparkbatch.records.csv_parser.table_width` is complete. Returns ``[(lines, ended)]``.
+    Lower ``rows`` and ``size``, or more ``header`` lines, than the true ones only make it read
+    further.
+    """
+
+    def __init__(self, options: CsvOptions, header: int, rows: int, size: int) -> None:
+        self.blanks = " \t\r".replace(options.delimiter, "")
+        self.header, self.rows, self.size = header, rows, size
+
+    def __call__(self, lines: Iterable[str]) -> list[tuple[list[str], bool]]:
+        taken: list[str] = []
+        rows, size = self.rows, self.size
+        for line in lines:
+            taken.append(line)
+            if len(taken) <= self.header:
+                continue
+            rows += bool(line.strip(self.blanks))
+            size += len(line.encode()) + 1
+            if rows >= SAMPLE_ROWS or (rows and size >= SAMPLE_BYTES):
+                return [(taken, False)]
+        return [(taken, True)]
+
+
+def _rdd_table(rdd: RDD[str], options: CsvOptions) -> tuple[_Table | None, dict[int, int]]:
+    """The width of the table of an RDD of lines (as :func:`_file_table`), and the header lines
+    (the RDD's first ``skip_lines``) of each partition that holds some.
+
+    Reads the first partitions only, and from each only the lines it needs, as ``RDD.take`` does.
+    """
+    header_left = options.skip_lines
+    header_lines: dict[int, int] = {}
+    data: list[str] = []  # the lines after the header so far
+    origin: list[str] = []  # where each of them is
+    index, batch, partitions = 0, 1, rdd.getNumPartitions()
+    while index < partitions:
+        # a batch of partitions, each read as if the first (so at least as far as needed)
+        text = "".join(line + "\n" for line in data).encode()
+        rows = sum(1 for line in data if line.strip(" \t\r".replace(options.delimiter, "")))
+        head = _RddHead(options, header_left, rows, len(text))
+        heads = rdd.context.runJob(rdd, head, range(index, min(index + batch, partitions)))
+        for lines, ended in heads:
+            skip = min(header_left, len(lines))
+            if skip:
+                header_lines[index] = skip
+                header_left -= skip
+            data += lines[skip:]
+            origin += [f"partition {index}, line {k}" for k in range(skip + 1, len(lines) + 1)]
+            index += 1
+            if not ended:  # the sample is complete
+                index = partitions
+                break
+        batch *= 4
+    found = None
+    if data:
+        text = "".join(line + "\n" for line in data).encode()
+        found = table_width(text, options, skip_lines=0)
+    if found is None:
+        return None, header_lines
+    return _Table(found[0], origin[found[1] - 1]), header_lines
+
+
 class LinesToDataSets(_CsvToDataSets):
     """``rdd_lines.mapPartitionsWithIndex(LinesToDataSets(...))``: one native parse per partition.
 
-    Header lines (``skip_lines``) are skipped in partition 0 only: with ``sc.textFile`` of one
-    file that is where they are. For many files with headers, read the files directly
+    ``header_lines`` maps a partition to the header lines at its start (by default
+    ``skip_lines`` in partition 0: with ``sc.textFile`` of one file that is where they are), and
+    ``table`` gives the width of every row (by default each partition's first data row).
+    :func:`csv_to_datasets` finds both on the driver, so that its result does not depend on how
+    the lines are partitioned. For many files with headers, read the files directly
     (:func:`csv_to_datasets` with a path), which skips them once per file.
     """
+
+    def __init__(self, *args: Any, header_lines: Mapping[int, int] | None = None) -> None:
+        super().__init__(*args)
+        self.header_lines = (
+            {0: self.options.skip_lines} if header_lines is None else dict(header_lines)
+        )
 
     def __call__(self, index: int, lines: Iterable[str]) -> Iterator[DataSet]:
         text = "\n".join(lines)
@@ -154,7 +245,7 @@ class LinesToDataSets(_CsvToDataSets):
         return self._convert(
             buffer,
             source=f"partition {index}",
-            skip_lines=self.options.skip_lines if index == 0 else 0,
+            skip_lines=self.header_lines.get(index, 0),
             threads=1,
         )
 
@@ -167,14 +258,21 @@ class RangesToDataSets(_CsvToDataSets):
         self.storage_options = dict(storage_options or {})
 
     def __call__(self, ranges: Iterable[LineRange]) -> Iterator[DataSet]:
+        skip = self.options.skip_lines
         for r in ranges:
             buffer, begin = read_line_range(r, storage_options=self.storage_options)
             if not buffer:
                 continue
+            if begin > 0 and skip > 0:  # header lines may reach past the file's first range
+                header = skip - count_lines_before(
+                    r.url, begin, limit=skip, storage_options=self.storage_options
+                )
+            else:
+                header = skip if begin == 0 else 0
             yield from self._convert(
                 buffer,
                 source=r.url,
-                skip_lines=self.options.skip_lines if r.is_first else 0,
+                skip_lines=header,
                 threads=1,
                 lines_before=lambda r=r, begin=begin: count_lines_before(
                     r.url, begin, storage_options=self.storage_options
@@ -211,9 +309,12 @@ def csv_to_datasets(
     source : RDD of str, path, URL, glob, or a list of them
         An RDD of lines, or files (directories are read recursively; any fsspec URL). Files are
         read by the executors in byte ranges of ``split_size`` (NOTE [line ranges] in
-        :mod:`sparkbatch.storage.ranges`), header lines skipped once per file. Every row must
-        have as many columns as the first data row of the first file (read on the driver when
-        this function is called, as Spark's CSV reader reads a header; NOTE [one width]).
+        :mod:`sparkbatch.storage.ranges`), header lines skipped once per file. Each line is one
+        row: a quoted field may hold the delimiter, not a line break (NOTE [one record per
+        line]). Every row must have the width of the table, the most common number of columns
+        among the first data rows of the first file (or of the RDD), which is read when this
+        function is called, as Spark's CSV reader reads a header (NOTE [one width]). Rows,
+        values and skip counts do not depend on ``split_size`` or on the RDD's partitions.
     label_index, num_classes : int, optional
         Classification: the column of the class index (``-1`` = last) and the class count.
     label_first, label_last, regression
@@ -221,13 +322,15 @@ def csv_to_datasets(
     batch_size : int
         Examples per DataSet; the last DataSet of each partition may be smaller.
     skip_lines : int
-        Header lines at the start of each file (of partition 0 for an RDD of lines).
+        Header lines at the start of each file (the first lines of an RDD of lines).
     delimiter, quote : str
         Field delimiter and quote character (``""``: no quoting).
     on_error : {"raise", "skip"}
-        ``"raise"``: the first bad row (wrong column count, non-numeric value, bad class index)
-        fails the job with a :class:`~sparkbatch.errors.CsvError` naming file or partition, line,
-        column and text. ``"skip"``: bad rows are dropped and counted in ``skipped``.
+        ``"raise"``: a bad row (wrong column count, non-numeric value, bad class index, a quote
+        left open at the end of the line) fails the job with a
+        :class:`~sparkbatch.errors.CsvError` naming file or partition, line, column and text:
+        the first bad row of the partition that failed first. ``"skip"``: bad rows are dropped
+        and counted in ``skipped``.
     skipped : pyspark.Accumulator, optional
         Where ``on_error="skip"`` counts rows; created if not given and attached to the returned
         RDD as ``rdd.skipped``. Read it after an action. Like every accumulator updated in a
@@ -260,9 +363,15 @@ def csv_to_datasets(
         skipped = sc.accumulator(0)
 
     if rdd_input:
-        result = source.mapPartitionsWithIndex(  # type: ignore[union-attr]
-            LinesToDataSets(spec, options, batch_size, skipped)
-        )
+        table, header_lines = _rdd_table(source, options)  # type: ignore[arg-type]
+        if table is None:  # no data row
+            result = sc.emptyRDD()
+        else:
+            _class_columns(spec, table)  # a label column outside the table fails here
+            function = LinesToDataSets(
+                spec, options, batch_size, skipped, table, header_lines=header_lines
+            )
+            result = source.mapPartitionsWithIndex(function)  # type: ignore[union-attr]
     else:
         urls = expand_paths(source, storage_options=storage_options)  # type: ignore[arg-type]
         parallelism = sc.defaultParallelism

@@ -155,16 +155,34 @@ def read_line_range(
 
 
 def count_lines_before(
-    url: str, offset: int, *, storage_options: Mapping[str, Any] | None = None
+    url: str,
+    offset: int,
+    *,
+    limit: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> int:
-    """Number of newlines in the first ``offset`` bytes of ``url`` (for error messages only)."""
+    """Number of newlines in the first ``offset`` bytes of ``url``, or ``limit`` if there are
+    at least that many (reading only as far as needed to tell).
+
+    Examples
+    --------
+    >>> from sparkbatch.storage import open_output
+    >>> with open_output("memory://ranges-doc/count.txt") as f:
+    ...     _ = f.write(b"a\\nb\\nc\\nd\\n")
+    >>> count_lines_before("memory://ranges-doc/count.txt", 5)
+    2
+    >>> count_lines_before("memory://ranges-doc/count.txt", 8, limit=3)
+    3
+    """
     fs, path = resolve(url, dict(storage_options or {}))
-    count = 0
+    count, size = 0, 1 << 16 if limit is not None else _BLOCK
     with fs.open(path, "rb") as f:
-        while offset > 0:
-            block = f.read(min(_BLOCK, offset))
+        while offset > 0 and (limit is None or count < limit):
+            block = f.read(min(size, offset))
             if not block:
                 break
             count += block.count(b"\n")
             offset -= len(block)
-    return count
+            size = min(2 * size, _BLOCK)
+    return count if limit is None else min(count, limit)
+
