@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <set>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -55,13 +56,20 @@ py::dict tensor_arrays(const py::array& file, const sparkbatch::Header& header,
     const uint8_t* data = bytes + header.data_start + t.begin;
     const auto itemsize = static_cast<uintptr_t>(dtype.itemsize());
     py::array array;
-    if (t.end == t.begin) {
-      array = py::array(dtype, shape);
-    } else if (reinterpret_cast<uintptr_t>(data) % itemsize == 0) {
-      array = py::array(dtype, shape, data, file);
-    } else {
-      array = py::array(dtype, shape);
-      std::memcpy(array.mutable_data(), data, t.end - t.begin);
+    try {
+      if (t.end == t.begin) {
+        array = py::array(dtype, shape);
+      } else if (reinterpret_cast<uintptr_t>(data) % itemsize == 0) {
+        array = py::array(dtype, shape, data, file);
+      } else {
+        array = py::array(dtype, shape);
+        std::memcpy(array.mutable_data(), data, t.end - t.begin);
+      }
+    } catch (py::error_already_set& e) {
+      // The header's checks follow numpy 2's limits; an older numpy allows fewer dimensions.
+      if (!e.matches(PyExc_ValueError)) throw;
+      throw NamedFormatError(name + ": tensor '" + t.name + "' cannot be held by numpy: " +
+                             py::str(e.value()).cast<std::string>());
     }
     arrays[py::str(t.name)] = std::move(array);
   }
@@ -180,11 +188,19 @@ struct WriteRequest {
 
 WriteRequest make_request(const py::list& tensors, const py::dict& metadata) {
   WriteRequest req;
+  std::set<std::string> names;
   for (const auto& item : tensors) {
     auto entry = item.cast<py::tuple>();
     if (entry.size() != 3) throw py::value_error("tensors must be (name, dtype, array) tuples");
     sparkbatch::TensorSource src;
     src.name = entry[0].cast<std::string>();
+    // A tensor named like a filler would vanish when read (or clash with the writer's fillers),
+    // one named __metadata__ would be read as the metadata, a repeated name makes a duplicate key.
+    if (src.name == "__metadata__" || src.name.rfind(sparkbatch::kPadPrefix, 0) == 0)
+      throw py::value_error("tensor name '" + src.name + "' is reserved (__metadata__, " +
+                            sparkbatch::kPadPrefix + "*)");
+    if (!names.insert(src.name).second)
+      throw py::value_error("tensor name '" + src.name + "' repeats");
     src.dtype = entry[1].cast<std::string>();
     const std::size_t item_size = sparkbatch::dtype_size(src.dtype);
     if (item_size == 0) throw py::value_error("unknown dtype " + src.dtype + " for tensor " + src.name);

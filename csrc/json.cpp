@@ -1,9 +1,18 @@
 #include "json.hpp"
 
+#include <set>
+
 namespace sparkbatch::json {
 namespace {
 
 constexpr int kMaxDepth = 64;
+// A parsed value takes about 100 bytes (twice that in a growing vector) whatever its text, and
+// "0," is two bytes: without a bound a 100 MB header would take some 10 GB. A million values is
+// ten times what a header of 100,000 tensors needs.
+constexpr std::size_t kMaxValues = std::size_t{1} << 20;
+// Objects with more members than this look keys up in an ordered set instead of member by member
+// (which is quadratic: 40,000 keys took 2.4 s).
+constexpr std::size_t kLinearKeys = 16;
 
 class Parser {
  public:
@@ -20,6 +29,7 @@ class Parser {
  private:
   std::string_view s_;
   std::size_t pos_ = 0;
+  std::size_t values_ = 0;  // values parsed so far (kMaxValues)
 
   [[noreturn]] void fail(const std::string& what) const { throw ParseError{what, pos_}; }
 
@@ -38,6 +48,7 @@ class Parser {
 
   Value parse_value(int depth) {
     if (depth > kMaxDepth) fail("nesting deeper than 64 levels");
+    if (++values_ > kMaxValues) fail("more than 1048576 values");
     switch (peek()) {
       case '{': return parse_object(depth);
       case '[': return parse_array(depth);
@@ -239,11 +250,20 @@ class Parser {
       ++pos_;
       return v;
     }
+    std::set<std::string> keys;  // every key, once there are more than kLinearKeys
     for (;;) {
       skip_ws();
       const std::size_t key_pos = pos_;
       std::string key = parse_string();
-      if (v.find(key) != nullptr) {
+      bool duplicate;
+      if (v.members.size() < kLinearKeys) {
+        duplicate = v.find(key) != nullptr;
+      } else {
+        if (keys.empty())
+          for (const auto& m : v.members) keys.insert(m.first);
+        duplicate = !keys.insert(key).second;
+      }
+      if (duplicate) {
         pos_ = key_pos;
         fail("duplicate key \"" + key + "\"");
       }

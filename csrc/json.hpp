@@ -2,7 +2,9 @@
 //
 // Only what a header needs: objects (key order kept, duplicate keys rejected), arrays, strings
 // with every escape, integers, and the other JSON literals so that valid-but-unexpected headers
-// get a precise error instead of a parse failure. Depth and size are bounded by the caller.
+// get a precise error instead of a parse failure. The text's size is bounded by the caller;
+// nesting (64 levels) and the number of values (2^20, which bounds the memory a parse takes)
+// by the parser.
 #pragma once
 
 #include <cstdint>

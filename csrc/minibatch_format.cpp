@@ -68,6 +68,9 @@ TensorEntry read_entry(const std::string& name, const json::Value& v) {
   const json::Value* shape = v.find("shape");
   if (shape == nullptr || shape->type != json::Value::Type::Array)
     throw FormatError(where + " has no \"shape\" array");
+  if (shape->items.size() > kMaxDims)
+    throw FormatError(where + " has " + std::to_string(shape->items.size()) +
+                      " dimensions; at most " + std::to_string(kMaxDims) + " are supported");
   for (const auto& d : shape->items) e.shape.push_back(read_u64_pair_item(d, where + " shape"));
 
   const json::Value* offsets = v.find("data_offsets");
@@ -79,10 +82,18 @@ TensorEntry read_entry(const std::string& name, const json::Value& v) {
     throw FormatError(where + " has data_offsets [" + std::to_string(e.begin) + ", " +
                       std::to_string(e.end) + "] that end before they begin");
 
+  // As numpy: the size in bytes, leaving out zero dimensions, must fit in a signed 64-bit integer
+  // (else numpy refuses the array, empty or not); a zero dimension makes it 0.
   uint64_t nbytes = dtype_size(e.dtype);
-  for (uint64_t d : e.shape)
-    if (!checked_mul(nbytes, d, &nbytes))
+  bool empty = false;
+  for (uint64_t d : e.shape) {
+    if (d == 0) {
+      empty = true;
+    } else if (!checked_mul(nbytes, d, &nbytes) || nbytes > uint64_t{INT64_MAX}) {
       throw FormatError(where + " has shape " + shape_text(e.shape) + " whose size overflows");
+    }
+  }
+  if (empty) nbytes = 0;
   if (nbytes != e.end - e.begin)
     throw FormatError(where + " has shape " + shape_text(e.shape) + " and dtype " + e.dtype +
                       " (" + std::to_string(nbytes) + " bytes) but its data_offsets span " +

@@ -21,6 +21,7 @@ struct FormatError : std::runtime_error {
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // as the safetensors reference reader
 constexpr uint64_t kAlignment = 64;                // of every tensor and of the data section
 constexpr const char* kPadPrefix = "__pad.";       // names of the filler tensors between tensors
+constexpr std::size_t kMaxDims = 64;               // of a tensor's shape (numpy's limit)
 
 // Bytes per element of a safetensors dtype name, or 0 for a name that is not a dtype.
 std::size_t dtype_size(const std::string& dtype);
