@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing (libFuzzer) of sparkbatch's native entry points under ASan + UBSan.
+#
+# Usage: bash fuzz/run.sh TARGET [RUNS] [libFuzzer flags...]
+#        bash fuzz/run.sh build            # build every target only
+#   TARGET: json          csrc/json.cpp: the strict JSON reader of safetensors headers
+#           format        csrc/minibatch_format.cpp: parse_header on whole files, tensor bytes, CRC,
+#                         write-and-read-back
+#           csv           csrc/csv_parser.cpp: parse_csv, options from the first 5 bytes
+#           csv_parallel  csv_parser.cpp with 64-byte chunks: several threads must equal one
+#   RUNS:   inputs to execute (default 1000000); 0 runs until stopped or a crash
+# Builds with clang (clang++, or the newest clang++-NN on PATH; CXX overrides) into build/fuzz/,
+# starts from the committed seeds (fuzz/corpus/TARGET, tests/corpus/*.safetensors for format and
+# their headers for json) plus the working corpus of earlier runs (build/fuzz/corpus/TARGET), and
+# runs one process. A crash leaves its input in build/fuzz/artifacts/TARGET/; reproduce it with
+#   build/fuzz/TARGET build/fuzz/artifacts/TARGET/crash-...
+# then keep it in tests/fuzz_regressions/TARGET/ (tests/test_fuzz_regressions.py runs those files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${CXX:-}" ] || ! "$CXX" --version 2>/dev/null | grep -q clang; then
+  CXX=$(command -v clang++ || ls /usr/bin/clang++-[0-9]* 2>/dev/null | sort -V | tail -1 || true)
+fi
+[ -n "$CXX" ] || { echo "fuzz/run.sh: needs clang++ (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 2; }
+
+out=build/fuzz
+flags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined
+       -fno-sanitize-recover=all -Wall -Wextra -Wpedantic -Wshadow -Wconversion
+       -Wno-sign-conversion -Icsrc -pthread)
+
+# build TARGET: the harness and the sources it calls, instrumented for coverage.
+build() {
+  local target=$1 harness sources=() defs=()
+  case $target in
+    json) harness=fuzz/fuzz_json.cpp; sources=(csrc/json.cpp) ;;
+    format) harness=fuzz/fuzz_format.cpp
+            sources=(csrc/json.cpp csrc/minibatch_format.cpp csrc/crc32c.cpp csrc/thread_pool.cpp) ;;
+    csv) harness=fuzz/fuzz_csv.cpp; sources=(csrc/csv_parser.cpp csrc/thread_pool.cpp) ;;
+    csv_parallel)  # the parser with 64-byte chunks, so that small inputs are cut into several
+      mkdir -p "$out"
+      sed -e '1i #line 1 "csrc/csv_parser.cpp"' \
+          -e 's/^constexpr std::size_t kMinChunkBytes = .*;/constexpr std::size_t kMinChunkBytes = 64;/' \
+          -e 's/^constexpr std::size_t kAbortCheckRecords = [0-9]*;/constexpr std::size_t kAbortCheckRecords = 2;/' \
+          csrc/csv_parser.cpp > "$out/csv_parser_small_chunks.cpp"
+      if [ "$(grep -cE '^constexpr std::size_t (kMinChunkBytes = 64|kAbortCheckRecords = 2);' \
+               "$out/csv_parser_small_chunks.cpp")" != 2 ]; then
+        echo "fuzz/run.sh: kMinChunkBytes/kAbortCheckRecords not found in csrc/csv_parser.cpp" >&2
+        exit 2
+      fi
+      harness=fuzz/fuzz_csv.cpp; sources=("$out/csv_parser_small_chunks.cpp" csrc/thread_pool.cpp)
+      defs=(-DFUZZ_CSV_PARALLEL) ;;
+    *) echo "fuzz/run.sh: unknown target '$target' (json, format, csv, csv_parallel)" >&2; exit 2 ;;
+  esac
+  mkdir -p "$out"
+  "$CXX" "${flags[@]}" "${defs[@]}" -fsanitize=fuzzer "$harness" "${sources[@]}" -o "$out/$target"
+}
+
+target=${1:?usage: bash fuzz/run.sh json|format|csv|csv_parallel|build [RUNS] [libFuzzer flags]}
+if [ "$target" = build ]; then
+  for t in json format csv csv_parallel; do build "$t"; done
+  exit 0
+fi
+runs=${2:-1000000}
+shift $(( $# >= 2 ? 2 : 1 ))
+build "$target"
+
+corpus=$out/corpus/$target
+artifacts=$out/artifacts/$target
+mkdir -p "$corpus" "$artifacts"
+seeds=()
+seed_dir=fuzz/corpus/${target%_parallel}
+[ -d "$seed_dir" ] && seeds+=("$seed_dir")
+case $target in
+  format) seeds+=(tests/corpus) ;;
+  json)  # the headers of the hostile files, as JSON documents
+    mkdir -p "$out/seeds/json"
+    python3 - "$out/seeds/json" tests/corpus/*.safetensors <<'PY'
+import os, struct, sys
+for path in sys.argv[2:]:
+    data = open(path, "rb").read()
+    if len(data) >= 8:
+        n = min(struct.unpack("<Q", data[:8])[0], len(data) - 8)
+        with open(os.path.join(sys.argv[1], os.path.basename(path) + ".json"), "wb") as f:
+            f.write(data[8:8 + n])
+PY
+    seeds+=("$out/seeds/json") ;;
+esac
+dict=fuzz/${target%_parallel}.dict
+dict_flag=()
+[ -f "$dict" ] && dict_flag=(-dict="$dict")
+max_len=4096
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+echo "== $target: $runs runs ($CXX) =="
+exec "$out/$target" -runs="$runs" -max_len=$max_len -timeout=10 -rss_limit_mb=2048 \
+  -print_final_stats=1 -artifact_prefix="$artifacts/" "${dict_flag[@]}" "$@" "$corpus" "${seeds[@]}"
