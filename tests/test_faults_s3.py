@@ -154,13 +154,6 @@ def test_lasting_faults_fail_the_export_and_readers_refuse_it_until_rerun(
     np.testing.assert_array_equal(_read_ids(prefix, options), np.arange(ITEMS * SIZE))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed upload's error does not name the object: s3fs raises "
-    "OSError(errno, <the server's message>) without a filename, and sparkbatch's open_output "
-    "passes it on as it is, so the user reads e.g. '[Errno 121] We encountered an internal "
-    "error. Please try again.' with no URL",
-)
 def test_a_failed_upload_names_the_file(s3_storage, proxy, prefix):
     options = proxied_options(s3_storage, proxy, **QUICK)
     proxy.fail(10**6, 500, **FIFTH)

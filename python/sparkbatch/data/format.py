@@ -26,7 +26,7 @@ from sparkbatch import _native
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.multidataset import MultiDataSet
 from sparkbatch.errors import FormatError
-from sparkbatch.storage import atomic_local_path, is_local, open_output, resolve
+from sparkbatch.storage import atomic_local_path, is_local, open_output, read_bytes, resolve
 
 __all__ = [
     "FORMAT_NAME",
@@ -331,8 +331,8 @@ def _read(
     if path is None:
         fs, fs_path = resolve(source, storage_options)
         if not is_local(fs):
-            with fs.open(fs_path, "rb") as f:
-                return (*_read_arrays(f.read(), name, verify), name)
+            data = read_bytes(name, storage_options=dict(storage_options or {}))
+            return (*_read_arrays(data, name, verify), name)
         path = fs_path
     limit = _MMAP_MIN_BYTES if mmap else _READ_ANY_SIZE
     small = _native.read_file(path, name, limit, verify, _NUMPY_DTYPES)

@@ -406,14 +406,29 @@ def open_output(
 
 def _upload(fs: fsspec.AbstractFileSystem, path: str, data: bytes, url: str) -> None:
     try:
-        fs.pipe_file(path, data)
-    except FileNotFoundError as e:
-        # A missing parent directory. Create it only on hierarchical file systems (root "/");
-        # on bucket stores the only missing "directory" is the bucket, which we never create.
-        if fs.root_marker != "/":
-            raise _error(FileNotFoundError, errno.ENOENT, url) from e
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except FileNotFoundError as e:
+            # A missing parent directory. Create it only on hierarchical file systems (root
+            # "/"); on bucket stores the only missing "directory" is the bucket, never created.
+            if fs.root_marker != "/":
+                raise _error(FileNotFoundError, errno.ENOENT, url) from e
+            fs.makedirs(fs._parent(path), exist_ok=True)
+            fs.pipe_file(path, data)
+    except OSError as e:
+        raise _named(e, url, "cannot upload") from e
+
+
+def _named(error: OSError, url: str, action: str) -> OSError:
+    """``error`` as it is if it names ``url``; else the same type naming it, so that a storage
+    error (an object store's "internal error", a reset connection) says which file failed."""
+    if error.filename == url:
+        return error
+    reason = error.strerror or str(error) or type(error).__name__
+    try:
+        return type(error)(error.errno or errno.EIO, f"{action}: {reason}", url)
+    except TypeError:  # a subclass with a constructor of its own
+        return OSError(error.errno or errno.EIO, f"{action}: {reason}", url)
 
 
 def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
@@ -457,6 +472,8 @@ def read_bytes(
         return bytes(fs.cat_file(path))
     except FileNotFoundError as e:
         raise _error(FileNotFoundError, errno.ENOENT, target) from e
+    except OSError as e:
+        raise _named(e, target, "cannot read") from e
 
 
 def _relative(path: str, root: str) -> str | None:
