@@ -334,6 +334,22 @@ void py_dropout(const py::array& x, double rate, uint64_t seed) {
     nn::dropout(mut<double>(x), flat.count, rate, seed);
 }
 
+// Below this many values the check is quicker than releasing and taking back the GIL.
+constexpr py::ssize_t kReleaseGilMin = py::ssize_t{1} << 16;
+
+int64_t py_first_non_finite(const py::array& x) {
+  Flat flat;
+  flat.add(x, "x", false);
+  const auto check = [&]() -> int64_t {
+    if (flat.args.kind == Kind::f32)
+      return nn::first_non_finite(static_cast<const float*>(x.data()), flat.count);
+    return nn::first_non_finite(static_cast<const double*>(x.data()), flat.count);
+  };
+  if (x.size() < kReleaseGilMin) return check();
+  py::gil_scoped_release release;
+  return check();
+}
+
 }  // namespace
 
 void register_nn(py::module_& m) {
@@ -360,6 +376,10 @@ void register_nn(py::module_& m) {
   m.def("nn_axpy", &py_axpy, "y"_a, "x"_a, "alpha"_a, "y += alpha * x, in place.");
   m.def("nn_dropout", &py_dropout, "x"_a, "rate"_a, "seed"_a,
         "Inverted dropout in place; the mask is a function of (seed, index).");
+  m.def("first_non_finite", &py_first_non_finite, "x"_a,
+        "The flat (C-order) index of the first NaN or infinity in x (float32 or float64, "
+        "C-contiguous), or -1 when every value is finite. One pass; the GIL is released for "
+        "large arrays.");
 }
 
 }  // namespace sparkbatch::bindings

@@ -1,6 +1,9 @@
 #include "nn_kernels.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -92,6 +95,53 @@ void column_sums(const T* dz, T* db, std::size_t n, std::size_t m) {
     const T* row = dz + i * m;
     for (std::size_t j = 0; j < m; ++j) db[j] += row[j];
   }
+}
+
+// The finite check: blocks of this many values are tested with one branch-free pass each, and
+// buffers from kFiniteParallelMin values up are split over the pool (a read-only pass is cheaper
+// per value than the kernels above, so it pays to split only larger ones).
+constexpr std::size_t kFiniteBlock = 4096;
+constexpr std::size_t kFiniteParallelMin = std::size_t{1} << 20;
+
+// Whether x[0, count) holds a NaN or an infinity: exactly the values whose exponent bits are
+// all ones. Integer compares and an OR over 32-bit words, so the loop vectorises without
+// -ffast-math (which would let the compiler assume there is no NaN to find) and without the
+// 64-bit vector compares that baseline x86-64 lacks: a double's exponent is in its high word.
+bool any_non_finite(const float* x, std::size_t count) {
+  constexpr uint32_t exponent = 0x7f800000u;
+  uint32_t found = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    found |= static_cast<uint32_t>((bits & exponent) == exponent);
+  }
+  return found != 0;
+}
+
+bool any_non_finite(const double* x, std::size_t count) {
+  static_assert(sizeof(double) == 2 * sizeof(uint32_t), "IEEE 754 binary64");
+  constexpr uint32_t exponent = 0x7ff00000u;  // of the high (second, little-endian) word
+  uint32_t found = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    uint32_t high;
+    std::memcpy(&high, reinterpret_cast<const char*>(x + i) + sizeof(uint32_t), sizeof high);
+    found |= static_cast<uint32_t>((high & exponent) == exponent);
+  }
+  return found != 0;
+}
+
+// first_non_finite over [begin, end), block by block; stops early once `stop(block)` says a
+// lower index was already found elsewhere.
+template <typename T, typename Stop>
+int64_t first_non_finite_in(const T* x, std::size_t begin, std::size_t end, Stop&& stop) {
+  for (std::size_t b = begin; b < end; b += kFiniteBlock) {
+    if (stop(b)) return -1;
+    const std::size_t e = std::min(end, b + kFiniteBlock);
+    if (!any_non_finite(x + b, e - b)) continue;
+    for (std::size_t i = b; i < e; ++i)
+      if (!std::isfinite(x[i])) return static_cast<int64_t>(i);
+  }
+  return -1;
 }
 
 }  // namespace
@@ -325,6 +375,33 @@ void dropout(T* x, std::size_t count, double rate, uint64_t seed) {
   });
 }
 
+template <typename T>
+int64_t first_non_finite(const T* x, std::size_t count) {
+  const std::size_t threads = pool_threads();
+  if (count < kFiniteParallelMin || threads < 2)
+    return first_non_finite_in(x, 0, count, [](std::size_t) { return false; });
+  // Pieces in index order; a piece stops once a lower piece has found one, and the answer is
+  // the lowest piece's find.
+  const std::size_t pieces = threads * 4;
+  const std::size_t step = (count + pieces - 1) / pieces;
+  std::vector<int64_t> found(pieces, -1);
+  std::atomic<std::size_t> lowest{pieces};
+  parallel_for(pieces, [&](std::size_t p) {
+    const std::size_t begin = p * step;
+    const std::size_t end = std::min(count, begin + step);
+    if (begin >= end) return;
+    found[p] = first_non_finite_in(x, begin, end, [&](std::size_t) { return lowest.load() < p; });
+    if (found[p] >= 0) {
+      std::size_t seen = lowest.load();
+      while (p < seen && !lowest.compare_exchange_weak(seen, p)) {
+      }
+    }
+  });
+  for (const int64_t index : found)
+    if (index >= 0) return index;
+  return -1;
+}
+
 #define SPARKBATCH_NN_INSTANTIATE(T)                                                             \
   template void bias_activation<T>(T*, const T*, T*, std::size_t, std::size_t, Activation, T);  \
   template void activation_backward<T>(const T*, const T*, const T*, T*, T*, std::size_t,        \
@@ -337,7 +414,8 @@ void dropout(T* x, std::size_t count, double rate, uint64_t seed) {
   template void average<T>(const T* const*, std::size_t, T*, std::size_t, double);                    \
   template void add_into<T>(T*, const T*, std::size_t);                                          \
   template void axpy<T>(T*, const T*, T, std::size_t);                                           \
-  template void dropout<T>(T*, std::size_t, double, uint64_t);
+  template void dropout<T>(T*, std::size_t, double, uint64_t);                                   \
+  template int64_t first_non_finite<T>(const T*, std::size_t);
 
 SPARKBATCH_NN_INSTANTIATE(float)
 SPARKBATCH_NN_INSTANTIATE(double)

@@ -58,4 +58,10 @@ void axpy(T* y, const T* x, T alpha, std::size_t count);
 template <typename T>
 void dropout(T* x, std::size_t count, double rate, uint64_t seed);
 
+// The index of the first NaN or infinity in x[0, count), or -1 when every value is finite. One
+// vectorised pass over the exponent bits (large buffers split over the thread pool); the exact
+// index is looked up only in the block that holds one.
+template <typename T>
+int64_t first_non_finite(const T* x, std::size_t count);
+
 }  // namespace sparkbatch::nn

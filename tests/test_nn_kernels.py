@@ -254,3 +254,51 @@ def test_average_divides_a_sum_by_the_number_of_contributors():
     np.testing.assert_array_equal(params, [1, 2, -3])
     with pytest.raises(ValueError, match="divisor must be > 0"):
         _native.nn_average([total], params, 0)
+
+
+# --- first_non_finite: the one check behind every NaN/infinity test of training --------------
+
+# Sizes around the kernel's 4096-value blocks, and past the million values from which the pool
+# splits the work.
+FINITE_SIZES = [1, 4095, 4096, 4097, 70_001, (1 << 20) + 4099]
+
+
+def _finite_values(size, dtype):
+    info = np.finfo(dtype)
+    edges = np.array([0.0, -0.0, info.max, -info.max, info.tiny, info.smallest_subnormal, 1.0])
+    return np.resize(edges.astype(dtype), size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", FINITE_SIZES)
+def test_first_non_finite_finds_the_first_nan_or_infinity(dtype, size):
+    x = _finite_values(size, dtype)
+    assert _native.first_non_finite(x) == -1  # extremes, subnormals and -0.0 are finite
+    negative_nan = np.array([np.nan], dtype) * -1
+    places = sorted({0, 4095 % size, 4096 % size, size // 2, size - 1})
+    for value in (np.nan, np.inf, -np.inf, negative_nan[0]):
+        for place in places:
+            y = x.copy()
+            y[place] = value
+            y[-1] = np.nan  # a later one does not hide the first
+            assert _native.first_non_finite(y) == place
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_first_non_finite_gives_flat_indices_and_takes_empty_and_nd_arrays(dtype):
+    assert _native.first_non_finite(np.zeros(0, dtype)) == -1
+    x = np.zeros((3, 4, 5), dtype)
+    x[2, 1, 3] = np.inf
+    assert _native.first_non_finite(x) == np.ravel_multi_index((2, 1, 3), x.shape)
+    readonly = np.zeros(5, dtype)
+    readonly.flags.writeable = False  # only read
+    assert _native.first_non_finite(readonly) == -1
+
+
+def test_first_non_finite_refuses_other_dtypes_and_strided_arrays():
+    with pytest.raises(TypeError, match="x must be float32 or float64, got int32"):
+        _native.first_non_finite(np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="float16"):
+        _native.first_non_finite(np.zeros(3, np.float16))
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        _native.first_non_finite(np.zeros((4, 4), np.float32)[:, ::2])

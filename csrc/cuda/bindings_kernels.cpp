@@ -324,6 +324,15 @@ double py_sum_squares(const DeviceBuffer& x) {
   return sum_squares(ptr<const double>(x), x.size(), scratch.data());
 }
 
+std::size_t py_count_non_finite(const DeviceBuffer& x) {
+  py::gil_scoped_release release;
+  const DeviceGuard guard(x.device());
+  const ScratchLock scratch(sum_scratch());
+  if (x.dtype() == DType::f32)
+    return count_non_finite(ptr<const float>(x), x.size(), scratch.data());
+  return count_non_finite(ptr<const double>(x), x.size(), scratch.data());
+}
+
 bool overlap(const DeviceBuffer& a, const DeviceBuffer& b) {
   const auto* pa = static_cast<const char*>(a.data());
   const auto* pb = static_cast<const char*>(b.data());
@@ -388,6 +397,8 @@ void register_kernels(py::module_& m) {
         "Inverted dropout in place; the mask is a function of (seed, index), as on the CPU.");
   m.def("nn_sum_squares", &py_sum_squares, "x"_a,
         "Sum of the squares of the elements, accumulated in float64. Waits for the GPU.");
+  m.def("nn_count_non_finite", &py_count_non_finite, "x"_a,
+        "How many elements are NaN or infinite (0: all finite). Waits for the GPU.");
   m.def("matmul", &py_matmul, "a"_a, "b"_a, "out"_a, "trans_a"_a = false, "trans_b"_a = false,
         "alpha"_a = 1.0, "beta"_a = 0.0,
         "out = alpha * op(a) @ op(b) + beta * out for row-major matrices (cuBLAS); op transposes "

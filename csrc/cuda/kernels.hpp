@@ -67,4 +67,9 @@ std::size_t sum_scratch();
 template <typename T>
 double sum_squares(const T* x, std::size_t count, double* scratch);
 
+// How many values of x are NaN or infinite (scratch: sum_scratch() doubles); synchronises. The
+// GPU step's check of its gradient buffer, the CPU's first_non_finite (nn_kernels.hpp) counted.
+template <typename T>
+std::size_t count_non_finite(const T* x, std::size_t count, double* scratch);
+
 }  // namespace sparkbatch::cuda

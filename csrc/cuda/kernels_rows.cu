@@ -265,6 +265,13 @@ struct Squares {
   }
 };
 
+// 1 for a NaN or an infinity, else 0 (the CPU's first_non_finite, counted).
+template <typename T>
+struct NonFinite {
+  const T* x;
+  __device__ double operator()(std::size_t i) const { return isfinite(x[i]) ? 0.0 : 1.0; }
+};
+
 // out[blockIdx.x] = sum of f(i) over the block's grid-stride share of [0, n), tree-reduced.
 template <typename F>
 __global__ void reduce_kernel(F f, std::size_t n, double* out) {
@@ -373,6 +380,12 @@ double sum_squares(const T* x, std::size_t count, double* scratch) {
   return reduce_sum(Squares<T>{x}, count, scratch);
 }
 
+template <typename T>
+std::size_t count_non_finite(const T* x, std::size_t count, double* scratch) {
+  // A sum of ones in double is exact up to 2^53 elements.
+  return static_cast<std::size_t>(reduce_sum(NonFinite<T>{x}, count, scratch));
+}
+
 #define SPARKBATCH_CUDA_ROWS_INSTANTIATE(T)                                                      \
   template void bias_activation<T>(T*, const T*, T*, std::size_t, std::size_t, Activation, T);  \
   template void activation_backward<T>(const T*, const T*, const T*, T*, T*, std::size_t,        \
@@ -381,7 +394,8 @@ double sum_squares(const T* x, std::size_t count, double* scratch) {
                                   T*, T*, T*, std::size_t, std::size_t, T, double*);             \
   template double loss_sum<T>(Loss, Activation, const T*, const T*, const T*, LossWeights<T>,    \
                               std::size_t, std::size_t, double*);                               \
-  template double sum_squares<T>(const T*, std::size_t, double*);
+  template double sum_squares<T>(const T*, std::size_t, double*);                               \
+  template std::size_t count_non_finite<T>(const T*, std::size_t, double*);
 
 SPARKBATCH_CUDA_ROWS_INSTANTIATE(float)
 SPARKBATCH_CUDA_ROWS_INSTANTIATE(double)
