@@ -423,6 +423,38 @@ def test_add_axpy_dropout_and_sum_squares_match_the_cpu(dtype):
     assert cuda.nn_sum_squares(cuda.DeviceBuffer((0,), dtype)) == 0.0
 
 
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_count_non_finite_agrees_with_the_cpu_check(dtype):
+    cuda = cuda_module()
+    info = np.finfo(dtype)
+    x = np.resize(
+        np.array([0.0, -0.0, info.max, -info.max, info.smallest_subnormal], dtype), 70_001
+    )
+    assert cuda.nn_count_non_finite(cuda.to_device(x)) == 0 == _native.first_non_finite(x) + 1
+    places = [0, 4096, 35_000, 70_000]
+    for i, value in zip(places, (np.nan, np.inf, -np.inf, np.nan), strict=True):
+        x[i] = value
+    assert cuda.nn_count_non_finite(cuda.to_device(x)) == len(places)
+    assert _native.first_non_finite(x) == places[0]
+    assert cuda.nn_count_non_finite(cuda.DeviceBuffer((0,), dtype)) == 0
+
+
+@gpu
+def test_a_gpu_network_stops_at_a_non_finite_gradient_with_its_parameters_unchanged(cublas):
+    from sparkbatch.errors import DivergenceError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = x @ np.ones((4, 1), np.float32) * 10
+    net = Network(
+        [Dense(4, 8, "identity"), Output(8, 1, "identity", "mse")], SGD(5.0), device="cuda"
+    )
+    with pytest.raises(DivergenceError, match=r"epoch 0, minibatch \d+, iteration \d+: training"):
+        net.fit(DataSet(x, y), epochs=20, batch_size=16)
+    assert np.isfinite(net.params()).all()
+
+
 @pytest.fixture
 def cublas():
     """Skips where cuBLAS cannot be loaded (the GPU network's matrix products need it)."""

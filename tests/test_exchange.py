@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
 
+from sparkbatch.errors import DivergenceError, NonFiniteError
 from sparkbatch.train.exchange import AveragingServer, recv_message, send_message
 from sparkbatch.train.shared_slots import SharedSlots
 
@@ -21,7 +24,7 @@ def _close_sockets():
         _OPEN.pop().close()
 
 
-def _server(workers: int, rounds: int):
+def _server(workers: int, rounds: int, fail_in_round: int | None = None):
     params = np.zeros(4, np.float32)
     applied = []
 
@@ -29,6 +32,8 @@ def _server(workers: int, rounds: int):
         return {"iteration": len(applied), "updater_steps": 0, "epoch": 0}, [params]
 
     def apply(result, r, start, fit_s, broadcast_s):
+        if r == fail_in_round:
+            raise DivergenceError(f"round {r}: training diverged")
         np.copyto(params, result.params / result.workers)
         applied.append((r, result.workers, result.examples, fit_s))
 
@@ -149,6 +154,62 @@ def test_closing_the_server_releases_waiting_workers():
     w0.settimeout(10)
     with pytest.raises(ConnectionError):
         recv_message(w0)
+
+
+def _exchange_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("sparkbatch-exchange")]
+
+
+def test_closing_the_server_ends_its_threads_and_closes_its_sockets():
+    assert _exchange_threads() == []
+    server, _, _ = _server(workers=2, rounds=2)
+    w0, _, _ = _connect(server, 0)
+    _result(w0, 0, [1, 1, 1, 1])  # its thread waits for worker 1
+    idle = socket.create_connection(server.address, timeout=10)  # sends nothing at all
+    _OPEN.append(idle)
+    deadline = time.monotonic() + 10
+    while len(_exchange_threads()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the server has accepted it
+    assert len(_exchange_threads()) == 3  # accepting, and one per connection
+    server.close()
+    assert _exchange_threads() == []
+    assert idle.recv(1) == b""  # shut down, not left hanging
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=5)  # nothing listens any more
+    server.close()  # twice is harmless
+
+
+def test_a_workers_error_stops_every_worker_and_is_kept_for_the_driver():
+    server, _, applied = _server(workers=2, rounds=3)
+    try:
+        w0, _, _ = _connect(server, 0)
+        w1, _, _ = _connect(server, 1)
+        _result(w0, 0, [1, 1, 1, 1])  # waits for worker 1, who meets a NaN
+        text = "round 0 (epoch 0), worker 1, f.safetensors: features hold nan at example 3"
+        send_message(w1, {"error": "NonFiniteError", "message": text})
+        header, arrays, _ = recv_message(w0)
+        assert (header["round"], header["stop"], arrays) == (3, True, [])  # past the last round
+        _, header, _ = _connect(server, 1)  # a late connection is told to stop as well
+        assert header["round"] == 3
+        assert type(server.error) is NonFiniteError and str(server.error) == text
+        assert applied == []
+    finally:
+        server.close()
+
+
+def test_an_averaging_error_on_the_driver_stops_the_workers():
+    server, _, applied = _server(workers=2, rounds=3, fail_in_round=1)
+    try:
+        w0, _, _ = _connect(server, 0)
+        w1, _, _ = _connect(server, 1)
+        for r in (0, 1):
+            _result(w0, r, [1, 1, 1, 1])
+            _result(w1, r, [3, 3, 3, 3])
+            headers = [recv_message(sock)[0] for sock in (w0, w1)]
+        assert [h["round"] for h in headers] == [3, 3] and all(h["stop"] for h in headers)
+        assert isinstance(server.error, DivergenceError) and len(applied) == 1
+    finally:
+        server.close()
 
 
 # --- shared-memory slots (workers on the driver's machine) --------------------------------------

@@ -286,8 +286,13 @@ class GpuState:
         ``Network._arrays`` makes them) or DeviceBuffers of those shapes, used in place; ``w``
         is None or the host array of per-row loss weights.
         """
-        network = self._live_network()
         score = self.compute_gradients(x, y, w)
+        self.update()
+        return score
+
+    def update(self) -> None:
+        """The updater's step from :attr:`grads` at the network's ``iteration`` and ``epoch``."""
+        network = self._live_network()
         updater = network.updater
         self._cuda.nn_updater_step(
             updater.code,
@@ -296,7 +301,10 @@ class GpuState:
             self.state,
             **updater._hyper(network.iteration, network.epoch, network.updater_steps),
         )
-        return score
+
+    def gradients_finite(self) -> bool:
+        """Whether every value of :attr:`grads` is finite: one reduction on the device."""
+        return self._cuda.nn_count_non_finite(self.grads) == 0
 
     def compute_gradients(self, x: Any, y: Any, w: np.ndarray | None = None) -> float:
         """Network.compute_gradients on the device: fills :attr:`grads`, returns the score."""

@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,9 +38,19 @@ from typing import Any
 import numpy as np
 
 from .. import _native
+from .._arguments import check_int, check_optional_int
+from .._finite import (
+    check_mode,
+    diverged,
+    first_non_finite,
+    non_finite_data,
+    non_finite_in,
+    value_at,
+    with_context,
+)
 from ..data import DataSet, MultiDataSet
 from ..data.format import load_tensors, save_tensors
-from ..errors import FormatError
+from ..errors import DivergenceError, FormatError, NonFiniteError
 from ..evaluation import Evaluation, RegressionEvaluation
 from . import gpu
 from .functions import activation_code, loss_code, needs_preactivation
@@ -53,6 +64,8 @@ CONFIG_VERSION = 1
 _WORKSPACES_KEPT = 4  # batch sizes whose work arrays are kept (the last batch is often smaller)
 _INFERENCE_ROWS = 4096  # rows per forward pass of output() when no batch size is given
 _MASK64 = (1 << 64) - 1
+
+log = logging.getLogger("sparkbatch.nn")
 
 
 class _Workspace:
@@ -120,6 +133,9 @@ class Network:
         #: Mixed into the dropout masks' seed: parameter-averaging workers set their index, so
         #: that workers of one round drop different inputs (0 gives single-machine masks).
         self.dropout_stream = 0
+        #: Minibatches that :meth:`fit` skipped (``non_finite="skip"``) for holding NaN or
+        #: infinity, over the network's life in this process.
+        self.skipped_minibatches = 0
 
         total = sum(layer.num_params for layer in self.layers)
         self._params = np.zeros(total, self.dtype)
@@ -252,14 +268,28 @@ class Network:
     # -- training ----------------------------------------------------------------------------
 
     def fit_batch(self, batch: DataSet | MultiDataSet) -> float:
-        """One step on one minibatch; returns its score (loss + L2 penalty) before the step."""
+        """One step on one minibatch; returns its score (loss + L2 penalty) before the step.
+
+        Raises :class:`~sparkbatch.errors.DivergenceError` (or
+        :class:`~sparkbatch.errors.NonFiniteError` when the minibatch is to blame) before the
+        updater runs when the score or the gradient is not finite, so the parameters stay those
+        of before the step (NOTE [non-finite checks] in ``sparkbatch._finite``).
+        """
+        x, y, w = self._arrays(batch, labels_needed=True)
+        if x.shape[0] == 0:
+            raise ValueError("cannot fit an empty minibatch")
         if self._gpu is not None:
-            x, y, w = self._arrays(batch, labels_needed=True)
-            if x.shape[0] == 0:
-                raise ValueError("cannot fit an empty minibatch")
-            score = self._gpu.fit_batch(x, y, w)
+            score = self._gpu.compute_gradients(x, y, w)
+            bad = -1 if self._gpu.gradients_finite() else first_non_finite(self.gradients())
         else:
-            score = self.compute_gradients(batch)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked below, and named
+                score = self._gradients(x, y, w)
+            bad = first_non_finite(self._grads)
+        if bad >= 0 or not math.isfinite(score):
+            raise self._divergence(batch, score, bad, (x, y, w))
+        if self._gpu is not None:
+            self._gpu.update()
+        else:
             self.updater.step(
                 self._params,
                 self._grads,
@@ -280,11 +310,15 @@ class Network:
         penalty, and the gradients are its derivatives (DL4J's ``computeGradientAndScore``).
         """
         x, y, w = self._arrays(batch, labels_needed=True)
-        rows = x.shape[0]
-        if rows == 0:
+        if x.shape[0] == 0:
             raise ValueError("cannot fit an empty minibatch")
         if self._gpu is not None:
             return self._gpu.compute_gradients(x, y, w)
+        return self._gradients(x, y, w)
+
+    def _gradients(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+        """compute_gradients on the CPU, from :meth:`_arrays`' rows."""
+        rows = x.shape[0]
         ws = self._workspace(rows)
         inputs = self._forward(x, ws, training=True)
         last = len(self.layers) - 1
@@ -307,30 +341,122 @@ class Network:
         self._backward(inputs, ws)
         return (loss / divisor if divisor > 0 else 0.0) + self._l2_penalty()
 
+    def _divergence(
+        self,
+        batch: DataSet | MultiDataSet,
+        score: float,
+        bad: int,
+        rows: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    ) -> Exception:
+        """The error for a step whose score or gradient is not finite: the minibatch's fault
+        when it holds NaN or infinity (or values beyond this network's dtype), else divergence."""
+        where = f"iteration {self.iteration}"
+        option = "fit(..., non_finite='skip')"
+        detail = non_finite_in(batch)
+        if detail is not None:
+            return non_finite_data(where, detail, option)
+        for name, array in zip(("features", "labels", "labels mask"), rows, strict=True):
+            index = first_non_finite(array) if array is not None else -1
+            if index >= 0:
+                row, column = divmod(index, array.shape[1]) if array.ndim == 2 else (index, 0)
+                detail = (
+                    f"{name} hold values beyond {self.dtype.name}'s range: "
+                    f"{value_at(array, index)} after conversion at row {row}, column {column}"
+                )
+                return non_finite_data(where, detail, option)
+        if bad >= 0:
+            grads = self.gradients()
+            detail = f"the gradient holds {value_at(grads, bad)} at {self._describe_param(bad)}"
+            if not math.isfinite(score):
+                detail = f"the score is {score!r} and {detail}"
+        else:
+            detail = f"the score is {score!r}"
+        return diverged(where, detail)
+
+    def _describe_param(self, index: int) -> str:
+        """Which weight or bias flat parameter ``index`` is, in words."""
+        offset = 0
+        for i, layer in enumerate(self.layers):
+            size = layer.n_in * layer.n_out
+            if index < offset + size:
+                row, column = divmod(index - offset, layer.n_out)
+                return f"parameter {index} (layer {i}'s weights, row {row}, column {column})"
+            offset += size
+            if index < offset + layer.n_out:
+                return f"parameter {index} (layer {i}'s bias, column {index - offset})"
+            offset += layer.n_out
+        return f"parameter {index}"
+
     def fit(
         self,
         data: DataSet | MultiDataSet | Iterable[DataSet | MultiDataSet],
         epochs: int = 1,
         *,
         batch_size: int | None = None,
+        non_finite: str = "raise",
     ) -> Network:
         """Fit ``epochs`` passes over ``data``: one DataSet (one minibatch, or split into
         ``batch_size`` pieces) or an iterable of minibatches (e.g. a FileDataSetIterator).
 
+        A minibatch holding NaN or infinity (features, labels or masks) raises
+        :class:`~sparkbatch.errors.NonFiniteError` naming its position, or with
+        ``non_finite="skip"`` is skipped and counted in :attr:`skipped_minibatches`. A step
+        whose score or gradient is not finite raises
+        :class:`~sparkbatch.errors.DivergenceError` naming the epoch, the minibatch and the
+        iteration; the parameters are then those of before that step.
+
         Returns the network, so that calls chain.
         """
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        epochs = check_int("epochs", epochs)
+        batch_size = check_optional_int("batch_size", batch_size)
+        mode = check_mode(non_finite)
         if epochs > 1 and isinstance(data, Iterator):
             raise ValueError(
                 "an iterator can be read only once; pass a re-iterable source (a list, a "
                 "FileDataSetIterator) to fit more than one epoch"
             )
         for _ in range(epochs):
-            for batch in _batches(data, batch_size):
-                self.fit_batch(batch)
+            fitted = skipped = 0
+            for i, batch in enumerate(_batches(data, batch_size)):
+                where = f"epoch {self.epoch}, minibatch {i}"
+                detail = non_finite_in(batch)
+                try:
+                    if detail is not None:
+                        raise non_finite_data(where, detail, "fit(..., non_finite='skip')")
+                    self.fit_batch(batch)  # raises before its update, if at all
+                except NonFiniteError as e:
+                    if mode == "raise":
+                        if detail is None:  # fit_batch's: values beyond the network's dtype
+                            raise with_context(e, f"{where}, iteration {self.iteration}") from None
+                        raise
+                    skipped += 1
+                    log.info("%s: skipped: %s", where, getattr(e, "detail", e))
+                    continue
+                except DivergenceError as e:
+                    raise with_context(e, f"{where}, iteration {self.iteration}") from None
+                fitted += 1
+            self.skipped_minibatches += skipped
+            if fitted == 0:
+                if skipped:
+                    raise NonFiniteError(
+                        f"epoch {self.epoch}: all {skipped} minibatches hold NaN or infinity "
+                        "and were skipped: nothing to fit"
+                    )
+                raise ValueError("fit() got no minibatches: the data is empty")
+            self._check_params(f"epoch {self.epoch}, after its last minibatch")
             self.epoch += 1
         return self
+
+    def _check_params(self, where: str) -> None:
+        """DivergenceError unless every parameter is finite (an update can overflow them)."""
+        params = self.params()
+        bad = first_non_finite(params)
+        if bad >= 0:
+            raise diverged(
+                f"{where} (iteration {self.iteration})",
+                f"the parameters hold {value_at(params, bad)} at {self._describe_param(bad)}",
+                kept="the model's parameters are as that update left them",
+            )
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -339,11 +465,11 @@ class Network:
 
         Returns a new array ``[n, n_out]`` (``[n, n_out, t]`` for sequences).
         """
+        step = check_optional_int("batch_size", batch_size) or _INFERENCE_ROWS
         x = np.asarray(features)
         sequence = x.ndim == 3
         rows = _rows(x, "features", self.num_inputs, self.dtype)
         out = np.empty((rows.shape[0], self.num_outputs), self.dtype)
-        step = batch_size or _INFERENCE_ROWS
         for begin in range(0, rows.shape[0], step):
             chunk = rows[begin : begin + step]
             if self._gpu is not None:
@@ -673,7 +799,10 @@ def _rows(array: Any, name: str, width: int, dtype: np.dtype) -> np.ndarray:
         )
     if array.ndim == 3:
         array = array.transpose(0, 2, 1).reshape(-1, width)
-    return np.ascontiguousarray(array, dtype=dtype)
+    if array.dtype == dtype:
+        return np.ascontiguousarray(array)
+    with np.errstate(over="ignore"):  # values beyond dtype's range become inf: fit names them
+        return np.ascontiguousarray(array, dtype=dtype)
 
 
 def _unrows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -683,6 +812,15 @@ def _unrows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _batches(
+    data: DataSet | MultiDataSet | Iterable[DataSet | MultiDataSet], batch_size: int | None
+) -> Iterator[DataSet | MultiDataSet]:
+    """The minibatches of ``data``, split to ``batch_size`` examples (checked here, at the
+    call; the splitting itself is lazy)."""
+    check_optional_int("batch_size", batch_size)
+    return _split_batches(data, batch_size)
+
+
+def _split_batches(
     data: DataSet | MultiDataSet | Iterable[DataSet | MultiDataSet], batch_size: int | None
 ) -> Iterator[DataSet | MultiDataSet]:
     if isinstance(data, (DataSet, MultiDataSet)):

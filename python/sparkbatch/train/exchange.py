@@ -17,13 +17,22 @@ Where the workers share the driver's machine, the arrays go through
 
 Failures: a failed barrier task fails the job, which the driver submits again; the new tasks
 connect again and resume at the first round not yet averaged, from the driver's parameters, so
-each minibatch still counts exactly once per epoch (see :meth:`AveragingServer._serve`).
+each minibatch still counts exactly once per epoch (see :meth:`AveragingServer._serve`). Errors
+that a retry would meet again (a worker's NonFiniteError or DivergenceError, sent as an
+``{"error", "message"}`` message; the driver's averaging error) instead stop the fit: every
+worker is told to stop (a header whose ``round`` is past the last) and the driver raises the
+error once the job has ended.
+
+Resources: :meth:`AveragingServer.close` stops the accepting thread (woken through a socket
+pair), shuts down every connection, joins every thread and closes the listening socket, so a
+fit leaves no socket or thread behind, whether it succeeded or failed.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import select
 import socket
 import struct
 import threading
@@ -33,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DivergenceError, NonFiniteError
 from .shared_slots import SharedSlots
 from .stats import PhaseTiming
 from .worker import RoundResult, combine
@@ -41,6 +51,13 @@ __all__ = ["AveragingServer", "send_message", "recv_message"]
 
 _LENGTH = struct.Struct("<Q")
 _MAX_HEADER = 1 << 26  # a header is a few hundred bytes; more means a stray client
+_JOIN_S = 10.0  # how long close() waits for each thread (they only need to notice the close)
+#: The errors a worker reports by name instead of failing its task (NOTE [deterministic
+#: errors] in worker.py): a retry would meet them again.
+WORKER_ERRORS: dict[str, type[Exception]] = {
+    "NonFiniteError": NonFiniteError,
+    "DivergenceError": DivergenceError,
+}
 
 
 def send_message(sock: socket.socket, header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
@@ -136,38 +153,79 @@ class AveragingServer:
         self.next_round = 0
         self._round_start = time.time()
         self._closed = False
+        self._stopping = False  # an error stops the fit: every worker is told to stop
         # Shared-memory slots (workers 0..W-1, then the average) while every worker has
         # connected once; a second connection for a worker (a retry) turns them off for good,
         # so that no slot ever has two writers or a reader that lags a round behind.
         self._shared = shared
         self._shared_ok = shared is not None
         self._connected: set[int] = set()
-        #: The first error raised while averaging (the job then fails on its own).
+        #: The first error of the fit: raised while averaging, or reported by a worker.
         self.error: BaseException | None = None
-        accept = threading.Thread(target=self._accept, name="sparkbatch-exchange", daemon=True)
-        accept.start()
+        self._conns: set[socket.socket] = set()  # open connections, shut down by close()
+        self._threads: list[threading.Thread] = []  # their threads, joined by close()
+        self._wake_reader, self._wake_writer = socket.socketpair()  # wakes the accept loop
+        self._accepter = threading.Thread(
+            target=self._accept, name="sparkbatch-exchange", daemon=True
+        )
+        self._accepter.start()
 
     def close(self) -> None:
-        """Stop listening and wake every waiting connection (the fit is over or failed)."""
+        """End the fit's server: wake every waiting connection, shut every connection down,
+        join every thread, close every socket and remove the shared memory. Idempotent."""
         with self._cond:
+            if self._closed and self._listener.fileno() < 0:
+                return
             self._closed = True
             self._cond.notify_all()
             if self._shared is not None:
                 self._shared.close(unlink=True)
+        try:
+            self._wake_writer.send(b"x")
+        except OSError:
+            pass
+        self._accepter.join(_JOIN_S)
+        with self._cond:  # no new connection from here on: the accept loop has ended
+            conns, threads = list(self._conns), list(self._threads)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading from it
+            except OSError:
+                pass  # closed by its thread meanwhile
+        for thread in threads:
+            thread.join(_JOIN_S)
         self._listener.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
 
     # -- connections -------------------------------------------------------------------------
 
     def _accept(self) -> None:
         while True:
+            ready, _, _ = select.select([self._listener, self._wake_reader], [], [])
+            if self._wake_reader in ready:
+                return
             try:
                 conn, _ = self._listener.accept()
-            except OSError:  # closed
-                return
+            except OSError:  # the client gave up before it was accepted
+                continue
             thread = threading.Thread(
                 target=self._serve, args=(conn,), name="sparkbatch-exchange-worker", daemon=True
             )
+            with self._cond:
+                if self._closed:
+                    conn.close()
+                    return
+                self._conns.add(conn)
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
+
+    def _stop(self, error: BaseException) -> None:
+        """Keep ``error`` for the driver and tell every worker to stop (lock held)."""
+        if self.error is None:
+            self.error = error
+        self._stopping = True
+        self._cond.notify_all()
 
     def _serve(self, conn: socket.socket) -> None:
         """One worker task's connection: where to start, then one exchange per round.
@@ -178,58 +236,76 @@ class AveragingServer:
         counts and later ones are answered without counting. Every answer tells the worker
         which round to fit next.
         """
-        with conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                hello, _, _ = recv_message(conn)
-                if hello.get("token") != self.token:
-                    return  # not one of ours
-                worker = int(hello["worker"])
-                if not 0 <= worker < self.workers:
-                    return
+        try:
+            with conn:
+                self._exchange(conn)
+        except (ConnectionError, OSError):
+            return  # the task died or was killed (or close() shut the connection down)
+        finally:
+            with self._cond:
+                self._conns.discard(conn)
+
+    def _exchange(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stop = {"round": self.rounds, "shared": False, "stop": True}  # past the last round
+        hello, _, _ = recv_message(conn)
+        if hello.get("token") != self.token:
+            return  # not one of ours
+        worker = int(hello["worker"])
+        if not 0 <= worker < self.workers:
+            return
+        with self._cond:
+            if self._closed:
+                return
+            if worker in self._connected:
+                self._shared_ok = False
+            self._connected.add(worker)
+            granted = self._shared_ok and bool(hello.get("shared"))
+            r = self.next_round
+            header, arrays = self._state(r)
+            stopping = self._stopping
+        if stopping:
+            send_message(conn, stop)
+            return
+        send_message(conn, dict(header, round=r, shared=granted), arrays)
+        spare: list[np.ndarray] = []  # this connection's receive buffers
+        while r < self.rounds:
+            message, spare, _ = recv_message(conn, spare)
+            if "error" in message:  # the worker met an error a retry would meet again
                 with self._cond:
-                    if self._closed:
-                        return
-                    if worker in self._connected:
-                        self._shared_ok = False
-                    self._connected.add(worker)
-                    granted = self._shared_ok and bool(hello.get("shared"))
+                    self._stop(_worker_error(message))
+                return
+            sent = int(message["round"])
+            with self._cond:
+                if self._closed or sent > self.next_round:
+                    return
+                if sent == self.next_round and worker not in self._arrived and not self._stopping:
+                    received = spare
+                    if granted and message.get("shared") and self._shared is not None:
+                        received = self._shared.slot(worker)  # written by this task only
+                    # Summed on arrival (in place into the first result's buffers, which
+                    # their connection reuses only after this round's end).
+                    self._arrived.add(worker)
+                    self._total = combine(self._total, _result_of(message, received))
+                    self._fit_s = max(self._fit_s, float(message["fit_s"]))
+                    self._broadcast_s = max(self._broadcast_s, float(message["broadcast_s"]))
+                    if len(self._arrived) == self.workers:
+                        self._commit(sent)
+                while self.next_round <= sent and not self._closed and not self._stopping:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                stopping = self._stopping
+                if not stopping:
                     r = self.next_round
                     header, arrays = self._state(r)
-                send_message(conn, dict(header, round=r, shared=granted), arrays)
-                spare: list[np.ndarray] = []  # this connection's receive buffers
-                while r < self.rounds:
-                    message, spare, _ = recv_message(conn, spare)
-                    sent = int(message["round"])
-                    with self._cond:
-                        if self._closed or sent > self.next_round:
-                            return
-                        if sent == self.next_round and worker not in self._arrived:
-                            received = spare
-                            if granted and message.get("shared") and self._shared is not None:
-                                received = self._shared.slot(worker)  # written by this task only
-                            # Summed on arrival (in place into the first result's buffers,
-                            # which their connection reuses only after this round's end).
-                            self._arrived.add(worker)
-                            self._total = combine(self._total, _result_of(message, received))
-                            self._fit_s = max(self._fit_s, float(message["fit_s"]))
-                            self._broadcast_s = max(
-                                self._broadcast_s, float(message["broadcast_s"])
-                            )
-                            if len(self._arrived) == self.workers:
-                                self._commit(sent)
-                        while self.next_round <= sent and not self._closed:
-                            self._cond.wait()
-                        if self._closed:
-                            return
-                        r = self.next_round
-                        header, arrays = self._state(r)
-                        shared = granted and self._shared_ok  # the average is in its slot
-                    if shared or r >= self.rounds:
-                        arrays = []
-                    send_message(conn, dict(header, round=r, shared=shared), arrays)
-            except (ConnectionError, OSError):
-                return  # the task died or was killed: Spark fails or retries the stage
+                    shared = granted and self._shared_ok  # the average is in its slot
+            if stopping:
+                send_message(conn, stop)
+                return
+            if shared or r >= self.rounds:
+                arrays = []
+            send_message(conn, dict(header, round=r, shared=shared), arrays)
 
     def _commit(self, r: int) -> None:
         """Hand the round's sum to ``apply`` and open the next round (lock held)."""
@@ -241,9 +317,7 @@ class AveragingServer:
                 for slot, array in zip(self._shared.slot(self.workers), arrays, strict=True):
                     np.copyto(slot, array.reshape(-1))
         except BaseException as e:  # noqa: BLE001  (kept for the driver, which re-raises it)
-            if self.error is None:
-                self.error = e
-            self._closed = True
+            self._stop(e)
         self._arrived.clear()
         self._total = None
         self._fit_s = self._broadcast_s = 0.0
@@ -252,9 +326,16 @@ class AveragingServer:
         self._cond.notify_all()
 
 
+def _worker_error(message: dict[str, Any]) -> Exception:
+    """The exception a worker reported (``{"error": type name, "message": text}``)."""
+    kind = WORKER_ERRORS.get(str(message.get("error")), RuntimeError)
+    return kind(str(message.get("message", "a worker failed")))
+
+
 def _result_of(message: dict[str, Any], arrays: list[np.ndarray]) -> RoundResult | None:
-    if int(message["batches"]) == 0:
-        return None  # a worker without data this round does not count in its average
+    skipped = int(message.get("skipped", 0))
+    if int(message["batches"]) == 0:  # a worker without data does not count in the average
+        return RoundResult(None, None, 0.0, 0, 0, 0, 0, skipped=skipped) if skipped else None
     return RoundResult(
         params=arrays[0],
         state=arrays[1] if len(arrays) > 1 else None,
@@ -264,4 +345,5 @@ def _result_of(message: dict[str, Any], arrays: list[np.ndarray]) -> RoundResult
         workers=1,
         max_batches=int(message["batches"]),
         phases=[PhaseTiming(*p) for p in message.get("phases", [])],
+        skipped=skipped,
     )

@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from .._arguments import check_int, check_optional_int
+from .._finite import check_mode
+
 __all__ = ["ParameterAveraging", "plan_rounds"]
 
 _REPARTITION = ("always", "never", "balanced")
@@ -104,6 +107,13 @@ class ParameterAveraging:
         else ``spark.driver.host``.
     exchange_port : int
         For "socket": the driver's port (0: any free port).
+    non_finite : "raise" or "skip"
+        What a worker does with a minibatch holding NaN or infinity in its features, labels or
+        masks: fail the fit with a :class:`~sparkbatch.errors.NonFiniteError` naming the
+        minibatch (its file, or its RDD partition and examples), or skip it; skipped
+        minibatches are counted in :attr:`SparkNetwork.stats` (``skipped``, and per round).
+        Either way a non-finite score, gradient or average stops the fit with a
+        :class:`~sparkbatch.errors.DivergenceError` naming the round and the worker.
     """
 
     batch_size_per_worker: int = 16
@@ -124,17 +134,25 @@ class ParameterAveraging:
     exchange: str = "spark"
     exchange_host: str | None = None
     exchange_port: int = 0
+    non_finite: str = "raise"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size_per_worker", "averaging_frequency", "aggregation_depth"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        checked = {
+            name: check_int(name, getattr(self, name))
+            for name in (
+                "batch_size_per_worker",
+                "averaging_frequency",
+                "aggregation_depth",
+                "eval_batch_size",
+            )
+        }
+        checked["workers"] = check_optional_int("workers", self.workers)
+        checked["prefetch"] = check_int("prefetch", self.prefetch, minimum=0)
+        checked["seed"] = check_int("seed", self.seed, minimum=None)
+        checked["exchange_port"] = check_int("exchange_port", self.exchange_port, minimum=0)
+        for name, value in checked.items():  # numpy integers become ints
+            object.__setattr__(self, name, value)
+        check_mode(self.non_finite)
         if self.repartition not in _REPARTITION:
             raise ValueError(f"repartition must be one of {_REPARTITION}, got {self.repartition!r}")
         if self.worker_device not in ("cpu", "cuda", "auto"):
@@ -145,7 +163,7 @@ class ParameterAveraging:
             raise ValueError(f"approach must be one of {_APPROACH}, got {self.approach!r}")
         if self.exchange not in _EXCHANGE:
             raise ValueError(f"exchange must be one of {_EXCHANGE}, got {self.exchange!r}")
-        if not 0 <= self.exchange_port < 65536:
+        if self.exchange_port >= 65536:
             raise ValueError(f"exchange_port must be in 0..65535, got {self.exchange_port}")
 
 

@@ -31,9 +31,12 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _native
+from .._arguments import check_int
+from .._finite import diverged, first_non_finite
 from ..data import SerializedDataSetLoader, SerializedMultiDataSetLoader
 from ..data.manifest import minibatch_files
 from ..evaluation import Evaluation, RegressionEvaluation
+from ..spark import executor_errors
 from ..spark.export import _rebatch, batch_and_export
 from ..storage import join, resolve
 from .master import ParameterAveraging, plan_rounds
@@ -107,31 +110,39 @@ class SparkNetwork:
         """Workers per round: the master's ``workers`` or the context's default parallelism."""
         return self.master.workers or self.sc.defaultParallelism
 
+    @executor_errors()  # an executor's NonFiniteError, FormatError... as itself
     def fit(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
-        """Fit an RDD of DataSets, or the minibatch files under a directory URL."""
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        """Fit an RDD of DataSets, or the minibatch files under a directory URL.
+
+        Minibatches holding NaN or infinity and non-finite results are handled as the
+        master's ``non_finite`` says (see :class:`ParameterAveraging`).
+        """
+        epochs = check_int("epochs", epochs)
         if isinstance(data, (str, os.PathLike)):
             return self._fit_files(self._files(data), SerializedDataSetLoader(), epochs)
         if self.master.approach == "direct":
             return self._fit_direct(data, epochs)
         return self._fit_exported(data, epochs)
 
+    @executor_errors()
     def fit_paths(self, paths: RDD | Sequence[str], loader: Any = None, epochs: int = 1) -> Model:
         """Fit the minibatch files at ``paths`` (an RDD or list of URLs) read by ``loader``.
 
         ``loader`` is any :class:`~sparkbatch.data.Loader`; default
         :class:`~sparkbatch.data.SerializedDataSetLoader`.
         """
+        epochs = check_int("epochs", epochs)
         urls = paths.collect() if hasattr(paths, "collect") else list(paths)
         return self._fit_files(urls, loader or SerializedDataSetLoader(), epochs)
 
+    @executor_errors()
     def fit_multi(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
         """Fit MultiDataSets: files under a directory URL, or an RDD of MultiDataSets.
 
         The built-in network has one input and one output, so it fits MultiDataSets of one
         input and one output and refuses others with a clear error.
         """
+        epochs = check_int("epochs", epochs)
         if isinstance(data, (str, os.PathLike)):
             return self._fit_files(self._files(data), SerializedMultiDataSetLoader(), epochs)
         return self.fit(data, epochs)
@@ -142,9 +153,11 @@ class SparkNetwork:
             raise FileNotFoundError(f"no minibatch files under {os.fspath(url)}")
         return urls
 
-    def _fit_files(self, urls: list[str], loader: Any, epochs: int) -> Model:
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
+    def _fit_files(
+        self, urls: list[str], loader: Any, epochs: int, *, exported: bool = False
+    ) -> Model:
+        """Fit minibatch files; ``exported``: they are the export approach's temporary files,
+        and errors name the RDD partition a file came from instead."""
         if not urls:
             raise ValueError("no minibatch files to fit")
         m = self.master
@@ -163,7 +176,9 @@ class SparkNetwork:
             ]
             per_worker, workers = _per_worker([r for rounds in schedule for r in rounds])
             plan = self.sc.parallelize(per_worker, workers)  # one element per partition
-            self._fit_by_socket([len(rounds) for rounds in schedule], plan, workers, loader)
+            self._fit_by_socket(
+                [len(rounds) for rounds in schedule], plan, workers, loader, exported=exported
+            )
             return self.model
         for e in range(epochs):
             epoch = getattr(self.model, "epoch", e)
@@ -185,7 +200,7 @@ class SparkNetwork:
                     fit.round_in_plan = r
                     return self._sum(plan.mapPartitionsWithIndex(fit))
 
-                self._round_of(job, label, epoch, len(rounds), loader=loader)
+                self._round_of(job, label, epoch, len(rounds), loader=loader, exported=exported)
             self._end_epoch()
         return self.model
 
@@ -198,7 +213,7 @@ class SparkNetwork:
             urls = batch_and_export(
                 rdd, directory, self.master.batch_size_per_worker, storage_options=options
             )
-            return self._fit_files(urls, MinibatchLoader(), epochs)
+            return self._fit_files(urls, MinibatchLoader(), epochs, exported=True)
         finally:
             fs, path = resolve(directory, options)
             if fs.exists(path):
@@ -210,13 +225,14 @@ class SparkNetwork:
 
         m = self.master
         size = m.batch_size_per_worker
-        batched = rdd.mapPartitions(lambda items: _rebatch(items, size))
+        # ((partition, index), minibatch): where each came from, for errors that name it
+        batched = rdd.mapPartitionsWithIndex(
+            lambda p, items: (((p, i), b) for i, b in enumerate(_rebatch(items, size)))
+        )
         batched.persist(StorageLevel.MEMORY_AND_DISK)  # zipWithIndex's job, then keyed's
         if m.repartition == "never":
             workers = rdd.getNumPartitions()
-            keyed = batched.mapPartitionsWithIndex(
-                lambda p, items: (((p, i), b) for i, b in enumerate(items))
-            )
+            keyed = batched.map(lambda origin_batch: (origin_batch[0], origin_batch))
         else:
             workers = self.workers
             keyed = batched.zipWithIndex().map(lambda t: ((t[1] % workers, t[1] // workers), t[0]))
@@ -241,8 +257,9 @@ class SparkNetwork:
                 self._fit_by_socket([rounds] * epochs, plan, workers, loader=None)
                 return self.model
             # One shuffle for the whole fit: partition r * workers + w holds worker w's
-            # minibatches of round r in step order, and a round's job computes only its own
-            # partitions (reading the shuffle's files), so an epoch reads the data once.
+            # ((partition, index), minibatch) pairs of round r in step order, and a round's
+            # job computes only its own partitions (reading the shuffle's files), so an epoch
+            # reads the data once.
             planned = keyed.repartitionAndSortWithinPartitions(
                 rounds * workers, lambda key: (key[1] // freq) * workers + key[0]
             ).values()
@@ -275,7 +292,14 @@ class SparkNetwork:
         return rdd.treeAggregate(None, merge, merge, self.master.aggregation_depth)
 
     def _round_of(
-        self, job: Any, label: str, epoch: int, rounds_in_epoch: int, *, loader: Any
+        self,
+        job: Any,
+        label: str,
+        epoch: int,
+        rounds_in_epoch: int,
+        *,
+        loader: Any,
+        exported: bool = False,
     ) -> None:
         """Run one averaging round: broadcast, fit on the workers, sum, average. ``job(fit)`` runs
         ``fit`` on the round's workers and returns the sum of their results."""
@@ -293,7 +317,7 @@ class SparkNetwork:
             }
         )
         broadcast_end = time.time()
-        fit = FitRound(self._worker_setup(loader), weights, round_index=self._round)
+        fit = FitRound(self._worker_setup(loader, exported), weights, round_index=self._round)
         try:
             result: RoundResult | None = job(fit)
         finally:
@@ -301,6 +325,8 @@ class SparkNetwork:
         job_end = time.time()
         if result is None:  # no worker had data: nothing to average
             return
+        if result.error is not None:  # a worker's NonFiniteError or DivergenceError
+            raise result.error
         fit_s = max(
             (p.seconds for p in result.phases if p.phase == "fit"), default=job_end - broadcast_end
         )
@@ -315,7 +341,7 @@ class SparkNetwork:
             aggregate_start=job_end,
         )
 
-    def _worker_setup(self, loader: Any) -> WorkerSetup:
+    def _worker_setup(self, loader: Any, exported: bool = False) -> WorkerSetup:
         m = self.master
         return WorkerSetup(
             type(self.model),
@@ -327,6 +353,8 @@ class SparkNetwork:
             prefetch=m.prefetch,
             collect_stats=m.collect_stats,
             device=m.worker_device,
+            non_finite=m.non_finite,
+            exported=exported,
         )
 
     def _apply_round(
@@ -344,6 +372,18 @@ class SparkNetwork:
         """Average the round's summed ``result`` into the model and record the round."""
         m = self.master
         model = self.model
+        self.stats.skipped += result.skipped
+        if result.params is None:  # every worker skipped all its minibatches: no average
+            log.warning("%s: nothing fitted, %d minibatches skipped", label, result.skipped)
+            return
+        bad = first_non_finite(result.params)
+        if bad >= 0:
+            value = repr(float(result.params[bad]))
+            raise diverged(
+                f"round {self._round} (epoch {epoch}; {label} of this fit)",
+                f"the sum of the {result.workers} workers' parameters holds {value} at index {bad}",
+                "the model keeps its parameters of before this round",
+            )
         # A CPU network's buffers take the average directly; any other Model (a GPU network's
         # params() is a host copy) gets it averaged in place into the sum, then set.
         own = _own_buffers(model, m.save_updater)
@@ -379,6 +419,7 @@ class SparkNetwork:
                 broadcast_s=broadcast_s,
                 fit_s=min(fit_s, end - start),
                 aggregate_s=max(0.0, (end - start) - broadcast_s - fit_s),
+                skipped=result.skipped,
             )
         )
         if m.collect_stats:
@@ -390,9 +431,19 @@ class SparkNetwork:
                 )
             self.stats.add_phases(phases)
         log.info("%s: score %.6f over %d examples", label, score, result.examples)
+        if result.skipped:
+            log.warning("%s: %d minibatches skipped (NaN or infinity)", label, result.skipped)
         self._round += 1
 
-    def _fit_by_socket(self, epoch_rounds: list[int], plan: RDD, workers: int, loader: Any) -> None:
+    def _fit_by_socket(
+        self,
+        epoch_rounds: list[int],
+        plan: RDD,
+        workers: int,
+        loader: Any,
+        *,
+        exported: bool = False,
+    ) -> None:
         """Fit every epoch (``epoch_rounds``: how many rounds each has) as one barrier job
         whose workers average through the driver after every round. ``plan`` has a partition
         per worker holding one element: its items (file URLs, or minibatches when ``loader`` is
@@ -465,7 +516,7 @@ class SparkNetwork:
                 shared.close(unlink=True)
             raise
         fit = FitRounds(
-            self._worker_setup(loader),
+            self._worker_setup(loader, exported),
             server.address,
             server.token,
             first_round=self._round,
@@ -560,6 +611,7 @@ class SparkNetwork:
             raise ValueError("no examples to score")
         return result.loss_sum / result.examples
 
+    @executor_errors()
     def _evaluate(self, data: Any, kind: str, loader: Any, args: dict[str, Any]) -> Any:
         m = self.master
         weights = self.sc.broadcast({"params": self.model.params()})

@@ -107,7 +107,8 @@ class RoundStats:
     returning results). ``aggregate_s`` is the rest of the round: with per-worker timings, all
     that is not broadcast or fitting (scheduling, moving and summing results, averaging).
     ``start`` and ``end`` bound the whole round (:func:`time.time`). ``score`` is the mean
-    score of the minibatches the ``workers`` fitted, over ``examples`` examples.
+    score of the minibatches the ``workers`` fitted, over ``examples`` examples; ``skipped``
+    counts the minibatches they skipped for holding NaN or infinity (``non_finite="skip"``).
     """
 
     epoch: int
@@ -121,6 +122,7 @@ class RoundStats:
     broadcast_s: float
     fit_s: float
     aggregate_s: float
+    skipped: int = 0
 
     def __post_init__(self) -> None:
         if not self.end >= self.start:
@@ -173,6 +175,9 @@ class TrainingStats:
 
     rounds: list[RoundStats] = field(default_factory=list)
     phases: list[PhaseTiming] = field(default_factory=list)
+    #: Minibatches skipped for holding NaN or infinity (``non_finite="skip"``) over the whole
+    #: training, those of rounds in which nothing was left to fit included.
+    skipped: int = 0
 
     def add_round(self, r: RoundStats) -> None:
         """Append the statistics of one finished round."""
@@ -248,8 +253,10 @@ class TrainingStats:
             f"{'examples':<11} {self.examples} ({self.examples_per_second:.1f} examples/s)",
             f"{'wall time':<11} {_duration(total)}",
             f"{'score':<11} {scores[0]:.4g} -> {scores[-1]:.4g}",
-            f"{'phase':<11} {'seconds':>7} {'%':>6}",
         ]
+        if self.skipped:
+            lines.append(f"{'skipped':<11} {self.skipped} minibatches (NaN or infinity)")
+        lines += [f"{'phase':<11} {'seconds':>7} {'%':>6}"]
         for name, seconds in self.seconds_by_phase().items():
             share = 100.0 * seconds / total if total > 0 else 0.0
             lines.append(f"{name:<11} {seconds:>7.2f} {share:>6.1f}")
@@ -262,6 +269,7 @@ class TrainingStats:
             "version": FORMAT_VERSION,
             "rounds": [_record(r) for r in self.rounds],
             "phases": [_record(p) for p in self.phases],
+            "skipped": self.skipped,
         }
 
     @classmethod
@@ -278,6 +286,7 @@ class TrainingStats:
         return cls(
             rounds=[_from_record(RoundStats, r, i) for i, r in enumerate(data.get("rounds", []))],
             phases=[_from_record(PhaseTiming, p, i) for i, p in enumerate(data.get("phases", []))],
+            skipped=int(data.get("skipped", 0)),
         )
 
     def render_html(self, *, title: str = "sparkbatch training") -> str:
@@ -320,6 +329,8 @@ def _from_record(cls: type, record: Any, index: int) -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in record:
+            if f.default is not dataclasses.MISSING:  # added later: older records lack it
+                continue
             raise ValueError(f"{name} {index}: missing field {f.name!r}")
         convert = {"int": int, "float": float, "str": str}[f.type]
         try:
@@ -422,6 +433,8 @@ def _totals_table(stats: TrainingStats) -> str:
         ("broadcast + aggregate", f"{100 * stats.overhead_fraction():.1f} % of wall time"),
         ("timeline rows", str(len({p.worker for p in stats.phases}))),
     ]
+    if stats.skipped:
+        rows.insert(2, ("skipped minibatches", f"{stats.skipped:,} (NaN or infinity)"))
     cells = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f'<table class="totals">{cells}</table>'
 

@@ -9,9 +9,12 @@ the native kernel (:func:`combine`).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import math
 import os
+import re
 import socket
 import time
 from collections import OrderedDict
@@ -22,9 +25,11 @@ from typing import Any
 import numpy as np
 
 from .. import _native
+from .._finite import diverged, first_non_finite, non_finite_data, non_finite_in, with_context
 from ..data import DataSet, MultiDataSet, Source
 from ..data._prefetch import prefetched
 from ..data.loaders import _load_minibatch
+from ..errors import DivergenceError, NonFiniteError
 from ..evaluation import Evaluation, RegressionEvaluation
 from .stats import PhaseTiming
 
@@ -41,6 +46,9 @@ __all__ = [
 
 _MODELS: OrderedDict[tuple[type, str, str], Any] = OrderedDict()  # per Python worker process
 _MODELS_KEPT = 2
+_SKIP_OPTION = "ParameterAveraging(non_finite='skip')"
+# The files the export approach writes: spark.export.file_name(partition, batch).
+_EXPORTED_NAME = re.compile(r"part-(\d+)-(\d+)\.[^/]*$")
 
 
 def _limit_native_threads() -> None:
@@ -83,9 +91,13 @@ def _gpu_visible() -> bool:
 
 @dataclass
 class RoundResult:
-    """Sums over the workers of one round (one worker's own values before aggregation)."""
+    """Sums over the workers of one round (one worker's own values before aggregation).
 
-    params: np.ndarray
+    A worker that fitted nothing but skipped minibatches reports them with ``workers=0`` and no
+    parameters (``params`` None), so that the skips are counted without weighing in the average.
+    """
+
+    params: np.ndarray | None
     state: np.ndarray | None
     score_sum: float  # of every minibatch's score
     batches: int
@@ -93,6 +105,10 @@ class RoundResult:
     workers: int
     max_batches: int  # the most minibatches one worker fitted: the iteration advance
     phases: list[PhaseTiming] = field(default_factory=list)
+    skipped: int = 0  # minibatches skipped for non-finite values (non_finite="skip")
+    #: A worker's NonFiniteError or DivergenceError (NOTE [deterministic errors]); the driver
+    #: raises the first one that reaches it.
+    error: Exception | None = None
 
 
 def combine(a: RoundResult | None, b: RoundResult | None) -> RoundResult | None:
@@ -100,6 +116,14 @@ def combine(a: RoundResult | None, b: RoundResult | None) -> RoundResult | None:
     if a is None:
         return b
     if b is None:
+        return a
+    if a.error is not None or b.error is not None:
+        return a if a.error is not None else b
+    if b.params is None or a.params is None:  # skips only: nothing to add but the counts
+        if a.params is None:
+            a, b = b, a
+        a.skipped += b.skipped
+        a.phases.extend(b.phases)
         return a
     _native.nn_add_into(a.params, b.params)
     if a.state is not None and b.state is not None:
@@ -109,6 +133,7 @@ def combine(a: RoundResult | None, b: RoundResult | None) -> RoundResult | None:
     a.examples += b.examples
     a.workers += b.workers
     a.max_batches = max(a.max_batches, b.max_batches)
+    a.skipped += b.skipped
     a.phases.extend(b.phases)
     return a
 
@@ -124,20 +149,74 @@ class MinibatchLoader:
 
 
 def _minibatches(
-    items: Iterable[Any], loader: Any, storage_options: Any, prefetch: int, batch_size: int
-) -> Iterator[DataSet | MultiDataSet]:
-    """The minibatches of one worker: files (loaded ``prefetch`` ahead) or in-memory batches,
-    split to ``batch_size`` examples where larger."""
+    items: Iterable[Any],
+    loader: Any,
+    storage_options: Any,
+    prefetch: int,
+    batch_size: int,
+    exported: bool = False,
+) -> Iterator[tuple[DataSet | MultiDataSet, str]]:
+    """The minibatches of one worker, each with where it came from in words: files (loaded
+    ``prefetch`` ahead) or in-memory batches (alone, or ``((partition, index), batch)`` pairs
+    from the direct approach), split to ``batch_size`` examples where larger."""
     if loader is None:
-        batches: Iterable[Any] = items
-    else:
-        sources = [Source(url, storage_options) for url in items]
-        batches = prefetched(loader.load, sources, prefetch)
-    for batch in batches:
-        if batch.num_examples > batch_size:
-            yield from batch.split(batch_size)
-        elif batch.num_examples:
-            yield batch
+        for item in items:
+            if isinstance(item, tuple):
+                (partition, index), batch = item
+                where = _rdd_origin(partition, index, batch_size, batch.num_examples)
+            else:
+                batch, where = item, "a minibatch of the RDD"
+            yield from _pieces(batch, batch_size, where)
+        return
+    sources = [Source(url, storage_options) for url in items]
+    loaded = prefetched(functools.partial(_load_named, loader), sources, prefetch)
+    for i, batch in enumerate(loaded):  # read to the end: the prefetch thread then stops
+        url = sources[i].url
+        match = _EXPORTED_NAME.search(url) if exported else None
+        where = url
+        if match:  # the export approach's temporary file: name what the user gave instead
+            partition, index = int(match.group(1)), int(match.group(2))
+            where = _rdd_origin(partition, index, batch_size, batch.num_examples)
+        yield from _pieces(batch, batch_size, where)
+
+
+def _rdd_origin(partition: int, index: int, batch_size: int, examples: int) -> str:
+    first = index * batch_size
+    return (
+        f"RDD partition {partition}, minibatch {index} (examples {first}-{first + examples - 1} "
+        "of the partition)"
+    )
+
+
+def _pieces(
+    batch: DataSet | MultiDataSet, batch_size: int, where: str
+) -> Iterator[tuple[DataSet | MultiDataSet, str]]:
+    n = batch.num_examples
+    if n > batch_size:
+        for k, piece in enumerate(batch.split(batch_size)):
+            first = k * batch_size
+            yield piece, f"{where}, examples {first}-{first + piece.num_examples - 1}"
+    elif n:
+        yield batch, where
+
+
+def _load_named(loader: Any, source: Source) -> DataSet | MultiDataSet:
+    """``loader.load(source)``; an error that does not name the file is raised again as the
+    same type with the file's URL in front (the original chained), or, where the type cannot be
+    built from a message, with a note naming the file."""
+    try:
+        return loader.load(source)
+    except Exception as e:
+        if source.url in str(e):
+            raise
+        try:
+            named = type(e)(f"{source.url}: {e}")
+        except Exception:  # noqa: BLE001  (a constructor that takes other arguments)
+            named = None
+        if named is None or not str(named).startswith(source.url):
+            e.add_note(f"while loading {source.url}")
+            raise
+        raise named from e
 
 
 @dataclass(frozen=True)
@@ -154,15 +233,67 @@ class WorkerSetup:
     prefetch: int = 2
     collect_stats: bool = False
     device: str = "cpu"
+    non_finite: str = "raise"  # or "skip": minibatches holding NaN or infinity
+    exported: bool = False  # the files are the export approach's: name RDD partitions
 
     def model(self) -> Any:
         """This Python worker's model for the fit (built once per process, see :func:`_model`)."""
         return _model(self.model_class, self.config_json, self.device)
 
-    def minibatches(self, items: Iterable[Any]) -> Iterator[DataSet | MultiDataSet]:
-        """The minibatches of ``items`` (file URLs or minibatches), ``batch_size`` at most."""
+    def minibatches(self, items: Iterable[Any]) -> Iterator[tuple[DataSet | MultiDataSet, str]]:
+        """The minibatches of ``items`` (file URLs or minibatches), ``batch_size`` at most,
+        each with where it came from in words."""
         return _minibatches(
-            items, self.loader, self.storage_options, self.prefetch, self.batch_size
+            items,
+            self.loader,
+            self.storage_options,
+            self.prefetch,
+            self.batch_size,
+            self.exported,
+        )
+
+    def fit(self, model: Any, items: Iterable[Any], context: str) -> tuple[float, int, int, int]:
+        """Fit the minibatches of ``items``; the sum of their scores, their count, their
+        examples and the minibatches skipped. ``context`` ("round 3 (epoch 0), worker 1")
+        begins the message of a NonFiniteError or DivergenceError (NOTE [non-finite checks]
+        in ``sparkbatch._finite``)."""
+        score_sum, count, examples, skipped = 0.0, 0, 0, 0
+        for batch, origin in self.minibatches(items):
+            detail = non_finite_in(batch)
+            if detail is not None:
+                if self.non_finite == "skip":
+                    skipped += 1
+                    continue
+                raise non_finite_data(f"{context}, {origin}", detail, _SKIP_OPTION)
+            where = f"{context}, {origin}, iteration {getattr(model, 'iteration', count)}"
+            try:
+                score = float(model.fit_batch(batch))  # raises before its update, if at all
+            except NonFiniteError as e:  # the Network's: values beyond its dtype
+                if self.non_finite == "skip":
+                    skipped += 1
+                    continue
+                raise with_context(e, where, option=_SKIP_OPTION) from None
+            except DivergenceError as e:
+                raise with_context(e, where, kept=_KEPT) from None
+            if not math.isfinite(score):  # any Model's score; the Network checks its gradient
+                raise diverged(where, f"the score is {score!r}", _KEPT)
+            score_sum += score
+            count += 1
+            examples += batch.num_examples
+        return score_sum, count, examples, skipped
+
+
+_KEPT = "the driver's model keeps its parameters of before this round"
+
+
+def _check_result(params: np.ndarray, context: str, batches: int) -> None:
+    """DivergenceError unless a worker's parameters after its round are all finite."""
+    bad = first_non_finite(params)
+    if bad >= 0:
+        raise diverged(
+            f"{context}, after its {batches} minibatches",
+            f"its parameters hold {repr(float(params.reshape(-1)[bad]))} at index {bad}",
+            _KEPT,
         )
 
 
@@ -195,10 +326,22 @@ class FitRound:
         model = setup.model()
         _start_round(model, weights, weights["params"], weights["state"], setup.save_updater, index)
         fit_start = time.time()
-        score_sum, batches, examples = _fit_all(model, setup.minibatches(items))
+        context = f"round {self.round_index} (epoch {weights['epoch']}), {worker}"
+        try:
+            score_sum, batches, examples, skipped = setup.fit(model, items, context)
+            params = np.array(model.params(), copy=True) if batches else None
+            if params is not None:
+                _check_result(params, context, batches)
+        except (NonFiniteError, DivergenceError) as e:
+            # NOTE [deterministic errors]: a retried task would fail the same way, so the
+            # error travels back as the result and the driver raises it, without Spark's
+            # retries of the task.
+            return iter([RoundResult(None, None, 0.0, 0, 0, 0, 0, error=e)])
         end = time.time()
-        if batches == 0:
-            return iter(())
+        if params is None:
+            if not skipped:
+                return iter(())
+            return iter([RoundResult(None, None, 0.0, 0, 0, 0, 0, skipped=skipped)])
         phases = []
         if setup.collect_stats:
             phases = [
@@ -206,7 +349,7 @@ class FitRound:
                 PhaseTiming(self.round_index, worker, "fit", fit_start, end),
             ]
         result = RoundResult(
-            params=np.array(model.params(), copy=True),
+            params=params,
             state=np.array(model.updater_state(), copy=True) if setup.save_updater else None,
             score_sum=score_sum,
             batches=batches,
@@ -214,6 +357,7 @@ class FitRound:
             workers=1,
             max_batches=batches,
             phases=phases,
+            skipped=skipped,
         )
         return iter([result])
 
@@ -256,16 +400,6 @@ def _own_buffers(model: Any, save_updater: bool) -> list[np.ndarray]:
     if not all(isinstance(b, np.ndarray) and b.flags.writeable for b in buffers):
         return []
     return buffers
-
-
-def _fit_all(model: Any, batches: Iterable[Any]) -> tuple[float, int, int]:
-    """Fit every minibatch; the sum of their scores, their count and their examples."""
-    score_sum, count, examples = 0.0, 0, 0
-    for batch in batches:
-        score_sum += float(model.fit_batch(batch))
-        count += 1
-        examples += batch.num_examples
-    return score_sum, count, examples
 
 
 class FitRounds:
@@ -368,11 +502,19 @@ class FitRounds:
                     in_place=in_place,
                 )
                 fit_start = time.time()
-                score_sum, batches, examples = _fit_all(model, self.setup.minibatches(plan[r]))
+                g = self.first_round + r
+                context = f"round {g} (epoch {header['epoch']}), {worker}"
+                try:
+                    score_sum, batches, examples, skipped = self.setup.fit(model, plan[r], context)
+                    if batches:
+                        _check_result(model.params(), context, batches)
+                except (NonFiniteError, DivergenceError) as e:
+                    # NOTE [deterministic errors]: the driver stops the fit and raises it.
+                    send_message(sock, {"error": type(e).__name__, "message": str(e)})
+                    return
                 end = time.time()
                 phases = []
                 if self.setup.collect_stats:
-                    g = self.first_round + r
                     phases = [
                         [g, worker, "broadcast", received, fit_start],
                         [g, worker, "fit", fit_start, end],
@@ -392,6 +534,7 @@ class FitRounds:
                     "score_sum": score_sum,
                     "batches": batches,
                     "examples": examples,
+                    "skipped": skipped,
                     "fit_s": end - fit_start,
                     "broadcast_s": fit_start - received,
                     "phases": phases,
@@ -461,7 +604,7 @@ class EvaluatePartition:
         else:
             evaluation = None
         loss_sum, examples = 0.0, 0.0
-        for batch in self.setup.minibatches(items):
+        for batch, _ in self.setup.minibatches(items):
             ds = _single(batch)
             if evaluation is not None:
                 evaluation.eval(ds.labels, model.output(ds.features), ds.labels_mask)
