@@ -155,3 +155,64 @@ def test_training_whose_python_worker_is_killed_fits_every_example_once_per_epoc
         killed_run.model.updater_state(), clean_run.model.updater_state(), rtol=0, atol=1e-6
     )
     assert killed_run.model.iteration == clean_run.model.iteration == 2 * 12
+
+
+# --- A single-machine export killed in the middle of writing a file ----------------------------
+
+_WRITER = """
+import sys
+import numpy as np
+from sparkbatch.data import DataSet, export_datasets
+
+def minibatches():
+    for i in range(6):  # 32 MiB each, so that a file takes a while to write
+        ids = np.full((1 << 21, 4), i, np.float32)
+        yield DataSet(ids, np.ones((1 << 21, 1), np.float32))
+
+export_datasets(minibatches(), sys.argv[1])
+"""
+
+
+def test_a_single_machine_export_killed_mid_file_leaves_no_file_a_reader_takes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sparkbatch.errors import IncompleteExportError
+
+    out = tmp_path / "export"
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)])
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            # the temporary file of the fourth minibatch: kill the writer while it writes it
+            names = os.listdir(out) if out.exists() else []
+            if any(n.startswith(".dataset_000003") for n in names):
+                child.send_signal(signal.SIGKILL)
+                seen = names
+                break
+            time.sleep(0.0005)
+    finally:
+        if child.poll() is None and not seen:
+            child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL and seen, "the writer was not caught mid-file"
+    left = sorted(os.listdir(out))
+    assert "_in_progress.json" in left and "_manifest.json" not in left
+    assert [n for n in left if n.endswith(".safetensors")] == [
+        f"dataset_{i:06d}.safetensors" for i in range(3)
+    ]
+    assert any(n.startswith(".dataset_000003") for n in left)  # the half-written temporary
+    for reader in (lambda: minibatch_files(str(out)), lambda: list(FileDataSetIterator(out))):
+        with pytest.raises(IncompleteExportError, match=re.escape(str(out))):
+            reader()
+    from sparkbatch.data import export_datasets
+
+    export_datasets(_items()[:4], out, overwrite=True)
+    assert sorted(os.listdir(out)) == ["_manifest.json"] + [
+        f"dataset_{i:06d}.safetensors" for i in range(4)
+    ]  # the marker and the killed writer's temporary are gone
+    ids = np.concatenate([d.features[:, 0] for d in FileDataSetIterator(out)])
+    np.testing.assert_array_equal(ids, np.arange(4 * ITEM_SIZE))
