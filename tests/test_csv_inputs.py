@@ -4,13 +4,21 @@ and files that are not what they seem. On Spark (``csv_to_datasets``) and on one
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sparkbatch import DataSet
-from sparkbatch.spark import csv_to_datasets
+from sparkbatch.convert import LabelSpec
+from sparkbatch.errors import CsvError
+from sparkbatch.records import CSVRecordReader
+from sparkbatch.records.csv_parser import CsvOptions
+from sparkbatch.spark import RangesToDataSets, csv_to_datasets
+from sparkbatch.storage import LineRange
 
 N_CLASSES = 10
 HEADER = "a,b,c,d,e,label"
@@ -131,3 +139,125 @@ def test_a_quoted_line_break_is_named_by_file_and_line(sc, tmp_path):
             in message
             or f"{path}, line 33, column 0: expected a number, found 'lines\"'" in message
         ), message
+
+
+# -- files that are not what they seem ---------------------------------------------------------
+
+GOOD = "a,b,c,d,e,label\n1,2,3,4,5,6\n7,8,9,10,11,2\n"
+GOOD_ROWS = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 2]]
+
+FOREIGN = {  # name: (bytes, what the error says after "expected UTF-8 CSV text, found ")
+    "x.csv": (gzip.compress(GOOD.encode()), "gzip-compressed data: name it x.csv.gz to have"),
+    "u16.csv": (GOOD.encode("utf-16"), "UTF-16 text (little-endian, with a byte order mark)"),
+    "u16be.csv": (GOOD.encode("utf-16-be"), "UTF-16 text (big-endian, no byte order mark)"),
+    "u16le.csv": (GOOD.encode("utf-16-le"), "UTF-16 text (little-endian, no byte order mark)"),
+    "image.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "a PNG image"),
+    "blob.bin": (bytes(range(256)) * 8, "binary data (a NUL byte at offset 0)"),
+    "mac.csv": (GOOD.replace("\n", "\r").encode(), "lines that end in CR alone"),
+    "book.xlsx": (b"PK\x03\x04\x14\x00\x06\x00" + bytes(100), "a zip archive"),
+}
+
+
+@pytest.fixture
+def good_dir(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.csv").write_text(GOOD)
+    return tmp_path / "d"
+
+
+def _expected(rows) -> tuple[np.ndarray, np.ndarray]:
+    table = np.array(rows, np.float32)
+    return table[:, :5], table[:, 5].astype(int)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("name", sorted(FOREIGN))
+def test_foreign_files_are_named_on_spark(sc, good_dir, name):
+    data, what = FOREIGN[name]
+    (good_dir / name).write_bytes(data)
+    for first in (False, True):  # found where its first range is read, or on the driver
+        source = [str(good_dir / "a.csv"), str(good_dir / name)]
+        with pytest.raises(Exception) as excinfo:
+            csv_to_datasets(source[::-1] if first else source, split_size=64, sc=sc, **ARGS).count()
+        message = str(excinfo.value)
+        assert f"{good_dir / name}, line 1: expected UTF-8 CSV text, found {what}" in message
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN))
+def test_foreign_files_are_named_by_the_record_reader(good_dir, name):
+    data, what = FOREIGN[name]
+    (good_dir / name).write_bytes(data)
+    reader = CSVRecordReader(skip_lines=1).initialize([good_dir / "a.csv", good_dir / name])
+    with pytest.raises(CsvError) as excinfo:
+        list(reader)
+    assert f"{good_dir / name}, line 1: expected UTF-8 CSV text, found {what}" in str(excinfo.value)
+    assert excinfo.value.source == str(good_dir / name) and excinfo.value.line == 1
+
+
+def test_a_later_range_of_a_foreign_file_names_it(good_dir):
+    """A range that is not the file's first finds bad rows, then looks at the file's head."""
+    (good_dir / "blob.bin").write_bytes(b"\x00\x01" + b"1,x,3\n" * 1000)
+    url = str(good_dir / "blob.bin")
+    size = (good_dir / "blob.bin").stat().st_size
+    function = RangesToDataSets(LabelSpec(-1, N_CLASSES), CsvOptions(), 32, None)
+    with pytest.raises(CsvError, match=r"blob.bin, line 1: expected UTF-8 CSV text, found bin"):
+        list(function([LineRange(url, 3000, 4000, size)]))
+
+
+@pytest.mark.spark
+def test_compressed_files_are_read_whole_and_a_bom_is_dropped(sc, good_dir):
+    (good_dir / "a.csv").unlink()
+    rows = []
+    for i, compress in enumerate([gzip.compress, bz2.compress, lzma.compress, None]):
+        lines = [[i, 2, 3, 4, k, k % N_CLASSES] for k in range(50)]
+        text = HEADER + "\n" + "".join(",".join(map(str, r)) + "\n" for r in lines)
+        rows += lines
+        if compress is None:  # plain, with a UTF-8 byte order mark
+            (good_dir / "d.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+        else:
+            name = ["a.csv.gz", "b.csv.bz2", "c.csv.xz"][i]
+            (good_dir / name).write_bytes(compress(text.encode()))
+    features, labels = _expected(rows)
+    for split_size in (50, 1 << 20):
+        out = csv_to_datasets(str(good_dir), split_size=split_size, sc=sc, **ARGS)
+        _check(_merged(out), features, labels)
+    reader = CSVRecordReader(skip_lines=1).initialize(good_dir)
+    assert [r[0] for r in reader] == [r[0] for r in rows]
+    # without a header, a byte order mark would spoil the first number
+    (good_dir / "e.csv").write_bytes(b"\xef\xbb\xbf1,2,3,4,5,6\n")
+    out = csv_to_datasets(str(good_dir / "e.csv"), label_index=-1, num_classes=N_CLASSES, sc=sc)
+    assert _merged(out).features.tolist() == [[1, 2, 3, 4, 5]]
+    lines = sc.parallelize(["\ufeff1,2,3,4,5,6", "7,8,9,10,11,2"], 2)
+    out = csv_to_datasets(lines, label_index=-1, num_classes=N_CLASSES)
+    assert _merged(out).features.tolist() == [[1, 2, 3, 4, 5], [7, 8, 9, 10, 11]]
+
+
+@pytest.mark.spark
+def test_a_truncated_compressed_file_is_named(sc, good_dir):
+    rng = np.random.default_rng(3)
+    text = "".join(",".join(f"{v:.6f}" for v in row) + ",1\n" for row in rng.random((3000, 5)))
+    data = gzip.compress(text.encode())
+    (good_dir / "t.csv.gz").write_bytes(data[: len(data) // 2])
+    expected = "t.csv.gz: expected complete compressed data, found a corrupt or truncated file"
+    with pytest.raises(Exception, match=expected):
+        csv_to_datasets(str(good_dir / "t.csv.gz"), sc=sc, **ARGS).count()
+    with pytest.raises(CsvError, match=expected.replace(":", ", near line [0-9]+:")):
+        list(CSVRecordReader().initialize(good_dir / "t.csv.gz"))
+
+
+@pytest.mark.spark
+def test_a_text_file_that_is_not_csv_names_itself_and_the_table(sc, good_dir):
+    (good_dir / "notes.txt").write_text("# Notes\nsome words\n")
+    with pytest.raises(Exception) as excinfo:
+        csv_to_datasets(str(good_dir), sc=sc, **ARGS).count()
+    assert (
+        f"{good_dir / 'notes.txt'}, line 2: expected 6 columns (as in {good_dir / 'a.csv'}, "
+        "line 2), found 1: 'some words'"
+    ) in str(excinfo.value)
+
+
+@pytest.mark.spark
+def test_binary_lines_in_an_rdd_are_named(sc, tmp_path):
+    (tmp_path / "u16.csv").write_bytes(GOOD.encode("utf-16-le"))
+    with pytest.raises(CsvError, match="partition 0, line 1: expected UTF-8 CSV text, found bin"):
+        csv_to_datasets(sc.textFile(str(tmp_path / "u16.csv")), **ARGS)

@@ -13,6 +13,11 @@ as an ordinary line, and, as in DL4J, filtering it out is left to the user (e.g.
 
 NOTE [blank lines]: lines that are empty or hold only spaces are skipped; they count for the
 line numbers in error messages and for ``skip_lines``.
+
+NOTE [foreign files]: compressed files (``.gz``, ``.bz2``, ``.xz``, ``.zip``) are decompressed, a
+UTF-8 byte order mark is dropped, and the first bytes of each file are checked once for what is not
+CSV text (:mod:`sparkbatch.records.csv_files`): a binary, UTF-16 or misnamed compressed file raises
+:class:`CsvError` naming it, as ``csv_to_datasets`` does.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from sparkbatch.errors import CsvError
+from sparkbatch.records.csv_files import HEAD_BYTES, check_head, decompression_error
 from sparkbatch.storage import list_files, resolve
 
 __all__ = ["CSVRecordReader", "Record", "to_value"]
@@ -229,6 +235,15 @@ class CSVRecordReader:
         source = self._sources[self._file_index]
         fs, path = resolve(source, self._storage_options)
         raw = fs.open(path, "rb", compression="infer")
+        try:
+            check_head(source, raw.read(HEAD_BYTES))  # NOTE [foreign files]
+            raw.seek(0)
+        except BaseException as e:
+            raw.close()
+            error = decompression_error(source, e, line=1)
+            if error is None:
+                raise
+            raise error from e
         text = io.TextIOWrapper(raw, encoding=_ENCODING, newline="")
         lines = itertools.islice(text, self.skip_lines, None)
         self._file, self._rows = text, csv.reader(lines, **self._dialect())
@@ -261,6 +276,12 @@ class CSVRecordReader:
                 text=str(e),
                 expected="UTF-8 text",
             ) from e
+        except Exception as e:  # a compressed file that ends early or is corrupt
+            error = decompression_error(source, e, line=self._consumed + 1)
+            if error is None:
+                raise
+            self._close_file()
+            raise error from e
         self._consumed = self.skip_lines + self._rows.line_num
         return fields
 

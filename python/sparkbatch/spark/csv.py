@@ -13,8 +13,17 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fsspec.utils import infer_compression
+
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
+from sparkbatch.errors import CsvError
+from sparkbatch.records.csv_files import (
+    HEAD_BYTES,
+    UTF8_BOM,
+    check_head,
+    decompression_error,
+)
 from sparkbatch.records.csv_parser import (
     SAMPLE_BYTES,
     SAMPLE_ROWS,
@@ -28,8 +37,8 @@ from sparkbatch.storage import (
     expand_paths,
     plan_line_ranges,
     read_line_range,
-    resolve,
 )
+from sparkbatch.storage.ranges import open_input
 
 if TYPE_CHECKING:
     from pyspark import RDD, Accumulator, SparkContext
@@ -54,6 +63,13 @@ _MAX_BLOCK = 16 << 20  # bytes read at a time while looking for the first data r
 # whether the line break it starts after lies inside quotes without reading the file from the
 # start, so this rule is what keeps rows, values and skip counts the same for every split_size
 # (and every partitioning of an RDD). CSVRecordReader (one machine) reads quoted line breaks.
+#
+# NOTE [foreign files]: the first HEAD_BYTES bytes of every file are checked once, where its
+# first range is read (and on the driver for the first file), for what is not CSV text
+# (sparkbatch.records.csv_files: compressed data under a name that is not decompressed, binary
+# files, UTF-16 and UTF-32, CR-only line ends); a UTF-8 byte order mark is dropped. Compressed
+# files (.gz, .bz2, .xz, .zip) are decompressed, one range each. Other ranges of a file look at
+# its head only when they find a bad row, so that a job failing on one of them names the cause.
 
 
 def default_split_size(total_bytes: int, parallelism: int) -> int:
@@ -125,7 +141,7 @@ def _class_columns(spec: LabelSpec, table: _Table) -> dict[int, int]:
     try:
         label_columns = spec.label_columns(table.columns)
     except ValueError as e:
-        raise ValueError(f"{e} (the first data row, {table.origin})") from None
+        raise ValueError(f"{e} (the width of the first data rows, as in {table.origin})") from None
     if not spec.classification:
         return {}
     return {label_columns[0]: int(spec.num_classes or 0)}
@@ -141,11 +157,19 @@ def _file_table(
     rows against the same width, whatever the ranges are (NOTE [one width]).
     """
     for url in urls:
-        fs, path = resolve(url, dict(storage_options or {}))
-        with fs.open(path, "rb") as f:
+        with open_input(url, storage_options=storage_options) as f:
             head, block = b"", SAMPLE_BYTES
             while True:
-                chunk = f.read(block)
+                try:
+                    chunk = f.read(block)
+                except Exception as e:
+                    error = decompression_error(url, e) if infer_compression(url) else None
+                    if error is None:
+                        raise
+                    raise error from e
+                if not head:
+                    check_head(url, chunk)
+                    chunk = chunk[len(UTF8_BOM) :] if chunk.startswith(UTF8_BOM) else chunk
                 head += chunk
                 found = table_width(head, options, complete=not chunk)
                 if found is not None:
@@ -182,9 +206,12 @@ class _RddHead:
         return [(taken, True)]
 
 
-def _rdd_table(rdd: RDD[str], options: CsvOptions) -> tuple[_Table | None, dict[int, int]]:
-    """The width of the table of an RDD of lines (as :func:`_file_table`), and the header lines
-    (the RDD's first ``skip_lines``) of each partition that holds some.
+def _rdd_table(
+    rdd: RDD[str], options: CsvOptions
+) -> tuple[_Table | None, dict[int, int], int | None]:
+    """The width of the table of an RDD of lines (as :func:`_file_table`), the header lines (the
+    RDD's first ``skip_lines``) of each partition that holds some, and the partition of the
+    RDD's first line (None: the RDD is empty).
 
     Reads the first partitions only, and from each only the lines it needs, as ``RDD.take`` does.
     """
@@ -192,6 +219,7 @@ def _rdd_table(rdd: RDD[str], options: CsvOptions) -> tuple[_Table | None, dict[
     header_lines: dict[int, int] = {}
     data: list[str] = []  # the lines after the header so far
     origin: list[str] = []  # where each of them is
+    first: int | None = None  # the partition of the first line
     index, batch, partitions = 0, 1, rdd.getNumPartitions()
     while index < partitions:
         # a batch of partitions, each read as if the first (so at least as far as needed)
@@ -200,6 +228,10 @@ def _rdd_table(rdd: RDD[str], options: CsvOptions) -> tuple[_Table | None, dict[
         head = _RddHead(options, header_left, rows, len(text))
         heads = rdd.context.runJob(rdd, head, range(index, min(index + batch, partitions)))
         for lines, ended in heads:
+            if lines and first is None:
+                first = index
+                _check_lines(f"partition {index}", lines)
+                lines[0] = lines[0].removeprefix("\ufeff")
             skip = min(header_left, len(lines))
             if skip:
                 header_lines[index] = skip
@@ -216,8 +248,24 @@ def _rdd_table(rdd: RDD[str], options: CsvOptions) -> tuple[_Table | None, dict[
         text = "".join(line + "\n" for line in data).encode()
         found = table_width(text, options, skip_lines=0)
     if found is None:
-        return None, header_lines
-    return _Table(found[0], origin[found[1] - 1]), header_lines
+        return None, header_lines, first
+    return _Table(found[0], origin[found[1] - 1]), header_lines, first
+
+
+def _check_lines(source: str, lines: list[str]) -> None:
+    """NOTE [foreign files] for an RDD of lines: Spark decodes text as UTF-8, putting U+FFFD for
+    bytes that are not, so a binary or UTF-16 file shows as NUL characters or many U+FFFD."""
+    sample = "\n".join(lines)[:HEAD_BYTES]
+    bad = sample.count("\x00") + sample.count("\ufffd")
+    if "\x00" in sample or bad > 0.3 * len(sample):
+        raise CsvError(
+            f"{source}, line 1: expected UTF-8 CSV text, found binary data or UTF-16 text "
+            f"({bad} of the first {len(sample)} characters are NUL or not UTF-8)",
+            source=source,
+            line=1,
+            text=sample[:16],
+            expected="UTF-8 CSV text",
+        )
 
 
 class LinesToDataSets(_CsvToDataSets):
@@ -231,16 +279,21 @@ class LinesToDataSets(_CsvToDataSets):
     (:func:`csv_to_datasets` with a path), which skips them once per file.
     """
 
-    def __init__(self, *args: Any, header_lines: Mapping[int, int] | None = None) -> None:
+    def __init__(
+        self, *args: Any, header_lines: Mapping[int, int] | None = None, first_partition: int = 0
+    ) -> None:
         super().__init__(*args)
         self.header_lines = (
             {0: self.options.skip_lines} if header_lines is None else dict(header_lines)
         )
+        self.first_partition = first_partition  # where a UTF-8 byte order mark is dropped
 
     def __call__(self, index: int, lines: Iterable[str]) -> Iterator[DataSet]:
         text = "\n".join(lines)
         if not text:
             return iter(())
+        if index == self.first_partition:
+            text = text.removeprefix("\ufeff")
         buffer = text.encode("utf-8")
         return self._convert(
             buffer,
@@ -260,24 +313,43 @@ class RangesToDataSets(_CsvToDataSets):
     def __call__(self, ranges: Iterable[LineRange]) -> Iterator[DataSet]:
         skip = self.options.skip_lines
         for r in ranges:
-            buffer, begin = read_line_range(r, storage_options=self.storage_options)
+            try:
+                buffer, begin = read_line_range(r, storage_options=self.storage_options)
+            except Exception as e:
+                error = decompression_error(r.url, e) if r.compression else None
+                if error is None:
+                    raise
+                raise error from e
             if not buffer:
                 continue
+            if begin == 0:  # the file's first bytes: NOTE [foreign files]
+                check_head(r.url, buffer[:HEAD_BYTES])
+                if buffer.startswith(UTF8_BOM):
+                    buffer = memoryview(buffer)[len(UTF8_BOM) :]
             if begin > 0 and skip > 0:  # header lines may reach past the file's first range
                 header = skip - count_lines_before(
                     r.url, begin, limit=skip, storage_options=self.storage_options
                 )
             else:
                 header = skip if begin == 0 else 0
-            yield from self._convert(
-                buffer,
-                source=r.url,
-                skip_lines=header,
-                threads=1,
-                lines_before=lambda r=r, begin=begin: count_lines_before(
-                    r.url, begin, storage_options=self.storage_options
-                ),
-            )
+            try:
+                yield from self._convert(
+                    buffer,
+                    source=r.url,
+                    skip_lines=header,
+                    threads=1,
+                    lines_before=lambda r=r, begin=begin: count_lines_before(
+                        r.url, begin, storage_options=self.storage_options
+                    ),
+                )
+            except CsvError:
+                if begin > 0:  # a range of a file that is not CSV says so, as its first does
+                    self._check_head(r.url)
+                raise
+
+    def _check_head(self, url: str) -> None:
+        with open_input(url, storage_options=self.storage_options) as f:
+            check_head(url, f.read(HEAD_BYTES))
 
 
 def csv_to_datasets(
@@ -315,6 +387,9 @@ def csv_to_datasets(
         among the first data rows of the first file (or of the RDD), which is read when this
         function is called, as Spark's CSV reader reads a header (NOTE [one width]). Rows,
         values and skip counts do not depend on ``split_size`` or on the RDD's partitions.
+        Files named ``.gz``, ``.bz2``, ``.xz`` or ``.zip`` are decompressed (one task each); a
+        file that is not UTF-8 CSV text fails with an error saying what it is (NOTE [foreign
+        files]).
     label_index, num_classes : int, optional
         Classification: the column of the class index (``-1`` = last) and the class count.
     label_first, label_last, regression
@@ -363,13 +438,19 @@ def csv_to_datasets(
         skipped = sc.accumulator(0)
 
     if rdd_input:
-        table, header_lines = _rdd_table(source, options)  # type: ignore[arg-type]
+        table, header_lines, first = _rdd_table(source, options)  # type: ignore[arg-type]
         if table is None:  # no data row
             result = sc.emptyRDD()
         else:
             _class_columns(spec, table)  # a label column outside the table fails here
             function = LinesToDataSets(
-                spec, options, batch_size, skipped, table, header_lines=header_lines
+                spec,
+                options,
+                batch_size,
+                skipped,
+                table,
+                header_lines=header_lines,
+                first_partition=first or 0,
             )
             result = source.mapPartitionsWithIndex(function)  # type: ignore[union-attr]
     else:

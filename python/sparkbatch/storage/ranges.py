@@ -8,6 +8,10 @@ NOTE [line ranges]: the range ``[start, end)`` begins after the first newline at
 ``start`` (at 0 for the first range) and ends with the first newline at or past ``end`` (or the
 end of the file). So a line that straddles a boundary belongs to the range in which it starts,
 consecutive ranges meet exactly, and no line is read twice or lost.
+
+A compressed file (a name fsspec decompresses: ``.gz``, ``.bz2``, ``.xz``, ``.zip``, as
+``sc.textFile`` decompresses ``.gz``) cannot be read from its middle: it is one range, read
+whole and decompressed by one task.
 """
 
 from __future__ import annotations
@@ -17,21 +21,34 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fsspec.utils import infer_compression
+
 from sparkbatch.storage.paths import list_files, resolve
 
-__all__ = ["LineRange", "expand_paths", "plan_line_ranges", "read_line_range", "count_lines_before"]
+__all__ = [
+    "LineRange",
+    "count_lines_before",
+    "expand_paths",
+    "open_input",
+    "plan_line_ranges",
+    "read_line_range",
+]
 
 _BLOCK = 1 << 20  # bytes read at a time while looking for a newline
 
 
 @dataclass(frozen=True)
 class LineRange:
-    """Bytes ``[start, end)`` of the file ``url`` (``size`` bytes long), per NOTE [line ranges]."""
+    """Bytes ``[start, end)`` of the file ``url`` (``size`` bytes long), per NOTE [line ranges].
+
+    ``compression``: the codec of a compressed file (its one range is the whole file).
+    """
 
     url: str
     start: int
     end: int
     size: int
+    compression: str | None = None
 
     @property
     def is_first(self) -> bool:
@@ -96,7 +113,8 @@ def plan_line_ranges(
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[LineRange]:
-    """Cut each file into ranges of at most ``split_size`` bytes (empty files give none).
+    """Cut each file into ranges of at most ``split_size`` bytes (empty files give none; a
+    compressed file gives one).
 
     ``split_size`` may be a function of the total size of all files, called once.
     """
@@ -108,11 +126,34 @@ def plan_line_ranges(
         split_size = split_size(sum(size for _, size in sizes))
     if split_size <= 0:
         raise ValueError(f"split_size must be positive, got {split_size}")
-    return [
-        LineRange(url, start, min(start + split_size, size), size)
-        for url, size in sizes
-        for start in range(0, size, split_size)
-    ]
+    ranges = []
+    for url, size in sizes:
+        compression = infer_compression(url)
+        if compression is not None:
+            ranges += [LineRange(url, 0, size, size, compression)] if size else []
+        else:
+            ranges += [
+                LineRange(url, start, min(start + split_size, size), size)
+                for start in range(0, size, split_size)
+            ]
+    return ranges
+
+
+def open_input(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """Open ``url`` for reading bytes, decompressed if its name says it is compressed.
+
+    Examples
+    --------
+    >>> import gzip
+    >>> from sparkbatch.storage import open_output
+    >>> with open_output("memory://ranges-doc/a.csv.gz") as f:
+    ...     _ = f.write(gzip.compress(b"1,2\\n"))
+    >>> with open_input("memory://ranges-doc/a.csv.gz") as f:
+    ...     f.read()
+    b'1,2\\n'
+    """
+    fs, path = resolve(url, dict(storage_options or {}))
+    return fs.open(path, "rb", compression=infer_compression(url))
 
 
 def _find_newline(f: Any, position: int, size: int) -> int:
@@ -144,6 +185,9 @@ def read_line_range(
     """
     r = line_range
     fs, path = resolve(r.url, dict(storage_options or {}))
+    if r.compression is not None:
+        with fs.open(path, "rb", compression=r.compression) as f:
+            return f.read(), 0
     with fs.open(path, "rb") as f:
         begin = 0 if r.start == 0 else _find_newline(f, r.start, r.size) + 1
         if begin > r.end or begin >= r.size:
