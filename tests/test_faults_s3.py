@@ -236,6 +236,7 @@ def test_spark_export_with_lasting_faults_fails_and_is_refused_until_rerun(
     with pytest.raises(IncompleteExportError, match=re.escape(prefix)):
         list_paths(sc, prefix, storage_options=options)
     _assert_refused(prefix, options)
-    urls = _spark_export(sc, prefix, options, overwrite=True)
-    assert len(urls) == 12
-    np.testing.assert_array_equal(_read_ids(prefix, options), np.arange(120))
+    if "stopped" in fault:  # (one re-run is enough: each costs a Spark job)
+        urls = _spark_export(sc, prefix, options, overwrite=True)
+        assert len(urls) == 12
+        np.testing.assert_array_equal(_read_ids(prefix, options), np.arange(120))
