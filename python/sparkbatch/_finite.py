@@ -35,14 +35,19 @@ def check_mode(value: Any) -> str:
 def first_non_finite(array: Any) -> int:
     """The flat (C-order) index of the first NaN or infinity of ``array``, or -1.
 
-    Integer and boolean arrays are finite by nature; float16 and non-contiguous arrays are
-    copied first (no minibatch sparkbatch makes is either).
+    Integer and boolean arrays are finite by nature; float16, byte-swapped and non-contiguous
+    arrays are copied first (no minibatch sparkbatch makes is any of these).
     """
+    # A training step checks a few arrays: the usual ones go to the native check at once.
+    if type(array) is np.ndarray and array.dtype.char in "fd" and array.flags.c_contiguous:
+        try:
+            return _native.first_non_finite(array)  # type: ignore[no-any-return]
+        except TypeError:  # not in native byte order
+            pass
     a = np.asarray(array)
     if a.dtype.kind != "f":
         return -1
-    if a.dtype not in (np.float32, np.float64) or not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a, dtype=np.float64 if a.dtype.itemsize > 4 else np.float32)
+    a = np.ascontiguousarray(a, dtype=np.float64 if a.dtype.itemsize > 4 else np.float32)
     return int(_native.first_non_finite(a))
 
 
@@ -60,21 +65,17 @@ def _position(shape: tuple[int, ...], index: int) -> str:
     return f"example {at[0]}, index {tuple(at[1:])}"
 
 
+_DATASET_ARRAYS = ("features", "labels", "features mask", "labels mask")
+
+
 def _named_arrays(batch: Any) -> list[tuple[str, Any]]:
-    """The arrays of a DataSet or MultiDataSet with the names a message gives them."""
-    if isinstance(batch, MultiDataSet):
-        named = []
-        for what in ("features", "labels", "features_masks", "labels_masks"):
-            arrays = getattr(batch, what)
-            name = what if what in ("features", "labels") else what[:-1]
-            named += [(f"{name}[{i}]", a) for i, a in enumerate(arrays)]
-        return named
-    return [
-        ("features", batch.features),
-        ("labels", batch.labels),
-        ("features mask", batch.features_mask),
-        ("labels mask", batch.labels_mask),
-    ]
+    """The arrays of a MultiDataSet with the names a message gives them."""
+    named = []
+    for what in ("features", "labels", "features_masks", "labels_masks"):
+        arrays = getattr(batch, what)
+        name = what if what in ("features", "labels") else what[:-1]
+        named += [(f"{name}[{i}]", a) for i, a in enumerate(arrays)]
+    return named
 
 
 def non_finite_in(batch: Any) -> str | None:
@@ -87,7 +88,17 @@ def non_finite_in(batch: Any) -> str | None:
     >>> non_finite_in(DataSet(np.zeros((4, 3), np.float32))) is None
     True
     """
-    for name, array in _named_arrays(batch):
+    if isinstance(batch, MultiDataSet):
+        named = _named_arrays(batch)
+    else:  # a DataSet, every step: no list of names built unless one is needed
+        arrays = (batch.features, batch.labels, batch.features_mask, batch.labels_mask)
+        for array in arrays:
+            if array is not None and first_non_finite(array) >= 0:
+                break
+        else:
+            return None
+        named = list(zip(_DATASET_ARRAYS, arrays, strict=True))
+    for name, array in named:
         if array is None:
             continue
         index = first_non_finite(array)

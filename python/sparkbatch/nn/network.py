@@ -284,7 +284,7 @@ class Network:
         else:
             with np.errstate(over="ignore", invalid="ignore"):  # checked below, and named
                 score = self._gradients(x, y, w)
-            bad = first_non_finite(self._grads)
+            bad = _native.first_non_finite(self._grads)
         if bad >= 0 or not math.isfinite(score):
             raise self._divergence(batch, score, bad, (x, y, w))
         if self._gpu is not None:
@@ -418,22 +418,24 @@ class Network:
         for _ in range(epochs):
             fitted = skipped = 0
             for i, batch in enumerate(_batches(data, batch_size)):
-                where = f"epoch {self.epoch}, minibatch {i}"
                 detail = non_finite_in(batch)
                 try:
                     if detail is not None:
+                        where = f"epoch {self.epoch}, minibatch {i}"
                         raise non_finite_data(where, detail, "fit(..., non_finite='skip')")
                     self.fit_batch(batch)  # raises before its update, if at all
                 except NonFiniteError as e:
                     if mode == "raise":
                         if detail is None:  # fit_batch's: values beyond the network's dtype
-                            raise with_context(e, f"{where}, iteration {self.iteration}") from None
+                            where = f"epoch {self.epoch}, minibatch {i}, iteration {self.iteration}"
+                            raise with_context(e, where) from None
                         raise
                     skipped += 1
-                    log.info("%s: skipped: %s", where, getattr(e, "detail", e))
+                    log.info("epoch %d, minibatch %d: skipped: %s", self.epoch, i, e)
                     continue
                 except DivergenceError as e:
-                    raise with_context(e, f"{where}, iteration {self.iteration}") from None
+                    where = f"epoch {self.epoch}, minibatch {i}, iteration {self.iteration}"
+                    raise with_context(e, where) from None
                 fitted += 1
             self.skipped_minibatches += skipped
             if fitted == 0:
