@@ -261,3 +261,31 @@ def test_binary_lines_in_an_rdd_are_named(sc, tmp_path):
     (tmp_path / "u16.csv").write_bytes(GOOD.encode("utf-16-le"))
     with pytest.raises(CsvError, match="partition 0, line 1: expected UTF-8 CSV text, found bin"):
         csv_to_datasets(sc.textFile(str(tmp_path / "u16.csv")), **ARGS)
+
+
+# -- settings that do not fit the file ---------------------------------------------------------
+
+
+@pytest.mark.spark
+def test_a_wrong_delimiter_is_suggested(sc, tmp_path):
+    (tmp_path / "semi.csv").write_text("1;2;3;4;5;6\n7;8;9;10;11;2\n")
+    for source in (str(tmp_path / "semi.csv"), sc.parallelize(["1;2;3;4;5;6", "7;8;9;1;1;2"])):
+        with pytest.raises(ValueError, match="no feature column is left") as excinfo:
+            csv_to_datasets(source, label_index=-1, num_classes=N_CLASSES, sc=sc)
+        assert "is the delimiter ';'? the row is '1;2;3;4;5;6'" in str(excinfo.value)
+        with pytest.raises(ValueError, match="label columns 5 are outside a table of 1 col"):
+            csv_to_datasets(source, label_index=5, num_classes=N_CLASSES, sc=sc)
+    out = csv_to_datasets(
+        str(tmp_path / "semi.csv"), delimiter=";", sc=sc, **{**ARGS, "skip_lines": 0}
+    )
+    assert _merged(out).features.shape == (2, 5)
+
+
+@pytest.mark.spark
+def test_a_header_that_is_not_skipped_is_suggested(sc, good_dir):
+    with pytest.raises(Exception) as excinfo:
+        csv_to_datasets(str(good_dir), label_index=-1, num_classes=N_CLASSES, sc=sc).count()
+    assert (
+        "a.csv, line 1, column 0: expected a number, found 'a' (a header line? pass skip_lines=1)"
+        in str(excinfo.value)
+    )

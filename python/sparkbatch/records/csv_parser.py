@@ -130,7 +130,18 @@ def parse_csv_buffer(
         offset = lines_before() if lines_before is not None else 0
         width = _COLUMN_COUNT.fullmatch(expected) if column == -1 else None
         if width is None:
-            raise CsvError.at(source, line + offset, column, text, expected)
+            error = CsvError.at(source, line + offset, column, text, expected)
+            header = line + offset == 1 and expected == "a number" and text.strip()
+            if header and not (options.skip_lines if skip_lines is None else skip_lines):
+                error = CsvError(
+                    f"{error} (a header line? pass skip_lines=1)",
+                    source=source,
+                    line=1,
+                    column=column,
+                    text=text,
+                    expected=expected,
+                )
+            raise error
         wanted = f"{width[1]} columns" + (f" (as in {columns_from})" if columns_from else "")
         raise CsvError.at(source, line + offset, column, text, wanted, found=width[2])
     return ParsedCsv(result["values"], result["strings"], result["skipped"], result["lines"])

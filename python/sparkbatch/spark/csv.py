@@ -48,6 +48,8 @@ __all__ = ["csv_to_datasets", "LinesToDataSets", "RangesToDataSets"]
 MAX_SPLIT_SIZE = 64 << 20  # bytes of CSV per Spark partition when reading files ...
 MIN_SPLIT_SIZE = 4 << 20  # ... and at least this many, unless a file is smaller
 _MAX_BLOCK = 16 << 20  # bytes read at a time while looking for the first data row
+_MAX_ROW_SHOWN = 1000  # characters of the first data row kept for hints
+_MAX_HEAD = 1 << 28  # the driver reads at most this much of a file to find its first data rows
 
 # NOTE [one width]: every row of a csv_to_datasets input must have as many fields as the first
 # data row (of the first file that has one; of the RDD), and that width is found once, on the
@@ -90,7 +92,8 @@ class _Table:
     """The width every row must have, and where it was taken from (for messages)."""
 
     columns: int
-    origin: str  # "a.csv, line 2": the first data row
+    origin: str  # "a.csv, line 2": the first data row of that width
+    row: str = ""  # its text (for a hint about the delimiter)
 
 
 class _CsvToDataSets:
@@ -135,16 +138,35 @@ class _CsvToDataSets:
             yield from batches(split_table(parsed.values, self.spec), self.batch_size)
 
 
-def _class_columns(spec: LabelSpec, table: _Table) -> dict[int, int]:
+def _class_columns(
+    spec: LabelSpec, table: _Table, options: CsvOptions | None = None
+) -> dict[int, int]:
     """The class column of a classification ``spec`` with its class count, checked against the
-    table's width."""
+    table's width: the labels must be columns of it, and leave at least one feature column."""
+    where = f"the width of the first data rows, as in {table.origin}"
     try:
         label_columns = spec.label_columns(table.columns)
     except ValueError as e:
-        raise ValueError(f"{e} (the width of the first data rows, as in {table.origin})") from None
+        raise ValueError(f"{e} ({where}){_delimiter_hint(table, options)}") from None
+    if label_columns and len(label_columns) == table.columns:
+        raise ValueError(
+            f"the rows have {table.columns} column(s), all of them labels: no feature column is "
+            f"left ({where}){_delimiter_hint(table, options)}"
+        )
     if not spec.classification:
         return {}
     return {label_columns[0]: int(spec.num_classes or 0)}
+
+
+def _delimiter_hint(table: _Table, options: CsvOptions | None) -> str:
+    """``"; is the delimiter ';'? ..."`` when the first row holds a likelier delimiter."""
+    if options is None:
+        return ""
+    for candidate in (";", "\t", "|", ",", " "):
+        if table.row.count(candidate) > table.row.count(options.delimiter):
+            row = table.row if len(table.row) <= 80 else table.row[:77] + "..."
+            return f"; is the delimiter {candidate!r}? the row is {row!r}"
+    return ""
 
 
 def _file_table(
@@ -173,9 +195,20 @@ def _file_table(
                 head += chunk
                 found = table_width(head, options, complete=not chunk)
                 if found is not None:
-                    return _Table(found[0], f"{url}, line {found[1]}")
+                    row = head.split(b"\n", found[1])[found[1] - 1][:_MAX_ROW_SHOWN]
+                    text = row.decode("utf-8", "replace").rstrip("\r")
+                    return _Table(found[0], f"{url}, line {found[1]}", text)
                 if not chunk:
                     break
+                if len(head) >= _MAX_HEAD:
+                    line = head.count(b"\n") + 1
+                    raise CsvError(
+                        f"{url}, line {line}: expected a line break within {_MAX_HEAD >> 20} MiB, "
+                        "found none",
+                        source=url,
+                        line=line,
+                        expected="a line break",
+                    )
                 block = min(2 * block, _MAX_BLOCK)
     return None
 
@@ -249,7 +282,8 @@ def _rdd_table(
         found = table_width(text, options, skip_lines=0)
     if found is None:
         return None, header_lines, first
-    return _Table(found[0], origin[found[1] - 1]), header_lines, first
+    row = data[found[1] - 1][:_MAX_ROW_SHOWN]
+    return _Table(found[0], origin[found[1] - 1], row), header_lines, first
 
 
 def _check_lines(source: str, lines: list[str]) -> None:
@@ -442,7 +476,7 @@ def csv_to_datasets(
         if table is None:  # no data row
             result = sc.emptyRDD()
         else:
-            _class_columns(spec, table)  # a label column outside the table fails here
+            _class_columns(spec, table, options)  # labels outside the table fail here
             function = LinesToDataSets(
                 spec,
                 options,
@@ -468,7 +502,7 @@ def csv_to_datasets(
             if table is None:  # no file holds a data row
                 result = sc.emptyRDD()
             else:
-                _class_columns(spec, table)  # a label column outside the table fails here
+                _class_columns(spec, table, options)  # labels outside the table fail here
                 function = RangesToDataSets(
                     spec, options, batch_size, skipped, table, storage_options=storage_options
                 )
