@@ -260,13 +260,6 @@ def test_spark_export_with_lasting_faults_fails_and_is_refused_until_rerun(
 
 
 @pytest.mark.spark
-@pytest.mark.xfail(
-    strict=True,
-    reason="an OSError raised on an executor is raised again on the driver as OSError(text): "
-    "its errno and filename are lost (None), though the text keeps them, so "
-    "'except OSError as e: if e.errno == errno.EBUSY' (S3 throttling) cannot work; "
-    "sparkbatch/spark/_errors.py from_executor builds cls(message) only",
-)
 def test_an_executor_storage_error_keeps_its_errno_and_filename(sc):
     import errno
 

@@ -22,6 +22,8 @@ _TRACEBACK = "Traceback (most recent call last):"
 # "sparkbatch.errors.CsvError: message" or "ValueError: message" (or a bare name), at column 0
 _EXCEPTION_LINE = re.compile(r"(?P<name>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?")
 # where the JVM's text resumes after the Python traceback it quotes
+# str(OSError(errno, reason, filename)): "[Errno 2] reason: 'filename'" (filename optional)
+_OS_ERROR = re.compile(r"\[Errno (?P<errno>-?\d+)\] (?P<reason>.*?)(?:: '(?P<filename>[^']*)')?")
 _JVM_TRAILER = re.compile(r"\n(?:\s*SQLSTATE: |\tat |Driver stacktrace:)")
 _WHERE = "(raised in a Spark task; PySpark's exception is chained as the cause)"
 
@@ -84,8 +86,22 @@ def from_executor(error: BaseException) -> BaseException | None:
             rebuilt = cls(f"{message}\n{_WHERE}" if message else _WHERE)
         except TypeError:  # a class whose constructor needs more than a message
             return None
+        if isinstance(rebuilt, OSError):
+            _restore_os_fields(rebuilt, message)
         return rebuilt
     return None
+
+
+def _restore_os_fields(error: OSError, message: str) -> None:
+    """Set ``errno``, ``strerror`` and ``filename`` of a rebuilt OSError from its text
+    (``"[Errno 16] reason: 'name'"``), so that handlers testing ``e.errno`` keep working."""
+    found = _OS_ERROR.fullmatch(message.split("\n", 1)[0])
+    if found is None:
+        return
+    error.errno = int(found["errno"])
+    error.strerror = found["reason"]
+    if found["filename"] is not None:
+        error.filename = found["filename"]
 
 
 @contextlib.contextmanager
