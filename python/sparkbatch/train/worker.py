@@ -5,6 +5,17 @@ only; the model is built on the executor from its configuration and kept per Pyt
 process (:func:`_model`), so a round costs one broadcast read and no model construction.
 Results travel back as :class:`RoundResult` objects that ``treeAggregate`` sums in place with
 the native kernel (:func:`combine`).
+
+Every minibatch is checked for NaN and infinity before it is fitted, and every worker's
+parameters after its round (NOTE [non-finite checks] in ``sparkbatch._finite``).
+
+NOTE [deterministic errors]: a NonFiniteError or DivergenceError would come back in a retried
+task (the same minibatches from the same parameters), so a worker does not fail its task with
+it. With ``exchange="spark"`` it travels back as the round's result (:attr:`RoundResult.error`)
+and the driver raises it; with ``exchange="socket"`` the worker sends it to the driver's server,
+which tells every worker to stop and raises it once the job has ended. Spark retries neither,
+and no task has to be killed. Other errors (a loader's, a lost executor) fail the task, which
+Spark retries as usual.
 """
 
 from __future__ import annotations
@@ -333,9 +344,7 @@ class FitRound:
             if params is not None:
                 _check_result(params, context, batches)
         except (NonFiniteError, DivergenceError) as e:
-            # NOTE [deterministic errors]: a retried task would fail the same way, so the
-            # error travels back as the result and the driver raises it, without Spark's
-            # retries of the task.
+            # NOTE [deterministic errors]: the driver raises it, Spark does not retry it.
             return iter([RoundResult(None, None, 0.0, 0, 0, 0, 0, error=e)])
         end = time.time()
         if params is None:
@@ -506,8 +515,9 @@ class FitRounds:
                 context = f"round {g} (epoch {header['epoch']}), {worker}"
                 try:
                     score_sum, batches, examples, skipped = self.setup.fit(model, plan[r], context)
-                    if batches:
-                        _check_result(model.params(), context, batches)
+                    params = model.params() if batches else None  # a GPU network's: a copy
+                    if params is not None:
+                        _check_result(params, context, batches)
                 except (NonFiniteError, DivergenceError) as e:
                     # NOTE [deterministic errors]: the driver stops the fit and raises it.
                     send_message(sock, {"error": type(e).__name__, "message": str(e)})
@@ -520,8 +530,8 @@ class FitRounds:
                         [g, worker, "fit", fit_start, end],
                     ]
                 result = []
-                if batches:
-                    result = [model.params()]
+                if params is not None:
+                    result = [params]
                     if self.setup.save_updater:
                         result.append(model.updater_state())
                     if shared:  # in this worker's slot; the message then carries none
