@@ -1,6 +1,7 @@
 // libFuzzer target: the minibatch/safetensors reader (csrc/minibatch_format.cpp), as read_header,
 // read_file and from_bytes use it: parse_header over a whole file held in memory, then what the
-// bindings do with a checked header (every tensor's bytes read, the CRC-32C of the data section).
+// bindings do with a checked header (every tensor's bytes read, the CRC-32C of the data section,
+// compact class labels one-hot encoded).
 //
 // Every input either throws FormatError or yields a header whose tensors tile the data section,
 // lie inside the input and match their dtype and shape. A file that reads is written again by the
@@ -17,6 +18,7 @@
 
 #include "crc32c.hpp"
 #include "minibatch_format.hpp"
+#include "one_hot.hpp"
 
 namespace {
 
@@ -104,6 +106,41 @@ void round_trip(const Header& h, const uint8_t* data) {
   if (crc != hex) fail("written crc32c differs from the data's");
 }
 
+// As loading compact labels: a tensor named in a "num_classes:<name>" entry is one-hot encoded
+// (sparkbatch.data.format._minibatch through _native.one_hot, which takes I8..I64 and U8 arrays of
+// one or two dimensions and a positive class count).
+void one_hot_labels(const Header& h, const uint8_t* data) {
+  for (const auto& [key, value] : h.metadata) {
+    if (key.rfind("num_classes:", 0) != 0) continue;
+    const std::string name = key.substr(12);
+    int64_t classes = 0;
+    for (char c : value) {
+      if (c < '0' || c > '9' || classes > 100000) return;
+      classes = classes * 10 + (c - '0');
+    }
+    if (classes <= 0 || classes > 1000) continue;  // bounds the output, not what is checked
+    for (const auto& t : h.tensors) {
+      if (t.name != name || t.shape.empty() || t.shape.size() > 2) continue;
+      const std::size_t n = static_cast<std::size_t>(t.shape[0]);
+      const std::size_t steps = t.shape.size() == 2 ? static_cast<std::size_t>(t.shape[1]) : 1;
+      if (n * steps > 4096) continue;
+      std::vector<float> out(n * steps * static_cast<std::size_t>(classes));
+      const uint8_t* p = data + h.data_start + t.begin;
+      try {
+        if (t.dtype == "I32")
+          sparkbatch::one_hot(reinterpret_cast<const int32_t*>(p), n, steps, classes, out.data());
+        else if (t.dtype == "I64")
+          sparkbatch::one_hot(reinterpret_cast<const int64_t*>(p), n, steps, classes, out.data());
+        else if (t.dtype == "I16")
+          sparkbatch::one_hot(reinterpret_cast<const int16_t*>(p), n, steps, classes, out.data());
+        else if (t.dtype == "U8")
+          sparkbatch::one_hot(p, n, steps, classes, out.data());
+      } catch (const sparkbatch::LabelRangeError&) {
+      }
+    }
+  }
+}
+
 void read_bytes(const uint8_t* data, std::size_t size) {
   Header h;
   try {
@@ -115,6 +152,7 @@ void read_bytes(const uint8_t* data, std::size_t size) {
   check_header(h, data, size);
   // As read_header/read_file with verify=True: the CRC-32C of the whole data section.
   (void)sparkbatch::crc32c_parallel(0, data + h.data_start, size - h.data_start, 1);
+  one_hot_labels(h, data);
   round_trip(h, data);
 }
 
