@@ -154,7 +154,8 @@ FOREIGN = {  # name: (bytes, what the error says after "expected UTF-8 CSV text,
     "image.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "a PNG image"),
     "blob.bin": (bytes(range(256)) * 8, "binary data (a NUL byte at offset 0)"),
     "mac.csv": (GOOD.replace("\n", "\r").encode(), "lines that end in CR alone"),
-    "book.xlsx": (b"PK\x03\x04\x14\x00\x06\x00" + bytes(100), "a zip archive"),
+    "book.xlsx": (b"PK\x03\x04\x14\x00" + bytes(100), "an Excel workbook (a zip archive): save"),
+    "zipped.csv": (b"PK\x03\x04\x14\x00" + bytes(100), "a zip archive: name it zipped.csv.zip"),
 }
 
 

@@ -39,8 +39,9 @@ _COMPRESSED = [
     (b"BZh", "bzip2-compressed data", ".bz2"),
     (b"\xfd7zXZ\x00", "xz-compressed data", ".xz"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed data", ".zst"),
-    (b"PK\x03\x04", "a zip archive (an .xlsx workbook is one)", ".zip"),
+    (b"PK\x03\x04", "a zip archive", ".zip"),
 ]
+_ZIP = "a zip archive"
 # Other binary formats, named when the head is binary.
 _FORMATS = [
     (b"PAR1", "a Parquet file"),
@@ -164,9 +165,11 @@ def check_head(source: str, head: bytes) -> None:
     what = describe_head(head[:HEAD_BYTES])
     if what is None:
         return
+    name = os.path.basename(source.rstrip("/"))
+    if what == _ZIP and name.lower().endswith((".xlsx", ".xlsm")):
+        what = "an Excel workbook (a zip archive): save it as CSV"
     for _, compressed, extension in _COMPRESSED:
         if what == compressed:
-            name = os.path.basename(source.rstrip("/"))
             if extension.lstrip(".") in compressions and not name.endswith(extension):
                 what += f": name it {name}{extension} to have it decompressed"
             else:
