@@ -3,16 +3,18 @@
 #
 # Usage: bash fuzz/run.sh TARGET [RUNS] [libFuzzer flags...]
 #        bash fuzz/run.sh build            # build every target only
+#        bash fuzz/run.sh merge TARGET     # pack the working corpus, minimized, as TARGET's seeds
 #   TARGET: json          csrc/json.cpp: the strict JSON reader of safetensors headers
 #           format        csrc/minibatch_format.cpp: parse_header on whole files, tensor bytes, CRC,
 #                         write-and-read-back
-#           csv           csrc/csv_parser.cpp: parse_csv, options from the first 5 bytes
+#           csv           csrc/csv_parser.cpp: parse_csv, options from the first 6 bytes
 #           csv_parallel  csv_parser.cpp with 64-byte chunks: several threads must equal one
 #   RUNS:   inputs to execute (default 1000000); 0 runs until stopped or a crash
 # Builds with clang (clang++, or the newest clang++-NN on PATH; CXX overrides) into build/fuzz/,
-# starts from the committed seeds (fuzz/corpus/TARGET, tests/corpus/*.safetensors for format and
-# their headers for json) plus the working corpus of earlier runs (build/fuzz/corpus/TARGET), and
-# runs one process. A crash leaves its input in build/fuzz/artifacts/TARGET/; reproduce it with
+# starts from the committed seeds (fuzz/corpus/TARGET/ by hand, fuzz/corpus/TARGET.tar.xz from
+# earlier runs, tests/corpus/*.safetensors for format and their headers for json) plus the working
+# corpus of this checkout's earlier runs (build/fuzz/corpus/TARGET), and runs one process. A
+# crash leaves its input in build/fuzz/artifacts/TARGET/; reproduce it with
 #   build/fuzz/TARGET build/fuzz/artifacts/TARGET/crash-...
 # then keep it in tests/fuzz_regressions/TARGET/ (tests/test_fuzz_regressions.py runs those files).
 set -euo pipefail
@@ -55,10 +57,17 @@ build() {
   "$CXX" "${flags[@]}" "${defs[@]}" -fsanitize=fuzzer "$harness" "${sources[@]}" -o "$out/$target"
 }
 
-target=${1:?usage: bash fuzz/run.sh json|format|csv|csv_parallel|build [RUNS] [libFuzzer flags]}
+usage="usage: bash fuzz/run.sh json|format|csv|csv_parallel [RUNS] [libFuzzer flags] | build | merge TARGET"
+target=${1:?$usage}
 if [ "$target" = build ]; then
   for t in json format csv csv_parallel; do build "$t"; done
   exit 0
+fi
+merge=
+if [ "$target" = merge ]; then
+  merge=1
+  target=${2:?$usage}
+  set -- "$target" 0
 fi
 runs=${2:-1000000}
 shift $(( $# >= 2 ? 2 : 1 ))
@@ -70,11 +79,18 @@ mkdir -p "$corpus" "$artifacts"
 seeds=()
 seed_dir=fuzz/corpus/${target%_parallel}
 [ -d "$seed_dir" ] && seeds+=("$seed_dir")
+# fuzz/corpus/TARGET.tar.xz: the corpus of earlier long runs, merged (bash fuzz/run.sh merge TARGET)
+packed=fuzz/corpus/$target.tar.xz
+if [ -f "$packed" ]; then
+  rm -rf "$out/seeds/$target" && mkdir -p "$out/seeds/$target"
+  tar -C "$out/seeds/$target" -xJf "$packed"
+  seeds+=("$out/seeds/$target")
+fi
 case $target in
   format) seeds+=(tests/corpus) ;;
   json)  # the headers of the hostile files, as JSON documents
-    mkdir -p "$out/seeds/json"
-    python3 - "$out/seeds/json" tests/corpus/*.safetensors <<'PY'
+    mkdir -p "$out/seeds/json-headers"
+    python3 - "$out/seeds/json-headers" tests/corpus/*.safetensors <<'PY'
 import os, struct, sys
 for path in sys.argv[2:]:
     data = open(path, "rb").read()
@@ -83,8 +99,19 @@ for path in sys.argv[2:]:
         with open(os.path.join(sys.argv[1], os.path.basename(path) + ".json"), "wb") as f:
             f.write(data[8:8 + n])
 PY
-    seeds+=("$out/seeds/json") ;;
+    seeds+=("$out/seeds/json-headers") ;;
 esac
+
+if [ -n "$merge" ]; then
+  # The smallest set of the working corpus and the seeds with every feature, packed as the seeds.
+  minimal=$out/merged/$target
+  rm -rf "$minimal" && mkdir -p "$minimal"
+  "$out/$target" -merge=1 "$minimal" "$corpus" "${seeds[@]}" 2>&1 | tail -1
+  tar -C "$minimal" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf - . |
+    xz -9e > "$packed"
+  echo "$packed: $(ls "$minimal" | wc -l) inputs, $(stat -c %s "$packed") bytes"
+  exit 0
+fi
 dict=fuzz/${target%_parallel}.dict
 dict_flag=()
 [ -f "$dict" ] && dict_flag=(-dict="$dict")
