@@ -81,6 +81,17 @@ def test_a_nan_in_a_labels_mask_is_named_too():
         _network().fit(DataSet(x, y, labels_mask=mask))
 
 
+def test_multidatasets_name_the_array_by_its_index():
+    from sparkbatch.data import MultiDataSet
+
+    data = _data(8)
+    labels = data.labels.copy()
+    labels[6, 2] = -np.inf
+    batch = MultiDataSet([data.features], [labels])
+    with pytest.raises(NonFiniteError, match=r"minibatch 0: labels\[0\] hold -inf at example 6, "):
+        _network().fit([batch])
+
+
 def test_skip_mode_skips_and_counts_and_equals_fitting_without_them():
     batches = _spoiled("features", np.nan)
     net = _network()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -153,6 +154,23 @@ def test_json_round_trip_of_non_finite_scores():
     back = TrainingStats.from_dict(data)
     assert math.isnan(back.scores[0]) and back.scores[1] == math.inf
     assert back.phases == stats.phases
+
+
+def test_skipped_minibatches_are_kept_shown_and_round_trip():
+    stats = _stats()
+    stats.rounds[1] = dataclasses.replace(stats.rounds[1], skipped=2)
+    stats.skipped = 3  # the rounds' 2 and 1 of a round in which nothing was left to fit
+    assert "skipped     3 minibatches (NaN or infinity)" in stats.summary()
+    assert "skipped minibatches" in stats.render_html()
+    back = TrainingStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    assert back == stats and back.rounds[1].skipped == 2
+    older = stats.to_dict()  # written before skipped minibatches were counted
+    del older["skipped"]
+    for record in older["rounds"]:
+        del record["skipped"]
+    back = TrainingStats.from_dict(older)
+    assert back.skipped == 0 and all(r.skipped == 0 for r in back.rounds)
+    assert "skipped" not in _stats().summary()
 
 
 def test_from_dict_errors_name_the_problem():
