@@ -404,3 +404,21 @@ def test_mmap_false_reads_large_files_into_memory(tmp_path):
     os.truncate(path, 100)
     assert float(copy.features[-1, -1]) == features[-1, -1]
     assert SerializedDataSetLoader(mmap=False) != SerializedDataSetLoader()
+
+
+def test_a_custom_loaders_error_names_the_file(tmp_path):
+    from sparkbatch.data import DataSet, FileDataSetIterator
+
+    paths = [str(tmp_path / f"{i}.safetensors") for i in range(2)]
+    for p in paths:
+        DataSet(np.zeros((1, 1), np.float32)).save(p)
+
+    class Broken:
+        def load(self, source):
+            if source.url.endswith("1.safetensors"):
+                raise ValueError("bad bytes in the header")
+            return DataSet(np.zeros((1, 1), np.float32))
+
+    with pytest.raises(ValueError, match=rf"^{paths[1]}: bad bytes in the header$") as caught:
+        list(FileDataSetIterator(paths, loader=Broken(), prefetch=0))
+    assert str(caught.value.__cause__) == "bad bytes in the header"

@@ -33,6 +33,7 @@ from sparkbatch.data.loaders import (
     SerializedDataSetLoader,
     SerializedMultiDataSetLoader,
     Source,
+    load_named,
 )
 from sparkbatch.data.manifest import minibatch_files
 from sparkbatch.data.multidataset import MultiDataSet
@@ -135,7 +136,7 @@ class _FileIterator(Generic[_B]):
         return len(self._files)
 
     def _load(self, url: str) -> _B:
-        data = self.loader.load(Source(url, self.storage_options))
+        data = load_named(self.loader, Source(url, self.storage_options))
         if self._kind is MultiDataSet and isinstance(data, DataSet):
             return data.to_multi()  # type: ignore[return-value]
         if not isinstance(data, self._kind):

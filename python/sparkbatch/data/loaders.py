@@ -42,6 +42,7 @@ from sparkbatch.storage import is_local, resolve
 
 __all__ = [
     "Loader",
+    "load_named",
     "SerializedDataSetLoader",
     "SerializedMultiDataSetLoader",
     "Source",
@@ -150,6 +151,31 @@ class Loader(Protocol):
     def load(self, source: Source) -> DataSet | MultiDataSet:
         """Read the minibatch stored at ``source``."""
         ...
+
+
+def load_named(loader: Loader, source: Source) -> DataSet | MultiDataSet:
+    """``loader.load(source)``, with any error naming the file.
+
+    An error whose message lacks the file's URL is raised again as the same type with the URL
+    in front (the original chained); where the type cannot be built from a message, the
+    original is raised with a note ``while loading <url>`` (Python 3.11+). Iterators and
+    training workers call loaders through this, so a custom loader need not name its file.
+    """
+    try:
+        return loader.load(source)
+    except Exception as e:
+        if source.url in str(e):
+            raise
+        try:
+            named = type(e)(f"{source.url}: {e}")
+        except Exception:  # noqa: BLE001  (a constructor that takes other arguments)
+            named = None
+        if named is None or not str(named).startswith(source.url):
+            add_note = getattr(e, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"while loading {source.url}")
+            raise
+        raise named from e
 
 
 def _load_minibatch(source: Source, verify: bool, mmap: bool = True) -> Minibatch:

@@ -39,7 +39,7 @@ from .. import _native
 from .._finite import diverged, first_non_finite, non_finite_data, non_finite_in, with_context
 from ..data import DataSet, MultiDataSet, Source
 from ..data._prefetch import prefetched
-from ..data.loaders import _load_minibatch
+from ..data.loaders import _load_minibatch, load_named
 from ..errors import DivergenceError, NonFiniteError
 from ..evaluation import Evaluation, RegressionEvaluation
 from .stats import PhaseTiming
@@ -180,7 +180,7 @@ def _minibatches(
             yield from _pieces(batch, batch_size, where)
         return
     sources = [Source(url, storage_options) for url in items]
-    loaded = prefetched(functools.partial(_load_named, loader), sources, prefetch)
+    loaded = prefetched(functools.partial(load_named, loader), sources, prefetch)
     for i, batch in enumerate(loaded):  # read to the end: the prefetch thread then stops
         url = sources[i].url
         match = _EXPORTED_NAME.search(url) if exported else None
@@ -209,25 +209,6 @@ def _pieces(
             yield piece, f"{where}, examples {first}-{first + piece.num_examples - 1}"
     elif n:
         yield batch, where
-
-
-def _load_named(loader: Any, source: Source) -> DataSet | MultiDataSet:
-    """``loader.load(source)``; an error that does not name the file is raised again as the
-    same type with the file's URL in front (the original chained), or, where the type cannot be
-    built from a message, with a note naming the file."""
-    try:
-        return loader.load(source)
-    except Exception as e:
-        if source.url in str(e):
-            raise
-        try:
-            named = type(e)(f"{source.url}: {e}")
-        except Exception:  # noqa: BLE001  (a constructor that takes other arguments)
-            named = None
-        if named is None or not str(named).startswith(source.url):
-            e.add_note(f"while loading {source.url}")
-            raise
-        raise named from e
 
 
 @dataclass(frozen=True)
