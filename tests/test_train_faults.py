@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import sys
+import tempfile
 import threading
 
 import numpy as np
