@@ -179,14 +179,6 @@ def test_a_failed_upload_names_the_file(s3_storage, proxy, prefix):
     assert "dataset_000004.safetensors" in str(failed.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lost connection to the object store (server stopped, or connections reset) "
-    "surfaces as botocore.exceptions.EndpointConnectionError: not an OSError (so 'except "
-    "OSError' misses it, and on Spark executor_errors cannot raise it again as itself: the "
-    "user gets PySpark's PythonException quoting three tracebacks), naming the endpoint's "
-    "http:// URL instead of the s3:// one, and saying 'Could not connect' for resets too",
-)
 @pytest.mark.parametrize("fault", ["stopped", "reset"])
 def test_a_lost_connection_fails_the_export_with_an_oserror_naming_the_file(
     s3_storage, proxy, prefix, fault
@@ -210,8 +202,9 @@ def test_a_truncated_download_is_retried_or_refused_never_read_as_data(s3_storag
         "truncate",
     ]
     proxy.truncate(10**6, method="GET", path="/dataset_000003")
-    with pytest.raises(Exception, match="(?i)payload|not enough data|content length") as failed:
+    with pytest.raises(OSError, match="(?i)payload|not enough data|content length") as failed:
         load(f"{prefix}/dataset_000003.safetensors", storage_options=options)
+    assert failed.value.filename == f"{prefix}/dataset_000003.safetensors"
     print(f"truncated: {_described(failed.value)}")
 
 

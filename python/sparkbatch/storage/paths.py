@@ -415,13 +415,19 @@ def _upload(fs: fsspec.AbstractFileSystem, path: str, data: bytes, url: str) -> 
                 raise _error(FileNotFoundError, errno.ENOENT, url) from e
             fs.makedirs(fs._parent(path), exist_ok=True)
             fs.pipe_file(path, data)
-    except OSError as e:
+    except Exception as e:
         raise _named(e, url, "cannot upload") from e
 
 
-def _named(error: OSError, url: str, action: str) -> OSError:
-    """``error`` as it is if it names ``url``; else the same type naming it, so that a storage
-    error (an object store's "internal error", a reset connection) says which file failed."""
+def _named(error: Exception, url: str, action: str) -> Exception:
+    """A storage error that names ``url``: ``error`` itself if it is an OSError that does; an
+    OSError of the same type naming it if it does not (an object store's "internal error");
+    an ``OSError`` naming it for the client libraries' own types (botocore's
+    ``EndpointConnectionError``, aiohttp's ``ClientPayloadError``), so that ``except OSError``
+    catches every storage failure and the message says which file failed."""
+    if not isinstance(error, OSError):
+        reason = f"{type(error).__module__}.{type(error).__name__}: {error}"
+        return OSError(errno.EIO, f"{action}: {reason}", url)
     if error.filename == url:
         return error
     reason = error.strerror or str(error) or type(error).__name__
@@ -472,7 +478,7 @@ def read_bytes(
         return bytes(fs.cat_file(path))
     except FileNotFoundError as e:
         raise _error(FileNotFoundError, errno.ENOENT, target) from e
-    except OSError as e:
+    except Exception as e:
         raise _named(e, target, "cannot read") from e
 
 
