@@ -33,6 +33,7 @@ def parse_csv(
     string_columns: Sequence[int] = ...,
     on_error: str = "raise",
     threads: int = 0,
+    quoted_newlines: bool = True,
 ) -> dict[str, Any]: ...
 
 # The built-in network's kernels (bindings_nn.cpp): float32 or float64 arrays of one dtype,
