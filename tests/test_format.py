@@ -423,3 +423,20 @@ def test_unaligned_tensors_of_foreign_files_load_aligned(tmp_path):
     back = load(tmp_path / "u.safetensors")
     assert back.labels.flags.aligned
     np.testing.assert_array_equal(back.labels, labels)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("metadata_not_json", "metadata 'metadata' is not valid JSON"),
+        ("num_features_huge", "metadata num_features=10000000 is more than 1"),
+        ("num_features_underscore", "metadata num_features='1_0' is not a non-negative integer"),
+        ("index_other_script_digit", r"unexpected tensors \['features.٣'\]"),
+        ("num_classes_huge", "num_classes:labels=1000000000000 is more than 2147483647"),
+        ("one_hot_expands_past_limit", "would expand to 8000000000 bytes"),
+    ],
+)
+def test_hostile_metadata_is_a_format_error_allocating_nothing(name, message):
+    path = Path(__file__).parent / "fuzz_regressions" / "format" / f"{name}.safetensors"
+    with pytest.raises(FormatError, match=message):
+        load(path)

@@ -47,6 +47,9 @@ SUFFIX = ".safetensors"
 # the page faults and the unmap cost more than one copy out of the page cache (docs/performance.md).
 _MMAP_MIN_BYTES = 2 << 20
 _READ_ANY_SIZE = (1 << 64) - 1  # read_file's size limit that never declines a file
+# Compact labels (NOTE in docs/format.md): what a reader expands them to, at most.
+_MAX_CLASSES = (1 << 31) - 1  # class indices are int32
+_MAX_ONE_HOT_BYTES = 1 << 32
 _ALIGNMENT = 64  # of the data section and of every tensor in it (docs/format.md)
 
 _DTYPE_CODES = {
@@ -266,23 +269,30 @@ def _indexed(names: dict[str, np.ndarray], prefix: str, count: int) -> list:
     return [names.pop(f"{prefix}.{i}", None) for i in range(count)]
 
 
+def _metadata_int(metadata: Mapping[str, str], key: str, source: str, limit: int) -> int:
+    """``metadata[key]`` as an int in ``[0, limit]``: plain ASCII digits only (``int()`` would
+    take ``"1_0"``, ``" 7"`` and other scripts' digits), so a hostile header cannot make the
+    reader build or allocate more than the file can describe."""
+    text = metadata[key]
+    if not (text.isascii() and text.isdigit()):
+        raise FormatError(f"{source}: metadata {key}={text!r} is not a non-negative integer")
+    value = int(text)
+    if value > limit:
+        raise FormatError(f"{source}: metadata {key}={value} is more than {limit}")
+    return value
+
+
 def _count(
     metadata: Mapping[str, str], key: str, names: Mapping[str, Any], prefix: str, source: str
 ) -> int:
+    """How many ``{prefix}.{i}`` tensors a MultiDataSet has: ``metadata[key]``, at most the
+    number of tensors in the file, or else one past the highest index present."""
     if key in metadata:
-        try:
-            value = int(metadata[key])
-        except ValueError:
-            raise FormatError(
-                f"{source}: metadata {key}={metadata[key]!r} is not an integer"
-            ) from None
-        if value < 0:
-            raise FormatError(f"{source}: metadata {key}={value} is negative")
-        return value
+        return _metadata_int(metadata, key, source, len(names))
     indices = [
-        int(n.split(".", 1)[1])
-        for n in names
-        if n.startswith(prefix + ".") and n.split(".", 1)[1].isdigit()
+        int(index)
+        for index in (n.split(".", 1)[1] for n in names if n.startswith(prefix + "."))
+        if index.isascii() and index.isdigit()
     ]
     return max(indices) + 1 if indices else 0
 
@@ -363,16 +373,27 @@ def _decode(buffer: Any, source: str, verify: bool) -> Minibatch:
 
 def _minibatch(arrays: dict[str, np.ndarray], metadata: dict, source: str) -> Minibatch:
     """The DataSet or MultiDataSet that a file's checked tensors and metadata describe."""
-    for key, value in metadata.items():
+    for key in metadata:
         if key.startswith("num_classes:"):
             name = key.split(":", 1)[1]
             if name not in arrays:
                 raise FormatError(f"{source}: metadata {key} names no tensor of the file")
+            num_classes = _metadata_int(metadata, key, source, _MAX_CLASSES)
+            expanded = arrays[name].size * num_classes * 4
+            if expanded > _MAX_ONE_HOT_BYTES:
+                raise FormatError(
+                    f"{source}: compact labels {name!r} of {arrays[name].size} examples and "
+                    f"{num_classes} classes would expand to {expanded} bytes, more than a "
+                    f"reader allocates ({_MAX_ONE_HOT_BYTES}); store such labels as they are"
+                )
             try:
-                arrays[name] = _native.one_hot(arrays[name], int(value))
+                arrays[name] = _native.one_hot(arrays[name], num_classes)
             except (ValueError, TypeError) as e:
                 raise FormatError(f"{source}: compact labels {name!r}: {e}") from None
-    user_metadata = json.loads(metadata["metadata"]) if "metadata" in metadata else None
+    try:
+        user_metadata = json.loads(metadata["metadata"]) if "metadata" in metadata else None
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{source}: metadata 'metadata' is not valid JSON ({e})") from None
 
     kind = metadata.get("kind") or ("MultiDataSet" if "features.0" in arrays else "DataSet")
     try:
