@@ -287,3 +287,32 @@ def test_an_executor_storage_error_keeps_its_errno_and_filename(sc):
     with pytest.raises(OSError) as failed, executor_errors():
         sc.parallelize([1], 1).map(throttled).collect()
     assert (failed.value.errno, failed.value.filename) == (errno.EBUSY, url)
+
+
+def test_unreachable_storage_is_an_oserror_naming_the_url_everywhere():
+    import socket
+
+    from sparkbatch.storage import exists, is_directory, read_bytes
+
+    with socket.socket() as closed:  # a port with nothing listening once closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+        "config_kwargs": {"retries": {"total_max_attempts": 1}, "connect_timeout": 2},
+    }
+    url = "s3://sparkbatch/nowhere"
+    for call in (
+        lambda: export_datasets(_items(2), url, storage_options=options),
+        lambda: FileDataSetIterator(url, storage_options=options),
+        lambda: minibatch_files(url, storage_options=options),
+        lambda: load(f"{url}/a.safetensors", storage_options=options),
+        lambda: exists(url, storage_options=options),
+        lambda: is_directory(url, storage_options=options),
+        lambda: read_bytes(f"{url}/a.safetensors", storage_options=options),
+    ):
+        with pytest.raises(OSError, match="(?i)could not connect") as failed:
+            call()
+        assert failed.value.filename is not None and failed.value.filename.startswith(url)

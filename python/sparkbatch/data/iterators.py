@@ -37,7 +37,7 @@ from sparkbatch.data.loaders import (
 )
 from sparkbatch.data.manifest import minibatch_files
 from sparkbatch.data.multidataset import MultiDataSet
-from sparkbatch.storage import resolve
+from sparkbatch.storage import is_directory
 
 __all__ = ["FileDataSetIterator", "FileMultiDataSetIterator"]
 
@@ -52,10 +52,7 @@ def _resolve_files(
         target = os.fspath(paths_or_dir)
         if not isinstance(target, str):
             raise TypeError(f"paths_or_dir must be str paths, got {type(target).__name__}")
-        fs, path = resolve(target, storage_options)
-        if not fs.isdir(path):
-            if not fs.exists(path):
-                raise FileNotFoundError(2, "No such file or directory", target)
+        if not is_directory(target, storage_options=dict(storage_options or {})):
             return [target]
         return minibatch_files(target, storage_options=storage_options)
     if isinstance(paths_or_dir, Sequence):

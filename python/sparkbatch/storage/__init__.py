@@ -5,6 +5,7 @@ from __future__ import annotations
 from sparkbatch.storage.paths import (
     atomic_local_path,
     exists,
+    is_directory,
     is_local,
     join,
     list_files,
@@ -29,6 +30,7 @@ __all__ = [
     "read_line_range",
     "atomic_local_path",
     "exists",
+    "is_directory",
     "is_local",
     "join",
     "list_files",

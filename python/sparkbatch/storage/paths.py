@@ -33,7 +33,7 @@ import re
 import secrets
 import stat
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import fsspec
 import fsspec.core
@@ -42,6 +42,7 @@ from fsspec.implementations.local import LocalFileSystem
 __all__ = [
     "atomic_local_path",
     "exists",
+    "is_directory",
     "is_local",
     "join",
     "list_files",
@@ -391,7 +392,7 @@ def open_output(
         with _atomic_local(path, overwrite, target) as (_, f):
             yield f
         return
-    if not overwrite and _exists(fs, path):
+    if not overwrite and _exists(fs, path, target):
         raise _error(FileExistsError, errno.EEXIST, target, _OVERWRITE_HINT)
     buffer = _UploadBuffer()
     try:
@@ -399,7 +400,7 @@ def open_output(
         data = buffer.getvalue() if buffer.data is None else buffer.data
     finally:
         buffer.close()
-    if not overwrite and _exists(fs, path):
+    if not overwrite and _exists(fs, path, target):
         raise _error(FileExistsError, errno.EEXIST, target, _OVERWRITE_HINT)
     _upload(fs, path, data, target)
 
@@ -416,7 +417,15 @@ def _upload(fs: fsspec.AbstractFileSystem, path: str, data: bytes, url: str) -> 
             fs.makedirs(fs._parent(path), exist_ok=True)
             fs.pipe_file(path, data)
     except Exception as e:
-        raise _named(e, url, "cannot upload") from e
+        _raise_named(e, url, "cannot upload")
+
+
+def _raise_named(error: Exception, url: str, action: str) -> NoReturn:
+    """Raise :func:`_named`'s error, chained to ``error`` unless it is ``error`` itself."""
+    named = _named(error, url, action)
+    if named is error:
+        raise error
+    raise named from error
 
 
 def _named(error: Exception, url: str, action: str) -> Exception:
@@ -424,8 +433,11 @@ def _named(error: Exception, url: str, action: str) -> Exception:
     OSError of the same type naming it if it does not (an object store's "internal error");
     an ``OSError`` naming it for the client libraries' own types (botocore's
     ``EndpointConnectionError``, aiohttp's ``ClientPayloadError``), so that ``except OSError``
-    catches every storage failure and the message says which file failed."""
+    catches every storage failure and the message says which file failed. Builtin non-OS errors
+    (a TypeError from bad ``storage_options``) stay as they are."""
     if not isinstance(error, OSError):
+        if type(error).__module__ == "builtins":  # TypeError, ValueError: a caller's mistake
+            return error
         reason = f"{type(error).__module__}.{type(error).__name__}: {error}"
         return OSError(errno.EIO, f"{action}: {reason}", url)
     if error.filename == url:
@@ -437,9 +449,12 @@ def _named(error: Exception, url: str, action: str) -> Exception:
         return OSError(error.errno or errno.EIO, f"{action}: {reason}", url)
 
 
-def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+def _exists(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bool:
     fs.invalidate_cache(path)  # other processes (Spark executors) may have written since
-    return bool(fs.exists(path))
+    try:
+        return bool(fs.exists(path))
+    except Exception as e:  # storage unreachable: name what was asked for
+        _raise_named(e, url, "cannot reach")
 
 
 def exists(url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> bool:
@@ -451,7 +466,39 @@ def exists(url: str | os.PathLike[str], *, storage_options: dict[str, Any] | Non
     False
     """
     fs, path = resolve(url, storage_options)
-    return _exists(fs, path)
+    return _exists(fs, path, _to_str(url))
+
+
+def is_directory(
+    url: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> bool:
+    """Whether ``url`` is a directory (True) or a file (False).
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing exists at ``url``.
+    OSError
+        The storage cannot be reached; the error names ``url``.
+
+    Examples
+    --------
+    >>> with open_output("memory://sparkbatch-doc/d/a.bin") as f:
+    ...     _ = f.write(b"x")
+    >>> is_directory("memory://sparkbatch-doc/d"), is_directory("memory://sparkbatch-doc/d/a.bin")
+    (True, False)
+    >>> fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+    target = _to_str(url)
+    fs, path = resolve(target, storage_options)
+    try:
+        if fs.isdir(path):
+            return True
+    except Exception as e:
+        _raise_named(e, target, "cannot reach")
+    if not _exists(fs, path, target):
+        raise _error(FileNotFoundError, errno.ENOENT, target)
+    return False
 
 
 def read_bytes(
@@ -479,7 +526,7 @@ def read_bytes(
     except FileNotFoundError as e:
         raise _error(FileNotFoundError, errno.ENOENT, target) from e
     except Exception as e:
-        raise _named(e, target, "cannot read") from e
+        _raise_named(e, target, "cannot read")
 
 
 def _relative(path: str, root: str) -> str | None:
@@ -597,6 +644,8 @@ def _listing(
         found = fs.find(root, maxdepth=None if recursive else 1, withdirs=False, detail=False)
     except FileNotFoundError as e:
         raise _error(FileNotFoundError, errno.ENOENT, target) from e
+    except Exception as e:  # storage unreachable
+        _raise_named(e, target, "cannot list")
     relatives = [_relative(p, root) for p in found]
     if relatives == [""] or (not found and fs.isfile(root)):  # url names one file
         return [("", base)]
