@@ -17,6 +17,7 @@ import numpy as np
 
 from sparkbatch import _native
 from sparkbatch.errors import CsvError
+from sparkbatch.records.csv_files import HEAD_BYTES, check_head
 
 __all__ = ["CsvOptions", "ParsedCsv", "table_width", "parse_csv_buffer"]
 
@@ -75,7 +76,9 @@ def parse_csv_buffer(
     Parameters
     ----------
     buffer : bytes-like
-        CSV text.
+        CSV text. An error in the file's first line names what the buffer holds if its first
+        bytes are not CSV text (:func:`~sparkbatch.records.csv_files.check_head`: binary data,
+        UTF-16, lines that end in CR alone, ...).
     options : CsvOptions
         Delimiter, quote, header lines and the error policy.
     source : str
@@ -111,6 +114,14 @@ def parse_csv_buffer(
     Traceback (most recent call last):
     ...
     sparkbatch.errors.CsvError: x.csv, line 2: expected 2 columns, found 1: '3'
+    >>> parse_csv_buffer(b"x,y\\n1,2\\n", CsvOptions(), source="x.csv")
+    Traceback (most recent call last):
+    ...
+    sparkbatch.errors.CsvError: x.csv, line 1, column 0: expected a number, found 'x' (a header ...
+    >>> parse_csv_buffer(b"1,2\\r3,4\\r", CsvOptions(), source="x.csv")
+    Traceback (most recent call last):
+    ...
+    sparkbatch.errors.CsvError: x.csv, line 1: expected UTF-8 CSV text, found lines that end in ...
     """
     result = _native.parse_csv(
         buffer,
@@ -128,6 +139,12 @@ def parse_csv_buffer(
     if result["error"] is not None and options.on_error == "raise":
         line, column, text, expected = result["error"]
         offset = lines_before() if lines_before is not None else 0
+        if line + offset == 1:
+            # Text that is not CSV as sparkbatch reads it is named as such (CR-only line ends
+            # make a file one row, whose first cells look like a header), as the file readers do.
+            head = _head(buffer)
+            if head is not None:
+                check_head(source, head)
         width = _COLUMN_COUNT.fullmatch(expected) if column == -1 else None
         if width is None:
             error = CsvError.at(source, line + offset, column, text, expected)
@@ -145,6 +162,14 @@ def parse_csv_buffer(
         wanted = f"{width[1]} columns" + (f" (as in {columns_from})" if columns_from else "")
         raise CsvError.at(source, line + offset, column, text, wanted, found=width[2])
     return ParsedCsv(result["values"], result["strings"], result["skipped"], result["lines"])
+
+
+def _head(buffer: Any) -> bytes | None:
+    """The first ``HEAD_BYTES`` bytes of ``buffer`` (None if it is no flat byte buffer)."""
+    try:
+        return bytes(memoryview(buffer).cast("B")[:HEAD_BYTES])
+    except (TypeError, ValueError):
+        return None
 
 
 SAMPLE_ROWS = 100  # table_width looks at up to this many data rows ...
