@@ -56,12 +56,24 @@ namespace {
 // newline after the cut; with it, one sequential memchr pass over newlines and quotes
 // (find_boundaries) tracks which newlines are inside quoted fields, so quoted CSV is parsed in
 // parallel too. A first parallel pass counts each chunk's newlines: a chunk holds at most that many
-// rows (one more without a final newline), so every chunk parses straight into its own part of
-// one shared block, and the parts are moved together only when a chunk had blank lines, quoted
-// newlines or bad rows.
-constexpr std::size_t kMinChunkBytes = std::size_t{1} << 20;
+// records (one more without a final newline), and no more rows than its bytes can hold
+// (NOTE(csv-memory)), so every chunk parses straight into its own part of one shared block, and
+// the parts are moved together only when a chunk had blank lines, quoted newlines or bad rows.
+//
+// fuzz/run.sh builds the csv_parallel target with 64-byte chunks and a check every 2 records, so
+// that small inputs are cut into several chunks: -DSPARKBATCH_CSV_MIN_CHUNK_BYTES=64
+// -DSPARKBATCH_CSV_ABORT_CHECK_RECORDS=2.
+#ifndef SPARKBATCH_CSV_MIN_CHUNK_BYTES
+#define SPARKBATCH_CSV_MIN_CHUNK_BYTES (std::size_t{1} << 20)
+#endif
+#ifndef SPARKBATCH_CSV_ABORT_CHECK_RECORDS
+#define SPARKBATCH_CSV_ABORT_CHECK_RECORDS 1024
+#endif
+constexpr std::size_t kMinChunkBytes = SPARKBATCH_CSV_MIN_CHUNK_BYTES;
 constexpr std::size_t kChunksPerThread = 4;
-constexpr std::size_t kAbortCheckRecords = 1024;  // how often a chunk looks for an earlier error
+// How often a chunk looks for an earlier error.
+constexpr std::size_t kAbortCheckRecords = SPARKBATCH_CSV_ABORT_CHECK_RECORDS;
+static_assert(kMinChunkBytes > 0 && kAbortCheckRecords > 0);
 constexpr std::size_t kMaxListedCategories = 20;  // in "one of [...]"
 constexpr std::size_t kSlack = 32;  // bytes the fast path may read past a newline
 
@@ -379,19 +391,50 @@ std::string clip(const char* b, const char* e) {
 
 enum class Kind : uint8_t { kNumber, kClass, kCategory, kString };
 
+// NOTE(csv-memory): what a parse holds is bounded by the buffer, never by a number in the options
+// or a row's width alone, so that a small hostile input cannot exhaust memory:
+// - The plan keeps one byte per column (its Kind), and four more (its slot) only when some column
+//   is not a number; what a bad cell should have been is spelled out only when it is reported.
+// - A record of B bytes has at most B + 1 fields, so the per-column arrays stop at
+//   reach(B) = min(columns, B + 1): columns named far beyond any row (class_columns={10**8: 2})
+//   cost nothing, and every row is bad for lacking them.
+// - A good row of c columns, e of them string or category columns (the only cells that may be
+//   empty), spans at least c - 1 delimiters and c - e value bytes, and good rows are separated by
+//   newlines: B bytes hold at most max_rows(B) = (B + 1) / (2c - e) of them. A chunk's rows never
+//   need more than max_rows(B) * c + reach(B) floats (the record being parsed writes its cells
+//   past the rows kept), at most 2 (B + 1): the estimate from a sample is capped by that, and
+//   grows geometrically when it was low.
+
 // What every chunk parser reads; built once, never moved (category_index points into names).
 struct Plan {
   Dialect dialect;
-  std::size_t columns = 0;
-  std::vector<Kind> kinds;                // per column
-  std::vector<int64_t> num_classes;       // per column (class columns)
-  std::vector<std::size_t> slot;          // per column: category or string slot
-  std::vector<std::string> expected;      // per column: what a good cell is
-  std::vector<std::vector<std::string>> category_names;
+  std::size_t columns = 0;        // the fields of a good row
+  std::size_t reachable = 0;      // reach(the bytes parsed): the per-column arrays' size
+  std::size_t may_be_empty = 0;   // string and category columns below `columns`
+  std::vector<Kind> kinds;        // per column below `reachable`
+  std::vector<uint32_t> slot;     // per column below `reachable`, empty when all are numbers:
+                                  // the column's class, category or string slot
+  std::vector<int64_t> num_classes;  // per class slot
+  std::vector<std::vector<std::string>> category_names;  // per category slot
   std::vector<std::unordered_map<std::string_view, float>> category_index;
-  std::size_t string_slots = 0;
+  std::size_t string_slots = 0;   // string columns below `columns` (not only `reachable`)
   bool skip_bad = false;
   const char* closing_quote = "a closing quote";  // what an unterminated field lacks
+
+  // The most fields a record within `bytes` bytes can have, capped at `columns`.
+  std::size_t reach(std::size_t bytes) const { return std::min(columns, bytes + 1); }
+  // The most good rows `bytes` bytes can hold (NOTE(csv-memory)); columns > 0.
+  std::size_t max_rows(std::size_t bytes) const {
+    if (columns > bytes + 1) return 0;  // 2c - e >= c (and 2c cannot overflow below)
+    return (bytes + 1) / (2 * columns - may_be_empty);
+  }
+  // The floats that the rows of `bytes` bytes holding at most `records` records can need.
+  std::size_t storage_bound(std::size_t bytes, std::size_t records) const {
+    if (columns == 0 || records == 0) return 0;
+    return std::min(records - 1, max_rows(bytes)) * columns + reach(bytes);
+  }
+  // What a good cell of column `col` (< reachable) is, for the error message.
+  std::string expected(std::size_t col) const;
 };
 
 std::string python_list(const std::vector<std::string>& names) {
@@ -412,28 +455,51 @@ std::string python_list(const std::vector<std::string>& names) {
   return s + "]";
 }
 
-void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns) {
+std::string Plan::expected(std::size_t col) const {
+  switch (kinds[col]) {
+    case Kind::kClass:
+      return "a class index in [0, " + std::to_string(num_classes[slot[col]]) + ")";
+    case Kind::kCategory:
+      return "one of " + python_list(category_names[slot[col]]);
+    case Kind::kString:
+      return "text";
+    case Kind::kNumber:
+      break;
+  }
+  return "a number";
+}
+
+// `bytes`: the bytes to parse (after the skipped lines).
+void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns, std::size_t bytes) {
+  constexpr std::size_t kMaxSlots = std::numeric_limits<uint32_t>::max();
+  if (o.class_columns.size() > kMaxSlots || o.categories.size() > kMaxSlots ||
+      o.string_columns.size() > kMaxSlots) {
+    throw std::invalid_argument("parse_csv: more than 2^32 - 1 columns of one kind in the options");
+  }
   plan.columns = columns;
-  plan.kinds.assign(columns, Kind::kNumber);
-  plan.num_classes.assign(columns, 0);
-  plan.slot.assign(columns, 0);
-  plan.expected.assign(columns, "a number");
+  plan.reachable = plan.reach(bytes);
+  plan.kinds.assign(plan.reachable, Kind::kNumber);
   plan.skip_bad = o.skip_bad_rows;
   if (!o.quoted_newlines) plan.closing_quote = "a closing quote before the end of the line";
-  for (const auto& [col, n] : o.class_columns) {
-    if (static_cast<uint64_t>(col) >= columns) continue;
+  auto in_table = [&](int64_t col) { return static_cast<uint64_t>(col) < columns; };
+  // Sets column col's kind and slot (nothing for a column beyond every record).
+  auto mark = [&](int64_t col, Kind kind, std::size_t slot) {
     const auto c = static_cast<std::size_t>(col);
-    plan.kinds[c] = Kind::kClass;
-    plan.num_classes[c] = n;
-    plan.expected[c] = "a class index in [0, " + std::to_string(n) + ")";
+    if (c >= plan.reachable) return;
+    if (plan.slot.empty()) plan.slot.assign(plan.reachable, 0);
+    plan.kinds[c] = kind;
+    plan.slot[c] = static_cast<uint32_t>(slot);
+  };
+  for (const auto& [col, n] : o.class_columns) {
+    if (!in_table(col)) continue;
+    mark(col, Kind::kClass, plan.num_classes.size());
+    plan.num_classes.push_back(n);
   }
   plan.category_names.reserve(o.categories.size());
   for (const auto& [col, names] : o.categories) {
-    if (static_cast<uint64_t>(col) >= columns) continue;
-    const auto c = static_cast<std::size_t>(col);
-    plan.kinds[c] = Kind::kCategory;
-    plan.slot[c] = plan.category_names.size();
-    plan.expected[c] = "one of " + python_list(names);
+    if (!in_table(col)) continue;
+    ++plan.may_be_empty;
+    mark(col, Kind::kCategory, plan.category_names.size());
     plan.category_names.push_back(names);
   }
   plan.category_index.resize(plan.category_names.size());
@@ -445,12 +511,10 @@ void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns) {
   }
   std::vector<int64_t> strings = o.string_columns;
   std::sort(strings.begin(), strings.end());
-  for (int64_t col : strings) {
-    if (static_cast<uint64_t>(col) >= columns) continue;
-    const auto c = static_cast<std::size_t>(col);
-    plan.kinds[c] = Kind::kString;
-    plan.slot[c] = plan.string_slots++;
-    plan.expected[c] = "text";
+  for (int64_t col : strings) {  // slots in column order, as CsvResult::string_columns
+    if (!in_table(col)) continue;
+    ++plan.may_be_empty;
+    mark(col, Kind::kString, plan.string_slots++);
   }
 }
 
@@ -668,7 +732,8 @@ class ChunkParser {
   ChunkParser(const Plan& plan, std::size_t index, std::atomic<std::size_t>& first_error)
       : strings(plan.string_slots), plan_(plan), index_(index), first_error_(first_error) {}
 
-  // Rows go to out[0, capacity) instead of `values`; capacity must hold every row of the chunk.
+  // Rows go to out[0, capacity) instead of `values`; capacity must be at least
+  // plan.storage_bound(the chunk's bytes, its records).
   void use_storage(float* out, std::size_t capacity) {
     out_ = out;
     capacity_ = capacity;
@@ -690,7 +755,7 @@ class ChunkParser {
   struct BadCell {
     std::size_t column = 0;
     Field field;
-    const char* expected = nullptr;  // a literal or one of plan_.expected
+    const char* expected = nullptr;  // a literal, or nullptr: plan_.expected(column)
   };
 
   const char* parse_records(const char* p, const char* end, const char* last_nl);
@@ -709,10 +774,12 @@ class ChunkParser {
       s.chars.resize(s.ends.empty() ? 0 : s.ends.back());
     }
   }
+  // Room for the record about to be parsed: geometric growth up to what the chunk's rows can need
+  // (NOTE(csv-memory)).
   void grow() {
-    if (external_) throw std::logic_error("parse_csv: more rows than newlines in a chunk");
+    if (external_) throw std::logic_error("parse_csv: more rows than a chunk can hold");
     const std::size_t want =
-        std::max({values.capacity() * 2, size_ + plan_.columns, plan_.columns * 1024});
+        std::max(std::min(std::max(values.capacity() * 2, size_ + reach_), limit_), size_ + reach_);
     values.set_size(size_);
     values.reallocate(want);
     out_ = values.data();
@@ -727,6 +794,8 @@ class ChunkParser {
   std::size_t size_ = 0;
   std::size_t capacity_ = 0;
   bool external_ = false;  // out_ is not values'
+  std::size_t reach_ = 0;  // the most cells a record of the chunk writes: plan_.reach(its bytes)
+  std::size_t limit_ = 0;  // the most floats the chunk's rows need: plan_.storage_bound
   const char* floor_ = nullptr;  // fast_number may read 16 bytes before this
   uint64_t line_ = 0;  // lines consumed so far
   bool stopped_ = false;
@@ -737,15 +806,21 @@ class ChunkParser {
 
 void ChunkParser::run(const char* begin, const char* end, const char* readable_begin,
                       const char* readable_end) {
-  // Room for the estimated rows up front (untouched pages cost nothing), from a sample's newlines.
+  // Room for the estimated rows up front (untouched pages cost nothing), from a sample's newlines,
+  // but never more than the chunk can hold (NOTE(csv-memory)).
   const auto bytes = static_cast<std::size_t>(end - begin);
+  reach_ = plan_.reach(bytes);
+  limit_ = plan_.storage_bound(bytes, bytes + 1);  // at most bytes + 1 records
   if (!external_ && plan_.columns > 0 && bytes > 0) {
     const std::size_t sample = std::min<std::size_t>(bytes, 64 * 1024);
     const auto newlines = static_cast<std::size_t>(std::count(begin, begin + sample, '\n'));
     const double rows_per_byte = static_cast<double>(newlines + 1) / static_cast<double>(sample);
-    const auto estimate =
-        static_cast<std::size_t>(static_cast<double>(bytes) * rows_per_byte * 1.02) + 16;
-    values.reallocate(estimate * plan_.columns);
+    const double estimate = static_cast<double>(bytes) * rows_per_byte * 1.02 + 16;
+    const std::size_t max_rows = plan_.max_rows(bytes);
+    const std::size_t reserved = estimate < static_cast<double>(max_rows)
+                                     ? static_cast<std::size_t>(estimate)
+                                     : max_rows;
+    values.reallocate(reserved * plan_.columns + reach_);
     out_ = values.data();
     capacity_ = values.capacity();
   }
@@ -804,7 +879,7 @@ Term ChunkParser::record(const char*& pos, const char* end, const char* last_nl)
   }
   const std::size_t ncols = plan_.columns;
   if (ncols == 0) return bad_record(pos, p, p, false, 0, nullptr, end, last_nl);
-  if (capacity_ - size_ < ncols) grow();
+  if (capacity_ - size_ < reach_) grow();  // a good row has ncols == reach_ cells
   float* const row = out_ + size_;
   const Kind* const kinds = plan_.kinds.data();
   uint64_t inner = 0;  // newlines inside quoted fields
@@ -863,19 +938,19 @@ Term ChunkParser::slow_cell(std::size_t col, const char*& pos, const char* end, 
     if (kind == Kind::kCategory) {
       const auto& index = plan_.category_index[plan_.slot[col]];
       const auto it = index.find(std::string_view(b, static_cast<std::size_t>(e - b)));
-      if (it == index.end()) return bad(col, f, plan_.expected[col].c_str());
+      if (it == index.end()) return bad(col, f, nullptr);
       row[col] = it->second;
     } else {
       Decimal dec;
-      if (!parse_decimal(b, e, dec)) return bad(col, f, plan_.expected[col].c_str());
+      if (!parse_decimal(b, e, dec)) return bad(col, f, nullptr);
       if (kind == Kind::kClass) {
         int64_t index = 0;
-        if (!class_index(dec, plan_.num_classes[col], index)) {
-          return bad(col, f, plan_.expected[col].c_str());
+        if (!class_index(dec, plan_.num_classes[plan_.slot[col]], index)) {
+          return bad(col, f, nullptr);
         }
         row[col] = static_cast<float>(index);
       } else if (!decimal_to_float(dec, row[col])) {
-        return bad(col, f, plan_.expected[col].c_str());
+        return bad(col, f, nullptr);
       }
     }
   }
@@ -905,20 +980,23 @@ Term ChunkParser::bad_record(const char*& pos, const char* rec, const char* resu
     rollback_strings();
     return Term::kTail;
   }
-  CsvError e;
-  e.line = line_ + 1;
-  const BadCell* reported = unterminated ? &*unterminated : nullptr;
-  if (reported == nullptr && fields != plan_.columns) {
-    e.column = -1;
-    e.text = clip(rec, next);
-    e.expected = std::to_string(plan_.columns) + " columns, found " + std::to_string(fields);
-  } else {
-    if (reported == nullptr) reported = cell;
-    e.column = static_cast<int64_t>(reported->column);
-    e.text = clip(reported->field.begin, reported->field.raw_end);
-    e.expected = reported->expected;
+  if (!error) {  // only the first is kept: later ones cost no message
+    CsvError e;
+    e.line = line_ + 1;
+    const BadCell* reported = unterminated ? &*unterminated : nullptr;
+    if (reported == nullptr && fields != plan_.columns) {
+      e.column = -1;
+      e.text = clip(rec, next);
+      e.expected = std::to_string(plan_.columns) + " columns, found " + std::to_string(fields);
+    } else {
+      if (reported == nullptr) reported = cell;
+      e.column = static_cast<int64_t>(reported->column);
+      e.text = clip(reported->field.begin, reported->field.raw_end);
+      e.expected = reported->expected != nullptr ? std::string(reported->expected)
+                                                 : plan_.expected(reported->column);
+    }
+    error = std::move(e);
   }
-  if (!error) error = std::move(e);
   line_ += static_cast<uint64_t>(std::count(rec, next, '\n'));
   rollback_strings();
   pos = next;
@@ -1055,10 +1133,18 @@ void validate_csv_options(const CsvOptions& o) {
   if (o.columns < -1 || o.columns == 0)
     throw std::invalid_argument("columns must be positive or -1 (from the first row), got " +
                                 std::to_string(o.columns));
+  if (o.columns > kCsvMaxColumns)
+    throw std::invalid_argument("columns must be at most " + std::to_string(kCsvMaxColumns) +
+                                " (a row of floats must fit in memory), got " +
+                                std::to_string(o.columns));
   auto check_column = [&](int64_t col, const char* what) {
     if (col < 0)
       throw std::invalid_argument(std::string(what) + " names column " + std::to_string(col) +
                                   "; columns are numbered from 0");
+    if (col >= kCsvMaxColumns)
+      throw std::invalid_argument(std::string(what) + " names column " + std::to_string(col) +
+                                  "; a table has at most " + std::to_string(kCsvMaxColumns) +
+                                  " columns (a row of floats must fit in memory)");
     if (o.columns > 0 && col >= o.columns)
       throw std::invalid_argument(std::string(what) + " names column " + std::to_string(col) +
                                   " but columns=" + std::to_string(o.columns));
@@ -1127,9 +1213,9 @@ CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
   }
   Plan plan;
   plan.dialect = d;
-  build_plan(plan, o, columns);
-
   const auto bytes = static_cast<std::size_t>(end - p);
+  build_plan(plan, o, columns, bytes);
+
   const std::size_t threads = o.threads != 0 ? o.threads : pool_threads();
   std::vector<const char*> bounds{p};
   if (threads > 1 && bytes >= 2 * kMinChunkBytes) {
@@ -1143,19 +1229,21 @@ CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
   std::vector<ChunkParser> parsers;
   parsers.reserve(n);
   for (std::size_t i = 0; i < n; ++i) parsers.emplace_back(plan, i, first_error);
-  FloatBuffer shared;                            // the rows of every chunk when n > 1
-  std::vector<std::size_t> row_bound(n + 1, 0);  // chunk i may write rows [row_bound[i], [i + 1])
+  FloatBuffer shared;  // the rows of every chunk when n > 1
+  std::vector<std::size_t> float_bound(n + 1, 0);  // chunk i may write [float_bound[i], [i + 1])
   if (n == 1) {
     parsers[0].run(bounds[0], bounds[1], data, end);
   } else {
     for_each_chunk(threads, n, [&](std::size_t i) {
-      row_bound[i + 1] = count_newlines(bounds[i], bounds[i + 1]) + (bounds[i + 1][-1] != '\n');
+      const std::size_t records =
+          count_newlines(bounds[i], bounds[i + 1]) + (bounds[i + 1][-1] != '\n');
+      float_bound[i + 1] = plan.storage_bound(
+          static_cast<std::size_t>(bounds[i + 1] - bounds[i]), records);
     });
-    for (std::size_t i = 0; i < n; ++i) row_bound[i + 1] += row_bound[i];
-    shared.reallocate(row_bound[n] * columns);
+    for (std::size_t i = 0; i < n; ++i) float_bound[i + 1] += float_bound[i];
+    shared.reallocate(float_bound[n]);
     for (std::size_t i = 0; i < n; ++i) {
-      parsers[i].use_storage(shared.data() + row_bound[i] * columns,
-                             (row_bound[i + 1] - row_bound[i]) * columns);
+      parsers[i].use_storage(shared.data() + float_bound[i], float_bound[i + 1] - float_bound[i]);
     }
     for_each_chunk(threads, n, [&](std::size_t i) {
       if (!o.skip_bad_rows && first_error.load() < i) return;  // nothing after it is kept
@@ -1194,9 +1282,9 @@ CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& o) {
   } else {
     for (std::size_t i = 0; i < n; ++i) {  // close the gaps left by rows a chunk did not have
       const std::size_t count = parsers[i].rows * columns;
-      if (row_bound[i] != result.rows && count > 0) {
-        std::memmove(shared.data() + result.rows * columns,
-                     shared.data() + row_bound[i] * columns, count * sizeof(float));
+      if (float_bound[i] != result.rows * columns && count > 0) {
+        std::memmove(shared.data() + result.rows * columns, shared.data() + float_bound[i],
+                     count * sizeof(float));
       }
       result.rows += parsers[i].rows;
     }

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -48,6 +49,12 @@ struct CsvError {
 };
 
 constexpr std::size_t kCsvMaxErrorText = 200;
+
+// The most columns a table may have (and one more than the highest column named in the options):
+// one row of floats must be addressable. Rows never cost memory for columns they do not have, so
+// any number up to this is cheap to refuse row by row (NOTE(csv-memory) in csv_parser.cpp).
+constexpr int64_t kCsvMaxColumns =
+    static_cast<int64_t>(std::numeric_limits<std::ptrdiff_t>::max() / sizeof(float));
 
 // Floats in a malloc'd block, so the block can be handed to numpy without a copy (free() it).
 class FloatBuffer {

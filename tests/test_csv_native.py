@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import io
+import json
 import mmap
 import struct
+import subprocess
+import sys
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sparkbatch import _native
+from sparkbatch.errors import CsvError
+from sparkbatch.records.csv_parser import CsvOptions, parse_csv_buffer
 
 parse = _native.parse_csv
 
@@ -548,6 +554,9 @@ def test_threads_report_the_same_first_error(quoted: bool) -> None:
         ({"columns": 0}, "columns"),
         ({"class_columns": {1: 0}}, "positive"),
         ({"class_columns": {-1: 3}}, "column -1"),
+        ({"columns": 2**61}, "at most 2305843009213693951"),
+        ({"class_columns": {2**61 - 1: 3}}, "at most 2305843009213693951 columns"),
+        ({"string_columns": [2**63 - 1]}, "at most 2305843009213693951 columns"),
         ({"columns": 2, "string_columns": [2]}, "columns=2"),
         ({"class_columns": {1: 3}, "string_columns": [1]}, "both"),
         ({"categories": {0: []}}, "empty"),
@@ -562,3 +571,137 @@ def test_bad_arguments_raise_value_error(kwargs: dict[str, object], message: str
 def test_arguments_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         parse(b"1\n", ",")  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: what a parse holds is bounded by the buffer (NOTE(csv-memory) in csrc/csv_parser.cpp)
+
+# Parses the file argv[1] with the keyword arguments argv[2] (a Python literal) in a fresh process
+# and prints the growth of its peak resident and virtual sizes (tracemalloc sees no native memory).
+_MEMORY_PROBE = """
+import ast, json, resource, sys
+from sparkbatch import _native
+
+def peaks():
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) for line in f if line.startswith("VmPeak:"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, vm * 1024
+
+_native.parse_csv(b"1\\n" * 1_100_000, threads=2)  # the pool's threads and their allocator arenas
+data = open(sys.argv[1], "rb").read()
+kwargs = ast.literal_eval(sys.argv[2])
+rss, vm = peaks()
+result = _native.parse_csv(data, **kwargs)
+after = peaks()
+print(json.dumps({"rss": after[0] - rss, "vm": after[1] - vm, "error": result["error"],
+                  "shape": result["values"].shape, "skipped": result["skipped"]}))
+"""
+
+needs_proc = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads peak sizes from /proc/self/status"
+)
+MB = 1 << 20
+
+
+def peak_growth(path: Path, **kwargs: object) -> dict:
+    """Parse `path` in a fresh process: its peak memory growth (bytes) and the result's summary."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(path), repr(kwargs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@needs_proc
+def test_a_wide_row_costs_a_few_bytes_per_column(tmp_path: Path) -> None:
+    # One 20 MB line of 10 million fields: 40 MB of values. The plan took ~49 bytes a column
+    # (a string per column saying what it expects): a 620 MB peak.
+    path = tmp_path / "wide.csv"
+    path.write_bytes(b"0," * 9_999_999 + b"7\n")
+    got = peak_growth(path, threads=0)
+    assert got["shape"] == [1, 10_000_000] and got["error"] is None
+    assert got["rss"] < 160 * MB, got  # values 40 MB, a copy of the last record 20 MB, 1 B a column
+    # The same row followed by a bad one: the error costs no more.
+    path.write_bytes(b"0," * 9_999_999 + b"7\n1,x\n")
+    got = peak_growth(path, threads=1)
+    assert got["error"] == [2, -1, "1,x", "10000000 columns, found 2"]
+    assert got["rss"] < 160 * MB, got
+
+
+@needs_proc
+def test_a_column_named_far_beyond_the_rows_costs_nothing(tmp_path: Path) -> None:
+    # class_columns={10**8: 2} took 4.8 GB and 5 s: a plan entry for every column up to it.
+    path = tmp_path / "small.csv"
+    path.write_bytes(b"1,2\n3,4\n")
+    got = peak_growth(path, class_columns={10**8: 2})
+    assert got["error"] == [1, -1, "1,2", "100000001 columns, found 2"]
+    assert got["rss"] < 16 * MB and got["vm"] < 64 * MB, got
+
+
+def test_columns_beyond_every_row_are_missing_from_every_row() -> None:
+    far, most = 10**8, 2**61 - 1  # the most columns: a row of floats must be addressable
+    for kwargs, width in (
+        ({"class_columns": {far: 2}}, far + 1),
+        ({"categories": {far: ["a"]}}, far + 1),
+        ({"string_columns": [far]}, far + 1),
+        ({"columns": 2**40}, 2**40),
+        ({"columns": most, "class_columns": {most - 1: 3}}, most),
+        ({"string_columns": [most - 1]}, most),
+    ):
+        assert error(b"1,2\n3,4\n", **kwargs) == (1, -1, "1,2", f"{width} columns, found 2")
+        result = parse(b"1,2\n3,4\n", on_error="skip", threads=2, **kwargs)
+        assert result["values"].shape == (0, width) and result["skipped"] == 2
+    result = parse(b"1,2\n3,4\n", string_columns=[far], on_error="skip")
+    assert result["strings"] == {far: []}
+
+
+@needs_proc
+def test_the_reserved_output_is_bounded_by_the_buffer(tmp_path: Path) -> None:
+    # One 8 MB line of 4 million fields: a row count estimated from a sample without newlines
+    # (~140) times the width reserved 2.2 GB; a 100 MB line failed with MemoryError.
+    path = tmp_path / "line.csv"
+    path.write_bytes(b"0," * 3_999_999 + b"5")
+    got = peak_growth(path, threads=1)
+    assert got["shape"] == [1, 4_000_000] and got["error"] is None
+    assert got["vm"] < 256 * MB, got  # values 16 MB (32 MB reserved), the record copied 8 MB
+    # Threads: a 2 MB row and 4 million blank lines. Each chunk reserved its newlines times the
+    # width (16 TB: MemoryError).
+    path.write_bytes(b"0," * 999_999 + b"5" + b"\n" * 4_000_000)
+    got = peak_growth(path, threads=2)
+    assert got["shape"] == [1, 1_000_000] and got["error"] is None
+    assert got["vm"] < 256 * MB, got
+
+
+def test_rows_beyond_the_estimate_grow_the_output() -> None:
+    # The first 64 KiB hold one long row, so the estimate is a handful of rows; then 100,000 more.
+    head = b'"' + b"x" * 70_000 + b'",-1\n'
+    text = head + b"".join(b"s%d,%d\n" % (i, i) for i in range(100_000))
+    for threads in (1, 2):
+        result = parse(text, string_columns=[0], threads=threads)
+        assert result["error"] is None
+        assert result["values"][:, 1].tolist() == [-1.0, *range(100_000)]
+        assert result["strings"][0][0] == "x" * 70_000 and result["strings"][0][-1] == "s99999"
+    # Empty string cells take no bytes: rows as short as a delimiter and a newline.
+    text = b",1\n" + b",\n" * 50_000
+    result = parse(text, string_columns=[0, 1], threads=1)
+    assert result["error"] is None and result["values"].shape == (50_001, 2)
+    assert result["strings"][1][:2] == ["1", ""]
+    got = values(b"a\n" + b"\n".join([b""] * 3) + b"b\n", string_columns=[0])
+    assert got.shape == (2, 1)
+
+
+def test_a_file_with_cr_only_line_ends_is_named_not_taken_for_a_header(tmp_path: Path) -> None:
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"1,2\r3,4\r")
+    with pytest.raises(CsvError) as raised:
+        parse_csv_buffer(path.read_bytes(), CsvOptions(), source=str(path))
+    message = str(raised.value)
+    assert "CR alone" in message and "header" not in message and str(path) in message
+    assert raised.value.line == 1
+    # A header line is still suggested for a header.
+    path.write_bytes(b"x,y\r\n1,2\r\n")
+    with pytest.raises(CsvError, match=r"a header line\? pass skip_lines=1"):
+        parse_csv_buffer(path.read_bytes(), CsvOptions(), source=str(path))
