@@ -8,9 +8,9 @@
 // framed by a header line and trailing blank lines (one more line skipped) must give the same
 // rows and the same error one line further down, as tests/test_csv_native.py checks by hand.
 //
-// With FUZZ_CSV_PARALLEL defined (target csv_parallel; fuzz/run.sh builds it against a copy of
-// csv_parser.cpp whose chunks are 64 bytes instead of 1 MiB, and which looks for an earlier chunk's
-// error every 2 records instead of 1024) the text, repeated to at least 128 bytes, is cut into
+// With FUZZ_CSV_PARALLEL defined (target csv_parallel; fuzz/run.sh builds csv_parser.cpp with
+// -DSPARKBATCH_CSV_MIN_CHUNK_BYTES=64 -DSPARKBATCH_CSV_ABORT_CHECK_RECORDS=2: chunks of 64 bytes
+// instead of 1 MiB, and a look for an earlier chunk's error every 2 records instead of 1024) the text, repeated to at least 128 bytes, is cut into
 // chunks parsed by several threads: the result must equal the single-threaded parse.
 #include <cmath>
 #include <cstddef>
@@ -75,7 +75,9 @@ const std::vector<std::vector<std::string>>& category_lists() {
 //         (bit 3), threads 1 or 2 (bit 4), number of column specs in bytes 2..4 (bits 5-6).
 // Bytes 2-4: a column spec each: column (bits 0-2, or 300/-1 by bit 7 with kind), kind (bits
 //         3-4: class, category, string, class), parameter (bits 5-6).
-// Byte 5: every line one record, quoted_newlines=false (bit 0).
+// Byte 5: every line one record, quoted_newlines=false (bit 0); huge column numbers (bit 1): the
+//         wide 300 becomes kCsvMaxColumns and a column spec's 300 kCsvMaxColumns - 1, which must
+//         cost no memory (libFuzzer stops at a malloc over -rss_limit_mb; NOTE(csv-memory)).
 CsvOptions decode_options(const uint8_t* o) {
   static const char kDelimiters[] = {',', ';', '\t', ' ', '|', ':', '\0', 'x'};
   static const char kQuotes[] = {'"', '\'', ',', '\t'};
@@ -87,7 +89,9 @@ CsvOptions decode_options(const uint8_t* o) {
   opt.skip_lines = (o[0] >> 6) & 3u;
   const int cols = o[1] & 7;
   opt.columns = cols == 0 ? -1 : cols;
-  if (o[1] & 0x80) opt.columns = cols == 0 ? 0 : 300;
+  const bool huge = (o[5] & 2) != 0;
+  const int64_t wide = huge ? sparkbatch::kCsvMaxColumns : 300;
+  if (o[1] & 0x80) opt.columns = cols == 0 ? 0 : wide;
   opt.skip_bad_rows = (o[1] & 8) != 0;
   opt.threads = (o[1] & 16) ? 2 : 1;
   set_lines_only(opt, (o[5] & 1) != 0);
@@ -95,7 +99,7 @@ CsvOptions decode_options(const uint8_t* o) {
   for (int i = 0; i < specs; ++i) {
     const uint8_t s = o[2 + i];
     int64_t col = s & 7;
-    if (s & 0x80) col = (s & 1) ? -1 : 300;
+    if (s & 0x80) col = (s & 1) ? -1 : (huge ? sparkbatch::kCsvMaxColumns - 1 : 300);
     const int kind = (s >> 3) & 3;
     const int param = (s >> 5) & 3;
     if (kind == 0 || kind == 3) {

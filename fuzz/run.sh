@@ -39,18 +39,9 @@ build() {
             sources=(csrc/json.cpp csrc/minibatch_format.cpp csrc/crc32c.cpp csrc/thread_pool.cpp) ;;
     csv) harness=fuzz/fuzz_csv.cpp; sources=(csrc/csv_parser.cpp csrc/thread_pool.cpp) ;;
     csv_parallel)  # the parser with 64-byte chunks, so that small inputs are cut into several
-      mkdir -p "$out"
-      sed -e '1i #line 1 "csrc/csv_parser.cpp"' \
-          -e 's/^constexpr std::size_t kMinChunkBytes = .*;/constexpr std::size_t kMinChunkBytes = 64;/' \
-          -e 's/^constexpr std::size_t kAbortCheckRecords = [0-9]*;/constexpr std::size_t kAbortCheckRecords = 2;/' \
-          csrc/csv_parser.cpp > "$out/csv_parser_small_chunks.cpp"
-      if [ "$(grep -cE '^constexpr std::size_t (kMinChunkBytes = 64|kAbortCheckRecords = 2);' \
-               "$out/csv_parser_small_chunks.cpp")" != 2 ]; then
-        echo "fuzz/run.sh: kMinChunkBytes/kAbortCheckRecords not found in csrc/csv_parser.cpp" >&2
-        exit 2
-      fi
-      harness=fuzz/fuzz_csv.cpp; sources=("$out/csv_parser_small_chunks.cpp" csrc/thread_pool.cpp)
-      defs=(-DFUZZ_CSV_PARALLEL) ;;
+      harness=fuzz/fuzz_csv.cpp; sources=(csrc/csv_parser.cpp csrc/thread_pool.cpp)
+      defs=(-DFUZZ_CSV_PARALLEL -DSPARKBATCH_CSV_MIN_CHUNK_BYTES=64
+            -DSPARKBATCH_CSV_ABORT_CHECK_RECORDS=2) ;;
     *) echo "fuzz/run.sh: unknown target '$target' (json, format, csv, csv_parallel)" >&2; exit 2 ;;
   esac
   mkdir -p "$out"
