@@ -275,6 +275,13 @@ class Network:
         updater runs when the score or the gradient is not finite, so the parameters stay those
         of before the step (NOTE [non-finite checks] in ``sparkbatch._finite``).
         """
+        with np.errstate(over="ignore", invalid="ignore"):  # checked, and named
+            return self._fit_step(batch)
+
+    def _fit_step(self, batch: DataSet | MultiDataSet) -> float:
+        """:meth:`fit_batch` less its ``np.errstate``: the caller holds
+        ``np.errstate(over="ignore", invalid="ignore")`` around its loop (entering it costs
+        as much as a small step's data check)."""
         x, y, w = self._arrays(batch, labels_needed=True)
         if x.shape[0] == 0:
             raise ValueError("cannot fit an empty minibatch")
@@ -282,8 +289,7 @@ class Network:
             score = self._gpu.compute_gradients(x, y, w)
             bad = -1 if self._gpu.gradients_finite() else first_non_finite(self.gradients())
         else:
-            with np.errstate(over="ignore", invalid="ignore"):  # checked below, and named
-                score = self._gradients(x, y, w)
+            score = self._gradients(x, y, w)  # overflow is checked below, and named
             bad = _native.first_non_finite(self._grads)
         if bad >= 0 or not math.isfinite(score):
             raise self._divergence(batch, score, bad, (x, y, w))
@@ -415,39 +421,45 @@ class Network:
                 "an iterator can be read only once; pass a re-iterable source (a list, a "
                 "FileDataSetIterator) to fit more than one epoch"
             )
-        for _ in range(epochs):
-            fitted = skipped = 0
-            for i, batch in enumerate(_batches(data, batch_size)):
-                detail = non_finite_in(batch)
-                try:
-                    if detail is not None:
-                        where = f"epoch {self.epoch}, minibatch {i}"
-                        raise non_finite_data(where, detail, "fit(..., non_finite='skip')")
-                    self.fit_batch(batch)  # raises before its update, if at all
-                except NonFiniteError as e:
-                    if mode == "raise":
-                        if detail is None:  # fit_batch's: values beyond the network's dtype
-                            where = f"epoch {self.epoch}, minibatch {i}, iteration {self.iteration}"
-                            raise with_context(e, where) from None
-                        raise
-                    skipped += 1
-                    log.info("epoch %d, minibatch %d: skipped: %s", self.epoch, i, e)
-                    continue
-                except DivergenceError as e:
-                    where = f"epoch {self.epoch}, minibatch {i}, iteration {self.iteration}"
-                    raise with_context(e, where) from None
-                fitted += 1
-            self.skipped_minibatches += skipped
-            if fitted == 0:
-                if skipped:
-                    raise NonFiniteError(
-                        f"epoch {self.epoch}: all {skipped} minibatches hold NaN or infinity "
-                        "and were skipped: nothing to fit"
-                    )
-                raise ValueError("fit() got no minibatches: the data is empty")
-            self._check_params(f"epoch {self.epoch}, after its last minibatch")
-            self.epoch += 1
+        # One errstate for the whole fit: _fit_step checks (and names) what overflows.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(epochs):
+                self._fit_epoch(data, batch_size, mode)
         return self
+
+    def _fit_epoch(self, data: Any, batch_size: int | None, mode: str) -> None:
+        """One epoch of :meth:`fit`, under its ``np.errstate``."""
+        fitted = skipped = 0
+        for i, batch in enumerate(_batches(data, batch_size)):
+            detail = non_finite_in(batch)
+            try:
+                if detail is not None:
+                    where = f"epoch {self.epoch}, minibatch {i}"
+                    raise non_finite_data(where, detail, "fit(..., non_finite='skip')")
+                self._fit_step(batch)  # raises before its update, if at all
+            except NonFiniteError as e:
+                if mode == "raise":
+                    if detail is None:  # _fit_step's: values beyond the network's dtype
+                        where = f"epoch {self.epoch}, minibatch {i}, iteration {self.iteration}"
+                        raise with_context(e, where) from None
+                    raise
+                skipped += 1
+                log.info("epoch %d, minibatch %d: skipped: %s", self.epoch, i, e)
+                continue
+            except DivergenceError as e:
+                where = f"epoch {self.epoch}, minibatch {i}, iteration {self.iteration}"
+                raise with_context(e, where) from None
+            fitted += 1
+        self.skipped_minibatches += skipped
+        if fitted == 0:
+            if skipped:
+                raise NonFiniteError(
+                    f"epoch {self.epoch}: all {skipped} minibatches hold NaN or infinity "
+                    "and were skipped: nothing to fit"
+                )
+            raise ValueError("fit() got no minibatches: the data is empty")
+        self._check_params(f"epoch {self.epoch}, after its last minibatch")
+        self.epoch += 1
 
     def _check_params(self, where: str) -> None:
         """DivergenceError unless every parameter is finite (an update can overflow them)."""

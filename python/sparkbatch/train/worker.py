@@ -249,6 +249,17 @@ class WorkerSetup:
         examples and the minibatches skipped. ``context`` ("round 3 (epoch 0), worker 1")
         begins the message of a NonFiniteError or DivergenceError (NOTE [non-finite checks]
         in ``sparkbatch._finite``)."""
+        # A Network's _fit_step is fit_batch less its np.errstate, entered here once instead;
+        # any other Model's fit_batch runs as it is.
+        step = getattr(model, "_fit_step", None)
+        if step is None:
+            return self._fit_steps(model, model.fit_batch, items, context)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._fit_steps(model, step, items, context)
+
+    def _fit_steps(
+        self, model: Any, step: Any, items: Iterable[Any], context: str
+    ) -> tuple[float, int, int, int]:
         score_sum, count, examples, skipped = 0.0, 0, 0, 0
         for batch, origin in self.minibatches(items):
             detail = non_finite_in(batch)
@@ -257,17 +268,20 @@ class WorkerSetup:
                     skipped += 1
                     continue
                 raise non_finite_data(f"{context}, {origin}", detail, _SKIP_OPTION)
-            where = f"{context}, {origin}, iteration {getattr(model, 'iteration', count)}"
+            iteration = getattr(model, "iteration", count)  # before the step; named on errors
             try:
-                score = float(model.fit_batch(batch))  # raises before its update, if at all
+                score = float(step(batch))  # raises before its update, if at all
             except NonFiniteError as e:  # the Network's: values beyond its dtype
                 if self.non_finite == "skip":
                     skipped += 1
                     continue
+                where = f"{context}, {origin}, iteration {iteration}"
                 raise with_context(e, where, option=_SKIP_OPTION) from None
             except DivergenceError as e:
+                where = f"{context}, {origin}, iteration {iteration}"
                 raise with_context(e, where, kept=_KEPT) from None
             if not math.isfinite(score):  # any Model's score; the Network checks its gradient
+                where = f"{context}, {origin}, iteration {iteration}"
                 raise diverged(where, f"the score is {score!r}", _KEPT)
             score_sum += score
             count += 1
