@@ -291,3 +291,43 @@ def test_errors_on_executors_keep_their_type_and_message(sc, tmp_path):
     assert first.startswith(f"{csv}, line 2, column 1: expected a number"), first
     assert "raised in a Spark task" in str(caught.value)
     assert type(caught.value.__cause__).__module__.startswith("pyspark")
+
+
+def test_overwrite_with_another_prefix_keeps_files_that_only_match_the_new_names(tmp_path):
+    from sparkbatch.data import export_datasets
+
+    export_datasets(_datasets([2]), str(tmp_path), prefix="a")
+    mine = tmp_path / "b_000042.safetensors"  # a file of the user's, named like the new export
+    _datasets([1])[0].save(str(mine))
+    with pytest.raises(FileExistsError, match="b_000042.safetensors"):
+        export_datasets(_datasets([2]), str(tmp_path), prefix="b", overwrite=True)
+    assert mine.exists() and (tmp_path / "a_000000.safetensors").exists()
+
+
+def test_a_commit_removes_the_temporaries_of_killed_writers_also_of_long_names(tmp_path):
+    from sparkbatch.data import export_datasets
+    from sparkbatch.storage.paths import _temp_name
+
+    prefix = "a-rather-long-prefix-of-thirty-six-ch"
+
+    def killed_then_more():
+        yield from _datasets([2])
+        # what a writer killed while writing file 1 leaves: its hidden temporary
+        name = _temp_name(f"{prefix}_000001.safetensors")
+        (tmp_path / name).write_bytes(b"partial")
+        yield from _datasets([2])
+
+    export_datasets(killed_then_more(), str(tmp_path), prefix=prefix)
+    assert sorted(os.listdir(tmp_path)) == [
+        "_manifest.json", f"{prefix}_000000.safetensors", f"{prefix}_000001.safetensors"
+    ]
+
+
+def test_part_names_past_a_million_are_an_exports_own(tmp_path):
+    import re
+
+    from sparkbatch.data.manifest import part_pattern
+    from sparkbatch.spark.export import PART_PATTERN, file_name
+
+    assert re.fullmatch(part_pattern("dataset"), "dataset_1000000.safetensors")
+    assert re.fullmatch(PART_PATTERN, file_name(123456, 1000000))

@@ -136,8 +136,10 @@ def test_len_with_batch_size_is_a_type_error(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch_size": 0}, "batch_size must be a positive int"),
-        ({"prefetch": -1}, "prefetch must be an int >= 0"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be an int, got float 2.5"),
+        ({"batch_size": True}, "batch_size must be an int, got bool"),
+        ({"prefetch": -1}, "prefetch must be >= 0, got -1"),
         ({"loader": object()}, "loader must have a load"),
     ],
 )

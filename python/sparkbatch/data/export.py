@@ -123,6 +123,7 @@ def export_datasets(
         raise ValueError(f"prefix must be a non-empty file name prefix without '/', got {prefix!r}")
     target = os.fspath(url)
     options = dict(storage_options) if storage_options else None
+    items = iter(iterable)  # not iterable: a TypeError before anything is written
     export_id = begin_export(
         target, part_pattern(prefix), overwrite=overwrite, storage_options=options
     )
@@ -132,7 +133,7 @@ def export_datasets(
     entries: list[dict[str, Any]] = []
     examples = 0
     try:
-        for index, data in enumerate(iterable):
+        for index, data in enumerate(items):
             if not isinstance(data, (DataSet, MultiDataSet)):
                 raise TypeError(
                     f"item {index} of iterable must be a DataSet or MultiDataSet, "

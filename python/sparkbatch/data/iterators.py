@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from sparkbatch._arguments import check_int, check_optional_int
 from sparkbatch.data._prefetch import prefetched
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.loaders import (
@@ -85,12 +86,8 @@ class _FileIterator(Generic[_B]):
         loader: Loader | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch must be an int >= 0 (0 loads inline), got {prefetch!r}")
+        batch_size = check_optional_int("batch_size", batch_size)
+        prefetch = check_int("prefetch", prefetch, minimum=0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         if loader is not None and not callable(getattr(loader, "load", None)):

@@ -158,7 +158,7 @@ def load_named(loader: Loader, source: Source) -> DataSet | MultiDataSet:
 
     An error whose message lacks the file's URL is raised again as the same type with the URL
     in front (the original chained); where the type cannot be built from a message, the
-    original is raised with a note ``while loading <url>`` (Python 3.11+). Iterators and
+    original is raised naming the URL in a note (Python 3.11+) or its message. Iterators and
     training workers call loaders through this, so a custom loader need not name its file.
     """
     try:
@@ -171,11 +171,21 @@ def load_named(loader: Loader, source: Source) -> DataSet | MultiDataSet:
         except Exception:  # noqa: BLE001  (a constructor that takes other arguments)
             named = None
         if named is None or not str(named).startswith(source.url):
-            add_note = getattr(e, "add_note", None)  # Python 3.11+
-            if add_note is not None:
-                add_note(f"while loading {source.url}")
+            _name_in_place(e, source.url)
             raise
         raise named from e
+
+
+def _name_in_place(error: Exception, url: str) -> None:
+    """Name ``url`` in an exception whose type cannot be rebuilt from a message: a note where
+    Python has them (3.11+), else in the field its message is made of."""
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(f"while loading {url}")
+    elif isinstance(error, UnicodeError) and isinstance(getattr(error, "reason", None), str):
+        error.reason = f"{error.reason} (while loading {url})"  # type: ignore[attr-defined]
+    elif error.args and isinstance(error.args[0], str):
+        error.args = (f"{url}: {error.args[0]}", *error.args[1:])
 
 
 def _load_minibatch(source: Source, verify: bool, mmap: bool = True) -> Minibatch:

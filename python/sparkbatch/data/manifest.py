@@ -9,9 +9,11 @@ example counts), refuse an incomplete export, and list other directories.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import json
+import os
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -21,6 +23,7 @@ from sparkbatch.data.format import FORMAT_NAME, FORMAT_VERSION, SUFFIX
 from sparkbatch.errors import FormatError, IncompleteExportError
 from sparkbatch.storage import (
     exists,
+    is_local,
     join,
     list_files,
     list_tree,
@@ -101,10 +104,9 @@ def read_manifest(
 ) -> dict[str, Any] | None:
     """The manifest of ``directory``, or None when it has none."""
     url = join(directory, MANIFEST_NAME)
-    options = dict(storage_options or {})
-    if not exists(url, storage_options=options):
+    manifest = _read_json(url, dict(storage_options or {}), "the manifest")
+    if manifest is None:
         return None
-    manifest = _read_json(url, options, "the manifest")
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, list):
         raise FormatError(f'{url}: expected an object with a "files" list, found {manifest!r:.80}')
@@ -136,12 +138,18 @@ def read_manifest(
 def part_pattern(prefix: str) -> str:
     """The regular expression of ``{prefix}_{index:06d}.safetensors``, the names of
     :func:`~sparkbatch.data.export_datasets`."""
-    return re.escape(prefix) + r"_\d{6}" + re.escape(SUFFIX)
+    return re.escape(prefix) + r"_\d{6,}" + re.escape(SUFFIX)
 
 
 def _read_json(url: str, options: dict[str, Any], what: str) -> Any:
+    """The JSON document at ``url``, or None where there is none: one GET, no existence check
+    first (a HEAD more per read on object stores, and a race with the writer)."""
     try:
-        return json.loads(read_bytes(url, storage_options=options))
+        data = read_bytes(url, storage_options=options)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{url}: {what} is not valid JSON ({e})") from None
 
@@ -151,14 +159,14 @@ def read_marker(
 ) -> dict[str, Any] | None:
     """The ``_in_progress.json`` marker of ``directory`` (an export that has not committed), or
     None. An unreadable marker reads as ``{}``: still a marker."""
-    options = dict(storage_options or {})
-    url = join(directory, PENDING_NAME)
-    if not exists(url, storage_options=options):
-        return None
     try:
-        marker = _read_json(url, options, "the export marker")
-    except (FormatError, FileNotFoundError):
+        marker = _read_json(
+            join(directory, PENDING_NAME), dict(storage_options or {}), "the export marker"
+        )
+    except FormatError:
         return {}
+    if marker is None:
+        return None
     return marker if isinstance(marker, dict) else {}
 
 
@@ -267,17 +275,21 @@ def _previous_export(
                 directory,
             )
         return []
+    # What the earlier export wrote: the files its manifest lists, and for an incomplete one
+    # the names its marker gives (an unreadable marker: this export's own names).
     listed: set[str] = set()
+    patterns: list[Any] = []
     if has_manifest:
         manifest = read_manifest(directory, storage_options=options) or {"files": []}
         listed = {entry["path"].strip("/") for entry in manifest["files"]}
-    patterns = [names] if (has_manifest or marker is not None) else []
-    if marker:
-        patterns.append(marker.get("names"))
+        patterns.append(manifest.get("names"))  # for its temporaries only (below)
+    if marker is not None:
+        patterns.append(marker.get("names", names))
+    unlisted = patterns[1:] if has_manifest else patterns
     ours = [
         url
         for url in minibatches
-        if relative[url] in listed or any(_matches(p, relative[url]) for p in patterns)
+        if relative[url] in listed or any(_matches(p, relative[url]) for p in unlisted)
     ]
     others = sorted(set(minibatches) - set(ours))
     if others:
@@ -315,13 +327,27 @@ def commit_export(
         masked sequence); the export stays incomplete.
     """
     check_shapes(entries, directory)
+    marker = read_marker(directory, storage_options=storage_options) or {}
+    names = marker.get("names")
     url = write_manifest(
-        directory, entries, storage_options=storage_options, export_id=export_id, **extra
+        directory,
+        entries,
+        storage_options=storage_options,
+        export_id=export_id,
+        names=names,
+        **extra,
     )
-    marker = read_marker(directory, storage_options=storage_options)
-    if marker is not None and marker.get("export_id") == export_id:
-        fs, path = resolve(join(directory, PENDING_NAME), dict(storage_options or {}))
-        fs.rm(path)
+    options = dict(storage_options or {})
+    fs, root = resolve(directory, options)
+    if is_local(fs) and isinstance(names, str):  # only local writers leave temporaries
+        with os.scandir(root) as found:
+            for entry in found:
+                target = temporary_target(entry.name)
+                if target and _matches(names, target):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+    if marker.get("export_id") == export_id:
+        fs.rm(resolve(join(directory, PENDING_NAME), options)[1])
     return url
 
 
@@ -403,6 +429,8 @@ def minibatch_files(
         return [join(directory, entry["path"]) for entry in manifest["files"]]
     tree = list_tree(directory, storage_options=options)
     for rel, _ in tree:
+        if rel == PENDING_NAME:  # an export began here since the check above
+            raise _incomplete(directory, read_marker(directory, storage_options=options) or {})
         if rel.endswith("/" + PENDING_NAME):  # an export in a subdirectory
             sub = join(directory, rel.rsplit("/", 1)[0])
             check_complete(

@@ -23,7 +23,9 @@ _TRACEBACK = "Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"(?P<name>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?")
 # where the JVM's text resumes after the Python traceback it quotes
 # str(OSError(errno, reason, filename)): "[Errno 2] reason: 'filename'" (filename optional)
-_OS_ERROR = re.compile(r"\[Errno (?P<errno>-?\d+)\] (?P<reason>.*?)(?:: '(?P<filename>[^']*)')?")
+_OS_ERROR = re.compile(
+    r"\[Errno (?P<errno>-?\d+)\] (?P<reason>.*?)(?:: (?P<q>['\"])(?P<filename>.*)(?P=q))?"
+)
 _JVM_TRAILER = re.compile(r"\n(?:\s*SQLSTATE: |\tat |Driver stacktrace:)")
 _WHERE = "(raised in a Spark task; PySpark's exception is chained as the cause)"
 
@@ -82,26 +84,29 @@ def from_executor(error: BaseException) -> BaseException | None:
         if cls is None:
             return None
         message = "\n".join([found["message"] or "", *lines[i + 1 :]]).rstrip()
+        if issubclass(cls, OSError):
+            rebuilt_os = _os_error(cls, message)
+            if rebuilt_os is not None:
+                return rebuilt_os
         try:
-            rebuilt = cls(f"{message}\n{_WHERE}" if message else _WHERE)
+            return cls(f"{message}\n{_WHERE}" if message else _WHERE)
         except TypeError:  # a class whose constructor needs more than a message
             return None
-        if isinstance(rebuilt, OSError):
-            _restore_os_fields(rebuilt, message)
-        return rebuilt
     return None
 
 
-def _restore_os_fields(error: OSError, message: str) -> None:
-    """Set ``errno``, ``strerror`` and ``filename`` of a rebuilt OSError from its text
-    (``"[Errno 16] reason: 'name'"``), so that handlers testing ``e.errno`` keep working."""
-    found = _OS_ERROR.fullmatch(message.split("\n", 1)[0])
+def _os_error(cls: type[OSError], message: str) -> OSError | None:
+    """An OSError rebuilt with its ``errno``, ``strerror`` and ``filename`` from its text
+    (``"[Errno 16] reason: 'name'"``), so that handlers testing ``e.errno`` keep working; the
+    where-line goes into ``strerror``, since ``str()`` of such an error shows only its fields."""
+    first, _, rest = message.partition("\n")
+    found = _OS_ERROR.fullmatch(first)
     if found is None:
-        return
-    error.errno = int(found["errno"])
-    error.strerror = found["reason"]
-    if found["filename"] is not None:
-        error.filename = found["filename"]
+        return None
+    reason = "\n".join(filter(None, [found["reason"], rest])) + " " + _WHERE
+    if found["filename"] is None:
+        return cls(int(found["errno"]), reason)
+    return cls(int(found["errno"]), reason, found["filename"])
 
 
 @contextlib.contextmanager

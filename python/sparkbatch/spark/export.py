@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
+from sparkbatch._arguments import check_int
 from sparkbatch.data import SUFFIX, DataSet, MultiDataSet, save
 from sparkbatch.data.manifest import (
     begin_export,
@@ -129,9 +130,7 @@ class BatchAndExport:
         storage_options: Mapping[str, Any] | None = None,
         with_details: bool = False,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = check_int("batch_size", batch_size)
         self.path = os.fspath(path)
         self.compact_labels = compact_labels
         self.storage_options = dict(storage_options or {})

@@ -55,7 +55,7 @@ __all__ = [
 _HIDDEN_PREFIXES = (".", "_")
 _TEMP_SUFFIX = ".tmp"
 _OVERWRITE_HINT = " (pass overwrite=True to replace it)"
-_TEMP_NAME_CHARS = 40  # keeps ".{name}.{hex}.tmp" well under the 255-byte name limit
+_TEMP_NAME_BYTES = 200  # keeps ".{name}.{hex}.tmp" under the 255-byte name limit
 
 
 def _to_str(url: str | os.PathLike[str], argument: str = "url") -> str:
@@ -161,15 +161,16 @@ def join(url: str | os.PathLike[str], *parts: str | os.PathLike[str]) -> str:
 
 
 def _temp_name(name: str) -> str:
-    return f".{name[:_TEMP_NAME_CHARS]}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+    kept = name.encode()[:_TEMP_NAME_BYTES].decode(errors="ignore")
+    return f".{kept}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
 
 
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}" + re.escape(_TEMP_SUFFIX))
 
 
 def temporary_target(name: str) -> str | None:
-    """The file name a temporary file of an atomic write was for (its first 40 characters),
-    or None if ``name`` is not such a temporary; for tidying up after killed writers.
+    """The file name a temporary file of an atomic write was for (its first 200 bytes), or
+    None if ``name`` is not such a temporary; for tidying up after killed writers.
 
     Examples
     --------
