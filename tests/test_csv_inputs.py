@@ -5,17 +5,23 @@ and files that are not what they seem. On Spark (``csv_to_datasets``) and on one
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
+import io
 import lzma
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from sparkbatch import DataSet
 from sparkbatch.convert import LabelSpec
 from sparkbatch.errors import CsvError
 from sparkbatch.records import CSVRecordReader
+from sparkbatch.records.csv_files import decompression_error
 from sparkbatch.records.csv_parser import CsvOptions
 from sparkbatch.spark import RangesToDataSets, csv_to_datasets
 from sparkbatch.storage import LineRange
@@ -244,6 +250,101 @@ def test_a_truncated_compressed_file_is_named(sc, good_dir):
         csv_to_datasets(str(good_dir / "t.csv.gz"), sc=sc, **ARGS).count()
     with pytest.raises(CsvError, match=expected.replace(":", ", near line [0-9]+:")):
         list(CSVRecordReader().initialize(good_dir / "t.csv.gz"))
+
+
+class _FailingFile(io.RawIOBase):
+    """A local file whose reads fail, as an object store's do, once one would pass ``good``
+    bytes in all."""
+
+    def __init__(self, f, error: OSError, good: int) -> None:
+        self.f, self.error, self.left = f, error, good
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > self.left:
+            raise self.error
+        data = self.f.read(size)
+        self.left -= len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+STORAGE_ERRORS = {  # as s3fs raises them: no errno
+    "missing": lambda path: FileNotFoundError(path),
+    "denied": lambda path: PermissionError(f"Access Denied: {path}"),
+    "reset": lambda path: OSError(errno.ECONNRESET, "Connection reset by peer", path),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STORAGE_ERRORS))
+@pytest.mark.parametrize("name", ["a.csv", "a.csv.gz", "a.csv.bz2"])
+@pytest.mark.parametrize("good", [0, 3000])
+def test_a_storage_error_stays_an_oserror_naming_the_file(monkeypatch, tmp_path, kind, name, good):
+    """Only corrupt compressed data is a CsvError; a failed read is the OSError it was."""
+    rows = "".join(f"{k},2,3,4,5,{k % N_CLASSES}\n" for k in range(2000)).encode()
+    compress = {"a.csv": bytes, "a.csv.gz": gzip.compress, "a.csv.bz2": bz2.compress}[name]
+    path = tmp_path / name
+    path.write_bytes(compress(rows))
+    error = STORAGE_ERRORS[kind](str(path))
+    opened = LocalFileSystem._open
+
+    def failing_open(self, p, *args, **kwargs):
+        return _FailingFile(opened(self, p, *args, **kwargs), error, good)
+
+    monkeypatch.setattr(LocalFileSystem, "_open", failing_open)
+    with pytest.raises(OSError) as excinfo:
+        list(CSVRecordReader().initialize(path))
+    assert excinfo.value is error and str(path) in str(excinfo.value)
+    size = path.stat().st_size
+    compression = None if name == "a.csv" else name.rsplit(".", 1)[1].replace("gz", "gzip")
+    function = RangesToDataSets(LabelSpec(-1, N_CLASSES), CsvOptions(), 32, None)
+    with pytest.raises(OSError) as excinfo:
+        list(function([LineRange(str(path), 0, size, size, compression)]))
+    assert excinfo.value is error and str(path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EOFError("Compressed file ended before the end-of-stream marker was reached"),
+        OSError("Invalid data stream"),  # bz2
+        gzip.BadGzipFile("Not a gzipped file (b'ab')"),
+        lzma.LZMAError("Input format not supported by decoder"),
+        zlib.error("Error -3 while decompressing data: invalid block type"),
+        zipfile.BadZipFile("File is not a zip file"),
+    ],
+)
+def test_only_corrupt_compressed_data_is_a_csv_error(error):
+    found = decompression_error("s3://b/a.csv.gz", error, line=3)
+    assert isinstance(found, CsvError) and found.source == "s3://b/a.csv.gz"
+    assert "s3://b/a.csv.gz, near line 3: expected complete compressed data" in str(found)
+    assert decompression_error("s3://b/a.csv", error) is None  # not compressed: not corruption
+    for other in (
+        FileNotFoundError("s3://b/a.csv.gz"),
+        PermissionError("Access Denied"),
+        OSError(errno.EIO, "Input/output error", "s3://b/a.csv.gz"),
+        ValueError("I/O operation on closed file"),
+    ):
+        assert decompression_error("s3://b/a.csv.gz", other) is None, other
 
 
 @pytest.mark.spark

@@ -11,11 +11,13 @@ file and what it holds. A UTF-8 byte order mark is valid CSV: readers drop it.
 from __future__ import annotations
 
 import codecs
+import gzip
 import lzma
 import os
+import zipfile
 import zlib
 
-from fsspec.utils import compressions
+from fsspec.utils import compressions, infer_compression
 
 from sparkbatch.errors import CsvError
 
@@ -126,18 +128,21 @@ def _binary(head: bytes) -> str | None:
 def decompression_error(
     source: str, error: BaseException, line: int | None = None
 ) -> CsvError | None:
-    """The :class:`CsvError` for ``error``, raised while a compressed file was read, if it says
-    that the data is corrupt or truncated (None for other errors, such as a failed read).
+    """The :class:`CsvError` for ``error``, raised while ``source`` was read, if ``source`` is
+    a compressed file (by its name) and ``error`` says that its data is corrupt or truncated;
+    None for every other error, such as a missing file or a failed read, which must reach the
+    caller as it is.
 
     Examples
     --------
     >>> print(decompression_error("a.csv.gz", EOFError("Compressed file ended before the end")))
     a.csv.gz: expected complete compressed data, found a corrupt or truncated file (EOFError: ...
+    >>> decompression_error("a.csv.gz", FileNotFoundError("a.csv.gz")) is None
+    True
+    >>> decompression_error("a.csv", EOFError("ended early")) is None
+    True
     """
-    # gzip.BadGzipFile and bz2's "Invalid data stream" are OSErrors without an errno; a truncated
-    # stream is an EOFError
-    corrupt = (EOFError, zlib.error, lzma.LZMAError)
-    if not isinstance(error, corrupt) and not (isinstance(error, OSError) and error.errno is None):
+    if infer_compression(source) is None or not _corrupt(error):
         return None
     where = source if line is None else f"{source}, near line {line}"
     found = f"{type(error).__name__}: {error}"
@@ -148,6 +153,16 @@ def decompression_error(
         text=found,
         expected="complete compressed data",
     )
+
+
+def _corrupt(error: BaseException) -> bool:
+    """Whether ``error`` is what a decompressor raises for corrupt or truncated data."""
+    # bz2's "Invalid data stream" is a plain OSError without an errno; a storage failure is a
+    # subclass (FileNotFoundError, PermissionError, ...) or has an errno, and is never this
+    if type(error) is OSError:
+        return error.errno is None
+    corrupt = (gzip.BadGzipFile, EOFError, lzma.LZMAError, zlib.error, zipfile.BadZipFile)
+    return isinstance(error, corrupt)
 
 
 def check_head(source: str, head: bytes) -> None:
