@@ -231,23 +231,67 @@ def test_a_loader_error_that_cannot_take_a_message_gets_a_note_naming_the_file()
 # --- what a fit leaves behind in the driver ------------------------------------------------------
 
 
-def _driver_resources() -> dict[str, object]:
-    fds = {}
+def _listening_ports() -> set[int]:
+    """The TCP ports this process listens on (its sockets in LISTEN state, from /proc)."""
+    inodes = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
-            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass  # the listing's own descriptor, gone
+            continue  # the listing's own descriptor, gone
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _driver_resources(servers: list) -> dict[str, object]:
+    """What the socket exchange creates in the driver, and must not leave behind: its threads
+    (all named sparkbatch-...), its listening sockets and socket pairs, sparkbatch shared
+    memory and the export approach's temporary directories. Only these: py4j's connection
+    pool and Spark's own threads grow lazily, whatever sparkbatch does."""
+    ports = {server.address[1] for server in servers}
     shm = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
     return {
-        "sockets": sorted(target for target in fds.values() if target.startswith("socket:")),
-        "fds": len(fds),
-        "threads": sorted(t.name for t in threading.enumerate()),
+        "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("sparkbatch")),
+        "listening": sorted(_listening_ports() & ports),
+        "open sockets": sum(
+            sock.fileno() >= 0
+            for server in servers
+            for sock in (server._listener, server._wake_reader, server._wake_writer)
+        ),
+        "connections": sum(len(server._conns) for server in servers),
         "shared memory": sorted(n for n in shm if n.startswith("sparkbatch")),
         "temporary": sorted(
             n for n in os.listdir(tempfile.gettempdir()) if n.startswith("sparkbatch-export")
         ),
     }
+
+
+@pytest.fixture
+def exchange_servers(monkeypatch) -> list:
+    """Every AveragingServer started while the test runs."""
+    from sparkbatch.train.exchange import AveragingServer
+
+    servers: list = []
+    start = AveragingServer.__init__
+
+    def recording(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        servers.append(self)
+
+    monkeypatch.setattr(AveragingServer, "__init__", recording)
+    return servers
 
 
 class _FailingLoader:
@@ -257,18 +301,22 @@ class _FailingLoader:
 
 @pytest.mark.spark
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-def test_a_socket_fit_leaves_no_socket_thread_shared_memory_or_directory_behind(sc, tmp_path):
+def test_a_socket_fit_leaves_no_socket_thread_shared_memory_or_directory_behind(
+    sc, tmp_path, exchange_servers
+):
     files = _files(tmp_path, _data())
     rdd = sc.parallelize(_data().split(30), 2)
     master = _master("socket")
     SparkNetwork(sc, _network(), master).fit_paths(files)  # Spark's own start-up first
-    before = _driver_resources()
+    before = _driver_resources([])
     SparkNetwork(sc, _network(), master).fit_paths(files, epochs=2)
     SparkNetwork(sc, _network(), master).fit(rdd)  # the export approach's temporary files
-    assert _driver_resources() == before
+    assert len(exchange_servers) == 3
+    assert _driver_resources(exchange_servers) == before
     with pytest.raises(RuntimeError, match="injected failure"):
         SparkNetwork(sc, _network(), master).fit_paths(files, _FailingLoader())
     spoiled = sc.parallelize(_spoil(_data(), 3, "features", np.nan).split(30), 2)
     with pytest.raises(NonFiniteError):
         SparkNetwork(sc, _network(), master).fit(spoiled)
-    assert _driver_resources() == before
+    assert len(exchange_servers) == 5
+    assert _driver_resources(exchange_servers) == before
