@@ -157,17 +157,30 @@ def test_training_whose_python_worker_is_killed_fits_every_example_once_per_epoc
     assert killed_run.model.iteration == clean_run.model.iteration == 2 * 12
 
 
-# --- A single-machine export killed in the middle of writing a file ----------------------------
+# --- A single-machine export killed with a file written but not yet committed ------------------
 
 _WRITER = """
+import os
+import signal
 import sys
 import numpy as np
 from sparkbatch.data import DataSet, export_datasets
+from sparkbatch.storage import paths
+
+commit = paths._commit_local
+
+def killed_at_the_fourth(tmp, target, overwrite, url):
+    # The real writer wrote the fourth minibatch's temporary; die as it would be committed.
+    if os.path.basename(target).startswith("dataset_000003"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    commit(tmp, target, overwrite, url)
+
+paths._commit_local = killed_at_the_fourth
 
 def minibatches():
-    for i in range(6):  # 32 MiB each, so that a file takes a while to write
-        ids = np.full((1 << 21, 4), i, np.float32)
-        yield DataSet(ids, np.ones((1 << 21, 1), np.float32))
+    for i in range(6):
+        ids = np.full((1024, 4), i, np.float32)
+        yield DataSet(ids, np.ones((1024, 1), np.float32))
 
 export_datasets(minibatches(), sys.argv[1])
 """
@@ -177,34 +190,20 @@ def test_a_single_machine_export_killed_mid_file_leaves_no_file_a_reader_takes(t
     import signal
     import subprocess
     import sys
-    import time
 
     from sparkbatch.errors import IncompleteExportError
 
     out = tmp_path / "export"
-    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)])
-    seen: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and child.poll() is None:
-            # the temporary file of the fourth minibatch: kill the writer while it writes it
-            names = os.listdir(out) if out.exists() else []
-            if any(n.startswith(".dataset_000003") for n in names):
-                child.send_signal(signal.SIGKILL)
-                seen = names
-                break
-            time.sleep(0.0005)
-    finally:
-        if child.poll() is None and not seen:
-            child.kill()
-        child.wait(timeout=60)
-    assert child.returncode == -signal.SIGKILL and seen, "the writer was not caught mid-file"
+    # The writer kills itself (SIGKILL) when it is about to commit the fourth file: the moment
+    # of death is chosen, not raced for.
+    child = subprocess.run([sys.executable, "-c", _WRITER, str(out)], timeout=120)
+    assert child.returncode == -signal.SIGKILL, "the writer was not killed at the fourth file"
     left = sorted(os.listdir(out))
     assert "_in_progress.json" in left and "_manifest.json" not in left
     assert [n for n in left if n.endswith(".safetensors")] == [
         f"dataset_{i:06d}.safetensors" for i in range(3)
     ]
-    assert any(n.startswith(".dataset_000003") for n in left)  # the half-written temporary
+    assert any(n.startswith(".dataset_000003") for n in left)  # the uncommitted temporary
     for reader in (lambda: minibatch_files(str(out)), lambda: list(FileDataSetIterator(out))):
         with pytest.raises(IncompleteExportError, match=re.escape(str(out))):
             reader()
