@@ -179,6 +179,35 @@ def test_closing_the_server_ends_its_threads_and_closes_its_sockets():
     server.close()  # twice is harmless
 
 
+def test_a_server_whose_sockets_are_past_descriptor_1024_still_accepts():
+    # select.select refuses descriptors of 1024 and more: the accepting thread died on them.
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"at most {hard} open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    filler = []
+    try:
+        while not filler or filler[-1] < 1024:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        server, params, _ = _server(workers=1, rounds=1)
+        try:
+            assert server._listener.fileno() >= 1024
+            w0, start, _ = _connect(server, 0)
+            assert start["round"] == 0
+            _result(w0, 0, [2, 2, 2, 2])
+            header, _, _ = recv_message(w0)
+            assert header["round"] == 1
+            np.testing.assert_array_equal(params, [2, 2, 2, 2])
+        finally:
+            server.close()
+        assert _exchange_threads() == []
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_a_workers_error_stops_every_worker_and_is_kept_for_the_driver():
     server, _, applied = _server(workers=2, rounds=3)
     try:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -201,24 +201,35 @@ class AveragingServer:
     # -- connections -------------------------------------------------------------------------
 
     def _accept(self) -> None:
-        while True:
-            ready, _, _ = select.select([self._listener, self._wake_reader], [], [])
-            if self._wake_reader in ready:
-                return
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:  # the client gave up before it was accepted
-                continue
-            thread = threading.Thread(
-                target=self._serve, args=(conn,), name="sparkbatch-exchange-worker", daemon=True
-            )
-            with self._cond:
-                if self._closed:
-                    conn.close()
+        # A selector, not select.select: that fails once a descriptor is 1024 or more (a
+        # driver with many open files), which would end this thread and hang every worker.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self._wake_reader in ready:
                     return
-                self._conns.add(conn)
-                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            thread.start()
+                if self._listener in ready and not self._accept_one():
+                    return
+
+    def _accept_one(self) -> bool:
+        """Accept one connection and start its thread; False once the server is closed."""
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:  # the client gave up before it was accepted
+            return True
+        thread = threading.Thread(
+            target=self._serve, args=(conn,), name="sparkbatch-exchange-worker", daemon=True
+        )
+        with self._cond:
+            if self._closed:
+                conn.close()
+                return False
+            self._conns.add(conn)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+        return True
 
     def _stop(self, error: BaseException) -> None:
         """Keep ``error`` for the driver and tell every worker to stop (lock held)."""
