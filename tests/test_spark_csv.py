@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from sparkbatch import DataSet
-from sparkbatch.spark import csv_to_datasets, dataframe_to_datasets
+from sparkbatch.convert import LabelSpec
+from sparkbatch.convert.table import batches
+from sparkbatch.records.csv_parser import CsvOptions
+from sparkbatch.spark import (
+    ArrowToMinibatches,
+    LinesToDataSets,
+    RangesToDataSets,
+    csv_to_datasets,
+    dataframe_to_datasets,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -264,3 +273,53 @@ def test_on_disk_bytes_are_never_collected_to_the_driver(sc, tmp_path):
     out = csv_to_datasets(path, label_index=5, num_classes=N_CLASSES, split_size=200, sc=sc)
     described = out.toDebugString().decode()
     assert "ParallelCollectionRDD" in described and "HadoopRDD" not in described
+
+
+# -- integer arguments are checked at the call, not in the tasks --------------------------------
+
+BAD_INTS = [
+    (2.5, TypeError, "batch_size must be an int, got float 2.5"),
+    (True, TypeError, "batch_size must be an int, got bool True"),
+    ("8", TypeError, "batch_size must be an int, got str '8'"),
+    (0, ValueError, "batch_size must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("value", "error", "message"), BAD_INTS)
+def test_a_bad_batch_size_fails_at_the_call(tmp_path, value, error, message):
+    path = tmp_path / "a.csv"
+    path.write_text("1,2,0\n")
+    spec = LabelSpec(-1, 3)
+    calls = [
+        lambda: csv_to_datasets(str(path), label_index=-1, num_classes=3, batch_size=value),
+        lambda: dataframe_to_datasets(None, ["x"], "y", num_classes=3, batch_size=value),
+        lambda: ArrowToMinibatches(["x", "y"], spec, value),
+        lambda: RangesToDataSets(spec, CsvOptions(), value, None),
+        lambda: LinesToDataSets(spec, CsvOptions(), value, None),
+        lambda: batches(DataSet(np.zeros((3, 2), np.float32)), value),
+    ]
+    for call in calls:
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"skip_lines": 1.0}, TypeError, "skip_lines must be an int, got float 1.0"),
+        ({"skip_lines": -1}, ValueError, "skip_lines must be >= 0, got -1"),
+        ({"split_size": 2.5}, TypeError, "split_size must be an int, got float 2.5"),
+        ({"split_size": 0}, ValueError, "split_size must be >= 1, got 0"),
+        ({"label_index": -1.0}, TypeError, "label_index must be an int, got float -1.0"),
+        ({"num_classes": 3.0}, TypeError, "num_classes must be an int, got float 3.0"),
+        ({"num_classes": True}, TypeError, "num_classes must be an int, got bool True"),
+    ],
+)
+def test_other_bad_integers_fail_at_the_call(tmp_path, kwargs, error, message):
+    path = tmp_path / "a.csv"
+    path.write_text("1,2,0\n")
+    with pytest.raises(error, match=message):
+        csv_to_datasets(str(path), **{"label_index": -1, "num_classes": 3, **kwargs})
+    if "num_classes" in kwargs:
+        with pytest.raises(error, match=message):
+            dataframe_to_datasets(None, ["x"], "y", **kwargs)

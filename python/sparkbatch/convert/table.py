@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparkbatch import _native
+from sparkbatch._arguments import check_int
 from sparkbatch.data import DataSet
 
 __all__ = ["LabelSpec", "split_table", "batches"]
@@ -43,6 +44,10 @@ class LabelSpec:
     regression: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("label_index", "num_classes", "label_first", "label_last"):
+            value = getattr(self, name)
+            if value is not None:  # a float would pass here and fail on every row later
+                object.__setattr__(self, name, check_int(name, value, minimum=None))
         ranged = self.label_first is not None or self.label_last is not None
         if self.regression:
             if self.label_index is not None and ranged:
@@ -129,7 +134,8 @@ def split_table(values: np.ndarray, spec: LabelSpec) -> DataSet:
 
 
 def batches(ds: DataSet, batch_size: int) -> Iterator[DataSet]:
-    """The consecutive minibatches of ``batch_size`` examples of ``ds`` (the last smaller)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    yield from ds.split(batch_size)
+    """The consecutive minibatches of ``batch_size`` examples of ``ds`` (the last smaller).
+
+    ``batch_size`` is checked at the call (TypeError unless an int, ValueError below 1).
+    """
+    return iter(ds.split(check_int("batch_size", batch_size)))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fsspec.utils import infer_compression
 
+from sparkbatch._arguments import check_int, check_optional_int
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
 from sparkbatch.errors import CsvError
@@ -107,11 +108,9 @@ class _CsvToDataSets:
         skipped: Accumulator[int] | None,
         table: _Table | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.spec = spec
         self.options = options
-        self.batch_size = batch_size
+        self.batch_size = check_int("batch_size", batch_size)
         self.skipped = skipped
         self.table = table
 
@@ -463,6 +462,10 @@ def csv_to_datasets(
     >>> rdd.first().features.shape  # doctest: +SKIP
     (32, 5)
     """
+    # integers are checked here: a float would pass and fail in every task
+    batch_size = check_int("batch_size", batch_size)
+    skip_lines = check_int("skip_lines", skip_lines, minimum=0)
+    split_size = check_optional_int("split_size", split_size)
     spec = LabelSpec(label_index, num_classes, label_first, label_last, regression)
     options = CsvOptions(delimiter, quote, skip_lines, on_error)
     rdd_input = hasattr(source, "mapPartitionsWithIndex")

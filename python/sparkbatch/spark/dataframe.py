@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sparkbatch._arguments import check_int
 from sparkbatch.convert.table import LabelSpec, split_table
 from sparkbatch.data import DataSet, from_bytes, to_bytes
 from sparkbatch.errors import SparkbatchError
@@ -32,11 +33,9 @@ class ArrowToMinibatches:
     """The ``mapInArrow`` function: record batches in, one binary minibatch per row out."""
 
     def __init__(self, columns: Sequence[str], spec: LabelSpec, batch_size: int) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.columns = list(columns)
         self.spec = spec
-        self.batch_size = batch_size
+        self.batch_size = check_int("batch_size", batch_size)
 
     def _table(self, batch: Any) -> np.ndarray:
         table = np.empty((batch.num_rows, len(self.columns)), np.float32)
@@ -128,6 +127,9 @@ def dataframe_to_datasets(
     """
     from pyspark.sql import functions as F
 
+    batch_size = check_int("batch_size", batch_size)  # here, not in the tasks
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes)
     labels = [] if label is None else [label] if isinstance(label, str) else list(label)
     if not features:
         raise ValueError("features must name at least one column")
