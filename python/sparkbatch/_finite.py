@@ -14,6 +14,7 @@ check is one vectorised native pass (``_native.first_non_finite``) over one cont
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -145,3 +146,20 @@ def with_context(
     if isinstance(error, NonFiniteError):
         return non_finite_data(where, detail, option or error.option)  # type: ignore[attr-defined]
     return diverged(where, detail, kept or _KEPT_STEP)
+
+
+def check_params(
+    params: Any,
+    where: str,
+    what: str,
+    kept: str,
+    describe: Callable[[int], str] | None = None,
+) -> None:
+    """DivergenceError (:func:`diverged`) unless every value of ``params`` is finite (an update,
+    or a sum of workers' parameters, can overflow): ``where`` names the place, ``what`` the
+    values with their verb ("the parameters hold"), ``describe`` a flat index in words
+    (default "index N"), ``kept`` which parameters the model keeps."""
+    bad = first_non_finite(params)
+    if bad >= 0:
+        at = describe(bad) if describe is not None else f"index {bad}"
+        raise diverged(where, f"{what} {value_at(params, bad)} at {at}", kept)

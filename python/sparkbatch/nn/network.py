@@ -41,6 +41,7 @@ from .. import _native
 from .._arguments import check_int, check_optional_int
 from .._finite import (
     check_mode,
+    check_params,
     diverged,
     first_non_finite,
     non_finite_data,
@@ -463,14 +464,13 @@ class Network:
 
     def _check_params(self, where: str) -> None:
         """DivergenceError unless every parameter is finite (an update can overflow them)."""
-        params = self.params()
-        bad = first_non_finite(params)
-        if bad >= 0:
-            raise diverged(
-                f"{where} (iteration {self.iteration})",
-                f"the parameters hold {value_at(params, bad)} at {self._describe_param(bad)}",
-                kept="the model's parameters are as that update left them",
-            )
+        check_params(
+            self.params(),
+            f"{where} (iteration {self.iteration})",
+            "the parameters hold",
+            "the model's parameters are as that update left them",
+            self._describe_param,
+        )
 
     # -- inference ---------------------------------------------------------------------------
 

@@ -346,7 +346,7 @@ def _worker_error(message: dict[str, Any]) -> Exception:
 def _result_of(message: dict[str, Any], arrays: list[np.ndarray]) -> RoundResult | None:
     skipped = int(message.get("skipped", 0))
     if int(message["batches"]) == 0:  # a worker without data does not count in the average
-        return RoundResult(None, None, 0.0, 0, 0, 0, 0, skipped=skipped) if skipped else None
+        return RoundResult.nothing_fitted(skipped=skipped) if skipped else None
     return RoundResult(
         params=arrays[0],
         state=arrays[1] if len(arrays) > 1 else None,

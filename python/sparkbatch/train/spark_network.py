@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _native
 from .._arguments import check_int
-from .._finite import diverged, first_non_finite
+from .._finite import check_params
 from ..data import SerializedDataSetLoader, SerializedMultiDataSetLoader
 from ..data.manifest import minibatch_files
 from ..evaluation import Evaluation, RegressionEvaluation
@@ -376,14 +376,12 @@ class SparkNetwork:
         if result.params is None:  # every worker skipped all its minibatches: no average
             log.warning("%s: nothing fitted, %d minibatches skipped", label, result.skipped)
             return
-        bad = first_non_finite(result.params)
-        if bad >= 0:
-            value = repr(float(result.params[bad]))
-            raise diverged(
-                f"round {self._round} (epoch {epoch}; {label} of this fit)",
-                f"the sum of the {result.workers} workers' parameters holds {value} at index {bad}",
-                "the model keeps its parameters of before this round",
-            )
+        check_params(
+            result.params,
+            f"round {self._round} (epoch {epoch}; {label} of this fit)",
+            f"the sum of the {result.workers} workers' parameters holds",
+            "the model keeps its parameters of before this round",
+        )
         # A CPU network's buffers take the average directly; any other Model (a GPU network's
         # params() is a host copy) gets it averaged in place into the sum, then set.
         own = _own_buffers(model, m.save_updater)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .. import _native
-from .._finite import diverged, first_non_finite, non_finite_data, non_finite_in, with_context
+from .._finite import check_params, diverged, non_finite_data, non_finite_in, with_context
 from ..data import DataSet, MultiDataSet, Source
 from ..data._prefetch import prefetched
 from ..data.loaders import _load_minibatch, load_named
@@ -120,6 +120,12 @@ class RoundResult:
     #: A worker's NonFiniteError or DivergenceError (NOTE [deterministic errors]); the driver
     #: raises the first one that reaches it.
     error: Exception | None = None
+
+    @classmethod
+    def nothing_fitted(cls, *, skipped: int = 0, error: Exception | None = None) -> RoundResult:
+        """A worker's result without parameters: the minibatches it ``skipped`` only, or its
+        ``error``."""
+        return cls(None, None, 0.0, 0, 0, 0, 0, skipped=skipped, error=error)
 
 
 def combine(a: RoundResult | None, b: RoundResult | None) -> RoundResult | None:
@@ -257,6 +263,25 @@ class WorkerSetup:
         with np.errstate(over="ignore", invalid="ignore"):
             return self._fit_steps(model, step, items, context)
 
+    def fit_round(self, model: Any, items: Iterable[Any], context: str, *, copy: bool) -> Fitted:
+        """:meth:`fit`, then the worker's parameters checked (a copy of them with ``copy``);
+        a NonFiniteError or DivergenceError comes back in :attr:`Fitted.error` (NOTE
+        [deterministic errors]), not raised."""
+        try:
+            score_sum, batches, examples, skipped = self.fit(model, items, context)
+            params = None
+            if batches:
+                params = np.array(model.params(), copy=True) if copy else model.params()
+                check_params(
+                    params,
+                    f"{context}, after its {batches} minibatches",
+                    "its parameters hold",
+                    _KEPT,
+                )
+        except (NonFiniteError, DivergenceError) as e:
+            return Fitted(0.0, 0, 0, 0, None, error=e)
+        return Fitted(score_sum, batches, examples, skipped, params)
+
     def _fit_steps(
         self, model: Any, step: Any, items: Iterable[Any], context: str
     ) -> tuple[float, int, int, int]:
@@ -292,15 +317,19 @@ class WorkerSetup:
 _KEPT = "the driver's model keeps its parameters of before this round"
 
 
-def _check_result(params: np.ndarray, context: str, batches: int) -> None:
-    """DivergenceError unless a worker's parameters after its round are all finite."""
-    bad = first_non_finite(params)
-    if bad >= 0:
-        raise diverged(
-            f"{context}, after its {batches} minibatches",
-            f"its parameters hold {repr(float(params.reshape(-1)[bad]))} at index {bad}",
-            _KEPT,
-        )
+@dataclass
+class Fitted:
+    """One worker's round (:meth:`WorkerSetup.fit_round`): the sum of its minibatches' scores,
+    their count, their examples, the minibatches skipped, and its parameters (None: nothing
+    fitted), or the error that ended it."""
+
+    score_sum: float
+    batches: int
+    examples: int
+    skipped: int
+    params: np.ndarray | None
+    #: A NonFiniteError or DivergenceError (NOTE [deterministic errors]); the rest is then empty.
+    error: Exception | None = None
 
 
 class FitRound:
@@ -333,19 +362,16 @@ class FitRound:
         _start_round(model, weights, weights["params"], weights["state"], setup.save_updater, index)
         fit_start = time.time()
         context = f"round {self.round_index} (epoch {weights['epoch']}), {worker}"
-        try:
-            score_sum, batches, examples, skipped = setup.fit(model, items, context)
-            params = np.array(model.params(), copy=True) if batches else None
-            if params is not None:
-                _check_result(params, context, batches)
-        except (NonFiniteError, DivergenceError) as e:
+        fitted = setup.fit_round(model, items, context, copy=True)
+        if fitted.error is not None:
             # NOTE [deterministic errors]: the driver raises it, Spark does not retry it.
-            return iter([RoundResult(None, None, 0.0, 0, 0, 0, 0, error=e)])
+            return iter([RoundResult.nothing_fitted(error=fitted.error)])
         end = time.time()
+        params = fitted.params
         if params is None:
-            if not skipped:
+            if not fitted.skipped:
                 return iter(())
-            return iter([RoundResult(None, None, 0.0, 0, 0, 0, 0, skipped=skipped)])
+            return iter([RoundResult.nothing_fitted(skipped=fitted.skipped)])
         phases = []
         if setup.collect_stats:
             phases = [
@@ -355,13 +381,13 @@ class FitRound:
         result = RoundResult(
             params=params,
             state=np.array(model.updater_state(), copy=True) if setup.save_updater else None,
-            score_sum=score_sum,
-            batches=batches,
-            examples=examples,
+            score_sum=fitted.score_sum,
+            batches=fitted.batches,
+            examples=fitted.examples,
             workers=1,
-            max_batches=batches,
+            max_batches=fitted.batches,
             phases=phases,
-            skipped=skipped,
+            skipped=fitted.skipped,
         )
         return iter([result])
 
@@ -508,15 +534,14 @@ class FitRounds:
                 fit_start = time.time()
                 g = self.first_round + r
                 context = f"round {g} (epoch {header['epoch']}), {worker}"
-                try:
-                    score_sum, batches, examples, skipped = self.setup.fit(model, plan[r], context)
-                    params = model.params() if batches else None  # a GPU network's: a copy
-                    if params is not None:
-                        _check_result(params, context, batches)
-                except (NonFiniteError, DivergenceError) as e:
+                # A GPU network's params() is a copy already.
+                fitted = self.setup.fit_round(model, plan[r], context, copy=False)
+                if fitted.error is not None:
                     # NOTE [deterministic errors]: the driver stops the fit and raises it.
+                    e = fitted.error
                     send_message(sock, {"error": type(e).__name__, "message": str(e)})
                     return
+                params = fitted.params
                 end = time.time()
                 phases = []
                 if self.setup.collect_stats:
@@ -536,10 +561,10 @@ class FitRounds:
                         result = []
                 message = {
                     "round": r,
-                    "score_sum": score_sum,
-                    "batches": batches,
-                    "examples": examples,
-                    "skipped": skipped,
+                    "score_sum": fitted.score_sum,
+                    "batches": fitted.batches,
+                    "examples": fitted.examples,
+                    "skipped": fitted.skipped,
                     "fit_s": end - fit_start,
                     "broadcast_s": fit_start - received,
                     "phases": phases,
