@@ -285,6 +285,11 @@ class GpuState:
         ``x [rows, n_in]`` and ``y [rows, n_out]`` are host arrays of the network's dtype (as
         ``Network._arrays`` makes them) or DeviceBuffers of those shapes, used in place; ``w``
         is None or the host array of per-row loss weights.
+
+        The bare step, without the non-finite checks of ``Network.fit_batch`` (NOTE
+        [non-finite checks] in ``sparkbatch._finite``), which trains through
+        :meth:`compute_gradients`, :meth:`gradients_finite` and :meth:`update` instead; kept
+        for ``bench/gpu.py`` and ``tests/test_cuda.py``, which time and compare the step alone.
         """
         score = self.compute_gradients(x, y, w)
         self.update()
