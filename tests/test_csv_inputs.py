@@ -21,10 +21,10 @@ from sparkbatch import DataSet
 from sparkbatch.convert import LabelSpec
 from sparkbatch.errors import CsvError
 from sparkbatch.records import CSVRecordReader
-from sparkbatch.records.csv_files import decompression_error
+from sparkbatch.records.csv_files import UTF8_BOM, decompression_error
 from sparkbatch.records.csv_parser import CsvOptions
 from sparkbatch.spark import RangesToDataSets, csv_to_datasets
-from sparkbatch.storage import LineRange
+from sparkbatch.storage import LineRange, plan_line_ranges
 
 N_CLASSES = 10
 HEADER = "a,b,c,d,e,label"
@@ -391,3 +391,48 @@ def test_a_header_that_is_not_skipped_is_suggested(sc, good_dir):
         "a.csv, line 1, column 0: expected a number, found 'a' (a header line? pass skip_lines=1)"
         in str(excinfo.value)
     )
+
+
+def test_ranges_past_the_header_do_not_read_the_start_of_their_file(monkeypatch, tmp_path):
+    """NOTE [header ends]: the driver finds where the header lines end; later ranges of that
+    file read only themselves, those of other files still count the header lines."""
+    import sparkbatch.spark.csv as spark_csv
+
+    header = "a,b,c,d,e,label\n# a second header line\n"
+    rows = "".join(f"{k},2,3,4,5,{k % N_CLASSES}\n" for k in range(300))
+    paths = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    paths[0].write_bytes(UTF8_BOM + (header + rows).encode())
+    paths[1].write_text("x\n" * 2 + rows)
+    options = CsvOptions(skip_lines=2)
+    header_ends: dict[str, int] = {}
+    table = spark_csv._file_table([str(p) for p in paths], options, None, header_ends)
+    assert table is not None and table.columns == 6
+    assert header_ends == {str(paths[0]): len(UTF8_BOM) + len(header)}
+    counted = []
+    count = spark_csv.count_lines_before
+
+    def counting(url, *args, **kwargs):
+        counted.append(url)
+        return count(url, *args, **kwargs)
+
+    monkeypatch.setattr(spark_csv, "count_lines_before", counting)
+    function = RangesToDataSets(
+        LabelSpec(-1, N_CLASSES), options, 32, None, table, header_ends=header_ends
+    )
+    for path in paths:
+        ranges = plan_line_ranges([str(path)], 500)
+        assert len(ranges) > 3
+        out = DataSet.merge(list(function(ranges)))
+        assert out.features[:, 0].tolist() == list(range(300))
+    assert set(counted) == {str(paths[1])}  # only the file the driver did not read
+    # a header that reaches past a range's start still is one
+    header_ends[str(paths[0])] = 10**6
+    long = RangesToDataSets(
+        LabelSpec(-1, N_CLASSES), options, 32, None, table, header_ends=header_ends
+    )
+    out = DataSet.merge(list(long(plan_line_ranges([str(paths[0])], 500))))
+    assert out.features[:, 0].tolist() == list(range(300))
+    # without a table, each range takes the width of its own rows (a view past the BOM)
+    own = RangesToDataSets(LabelSpec(-1, N_CLASSES), options, 32, None)
+    out = DataSet.merge(list(own(plan_line_ranges([str(paths[0])], 1 << 20))))
+    assert out.features[:, 0].tolist() == list(range(300))

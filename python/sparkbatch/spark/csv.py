@@ -67,6 +67,12 @@ _MAX_HEAD = 1 << 28  # the driver reads at most this much of a file to find its 
 # start, so this rule is what keeps rows, values and skip counts the same for every split_size
 # (and every partitioning of an RDD). CSVRecordReader (one machine) reads quoted line breaks.
 #
+# NOTE [header ends]: a byte range that does not start a file must know how many of the file's
+# skip_lines header lines reach into it, which takes a read of the file's start
+# (count_lines_before). The driver reads the start of the first files anyway (for the width of
+# the table) and passes where their header lines end: ranges of those files that begin past
+# that offset skip the read. Ranges of other files still count, as their headers may differ.
+#
 # NOTE [foreign files]: the first HEAD_BYTES bytes of every file are checked once, where its
 # first range is read (and on the driver for the first file), for what is not CSV text
 # (sparkbatch.records.csv_files: compressed data under a name that is not decompressed, binary
@@ -117,8 +123,7 @@ class _CsvToDataSets:
     def _convert(self, buffer: Any, **parse_args: Any) -> Iterator[DataSet]:
         table = self.table
         if table is None:
-            skip = parse_args.get("skip_lines")
-            found = table_width(bytes(buffer), self.options, skip_lines=skip)
+            found = _buffer_width(buffer, self.options, parse_args.get("skip_lines"))
             if found is None:
                 return
             table = _Table(found[0], f"{parse_args['source']}, line {found[1]}")
@@ -135,6 +140,20 @@ class _CsvToDataSets:
             self.skipped.add(parsed.skipped)
         if parsed.values.shape[0]:
             yield from batches(split_table(parsed.values, self.spec), self.batch_size)
+
+
+def _buffer_width(buffer: Any, options: CsvOptions, skip: int | None) -> tuple[int, int] | None:
+    """:func:`~sparkbatch.records.csv_parser.table_width` of ``buffer`` (bytes, or a memoryview
+    of a range past its byte order mark), copying only the start of a view that it needs."""
+    if isinstance(buffer, bytes):
+        return table_width(buffer, options, skip_lines=skip)
+    view, size = memoryview(buffer), SAMPLE_BYTES
+    while True:
+        complete = size >= len(view)
+        found = table_width(bytes(view[:size]), options, skip_lines=skip, complete=complete)
+        if found is not None or complete:
+            return found
+        size *= 4
 
 
 def _class_columns(
@@ -169,13 +188,18 @@ def _delimiter_hint(table: _Table, options: CsvOptions | None) -> str:
 
 
 def _file_table(
-    urls: Sequence[str], options: CsvOptions, storage_options: Mapping[str, Any] | None
+    urls: Sequence[str],
+    options: CsvOptions,
+    storage_options: Mapping[str, Any] | None,
+    header_ends: dict[str, int] | None = None,
 ) -> _Table | None:
     """The width of the table: that of the first data rows of the first file that has some
     (:func:`~sparkbatch.records.csv_parser.table_width`), None when no file has a data row.
 
     Read on the driver, as Spark's CSV reader reads a header: every byte range then checks its
-    rows against the same width, whatever the ranges are (NOTE [one width]).
+    rows against the same width, whatever the ranges are (NOTE [one width]). ``header_ends``
+    gets the byte offset where the ``skip_lines`` header lines end in each uncompressed file
+    read here (NOTE [header ends]).
     """
     for url in urls:
         with open_input(url, storage_options=storage_options) as f:
@@ -190,8 +214,13 @@ def _file_table(
                     raise error from e
                 if not head:
                     check_head(url, chunk)
-                    chunk = chunk[len(UTF8_BOM) :] if chunk.startswith(UTF8_BOM) else chunk
+                    bom = len(UTF8_BOM) if chunk.startswith(UTF8_BOM) else 0
+                    chunk = chunk[bom:]
                 head += chunk
+                if header_ends is not None and url not in header_ends:
+                    end = _header_end(head, options.skip_lines)
+                    if end is not None and not infer_compression(url):
+                        header_ends[url] = bom + end
                 found = table_width(head, options, complete=not chunk)
                 if found is not None:
                     row = head.split(b"\n", found[1])[found[1] - 1][:_MAX_ROW_SHOWN]
@@ -210,6 +239,17 @@ def _file_table(
                     )
                 block = min(2 * block, _MAX_BLOCK)
     return None
+
+
+def _header_end(head: bytes, skip: int) -> int | None:
+    """The offset in ``head`` just past its first ``skip`` lines, None if it holds fewer."""
+    end = 0
+    for _ in range(skip):
+        found = head.find(b"\n", end)
+        if found < 0:
+            return None
+        end = found + 1
+    return end
 
 
 class _RddHead:
@@ -339,9 +379,15 @@ class LinesToDataSets(_CsvToDataSets):
 class RangesToDataSets(_CsvToDataSets):
     """Reads the :class:`~sparkbatch.storage.LineRange` items of a partition and converts them."""
 
-    def __init__(self, *args: Any, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        storage_options: Mapping[str, Any] | None = None,
+        header_ends: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(*args)
         self.storage_options = dict(storage_options or {})
+        self.header_ends = dict(header_ends or {})  # NOTE [header ends]
 
     def __call__(self, ranges: Iterable[LineRange]) -> Iterator[DataSet]:
         skip = self.options.skip_lines
@@ -359,7 +405,9 @@ class RangesToDataSets(_CsvToDataSets):
                 check_head(r.url, buffer[:HEAD_BYTES])
                 if buffer.startswith(UTF8_BOM):
                     buffer = memoryview(buffer)[len(UTF8_BOM) :]
-            if begin > 0 and skip > 0:  # header lines may reach past the file's first range
+            if begin >= self.header_ends.get(r.url, begin + 1):
+                header = 0  # past the header lines: NOTE [header ends]
+            elif begin > 0 and skip > 0:  # header lines may reach past the file's first range
                 header = skip - count_lines_before(
                     r.url, begin, limit=skip, storage_options=self.storage_options
                 )
@@ -501,13 +549,20 @@ def csv_to_datasets(
         if not ranges:
             result = sc.emptyRDD()
         else:
-            table = _file_table(urls, options, storage_options)
+            header_ends: dict[str, int] = {}
+            table = _file_table(urls, options, storage_options, header_ends)
             if table is None:  # no file holds a data row
                 result = sc.emptyRDD()
             else:
                 _class_columns(spec, table, options)  # labels outside the table fail here
                 function = RangesToDataSets(
-                    spec, options, batch_size, skipped, table, storage_options=storage_options
+                    spec,
+                    options,
+                    batch_size,
+                    skipped,
+                    table,
+                    storage_options=storage_options,
+                    header_ends=header_ends,
                 )
                 result = sc.parallelize(ranges, len(ranges)).mapPartitions(function)
     if skipped is not None:
