@@ -23,7 +23,7 @@ from sparkbatch.errors import CsvError
 from sparkbatch.records import CSVRecordReader
 from sparkbatch.records.csv_files import UTF8_BOM, decompression_error
 from sparkbatch.records.csv_parser import CsvOptions
-from sparkbatch.spark import RangesToDataSets, csv_to_datasets
+from sparkbatch.spark import RangesToDataSets, csv_to_datasets, executor_errors
 from sparkbatch.storage import LineRange, plan_line_ranges
 
 N_CLASSES = 10
@@ -135,7 +135,7 @@ def test_a_quoted_line_break_is_named_by_file_and_line(sc, tmp_path):
     path = tmp_path / "q.csv"
     path.write_text("\n".join(lines) + "\n")
     for split_size in (64, 1 << 20):
-        with pytest.raises(Exception) as excinfo:
+        with pytest.raises(CsvError) as excinfo, executor_errors():
             csv_to_datasets(str(path), split_size=split_size, sc=sc, **ARGS).count()
         message = str(excinfo.value)
         # the first of the two lines, or the second where a range begins there
@@ -184,7 +184,7 @@ def test_foreign_files_are_named_on_spark(sc, good_dir, name):
     (good_dir / name).write_bytes(data)
     for first in (False, True):  # found where its first range is read, or on the driver
         source = [str(good_dir / "a.csv"), str(good_dir / name)]
-        with pytest.raises(Exception) as excinfo:
+        with pytest.raises(CsvError) as excinfo, executor_errors():
             csv_to_datasets(source[::-1] if first else source, split_size=64, sc=sc, **ARGS).count()
         message = str(excinfo.value)
         assert f"{good_dir / name}, line 1: expected UTF-8 CSV text, found {what}" in message
@@ -246,7 +246,7 @@ def test_a_truncated_compressed_file_is_named(sc, good_dir):
     data = gzip.compress(text.encode())
     (good_dir / "t.csv.gz").write_bytes(data[: len(data) // 2])
     expected = "t.csv.gz: expected complete compressed data, found a corrupt or truncated file"
-    with pytest.raises(Exception, match=expected):
+    with pytest.raises(CsvError, match=expected), executor_errors():
         csv_to_datasets(str(good_dir / "t.csv.gz"), sc=sc, **ARGS).count()
     with pytest.raises(CsvError, match=expected.replace(":", ", near line [0-9]+:")):
         list(CSVRecordReader().initialize(good_dir / "t.csv.gz"))
@@ -350,7 +350,7 @@ def test_only_corrupt_compressed_data_is_a_csv_error(error):
 @pytest.mark.spark
 def test_a_text_file_that_is_not_csv_names_itself_and_the_table(sc, good_dir):
     (good_dir / "notes.txt").write_text("# Notes\nsome words\n")
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(CsvError) as excinfo, executor_errors():
         csv_to_datasets(str(good_dir), sc=sc, **ARGS).count()
     assert (
         f"{good_dir / 'notes.txt'}, line 2: expected 6 columns (as in {good_dir / 'a.csv'}, "
@@ -385,7 +385,7 @@ def test_a_wrong_delimiter_is_suggested(sc, tmp_path):
 
 @pytest.mark.spark
 def test_a_header_that_is_not_skipped_is_suggested(sc, good_dir):
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(CsvError) as excinfo, executor_errors():
         csv_to_datasets(str(good_dir), label_index=-1, num_classes=N_CLASSES, sc=sc).count()
     assert (
         "a.csv, line 1, column 0: expected a number, found 'a' (a header line? pass skip_lines=1)"
