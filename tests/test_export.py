@@ -126,7 +126,7 @@ def test_existing_output_needs_overwrite(sc, tmp_path):
 def test_unwritable_destination_fails_naming_it(sc, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    with pytest.raises(Exception, match="a-file"):
+    with pytest.raises(OSError, match="a-file"):
         batch_and_export(sc.parallelize(_datasets([3]), 1), str(blocker / "out"), batch_size=2)
 
 

@@ -8,13 +8,16 @@ import pytest
 from sparkbatch import DataSet
 from sparkbatch.convert import LabelSpec
 from sparkbatch.convert.table import batches
+from sparkbatch.errors import CsvError
 from sparkbatch.records.csv_parser import CsvOptions
 from sparkbatch.spark import (
     ArrowToMinibatches,
+    DataFrameError,
     LinesToDataSets,
     RangesToDataSets,
     csv_to_datasets,
     dataframe_to_datasets,
+    executor_errors,
 )
 
 pytestmark = pytest.mark.spark
@@ -140,7 +143,7 @@ def test_bad_cells_name_file_line_column_and_text(sc, tmp_path, bad, column, fou
     lines = _lines(features, labels)
     lines[250] = bad  # in a later byte range: the line number must still count from the top
     path = _write(tmp_path / "bad.csv", lines, header=True)
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(CsvError) as excinfo, executor_errors():
         csv_to_datasets(
             path, label_index=5, num_classes=N_CLASSES, skip_lines=1, split_size=2000, sc=sc
         ).count()
@@ -185,7 +188,7 @@ def test_wide_rows_errors_name_the_right_column(sc, tmp_path):
     text[4] = text[4].rsplit(",", 1)[0] + ",12"  # line 5: a class outside [0, 10)
     (tmp_path / "bad.csv").write_text("\n".join(text))
     args = {"label_index": -1, "num_classes": N_CLASSES, "skip_lines": 1, "sc": sc}
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(CsvError) as excinfo, executor_errors():
         csv_to_datasets(str(tmp_path / "bad.csv"), split_size=10_000, **args).count()
     expected = f"line 5, column {width - 1}: expected a class index in [0, 10), found '12'"
     assert f"bad.csv, {expected}" in _error_text(excinfo)
@@ -204,7 +207,7 @@ def test_wrong_column_count_names_the_partition_for_rdds(sc):
     features, labels = _table(20)
     lines = _lines(features, labels)
     lines[3] = "1,2,3"
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(CsvError) as excinfo, executor_errors():
         csv_to_datasets(sc.parallelize(lines, 1), label_index=5, num_classes=N_CLASSES).count()
     assert "partition 0, line 4" in _error_text(excinfo)
     assert "6 columns" in _error_text(excinfo)
@@ -259,10 +262,12 @@ def test_dataframe_to_datasets_classification_and_regression(spark):
 
 def test_dataframe_nulls_and_bad_labels_are_named(spark):
     df = spark.createDataFrame([(1.0, 2.0, 1), (None, 1.0, 0)], ["a", "b", "y"])
-    with pytest.raises(Exception, match="column 'a' is null"):
+    with pytest.raises(DataFrameError, match="column 'a' is null"), executor_errors():
         dataframe_to_datasets(df.coalesce(1), ["a", "b"], "y", num_classes=2).count()
     df = spark.createDataFrame([(1.0, 2.0, 1), (3.0, 1.0, 7)], ["a", "b", "y"])
-    with pytest.raises(Exception, match=r"column 'y', row 1 .*\[0, 2\), found 7"):
+    with pytest.raises(DataFrameError, match=r"column 'y', row 1 .*\[0, 2\), found 7"), (
+        executor_errors()
+    ):
         dataframe_to_datasets(df.coalesce(1), ["a", "b"], "y", num_classes=2).count()
 
 

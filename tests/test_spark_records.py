@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from sparkbatch.data import DataSet
+from sparkbatch.errors import CsvError
 from sparkbatch.records import CSVRecordReader
+from sparkbatch.spark import executor_errors
 from sparkbatch.spark.records import RecordsToDataSet, StringToRecords
 
 pytestmark = pytest.mark.spark
@@ -65,9 +67,8 @@ def test_bad_label_fails_the_job_with_the_csv_error_message(sc, tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("1.0,2.0,3.0,4.0,5.0,1\n1.0,2.0,3.0,4.0,5.0,2.5\n")
     rdd = sc.textFile(str(path)).map(StringToRecords()).map(RecordsToDataSet(5, 10))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(CsvError) as info, executor_errors():
         rdd.collect()
-    assert "CsvError" in str(info.value)
     assert "column 5: expected an integer class index in [0, 10), found '2.5'" in str(info.value)
 
 
