@@ -320,3 +320,16 @@ def test_a_socket_fit_leaves_no_socket_thread_shared_memory_or_directory_behind(
         SparkNetwork(sc, _network(), master).fit(spoiled)
     assert len(exchange_servers) == 5
     assert _driver_resources(exchange_servers) == before
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("approach", ["export", "direct"])
+def test_an_rdd_element_that_is_not_a_dataset_is_named_by_partition(sc, approach):
+    ds = DataSet(np.zeros((8, 3), np.float32), np.eye(2, dtype=np.float32)[np.zeros(8, int)])
+    net = Network([Dense(3, 4, "relu"), Output(4, 2)], SGD(0.1), seed=0)
+    master = ParameterAveraging(
+        batch_size_per_worker=4, averaging_frequency=1, workers=2, approach=approach
+    )
+    rdd = sc.parallelize([ds, {"features": 1}, ds], 2)
+    with pytest.raises(TypeError, match=r"partition 1, element 0: expected a DataSet .* got dict"):
+        SparkNetwork(sc, net, master).fit(rdd)

@@ -112,6 +112,13 @@ def _rebatch(items: Iterable[Minibatch], batch_size: int) -> Iterator[Minibatch]
         yield _merge(pending)
 
 
+def rebatch_partition(index: int, items: Iterable[Any], batch_size: int) -> Iterator[Minibatch]:
+    """Partition ``index``'s elements, each checked to be a DataSet or MultiDataSet agreeing
+    with the first in kind and shape (the error names the partition and element), cut into
+    minibatches of exactly ``batch_size`` examples in order, the remainder last."""
+    return _rebatch(_checked(items, index), batch_size)
+
+
 class BatchAndExport:
     """``rdd.mapPartitionsWithIndex(BatchAndExport(batch_size, path), True)``: write minibatches.
 
@@ -137,7 +144,7 @@ class BatchAndExport:
         self.with_details = with_details
 
     def __call__(self, index: int, items: Iterable[Minibatch]) -> Iterator[Any]:
-        for k, minibatch in enumerate(_rebatch(_checked(items, index), self.batch_size)):
+        for k, minibatch in enumerate(rebatch_partition(index, items, self.batch_size)):
             name = file_name(index, k)
             url = join(self.path, name)
             save(

@@ -37,7 +37,7 @@ from ..data import SerializedDataSetLoader, SerializedMultiDataSetLoader
 from ..data.manifest import minibatch_files
 from ..evaluation import Evaluation, RegressionEvaluation
 from ..spark import executor_errors
-from ..spark.export import _rebatch, batch_and_export
+from ..spark.export import batch_and_export, rebatch_partition
 from ..storage import join, resolve
 from .master import ParameterAveraging, plan_rounds
 from .model import Model
@@ -227,7 +227,9 @@ class SparkNetwork:
         size = m.batch_size_per_worker
         # ((partition, index), minibatch): where each came from, for errors that name it
         batched = rdd.mapPartitionsWithIndex(
-            lambda p, items: (((p, i), b) for i, b in enumerate(_rebatch(items, size)))
+            lambda p, items: (
+                ((p, i), b) for i, b in enumerate(rebatch_partition(p, items, size))
+            )
         )
         batched.persist(StorageLevel.MEMORY_AND_DISK)  # zipWithIndex's job, then keyed's
         if m.repartition == "never":
