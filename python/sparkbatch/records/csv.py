@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from sparkbatch.errors import CsvError
-from sparkbatch.records.csv_files import HEAD_BYTES, check_head, decompression_error
+from sparkbatch.records.csv_files import HEAD_BYTES, check_head, decompression_error, reading
 from sparkbatch.storage import list_files, resolve
 
 __all__ = ["CSVRecordReader", "Record", "to_value"]
@@ -236,14 +236,12 @@ class CSVRecordReader:
         fs, path = resolve(source, self._storage_options)
         raw = fs.open(path, "rb", compression="infer")
         try:
-            check_head(source, raw.read(HEAD_BYTES))  # NOTE [foreign files]
-            raw.seek(0)
-        except BaseException as e:
+            with reading(source, line=1):
+                check_head(source, raw.read(HEAD_BYTES))  # NOTE [foreign files]
+                raw.seek(0)
+        except BaseException:
             raw.close()
-            error = decompression_error(source, e, line=1)
-            if error is None:
-                raise
-            raise error from e
+            raise
         text = io.TextIOWrapper(raw, encoding=_ENCODING, newline="")
         lines = itertools.islice(text, self.skip_lines, None)
         self._file, self._rows = text, csv.reader(lines, **self._dialect())

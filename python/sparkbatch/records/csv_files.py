@@ -11,11 +11,13 @@ file and what it holds. A UTF-8 byte order mark is valid CSV: readers drop it.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import lzma
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 
 from fsspec.utils import compressions, infer_compression
 
@@ -153,6 +155,27 @@ def decompression_error(
         text=found,
         expected="complete compressed data",
     )
+
+
+@contextlib.contextmanager
+def reading(source: str, *, line: int | None = None) -> Iterator[None]:
+    """Read from ``source`` inside the block: corrupt or truncated compressed data becomes
+    :func:`decompression_error`'s CsvError (the original chained), any other error stays as it
+    is. ``line`` is where the reading had got to, if known."""
+    try:
+        yield
+    except Exception as e:
+        error = decompression_error(source, e, line=line)
+        if error is None:
+            raise
+        raise error from e
+
+
+def text_start(source: str, head: bytes) -> int:
+    """:func:`check_head` on a file's first bytes, then where its text starts: past a UTF-8
+    byte order mark, which is valid CSV and dropped."""
+    check_head(source, head[:HEAD_BYTES])
+    return len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0
 
 
 def _corrupt(error: BaseException) -> bool:

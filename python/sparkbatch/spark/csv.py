@@ -19,12 +19,7 @@ from sparkbatch._arguments import check_int, check_optional_int
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
 from sparkbatch.errors import CsvError
-from sparkbatch.records.csv_files import (
-    HEAD_BYTES,
-    UTF8_BOM,
-    check_head,
-    decompression_error,
-)
+from sparkbatch.records.csv_files import HEAD_BYTES, check_head, reading, text_start
 from sparkbatch.records.csv_parser import (
     SAMPLE_BYTES,
     SAMPLE_ROWS,
@@ -205,16 +200,10 @@ def _file_table(
         with open_input(url, storage_options=storage_options) as f:
             head, block = b"", SAMPLE_BYTES
             while True:
-                try:
+                with reading(url):
                     chunk = f.read(block)
-                except Exception as e:
-                    error = decompression_error(url, e) if infer_compression(url) else None
-                    if error is None:
-                        raise
-                    raise error from e
                 if not head:
-                    check_head(url, chunk)
-                    bom = len(UTF8_BOM) if chunk.startswith(UTF8_BOM) else 0
+                    bom = text_start(url, chunk)
                     chunk = chunk[bom:]
                 head += chunk
                 if header_ends is not None and url not in header_ends:
@@ -392,19 +381,14 @@ class RangesToDataSets(_CsvToDataSets):
     def __call__(self, ranges: Iterable[LineRange]) -> Iterator[DataSet]:
         skip = self.options.skip_lines
         for r in ranges:
-            try:
+            with reading(r.url):
                 buffer, begin = read_line_range(r, storage_options=self.storage_options)
-            except Exception as e:
-                error = decompression_error(r.url, e) if r.compression else None
-                if error is None:
-                    raise
-                raise error from e
             if not buffer:
                 continue
             if begin == 0:  # the file's first bytes: NOTE [foreign files]
-                check_head(r.url, buffer[:HEAD_BYTES])
-                if buffer.startswith(UTF8_BOM):
-                    buffer = memoryview(buffer)[len(UTF8_BOM) :]
+                start = text_start(r.url, buffer)
+                if start:
+                    buffer = memoryview(buffer)[start:]
             if begin >= self.header_ends.get(r.url, begin + 1):
                 header = 0  # past the header lines: NOTE [header ends]
             elif begin > 0 and skip > 0:  # header lines may reach past the file's first range
