@@ -9,6 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 
+def versions(*packages: str) -> str:
+    """``name version`` of each installed package (``name missing`` otherwise), for the
+    first line of a benchmark's output: ratios mean little without the peers' releases."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in packages:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} missing")
+    return ", ".join(found)
+
+
 def best(fn: Callable[[], object], repeat: int = 3) -> float:
     """The fastest of ``repeat`` runs of ``fn``, in seconds."""
     times = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from _common import best, local_spark  # noqa: E402 (bench/ is on sys.path until the next line)
+from _common import best, local_spark, versions  # noqa: E402 (bench/ is on sys.path until the next line)
 
 # This file is named csv.py: keep its folder off sys.path so `import csv` (pandas does) finds
 # the standard library.
@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where to write the CSV (default: temp dir)")
     args = parser.parse_args()
 
+    print("versions:", versions("sparkbatch", "numpy", "pandas", "pyarrow", "pyspark"))
     workdir = tempfile.mkdtemp(prefix="sparkbatch-bench-csv-", dir=args.dir)
     try:
         path = os.path.join(workdir, "data.csv")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from _common import best, local_spark
+from _common import best, local_spark, versions
 from sparkbatch.data import DataSet, FileDataSetIterator
 
 
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--s3-files", type=int, default=10_000)
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
+    print("versions:", versions("sparkbatch", "numpy", "pyspark", "s3fs", "moto"))
     workdir = tempfile.mkdtemp(prefix="sparkbatch-bench-export-", dir=args.dir)
     try:
         ours_dir, npy_dir = spark_export(args, workdir)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import blas_info, torch_mlp  # noqa: E402
+from _common import blas_info, torch_mlp, versions  # noqa: E402
 
 sys.path.pop(0)
 
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    print("versions:", versions("sparkbatch", "numpy", "torch"))
 
     rng = np.random.default_rng(0)
     n = args.batch * args.batches
