@@ -600,3 +600,156 @@ def test_a_gpu_networks_parameters_are_shared_with_torch_without_a_copy():
 def test_a_cpu_networks_device_params_is_its_buffer():
     net = Network([Output(3, 2)], SGD(0.1))
     assert net.device_params() is net.params()
+
+
+# -- graph vertex primitives ----------------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copy_and_take_columns_match_numpy_slices(dtype):
+    cuda = cuda_module()
+    rng = np.random.default_rng(7)
+    rows, widths = 37, [3, 1, 12]
+    parts = [rng.normal(size=(rows, w)).astype(dtype) for w in widths]
+    expected = np.concatenate(parts, axis=1)
+    merged = cuda.DeviceBuffer(expected.shape, dtype)
+    column = 0
+    for part in parts:  # Merge's forward pass
+        cuda.copy_columns(cuda.to_device(part), merged, column)
+        column += part.shape[1]
+    np.testing.assert_array_equal(merged.to_host(), expected)
+    column = 0
+    for part in parts:  # and its gradient
+        taken = cuda.DeviceBuffer(part.shape, dtype)
+        cuda.take_columns(merged, column, taken)
+        np.testing.assert_array_equal(taken.to_host(), expected[:, column : column + part.shape[1]])
+        column += part.shape[1]
+
+    wide = np.full((rows, 9), -1.0, dtype)
+    dst = cuda.to_device(wide)
+    cuda.copy_columns(cuda.to_device(parts[0]), dst, 4)  # the other columns stay as they were
+    wide[:, 4:7] = parts[0]
+    np.testing.assert_array_equal(dst.to_host(), wide)
+    cuda.copy_columns(cuda.DeviceBuffer((rows, 0), dtype), dst, 9)  # zero-size: nothing to do
+    cuda.take_columns(dst, 9, cuda.DeviceBuffer((rows, 0), dtype))
+    cuda.copy_columns(cuda.DeviceBuffer((0, 3), dtype), cuda.DeviceBuffer((0, 5), dtype), 2)
+    np.testing.assert_array_equal(dst.to_host(), wide)
+
+
+@gpu
+def test_column_copies_refuse_ranges_past_the_width_and_mismatched_buffers():
+    cuda = cuda_module()
+    src, dst = cuda.DeviceBuffer((4, 3), "float32"), cuda.DeviceBuffer((4, 5), "float32")
+    with pytest.raises(ValueError, match=r"copy_columns: columns \[3, 6\) are past dst's width 5"):
+        cuda.copy_columns(src, dst, 3)
+    with pytest.raises(ValueError, match=r"take_columns: columns \[3, 6\) are past src's width 5"):
+        cuda.take_columns(dst, 3, src)
+    with pytest.raises(ValueError, match="column must be >= 0, got -1"):
+        cuda.copy_columns(src, dst, -1)
+    with pytest.raises(ValueError, match="dst has 2 rows but src has 4"):
+        cuda.copy_columns(src, cuda.DeviceBuffer((2, 5), "float32"), 0)
+    with pytest.raises(ValueError, match="src must be 2-D"):
+        cuda.copy_columns(cuda.DeviceBuffer((12,), "float32"), dst, 0)
+    with pytest.raises(TypeError, match="dst has dtype float64 but the other buffers have float32"):
+        cuda.copy_columns(src, cuda.DeviceBuffer((4, 5), "float64"), 0)
+    with pytest.raises(ValueError, match="dst must not share memory with src"):
+        cuda.copy_columns(dst.view(0, (4, 2)), dst, 3)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multiply_and_maximum_match_numpy(dtype):
+    cuda = cuda_module()
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(2, 3, 23_337)).astype(dtype)  # any shape, taken flat
+    a[0, :4] = [np.nan, 1.0, np.nan, -0.0]
+    b[0, :4] = [2.0, np.nan, np.nan, 5.0]
+    b[1, 100:200] = a[1, 100:200]  # ties
+    a_gpu, b_gpu = cuda.to_device(a), cuda.to_device(b)
+    out = cuda.DeviceBuffer(a.shape, dtype)
+    cuda.nn_multiply(a_gpu, b_gpu, out)
+    np.testing.assert_array_equal(out.to_host(), a * b)  # NaN where numpy has NaN
+    cuda.nn_maximum(a_gpu, b_gpu, out)
+    np.testing.assert_array_equal(out.to_host(), np.maximum(a, b))
+    assert np.isnan(out.to_host()[0, :3]).all()  # NaN propagates from either side
+
+    cuda.nn_multiply(a_gpu, b_gpu, a_gpu)  # out may be a ...
+    np.testing.assert_array_equal(a_gpu.to_host(), a * b)
+    a_gpu.copy_from_host(a)
+    cuda.nn_maximum(a_gpu, b_gpu, a_gpu)
+    np.testing.assert_array_equal(a_gpu.to_host(), np.maximum(a, b))
+    a_gpu.copy_from_host(a)
+    cuda.nn_maximum(a_gpu, b_gpu, b_gpu)  # ... or b
+    np.testing.assert_array_equal(b_gpu.to_host(), np.maximum(a, b))
+
+    empty = cuda.DeviceBuffer((0, 3), dtype)
+    cuda.nn_multiply(empty, empty, empty)
+    cuda.nn_maximum(empty, empty, empty)
+
+
+@gpu
+def test_multiply_and_maximum_refuse_mismatched_buffers():
+    cuda = cuda_module()
+    a, b = cuda.DeviceBuffer((8,), "float32"), cuda.DeviceBuffer((9,), "float32")
+    for kernel in (cuda.nn_multiply, cuda.nn_maximum):
+        with pytest.raises(ValueError, match="b has 9 values, the others 8"):
+            kernel(a, b, a)
+        with pytest.raises(TypeError, match="out has dtype float64 but the other buffers have"):
+            kernel(a, a, cuda.DeviceBuffer((8,), "float64"))
+        wide = cuda.DeviceBuffer((9,), "float32")
+        with pytest.raises(ValueError, match="out must be a or not share memory with it"):
+            kernel(wide.view(0, (8,)), a, wide.view(1, (8,)))
+
+
+def _max_backward_reference(dout, inputs):
+    """The gradients of out = max(inputs) by the rule nn_max_backward applies input by input."""
+    remaining = np.maximum.reduce(inputs)
+    grads = []
+    for x in inputs:
+        hit = x == remaining
+        grads.append(np.where(hit, dout, 0).astype(dout.dtype))
+        remaining = np.where(hit, np.nan, remaining)
+    return grads
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_backward_gives_each_gradient_to_the_first_maximal_input(dtype):
+    cuda = cuda_module()
+    rng = np.random.default_rng(9)
+    n, m = 211, 37
+    inputs = list(rng.normal(size=(3, n, m)).astype(dtype))
+    inputs[1][:50] = inputs[0][:50]  # ties between the first two inputs ...
+    inputs[2][40:90] = inputs[1][40:90]  # ... between the last two, and in rows 40-49 all three
+    dout = rng.normal(size=(n, m)).astype(dtype)
+    expected = _max_backward_reference(dout, inputs)
+
+    dout_gpu = cuda.to_device(dout)
+    remaining = cuda.to_device(np.maximum.reduce(inputs))  # the graph starts from the max
+    for x, want in zip(inputs, expected, strict=True):
+        dx = cuda.DeviceBuffer(x.shape, dtype)
+        cuda.nn_max_backward(dout_gpu, cuda.to_device(x), remaining, dx)
+        np.testing.assert_array_equal(dx.to_host(), want)
+    assert np.isnan(remaining.to_host()).all()  # every element's gradient went somewhere once
+    total = np.sum(expected, axis=0)
+    np.testing.assert_array_equal(total, dout)  # exactly one input got each element's gradient
+    tied = expected[0][40:50]
+    np.testing.assert_array_equal(tied, dout[40:50])  # a three-way tie: the first input takes it
+
+    empty = cuda.DeviceBuffer((0,), dtype)
+    cuda.nn_max_backward(empty, empty, cuda.DeviceBuffer((0,), dtype), empty)
+
+
+@gpu
+def test_max_backward_refuses_aliased_and_mismatched_buffers():
+    cuda = cuda_module()
+    dout, x, remaining, dx = (cuda.DeviceBuffer((6,), "float64") for _ in range(4))
+    with pytest.raises(ValueError, match="remaining must not share memory with dx"):
+        cuda.nn_max_backward(dout, x, remaining, remaining)
+    with pytest.raises(ValueError, match="dx must not share memory with dout"):
+        cuda.nn_max_backward(dout, x, remaining, dout)
+    with pytest.raises(ValueError, match="dx has 5 values, the others 6"):
+        cuda.nn_max_backward(dout, x, remaining, cuda.DeviceBuffer((5,), "float64"))
+    with pytest.raises(TypeError, match="x has dtype float32 but the other buffers have float64"):
+        cuda.nn_max_backward(dout, cuda.DeviceBuffer((6,), "float32"), remaining, dx)

@@ -369,6 +369,133 @@ void py_matmul(const DeviceBuffer& a, const DeviceBuffer& b, const DeviceBuffer&
                  beta, ptr<double>(out));
 }
 
+// -- the computation graph's vertices ----------------------------------------------------------
+
+std::size_t column_of(int64_t column) {
+  if (column < 0) throw py::value_error("column must be >= 0, got " + std::to_string(column));
+  return static_cast<std::size_t>(column);
+}
+
+// [rows, w] `narrow` and [rows, width] `wide` with columns [column, column + w) inside `wide`.
+void expect_columns(const char* fn, const DeviceBuffer& narrow, const char* narrow_name,
+                    const DeviceBuffer& wide, const char* wide_name, std::size_t column) {
+  const auto [rows, w] = matrix_shape(narrow, narrow_name);
+  const auto [wide_rows, width] = matrix_shape(wide, wide_name);
+  if (wide_rows != rows)
+    throw py::value_error(std::string(fn) + ": " + wide_name + " has " +
+                          std::to_string(wide_rows) + " rows but " + narrow_name + " has " +
+                          std::to_string(rows));
+  if (column > width || w > width - column)
+    throw py::value_error(std::string(fn) + ": columns [" + std::to_string(column) + ", " +
+                          std::to_string(column + w) + ") are past " + wide_name +
+                          "'s width " + std::to_string(width));
+  if (overlap(narrow, wide))
+    throw py::value_error(std::string(fn) + ": " + wide_name + " must not share memory with " +
+                          narrow_name);
+}
+
+void py_copy_columns(const DeviceBuffer& src, const DeviceBuffer& dst, int64_t column) {
+  Args args;
+  args.add(src, "src");
+  args.add(dst, "dst");
+  const std::size_t c = column_of(column);
+  expect_columns("copy_columns", src, "src", dst, "dst", c);
+  const auto rows = static_cast<std::size_t>(src.shape()[0]);
+  const auto w = static_cast<std::size_t>(src.shape()[1]);
+  const auto width = static_cast<std::size_t>(dst.shape()[1]);
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  if (args.dtype == DType::f32)
+    copy_columns(ptr<const float>(src), ptr<float>(dst), rows, w, width, c);
+  else
+    copy_columns(ptr<const double>(src), ptr<double>(dst), rows, w, width, c);
+}
+
+void py_take_columns(const DeviceBuffer& src, int64_t column, const DeviceBuffer& dst) {
+  Args args;
+  args.add(src, "src");
+  args.add(dst, "dst");
+  const std::size_t c = column_of(column);
+  expect_columns("take_columns", dst, "dst", src, "src", c);
+  const auto rows = static_cast<std::size_t>(dst.shape()[0]);
+  const auto w = static_cast<std::size_t>(dst.shape()[1]);
+  const auto width = static_cast<std::size_t>(src.shape()[1]);
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  if (args.dtype == DType::f32)
+    take_columns(ptr<const float>(src), ptr<float>(dst), rows, w, width, c);
+  else
+    take_columns(ptr<const double>(src), ptr<double>(dst), rows, w, width, c);
+}
+
+// An element-wise output may be an input itself (each thread reads its element before writing
+// it) but not a shifted view of its memory.
+void expect_same_or_apart(const char* fn, const DeviceBuffer& out, const char* out_name,
+                          const DeviceBuffer& in, const char* in_name) {
+  if (overlap(out, in) && out.data() != in.data())
+    throw py::value_error(std::string(fn) + ": " + out_name + " must be " + in_name +
+                          " or not share memory with it");
+}
+
+void expect_apart(const char* fn, const DeviceBuffer& a, const char* a_name,
+                  const DeviceBuffer& b, const char* b_name) {
+  if (overlap(a, b))
+    throw py::value_error(std::string(fn) + ": " + a_name + " must not share memory with " +
+                          b_name);
+}
+
+void py_multiply(const DeviceBuffer& a, const DeviceBuffer& b, const DeviceBuffer& out) {
+  Flat flat;
+  flat.add(a, "a");
+  flat.add(b, "b");
+  flat.add(out, "out");
+  expect_same_or_apart("nn_multiply", out, "out", a, "a");
+  expect_same_or_apart("nn_multiply", out, "out", b, "b");
+  py::gil_scoped_release release;
+  const DeviceGuard guard(flat.args.device);
+  if (flat.args.dtype == DType::f32)
+    multiply(ptr<const float>(a), ptr<const float>(b), ptr<float>(out), flat.count);
+  else
+    multiply(ptr<const double>(a), ptr<const double>(b), ptr<double>(out), flat.count);
+}
+
+void py_maximum(const DeviceBuffer& a, const DeviceBuffer& b, const DeviceBuffer& out) {
+  Flat flat;
+  flat.add(a, "a");
+  flat.add(b, "b");
+  flat.add(out, "out");
+  expect_same_or_apart("nn_maximum", out, "out", a, "a");
+  expect_same_or_apart("nn_maximum", out, "out", b, "b");
+  py::gil_scoped_release release;
+  const DeviceGuard guard(flat.args.device);
+  if (flat.args.dtype == DType::f32)
+    maximum(ptr<const float>(a), ptr<const float>(b), ptr<float>(out), flat.count);
+  else
+    maximum(ptr<const double>(a), ptr<const double>(b), ptr<double>(out), flat.count);
+}
+
+void py_max_backward(const DeviceBuffer& dout, const DeviceBuffer& x,
+                     const DeviceBuffer& remaining, const DeviceBuffer& dx) {
+  Flat flat;
+  flat.add(dout, "dout");
+  flat.add(x, "x");
+  flat.add(remaining, "remaining");
+  flat.add(dx, "dx");
+  expect_apart("nn_max_backward", remaining, "remaining", dout, "dout");
+  expect_apart("nn_max_backward", remaining, "remaining", x, "x");
+  expect_apart("nn_max_backward", remaining, "remaining", dx, "dx");
+  expect_apart("nn_max_backward", dx, "dx", dout, "dout");
+  expect_apart("nn_max_backward", dx, "dx", x, "x");
+  py::gil_scoped_release release;
+  const DeviceGuard guard(flat.args.device);
+  if (flat.args.dtype == DType::f32)
+    max_backward(ptr<const float>(dout), ptr<const float>(x), ptr<float>(remaining),
+                 ptr<float>(dx), flat.count);
+  else
+    max_backward(ptr<const double>(dout), ptr<const double>(x), ptr<double>(remaining),
+                 ptr<double>(dx), flat.count);
+}
+
 }  // namespace
 
 void register_kernels(py::module_& m) {
@@ -403,6 +530,20 @@ void register_kernels(py::module_& m) {
         "alpha"_a = 1.0, "beta"_a = 0.0,
         "out = alpha * op(a) @ op(b) + beta * out for row-major matrices (cuBLAS); op transposes "
         "when trans_a / trans_b. out must not overlap a or b.");
+  m.def("copy_columns", &py_copy_columns, "src"_a, "dst"_a, "column"_a,
+        "dst[:, column:column + w] = src for src [rows, w] and dst [rows, W] (Merge's forward "
+        "pass); one device-to-device 2-D copy. src and dst must not overlap.");
+  m.def("take_columns", &py_take_columns, "src"_a, "column"_a, "dst"_a,
+        "dst = src[:, column:column + w] for src [rows, W] and dst [rows, w] (Merge's "
+        "gradient); one device-to-device 2-D copy. src and dst must not overlap.");
+  m.def("nn_multiply", &py_multiply, "a"_a, "b"_a, "out"_a,
+        "out = a * b, element-wise over same-sized buffers; out may be a or b.");
+  m.def("nn_maximum", &py_maximum, "a"_a, "b"_a, "out"_a,
+        "out = max(a, b) element-wise, NaN where either is (as numpy.maximum); out may be a or "
+        "b.");
+  m.def("nn_max_backward", &py_max_backward, "dout"_a, "x"_a, "remaining"_a, "dx"_a,
+        "Gradient of a max for one input x: where x == remaining, dx = dout and remaining = NaN "
+        "(a tie goes to the first input called), else dx = 0. All four buffers distinct.");
 }
 
 }  // namespace sparkbatch::cuda::bindings

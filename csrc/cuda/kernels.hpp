@@ -72,4 +72,34 @@ double sum_squares(const T* x, std::size_t count, double* scratch);
 template <typename T>
 std::size_t count_non_finite(const T* x, std::size_t count, double* scratch);
 
+// -- the computation graph's vertices (kernels_elementwise.cu) ---------------------------------
+
+// Merge (concatenation along the features), row-major matrices: dst[:, column:column + w] = src
+// for src [rows, w] and dst [rows, width], as one device-to-device cudaMemcpy2DAsync (no kernel);
+// column + w <= width and the two must not overlap.
+template <typename T>
+void copy_columns(const T* src, T* dst, std::size_t rows, std::size_t w, std::size_t width,
+                  std::size_t column);
+
+// The reverse copy, Merge's gradient: dst = src[:, column:column + w] for src [rows, width] and
+// dst [rows, w].
+template <typename T>
+void take_columns(const T* src, T* dst, std::size_t rows, std::size_t w, std::size_t width,
+                  std::size_t column);
+
+// ElementWise product: out = a * b; out may be a or b.
+template <typename T>
+void multiply(const T* a, const T* b, T* out, std::size_t count);
+
+// ElementWise max: out = max(a, b), NaN if either is (numpy.maximum); out may be a or b.
+template <typename T>
+void maximum(const T* a, const T* b, T* out, std::size_t count);
+
+// The gradient of a max vertex for one of its inputs x, called for each input in order with
+// `remaining` first a copy of the max: where x == remaining, dx = dout and remaining becomes NaN
+// (so a tie gives the gradient to the first input only); elsewhere dx = 0. dx is neither dout nor
+// x, and remaining is none of the others.
+template <typename T>
+void max_backward(const T* dout, const T* x, T* remaining, T* dx, std::size_t count);
+
 }  // namespace sparkbatch::cuda

@@ -120,3 +120,19 @@ def matmul(
     alpha: float = 1.0,
     beta: float = 0.0,
 ) -> None: ...
+def copy_columns(src: DeviceBuffer, dst: DeviceBuffer, column: int) -> None:
+    """dst[:, column:column + w] = src for src [rows, w] and dst [rows, W] (Merge's forward)."""
+
+def take_columns(src: DeviceBuffer, column: int, dst: DeviceBuffer) -> None:
+    """dst = src[:, column:column + w] for src [rows, W] and dst [rows, w] (Merge's gradient)."""
+
+def nn_multiply(a: DeviceBuffer, b: DeviceBuffer, out: DeviceBuffer) -> None:
+    """out = a * b element-wise; out may be a or b."""
+
+def nn_maximum(a: DeviceBuffer, b: DeviceBuffer, out: DeviceBuffer) -> None:
+    """out = max(a, b) element-wise, NaN where either is (numpy.maximum); out may be a or b."""
+
+def nn_max_backward(
+    dout: DeviceBuffer, x: DeviceBuffer, remaining: DeviceBuffer, dx: DeviceBuffer
+) -> None:
+    """Where x == remaining: dx = dout and remaining = NaN (ties: first input); else dx = 0."""
