@@ -16,7 +16,7 @@ import timeit
 
 import numpy as np
 
-import sparkbatch.nn.network as network
+import sparkbatch.nn.flat_model as network
 from sparkbatch import _finite, _native
 from sparkbatch.data import DataSet
 from sparkbatch.nn import Adam, Dense, Network, Output

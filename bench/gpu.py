@@ -7,8 +7,8 @@ against PyTorch on the same GPU.
    at least 0.8 times the copy's bandwidth.
 2. Training: one step of the network benchmark (bench/train.py): a 784-256-128-10 ReLU MLP,
    softmax cross-entropy, batch 128, Adam(1e-3), float32, from the same initial weights on the
-   same minibatches, for sparkbatch's GPU network (``sparkbatch.nn.gpu.GpuState``) and PyTorch
-   (default and fused Adam). Two settings: minibatches already in GPU memory, and copied from
+   same minibatches, for sparkbatch's GPU network (``Network(device="cuda").fit_arrays``) and
+   PyTorch (default and fused Adam). Two settings: minibatches already in GPU memory, and copied from
    host memory every step (what a Spark worker does). Every step reads its loss back to the
    host, in both. TF32 is off in both (cuBLAS's and PyTorch's default for float32 products).
    The script checks that the first losses agree before it times anything. Goal: no slower.
@@ -34,7 +34,7 @@ from train import SIZES, make_network  # noqa: E402  (the same network as the CP
 
 sys.path.pop(0)
 
-from sparkbatch.nn.gpu import CudaUnavailableError, GpuState, cuda_module, load_cublas  # noqa: E402
+from sparkbatch.nn.gpu import CudaUnavailableError, cuda_module, load_cublas  # noqa: E402
 
 MIB = 1 << 20
 
@@ -86,17 +86,14 @@ def averaging(cuda, elements: int, repeat: int, calls: int) -> list[tuple[int, f
 
 
 def sparkbatch_step(cuda, x, y, batch: int, resident: bool) -> Callable[[int], float]:
-    net = make_network()
-    state = GpuState(net)
+    net = make_network().to("cuda")
     count = x.shape[0] // batch
     host = [(x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]) for i in range(count)]
     batches = [(cuda.to_device(a), cuda.to_device(b)) for a, b in host] if resident else host
 
     def step(i: int) -> float:
         xb, yb = batches[i % count]
-        loss = state.fit_batch(xb, yb, None)
-        net.iteration += 1
-        return loss
+        return net.fit_arrays([xb], [yb])  # device arrays are used in place
 
     return step
 
@@ -147,7 +144,9 @@ def training(cuda, args: argparse.Namespace) -> tuple[list[tuple[str, float]], s
     runners: dict[str, Callable[[int], float]] = {}
     for resident in (True, False):
         where = "batches on GPU" if resident else "batches from host"
-        runners[f"sparkbatch GpuState, {where}"] = sparkbatch_step(cuda, x, y, args.batch, resident)
+        runners[f"sparkbatch Network.fit_arrays, {where}"] = sparkbatch_step(
+            cuda, x, y, args.batch, resident
+        )
     try:
         import torch
     except ImportError:

@@ -20,9 +20,10 @@ import pytest
 from sparkbatch import _native
 from sparkbatch.data import DataSet
 from sparkbatch.nn import ACTIVATIONS, LOSSES, SGD, Adam, Dense, Momentum, Network, Output
+from sparkbatch.nn.backend import CpuBackend
 from sparkbatch.nn.gpu import (
+    CudaBackend,
     CudaUnavailableError,
-    GpuState,
     cuda_available,
     cuda_module,
     load_cublas,
@@ -100,11 +101,16 @@ def test_parse_device_names_the_choices():
 def test_without_a_gpu_asking_for_one_says_why():
     if cuda_available():
         pytest.skip("a GPU is visible here")
-    net = Network([Output(4, 2)], seed=0)
     with pytest.raises(CudaUnavailableError, match="device='cuda' needs a GPU, but") as info:
-        GpuState(net)
+        Network([Output(4, 2)], seed=0, device="cuda")
     assert isinstance(info.value, RuntimeError)
     assert "use device='cpu'" in str(info.value) or "without its CUDA module" in str(info.value)
+    net = Network([Output(4, 2)], seed=0)
+    with pytest.raises(CudaUnavailableError, match="device='cuda' needs a GPU, but"):
+        net.to("cuda:0")
+    assert net.device == "cpu"  # left where it was
+    with pytest.raises(CudaUnavailableError, match="device='cuda' needs a GPU, but"):
+        CudaBackend("float32")
 
 
 @pytest.mark.skipif(not BUILT, reason="sparkbatch was built without its CUDA module")
@@ -502,36 +508,84 @@ def _sequence_batches(dtype, steps=5, n=24, t=3):
 @gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gpu_steps_follow_the_cpu_steps(dtype, cublas):
-    def make():
+    def make(device):
         layers = [
             Dense(12, 16, "relu", l2=1e-3),
             Dense(16, 8, "tanh", dropout=0.2),
             Output(8, 3, "softmax", "cross_entropy", dropout=0.1),
         ]
-        return Network(layers, Momentum(0.05), seed=3, dtype=dtype)
+        return Network(layers, Momentum(0.05), seed=3, dtype=dtype, device=device)
 
-    cpu, on_gpu = make(), make()
-    state = GpuState(on_gpu)
+    cpu, on_gpu = make("cpu"), make("cuda")
+    assert on_gpu.device == "cuda:0"
     tol = 1e-4 if dtype == "float32" else 1e-10
     for batch in _sequence_batches(dtype):
         expected = cpu.fit_batch(batch)
-        x, y, w = on_gpu._arrays(batch, labels_needed=True)
-        score = state.fit_batch(x, y, w)
-        on_gpu.iteration += 1
-        assert score == pytest.approx(expected, rel=tol)
-    params = state.download_params()
-    np.testing.assert_allclose(params, cpu.params(), rtol=tol, atol=tol * 1e-2)
-    np.testing.assert_allclose(state.download_state(), cpu.updater_state(), rtol=tol, atol=tol)
+        assert on_gpu.fit_batch(batch) == pytest.approx(expected, rel=tol)
+    np.testing.assert_allclose(on_gpu.params(), cpu.params(), rtol=tol, atol=tol * 1e-2)
+    np.testing.assert_allclose(on_gpu.updater_state(), cpu.updater_state(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(on_gpu.gradients(), cpu.gradients(), rtol=tol, atol=tol)
 
-    x, y, w = cpu._arrays(next(_sequence_batches(dtype, steps=1)), labels_needed=True)
-    np.testing.assert_allclose(state.infer(x), cpu._infer(x)[1], rtol=tol, atol=tol * 1e-2)
-    z, a = cpu._infer(x)
-    expected = _native.nn_loss_sum(LOSSES["cross_entropy"], ACTIVATIONS["softmax"], z, a, y, w)
-    assert state.score_sum(x, y, w) == pytest.approx(expected, rel=tol)
-    assert state.l2_penalty() == pytest.approx(cpu._l2_penalty(), rel=tol)
+    batch = next(_sequence_batches(dtype, steps=1))
+    np.testing.assert_allclose(
+        on_gpu.output(batch.features), cpu.output(batch.features), rtol=tol, atol=tol * 1e-2
+    )
+    assert on_gpu.score(batch) == pytest.approx(cpu.score(batch), rel=tol)  # masks, L2
 
-    on_device = cuda_module().to_device(x)  # inputs already on the device are used in place
-    np.testing.assert_allclose(state.infer(on_device), state.infer(x), rtol=0, atol=0)
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cuda_backend_stages_device_arrays_in_place_and_host_arrays_by_copy(dtype, cublas):
+    backend = CudaBackend(dtype)
+    host = np.arange(12, dtype=dtype).reshape(3, 4)
+    buffer = backend.empty((3, 4))
+    on_device = backend.from_host(host)
+    assert backend.stage(on_device, buffer) is on_device
+    assert backend.stage(host, buffer) is buffer
+    np.testing.assert_array_equal(backend.to_host(buffer), host)
+    with pytest.raises(ValueError, match="shape"):
+        backend.stage(backend.empty((4, 3)), buffer)
+    views = backend.carve([(3, 5), (7,), (1, 1)])
+    assert [tuple(v.shape) for v in views] == [(3, 5), (7,), (1, 1)]
+    assert all(v.ptr % 256 == 0 for v in views)  # aligned for cuBLAS and vector loads
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_backend_primitive_matches_the_cpu_backend(dtype, cublas):
+    """The backend interface itself, primitive by primitive, CUDA against CPU."""
+    gpu_backend, cpu_backend = CudaBackend(dtype), CpuBackend(dtype)
+    rng = np.random.default_rng(11)
+    a, b = (rng.normal(size=(9, 5)).astype(dtype) for _ in range(2))
+
+    def both(name, *arrays, **kwargs):
+        outs = []
+        for backend in (cpu_backend, gpu_backend):
+            args = [backend.from_host(x) if isinstance(x, np.ndarray) else x for x in arrays]
+            getattr(backend, name)(*args, **kwargs)
+            outs.append([backend.to_host(x) for x in args if not isinstance(x, (int, float))])
+        for got, expected in zip(outs[1], outs[0], strict=True):
+            assert_close(got, expected, dtype)
+
+    both("add_into", a.copy(), b)
+    both("axpy", a.copy(), b, 0.5)
+    both("scale", np.empty_like(a), b, 0.25)
+    both("multiply", a, b, np.empty_like(a))
+    both("maximum", a, b, np.empty_like(a))
+    for backend in (cpu_backend, gpu_backend):
+        out = backend.empty(a.shape)
+        backend.average([backend.from_host(a), backend.from_host(b)], out)
+        assert_close(backend.to_host(out), (a + b) / 2, dtype)
+        assert backend.sum_squares(backend.from_host(a)) == pytest.approx(
+            float((a.astype(np.float64) ** 2).sum()), rel=_tolerance(dtype)
+        )
+        assert backend.all_finite(backend.from_host(a))
+        assert not backend.all_finite(backend.from_host(np.array([1.0, np.nan], dtype)))
+        merged = backend.zeros((9, 10))
+        backend.copy_columns(backend.from_host(a), merged, 2)
+        part = backend.empty((9, 5))
+        backend.take_columns(merged, 2, part)
+        np.testing.assert_array_equal(backend.to_host(part), a)
 
 
 def _digits():

@@ -1,14 +1,17 @@
-"""The built-in network: dense layers on one flat parameter buffer, fused native kernels.
+"""The built-in models: layers on one flat parameter buffer, fused native kernels, one engine
+over a CPU or CUDA backend.
 
 ``Network(layers, updater, seed=...)`` with :class:`Dense` hidden layers and one :class:`Output`
-layer; updaters :class:`SGD`, :class:`Momentum`, :class:`Nesterov`, :class:`Adam`,
-:class:`RMSProp` with optional :class:`StepSchedule` / :class:`ExponentialSchedule`. It is what
-``sparkbatch.train`` trains across Spark executors by parameter averaging, and it implements the
-``Model`` protocol any other model can implement too.
+layer; ``Graph(inputs, vertices, outputs, updater)`` for several inputs and outputs, with
+:class:`Merge` and :class:`ElementWise` vertices; updaters :class:`SGD`, :class:`Momentum`,
+:class:`Nesterov`, :class:`Adam`, :class:`RMSProp` with optional :class:`StepSchedule` /
+:class:`ExponentialSchedule`. They are what ``sparkbatch.train`` trains across Spark executors by
+parameter averaging, and they implement the ``Model`` protocol any other model can implement too.
 """
 
 from .functions import ACTIVATIONS, LOSSES
-from .layers import WEIGHT_INITS, Dense, Output
+from .graph import Graph
+from .layers import WEIGHT_INITS, Dense, Layer, Output
 from .network import Network
 from .updaters import (
     SGD,
@@ -21,6 +24,7 @@ from .updaters import (
     StepSchedule,
     Updater,
 )
+from .vertices import ElementWise, Merge, Vertex
 
 __all__ = [
     "ACTIVATIONS",
@@ -29,6 +33,11 @@ __all__ = [
     "Dense",
     "Output",
     "Network",
+    "Graph",
+    "Layer",
+    "Vertex",
+    "Merge",
+    "ElementWise",
     "Updater",
     "SGD",
     "Momentum",

@@ -1,13 +1,11 @@
-"""The built-in network on a GPU: device copies of its buffers and its training step in CUDA.
+"""The built-in models on a GPU: :class:`CudaBackend`, and whether a GPU can be used here.
 
-:class:`GpuState` holds what a :class:`~sparkbatch.nn.Network` needs on a GPU: its flat
-parameter, gradient and updater-state buffers (one device allocation each, with every layer's
-``W`` and ``b`` as views, laid out as on the host) and work buffers per batch size. Its
-:meth:`~GpuState.fit_batch` runs the CPU step's algorithm operation for operation, cuBLAS for
-the matrix products and the CUDA twins of the ``_native.nn_*`` kernels for the rest, so the two
-devices differ only by rounding. Each step copies the minibatch in and the score out; the
-parameters cross only when asked (:meth:`~GpuState.download_params`,
-:meth:`~GpuState.upload_params`), e.g. at an averaging round.
+:class:`CudaBackend` implements the :class:`~sparkbatch.nn.backend.Backend` primitives with
+cuBLAS for the matrix products and the CUDA twins of the ``_native.nn_*`` kernels for the rest,
+so a model's step (written once, in :mod:`sparkbatch.nn.engine`) runs on the GPU operation for
+operation as on the CPU, and the two devices differ only by rounding. Each step copies the
+minibatch in and the score out; the parameters cross only when asked (``params()``,
+``set_params``), e.g. at an averaging round.
 
 The CUDA module ``sparkbatch._cuda`` is optional and imported on first use, never by
 ``import sparkbatch``. :func:`cuda_available` tells whether a GPU can be used here, and
@@ -29,31 +27,24 @@ import importlib
 import math
 import os
 import sys
-import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import SparkbatchError
-from .functions import activation_code, loss_code, needs_preactivation
-
-if TYPE_CHECKING:
-    from .layers import Dense, Output
-    from .network import Network
+from .backend import Backend
 
 __all__ = [
+    "CudaBackend",
     "CudaUnavailableError",
-    "GpuState",
     "cuda_available",
     "cuda_module",
     "load_cublas",
     "parse_device",
 ]
 
-_WORKSPACES_KEPT = 4  # batch sizes whose work buffers are kept, as on the CPU
 _ALIGN_BYTES = 256  # work-buffer views start at multiples of this (cuBLAS and vector loads)
 
 #: Where the pip wheels put cuBLAS, relative to a site-packages directory: nvidia-cublas (CUDA
@@ -158,329 +149,124 @@ def load_cublas() -> str:
         raise CudaUnavailableError(str(e)) from e
 
 
-def _carve(cuda: ModuleType, shapes: Sequence[tuple[int, ...]], dtype: np.dtype, device: int):
-    """Views of the given shapes into one new device allocation, each 256-byte aligned."""
-    align = _ALIGN_BYTES // dtype.itemsize
-    offsets, total = [], 0
-    for shape in shapes:
-        offsets.append(total)
-        total += -(-math.prod(shape) // align) * align
-    buffer = cuda.DeviceBuffer((total,), dtype, device)
-    return [buffer.view(o, s) for o, s in zip(offsets, shapes, strict=True)]
+class CudaBackend(Backend):
+    """A CUDA device: ``DeviceBuffer`` arrays, cuBLAS matrix products, ``_cuda`` kernels.
 
-
-def _views(buffer: Any, layers: Sequence[Dense | Output]) -> tuple[list[Any], list[Any]]:
-    """Per layer, the W ``[n_in, n_out]`` and b ``[n_out]`` views (network._views' layout)."""
-    weights, biases = [], []
-    offset = 0
-    for layer in layers:
-        weights.append(buffer.view(offset, (layer.n_in, layer.n_out)))
-        offset += layer.n_in * layer.n_out
-        biases.append(buffer.view(offset, (layer.n_out,)))
-        offset += layer.n_out
-    return weights, biases
-
-
-class _Workspace:
-    """Device work buffers for one batch size (network._Workspace's), in one allocation."""
-
-    def __init__(
-        self, cuda: ModuleType, layers: Sequence[Dense | Output], rows: int, dtype, device: int
-    ) -> None:
-        last = len(layers) - 1
-        separate_a = [
-            i == last or needs_preactivation(layer.activation) for i, layer in enumerate(layers)
-        ]
-        shapes = [(rows, layers[0].n_in), (rows, layers[-1].n_out), (rows,)]  # x, y, w
-        shapes += [(rows, layer.n_out) for layer in layers]  # z
-        shapes += [  # a
-            (rows, layer.n_out) for layer, own in zip(layers, separate_a, strict=True) if own
-        ]
-        shapes += [(rows, layers[-1].n_out)]  # dz_out
-        shapes += [(rows, layer.n_in) for layer in layers[1:]]  # d_input
-        shapes += [(rows, layer.n_in) for layer in layers if layer.dropout > 0]  # dropped
-        views = iter(_carve(cuda, shapes, dtype, device))
-        self.x, self.y, self.w = next(views), next(views), next(views)
-        self.z = [next(views) for _ in layers]
-        # Hidden activations that need no pre-activation overwrite it; the output keeps both.
-        self.a = [next(views) if own else z for own, z in zip(separate_a, self.z, strict=True)]
-        self.dz_out = next(views)
-        self.d_input = [None] + [next(views) for _ in layers[1:]]
-        self.dropped = [next(views) if layer.dropout > 0 else None for layer in layers]
-
-
-class GpuState:
-    """A network's buffers on a GPU and its training step there.
-
-    Parameters
-    ----------
-    network : Network
-        Read for its layers, updater, dtype and dropout seeds; its host parameters and updater
-        state are uploaded. The network keeps its counters (``iteration``, ``epoch``), which
-        :meth:`fit_batch` reads and does not advance. Only a weak reference is kept.
-    device : int
-        CUDA device ordinal.
-
-    Attributes
-    ----------
-    params, grads, state : DeviceBuffer
-        The flat buffers on the device (``__dlpack__`` and ``__cuda_array_interface__`` let
-        PyTorch or CuPy use them without a copy).
-    weights, biases : list of DeviceBuffer
-        Per layer, views ``W [n_in, n_out]`` and ``b [n_out]`` into ``params``.
+    Creating one checks that the GPU can be used and loads cuBLAS, raising
+    :class:`CudaUnavailableError` saying why not.
     """
 
-    def __init__(self, network: Network, device: int = 0) -> None:
+    def __init__(self, dtype: str | np.dtype, index: int = 0) -> None:
+        super().__init__(dtype)
         cuda = cuda_module()
-        if not 0 <= device < cuda.device_count():
-            raise ValueError(f"no CUDA device {device}: {cuda.device_count()} visible")
+        if not 0 <= index < cuda.device_count():
+            raise ValueError(f"no CUDA device {index}: {cuda.device_count()} visible")
         load_cublas()
         self._cuda = cuda
-        self._network = weakref.ref(network)
-        self.device = device
-        self.layers = tuple(network.layers)
-        self.dtype = np.dtype(network.dtype)
-        self._codes = [(activation_code(layer.activation), layer.slope) for layer in self.layers]
-        self._loss = loss_code(self.layers[-1].loss)
-        total = network.num_params
-        state_size = network.updater.state_per_param * total
-        self.params = cuda.DeviceBuffer((total,), self.dtype, device)
-        self.grads = cuda.DeviceBuffer((total,), self.dtype, device)
-        self.state = cuda.DeviceBuffer((state_size,), self.dtype, device)
-        self.grads.zero()
-        self.weights, self.biases = _views(self.params, self.layers)
-        self.weight_grads, self.bias_grads = _views(self.grads, self.layers)
-        self._workspaces: OrderedDict[int, _Workspace] = OrderedDict()
-        self.upload_params(network._params)
-        self.upload_state(network._state)
+        self.index = index
+        self.device = f"cuda:{index}"
 
-    # -- moving buffers ------------------------------------------------------------------------
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        return self._cuda.DeviceBuffer(tuple(shape), self.dtype, self.index)
 
-    def upload_params(self, values: Any) -> None:
-        """Copy ``num_params`` host values into the device parameters."""
-        self.params.copy_from_host(np.asarray(values).reshape(-1))
+    def carve(self, shapes: Sequence[tuple[int, ...]]) -> list[Any]:
+        """Views of the given shapes into one new allocation, each 256-byte aligned."""
+        align = _ALIGN_BYTES // self.dtype.itemsize
+        offsets, total = [], 0
+        for shape in shapes:
+            offsets.append(total)
+            total += -(-math.prod(shape) // align) * align
+        buffer = self.empty((max(total, 1),))
+        return [buffer.view(o, tuple(s)) for o, s in zip(offsets, shapes, strict=True)]
 
-    def upload_state(self, values: Any) -> None:
-        """Copy host values into the device updater state."""
-        self.state.copy_from_host(np.asarray(values).reshape(-1))
+    def view(self, flat: Any, offset: int, shape: tuple[int, ...]) -> Any:
+        return flat.view(offset, tuple(shape))
 
-    def download_params(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The device parameters copied to ``out`` (a flat host array) or to a new array."""
-        return self.params.to_host(out)
+    def from_host(self, host: Any) -> Any:
+        return self._cuda.to_device(np.ascontiguousarray(host, self.dtype), self.index)
 
-    def download_state(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The device updater state copied to ``out`` or to a new host array."""
-        return self.state.to_host(out)
-
-    def download_gradients(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The gradients of the last :meth:`compute_gradients` copied to the host."""
-        return self.grads.to_host(out)
-
-    # -- training ------------------------------------------------------------------------------
-
-    def fit_batch(self, x: Any, y: Any, w: np.ndarray | None = None) -> float:
-        """One step (Network.fit_batch's, less the counters): gradients, then the updater at
-        the network's current ``iteration`` and ``epoch``. Returns the score before the step.
-
-        ``x [rows, n_in]`` and ``y [rows, n_out]`` are host arrays of the network's dtype (as
-        ``Network._arrays`` makes them) or DeviceBuffers of those shapes, used in place; ``w``
-        is None or the host array of per-row loss weights.
-
-        The bare step, without the non-finite checks of ``Network.fit_batch`` (NOTE
-        [non-finite checks] in ``sparkbatch._finite``), which trains through
-        :meth:`compute_gradients`, :meth:`gradients_finite` and :meth:`update` instead; kept
-        for ``bench/gpu.py`` and ``tests/test_cuda.py``, which time and compare the step alone.
-        """
-        score = self.compute_gradients(x, y, w)
-        self.update()
-        return score
-
-    def update(self) -> None:
-        """The updater's step from :attr:`grads` at the network's ``iteration`` and ``epoch``."""
-        network = self._live_network()
-        updater = network.updater
-        self._cuda.nn_updater_step(
-            updater.code,
-            self.params,
-            self.grads,
-            self.state,
-            **updater._hyper(network.iteration, network.epoch, network.updater_steps),
-        )
-
-    def gradients_finite(self) -> bool:
-        """Whether every value of :attr:`grads` is finite: one reduction on the device."""
-        return self._cuda.nn_count_non_finite(self.grads) == 0
-
-    def compute_gradients(self, x: Any, y: Any, w: np.ndarray | None = None) -> float:
-        """Network.compute_gradients on the device: fills :attr:`grads`, returns the score."""
-        cuda = self._cuda
-        rows = _rows_of(x)
-        if rows == 0:
-            raise ValueError("cannot fit an empty minibatch")
-        ws = self._workspace(rows)
-        x_dev = self._stage(ws.x, x, "features")
-        y_dev = self._stage(ws.y, y, "labels")
-        w_dev = self._stage_weights(ws.w, w)
-        inputs = self._forward(ws, x_dev, training=True)
-        last = len(self.layers) - 1
-        act, alpha = self._codes[last]
-        divisor = float(rows if w is None else w.sum())
-        cuda.matmul(inputs[last], self.weights[last], ws.z[last])
-        loss = cuda.nn_output_layer(
-            self._loss,
-            act,
-            alpha,
-            ws.z[last],
-            self.biases[last],
-            y_dev,
-            w_dev,
-            ws.a[last],
-            ws.dz_out,
-            self.bias_grads[last],
-            1.0 / divisor if divisor > 0 else 0.0,
-        )
-        self._backward(inputs, ws)
-        return (loss / divisor if divisor > 0 else 0.0) + self.l2_penalty()
-
-    def l2_penalty(self) -> float:
-        """``sum(l2 / 2 * |W|^2)`` over the layers with ``l2 > 0`` (Network._l2_penalty)."""
-        penalty = 0.0
-        for layer, weights in zip(self.layers, self.weights, strict=True):
-            if layer.l2 > 0:
-                penalty += 0.5 * layer.l2 * self._cuda.nn_sum_squares(weights)
-        return penalty
-
-    # -- inference -----------------------------------------------------------------------------
-
-    def infer(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """The output layer's activations for ``x [rows, n_in]``, copied to ``out`` (a
-        C-contiguous host array of ``rows * n_out`` values) or to a new ``[rows, n_out]``."""
-        _, a = self._infer(x)
-        return a.to_host(out)
-
-    def score_sum(self, x: Any, y: Any, w: np.ndarray | None = None) -> float:
-        """The sum of the weighted loss terms over the rows of ``x`` (``_native.nn_loss_sum`` of
-        Network.score; the caller divides and adds :meth:`l2_penalty`)."""
-        rows = _rows_of(x)
-        if rows == 0:
-            return 0.0
-        z, a = self._infer(x)
-        ws = self._workspace(rows)
-        y_dev = self._stage(ws.y, y, "labels")
-        w_dev = self._stage_weights(ws.w, w)
-        act, _ = self._codes[-1]
-        return self._cuda.nn_loss_sum(self._loss, act, z, a, y_dev, w_dev)
-
-    # -- internals -----------------------------------------------------------------------------
-
-    def _live_network(self) -> Network:
-        network = self._network()
-        if network is None:
-            raise RuntimeError("the network of this GpuState no longer exists")
-        return network
-
-    def _workspace(self, rows: int) -> _Workspace:
-        ws = self._workspaces.get(rows)
-        if ws is None:
-            ws = _Workspace(self._cuda, self.layers, rows, self.dtype, self.device)
-            self._workspaces[rows] = ws
-            while len(self._workspaces) > _WORKSPACES_KEPT:
-                self._workspaces.popitem(last=False)
-        else:
-            self._workspaces.move_to_end(rows)
-        return ws
-
-    def _stage(self, buffer: Any, array: Any, name: str) -> Any:
-        """``array`` in device memory: a DeviceBuffer as it is, a host array copied to
-        ``buffer``; either must have ``buffer``'s shape."""
-        if isinstance(array, self._cuda.DeviceBuffer):
-            if array.shape != buffer.shape or array.dtype != self.dtype:
+    def stage(self, host: Any, buffer: Any) -> Any:
+        if isinstance(host, self._cuda.DeviceBuffer):
+            if tuple(host.shape) != tuple(buffer.shape) or host.dtype != self.dtype:
                 raise ValueError(
-                    f"{name} must be a {self.dtype} buffer of shape {buffer.shape}, got "
-                    f"{array.dtype} {array.shape}"
+                    f"expected a {self.dtype} buffer of shape {tuple(buffer.shape)}, got "
+                    f"{host.dtype} {tuple(host.shape)}"
                 )
-            return array
-        if np.shape(array) != buffer.shape:
-            raise ValueError(f"{name} must have shape {buffer.shape}, got {np.shape(array)}")
-        buffer.copy_from_host(array)
+            return host
+        buffer.copy_from_host(host)
         return buffer
 
-    def _stage_weights(self, buffer: Any, w: np.ndarray | None) -> Any:
-        if w is None:
-            return None
-        w = np.ascontiguousarray(w, dtype=self.dtype)
-        if w.shape == buffer.shape:
-            buffer.copy_from_host(w)
-            return buffer
-        # Other shapes ([rows, 1], [rows, n_out]) get their own buffer; the kernel checks them.
-        return self._cuda.to_device(w, self.device)
+    def to_host(self, array: Any, out: np.ndarray | None = None) -> np.ndarray:
+        return array.to_host(out)
 
-    def _forward(self, ws: _Workspace, x: Any, training: bool) -> list[Any]:
-        """Run the hidden layers; returns the input of every layer (after its dropout)."""
-        cuda = self._cuda
-        network = self._live_network() if training else None
-        inputs = []
-        current = x
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            if training and layer.dropout > 0:
-                dropped = ws.dropped[i]
-                dropped.copy_from(current)
-                cuda.nn_dropout(dropped, layer.dropout, network._dropout_seed(i))
-                current = dropped
-            inputs.append(current)
-            if i == last:
-                break
-            z = ws.z[i]
-            cuda.matmul(current, self.weights[i], z)
-            act, alpha = self._codes[i]
-            cuda.nn_bias_activation(z, self.biases[i], ws.a[i], act, alpha)
-            current = ws.a[i]
-        return inputs
+    def upload(self, dst: Any, host: Any) -> None:
+        values = np.asarray(host)
+        if not np.can_cast(values.dtype, self.dtype, "same_kind"):
+            raise TypeError(f"cannot copy {values.dtype} values into {self.dtype} parameters")
+        dst.copy_from_host(np.ascontiguousarray(values.reshape(-1), self.dtype))
 
-    def _backward(self, inputs: list[Any], ws: _Workspace) -> None:
-        cuda = self._cuda
-        network = self._live_network()
-        dz = ws.dz_out
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            cuda.matmul(inputs[i], dz, self.weight_grads[i], trans_a=True)
-            if layer.l2 > 0:
-                cuda.nn_axpy(self.weight_grads[i], self.weights[i], layer.l2)
-            if i == 0:
-                break
-            d_input = ws.d_input[i]
-            cuda.matmul(dz, self.weights[i], d_input, trans_b=True)
-            if layer.dropout > 0:  # the same mask as forward, recomputed from the seed
-                cuda.nn_dropout(d_input, layer.dropout, network._dropout_seed(i))
-            below = self.layers[i - 1]
-            act, alpha = self._codes[i - 1]
-            z = ws.z[i - 1] if needs_preactivation(below.activation) else None
-            cuda.nn_activation_backward(
-                d_input, z, ws.a[i - 1], d_input, self.bias_grads[i - 1], act, alpha
-            )
-            dz = d_input
+    def copy(self, dst: Any, src: Any) -> None:
+        dst.copy_from(src)
 
-    def _infer(self, x: Any) -> tuple[Any, Any]:
-        """Forward without dropout; the output layer's (pre-activation, activation) buffers."""
-        rows = _rows_of(x)
-        ws = self._workspace(rows)
-        inputs = self._forward(ws, self._stage(ws.x, x, "features"), training=False)
-        last = len(self.layers) - 1
-        self._cuda.matmul(inputs[last], self.weights[last], ws.z[last])
-        act, alpha = self._codes[last]
-        self._cuda.nn_bias_activation(ws.z[last], self.biases[last], ws.a[last], act, alpha)
-        return ws.z[last], ws.a[last]
+    def zero(self, array: Any) -> None:
+        array.zero()
 
-    def __repr__(self) -> str:
-        return (
-            f"GpuState(device={self.device}, {self.params.size} params, {self.dtype.name}, "
-            f"{len(self._workspaces)} batch sizes cached)"
+    def copy_columns(self, src: Any, dst: Any, column: int) -> None:
+        self._cuda.copy_columns(src, dst, column)
+
+    def take_columns(self, src: Any, column: int, dst: Any) -> None:
+        self._cuda.take_columns(src, column, dst)
+
+    def matmul(self, a, b, out, *, trans_a: bool = False, trans_b: bool = False) -> None:
+        self._cuda.matmul(a, b, out, trans_a=trans_a, trans_b=trans_b)
+
+    def bias_activation(self, z, bias, out, activation, alpha) -> None:
+        self._cuda.nn_bias_activation(z, bias, out, activation, alpha)
+
+    def activation_backward(self, da, z, a, dz, db, activation, alpha) -> None:
+        self._cuda.nn_activation_backward(da, z, a, dz, db, activation, alpha)
+
+    def output_layer(self, loss, activation, alpha, z, bias, labels, weights, a, dz, db, scale):
+        return self._cuda.nn_output_layer(
+            loss, activation, alpha, z, bias, labels, weights, a, dz, db, scale
         )
 
+    def loss_sum(self, loss, activation, z, a, labels, weights) -> float:
+        return self._cuda.nn_loss_sum(loss, activation, z, a, labels, weights)
 
-def _rows_of(x: Any) -> int:
-    shape = x.shape if hasattr(x, "shape") else np.shape(x)
-    if len(shape) != 2:
-        raise ValueError(f"features must be 2-D [rows, n_in] here, got shape {tuple(shape)}")
-    return int(shape[0])
+    def dropout(self, x, rate, seed) -> None:
+        self._cuda.nn_dropout(x, rate, seed)
+
+    def updater_step(self, code, params, grads, state, hyper) -> None:
+        self._cuda.nn_updater_step(code, params, grads, state, **hyper)
+
+    def add_into(self, acc, x) -> None:
+        self._cuda.nn_add_into(acc, x)
+
+    def axpy(self, y, x, alpha) -> None:
+        self._cuda.nn_axpy(y, x, alpha)
+
+    def scale(self, dst, src, alpha) -> None:
+        dst.zero()
+        self._cuda.nn_axpy(dst, src, alpha)
+
+    def average(self, arrays, out) -> None:
+        self._cuda.nn_average(list(arrays), out)
+
+    def multiply(self, a, b, out) -> None:
+        self._cuda.nn_multiply(a, b, out)
+
+    def maximum(self, a, b, out) -> None:
+        self._cuda.nn_maximum(a, b, out)
+
+    def max_backward(self, d_out, x, remaining, dx) -> None:
+        self._cuda.nn_max_backward(d_out, x, remaining, dx)
+
+    def sum_squares(self, x) -> float:
+        return self._cuda.nn_sum_squares(x)
+
+    def all_finite(self, x) -> bool:
+        return self._cuda.nn_count_non_finite(x) == 0
+
+    def synchronize(self) -> None:
+        self._cuda.synchronize()

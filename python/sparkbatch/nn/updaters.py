@@ -117,7 +117,9 @@ class Updater:
         count = iteration if self.schedule.unit == "iteration" else epoch
         return self.learning_rate * self.schedule.factor(count)
 
-    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
+    def hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
+        """The keyword arguments of the native step at ``iteration`` and ``epoch``, with
+        ``steps`` steps in the state so far (default ``iteration``)."""
         return {"lr": self.rate(iteration, epoch)}
 
     def step(
@@ -137,7 +139,7 @@ class Updater:
         parameter averaging without ``save_updater`` does every round.
         """
         _native.nn_updater_step(
-            self.code, params, grads, state, **self._hyper(iteration, epoch, steps)
+            self.code, params, grads, state, **self.hyper(iteration, epoch, steps)
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -168,7 +170,7 @@ class Momentum(Updater):
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
-    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
+    def hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
         return {"lr": self.rate(iteration, epoch), "momentum": self.momentum}
 
 
@@ -199,7 +201,7 @@ class Adam(Updater):
                 f"{self.beta2}, {self.epsilon}"
             )
 
-    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
+    def hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
         t = (iteration if steps is None else steps) + 1
         step = self.rate(iteration, epoch) * math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
         return {"lr": step, "beta1": self.beta1, "beta2": self.beta2, "eps": self.epsilon}
@@ -223,7 +225,7 @@ class RMSProp(Updater):
                 f"RMSProp needs decay in [0, 1) and epsilon > 0, got {self.decay}, {self.epsilon}"
             )
 
-    def _hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
+    def hyper(self, iteration: int, epoch: int, steps: int | None = None) -> dict[str, float]:
         return {"lr": self.rate(iteration, epoch), "decay": self.decay, "eps": self.epsilon}
 
 

@@ -473,7 +473,7 @@ class FitRounds:
                     for b in slots.slot(index)
                 ):
                     # back to private memory: the cached model outlives the shared file
-                    model._use_buffers(*(np.empty_like(a) for a in _own_buffers(model, True)))
+                    model.use_buffers(*(np.empty_like(a) for a in _own_buffers(model, True)))
                 slots.close()
         return iter(())
 
@@ -504,13 +504,13 @@ class FitRounds:
                 header.get("shared")
                 and slots is not None
                 and spare
-                and hasattr(model, "_use_buffers")
+                and hasattr(model, "use_buffers")
             ):
                 # Granted to this task alone: its network keeps its parameters (and state) in
                 # its slot, so a round's result is there without a copy.
                 state = arrays[1] if len(arrays) > 1 else None
                 _start_round(model, header, arrays[0], state, self.setup.save_updater, index)
-                model._use_buffers(*slots.slot(index))
+                model.use_buffers(*slots.slot(index))
                 spare = arrays = _own_buffers(model, self.setup.save_updater)
                 bound = True
             while r < len(plan):
