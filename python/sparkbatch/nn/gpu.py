@@ -193,6 +193,8 @@ class CudaBackend(Backend):
                     f"{host.dtype} {tuple(host.shape)}"
                 )
             return host
+        if tuple(np.shape(host)) != tuple(buffer.shape):
+            raise ValueError(f"expected shape {tuple(buffer.shape)}, got {np.shape(host)}")
         buffer.copy_from_host(host)
         return buffer
 
