@@ -15,14 +15,6 @@
 namespace sparkbatch::cuda {
 namespace {
 
-__device__ __forceinline__ std::size_t thread_index() {
-  return static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ std::size_t thread_stride() {
-  return static_cast<std::size_t>(gridDim.x) * blockDim.x;
-}
-
 // numpy.maximum: NaN when either is NaN (a != a only for a NaN), a on ties, as numpy's loop.
 template <typename T>
 __device__ __forceinline__ T maximum_of(T a, T b) {

@@ -14,14 +14,6 @@
 namespace sparkbatch::cuda {
 namespace {
 
-__device__ __forceinline__ std::size_t thread_index() {
-  return static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ std::size_t thread_stride() {
-  return static_cast<std::size_t>(gridDim.x) * blockDim.x;
-}
-
 template <typename T>
 __global__ void updater_kernel(Updater u, T* params, const T* grads, T* state, std::size_t count,
                                T lr, T mu, T beta1, T beta2, T eps, T decay) {

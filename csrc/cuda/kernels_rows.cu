@@ -43,14 +43,6 @@ __device__ __forceinline__ T warp_max(T v) {
   return v;
 }
 
-__device__ __forceinline__ std::size_t thread_index() {
-  return static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ std::size_t thread_stride() {
-  return static_cast<std::size_t>(gridDim.x) * blockDim.x;
-}
-
 // The loss term of one output from its activation a (every loss but the fused ones).
 template <typename T>
 __device__ __forceinline__ T loss_term(Loss loss, T a, T y, T inv_outputs, T* grad) {

@@ -1,4 +1,5 @@
-// Launch configuration shared by the kernel files (host code).
+// Launch configuration shared by the kernel files (host code), and the grid-stride loop's
+// thread index and stride (device code).
 #pragma once
 
 #include <algorithm>
@@ -25,5 +26,16 @@ inline unsigned row_blocks(std::size_t rows) {
     throw std::invalid_argument("too many rows for one launch");
   return static_cast<unsigned>(blocks);
 }
+
+#ifdef __CUDACC__
+// A thread's first item, and the step to its next, in a grid-stride loop.
+__device__ __forceinline__ std::size_t thread_index() {
+  return static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ std::size_t thread_stride() {
+  return static_cast<std::size_t>(gridDim.x) * blockDim.x;
+}
+#endif
 
 }  // namespace sparkbatch::cuda
