@@ -368,8 +368,18 @@ class FlatModel:
                 engine.backend.to_host(result, out[begin : begin + count])
         return outs
 
-    def _score_sums(self, data: Any, batch_size: int | None) -> list[float]:
-        """Per output, the mean (weighted) loss over every example of ``data``."""
+    def score_parts(
+        self,
+        data: DataSet | MultiDataSet | Iterable[DataSet | MultiDataSet],
+        *,
+        batch_size: int | None = None,
+    ) -> tuple[list[float], list[float], float]:
+        """What :meth:`score` is made of: per output, the sum of the (weighted) loss terms over
+        ``data`` and the weight they sum over (examples, or unmasked steps), and the L2 penalty.
+
+        ``score(data)`` is ``sum(loss / weight) + penalty``; the losses and weights of pieces of
+        data add up, so that distributed scoring merges them exactly.
+        """
         n_out = len(self._topology.outputs)
         totals, weights = [0.0] * n_out, [0.0] * n_out
         for batch in batches(data, batch_size):
@@ -385,9 +395,7 @@ class FlatModel:
                     weights[k] += (
                         (min(end, xs[0].shape[0]) - begin) if w is None else float(w.sum())
                     )
-        if any(weight == 0 for weight in weights):
-            raise ValueError("no examples to score")
-        return [total / weight for total, weight in zip(totals, weights, strict=True)]
+        return totals, weights, self._engine.l2_penalty()
 
     def score(
         self,
@@ -397,7 +405,10 @@ class FlatModel:
     ) -> float:
         """Mean loss over every example (every unmasked step) of ``data``, summed over the
         outputs, plus the L2 penalty."""
-        return sum(self._score_sums(data, batch_size)) + self._engine.l2_penalty()
+        totals, weights, penalty = self.score_parts(data, batch_size=batch_size)
+        if any(weight == 0 for weight in weights):
+            raise ValueError("no examples to score")
+        return sum(total / weight for total, weight in zip(totals, weights, strict=True)) + penalty
 
     # -- configuration and files ---------------------------------------------------------------
 

@@ -2,8 +2,14 @@
 
 Parameter averaging only needs a model's parameters and updater state as flat numpy buffers it
 can broadcast, sum and average, a way to fit one minibatch, and a configuration from which an
-executor builds an identical model. :class:`sparkbatch.nn.Network` implements it; any other
-model can, as long as it pickles by reference (a class importable on the executors).
+executor builds an identical model. :class:`sparkbatch.nn.Network` and
+:class:`sparkbatch.nn.Graph` implement it; any other model can, as long as it pickles by
+reference (a class importable on the executors).
+
+Distributed evaluation takes a model of several inputs and outputs (a Graph) by its
+``output_widths``: its ``output`` then takes a list of features arrays and returns a list of
+outputs, and ``score_parts(batch)`` gives per output the loss sum and the weight it sums over,
+and the L2 penalty, so that scores merge exactly across partitions.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .. import _native
 from .._arguments import check_int
 from .._finite import check_params
@@ -52,6 +54,7 @@ from .worker import (
     _own_buffers,
     combine,
     merge_evaluations,
+    several_outputs,
 )
 
 if TYPE_CHECKING:
@@ -69,8 +72,9 @@ class SparkNetwork:
     ----------
     sc : SparkContext or SparkSession
     model : Model
-        E.g. a :class:`sparkbatch.nn.Network`; trained in place (its buffers are updated after
-        every round) and returned by :meth:`fit`.
+        E.g. a :class:`sparkbatch.nn.Network`, or a :class:`sparkbatch.nn.Graph` of several
+        inputs and outputs (fitted with :meth:`fit_multi`); trained in place (its buffers are
+        updated after every round) and returned by :meth:`fit`.
     master : ParameterAveraging, optional
         Default ``ParameterAveraging()``.
 
@@ -137,10 +141,15 @@ class SparkNetwork:
 
     @executor_errors()
     def fit_multi(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
-        """Fit MultiDataSets: files under a directory URL, or an RDD of MultiDataSets.
+        """Fit MultiDataSets: the files under a directory URL (as ``export_datasets`` or
+        ``batch_and_export`` write them), or an RDD of MultiDataSets (re-batched to
+        ``batch_size_per_worker`` as :meth:`fit` does).
 
-        The built-in network has one input and one output, so it fits MultiDataSets of one
-        input and one output and refuses others with a clear error.
+        A :class:`~sparkbatch.nn.Graph` takes a MultiDataSet's features in the order of its
+        inputs and its labels (and labels masks) in the order of its outputs; a
+        :class:`~sparkbatch.nn.Network` has one input and one output, so it fits MultiDataSets
+        of one input and one output and refuses others with a clear error. Both exchanges
+        apply, as for :meth:`fit`.
         """
         epochs = check_int("epochs", epochs)
         if isinstance(data, (str, os.PathLike)):
@@ -227,9 +236,7 @@ class SparkNetwork:
         size = m.batch_size_per_worker
         # ((partition, index), minibatch): where each came from, for errors that name it
         batched = rdd.mapPartitionsWithIndex(
-            lambda p, items: (
-                ((p, i), b) for i, b in enumerate(rebatch_partition(p, items, size))
-            )
+            lambda p, items: (((p, i), b) for i, b in enumerate(rebatch_partition(p, items, size)))
         )
         batched.persist(StorageLevel.MEMORY_AND_DISK)  # zipWithIndex's job, then keyed's
         if m.repartition == "never":
@@ -577,42 +584,71 @@ class SparkNetwork:
     def evaluate(
         self,
         data: RDD | str | os.PathLike[str],
+        output_index: int = 0,
         *,
         top_n: int = 1,
         labels: Sequence[str] | None = None,
         loader: Any = None,
     ) -> Evaluation:
-        """Classification figures over an RDD of DataSets or the files under a URL, merged
-        exactly from per-partition counts."""
-        num_classes = getattr(self.model, "num_outputs", None)
+        """Classification figures of output ``output_index`` (a Graph's outputs in order; a
+        Network has one) over an RDD of DataSets or MultiDataSets or the files under a URL,
+        merged exactly from per-partition counts."""
+        num_classes = self._output_width(output_index)
         args = {"num_classes": num_classes, "labels": labels, "top_n": top_n}
-        result = self._evaluate(data, "classification", loader, args)
+        result = self._evaluate(data, "classification", loader, args, output_index)
         return result.evaluation if result else Evaluation(**args)
 
     def evaluate_regression(
         self,
         data: RDD | str | os.PathLike[str],
+        output_index: int = 0,
         *,
         column_names: Sequence[str] | None = None,
         loader: Any = None,
     ) -> RegressionEvaluation:
-        """Regression figures per output column over an RDD or the files under a URL."""
+        """Regression figures per column of output ``output_index`` over an RDD or the files
+        under a URL."""
         args = {
-            "num_columns": getattr(self.model, "num_outputs", None),
+            "num_columns": self._output_width(output_index),
             "column_names": column_names,
         }
-        result = self._evaluate(data, "regression", loader, args)
+        result = self._evaluate(data, "regression", loader, args, output_index)
         return result.evaluation if result else RegressionEvaluation(**args)
 
     def score(self, data: RDD | str | os.PathLike[str], *, loader: Any = None) -> float:
-        """The model's mean score per example (per unmasked step) over all of ``data``."""
+        """The model's mean score per example (per unmasked step) over all of ``data``; for a
+        Graph, as its own ``score``: the sum of every output's mean loss, plus the L2 penalty."""
         result = self._evaluate(data, "score", loader, {})
-        if result is None or result.examples == 0:
+        if result is None or np.any(np.asarray(result.examples) == 0):
             raise ValueError("no examples to score")
-        return result.loss_sum / result.examples
+        if not several_outputs(self.model):
+            return result.loss_sum / result.examples
+        _, _, penalty = self.model.score_parts([])  # the driver's model has the same params
+        means = [float(t) / float(w) for t, w in zip(result.loss_sum, result.examples, strict=True)]
+        return sum(means) + penalty
+
+    def _output_width(self, output_index: int) -> int | None:
+        """The width of the model's output ``output_index`` (None: unknown); a ValueError
+        naming the outputs where it has no such output."""
+        model = self.model
+        widths = getattr(model, "output_widths", None)
+        count = 1 if widths is None else len(widths)
+        valid = isinstance(output_index, (int, np.integer)) and not isinstance(output_index, bool)
+        if not valid or not 0 <= output_index < count:
+            names = getattr(model, "outputs", None) if widths is not None else None
+            which = f" for outputs {', '.join(map(repr, names))}" if names else ""
+            raise ValueError(
+                f"output_index must be in [0, {count}){which} "
+                f"(the model has {count} output{'s' if count > 1 else ''}), got {output_index!r}"
+            )
+        if widths is None:
+            return getattr(model, "num_outputs", None)
+        return int(widths[int(output_index)])
 
     @executor_errors()
-    def _evaluate(self, data: Any, kind: str, loader: Any, args: dict[str, Any]) -> Any:
+    def _evaluate(
+        self, data: Any, kind: str, loader: Any, args: dict[str, Any], output_index: int = 0
+    ) -> Any:
         m = self.master
         weights = self.sc.broadcast({"params": self.model.params()})
         try:
@@ -627,7 +663,9 @@ class SparkNetwork:
             else:
                 raise TypeError(f"expected an RDD or a directory URL, got {type(data).__name__}")
             setup = dataclasses.replace(self._worker_setup(loader), batch_size=m.eval_batch_size)
-            evaluate = EvaluatePartition(setup, weights, kind=kind, evaluation_args=args)
+            evaluate = EvaluatePartition(
+                setup, weights, kind=kind, evaluation_args=args, output_index=int(output_index)
+            )
             self.sc.setJobDescription(f"sparkbatch {kind}")
             return self._sum(rdd.mapPartitions(evaluate), merge_evaluations)
         finally:

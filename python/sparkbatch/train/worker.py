@@ -579,11 +579,13 @@ class FitRounds:
 
 @dataclass
 class EvaluationResult:
-    """Per-partition evaluation counts (merged exactly) and loss sums (for the score)."""
+    """Per-partition evaluation counts (merged exactly) and loss sums (for the score): one
+    figure each, or for a model with several outputs (:func:`several_outputs`) an array of one
+    per output."""
 
     evaluation: Evaluation | RegressionEvaluation | None
-    loss_sum: float
-    examples: float
+    loss_sum: float | np.ndarray
+    examples: float | np.ndarray
 
 
 def merge_evaluations(
@@ -600,10 +602,19 @@ def merge_evaluations(
     return a
 
 
+def several_outputs(model: Any) -> bool:
+    """Whether ``model`` takes MultiDataSets as a :class:`~sparkbatch.nn.Graph` does: it lists
+    its ``output_widths``, its ``output`` takes a list of features arrays (one per input) and
+    returns a list of outputs, and its ``score_parts`` gives the loss sums per output. Otherwise
+    it has one input and one output, as a :class:`~sparkbatch.nn.Network`."""
+    return getattr(model, "output_widths", None) is not None
+
+
 class EvaluatePartition:
-    """Evaluate (``kind`` "classification" or "regression") or score one partition with the
-    broadcast parameters, on the workers' model (``setup``: its ``batch_size`` is the evaluation
-    batch size; ``save_updater`` and ``collect_stats`` do not apply)."""
+    """Evaluate (``kind`` "classification" or "regression") output ``output_index`` of the
+    model, or score it, on one partition with the broadcast parameters, on the workers' model
+    (``setup``: its ``batch_size`` is the evaluation batch size; ``save_updater`` and
+    ``collect_stats`` do not apply)."""
 
     def __init__(
         self,
@@ -612,11 +623,13 @@ class EvaluatePartition:
         *,
         kind: str,
         evaluation_args: dict[str, Any] | None = None,
+        output_index: int = 0,
     ) -> None:
         self.setup = setup
         self.weights = weights  # Broadcast of {"params"}
         self.kind = kind
         self.evaluation_args = evaluation_args or {}
+        self.output_index = output_index
 
     def __call__(self, partition: Iterator[Any]) -> Iterator[EvaluationResult]:
         first = next(partition, None)  # the partition is read lazily: DataSets can be many
@@ -633,6 +646,8 @@ class EvaluatePartition:
             evaluation = RegressionEvaluation(**self.evaluation_args)
         else:
             evaluation = None
+        if several_outputs(model):
+            return iter([self._several(model, evaluation, items)])
         loss_sum, examples = 0.0, 0.0
         for batch, _ in self.setup.minibatches(items):
             ds = _single(batch)
@@ -645,6 +660,23 @@ class EvaluatePartition:
                 loss_sum += model.score(ds) * weight
                 examples += weight
         return iter([EvaluationResult(evaluation, loss_sum, examples)])
+
+    def _several(self, model: Any, evaluation: Any, items: Iterable[Any]) -> EvaluationResult:
+        """The partition's result for a model with several inputs and outputs: its figures of
+        output ``output_index``, or per output its loss sum and the weight that sums over."""
+        k = self.output_index
+        outputs = len(model.output_widths)
+        loss_sum, examples = np.zeros(outputs), np.zeros(outputs)
+        for batch, _ in self.setup.minibatches(items):
+            mds = batch if isinstance(batch, MultiDataSet) else MultiDataSet.from_dataset(batch)
+            if evaluation is not None:
+                predicted = model.output(list(mds.features))[k]
+                evaluation.eval(mds.labels[k], predicted, mds.labels_masks[k])
+                continue
+            losses, weights, _ = model.score_parts(mds)
+            loss_sum += losses
+            examples += weights
+        return EvaluationResult(evaluation, loss_sum, examples)
 
 
 def _single(batch: DataSet | MultiDataSet) -> DataSet:
