@@ -117,7 +117,13 @@ class Topology:
                         else f"column {where[0]}"
                     )
                     word = type(node.op).param_words.get(name, name)
-                    return f"parameter {index} ({node.title}'s {word}, {place})"
+                    # "layer 0's weights", but "weights of vertex 'dense'" (not "'dense''s")
+                    owner = (
+                        f"{word} of {node.title}"
+                        if node.title.endswith("'")
+                        else f"{node.title}'s {word}"
+                    )
+                    return f"parameter {index} ({owner}, {place})"
         return f"parameter {index}"
 
 

@@ -154,6 +154,7 @@ class Graph(FlatModel):
         evaluation = Evaluation(self.output_widths[k], labels=labels, top_n=top_n)
         for batch in batches(data, batch_size):
             mds = _as_multi(batch)
+            self._check_labels(mds)
             predicted = self.output(list(mds.features))[k]
             evaluation.eval(mds.labels[k], predicted, mds.labels_masks[k])
         return evaluation
@@ -171,12 +172,17 @@ class Graph(FlatModel):
         evaluation = RegressionEvaluation(self.output_widths[k], column_names=column_names)
         for batch in batches(data, batch_size):
             mds = _as_multi(batch)
+            self._check_labels(mds)
             predicted = self.output(list(mds.features))[k]
             evaluation.eval(mds.labels[k], predicted, mds.labels_masks[k])
         return evaluation
 
     def _output_index(self, index: int) -> int:
-        if not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.outputs):
+        if (
+            not isinstance(index, (int, np.integer))
+            or isinstance(index, bool)
+            or not 0 <= index < len(self.outputs)
+        ):
             raise ValueError(
                 f"output_index must be in [0, {len(self.outputs)}) for outputs "
                 f"{', '.join(map(repr, self.outputs))}, got {index!r}"
@@ -243,14 +249,7 @@ class Graph(FlatModel):
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
         mds = _as_multi(batch)
         xs = self._feature_rows(mds.features)
-        if len(mds.labels) != len(self.outputs):
-            if not mds.labels:
-                raise ValueError("the minibatch has no labels to fit or score against")
-            raise ValueError(
-                f"this graph has {len(self.outputs)} outputs "
-                f"({', '.join(map(repr, self.outputs))}) but the minibatch has "
-                f"{len(mds.labels)} labels arrays"
-            )
+        self._check_labels(mds)
         ys = [
             rows(y, f"labels[{k}] (output {name!r})", width, self.dtype, "graph")
             for k, (y, name, width) in enumerate(
@@ -259,6 +258,17 @@ class Graph(FlatModel):
         ]
         _same_rows(xs[:1] + ys, "features and labels")
         return xs, ys, [row_weights(mask, self.dtype) for mask in mds.labels_masks]
+
+    def _check_labels(self, mds: MultiDataSet) -> None:
+        """ValueError unless ``mds`` holds one labels array per output."""
+        if len(mds.labels) != len(self.outputs):
+            if not mds.labels:
+                raise ValueError("the minibatch has no labels to fit, score or evaluate against")
+            raise ValueError(
+                f"this graph has {len(self.outputs)} outputs "
+                f"({', '.join(map(repr, self.outputs))}) but the minibatch has "
+                f"{len(mds.labels)} labels arrays"
+            )
 
 
 def _as_list(features: Any) -> list[Any]:
@@ -376,10 +386,17 @@ def _input_specs(inputs: Sequence[InputSpec]) -> dict[str, int | None]:
         raise ValueError(f"inputs must be a non-empty list of input names, got {inputs!r}")
     specs: dict[str, int | None] = {}
     for spec in inputs:
-        name, width = (spec, None) if isinstance(spec, str) else tuple(spec)
+        if isinstance(spec, str):
+            name, width = spec, None
+        elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+            name, width = spec
+        else:
+            raise TypeError(f"an input is a name or a (name, width) pair, got {spec!r}")
         if not isinstance(name, str) or not name:
             raise TypeError(f"inputs are named by non-empty strings, got {spec!r}")
-        if width is not None and (not isinstance(width, (int, np.integer)) or width < 1):
+        if width is not None and (
+            not isinstance(width, (int, np.integer)) or isinstance(width, bool) or width < 1
+        ):
             raise ValueError(f"input {name!r} has width {width!r}; a width is an integer >= 1")
         if name in specs:
             raise ValueError(f"input {name!r} is named twice")
