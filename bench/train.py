@@ -1,12 +1,27 @@
 """Time per training step of the built-in network against PyTorch and plain numpy, same run.
 
-The model is a 784-256-128-10 ReLU MLP with softmax cross-entropy, batch 128, Adam(1e-3), in
-float32. All three start from the same weights and fit the same minibatches, and the script
+The first model is a 784-256-128-10 ReLU MLP with softmax cross-entropy, batch 128, Adam(1e-3),
+in float32. All three start from the same weights and fit the same minibatches, and the script
 checks that their first losses agree before it times anything. The alternatives:
 
 * PyTorch on the CPU with the same number of threads (``torch.set_num_threads``), its default
   Adam and also the fused CPU Adam (``fused=True``) a speed-minded user would pick;
 * numpy without fused kernels: the same arithmetic in whole-array numpy expressions.
+
+The second is a ``Graph`` with two inputs and two outputs against the same model in PyTorch
+(``torch.cat`` for the Merge vertex), same batch, updater and dtype::
+
+    a (256) -> Dense 256 relu --+
+                                 +-> Merge (384) -> Dense 128 relu -+-> Output "class" 10, softmax
+    b (64)  -> Dense 128 relu --+                                   |   cross-entropy
+                                                                    +-> Output "value" 1, identity
+                                                                        mean squared error
+
+One vertex feeds both outputs, so its gradient is the sum of theirs. sparkbatch's score is the
+sum of the outputs' mean losses, which in PyTorch is ``CrossEntropyLoss() + MSELoss()`` (MSE
+averages over the outputs and the examples in both). Both start from sparkbatch's initial
+weights and fit the same minibatches, and the script checks that their losses agree on the first
+two steps (the second after one update, so the gradients and Adam agree too) before timing.
 
 Run (unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in this command only, see the env notes)::
 
@@ -28,10 +43,13 @@ from _common import blas_info, torch_mlp, versions  # noqa: E402
 
 sys.path.pop(0)
 
-from sparkbatch.data import DataSet  # noqa: E402
-from sparkbatch.nn import Adam, Dense, Network, Output  # noqa: E402
+from sparkbatch.data import DataSet, MultiDataSet  # noqa: E402
+from sparkbatch.nn import Adam, Dense, Graph, Merge, Network, Output  # noqa: E402
 
 SIZES = (784, 256, 128, 10)
+#: The graph's widths: inputs "a" and "b", their Dense layers, the one after the Merge, and
+#: the outputs "class" (softmax cross-entropy) and "value" (identity, mean squared error).
+A, B, HIDDEN_A, HIDDEN_B, HIDDEN, CLASSES, VALUES = 256, 64, 256, 128, 128, 10, 1
 
 
 def make_network() -> Network:
@@ -111,16 +129,94 @@ def per_step(step: Callable[[int], object], steps: int, repeat: int) -> float:
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=32, help="distinct minibatches cycled")
-    parser.add_argument("--steps", type=int, default=100, help="steps per timed run")
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
-    print("versions:", versions("sparkbatch", "numpy", "torch"))
+def make_graph() -> Graph:
+    return Graph(
+        ["a", "b"],
+        {
+            "da": (Dense(A, HIDDEN_A, "relu"), "a"),
+            "db": (Dense(B, HIDDEN_B, "relu"), "b"),
+            "merge": (Merge(), "da", "db"),
+            "hidden": (Dense(HIDDEN_A + HIDDEN_B, HIDDEN, "relu"), "merge"),
+            "class": (Output(HIDDEN, CLASSES, "softmax", "cross_entropy"), "hidden"),
+            "value": (Output(HIDDEN, VALUES, "identity", "mse"), "hidden"),
+        },
+        ["class", "value"],
+        Adam(1e-3),
+        seed=0,
+    )
 
+
+def torch_graph_step_fn(
+    graph: Graph, a: np.ndarray, b: np.ndarray, labels: np.ndarray, values: np.ndarray, fused: bool
+):
+    """The graph's model in PyTorch with its initial weights, and one training step of it."""
+    import torch
+
+    def linear(name: str) -> torch.nn.Linear:
+        params = graph.layer_params(name)  # W is [n_in, n_out], Linear.weight [n_out, n_in]
+        layer = torch.nn.Linear(*params["W"].shape)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(params["W"].T.copy()))
+            layer.bias.copy_(torch.from_numpy(params["b"].copy()))
+        return layer
+
+    class TwoInTwoOut(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.da, self.db, self.hidden = linear("da"), linear("db"), linear("hidden")
+            self.cls, self.value = linear("class"), linear("value")
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            merged = torch.cat([torch.relu(self.da(a)), torch.relu(self.db(b))], dim=1)
+            h = torch.relu(self.hidden(merged))
+            return self.cls(h), self.value(h)
+
+    model = TwoInTwoOut()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
+    cross_entropy, mse = torch.nn.CrossEntropyLoss(), torch.nn.MSELoss()
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    tl, tv = torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(values)
+
+    def step(begin: int, end: int) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        logits, value = model(ta[begin:end], tb[begin:end])
+        loss = cross_entropy(logits, tl[begin:end]) + mse(value, tv[begin:end])
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step, torch.__version__
+
+
+def check_losses(losses: dict[str, list[float]], reference: str) -> None:
+    """SystemExit unless every implementation's losses agree with ``reference``'s."""
+    for name, values in losses.items():
+        for k, (loss, ours) in enumerate(zip(values, losses[reference], strict=True)):
+            if abs(loss - ours) > 1e-4 * max(1.0, abs(ours)):
+                raise SystemExit(f"loss {k + 1} of {name} is {loss}, {reference}'s {ours}")
+
+
+def best_times(runners: dict[str, Callable[[int], object]], steps: int, repeat: int):
+    """Per runner, the best of ``repeat`` interleaved runs of ``steps`` steps, in seconds."""
+    for run in runners.values():  # warm up: work arrays, thread pools, caches
+        for i in range(10):
+            run(i)
+    times = {name: [] for name in runners}
+    for _ in range(repeat):  # interleaved, so drift on a shared machine hits all alike
+        for name, run in runners.items():
+            times[name].append(per_step(run, steps, 1))
+    return {name: min(values) for name, values in times.items()}
+
+
+def print_table(best: dict[str, float]) -> None:
+    print("| implementation | ms per step | steps/s | sparkbatch speed-up |")
+    print("|---|---:|---:|---:|")
+    ours = best["sparkbatch"]
+    for name, seconds in best.items():
+        print(f"| {name} | {seconds * 1e3:.3f} | {1 / seconds:,.0f} | {seconds / ours:.2f}× |")
+
+
+def mlp_benchmark(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     n = args.batch * args.batches
     x = rng.normal(size=(n, SIZES[0])).astype(np.float32)
@@ -142,7 +238,7 @@ def main() -> None:
             first_losses[name] = step(*bounds[0])
             runners[name] = lambda i, step=step: step(*bounds[i % args.batches])
     except ImportError:
-        print("PyTorch is not installed (pip install torch==2.13.0): its rows are skipped")
+        print("PyTorch is not installed (pip install torch): its rows are skipped")
     first_losses["numpy (no fused kernels)"] = plain.step(x[: args.batch], y[: args.batch])
     runners["numpy (no fused kernels)"] = lambda i: plain.step(
         x[bounds[i % args.batches][0] : bounds[i % args.batches][1]],
@@ -156,15 +252,7 @@ def main() -> None:
         if abs(loss - reference) > 1e-4 * max(1.0, abs(reference)):
             raise SystemExit(f"first loss of {name} is {loss}, sparkbatch's {reference}")
 
-    for run in runners.values():  # warm up: work arrays, thread pools, caches
-        for i in range(10):
-            run(i)
-    times = {name: [] for name in runners}
-    for _ in range(args.repeat):  # interleaved, so drift on a shared machine hits all alike
-        for name, run in runners.items():
-            times[name].append(per_step(run, args.steps, 1))
-    best = {name: min(values) for name, values in times.items()}
-
+    best = best_times(runners, args.steps, args.repeat)
     print(
         f"MLP {'-'.join(map(str, SIZES))}, ReLU, softmax cross-entropy, batch {args.batch}, "
         f"Adam, float32, {args.threads} threads; {blas_info()}"
@@ -174,11 +262,73 @@ def main() -> None:
         f"of {args.steps} steps"
     )
     print()
-    print("| implementation | ms per step | steps/s | sparkbatch speed-up |")
-    print("|---|---:|---:|---:|")
-    ours = best["sparkbatch"]
-    for name, seconds in best.items():
-        print(f"| {name} | {seconds * 1e3:.3f} | {1 / seconds:,.0f} | {seconds / ours:.2f}× |")
+    print_table(best)
+
+
+def graph_benchmark(args: argparse.Namespace) -> None:
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch is not installed (pip install torch): the graph benchmark is skipped")
+        return
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(1)
+    n = args.batch * args.batches
+    a = rng.normal(size=(n, A)).astype(np.float32)
+    b = rng.normal(size=(n, B)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, n)
+    classes = np.eye(CLASSES, dtype=np.float32)[labels]
+    values = rng.normal(size=(n, VALUES)).astype(np.float32)
+    batches = MultiDataSet([a, b], [classes, values]).split(args.batch)
+    bounds = [(i * args.batch, (i + 1) * args.batch) for i in range(args.batches)]
+
+    graph = make_graph()
+    runners: dict[str, Callable[[int], object]] = {}
+    losses: dict[str, list[float]] = {}
+    for fused in (False, True):  # built before sparkbatch's first step: the same weights
+        step, torch_version = torch_graph_step_fn(graph, a, b, labels, values, fused)
+        name = f"PyTorch {torch_version} Adam" + (" (fused=True)" if fused else "")
+        losses[name] = [step(*bounds[0]), step(*bounds[1])]
+        runners[name] = lambda i, step=step: step(*bounds[i % args.batches])
+    losses["sparkbatch"] = [graph.fit_batch(batches[0]), graph.fit_batch(batches[1])]
+    runners = {"sparkbatch": lambda i: graph.fit_batch(batches[i % args.batches]), **runners}
+    check_losses(losses, "sparkbatch")
+
+    best = best_times(runners, args.steps, args.repeat)
+    first, second = losses["sparkbatch"]
+    print(
+        f"Graph: inputs a ({A}) -> Dense {HIDDEN_A} relu and b ({B}) -> Dense {HIDDEN_B} relu, "
+        f"Merge ({HIDDEN_A + HIDDEN_B}) -> Dense {HIDDEN} relu -> Output {CLASSES} softmax "
+        f"cross-entropy + Output {VALUES} identity MSE ({graph.num_params:,} parameters), "
+        f"batch {args.batch}, Adam, float32, {args.threads} threads; PyTorch: torch.cat, "
+        "CrossEntropyLoss() + MSELoss()"
+    )
+    print(
+        f"losses of the first two steps {first:.6f}, {second:.6f} in every implementation; "
+        f"best of {args.repeat} runs of {args.steps} steps"
+    )
+    print()
+    print_table(best)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=32, help="distinct minibatches cycled")
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed run")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip-mlp", action="store_true", help="only the graph benchmark")
+    parser.add_argument("--skip-graph", action="store_true", help="only the MLP benchmark")
+    args = parser.parse_args()
+    print("versions:", versions("sparkbatch", "numpy", "torch"))
+
+    if not args.skip_mlp:
+        mlp_benchmark(args)
+    if not args.skip_graph:
+        if not args.skip_mlp:
+            print()
+        graph_benchmark(args)
 
 
 if __name__ == "__main__":
