@@ -157,11 +157,33 @@ void bias_activation(T* z, const T* bias, T* a, std::size_t n, std::size_t m, Ac
         T* ar = a + i * m;
         if constexpr (A == Activation::softmax) {
           softmax_row(zr, bias, ar, m);
+        } else if (ar == zr) {  // in place; one loop per case, as in activation_backward
+          if (bias != nullptr) {
+            for (std::size_t j = 0; j < m; ++j) {
+              const T y = activate(A, zr[j] + bias[j], alpha);
+              zr[j] = y;
+            }
+          } else {
+            for (std::size_t j = 0; j < m; ++j) {
+              const T y = activate(A, zr[j], alpha);
+              zr[j] = y;
+            }
+          }
         } else {
-          for (std::size_t j = 0; j < m; ++j) {
-            const T x = bias != nullptr ? zr[j] + bias[j] : zr[j];
-            zr[j] = x;
-            ar[j] = activate(A, x, alpha);
+          T* __restrict zs = zr;
+          T* __restrict as = ar;
+          if (bias != nullptr) {
+            for (std::size_t j = 0; j < m; ++j) {
+              const T x = zs[j] + bias[j];
+              const T y = activate(A, x, alpha);
+              zs[j] = x;
+              as[j] = y;
+            }
+          } else {
+            for (std::size_t j = 0; j < m; ++j) {
+              const T y = activate(A, zs[j], alpha);
+              as[j] = y;
+            }
           }
         }
       }
@@ -182,9 +204,24 @@ void activation_backward(const T* da, const T* z, const T* a, T* dz, T* db, std:
         } else if constexpr (A == Activation::identity) {
           if (dz != da) std::copy(da + row, da + row + m, dz + row);
         } else {
-          for (std::size_t j = 0; j < m; ++j) {
-            const T x = z != nullptr ? z[row + j] : T(0);
-            dz[row + j] = da[row + j] * activation_grad(A, x, a[row + j], alpha);
+          // Written so that GCC vectorises the loop: the gradient goes to a local first (a
+          // product with the ternary itself, as ReLU's is, becomes a branch per element, slow on
+          // random signs); z is tested once per row, not per element; and z, a and dz do not
+          // overlap (dz may be da, which is read before dz is written).
+          const T* __restrict zr = z != nullptr ? z + row : nullptr;
+          const T* __restrict ar = a + row;
+          const T* dar = da + row;
+          T* dzr = dz + row;
+          if (zr != nullptr) {
+            for (std::size_t j = 0; j < m; ++j) {
+              const T g = activation_grad(A, zr[j], ar[j], alpha);
+              dzr[j] = dar[j] * g;
+            }
+          } else {
+            for (std::size_t j = 0; j < m; ++j) {
+              const T g = activation_grad(A, T(0), ar[j], alpha);
+              dzr[j] = dar[j] * g;
+            }
           }
         }
       }
