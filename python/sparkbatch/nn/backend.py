@@ -271,7 +271,12 @@ class CpuBackend(Backend):
         trans_a: bool = False,
         trans_b: bool = False,
     ) -> None:
-        np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+        a = a.T if trans_a else a
+        b = b.T if trans_b else b
+        if a.shape[1] == 1:  # an outer product (a one-wide output's input gradient): numpy hands
+            np.multiply(a, b, out=out)  # a transposed view of it to a slow loop, not to BLAS
+        else:
+            np.matmul(a, b, out=out)
 
     def bias_activation(self, z, bias, out, activation, alpha) -> None:
         _native.nn_bias_activation(z, bias, out, activation, alpha)
