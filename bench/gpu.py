@@ -8,8 +8,8 @@ against PyTorch on the same GPU.
 2. Training: one step of the network benchmark (bench/train.py): a 784-256-128-10 ReLU MLP,
    softmax cross-entropy, batch 128, Adam(1e-3), float32, from the same initial weights on the
    same minibatches, for sparkbatch's GPU network (``Network(device="cuda").fit_arrays``) and
-   PyTorch (default and fused Adam). Two settings: minibatches already in GPU memory, and copied from
-   host memory every step (what a Spark worker does). Every step reads its loss back to the
+   PyTorch (default and fused Adam). Two settings: minibatches already in GPU memory, and copied
+   from host memory every step (what a Spark worker does). Every step reads its loss back to the
    host, in both. TF32 is off in both (cuBLAS's and PyTorch's default for float32 products).
    The script checks that the first losses agree before it times anything. Goal: no slower.
 

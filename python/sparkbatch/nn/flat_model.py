@@ -38,7 +38,7 @@ from .updaters import Adam, Updater
 
 __all__ = ["FlatModel"]
 
-_INFERENCE_ROWS = 4096  # rows per forward pass of output() and score() when none is given
+INFERENCE_ROWS = 4096  # rows per forward pass of output() and score() when none is given
 
 log = logging.getLogger("sparkbatch.nn")
 
@@ -368,6 +368,21 @@ class FlatModel:
                 engine.backend.to_host(result, out[begin : begin + count])
         return outs
 
+    def _evaluated(
+        self, evaluation: Any, data: Any, batch_size: int | None, output_index: int
+    ) -> Any:
+        """``evaluation`` (an Evaluation or RegressionEvaluation) fed with output
+        ``output_index``'s labels, predictions and labels mask over every minibatch of
+        ``data``."""
+        for batch in batches(data, batch_size):
+            labels, predicted, mask = self._labelled_output(batch, output_index)
+            evaluation.eval(labels, predicted, mask)
+        return evaluation
+
+    def _labelled_output(self, batch: Any, output_index: int) -> tuple[Any, np.ndarray, Any]:
+        """Output ``output_index``'s labels, predictions and labels mask for one minibatch."""
+        raise NotImplementedError
+
     def score_parts(
         self,
         data: DataSet | MultiDataSet | Iterable[DataSet | MultiDataSet],
@@ -384,8 +399,8 @@ class FlatModel:
         totals, weights = [0.0] * n_out, [0.0] * n_out
         for batch in batches(data, batch_size):
             xs, ys, ws = self._arrays(batch)
-            for begin in range(0, xs[0].shape[0], _INFERENCE_ROWS):
-                end = begin + _INFERENCE_ROWS
+            for begin in range(0, xs[0].shape[0], INFERENCE_ROWS):
+                end = begin + INFERENCE_ROWS
                 part = [None if w is None else w[begin:end] for w in ws]
                 sums = self._engine.loss_sums(
                     [x[begin:end] for x in xs], [y[begin:end] for y in ys], part

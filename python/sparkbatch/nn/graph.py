@@ -52,8 +52,8 @@ from .._arguments import check_optional_int
 from ..data import DataSet, MultiDataSet
 from ..evaluation import Evaluation, RegressionEvaluation
 from .engine import Node, Topology
-from .flat_model import _INFERENCE_ROWS, FlatModel, batches, row_weights, rows, unrows
-from .layers import _LAYERS, Layer, Output, layer_from_config
+from .flat_model import INFERENCE_ROWS, FlatModel, row_weights, rows, unrows
+from .layers import Layer, Output, is_layer_type, layer_from_config
 from .updaters import Updater, updater_from_config
 from .vertices import Vertex, vertex_from_config
 
@@ -132,7 +132,7 @@ class Graph(FlatModel):
     def output(self, features: Sequence[Any], *, batch_size: int | None = None) -> list[np.ndarray]:
         """The activations of every output, in order, for ``features`` (one array per input,
         ``[n, width]`` or sequences ``[n, width, t]``)."""
-        step = check_optional_int("batch_size", batch_size) or _INFERENCE_ROWS
+        step = check_optional_int("batch_size", batch_size) or INFERENCE_ROWS
         arrays = [np.asarray(x) for x in _as_list(features)]
         xs = self._feature_rows(arrays)
         outs = self._outputs(xs, step)
@@ -152,12 +152,7 @@ class Graph(FlatModel):
         """Classification figures of output ``output_index`` over ``data``."""
         k = self._output_index(output_index)
         evaluation = Evaluation(self.output_widths[k], labels=labels, top_n=top_n)
-        for batch in batches(data, batch_size):
-            mds = _as_multi(batch)
-            self._check_labels(mds)
-            predicted = self.output(list(mds.features))[k]
-            evaluation.eval(mds.labels[k], predicted, mds.labels_masks[k])
-        return evaluation
+        return self._evaluated(evaluation, data, batch_size, k)
 
     def evaluate_regression(
         self,
@@ -170,12 +165,13 @@ class Graph(FlatModel):
         """Regression figures per column of output ``output_index`` over ``data``."""
         k = self._output_index(output_index)
         evaluation = RegressionEvaluation(self.output_widths[k], column_names=column_names)
-        for batch in batches(data, batch_size):
-            mds = _as_multi(batch)
-            self._check_labels(mds)
-            predicted = self.output(list(mds.features))[k]
-            evaluation.eval(mds.labels[k], predicted, mds.labels_masks[k])
-        return evaluation
+        return self._evaluated(evaluation, data, batch_size, k)
+
+    def _labelled_output(self, batch: Any, output_index: int) -> tuple[Any, np.ndarray, Any]:
+        mds = _as_multi(batch)
+        self._check_labels(mds)
+        predicted = self.output(list(mds.features))[output_index]
+        return mds.labels[output_index], predicted, mds.labels_masks[output_index]
 
     def _output_index(self, index: int) -> int:
         if (
@@ -211,8 +207,8 @@ class Graph(FlatModel):
     def _from_checked_config(cls, config: Mapping[str, Any]) -> Graph:
         vertices = {}
         for name, op, names in config["vertices"]:
-            built = layer_from_config(op) if op.get("type") in _LAYERS else vertex_from_config(op)
-            vertices[name] = (built, *names)
+            layer = is_layer_type(op.get("type"))
+            vertices[name] = (layer_from_config(op) if layer else vertex_from_config(op), *names)
         return cls(
             [(name, int(width)) for name, width in config["inputs"]],
             vertices,

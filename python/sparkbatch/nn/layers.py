@@ -22,7 +22,15 @@ import numpy as np
 
 from .functions import DEFAULT_ALPHA, activation_code, loss_code, needs_preactivation
 
-__all__ = ["Layer", "Dense", "Output", "WEIGHT_INITS", "layer_from_config"]
+__all__ = [
+    "Layer",
+    "Dense",
+    "Output",
+    "WEIGHT_INITS",
+    "is_layer_type",
+    "layer_from_config",
+    "register_layer",
+]
 
 #: Weight initialisations, as DL4J's ``WeightInit``: ``xavier`` N(0, 2 / (n_in + n_out)),
 #: ``he`` (alias ``relu``) N(0, 2 / n_in), ``uniform`` U(-1/sqrt(n_in), 1/sqrt(n_in)), ``zeros``.
@@ -313,6 +321,11 @@ def register_layer(cls: type[Layer]) -> type[Layer]:
     """Make ``cls`` known to :func:`layer_from_config` (configurations name layers by class)."""
     _LAYERS[cls.__name__] = cls
     return cls
+
+
+def is_layer_type(name: Any) -> bool:
+    """Whether configurations name a layer class ``name`` (not a vertex)."""
+    return name in _LAYERS
 
 
 def layer_from_config(config: dict[str, Any]) -> Layer:

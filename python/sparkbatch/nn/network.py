@@ -38,7 +38,7 @@ from .._arguments import check_optional_int
 from ..data import DataSet, MultiDataSet
 from ..evaluation import Evaluation, RegressionEvaluation
 from .engine import Node, Topology
-from .flat_model import _INFERENCE_ROWS, FlatModel, batches, row_weights, rows, unrows
+from .flat_model import INFERENCE_ROWS, FlatModel, row_weights, rows, unrows
 from .layers import Layer, Output, layer_from_config
 from .updaters import Updater, updater_from_config
 
@@ -106,7 +106,7 @@ class Network(FlatModel):
 
         Returns a new array ``[n, n_out]`` (``[n, n_out, t]`` for sequences).
         """
-        step = check_optional_int("batch_size", batch_size) or _INFERENCE_ROWS
+        step = check_optional_int("batch_size", batch_size) or INFERENCE_ROWS
         x = np.asarray(features)
         out = self._outputs([rows(x, "features", self.num_inputs, self.dtype)], step)[0]
         return unrows(out, x.shape) if x.ndim == 3 else out
@@ -121,10 +121,7 @@ class Network(FlatModel):
     ) -> Evaluation:
         """Classification figures over ``data`` (accuracy, precision, recall, F1, confusion)."""
         evaluation = Evaluation(self.num_outputs, labels=labels, top_n=top_n)
-        for batch in batches(data, batch_size):
-            ds = _as_dataset(batch)
-            evaluation.eval(ds.labels, self.output(ds.features), ds.labels_mask)
-        return evaluation
+        return self._evaluated(evaluation, data, batch_size, 0)
 
     def evaluate_regression(
         self,
@@ -135,10 +132,11 @@ class Network(FlatModel):
     ) -> RegressionEvaluation:
         """Regression figures per output column over ``data`` (MSE, MAE, RMSE, R²)."""
         evaluation = RegressionEvaluation(self.num_outputs, column_names=column_names)
-        for batch in batches(data, batch_size):
-            ds = _as_dataset(batch)
-            evaluation.eval(ds.labels, self.output(ds.features), ds.labels_mask)
-        return evaluation
+        return self._evaluated(evaluation, data, batch_size, 0)
+
+    def _labelled_output(self, batch: Any, output_index: int) -> tuple[Any, np.ndarray, Any]:
+        ds = _as_dataset(batch)
+        return ds.labels, self.output(ds.features), ds.labels_mask
 
     # -- configuration -----------------------------------------------------------------------
 
