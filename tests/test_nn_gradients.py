@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.gradient_check import assert_gradients
 
 from sparkbatch.data import DataSet
 from sparkbatch.nn import ACTIVATIONS, SGD, Dense, Network, Output
@@ -28,30 +29,13 @@ def _labels(loss: str, rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 
 
 def _check(net: Network, ds: DataSet) -> None:
-    net.compute_gradients(ds)
-    analytic = net.gradients().copy()
-    params = net.params()
-    worst = 0.0
-    compared = 0
-    for i in range(params.size):
-        original = params[i]
-        params[i] = original + STEP
-        plus = net.compute_gradients(ds)
-        params[i] = original - STEP
-        minus = net.compute_gradients(ds)
-        params[i] = original
-        numeric = (plus - minus) / (2 * STEP)
-        a = analytic[i]
-        if abs(a) < MIN_ABSOLUTE_ERROR and abs(numeric) < MIN_ABSOLUTE_ERROR:
-            continue
-        relative = abs(a - numeric) / (abs(a) + abs(numeric))
-        worst = max(worst, relative)
-        compared += 1
-        assert relative < MAX_RELATIVE_ERROR, (
-            f"parameter {i}: analytic {a!r} vs numeric {numeric!r} (relative error {relative:.2e})"
-        )
-    assert worst < MAX_RELATIVE_ERROR
-    assert compared >= params.size // 2, f"only {compared} of {params.size} gradients are non-zero"
+    assert_gradients(
+        net,
+        ds,
+        step=STEP,
+        max_relative_error=MAX_RELATIVE_ERROR,
+        min_absolute_error=MIN_ABSOLUTE_ERROR,
+    )
 
 
 @pytest.mark.parametrize("activation", [a for a in ACTIVATIONS])

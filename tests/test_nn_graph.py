@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 import pytest
+from tests.gradient_check import assert_gradients
 
 from sparkbatch import FormatError
 from sparkbatch.data import DataSet, MultiDataSet
@@ -45,32 +46,13 @@ MIN_ABSOLUTE_ERROR = 1e-8
 
 def _check_gradients(graph: Graph, batch: MultiDataSet | DataSet) -> None:
     """Central differences over every parameter against ``graph.gradients()``."""
-    graph.compute_gradients(batch)
-    analytic = graph.gradients().copy()
-    params = graph.params()
-    assert params.dtype == np.float64
-    compared = 0
-    for i in range(params.size):
-        original = params[i]
-        params[i] = original + STEP
-        plus = graph.compute_gradients(batch)
-        params[i] = original - STEP
-        minus = graph.compute_gradients(batch)
-        params[i] = original
-        numeric = (plus - minus) / (2 * STEP)
-        a = analytic[i]
-        if abs(a) < MIN_ABSOLUTE_ERROR and abs(numeric) < MIN_ABSOLUTE_ERROR:
-            continue
-        relative = abs(a - numeric) / (abs(a) + abs(numeric))
-        compared += 1
-        assert relative < MAX_RELATIVE_ERROR, (
-            f"{graph._describe_param(i)}: analytic {a!r} vs numeric {numeric!r} "
-            f"(relative error {relative:.2e})"
-        )
-    assert compared >= params.size // 2, f"only {compared} of {params.size} gradients are non-zero"
-    # The check left the parameters as they were, so the gradients are those checked.
-    graph.compute_gradients(batch)
-    np.testing.assert_array_equal(graph.gradients(), analytic)
+    assert_gradients(
+        graph,
+        batch,
+        step=STEP,
+        max_relative_error=MAX_RELATIVE_ERROR,
+        min_absolute_error=MIN_ABSOLUTE_ERROR,
+    )
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
