@@ -10,6 +10,8 @@ from sparkbatch._version import __version__
 from sparkbatch.data import DataSet, MultiDataSet
 from sparkbatch.errors import (
     CsvError,
+    CudaUnavailableError,
+    DataFrameError,
     DivergenceError,
     FormatError,
     IncompleteExportError,
@@ -19,6 +21,8 @@ from sparkbatch.errors import (
 
 __all__ = [
     "CsvError",
+    "CudaUnavailableError",
+    "DataFrameError",
     "DataSet",
     "DivergenceError",
     "FormatError",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "CsvError",
+    "CudaUnavailableError",
+    "DataFrameError",
     "DivergenceError",
     "FormatError",
     "IncompleteExportError",
@@ -56,6 +58,24 @@ class DivergenceError(SparkbatchError, ArithmeticError):
     The message names where: the epoch, iteration and minibatch on one machine; on Spark the
     round, the worker and the minibatch (or the round, for the workers' average). The model keeps
     the parameters of before the step or round that diverged.
+    """
+
+
+class CudaUnavailableError(SparkbatchError, RuntimeError):
+    """A GPU was asked for where none can be used; the message says why and what to do.
+
+    Raised by ``device="cuda"`` models and :func:`sparkbatch.nn.gpu.cuda_module` (the CUDA
+    module was not built, no driver, a driver older than the CUDA it was built with, no device)
+    and by :func:`sparkbatch.nn.gpu.load_cublas` (no cuBLAS found; the message names every
+    library tried).
+    """
+
+
+class DataFrameError(SparkbatchError, ValueError):
+    """A DataFrame cell cannot become part of a minibatch (a null, a bad class index).
+
+    Raised on the executors by :func:`sparkbatch.spark.dataframe_to_datasets`; the message names
+    the column and the row of its Arrow record batch.
     """
 
 

@@ -64,10 +64,10 @@ def _cuda_facts() -> dict[str, str]:
 
 def _cublas(cuda: ModuleType) -> str:
     """Where cuBLAS loads from (the GPU network's matrix products need it; no GPU needed here)."""
-    from sparkbatch.nn.gpu import _cublas_candidates
+    from sparkbatch.nn.gpu import cublas_candidates
 
     try:
-        return cuda.load_cublas(_cublas_candidates())
+        return cuda.load_cublas(cublas_candidates())
     except RuntimeError:
         return "not found (GPU training needs it: pip install nvidia-cublas-cu12, or nvidia-cublas)"
 

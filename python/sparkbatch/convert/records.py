@@ -26,7 +26,6 @@ name it.
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -39,51 +38,6 @@ from sparkbatch.errors import CsvError
 __all__ = ["convert_record", "record_to_dataset", "records_to_dataset"]
 
 _NUMBER = "a number"
-
-
-def _int_or_none(name: str, value: object, minimum: int | None = None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise ValueError(f"{name} must be an int, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}")
-    return number
-
-
-def _label_spec(
-    label_index: object = None,
-    num_classes: object = None,
-    label_first: object = None,
-    label_last: object = None,
-    regression: object = False,
-) -> LabelSpec:
-    """A :class:`LabelSpec` from user arguments, each type-checked and named in errors."""
-    if not isinstance(regression, bool):
-        raise ValueError(f"regression must be a bool, got {regression!r}")
-    index = _int_or_none("label_index", label_index)
-    classes = _int_or_none("num_classes", num_classes, minimum=1)
-    first = _int_or_none("label_first", label_first)
-    last = _int_or_none("label_last", label_last)
-    if index is not None and (first is not None or last is not None):
-        raise ValueError(
-            "pass either label_index or label_first/label_last, not both (got "
-            f"label_index={index}, label_first={first}, label_last={last})"
-        )
-    if first is not None and last is not None and (first < 0) == (last < 0) and last < first:
-        raise ValueError(
-            f"label_last must be >= label_first, got label_first={first}, label_last={last}"
-        )
-    if not regression and index is None and first is None and last is None:
-        raise ValueError(
-            "classification needs label_index (the class column) and num_classes; "
-            "for real-valued labels pass regression=True with label_first/label_last"
-        )
-    return LabelSpec(index, classes, first, last, regression)
 
 
 def _show(value: object) -> str:
@@ -338,7 +292,7 @@ def records_to_dataset(
     ...
     sparkbatch.errors.CsvError: a.csv, line 2, column 1: expected an integer class index in [0, 3), found '2.5'
     """  # noqa: E501
-    spec = _label_spec(label_index, num_classes, label_first, label_last, regression)
+    spec = LabelSpec.from_arguments(label_index, num_classes, label_first, label_last, regression)
     return _convert(spec, list(records), source, first_line)
 
 
@@ -364,5 +318,5 @@ def record_to_dataset(
     >>> ds.features.shape, ds.labels.tolist()
     ((1, 3), [[0.0, 1.0, 0.0, 0.0]])
     """
-    spec = _label_spec(label_index, num_classes, label_first, label_last, regression)
+    spec = LabelSpec.from_arguments(label_index, num_classes, label_first, label_last, regression)
     return convert_record(spec, record, source, line)

@@ -7,6 +7,7 @@ Arrow record batches of DataFrames and lists of records. The label settings mirr
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,21 @@ from sparkbatch._arguments import check_int
 from sparkbatch.data import DataSet
 
 __all__ = ["LabelSpec", "split_table", "batches"]
+
+
+def _int_or_none(name: str, value: object, minimum: int | None = None) -> int | None:
+    """``value`` as an int, or None; ValueError naming ``name`` for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,56 @@ class LabelSpec:
                 )
         elif self.num_classes is not None:
             raise ValueError("num_classes needs label_index (the column holding the class)")
+
+    @classmethod
+    def from_arguments(
+        cls,
+        label_index: object = None,
+        num_classes: object = None,
+        label_first: object = None,
+        label_last: object = None,
+        regression: object = False,
+    ) -> LabelSpec:
+        """The spec that label keyword arguments describe, each argument checked first.
+
+        The arguments of :func:`~sparkbatch.convert.records_to_dataset`,
+        :func:`~sparkbatch.convert.record_to_dataset` and
+        :class:`~sparkbatch.spark.RecordsToDataSet`, for any function that takes them from users:
+        a ``ValueError`` names the argument that is not an int (``regression``: not a bool) and
+        says what is missing or contradictory (``label_index`` with ``label_first`` /
+        ``label_last``, no label column for classification) in the words of those arguments; the
+        constructor's checks follow.
+
+        Examples
+        --------
+        >>> LabelSpec.from_arguments(label_index=4, num_classes=3).label_columns(5)
+        [4]
+        >>> LabelSpec.from_arguments(num_classes=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: classification needs label_index (the class column) and num_classes; for real-valued labels pass regression=True with label_first/label_last
+        """  # noqa: E501
+        if not isinstance(regression, bool):
+            raise ValueError(f"regression must be a bool, got {regression!r}")
+        index = _int_or_none("label_index", label_index)
+        classes = _int_or_none("num_classes", num_classes, minimum=1)
+        first = _int_or_none("label_first", label_first)
+        last = _int_or_none("label_last", label_last)
+        if index is not None and (first is not None or last is not None):
+            raise ValueError(
+                "pass either label_index or label_first/label_last, not both (got "
+                f"label_index={index}, label_first={first}, label_last={last})"
+            )
+        if first is not None and last is not None and (first < 0) == (last < 0) and last < first:
+            raise ValueError(
+                f"label_last must be >= label_first, got label_first={first}, label_last={last}"
+            )
+        if not regression and index is None and first is None and last is None:
+            raise ValueError(
+                "classification needs label_index (the class column) and num_classes; "
+                "for real-valued labels pass regression=True with label_first/label_last"
+            )
+        return cls(index, classes, first, last, regression)
 
     @property
     def classification(self) -> bool:

@@ -332,7 +332,7 @@ class CpuBackend(Backend):
 
 def make_backend(device: str | int, dtype: str | np.dtype) -> Backend:
     """The backend of ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``N``) for ``dtype``;
-    :class:`~sparkbatch.nn.gpu.CudaUnavailableError` saying why when a GPU is asked for and
+    :class:`~sparkbatch.errors.CudaUnavailableError` saying why when a GPU is asked for and
     none can be used."""
     from . import gpu  # the CUDA module itself is imported only when a GPU is asked for
 

@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SparkbatchError
+from ..errors import CudaUnavailableError  # defined there with every error; importable here too
 from .backend import Backend
 
 __all__ = [
     "CudaBackend",
     "CudaUnavailableError",
+    "cublas_candidates",
     "cuda_available",
     "cuda_module",
     "load_cublas",
@@ -55,10 +56,6 @@ _WHEEL_CUBLAS = (
     "nvidia/cublas/lib/libcublas.so.12",
 )
 _CUBLAS_SONAMES = ("libcublas.so.13", "libcublas.so.12", "libcublas.so")
-
-
-class CudaUnavailableError(SparkbatchError, RuntimeError):
-    """A GPU was asked for where none can be used; the message says why and what to do."""
 
 
 @functools.cache
@@ -129,7 +126,17 @@ def parse_device(device: str | int) -> int | None:
     raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or N >= 0, got {device!r}")
 
 
-def _cublas_candidates() -> list[str]:
+def cublas_candidates() -> list[str]:
+    """The cuBLAS libraries :func:`load_cublas` tries, in order: the sonames (a CUDA toolkit's
+    copy, found by the dynamic loader), then the pip wheels' copies (nvidia-cublas,
+    nvidia-cublas-cu12) found under a ``sys.path`` directory. ``sparkbatch info`` tries them too,
+    to report which cuBLAS a GPU network would use (no GPU needed for that).
+
+    Examples
+    --------
+    >>> cublas_candidates()[0]
+    'libcublas.so.13'
+    """
     candidates = list(_CUBLAS_SONAMES)
     for base in dict.fromkeys(p for p in sys.path if p and os.path.isdir(p)):
         for relative in _WHEEL_CUBLAS:
@@ -144,7 +151,7 @@ def load_cublas() -> str:
     library loaded. :class:`CudaUnavailableError` naming every candidate tried otherwise."""
     module = cuda_module()
     try:
-        return module.load_cublas(_cublas_candidates())
+        return module.load_cublas(cublas_candidates())
     except RuntimeError as e:
         raise CudaUnavailableError(str(e)) from e
 

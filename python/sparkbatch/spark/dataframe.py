@@ -16,17 +16,13 @@ import numpy as np
 from sparkbatch._arguments import check_int
 from sparkbatch.convert.table import LabelSpec, split_table
 from sparkbatch.data import DataSet, from_bytes, to_bytes
-from sparkbatch.errors import SparkbatchError
+from sparkbatch.errors import DataFrameError  # defined there with every error; importable here too
 
 if TYPE_CHECKING:
     from pyspark import RDD
     from pyspark.sql import DataFrame
 
 __all__ = ["dataframe_to_datasets", "ArrowToMinibatches", "DataFrameError"]
-
-
-class DataFrameError(SparkbatchError, ValueError):
-    """A DataFrame cell cannot become part of a minibatch (a null, a bad class index)."""
 
 
 class ArrowToMinibatches:

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sparkbatch.convert.records import _label_spec, convert_record
+from sparkbatch.convert.records import convert_record
+from sparkbatch.convert.table import LabelSpec
 from sparkbatch.data import DataSet
 from sparkbatch.records.csv import CSVRecordReader, Record
 
@@ -111,7 +112,9 @@ class RecordsToDataSet:
         label_last: int | None = None,
         regression: bool = False,
     ) -> None:
-        self.spec = _label_spec(label_index, num_classes, label_first, label_last, regression)
+        self.spec = LabelSpec.from_arguments(
+            label_index, num_classes, label_first, label_last, regression
+        )
 
     def __call__(self, record: Sequence[Any]) -> DataSet:
         return convert_record(self.spec, record)
