@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sparkbatch.data._prefetch import HANDOFF_S, prefetched
+from sparkbatch._prefetch import HANDOFF_S, prefetched
 
 
 def _recording(delay: float = 0.0):

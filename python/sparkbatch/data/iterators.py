@@ -10,7 +10,7 @@ memory map, the CRC32C check), so one background thread overlaps it with the cal
 step. One thread keeps the files in order; ``prefetch`` bounds how many loaded files wait in
 memory. The thread is shut down when a pass ends, fails, or its generator is closed or collected.
 Where loads are too quick, or the caller too busy with nothing, for the hand-off between threads
-to pay, the files load inline instead (NOTE [adaptive prefetch] in ``_prefetch``).
+to pay, the files load inline instead (NOTE [adaptive prefetch] in ``sparkbatch._prefetch``).
 
 NOTE [file order]: the file list is fixed when the iterator is created (a ``_manifest.json`` in
 the directory, else a sorted listing). ``shuffle=True`` permutes it for each pass with
@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from sparkbatch._arguments import check_int, check_optional_int
-from sparkbatch.data._prefetch import prefetched
+from sparkbatch._prefetch import prefetched
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.loaders import (
     Loader,
