@@ -19,6 +19,7 @@ from sparkbatch.data import (
     Loader,
     MultiDataSet,
     SerializedDataSetLoader,
+    SerializedMinibatchLoader,
     SerializedMultiDataSetLoader,
     Source,
     export_datasets,
@@ -362,6 +363,7 @@ def test_loaders_and_sources_pickle(tmp_path):
     for loader in (
         SerializedDataSetLoader(verify=False),
         SerializedMultiDataSetLoader(),
+        SerializedMinibatchLoader(mmap=False),
         NpzLoader(3.0),
     ):
         clone = pickle.loads(pickle.dumps(loader))
@@ -381,6 +383,29 @@ def test_serialized_loader_memory_maps_local_files(tmp_path):
     assert not data.features.flags.writeable  # a read-only view of the mapped file
     mds = SerializedMultiDataSetLoader().load(Source(path))
     assert isinstance(mds, MultiDataSet) and len(mds.features) == 1
+
+
+def test_the_minibatch_loader_returns_whichever_kind_a_file_holds(tmp_path):
+    ds = make_dataset(5)
+    mds = MultiDataSet([ds.features, ds.features * 2], [ds.labels])
+    ds.save(str(tmp_path / "d.safetensors"))
+    mds.save(str(tmp_path / "m.safetensors"))
+    loader = SerializedMinibatchLoader()
+    assert isinstance(loader, Loader)
+    got = loader.load(Source(str(tmp_path / "d.safetensors")))
+    assert type(got) is DataSet and not got.features.flags.writeable  # mapped, as the others
+    np.testing.assert_array_equal(got.labels, ds.labels)
+    got = loader.load(Source(str(tmp_path / "m.safetensors")))
+    assert type(got) is MultiDataSet
+    np.testing.assert_array_equal(got.features[1], ds.features * 2)
+    copy = SerializedMinibatchLoader(mmap=False).load(Source(str(tmp_path / "d.safetensors")))
+    assert type(copy) is DataSet and copy.num_examples == 5
+    assert loader == SerializedMinibatchLoader() != SerializedMinibatchLoader(verify=False)
+    assert repr(loader) == "SerializedMinibatchLoader(verify=True, mmap=True)"
+    missing = str(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError) as info:
+        loader.load(Source(missing))
+    assert info.value.filename == missing
 
 
 def test_mmap_false_reads_large_files_into_memory(tmp_path):

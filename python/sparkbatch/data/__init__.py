@@ -9,6 +9,7 @@ from sparkbatch.data.iterators import FileDataSetIterator, FileMultiDataSetItera
 from sparkbatch.data.loaders import (
     Loader,
     SerializedDataSetLoader,
+    SerializedMinibatchLoader,
     SerializedMultiDataSetLoader,
     Source,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "Loader",
     "MultiDataSet",
     "SerializedDataSetLoader",
+    "SerializedMinibatchLoader",
     "SerializedMultiDataSetLoader",
     "Source",
     "export_datasets",

@@ -44,6 +44,7 @@ __all__ = [
     "Loader",
     "load_named",
     "SerializedDataSetLoader",
+    "SerializedMinibatchLoader",
     "SerializedMultiDataSetLoader",
     "Source",
 ]
@@ -188,6 +189,8 @@ def _name_in_place(error: Exception, url: str) -> None:
         error.args = (f"{url}: {error.args[0]}", *error.args[1:])
 
 
+# _load_minibatch is also imported by sparkbatch/train/worker.py (its MinibatchLoader), kept for
+# it until that import moves to SerializedMinibatchLoader, the same loader made public.
 def _load_minibatch(source: Source, verify: bool, mmap: bool = True) -> Minibatch:
     """Load a minibatch file: memory-mapped when local and ``mmap``, read in one piece
     otherwise."""
@@ -291,3 +294,38 @@ class SerializedMultiDataSetLoader(_SerializedLoader):
         """Read the MultiDataSet (or DataSet, converted) stored at ``source``."""
         data = _load_minibatch(source, self.verify, self.mmap)
         return data.to_multi() if isinstance(data, DataSet) else data
+
+
+class SerializedMinibatchLoader(_SerializedLoader):
+    """Loads a sparkbatch minibatch file as whichever it holds, DataSet or MultiDataSet.
+
+    For readers that take both kinds, such as the Spark training workers (``SparkNetwork.fit``
+    on a directory of either); :class:`SerializedDataSetLoader` and
+    :class:`SerializedMultiDataSetLoader` insist on one kind. Local files are memory-mapped as
+    with those.
+
+    Parameters
+    ----------
+    verify : bool, default True
+        Check the CRC32C of the data section.
+    mmap : bool, default True
+        Memory-map local files from 2 MiB up (see :class:`SerializedDataSetLoader`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import DataSet, MultiDataSet, save
+    >>> save(DataSet(np.zeros((2, 3), np.float32)), "memory://sparkbatch-doc/b/a.safetensors")
+    >>> multi = MultiDataSet([np.zeros((2, 3), np.float32)], [np.ones((2, 1), np.float32)])
+    >>> save(multi, "memory://sparkbatch-doc/b/m.safetensors")
+    >>> loader = SerializedMinibatchLoader()
+    >>> type(loader.load(Source("memory://sparkbatch-doc/b/a.safetensors"))).__name__
+    'DataSet'
+    >>> type(loader.load(Source("memory://sparkbatch-doc/b/m.safetensors"))).__name__
+    'MultiDataSet'
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+
+    def load(self, source: Source) -> DataSet | MultiDataSet:
+        """Read the DataSet or MultiDataSet stored at ``source``."""
+        return _load_minibatch(source, self.verify, self.mmap)
