@@ -24,6 +24,7 @@ from sparkbatch.data import (
     Source,
     export_datasets,
     load,
+    rebatch,
 )
 from sparkbatch.errors import FormatError
 from sparkbatch.storage import join, open_output
@@ -124,6 +125,38 @@ def test_rebatching_across_files(tmp_path, batch_size, prefetch):
     assert [d.num_examples for d in got] == expected
     np.testing.assert_array_equal(features_of(got), ds.features)
     np.testing.assert_array_equal(np.concatenate([d.labels for d in got]), ds.labels)
+
+
+def test_rebatch_views_what_lies_in_one_minibatch_and_merges_what_spans_two():
+    ds = make_dataset(10)
+    parts = [ds[:4], ds[4:4], ds[4:10]]  # an empty one in the middle is skipped
+    got = list(rebatch(iter(parts), 3))
+    assert [d.num_examples for d in got] == [3, 3, 3, 1]
+    np.testing.assert_array_equal(features_of(got), ds.features)
+    assert np.shares_memory(got[0].features, ds.features)  # inside the first part: a view
+    assert not np.shares_memory(got[1].features, ds.features)  # rows 3..5 span two: merged
+    assert np.shares_memory(got[2].features, ds.features)
+    mds = MultiDataSet([ds.features, ds.features * 2], [ds.labels])
+    got = list(rebatch(mds.split(4), 5))
+    assert [type(m).__name__ for m in got] == ["MultiDataSet"] * 2
+    np.testing.assert_array_equal(np.concatenate([m.features[1] for m in got]), ds.features * 2)
+    assert list(rebatch([], 3)) == []
+
+
+def test_rebatch_checks_the_batch_size_at_once_and_reads_lazily():
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        rebatch([], 0)
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        rebatch([], 2.5)
+    read = []
+
+    def minibatches():
+        for i in range(3):
+            read.append(i)
+            yield make_dataset(4, seed=i)
+
+    first = next(rebatch(minibatches(), 2))
+    assert first.num_examples == 2 and read == [0]
 
 
 def test_len_with_batch_size_is_a_type_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sparkbatch.data.batches import rebatch
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.export import export_datasets
 from sparkbatch.data.format import FORMAT_VERSION, SUFFIX, from_bytes, load, save, to_bytes
@@ -30,6 +31,7 @@ __all__ = [
     "export_datasets",
     "from_bytes",
     "load",
+    "rebatch",
     "save",
     "to_bytes",
 ]

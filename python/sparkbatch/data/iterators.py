@@ -28,6 +28,7 @@ import numpy as np
 
 from sparkbatch._arguments import check_int, check_optional_int
 from sparkbatch._prefetch import prefetched
+from sparkbatch.data.batches import rebatch
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.loaders import (
     Loader,
@@ -150,26 +151,10 @@ class _FileIterator(Generic[_B]):
         if self.batch_size is None:
             yield from loaded
             return
-        size = self.batch_size
-        buffer: list[_B] = []
-        count = 0
         try:
-            for data in loaded:
-                if data.num_examples == 0:
-                    continue
-                buffer.append(data)
-                count += data.num_examples
-                if count < size:
-                    continue
-                pieces = self._kind.merge(buffer).split(size)
-                full = count // size
-                yield from pieces[:full]
-                buffer = pieces[full:]
-                count -= full * size
-            if buffer:
-                yield self._kind.merge(buffer)
+            yield from rebatch(loaded, self.batch_size)
         finally:
-            loaded.close()
+            loaded.close()  # the prefetch thread stops with the pass
 
     def __repr__(self) -> str:
         return (
@@ -184,8 +169,8 @@ class FileDataSetIterator(_FileIterator[DataSet]):
 
     The DL4J ``FileDataSetIterator``. Each ``for`` loop is a fresh pass over the files. Without
     ``batch_size`` every file gives one DataSet (``len()`` is the number of files); with it the
-    examples are merged and split across file boundaries into DataSets of exactly ``batch_size``
-    examples, in order, the last one smaller.
+    examples are cut across file boundaries into DataSets of exactly ``batch_size`` examples, in
+    order, the last one smaller (:func:`~sparkbatch.data.rebatch`).
 
     Parameters
     ----------

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 from sparkbatch._arguments import check_int
-from sparkbatch.data import SUFFIX, DataSet, MultiDataSet, save
+from sparkbatch.data import SUFFIX, DataSet, MultiDataSet, rebatch, save
 from sparkbatch.data.manifest import (
     begin_export,
     commit_export,
@@ -32,7 +32,7 @@ from sparkbatch.storage import join
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
 
-__all__ = ["BatchAndExport", "batch_and_export", "list_paths", "file_name"]
+__all__ = ["BatchAndExport", "batch_and_export", "list_paths", "file_name", "rebatch_partition"]
 
 Minibatch = Union[DataSet, MultiDataSet]  # noqa: UP007 (runtime alias)
 
@@ -80,43 +80,11 @@ def _shapes_of(signature: Mapping[str, tuple[int, ...]]) -> str:
     )
 
 
-def _merge(pieces: list[Minibatch]) -> Minibatch:
-    return pieces[0] if len(pieces) == 1 else type(pieces[0]).merge(pieces)
-
-
-def _rebatch(items: Iterable[Minibatch], batch_size: int) -> Iterator[Minibatch]:
-    """Exactly ``batch_size`` examples per minibatch, in order; the remainder last (smaller).
-
-    Full minibatches inside an incoming DataSet are views of it; only a minibatch that spans
-    two incoming DataSets is merged (copied).
-    """
-    pending: list[Minibatch] = []  # pieces holding fewer than batch_size examples together
-    held = 0
-    for item in items:
-        n = item.num_examples
-        start = 0
-        if held and n:  # complete the pending minibatch from the head of this item
-            start = min(batch_size - held, n)
-            pending.append(item[:start])
-            held += start
-            if held < batch_size:
-                continue
-            yield _merge(pending)
-            pending, held = [], 0
-        full_end = start + (n - start) // batch_size * batch_size
-        for s in range(start, full_end, batch_size):
-            yield item[s : s + batch_size]
-        if full_end < n:
-            pending, held = [item[full_end:]], n - full_end
-    if held:
-        yield _merge(pending)
-
-
 def rebatch_partition(index: int, items: Iterable[Any], batch_size: int) -> Iterator[Minibatch]:
     """Partition ``index``'s elements, each checked to be a DataSet or MultiDataSet agreeing
     with the first in kind and shape (the error names the partition and element), cut into
     minibatches of exactly ``batch_size`` examples in order, the remainder last."""
-    return _rebatch(_checked(items, index), batch_size)
+    return rebatch(_checked(items, index), batch_size)
 
 
 class BatchAndExport:
