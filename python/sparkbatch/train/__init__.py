@@ -3,18 +3,20 @@
 :class:`SparkNetwork` fits a :class:`Model` (such as :class:`sparkbatch.nn.Network`) from an RDD
 of DataSets, a directory of minibatch files or an RDD of paths, as :class:`ParameterAveraging`
 configures, and evaluates it with exactly merged counts; :class:`TrainingStats` holds the
-timings and renders the HTML report.
+timings and renders the HTML report. :class:`Model` lists what a model needs (and what it may
+have, with the defaults :class:`ModelAccess` applies without it).
 """
 
 from __future__ import annotations
 
 from .master import ParameterAveraging, plan_rounds
-from .model import Model
+from .model import Model, ModelAccess
 from .spark_network import SparkNetwork
 from .stats import PhaseTiming, RoundStats, TrainingStats
 
 __all__ = [
     "Model",
+    "ModelAccess",
     "ParameterAveraging",
     "SparkNetwork",
     "plan_rounds",

@@ -42,7 +42,7 @@ from ..spark import executor_errors
 from ..spark.export import batch_and_export, rebatch_partition
 from ..storage import join, resolve
 from .master import ParameterAveraging, plan_rounds
-from .model import Model
+from .model import Model, ModelAccess
 from .stats import PhaseTiming, RoundStats, TrainingStats
 from .worker import (
     EvaluatePartition,
@@ -51,10 +51,8 @@ from .worker import (
     MinibatchLoader,
     RoundResult,
     WorkerSetup,
-    _own_buffers,
     combine,
     merge_evaluations,
-    several_outputs,
 )
 
 if TYPE_CHECKING:
@@ -73,10 +71,11 @@ class SparkNetwork:
     sc : SparkContext or SparkSession
     model : Model
         E.g. a :class:`sparkbatch.nn.Network`, or a :class:`sparkbatch.nn.Graph` of several
-        inputs and outputs (fitted with :meth:`fit_multi`); trained in place (its buffers are
-        updated after every round) and returned by :meth:`fit`.
+        inputs and outputs (fitted with :meth:`fit_multi`), or any model with the members
+        :class:`~sparkbatch.train.Model` requires (a TypeError names those it lacks); trained
+        in place (its buffers are updated after every round) and returned by :meth:`fit`.
     master : ParameterAveraging, optional
-        Default ``ParameterAveraging()``.
+        The averaging settings, kept as :attr:`averaging`. Default ``ParameterAveraging()``.
 
     Examples
     --------
@@ -98,21 +97,39 @@ class SparkNetwork:
 
     def __init__(self, sc: Any, model: Model, master: ParameterAveraging | None = None) -> None:
         self.sc: SparkContext = getattr(sc, "sparkContext", sc)
-        for method in ("params", "set_params", "updater_state", "fit_batch", "to_config"):
-            if not callable(getattr(model, method, None)):
-                raise TypeError(f"model must implement the Model protocol; it lacks {method}()")
-        self.model = model
-        self.master = master if master is not None else ParameterAveraging()
+        #: The averaging settings (``sc.master`` is Spark's URL).
+        self.averaging = master if master is not None else ParameterAveraging()
+        self._access = self._checked(model)
         #: Round totals of every fit (and per-worker timings with ``collect_stats=True``).
         self.stats = TrainingStats()
         self._round = 0
+
+    @property
+    def model(self) -> Model:
+        """The model trained (in place); setting another checks it as the constructor does."""
+        return self._access.model
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        self._access = self._checked(model)
+
+    def _checked(self, model: Model) -> ModelAccess:
+        """``model``'s access: a TypeError naming every member the Model protocol requires and
+        it lacks, or that the settings need (``to(device)`` for ``worker_device="cuda"``)."""
+        access = ModelAccess(model)
+        if self.averaging.worker_device == "cuda" and not access.can_move:
+            raise TypeError(
+                f"worker_device='cuda' moves the model to the GPU, but {type(model).__name__} "
+                "has no to(device)"
+            )
+        return access
 
     # -- fitting -----------------------------------------------------------------------------
 
     @property
     def workers(self) -> int:
-        """Workers per round: the master's ``workers`` or the context's default parallelism."""
-        return self.master.workers or self.sc.defaultParallelism
+        """Workers per round: the settings' ``workers`` or the context's default parallelism."""
+        return self.averaging.workers or self.sc.defaultParallelism
 
     @executor_errors()  # an executor's NonFiniteError, FormatError... as itself
     def fit(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
@@ -124,7 +141,7 @@ class SparkNetwork:
         epochs = check_int("epochs", epochs)
         if isinstance(data, (str, os.PathLike)):
             return self._fit_files(self._files(data), SerializedDataSetLoader(), epochs)
-        if self.master.approach == "direct":
+        if self.averaging.approach == "direct":
             return self._fit_direct(data, epochs)
         return self._fit_exported(data, epochs)
 
@@ -157,7 +174,7 @@ class SparkNetwork:
         return self.fit(data, epochs)
 
     def _files(self, url: str | os.PathLike[str]) -> list[str]:
-        urls = minibatch_files(os.fspath(url), storage_options=self.master.storage_options)
+        urls = minibatch_files(os.fspath(url), storage_options=self.averaging.storage_options)
         if not urls:
             raise FileNotFoundError(f"no minibatch files under {os.fspath(url)}")
         return urls
@@ -169,9 +186,9 @@ class SparkNetwork:
         and errors name the RDD partition a file came from instead."""
         if not urls:
             raise ValueError("no minibatch files to fit")
-        m = self.master
+        m = self.averaging
         if m.exchange == "socket":
-            first = getattr(self.model, "epoch", None)
+            first = self.model.epoch
             schedule = [
                 plan_rounds(
                     urls,
@@ -179,7 +196,7 @@ class SparkNetwork:
                     m.averaging_frequency,
                     shuffle=m.shuffle,
                     seed=m.seed,
-                    epoch=e if first is None else first + e,
+                    epoch=first + e,
                 )
                 for e in range(epochs)
             ]
@@ -190,7 +207,7 @@ class SparkNetwork:
             )
             return self.model
         for e in range(epochs):
-            epoch = getattr(self.model, "epoch", e)
+            epoch = self.model.epoch
             rounds = plan_rounds(
                 urls,
                 self.workers,
@@ -214,13 +231,13 @@ class SparkNetwork:
         return self.model
 
     def _fit_exported(self, rdd: RDD, epochs: int) -> Model:
-        base = self.master.export_dir or tempfile.gettempdir()
+        base = self.averaging.export_dir or tempfile.gettempdir()
         directory = join(base, f"sparkbatch-export-{uuid.uuid4().hex[:12]}")
-        options = self.master.storage_options
+        options = self.averaging.storage_options
         try:
             self.sc.setJobDescription("sparkbatch fit: exporting minibatches")
             urls = batch_and_export(
-                rdd, directory, self.master.batch_size_per_worker, storage_options=options
+                rdd, directory, self.averaging.batch_size_per_worker, storage_options=options
             )
             return self._fit_files(urls, MinibatchLoader(), epochs, exported=True)
         finally:
@@ -232,7 +249,7 @@ class SparkNetwork:
     def _fit_direct(self, rdd: RDD, epochs: int) -> Model:
         from pyspark import StorageLevel
 
-        m = self.master
+        m = self.averaging
         size = m.batch_size_per_worker
         # ((partition, index), minibatch): where each came from, for errors that name it
         batched = rdd.mapPartitionsWithIndex(
@@ -273,7 +290,7 @@ class SparkNetwork:
                 rounds * workers, lambda key: (key[1] // freq) * workers + key[0]
             ).values()
             for e in range(epochs):
-                epoch = getattr(self.model, "epoch", e)
+                epoch = self.model.epoch
                 for r in range(rounds):
                     label = f"epoch {e + 1}/{epochs}, round {r + 1}/{rounds}"
                     parts = list(range(r * workers, (r + 1) * workers))
@@ -298,7 +315,7 @@ class SparkNetwork:
 
     def _sum(self, rdd: RDD, merge: Any = combine) -> Any:
         """``treeAggregate`` of ``rdd``'s results with ``merge`` (None when it has none)."""
-        return rdd.treeAggregate(None, merge, merge, self.master.aggregation_depth)
+        return rdd.treeAggregate(None, merge, merge, self.averaging.aggregation_depth)
 
     def _round_of(
         self,
@@ -312,16 +329,17 @@ class SparkNetwork:
     ) -> None:
         """Run one averaging round: broadcast, fit on the workers, sum, average. ``job(fit)`` runs
         ``fit`` on the round's workers and returns the sum of their results."""
-        m = self.master
-        model = self.model
+        m = self.averaging
+        access = self._access
+        model = access.model
         start = time.time()
         self.sc.setJobDescription(f"sparkbatch fit: {label}")
         weights = self.sc.broadcast(
             {
                 "params": model.params(),
                 "state": model.updater_state() if m.save_updater else None,
-                "iteration": getattr(model, "iteration", 0),
-                "updater_steps": getattr(model, "updater_steps", getattr(model, "iteration", 0)),
+                "iteration": model.iteration,
+                "updater_steps": access.updater_steps,
                 "epoch": epoch,
             }
         )
@@ -351,7 +369,7 @@ class SparkNetwork:
         )
 
     def _worker_setup(self, loader: Any, exported: bool = False) -> WorkerSetup:
-        m = self.master
+        m = self.averaging
         return WorkerSetup(
             type(self.model),
             _config_json(self.model),
@@ -379,8 +397,9 @@ class SparkNetwork:
         aggregate_start: float,
     ) -> None:
         """Average the round's summed ``result`` into the model and record the round."""
-        m = self.master
-        model = self.model
+        m = self.averaging
+        access = self._access
+        model = access.model
         self.stats.skipped += result.skipped
         if result.params is None:  # every worker skipped all its minibatches: no average
             log.warning("%s: nothing fitted, %d minibatches skipped", label, result.skipped)
@@ -393,7 +412,7 @@ class SparkNetwork:
         )
         # A CPU network's buffers take the average directly; any other Model (a GPU network's
         # params() is a host copy) gets it averaged in place into the sum, then set.
-        own = _own_buffers(model, m.save_updater)
+        own = access.own_buffers(m.save_updater)
         if own:
             _native.nn_average([result.params], own[0], result.workers)
         else:
@@ -405,13 +424,11 @@ class SparkNetwork:
             else:
                 _native.nn_average([result.state], result.state, result.workers)
                 model.set_updater_state(result.state)
-        if hasattr(model, "iteration"):
-            model.iteration += result.max_batches
-        if m.save_updater and hasattr(model, "updater_steps"):
-            model.updater_steps += result.max_batches
+        if m.save_updater:
+            access.updater_steps += result.max_batches  # before iteration: its default
+        model.iteration += result.max_batches
         score = result.score_sum / result.batches
-        if hasattr(model, "last_score"):
-            model.last_score = score
+        access.record_score(score)
         end = time.time()
         self.stats.add_round(
             RoundStats(
@@ -458,21 +475,20 @@ class SparkNetwork:
         from .exchange import AveragingServer
         from .shared_slots import SharedSlots
 
-        m = self.master
-        model = self.model
+        m = self.averaging
+        access = self._access
+        model = access.model
         epochs = len(epoch_rounds)
-        first = getattr(model, "epoch", None)
+        first = model.epoch
         # Every round of the fit: (epoch index, its epoch number, round in the epoch, rounds)
         rounds = [
-            (e, e if first is None else first + e, r, count)
-            for e, count in enumerate(epoch_rounds)
-            for r in range(count)
+            (e, first + e, r, count) for e, count in enumerate(epoch_rounds) for r in range(count)
         ]
 
         def state(r: int) -> tuple[dict[str, Any], list[Any]]:
             counters = {
-                "iteration": getattr(model, "iteration", 0),
-                "updater_steps": getattr(model, "updater_steps", getattr(model, "iteration", 0)),
+                "iteration": model.iteration,
+                "updater_steps": access.updater_steps,
                 "epoch": rounds[min(r, len(rounds) - 1)][1],
             }
             arrays = [model.params()]
@@ -566,7 +582,7 @@ class SparkNetwork:
 
     def _exchange_address(self) -> tuple[str, str]:
         """Where workers reach the driver's averaging server, and the address it listens on."""
-        m = self.master
+        m = self.averaging
         if m.exchange_host:
             return m.exchange_host, ""
         conf = self.sc.getConf()
@@ -576,8 +592,7 @@ class SparkNetwork:
         return host, conf.get("spark.driver.bindAddress") or ""
 
     def _end_epoch(self) -> None:
-        if hasattr(self.model, "epoch"):
-            self.model.epoch += 1
+        self.model.epoch += 1
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -621,7 +636,7 @@ class SparkNetwork:
         result = self._evaluate(data, "score", loader, {})
         if result is None or np.any(np.asarray(result.examples) == 0):
             raise ValueError("no examples to score")
-        if not several_outputs(self.model):
+        if not self._access.several_outputs:
             return result.loss_sum / result.examples
         _, _, penalty = self.model.score_parts([])  # the driver's model has the same params
         means = [float(t) / float(w) for t, w in zip(result.loss_sum, result.examples, strict=True)]
@@ -630,26 +645,23 @@ class SparkNetwork:
     def _output_width(self, output_index: int) -> int | None:
         """The width of the model's output ``output_index`` (None: unknown); a ValueError
         naming the outputs where it has no such output."""
-        model = self.model
-        widths = getattr(model, "output_widths", None)
-        count = 1 if widths is None else len(widths)
+        widths = self._access.output_widths
+        count = len(widths)
         valid = isinstance(output_index, (int, np.integer)) and not isinstance(output_index, bool)
         if not valid or not 0 <= output_index < count:
-            names = getattr(model, "outputs", None) if widths is not None else None
+            names = self._access.output_names
             which = f" for outputs {', '.join(map(repr, names))}" if names else ""
             raise ValueError(
                 f"output_index must be in [0, {count}){which} "
                 f"(the model has {count} output{'s' if count > 1 else ''}), got {output_index!r}"
             )
-        if widths is None:
-            return getattr(model, "num_outputs", None)
-        return int(widths[int(output_index)])
+        return widths[int(output_index)]
 
     @executor_errors()
     def _evaluate(
         self, data: Any, kind: str, loader: Any, args: dict[str, Any], output_index: int = 0
     ) -> Any:
-        m = self.master
+        m = self.averaging
         weights = self.sc.broadcast({"params": self.model.params()})
         try:
             if isinstance(data, (str, os.PathLike)):

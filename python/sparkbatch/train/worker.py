@@ -2,7 +2,8 @@
 
 The functions here are small picklable classes holding configuration and broadcast handles
 only; the model is built on the executor from its configuration and kept per Python worker
-process (:func:`_model`), so a round costs one broadcast read and no model construction.
+process (:func:`_model`) and used through its :class:`~sparkbatch.train.model.ModelAccess`, so
+a round costs one broadcast read and no model construction.
 Results travel back as :class:`RoundResult` objects that ``treeAggregate`` sums in place with
 the native kernel (:func:`combine`).
 
@@ -42,6 +43,7 @@ from ..data._prefetch import prefetched
 from ..data.loaders import _load_minibatch, load_named
 from ..errors import DivergenceError, NonFiniteError
 from ..evaluation import Evaluation, RegressionEvaluation
+from .model import ModelAccess
 from .stats import PhaseTiming
 
 __all__ = [
@@ -55,7 +57,7 @@ __all__ = [
     "merge_evaluations",
 ]
 
-_MODELS: OrderedDict[tuple[type, str, str], Any] = OrderedDict()  # per Python worker process
+_MODELS: OrderedDict[tuple[type, str, str], ModelAccess] = OrderedDict()  # per worker process
 _MODELS_KEPT = 2
 _SKIP_OPTION = "ParameterAveraging(non_finite='skip')"
 # The files the export approach writes: spark.export.file_name(partition, batch).
@@ -75,23 +77,24 @@ def _limit_native_threads() -> None:
             os.environ["SPARKBATCH_NUM_THREADS"] = str(max(1, context.cpus()))
 
 
-def _model(model_class: type, config_json: str, device: str = "cpu") -> Any:
-    """This process's model for ``config_json``, built once and reused by later rounds.
+def _model(model_class: type, config_json: str, device: str = "cpu") -> ModelAccess:
+    """This process's model for ``config_json`` (with its access), built once and reused by
+    later rounds.
 
-    ``device`` "cuda" or "auto" (a GPU where one is visible) moves it to the GPU; CUDA is
-    touched only here, in the executor's Python worker, never before a fork.
+    ``device`` "cuda", or "auto" where the model moves and a GPU is visible, moves it to the
+    GPU; CUDA is touched only here, in the executor's Python worker, never before a fork.
     """
     key = (model_class, config_json, device)
-    model = _MODELS.get(key)
-    if model is None:
+    access = _MODELS.get(key)
+    if access is None:
         _limit_native_threads()
-        model = model_class.from_config(json.loads(config_json))
-        if device == "cuda" or (device == "auto" and _gpu_visible()):
-            model.to("cuda")
-        _MODELS[key] = model
+        access = ModelAccess(model_class.from_config(json.loads(config_json)))
+        if device == "cuda" or (device == "auto" and access.can_move and _gpu_visible()):
+            access.to("cuda")
+        _MODELS[key] = access
         while len(_MODELS) > _MODELS_KEPT:
             _MODELS.popitem(last=False)
-    return model
+    return access
 
 
 def _gpu_visible() -> bool:
@@ -234,8 +237,9 @@ class WorkerSetup:
     non_finite: str = "raise"  # or "skip": minibatches holding NaN or infinity
     exported: bool = False  # the files are the export approach's: name RDD partitions
 
-    def model(self) -> Any:
-        """This Python worker's model for the fit (built once per process, see :func:`_model`)."""
+    def model(self) -> ModelAccess:
+        """This Python worker's model for the fit, with its access (built once per process,
+        see :func:`_model`)."""
         return _model(self.model_class, self.config_json, self.device)
 
     def minibatches(self, items: Iterable[Any]) -> Iterator[tuple[DataSet | MultiDataSet, str]]:
@@ -251,17 +255,38 @@ class WorkerSetup:
         )
 
     def fit(self, model: Any, items: Iterable[Any], context: str) -> tuple[float, int, int, int]:
-        """Fit the minibatches of ``items``; the sum of their scores, their count, their
-        examples and the minibatches skipped. ``context`` ("round 3 (epoch 0), worker 1")
-        begins the message of a NonFiniteError or DivergenceError (NOTE [non-finite checks]
-        in ``sparkbatch._finite``)."""
-        # A Network's _fit_step is fit_batch less its np.errstate, entered here once instead;
-        # any other Model's fit_batch runs as it is.
-        step = getattr(model, "_fit_step", None)
-        if step is None:
-            return self._fit_steps(model, model.fit_batch, items, context)
-        with np.errstate(over="ignore", invalid="ignore"):
-            return self._fit_steps(model, step, items, context)
+        """Fit the minibatches of ``items`` with ``model.fit_batch``; the sum of their scores,
+        their count, their examples and the minibatches skipped. ``context`` ("round 3 (epoch
+        0), worker 1") begins the message of a NonFiniteError or DivergenceError (NOTE
+        [non-finite checks] in ``sparkbatch._finite``)."""
+        step = model.fit_batch
+        score_sum, count, examples, skipped = 0.0, 0, 0, 0
+        for batch, origin in self.minibatches(items):
+            detail = non_finite_in(batch)
+            if detail is not None:
+                if self.non_finite == "skip":
+                    skipped += 1
+                    continue
+                raise non_finite_data(f"{context}, {origin}", detail, _SKIP_OPTION)
+            iteration = model.iteration  # before the step; named on errors
+            try:
+                score = float(step(batch))  # raises before its update, if at all
+            except NonFiniteError as e:  # the Network's: values beyond its dtype
+                if self.non_finite == "skip":
+                    skipped += 1
+                    continue
+                where = f"{context}, {origin}, iteration {iteration}"
+                raise with_context(e, where, option=_SKIP_OPTION) from None
+            except DivergenceError as e:
+                where = f"{context}, {origin}, iteration {iteration}"
+                raise with_context(e, where, kept=_KEPT) from None
+            if not math.isfinite(score):  # any Model's score; the Network checks its gradient
+                where = f"{context}, {origin}, iteration {iteration}"
+                raise diverged(where, f"the score is {score!r}", _KEPT)
+            score_sum += score
+            count += 1
+            examples += batch.num_examples
+        return score_sum, count, examples, skipped
 
     def fit_round(self, model: Any, items: Iterable[Any], context: str, *, copy: bool) -> Fitted:
         """:meth:`fit`, then the worker's parameters checked (a copy of them with ``copy``);
@@ -281,37 +306,6 @@ class WorkerSetup:
         except (NonFiniteError, DivergenceError) as e:
             return Fitted(0.0, 0, 0, 0, None, error=e)
         return Fitted(score_sum, batches, examples, skipped, params)
-
-    def _fit_steps(
-        self, model: Any, step: Any, items: Iterable[Any], context: str
-    ) -> tuple[float, int, int, int]:
-        score_sum, count, examples, skipped = 0.0, 0, 0, 0
-        for batch, origin in self.minibatches(items):
-            detail = non_finite_in(batch)
-            if detail is not None:
-                if self.non_finite == "skip":
-                    skipped += 1
-                    continue
-                raise non_finite_data(f"{context}, {origin}", detail, _SKIP_OPTION)
-            iteration = getattr(model, "iteration", count)  # before the step; named on errors
-            try:
-                score = float(step(batch))  # raises before its update, if at all
-            except NonFiniteError as e:  # the Network's: values beyond its dtype
-                if self.non_finite == "skip":
-                    skipped += 1
-                    continue
-                where = f"{context}, {origin}, iteration {iteration}"
-                raise with_context(e, where, option=_SKIP_OPTION) from None
-            except DivergenceError as e:
-                where = f"{context}, {origin}, iteration {iteration}"
-                raise with_context(e, where, kept=_KEPT) from None
-            if not math.isfinite(score):  # any Model's score; the Network checks its gradient
-                where = f"{context}, {origin}, iteration {iteration}"
-                raise diverged(where, f"the score is {score!r}", _KEPT)
-            score_sum += score
-            count += 1
-            examples += batch.num_examples
-        return score_sum, count, examples, skipped
 
 
 _KEPT = "the driver's model keeps its parameters of before this round"
@@ -358,8 +352,11 @@ class FitRound:
         worker = f"worker {index}"
         start = time.time()
         weights = self.weights.value
-        model = setup.model()
-        _start_round(model, weights, weights["params"], weights["state"], setup.save_updater, index)
+        access = setup.model()
+        model = access.model
+        _start_round(
+            access, weights, weights["params"], weights["state"], setup.save_updater, index
+        )
         fit_start = time.time()
         context = f"round {self.round_index} (epoch {weights['epoch']}), {worker}"
         fitted = setup.fit_round(model, items, context, copy=True)
@@ -393,7 +390,7 @@ class FitRound:
 
 
 def _start_round(
-    model: Any,
+    access: ModelAccess,
     counters: dict[str, Any],
     params: np.ndarray,
     state: np.ndarray | None,
@@ -405,31 +402,17 @@ def _start_round(
     """Set a worker's model to the round's starting point (``counters``: iteration,
     updater_steps, epoch); without ``save_updater`` the updater starts fresh, as DL4J's does.
     ``in_place``: ``params`` and ``state`` already are the model's own buffers."""
+    model = access.model
     if not in_place:
         model.set_params(params)
     model.iteration, model.epoch = counters["iteration"], counters["epoch"]
     if save_updater and state is not None:
         if not in_place:
             model.set_updater_state(state)
-        if hasattr(model, "updater_steps"):
-            model.updater_steps = counters["updater_steps"]
-    elif hasattr(model, "reset_updater"):
-        model.reset_updater()
+        access.updater_steps = counters["updater_steps"]
     else:
-        model.set_updater_state(np.zeros_like(model.updater_state()))
-    if hasattr(model, "dropout_stream"):
-        model.dropout_stream = index  # workers of a round drop different inputs
-
-
-def _own_buffers(model: Any, save_updater: bool) -> list[np.ndarray]:
-    """The model's parameter (and updater state) buffers where they are host memory the model
-    fits from, so that averages can be received straight into them; else an empty list."""
-    if getattr(model, "device", None) != "cpu":
-        return []
-    buffers = [model.params()] + ([model.updater_state()] if save_updater else [])
-    if not all(isinstance(b, np.ndarray) and b.flags.writeable for b in buffers):
-        return []
-    return buffers
+        access.reset_updater()
+    access.set_dropout_stream(index)  # workers of a round drop different inputs
 
 
 class FitRounds:
@@ -461,28 +444,23 @@ class FitRounds:
 
         items = list(partition)  # read to the end, or the Python worker is not reused
         plan = items[0] if items else []  # this worker's files, one list per round
-        model = self.setup.model()
+        access = self.setup.model()
         slots = SharedSlots.attach(*self.shared) if self.shared else None  # None: not here
         try:
-            self._fit(index, plan, model, slots)
+            self._fit(index, plan, access, slots)
         finally:
             if slots is not None:
-                if any(
-                    np.shares_memory(a, b)
-                    for a in _own_buffers(model, True)
-                    for b in slots.slot(index)
-                ):
+                own = access.own_buffers(True)
+                if any(np.shares_memory(a, b) for a in own for b in slots.slot(index)):
                     # back to private memory: the cached model outlives the shared file
-                    model.use_buffers(*(np.empty_like(a) for a in _own_buffers(model, True)))
+                    access.use_buffers(*(np.empty_like(a) for a in own))
                 slots.close()
         return iter(())
 
-    def _fit(self, index: int, plan: list[list[str]], model: Any, slots: Any) -> None:
+    def _fit(self, index: int, plan: list[list[str]], access: ModelAccess, slots: Any) -> None:
         from .exchange import recv_message, send_message
 
         worker = f"worker {index}"
-        # A CPU network's own buffers receive the averages (no copy); others a spare.
-        spare = _own_buffers(model, self.setup.save_updater)
         try:
             sock = socket.create_connection(self.address, timeout=30)
         except OSError as e:
@@ -492,6 +470,9 @@ class FitRounds:
                 f"({e}): set ParameterAveraging(exchange_host=...) to an address executors "
                 "reach and open its port (exchange_port=...), or use exchange='spark'"
             ) from e
+        model = access.model
+        # A CPU network's own buffers receive the averages (no copy); others a spare.
+        spare = access.own_buffers(self.setup.save_updater)
         with sock:
             sock.settimeout(None)  # a round waits for the slowest worker, however long
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -500,18 +481,13 @@ class FitRounds:
             header, arrays, received = recv_message(sock, spare)
             r = int(header["round"])  # where the fit stands: a retried task resumes there
             bound = False
-            if (
-                header.get("shared")
-                and slots is not None
-                and spare
-                and hasattr(model, "use_buffers")
-            ):
+            if header.get("shared") and slots is not None and spare and access.can_use_buffers:
                 # Granted to this task alone: its network keeps its parameters (and state) in
                 # its slot, so a round's result is there without a copy.
                 state = arrays[1] if len(arrays) > 1 else None
-                _start_round(model, header, arrays[0], state, self.setup.save_updater, index)
-                model.use_buffers(*slots.slot(index))
-                spare = arrays = _own_buffers(model, self.setup.save_updater)
+                _start_round(access, header, arrays[0], state, self.setup.save_updater, index)
+                access.use_buffers(*slots.slot(index))
+                spare = arrays = access.own_buffers(self.setup.save_updater)
                 bound = True
             while r < len(plan):
                 # The driver says where the average is: in the message, or the last slot.
@@ -523,7 +499,7 @@ class FitRounds:
                 )
                 state = arrays[1] if len(arrays) > 1 else None
                 _start_round(
-                    model,
+                    access,
                     header,
                     arrays[0],
                     state,
@@ -580,8 +556,8 @@ class FitRounds:
 @dataclass
 class EvaluationResult:
     """Per-partition evaluation counts (merged exactly) and loss sums (for the score): one
-    figure each, or for a model with several outputs (:func:`several_outputs`) an array of one
-    per output."""
+    figure each, or for a model with several outputs
+    (:attr:`~sparkbatch.train.model.ModelAccess.several_outputs`) an array of one per output."""
 
     evaluation: Evaluation | RegressionEvaluation | None
     loss_sum: float | np.ndarray
@@ -600,14 +576,6 @@ def merge_evaluations(
     a.loss_sum += b.loss_sum
     a.examples += b.examples
     return a
-
-
-def several_outputs(model: Any) -> bool:
-    """Whether ``model`` takes MultiDataSets as a :class:`~sparkbatch.nn.Graph` does: it lists
-    its ``output_widths``, its ``output`` takes a list of features arrays (one per input) and
-    returns a list of outputs, and its ``score_parts`` gives the loss sums per output. Otherwise
-    it has one input and one output, as a :class:`~sparkbatch.nn.Network`."""
-    return getattr(model, "output_widths", None) is not None
 
 
 class EvaluatePartition:
@@ -638,7 +606,8 @@ class EvaluatePartition:
         items: Iterable[Any] = itertools.chain([first], partition)
         if self.setup.loader is not None:
             items = [url for urls in items for url in urls]
-        model = self.setup.model()
+        access = self.setup.model()
+        model = access.model
         model.set_params(self.weights.value["params"])
         if self.kind == "classification":
             evaluation: Any = Evaluation(**self.evaluation_args)
@@ -646,8 +615,8 @@ class EvaluatePartition:
             evaluation = RegressionEvaluation(**self.evaluation_args)
         else:
             evaluation = None
-        if several_outputs(model):
-            return iter([self._several(model, evaluation, items)])
+        if access.several_outputs:
+            return iter([self._several(access, evaluation, items)])
         loss_sum, examples = 0.0, 0.0
         for batch, _ in self.setup.minibatches(items):
             ds = _single(batch)
@@ -661,11 +630,14 @@ class EvaluatePartition:
                 examples += weight
         return iter([EvaluationResult(evaluation, loss_sum, examples)])
 
-    def _several(self, model: Any, evaluation: Any, items: Iterable[Any]) -> EvaluationResult:
+    def _several(
+        self, access: ModelAccess, evaluation: Any, items: Iterable[Any]
+    ) -> EvaluationResult:
         """The partition's result for a model with several inputs and outputs: its figures of
         output ``output_index``, or per output its loss sum and the weight that sums over."""
         k = self.output_index
-        outputs = len(model.output_widths)
+        model = access.model
+        outputs = len(access.output_widths)
         loss_sum, examples = np.zeros(outputs), np.zeros(outputs)
         for batch, _ in self.setup.minibatches(items):
             mds = batch if isinstance(batch, MultiDataSet) else MultiDataSet.from_dataset(batch)
