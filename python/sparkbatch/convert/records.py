@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from sparkbatch._unchecked import unchecked_dataset
 from sparkbatch.convert.table import LabelSpec, split_table
 from sparkbatch.data import DataSet
 from sparkbatch.errors import CsvError
@@ -220,8 +221,8 @@ def convert_record(
     elif label_columns:
         labels = row[label_columns[0] : label_columns[-1] + 1].astype(np.float32).reshape(1, -1)
     else:
-        return DataSet._unchecked(features)
-    return DataSet._unchecked(features, labels)
+        return unchecked_dataset(features)
+    return unchecked_dataset(features, labels)
 
 
 def records_to_dataset(

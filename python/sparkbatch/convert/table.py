@@ -15,6 +15,7 @@ import numpy as np
 
 from sparkbatch import _native
 from sparkbatch._arguments import check_int
+from sparkbatch._unchecked import unchecked_dataset
 from sparkbatch.data import DataSet
 
 __all__ = ["LabelSpec", "split_table", "batches"]
@@ -196,7 +197,7 @@ def split_table(values: np.ndarray, spec: LabelSpec) -> DataSet:
         labels = _native.one_hot(values[:, first].astype(np.int32), int(spec.num_classes or 0))
     else:
         labels = np.ascontiguousarray(values[:, first:last], dtype=np.float32)
-    return DataSet._unchecked(features, labels)
+    return unchecked_dataset(features, labels)
 
 
 def batches(ds: DataSet, batch_size: int) -> Iterator[DataSet]:

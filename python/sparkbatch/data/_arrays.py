@@ -8,7 +8,8 @@ the time-series merge live here once, so both classes behave identically.
 NOTE [unchecked construction]: validating a DataSet costs a few microseconds, more than
 slicing one out of a bigger one. Arrays derived from already-checked ones by an operation that
 keeps the example axis (slicing, index selection, copying) and arrays built by sparkbatch itself
-(``convert.table.split_table``) skip the checks through ``DataSet._unchecked`` / ``_map``.
+(the file reader; ``convert.table.split_table`` and the record conversions, through
+``sparkbatch._unchecked``) skip the checks through ``DataSet._unchecked`` / ``_map``.
 Everything a user passes in, or a file provides, is checked.
 
 NOTE [time-series merge]: merging follows DL4J's ``DataSetUtil.mergeTimeSeries``. Sequences of

@@ -100,7 +100,9 @@ class DataSet(ExampleBatch):
         labels_mask: np.ndarray | None = None,
         metadata: dict[str, str] | None = None,
     ) -> DataSet:
-        """A DataSet of numpy arrays already known to agree; see NOTE [unchecked construction]."""
+        """A DataSet of numpy arrays already known to agree; see NOTE [unchecked construction].
+
+        Outside :mod:`sparkbatch.data`, use :func:`sparkbatch._unchecked.unchecked_dataset`."""
         ds = cls.__new__(cls)
         ds.features, ds.labels = features, labels
         ds.features_mask, ds.labels_mask = features_mask, labels_mask
