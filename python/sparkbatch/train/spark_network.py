@@ -136,7 +136,7 @@ class SparkNetwork:
         """Fit an RDD of DataSets, or the minibatch files under a directory URL.
 
         Minibatches holding NaN or infinity and non-finite results are handled as the
-        master's ``non_finite`` says (see :class:`ParameterAveraging`).
+        averaging settings' ``non_finite`` says (see :class:`ParameterAveraging`).
         """
         epochs = check_int("epochs", epochs)
         if isinstance(data, (str, os.PathLike)):
