@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sparkbatch.errors import DivergenceError, NonFiniteError
-from sparkbatch.train.exchange import AveragingServer, recv_message, send_message
+from sparkbatch.train.socket_exchange import AveragingServer, recv_message, send_message
 from sparkbatch.train.shared_slots import SharedSlots
 
 _OPEN: list[socket.socket] = []
@@ -328,7 +328,8 @@ def test_workers_on_the_drivers_machine_exchange_through_shared_slots_until_one_
 
 
 def test_a_worker_that_cannot_reach_the_driver_says_what_to_set():
-    from sparkbatch.train.worker import FitRounds, WorkerSetup
+    from sparkbatch.train.socket_exchange import FitRounds
+    from sparkbatch.train.worker import WorkerSetup
 
     with socket.socket() as unused:  # a port nothing listens on
         unused.bind(("127.0.0.1", 0))
@@ -336,5 +337,5 @@ def test_a_worker_that_cannot_reach_the_driver_says_what_to_set():
     setup = WorkerSetup(object, "{}", batch_size=1, save_updater=False)
     fit = FitRounds(setup, address, "token", first_round=0)
     with pytest.raises(ConnectionError, match="exchange_host=") as info:
-        fit._fit(0, [["a"]], object(), None)
+        fit(0, iter([[["a"]]]))
     assert f"{address[0]}:{address[1]}" in str(info.value)

@@ -281,7 +281,7 @@ def _driver_resources(servers: list) -> dict[str, object]:
 @pytest.fixture
 def exchange_servers(monkeypatch) -> list:
     """Every AveragingServer started while the test runs."""
-    from sparkbatch.train.exchange import AveragingServer
+    from sparkbatch.train.socket_exchange import AveragingServer
 
     servers: list = []
     start = AveragingServer.__init__

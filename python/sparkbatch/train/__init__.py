@@ -2,22 +2,33 @@
 
 :class:`SparkNetwork` fits a :class:`Model` (such as :class:`sparkbatch.nn.Network`) from an RDD
 of DataSets, a directory of minibatch files or an RDD of paths, as :class:`ParameterAveraging`
-configures, and evaluates it with exactly merged counts; :class:`TrainingStats` holds the
-timings and renders the HTML report. :class:`Model` lists what a model needs (and what it may
-have, with the defaults :class:`ModelAccess` applies without it).
+configures (every fit a :class:`FitPlan` run through an :class:`Exchange`:
+:class:`SparkExchange` or :class:`SocketExchange`), and evaluates it with exactly merged counts;
+:class:`TrainingStats` holds the timings and renders the HTML report. :class:`Model` lists what
+a model needs (and what it may have, with the defaults :class:`ModelAccess` applies without it).
 """
 
 from __future__ import annotations
 
+from .exchange import Exchange
 from .master import ParameterAveraging, plan_rounds
 from .model import Model, ModelAccess
+from .plan import FitPlan
+from .runner import FitRunner
+from .socket_exchange import SocketExchange
+from .spark_exchange import SparkExchange
 from .spark_network import SparkNetwork
 from .stats import PhaseTiming, RoundStats, TrainingStats
 
 __all__ = [
+    "Exchange",
+    "FitPlan",
+    "FitRunner",
     "Model",
     "ModelAccess",
     "ParameterAveraging",
+    "SocketExchange",
+    "SparkExchange",
     "SparkNetwork",
     "plan_rounds",
     "PhaseTiming",

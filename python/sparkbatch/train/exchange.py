@@ -1,360 +1,42 @@
-"""The ``exchange="socket"`` transport: one barrier Spark job per fit, averaging over TCP.
+"""``Exchange``: how the workers' parameters meet, round after round.
 
-With ``exchange="spark"`` every averaging round is a Spark job: broadcast, fit, ``treeAggregate``.
-On small rounds Spark's own cost dominates (job scheduling and task start, moving the results
-through the JVM). Here the workers of a whole fit run as one barrier stage instead (all started
-together), and after every ``averaging_frequency`` minibatches each sends its parameters (and
-updater state) straight to a small server on the driver, which sums them with the native
-in-place add, averages them with the native kernel into the model and sends the average back.
+A fit is a :class:`~sparkbatch.train.plan.FitPlan` (its rounds, and who fits what in each) run
+through an exchange with a :class:`~sparkbatch.train.runner.FitRunner` (the driver's side: what
+every round starts from, and averaging each round's results into the model). Two exchanges come
+with sparkbatch, named by ``ParameterAveraging(exchange=...)``:
 
-Messages are length-prefixed: 8 bytes (little-endian) of JSON header length, the JSON header
-(which lists the dtype and shape of the arrays that follow), then the arrays' raw bytes. Every
-connection must open with the run's random token, so nothing else on the network can feed the
-average.
+* :class:`~sparkbatch.train.spark_exchange.SparkExchange` ("spark"): a Spark job per round,
+  the parameters broadcast and the results summed by ``treeAggregate``;
+* :class:`~sparkbatch.train.socket_exchange.SocketExchange` ("socket"): one barrier job per
+  fit, every worker averaging through a server on the driver after every round.
 
-Where the workers share the driver's machine, the arrays go through
-:class:`~sparkbatch.train.shared_slots.SharedSlots` instead and the messages carry only headers.
-
-Failures: a failed barrier task fails the job, which the driver submits again; the new tasks
-connect again and resume at the first round not yet averaged, from the driver's parameters, so
-each minibatch still counts exactly once per epoch (see :meth:`AveragingServer._serve`). Errors
-that a retry would meet again (a worker's NonFiniteError or DivergenceError, sent as an
-``{"error", "message"}`` message; the driver's averaging error) instead stop the fit: every
-worker is told to stop (a header whose ``round`` is past the last) and the driver raises the
-error once the job has ended.
-
-Resources: :meth:`AveragingServer.close` stops the accepting thread (woken through a socket
-pair), shuts down every connection, joins every thread and closes the listening socket, so a
-fit leaves no socket or thread behind, whether it succeeded or failed.
+``ParameterAveraging`` also takes an :class:`Exchange` object itself.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
-import selectors
-import socket
-import struct
-import threading
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+import abc
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    from .plan import FitPlan
+    from .runner import FitRunner
 
-from ..errors import DivergenceError, NonFiniteError
-from .shared_slots import SharedSlots
-from .stats import PhaseTiming
-from .worker import RoundResult, combine
-
-__all__ = ["AveragingServer", "send_message", "recv_message"]
-
-_LENGTH = struct.Struct("<Q")
-_MAX_HEADER = 1 << 26  # a header is a few hundred bytes; more means a stray client
-_JOIN_S = 10.0  # how long close() waits for each thread (they only need to notice the close)
-#: The errors a worker reports by name instead of failing its task (NOTE [deterministic
-#: errors] in worker.py): a retry would meet them again.
-WORKER_ERRORS: dict[str, type[Exception]] = {
-    "NonFiniteError": NonFiniteError,
-    "DivergenceError": DivergenceError,
-}
+__all__ = ["Exchange"]
 
 
-def send_message(sock: socket.socket, header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
-    """Send ``header`` (JSON) and ``arrays`` (raw bytes) as one message."""
-    contiguous = [np.ascontiguousarray(a) for a in arrays]
-    header = dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in contiguous])
-    head = json.dumps(header).encode()
-    sock.sendall(_LENGTH.pack(len(head)) + head)
-    for a in contiguous:
-        if a.nbytes:
-            sock.sendall(a.reshape(-1).view(np.uint8))
+class Exchange(abc.ABC):
+    """How a fit's workers run and their parameters meet (see the module's docstring)."""
 
+    #: A short name, as ``ParameterAveraging(exchange=...)`` takes it.
+    name: str = ""
 
-def recv_message(
-    sock: socket.socket, into: list[np.ndarray] | None = None
-) -> tuple[dict[str, Any], list[np.ndarray], float]:
-    """Receive one message: its header, its arrays and when its first byte arrived.
+    @abc.abstractmethod
+    def run(self, runner: FitRunner, plan: FitPlan) -> None:
+        """Fit every round of ``plan`` in order: the workers of round ``g`` start from
+        ``runner.state(plan, g)``, fit their items of the round (``plan.round_view(g)`` or
+        ``plan.worker_view()``, with ``runner.worker_setup(plan)``), and their summed results
+        go to ``runner.finish(plan, g, result, timing)`` before round ``g + 1`` starts."""
 
-    Arrays are received into the matching arrays of ``into`` (reused from message to
-    message: no allocation, no page faults) where dtype and shape agree, else into new ones.
-    Raises ``ConnectionError`` if the peer closed the connection or sent something else.
-    """
-    raw = _recv_exactly(sock, _LENGTH.size)
-    first_byte = time.time()
-    (length,) = _LENGTH.unpack(raw)
-    if length > _MAX_HEADER:
-        raise ConnectionError(f"message header of {length} bytes: not a sparkbatch peer")
-    try:
-        header = json.loads(_recv_exactly(sock, length))
-        specs = [(np.dtype(dtype), tuple(shape)) for dtype, shape in header.pop("arrays")]
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConnectionError(f"malformed message header: {e}") from None
-    arrays = []
-    for i, (dtype, shape) in enumerate(specs):
-        spare = into[i] if into is not None and i < len(into) else None
-        if spare is None or spare.dtype != dtype or spare.shape != shape:
-            spare = np.empty(shape, dtype)
-        if spare.nbytes:
-            _recv_into(sock, spare.reshape(-1).view(np.uint8))
-        arrays.append(spare)
-    return header, arrays, first_byte
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
-    buffer = bytearray(size)
-    _recv_into(sock, memoryview(buffer))
-    return buffer
-
-
-def _recv_into(sock: socket.socket, view: Any) -> None:
-    view = memoryview(view)
-    while len(view):
-        n = sock.recv_into(view)
-        if n == 0:
-            raise ConnectionError("the peer closed the connection mid-message")
-        view = view[n:]
-
-
-class AveragingServer:
-    """The driver's side of one fit: collects every worker's round, averages, answers.
-
-    ``apply(result, round_index, start, fit_s, broadcast_s)`` is called (under the server's
-    lock) when all ``workers`` have sent round ``round_index``: it must average ``result`` into
-    the model and record the round. ``state(r)`` returns what a worker about to fit round ``r``
-    needs: a header dict (iteration, updater_steps, epoch) and the arrays (parameters, updater
-    state).
-    """
-
-    def __init__(
-        self,
-        *,
-        workers: int,
-        rounds: int,
-        state: Callable[[int], tuple[dict[str, Any], list[np.ndarray]]],
-        apply: Callable[[RoundResult, int, float, float, float], None],
-        host: str,
-        bind_host: str = "",
-        port: int = 0,
-        shared: SharedSlots | None = None,
-    ) -> None:
-        self.workers = workers
-        self.rounds = rounds
-        self._state = state
-        self._apply = apply
-        self.token = secrets.token_hex(16)
-        self._listener = socket.create_server((bind_host, port), backlog=max(16, workers))
-        self.address = (host, self._listener.getsockname()[1])
-        self._cond = threading.Condition()
-        self._arrived: set[int] = set()  # the workers whose result for this round is in
-        self._total: RoundResult | None = None  # their sum (None: none with data yet)
-        self._fit_s = self._broadcast_s = 0.0  # the slowest worker's, this round
-        #: The first round not yet averaged (all rounds before it are in the model).
-        self.next_round = 0
-        self._round_start = time.time()
-        self._closed = False
-        self._stopping = False  # an error stops the fit: every worker is told to stop
-        # Shared-memory slots (workers 0..W-1, then the average) while every worker has
-        # connected once; a second connection for a worker (a retry) turns them off for good,
-        # so that no slot ever has two writers or a reader that lags a round behind.
-        self._shared = shared
-        self._shared_ok = shared is not None
-        self._connected: set[int] = set()
-        #: The first error of the fit: raised while averaging, or reported by a worker.
-        self.error: BaseException | None = None
-        self._conns: set[socket.socket] = set()  # open connections, shut down by close()
-        self._threads: list[threading.Thread] = []  # their threads, joined by close()
-        self._wake_reader, self._wake_writer = socket.socketpair()  # wakes the accept loop
-        self._accepter = threading.Thread(
-            target=self._accept, name="sparkbatch-exchange", daemon=True
-        )
-        self._accepter.start()
-
-    def close(self) -> None:
-        """End the fit's server: wake every waiting connection, shut every connection down,
-        join every thread, close every socket and remove the shared memory. Idempotent."""
-        with self._cond:
-            if self._closed and self._listener.fileno() < 0:
-                return
-            self._closed = True
-            self._cond.notify_all()
-            if self._shared is not None:
-                self._shared.close(unlink=True)
-        try:
-            self._wake_writer.send(b"x")
-        except OSError:
-            pass
-        self._accepter.join(_JOIN_S)
-        with self._cond:  # no new connection from here on: the accept loop has ended
-            conns, threads = list(self._conns), list(self._threads)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading from it
-            except OSError:
-                pass  # closed by its thread meanwhile
-        for thread in threads:
-            thread.join(_JOIN_S)
-        self._listener.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
-
-    # -- connections -------------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        # A selector, not select.select: that fails once a descriptor is 1024 or more (a
-        # driver with many open files), which would end this thread and hang every worker.
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            while True:
-                ready = {key.fileobj for key, _ in selector.select()}
-                if self._wake_reader in ready:
-                    return
-                if self._listener in ready and not self._accept_one():
-                    return
-
-    def _accept_one(self) -> bool:
-        """Accept one connection and start its thread; False once the server is closed."""
-        try:
-            conn, _ = self._listener.accept()
-        except OSError:  # the client gave up before it was accepted
-            return True
-        thread = threading.Thread(
-            target=self._serve, args=(conn,), name="sparkbatch-exchange-worker", daemon=True
-        )
-        with self._cond:
-            if self._closed:
-                conn.close()
-                return False
-            self._conns.add(conn)
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-        return True
-
-    def _stop(self, error: BaseException) -> None:
-        """Keep ``error`` for the driver and tell every worker to stop (lock held)."""
-        if self.error is None:
-            self.error = error
-        self._stopping = True
-        self._cond.notify_all()
-
-    def _serve(self, conn: socket.socket) -> None:
-        """One worker task's connection: where to start, then one exchange per round.
-
-        Rounds need no notion of task attempts: whichever task sends worker ``w``'s result
-        for round ``r`` (a retried one, or one Spark has not killed yet) started from the same
-        committed parameters and fitted the same files, so the first result for ``(w, r)``
-        counts and later ones are answered without counting. Every answer tells the worker
-        which round to fit next.
-        """
-        try:
-            with conn:
-                self._exchange(conn)
-        except (ConnectionError, OSError):
-            return  # the task died or was killed (or close() shut the connection down)
-        finally:
-            with self._cond:
-                self._conns.discard(conn)
-
-    def _exchange(self, conn: socket.socket) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stop = {"round": self.rounds, "shared": False, "stop": True}  # past the last round
-        hello, _, _ = recv_message(conn)
-        if hello.get("token") != self.token:
-            return  # not one of ours
-        worker = int(hello["worker"])
-        if not 0 <= worker < self.workers:
-            return
-        with self._cond:
-            if self._closed:
-                return
-            if worker in self._connected:
-                self._shared_ok = False
-            self._connected.add(worker)
-            granted = self._shared_ok and bool(hello.get("shared"))
-            r = self.next_round
-            header, arrays = self._state(r)
-            stopping = self._stopping
-        if stopping:
-            send_message(conn, stop)
-            return
-        send_message(conn, dict(header, round=r, shared=granted), arrays)
-        spare: list[np.ndarray] = []  # this connection's receive buffers
-        while r < self.rounds:
-            message, spare, _ = recv_message(conn, spare)
-            if "error" in message:  # the worker met an error a retry would meet again
-                with self._cond:
-                    self._stop(_worker_error(message))
-                return
-            sent = int(message["round"])
-            with self._cond:
-                if self._closed or sent > self.next_round:
-                    return
-                if sent == self.next_round and worker not in self._arrived and not self._stopping:
-                    received = spare
-                    if granted and message.get("shared") and self._shared is not None:
-                        received = self._shared.slot(worker)  # written by this task only
-                    # Summed on arrival (in place into the first result's buffers, which
-                    # their connection reuses only after this round's end).
-                    self._arrived.add(worker)
-                    self._total = combine(self._total, _result_of(message, received))
-                    self._fit_s = max(self._fit_s, float(message["fit_s"]))
-                    self._broadcast_s = max(self._broadcast_s, float(message["broadcast_s"]))
-                    if len(self._arrived) == self.workers:
-                        self._commit(sent)
-                while self.next_round <= sent and not self._closed and not self._stopping:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                stopping = self._stopping
-                if not stopping:
-                    r = self.next_round
-                    header, arrays = self._state(r)
-                    shared = granted and self._shared_ok  # the average is in its slot
-            if stopping:
-                send_message(conn, stop)
-                return
-            if shared or r >= self.rounds:
-                arrays = []
-            send_message(conn, dict(header, round=r, shared=shared), arrays)
-
-    def _commit(self, r: int) -> None:
-        """Hand the round's sum to ``apply`` and open the next round (lock held)."""
-        try:
-            if self._total is not None:
-                self._apply(self._total, r, self._round_start, self._fit_s, self._broadcast_s)
-            if self._shared_ok and self._shared is not None and r + 1 < self.rounds:
-                _, arrays = self._state(r + 1)
-                for slot, array in zip(self._shared.slot(self.workers), arrays, strict=True):
-                    np.copyto(slot, array.reshape(-1))
-        except BaseException as e:  # noqa: BLE001  (kept for the driver, which re-raises it)
-            self._stop(e)
-        self._arrived.clear()
-        self._total = None
-        self._fit_s = self._broadcast_s = 0.0
-        self.next_round = r + 1
-        self._round_start = time.time()
-        self._cond.notify_all()
-
-
-def _worker_error(message: dict[str, Any]) -> Exception:
-    """The exception a worker reported (``{"error": type name, "message": text}``)."""
-    kind = WORKER_ERRORS.get(str(message.get("error")), RuntimeError)
-    return kind(str(message.get("message", "a worker failed")))
-
-
-def _result_of(message: dict[str, Any], arrays: list[np.ndarray]) -> RoundResult | None:
-    skipped = int(message.get("skipped", 0))
-    if int(message["batches"]) == 0:  # a worker without data does not count in the average
-        return RoundResult.nothing_fitted(skipped=skipped) if skipped else None
-    return RoundResult(
-        params=arrays[0],
-        state=arrays[1] if len(arrays) > 1 else None,
-        score_sum=float(message["score_sum"]),
-        batches=int(message["batches"]),
-        examples=int(message["examples"]),
-        workers=1,
-        max_batches=int(message["batches"]),
-        phases=[PhaseTiming(*p) for p in message.get("phases", [])],
-        skipped=skipped,
-    )
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

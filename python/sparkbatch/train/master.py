@@ -25,6 +25,9 @@ import numpy as np
 
 from .._arguments import check_int, check_optional_int
 from .._finite import check_mode
+from .exchange import Exchange
+from .socket_exchange import SocketExchange
+from .spark_exchange import SparkExchange
 
 __all__ = ["ParameterAveraging", "plan_rounds"]
 
@@ -87,21 +90,23 @@ class ParameterAveraging:
         CPU either way. Needs a model with ``to(device)``, as :class:`sparkbatch.nn.Network`.
     storage_options : mapping, optional
         fsspec options for the files (credentials, endpoint).
-    exchange : "spark" or "socket"
-        How the workers' parameters meet. "spark" (DL4J's way, the default): every round is a
-        Spark job; the parameters are broadcast and the results summed by ``treeAggregate``.
-        Works on any cluster, but each round pays Spark's job and task start-up and moves the
-        parameters through the JVM. "socket": every fit is one barrier job whose tasks run
-        all of its rounds, sending their parameters to a server on the driver over TCP after
-        every ``averaging_frequency`` minibatches and going on from the average it sends back
-        (the same arithmetic, several times faster on small rounds). Needs every worker
-        scheduled at once (``workers`` at most the executors' task slots, no dynamic
-        allocation) and the executors able to reach the driver; with ``approach="direct"``
-        each worker holds its share of the minibatches in memory for the whole fit. Workers on
-        the driver's machine
-        exchange through shared memory (``/dev/shm``). A failed task fails the job, which is
-        submitted again as often as Spark retries a task; every worker resumes at the first
-        round not yet averaged, so no example is lost or counted twice.
+    exchange : "spark", "socket" or Exchange
+        How the workers' parameters meet: a name, or an :class:`~sparkbatch.train.Exchange` object
+        (the names stand for :class:`~sparkbatch.train.SparkExchange` and
+        :class:`~sparkbatch.train.SocketExchange` with ``aggregation_depth``, or ``exchange_host``
+        and ``exchange_port``, as given here). "spark" (DL4J's way, the default): every round is a
+        Spark job; the parameters are broadcast and the results summed by ``treeAggregate``. Works
+        on any cluster, but each round pays Spark's job and task start-up and moves the parameters
+        through the JVM. "socket": every fit is one barrier job whose tasks run all of its rounds,
+        sending their parameters to a server on the driver over TCP after every
+        ``averaging_frequency`` minibatches and going on from the average it sends back (the same
+        arithmetic, several times faster on small rounds). Needs every worker scheduled at once
+        (``workers`` at most the executors' task slots, no dynamic allocation) and the executors
+        able to reach the driver; with ``approach="direct"`` each worker holds its share of the
+        minibatches in memory for the whole fit. Workers on the driver's machine exchange through
+        shared memory (``/dev/shm``). A failed task fails the job, which is submitted again as often
+        as Spark retries a task; every worker resumes at the first round not yet averaged, so no
+        example is lost or counted twice.
     exchange_host : str, optional
         For "socket": the address executors connect to; default 127.0.0.1 on a local master,
         else ``spark.driver.host``.
@@ -131,7 +136,7 @@ class ParameterAveraging:
     eval_batch_size: int = 64
     worker_device: str = "cpu"
     storage_options: Mapping[str, Any] | None = field(default=None, compare=False)
-    exchange: str = "spark"
+    exchange: str | Exchange = "spark"
     exchange_host: str | None = None
     exchange_port: int = 0
     non_finite: str = "raise"
@@ -161,10 +166,26 @@ class ParameterAveraging:
             )
         if self.approach not in _APPROACH:
             raise ValueError(f"approach must be one of {_APPROACH}, got {self.approach!r}")
-        if self.exchange not in _EXCHANGE:
-            raise ValueError(f"exchange must be one of {_EXCHANGE}, got {self.exchange!r}")
+        if not isinstance(self.exchange, Exchange) and self.exchange not in _EXCHANGE:
+            raise ValueError(
+                f"exchange must be one of {_EXCHANGE} or an Exchange, got {self.exchange!r}"
+            )
         if self.exchange_port >= 65536:
             raise ValueError(f"exchange_port must be in 0..65535, got {self.exchange_port}")
+        object.__setattr__(self, "_exchanger", self._resolve_exchange())
+
+    @property
+    def exchanger(self) -> Exchange:
+        """The :class:`~sparkbatch.train.Exchange` that ``exchange`` names (or is), resolved
+        once, here: nothing else looks at the name."""
+        return self._exchanger  # type: ignore[attr-defined]
+
+    def _resolve_exchange(self) -> Exchange:
+        if isinstance(self.exchange, Exchange):
+            return self.exchange
+        if self.exchange == "socket":
+            return SocketExchange(host=self.exchange_host, port=self.exchange_port)
+        return SparkExchange(aggregation_depth=self.aggregation_depth)
 
 
 def plan_rounds(

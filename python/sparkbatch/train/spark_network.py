@@ -1,14 +1,10 @@
 """``SparkNetwork``: fit, evaluate and score a model across Spark executors by parameter averaging.
 
-The successor of DL4J's ``SparkDl4jMultiLayer`` / ``SparkComputationGraph``. One averaging round:
-
-1. the driver broadcasts the parameters (and, with ``save_updater``, the updater state) once;
-2. every worker sets them on its model (built once per Python worker from the model's
-   configuration), fits its minibatches (reading its own files, ``prefetch`` ahead), and
-   returns its parameters;
-3. ``treeAggregate`` sums the workers' results with the native in-place add, and the driver
-   divides the sum by the number of workers that had data with the native averaging kernel,
-   straight into the model's parameter buffer; then the broadcast is destroyed.
+The successor of DL4J's ``SparkDl4jMultiLayer`` / ``SparkComputationGraph``. Every way of
+fitting (a directory of minibatch files, paths and a loader, an RDD by the export or the direct
+approach, MultiDataSets) builds a :class:`~sparkbatch.train.plan.FitPlan` (the rounds, and who
+fits what in each) and runs it through the settings' :class:`~sparkbatch.train.Exchange` with a
+:class:`~sparkbatch.train.runner.FitRunner`, which averages every round into the model.
 
 Minibatch files never travel through the driver; only their URLs do. Evaluation merges
 per-partition counts (never averages per-partition figures), so partitions of different sizes
@@ -18,49 +14,32 @@ weigh what their examples weigh.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import logging
 import os
-import re
-import socket
 import tempfile
-import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import _native
 from .._arguments import check_int
-from .._finite import check_params
 from ..data import SerializedDataSetLoader, SerializedMultiDataSetLoader
 from ..data.manifest import minibatch_files
 from ..evaluation import Evaluation, RegressionEvaluation
 from ..spark import executor_errors
-from ..spark.export import batch_and_export, rebatch_partition
+from ..spark.export import batch_and_export
 from ..storage import join, resolve
-from .master import ParameterAveraging, plan_rounds
+from .master import ParameterAveraging
 from .model import Model, ModelAccess
-from .stats import PhaseTiming, RoundStats, TrainingStats
-from .worker import (
-    EvaluatePartition,
-    FitRound,
-    FitRounds,
-    MinibatchLoader,
-    RoundResult,
-    WorkerSetup,
-    combine,
-    merge_evaluations,
-)
+from .plan import FitPlan, plan_direct, plan_files
+from .runner import FitRunner, worker_setup
+from .stats import TrainingStats
+from .worker import EvaluatePartition, MinibatchLoader, merge_evaluations
 
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
 
 __all__ = ["SparkNetwork"]
-
-log = logging.getLogger("sparkbatch.train")
 
 
 class SparkNetwork:
@@ -140,10 +119,15 @@ class SparkNetwork:
         """
         epochs = check_int("epochs", epochs)
         if isinstance(data, (str, os.PathLike)):
-            return self._fit_files(self._files(data), SerializedDataSetLoader(), epochs)
+            return self._run(self._plan_files(self._files(data), SerializedDataSetLoader(), epochs))
         if self.averaging.approach == "direct":
-            return self._fit_direct(data, epochs)
-        return self._fit_exported(data, epochs)
+            m = self.averaging
+            first = self.model.epoch
+            plan = plan_direct(
+                self.sc, data, m, workers=self.workers, epochs=epochs, first_epoch=first
+            )
+            return self._run(plan)
+        return self._run(self._plan_exported(data, epochs))
 
     @executor_errors()
     def fit_paths(self, paths: RDD | Sequence[str], loader: Any = None, epochs: int = 1) -> Model:
@@ -154,7 +138,7 @@ class SparkNetwork:
         """
         epochs = check_int("epochs", epochs)
         urls = paths.collect() if hasattr(paths, "collect") else list(paths)
-        return self._fit_files(urls, loader or SerializedDataSetLoader(), epochs)
+        return self._run(self._plan_files(urls, loader or SerializedDataSetLoader(), epochs))
 
     @executor_errors()
     def fit_multi(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
@@ -170,7 +154,8 @@ class SparkNetwork:
         """
         epochs = check_int("epochs", epochs)
         if isinstance(data, (str, os.PathLike)):
-            return self._fit_files(self._files(data), SerializedMultiDataSetLoader(), epochs)
+            loader = SerializedMultiDataSetLoader()
+            return self._run(self._plan_files(self._files(data), loader, epochs))
         return self.fit(data, epochs)
 
     def _files(self, url: str | os.PathLike[str]) -> list[str]:
@@ -179,420 +164,66 @@ class SparkNetwork:
             raise FileNotFoundError(f"no minibatch files under {os.fspath(url)}")
         return urls
 
-    def _fit_files(
-        self, urls: list[str], loader: Any, epochs: int, *, exported: bool = False
-    ) -> Model:
-        """Fit minibatch files; ``exported``: they are the export approach's temporary files,
-        and errors name the RDD partition a file came from instead."""
-        if not urls:
-            raise ValueError("no minibatch files to fit")
-        m = self.averaging
-        if m.exchange == "socket":
-            first = self.model.epoch
-            schedule = [
-                plan_rounds(
-                    urls,
-                    self.workers,
-                    m.averaging_frequency,
-                    shuffle=m.shuffle,
-                    seed=m.seed,
-                    epoch=first + e,
-                )
-                for e in range(epochs)
-            ]
-            per_worker, workers = _per_worker([r for rounds in schedule for r in rounds])
-            plan = self.sc.parallelize(per_worker, workers)  # one element per partition
-            self._fit_by_socket(
-                [len(rounds) for rounds in schedule], plan, workers, loader, exported=exported
-            )
-            return self.model
-        for e in range(epochs):
-            epoch = self.model.epoch
-            rounds = plan_rounds(
-                urls,
-                self.workers,
-                m.averaging_frequency,
-                shuffle=m.shuffle,
-                seed=m.seed,
-                epoch=epoch,
-            )
-            # One RDD per epoch, a partition per worker holding its files of every round: a
-            # round's job then only picks its entry (cheaper than a new RDD per round).
-            plan = self.sc.parallelize(*_per_worker(rounds))  # one element per partition
-            for r in range(len(rounds)):
-                label = f"epoch {e + 1}/{epochs}, round {r + 1}/{len(rounds)}"
+    def _plan_files(
+        self,
+        urls: list[str],
+        loader: Any,
+        epochs: int,
+        *,
+        exported: bool = False,
+        cleanup: Any = None,
+    ) -> FitPlan:
+        return plan_files(
+            self.sc,
+            urls,
+            loader,
+            self.averaging,
+            workers=self.workers,
+            epochs=epochs,
+            first_epoch=self.model.epoch,
+            exported=exported,
+            cleanup=cleanup,
+        )
 
-                def job(fit: FitRound, r: int = r, plan: Any = plan) -> RoundResult | None:
-                    fit.round_in_plan = r
-                    return self._sum(plan.mapPartitionsWithIndex(fit))
-
-                self._round_of(job, label, epoch, len(rounds), loader=loader, exported=exported)
-            self._end_epoch()
-        return self.model
-
-    def _fit_exported(self, rdd: RDD, epochs: int) -> Model:
+    def _plan_exported(self, rdd: RDD, epochs: int) -> FitPlan:
+        """The export approach: ``rdd`` written as minibatch files in a temporary directory,
+        which the plan removes when it is closed; errors name the RDD partition a file came
+        from instead of the file."""
         base = self.averaging.export_dir or tempfile.gettempdir()
         directory = join(base, f"sparkbatch-export-{uuid.uuid4().hex[:12]}")
         options = self.averaging.storage_options
-        try:
-            self.sc.setJobDescription("sparkbatch fit: exporting minibatches")
-            urls = batch_and_export(
-                rdd, directory, self.averaging.batch_size_per_worker, storage_options=options
-            )
-            return self._fit_files(urls, MinibatchLoader(), epochs, exported=True)
-        finally:
+
+        def remove() -> None:
             fs, path = resolve(directory, options)
             if fs.exists(path):
                 fs.rm(path, recursive=True)
-            self.sc.setJobDescription(None)
 
-    def _fit_direct(self, rdd: RDD, epochs: int) -> Model:
-        from pyspark import StorageLevel
-
-        m = self.averaging
-        size = m.batch_size_per_worker
-        # ((partition, index), minibatch): where each came from, for errors that name it
-        batched = rdd.mapPartitionsWithIndex(
-            lambda p, items: (((p, i), b) for i, b in enumerate(rebatch_partition(p, items, size)))
-        )
-        batched.persist(StorageLevel.MEMORY_AND_DISK)  # zipWithIndex's job, then keyed's
-        if m.repartition == "never":
-            workers = rdd.getNumPartitions()
-            keyed = batched.map(lambda origin_batch: (origin_batch[0], origin_batch))
-        else:
-            workers = self.workers
-            keyed = batched.zipWithIndex().map(lambda t: ((t[1] % workers, t[1] // workers), t[0]))
-        keyed.persist(StorageLevel.MEMORY_AND_DISK)  # read by the count below and the shuffle
         try:
-            self.sc.setJobDescription("sparkbatch fit: batching the RDD")
-            steps = keyed.map(lambda kv: kv[0][1]).fold(-1, max) + 1
-            if steps == 0:
-                raise ValueError("the RDD holds no examples to fit")
-            freq = m.averaging_frequency
-            rounds = -(-steps // freq)
-            if m.exchange == "socket":
-                # A partition per worker holding its minibatches of every round, in order.
-                def plan_of(items: Any) -> Iterator[list[list[Any]]]:
-                    batches = [b for _, b in items]
-                    mine = [batches[r * freq : (r + 1) * freq] for r in range(rounds)]
-                    yield mine * epochs
-
-                plan = keyed.repartitionAndSortWithinPartitions(
-                    workers, lambda key: key[0]
-                ).mapPartitions(plan_of)
-                self._fit_by_socket([rounds] * epochs, plan, workers, loader=None)
-                return self.model
-            # One shuffle for the whole fit: partition r * workers + w holds worker w's
-            # ((partition, index), minibatch) pairs of round r in step order, and a round's
-            # job computes only its own partitions (reading the shuffle's files), so an epoch
-            # reads the data once.
-            planned = keyed.repartitionAndSortWithinPartitions(
-                rounds * workers, lambda key: (key[1] // freq) * workers + key[0]
-            ).values()
-            for e in range(epochs):
-                epoch = self.model.epoch
-                for r in range(rounds):
-                    label = f"epoch {e + 1}/{epochs}, round {r + 1}/{rounds}"
-                    parts = list(range(r * workers, (r + 1) * workers))
-
-                    def job(fit: FitRound, parts: list[int] = parts) -> RoundResult | None:
-                        fitted = planned.mapPartitionsWithIndex(
-                            lambda index, items: fit(index % workers, items)
-                        )
-                        results = self.sc.runJob(fitted, lambda results: results, parts)
-                        return functools.reduce(combine, results, None)
-
-                    self._round_of(job, label, epoch, rounds, loader=None)
-                    if e == 0 and r == 0:  # the shuffle has run: its files hold the data now
-                        keyed.unpersist()
-                        batched.unpersist()
-                self._end_epoch()
+            self.sc.setJobDescription("sparkbatch fit: exporting minibatches")
+            size = self.averaging.batch_size_per_worker
+            urls = batch_and_export(rdd, directory, size, storage_options=options)
+        except BaseException:
+            remove()
+            raise
         finally:
-            keyed.unpersist()
-            batched.unpersist()
             self.sc.setJobDescription(None)
+        return self._plan_files(urls, MinibatchLoader(), epochs, exported=True, cleanup=remove)
+
+    def _run(self, plan: FitPlan) -> Model:
+        """Run ``plan`` through the settings' exchange; the model, trained."""
+        with plan:
+            runner = FitRunner(
+                self.sc, self.averaging, self._access, self.stats, first_round=self._round
+            )
+            try:
+                self.averaging.exchanger.run(runner, plan)
+            finally:
+                self._round = runner.round
         return self.model
 
-    def _sum(self, rdd: RDD, merge: Any = combine) -> Any:
+    def _sum(self, rdd: RDD, merge: Any) -> Any:
         """``treeAggregate`` of ``rdd``'s results with ``merge`` (None when it has none)."""
         return rdd.treeAggregate(None, merge, merge, self.averaging.aggregation_depth)
-
-    def _round_of(
-        self,
-        job: Any,
-        label: str,
-        epoch: int,
-        rounds_in_epoch: int,
-        *,
-        loader: Any,
-        exported: bool = False,
-    ) -> None:
-        """Run one averaging round: broadcast, fit on the workers, sum, average. ``job(fit)`` runs
-        ``fit`` on the round's workers and returns the sum of their results."""
-        m = self.averaging
-        access = self._access
-        model = access.model
-        start = time.time()
-        self.sc.setJobDescription(f"sparkbatch fit: {label}")
-        weights = self.sc.broadcast(
-            {
-                "params": model.params(),
-                "state": model.updater_state() if m.save_updater else None,
-                "iteration": model.iteration,
-                "updater_steps": access.updater_steps,
-                "epoch": epoch,
-            }
-        )
-        broadcast_end = time.time()
-        fit = FitRound(self._worker_setup(loader, exported), weights, round_index=self._round)
-        try:
-            result: RoundResult | None = job(fit)
-        finally:
-            weights.destroy()
-        job_end = time.time()
-        if result is None:  # no worker had data: nothing to average
-            return
-        if result.error is not None:  # a worker's NonFiniteError or DivergenceError
-            raise result.error
-        fit_s = max(
-            (p.seconds for p in result.phases if p.phase == "fit"), default=job_end - broadcast_end
-        )
-        self._apply_round(
-            result,
-            epoch=epoch,
-            rounds_in_epoch=rounds_in_epoch,
-            label=label,
-            start=start,
-            broadcast_s=broadcast_end - start,
-            fit_s=fit_s,
-            aggregate_start=job_end,
-        )
-
-    def _worker_setup(self, loader: Any, exported: bool = False) -> WorkerSetup:
-        m = self.averaging
-        return WorkerSetup(
-            type(self.model),
-            _config_json(self.model),
-            batch_size=m.batch_size_per_worker,
-            save_updater=m.save_updater,
-            loader=loader,
-            storage_options=m.storage_options,
-            prefetch=m.prefetch,
-            collect_stats=m.collect_stats,
-            device=m.worker_device,
-            non_finite=m.non_finite,
-            exported=exported,
-        )
-
-    def _apply_round(
-        self,
-        result: RoundResult,
-        *,
-        epoch: int,
-        rounds_in_epoch: int,
-        label: str,
-        start: float,
-        broadcast_s: float,
-        fit_s: float,
-        aggregate_start: float,
-    ) -> None:
-        """Average the round's summed ``result`` into the model and record the round."""
-        m = self.averaging
-        access = self._access
-        model = access.model
-        self.stats.skipped += result.skipped
-        if result.params is None:  # every worker skipped all its minibatches: no average
-            log.warning("%s: nothing fitted, %d minibatches skipped", label, result.skipped)
-            return
-        check_params(
-            result.params,
-            f"round {self._round} (epoch {epoch}; {label} of this fit)",
-            f"the sum of the {result.workers} workers' parameters holds",
-            "the model keeps its parameters of before this round",
-        )
-        # A CPU network's buffers take the average directly; any other Model (a GPU network's
-        # params() is a host copy) gets it averaged in place into the sum, then set.
-        own = access.own_buffers(m.save_updater)
-        if own:
-            _native.nn_average([result.params], own[0], result.workers)
-        else:
-            _native.nn_average([result.params], result.params, result.workers)
-            model.set_params(result.params)
-        if m.save_updater and result.state is not None:
-            if own:
-                _native.nn_average([result.state], own[1], result.workers)
-            else:
-                _native.nn_average([result.state], result.state, result.workers)
-                model.set_updater_state(result.state)
-        if m.save_updater:
-            access.updater_steps += result.max_batches  # before iteration: its default
-        model.iteration += result.max_batches
-        score = result.score_sum / result.batches
-        access.record_score(score)
-        end = time.time()
-        self.stats.add_round(
-            RoundStats(
-                epoch=epoch,
-                round=self._round,
-                rounds_in_epoch=rounds_in_epoch,
-                score=score,
-                examples=result.examples,
-                workers=result.workers,
-                start=start,
-                end=end,
-                broadcast_s=broadcast_s,
-                fit_s=min(fit_s, end - start),
-                aggregate_s=max(0.0, (end - start) - broadcast_s - fit_s),
-                skipped=result.skipped,
-            )
-        )
-        if m.collect_stats:
-            self.stats.add_phases(result.phases)
-            phases = [PhaseTiming(self._round, "driver", "aggregate", aggregate_start, end)]
-            if m.exchange == "spark":
-                phases.insert(
-                    0, PhaseTiming(self._round, "driver", "broadcast", start, start + broadcast_s)
-                )
-            self.stats.add_phases(phases)
-        log.info("%s: score %.6f over %d examples", label, score, result.examples)
-        if result.skipped:
-            log.warning("%s: %d minibatches skipped (NaN or infinity)", label, result.skipped)
-        self._round += 1
-
-    def _fit_by_socket(
-        self,
-        epoch_rounds: list[int],
-        plan: RDD,
-        workers: int,
-        loader: Any,
-        *,
-        exported: bool = False,
-    ) -> None:
-        """Fit every epoch (``epoch_rounds``: how many rounds each has) as one barrier job
-        whose workers average through the driver after every round. ``plan`` has a partition
-        per worker holding one element: its items (file URLs, or minibatches when ``loader`` is
-        None) for every round of the fit, one list per round."""
-        from .exchange import AveragingServer
-        from .shared_slots import SharedSlots
-
-        m = self.averaging
-        access = self._access
-        model = access.model
-        epochs = len(epoch_rounds)
-        first = model.epoch
-        # Every round of the fit: (epoch index, its epoch number, round in the epoch, rounds)
-        rounds = [
-            (e, first + e, r, count) for e, count in enumerate(epoch_rounds) for r in range(count)
-        ]
-
-        def state(r: int) -> tuple[dict[str, Any], list[Any]]:
-            counters = {
-                "iteration": model.iteration,
-                "updater_steps": access.updater_steps,
-                "epoch": rounds[min(r, len(rounds) - 1)][1],
-            }
-            arrays = [model.params()]
-            if m.save_updater:
-                arrays.append(model.updater_state())
-            return counters, arrays
-
-        def apply(result: RoundResult, r: int, start: float, fit_s: float, bcast: float) -> None:
-            e, epoch, in_epoch, count = rounds[r]
-            self._apply_round(
-                result,
-                epoch=epoch,
-                rounds_in_epoch=count,
-                label=f"epoch {e + 1}/{epochs}, round {in_epoch + 1}/{count}",
-                start=start,
-                broadcast_s=bcast,
-                fit_s=fit_s,
-                aggregate_start=time.time(),
-            )
-            if in_epoch + 1 == count:
-                self._end_epoch()
-
-        host, bind = self._exchange_address()
-        slots = _task_slots(self.sc)
-        if 0 < slots < workers:  # Spark would wait (10 minutes by default) for slots to appear
-            raise ValueError(
-                f"exchange='socket' runs all {workers} workers at once, but the cluster has "
-                f"{slots} task slots: set ParameterAveraging(workers=...) to {slots} or fewer, "
-                "or use exchange='spark'"
-            )
-        shared = None
-        if self.sc.master.startswith("local"):  # the workers share this machine's memory
-            specs = [(a.dtype.str, a.size) for a in state(0)[1]]
-            shared = SharedSlots.create(specs, workers + 1)  # None: TCP carries it all
-        try:
-            server = AveragingServer(
-                workers=workers,
-                rounds=len(rounds),
-                state=state,
-                apply=apply,
-                host=host,
-                bind_host=bind,
-                port=m.exchange_port,
-                shared=shared,
-            )
-        except BaseException:
-            if shared is not None:
-                shared.close(unlink=True)
-            raise
-        fit = FitRounds(
-            self._worker_setup(loader, exported),
-            server.address,
-            server.token,
-            first_round=self._round,
-            shared=(shared.path, shared.specs, shared.count) if shared else None,
-        )
-        self.sc.setJobDescription(
-            f"sparkbatch fit: {epochs} epoch(s), {len(rounds)} rounds, socket exchange"
-        )
-        try:
-            # Spark aborts a job whose barrier result stage fails; it is submitted again here,
-            # as often as Spark would retry a task, and resumes at the first round not averaged.
-            tries = _task_tries(self.sc)
-            for attempt in range(1, tries + 1):
-                try:
-                    plan.barrier().mapPartitionsWithIndex(fit).collect()
-                    break
-                except Exception as e:
-                    if server.error is not None:  # the driver failed averaging: that is the news
-                        raise server.error from e
-                    if attempt == tries:
-                        raise
-                    log.warning(
-                        "the workers' job failed in round %d of %d (try %d of %d), "
-                        "resuming there: %s",
-                        server.next_round + 1,
-                        len(rounds),
-                        attempt,
-                        tries,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__,
-                    )
-        finally:
-            server.close()
-            self.sc.setJobDescription(None)
-        if server.error is not None:
-            raise server.error
-        if server.next_round != len(rounds):
-            raise RuntimeError(
-                f"the workers' job ended after {server.next_round} of {len(rounds)} rounds"
-            )
-
-    def _exchange_address(self) -> tuple[str, str]:
-        """Where workers reach the driver's averaging server, and the address it listens on."""
-        m = self.averaging
-        if m.exchange_host:
-            return m.exchange_host, ""
-        conf = self.sc.getConf()
-        if self.sc.master.startswith("local"):
-            return "127.0.0.1", "127.0.0.1"
-        host = conf.get("spark.driver.host") or socket.gethostname()
-        return host, conf.get("spark.driver.bindAddress") or ""
-
-    def _end_epoch(self) -> None:
-        self.model.epoch += 1
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -674,7 +305,9 @@ class SparkNetwork:
                 rdd, loader = data, None
             else:
                 raise TypeError(f"expected an RDD or a directory URL, got {type(data).__name__}")
-            setup = dataclasses.replace(self._worker_setup(loader), batch_size=m.eval_batch_size)
+            setup = dataclasses.replace(
+                worker_setup(self._access, m, loader), batch_size=m.eval_batch_size
+            )
             evaluate = EvaluatePartition(
                 setup, weights, kind=kind, evaluation_args=args, output_index=int(output_index)
             )
@@ -683,35 +316,3 @@ class SparkNetwork:
         finally:
             weights.destroy()
             self.sc.setJobDescription(None)
-
-
-def _task_tries(sc: SparkContext) -> int:
-    """How many times Spark runs a task before failing its job: ``local[N, F]`` gives F,
-    other local masters 1, clusters ``spark.task.maxFailures`` (default 4)."""
-    master = sc.master
-    if master == "local" or master.startswith("local["):  # not local-cluster[...]
-        match = re.fullmatch(r"local\[[^,\]]+,\s*(\d+)\]", master)
-        return max(1, int(match.group(1))) if match else 1
-    return max(1, int(sc.getConf().get("spark.task.maxFailures", "4")))
-
-
-def _task_slots(sc: SparkContext) -> int:
-    """How many tasks the cluster runs at once now (0: unknown, e.g. no executor yet)."""
-    try:
-        jsc = sc._jsc.sc()  # type: ignore[attr-defined]
-        profile = jsc.resourceProfileManager().defaultResourceProfile()
-        return int(jsc.maxNumConcurrentTasks(profile))
-    except Exception:  # noqa: BLE001  (an internal API: fall back to the public figure)
-        return int(sc.defaultParallelism)
-
-
-def _per_worker(rounds: list[list[list[str]]]) -> tuple[list[list[list[str]]], int]:
-    """Turn rounds of per-worker file lists into per-worker lists of every round's files (a
-    worker without files in a round gets an empty list), and the number of workers."""
-    workers = max(len(files) for files in rounds)
-    per_worker = [[files[w] if w < len(files) else [] for files in rounds] for w in range(workers)]
-    return per_worker, workers
-
-
-def _config_json(model: Model) -> str:
-    return json.dumps(model.to_config(), sort_keys=True)

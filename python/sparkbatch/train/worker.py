@@ -1,11 +1,13 @@
-"""What runs on the executors: one averaging round of one worker, and distributed evaluation.
+"""What every worker runs on the executors, whichever exchange: its model, its minibatches,
+fitting them, and distributed evaluation.
 
-The functions here are small picklable classes holding configuration and broadcast handles
-only; the model is built on the executor from its configuration and kept per Python worker
-process (:func:`_model`) and used through its :class:`~sparkbatch.train.model.ModelAccess`, so
-a round costs one broadcast read and no model construction.
-Results travel back as :class:`RoundResult` objects that ``treeAggregate`` sums in place with
-the native kernel (:func:`combine`).
+The model is built on the executor from its configuration and kept per Python worker process
+(:func:`_model`) and used through its :class:`~sparkbatch.train.model.ModelAccess`, so a round
+costs no model construction. :class:`WorkerSetup` reads a worker's items (files, or minibatches
+from the RDD) and fits them; :func:`start_round` sets a model to a round's starting point. The
+exchanges' own worker sides are :class:`~sparkbatch.train.spark_exchange.FitRound` and
+:class:`~sparkbatch.train.socket_exchange.FitRounds`. Results travel back as
+:class:`RoundResult` objects that are summed in place with the native kernel (:func:`combine`).
 
 Every minibatch is checked for NaN and infinity before it is fitted, and every worker's
 parameters after its round (NOTE [non-finite checks] in ``sparkbatch._finite``).
@@ -27,8 +29,6 @@ import json
 import math
 import os
 import re
-import socket
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,8 +49,8 @@ from .stats import PhaseTiming
 __all__ = [
     "RoundResult",
     "WorkerSetup",
-    "FitRound",
-    "FitRounds",
+    "Fitted",
+    "start_round",
     "EvaluatePartition",
     "MinibatchLoader",
     "combine",
@@ -326,70 +326,7 @@ class Fitted:
     error: Exception | None = None
 
 
-class FitRound:
-    """One worker's part of a round: set the broadcast parameters, fit, return the result.
-
-    Used with ``mapPartitionsWithIndex``; a partition holds either one list of file URLs
-    (``setup.loader`` given) or the worker's minibatches themselves.
-    """
-
-    def __init__(self, setup: WorkerSetup, weights: Any, *, round_index: int) -> None:
-        self.setup = setup
-        self.weights = weights  # Broadcast of {"params", "state", "iteration", "epoch"}
-        self.round_index = round_index
-
-    #: With files: the partition holds one list per round of this worker's files; this
-    #: round's index into it.
-    round_in_plan: int = 0
-
-    def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[RoundResult]:
-        items = list(partition)
-        setup = self.setup
-        if setup.loader is not None:  # this worker's file lists, one per round of the epoch
-            items = [url for rounds in items for url in rounds[self.round_in_plan]]
-        if not items:
-            return iter(())
-        worker = f"worker {index}"
-        start = time.time()
-        weights = self.weights.value
-        access = setup.model()
-        model = access.model
-        _start_round(
-            access, weights, weights["params"], weights["state"], setup.save_updater, index
-        )
-        fit_start = time.time()
-        context = f"round {self.round_index} (epoch {weights['epoch']}), {worker}"
-        fitted = setup.fit_round(model, items, context, copy=True)
-        if fitted.error is not None:
-            # NOTE [deterministic errors]: the driver raises it, Spark does not retry it.
-            return iter([RoundResult.nothing_fitted(error=fitted.error)])
-        end = time.time()
-        params = fitted.params
-        if params is None:
-            if not fitted.skipped:
-                return iter(())
-            return iter([RoundResult.nothing_fitted(skipped=fitted.skipped)])
-        phases = []
-        if setup.collect_stats:
-            phases = [
-                PhaseTiming(self.round_index, worker, "broadcast", start, fit_start),
-                PhaseTiming(self.round_index, worker, "fit", fit_start, end),
-            ]
-        result = RoundResult(
-            params=params,
-            state=np.array(model.updater_state(), copy=True) if setup.save_updater else None,
-            score_sum=fitted.score_sum,
-            batches=fitted.batches,
-            examples=fitted.examples,
-            workers=1,
-            max_batches=fitted.batches,
-            phases=phases,
-            skipped=fitted.skipped,
-        )
-        return iter([result])
-
-
-def _start_round(
+def start_round(
     access: ModelAccess,
     counters: dict[str, Any],
     params: np.ndarray,
@@ -413,144 +350,6 @@ def _start_round(
     else:
         access.reset_updater()
     access.set_dropout_stream(index)  # workers of a round drop different inputs
-
-
-class FitRounds:
-    """One worker's part of a whole fit for ``exchange="socket"``: a barrier task that fits
-    round after round (of every epoch), sending its parameters to the driver's
-    :class:`~sparkbatch.train.exchange.AveragingServer` after each and going on from the
-    average it sends back.
-
-    The partition holds one element: this worker's file lists, one per round.
-    """
-
-    def __init__(
-        self,
-        setup: WorkerSetup,
-        address: tuple[str, int],
-        token: str,
-        *,
-        first_round: int,
-        shared: tuple[str, list[tuple[str, int]], int] | None = None,
-    ) -> None:
-        self.setup = setup
-        self.address = address  # of the driver's AveragingServer, and its token
-        self.token = token
-        self.first_round = first_round  # the fit's first round in the training's numbering
-        self.shared = shared  # the driver's shared-memory slots: (path, specs, count)
-
-    def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[Any]:
-        from .shared_slots import SharedSlots
-
-        items = list(partition)  # read to the end, or the Python worker is not reused
-        plan = items[0] if items else []  # this worker's files, one list per round
-        access = self.setup.model()
-        slots = SharedSlots.attach(*self.shared) if self.shared else None  # None: not here
-        try:
-            self._fit(index, plan, access, slots)
-        finally:
-            if slots is not None:
-                own = access.own_buffers(True)
-                if any(np.shares_memory(a, b) for a in own for b in slots.slot(index)):
-                    # back to private memory: the cached model outlives the shared file
-                    access.use_buffers(*(np.empty_like(a) for a in own))
-                slots.close()
-        return iter(())
-
-    def _fit(self, index: int, plan: list[list[str]], access: ModelAccess, slots: Any) -> None:
-        from .exchange import recv_message, send_message
-
-        worker = f"worker {index}"
-        try:
-            sock = socket.create_connection(self.address, timeout=30)
-        except OSError as e:
-            host, port = self.address
-            raise ConnectionError(
-                f"this executor cannot reach the driver's averaging server at {host}:{port} "
-                f"({e}): set ParameterAveraging(exchange_host=...) to an address executors "
-                "reach and open its port (exchange_port=...), or use exchange='spark'"
-            ) from e
-        model = access.model
-        # A CPU network's own buffers receive the averages (no copy); others a spare.
-        spare = access.own_buffers(self.setup.save_updater)
-        with sock:
-            sock.settimeout(None)  # a round waits for the slowest worker, however long
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hello = {"token": self.token, "worker": index, "shared": slots is not None}
-            send_message(sock, hello)
-            header, arrays, received = recv_message(sock, spare)
-            r = int(header["round"])  # where the fit stands: a retried task resumes there
-            bound = False
-            if header.get("shared") and slots is not None and spare and access.can_use_buffers:
-                # Granted to this task alone: its network keeps its parameters (and state) in
-                # its slot, so a round's result is there without a copy.
-                state = arrays[1] if len(arrays) > 1 else None
-                _start_round(access, header, arrays[0], state, self.setup.save_updater, index)
-                access.use_buffers(*slots.slot(index))
-                spare = arrays = access.own_buffers(self.setup.save_updater)
-                bound = True
-            while r < len(plan):
-                # The driver says where the average is: in the message, or the last slot.
-                shared = bool(header.get("shared")) and slots is not None
-                if shared and not arrays:
-                    arrays = slots.slot(slots.count - 1)
-                in_place = len(arrays) == len(spare) > 0 and all(
-                    a is b for a, b in zip(arrays, spare, strict=True)
-                )
-                state = arrays[1] if len(arrays) > 1 else None
-                _start_round(
-                    access,
-                    header,
-                    arrays[0],
-                    state,
-                    self.setup.save_updater,
-                    index,
-                    in_place=in_place,
-                )
-                fit_start = time.time()
-                g = self.first_round + r
-                context = f"round {g} (epoch {header['epoch']}), {worker}"
-                # A GPU network's params() is a copy already.
-                fitted = self.setup.fit_round(model, plan[r], context, copy=False)
-                if fitted.error is not None:
-                    # NOTE [deterministic errors]: the driver stops the fit and raises it.
-                    e = fitted.error
-                    send_message(sock, {"error": type(e).__name__, "message": str(e)})
-                    return
-                params = fitted.params
-                end = time.time()
-                phases = []
-                if self.setup.collect_stats:
-                    phases = [
-                        [g, worker, "broadcast", received, fit_start],
-                        [g, worker, "fit", fit_start, end],
-                    ]
-                result = []
-                if params is not None:
-                    result = [params]
-                    if self.setup.save_updater:
-                        result.append(model.updater_state())
-                    if shared:  # in this worker's slot; the message then carries none
-                        if not bound:
-                            for slot, array in zip(slots.slot(index), result, strict=True):
-                                np.copyto(slot, array.reshape(-1))
-                        result = []
-                message = {
-                    "round": r,
-                    "score_sum": fitted.score_sum,
-                    "batches": fitted.batches,
-                    "examples": fitted.examples,
-                    "skipped": fitted.skipped,
-                    "fit_s": end - fit_start,
-                    "broadcast_s": fit_start - received,
-                    "phases": phases,
-                    "shared": shared,
-                }
-                send_message(sock, message, result)
-                if not spare and not shared:
-                    spare = arrays  # reuse the last arrays received (never shared views)
-                header, arrays, received = recv_message(sock, spare)
-                r = int(header["round"])
 
 
 @dataclass
