@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from sparkbatch.errors import DivergenceError, NonFiniteError
-from sparkbatch.train.socket_exchange import AveragingServer, recv_message, send_message
 from sparkbatch.train.shared_slots import SharedSlots
+from sparkbatch.train.socket_exchange import AveragingServer, recv_message, send_message
 
 _OPEN: list[socket.socket] = []
 
