@@ -24,10 +24,6 @@ MODULES = sorted(
 
 # (importing module, private name it uses) still to be moved, and why they are here
 KNOWN = {
-    # sparkbatch/train/ is being rewritten elsewhere: these imports move to
-    # sparkbatch._prefetch.prefetched and sparkbatch.data.SerializedMinibatchLoader
-    ("sparkbatch.train.worker", "sparkbatch.data._prefetch.prefetched"),
-    ("sparkbatch.train.worker", "sparkbatch.data.loaders._load_minibatch"),
     # the shared module that lends sparkbatch.data's unchecked construction to convert
     ("sparkbatch._unchecked", "sparkbatch.data.dataset.DataSet._unchecked"),
 }
@@ -108,7 +104,7 @@ def test_the_known_crossings_still_exist():
 
 
 def test_the_crossing_check_sees_private_names():
-    assert _crossing("sparkbatch.train.worker", "sparkbatch.data._prefetch.prefetched")
+    assert _crossing("sparkbatch.train.worker", "sparkbatch.data.loaders._load_minibatch")
     assert _crossing("sparkbatch.spark.records", "sparkbatch.convert.records._label_spec")
     assert _crossing("sparkbatch.convert.table", "sparkbatch.data.DataSet._unchecked")
     assert not _crossing("sparkbatch.data.iterators", "sparkbatch.data.loaders._not_found")

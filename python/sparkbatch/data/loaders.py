@@ -189,8 +189,6 @@ def _name_in_place(error: Exception, url: str) -> None:
         error.args = (f"{url}: {error.args[0]}", *error.args[1:])
 
 
-# _load_minibatch is also imported by sparkbatch/train/worker.py (its MinibatchLoader), kept for
-# it until that import moves to SerializedMinibatchLoader, the same loader made public.
 def _load_minibatch(source: Source, verify: bool, mmap: bool = True) -> Minibatch:
     """Load a minibatch file: memory-mapped when local and ``mmap``, read in one piece
     otherwise."""

@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._arguments import check_int
-from ..data import SerializedDataSetLoader, SerializedMultiDataSetLoader
+from ..data import (
+    SerializedDataSetLoader,
+    SerializedMinibatchLoader,
+    SerializedMultiDataSetLoader,
+)
 from ..data.manifest import minibatch_files
 from ..evaluation import Evaluation, RegressionEvaluation
 from ..spark import executor_errors
@@ -34,7 +38,7 @@ from .model import Model, ModelAccess
 from .plan import FitPlan, plan_direct, plan_files
 from .runner import FitRunner, worker_setup
 from .stats import TrainingStats
-from .worker import EvaluatePartition, MinibatchLoader, merge_evaluations
+from .worker import EvaluatePartition, merge_evaluations
 
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
@@ -207,7 +211,9 @@ class SparkNetwork:
             raise
         finally:
             self.sc.setJobDescription(None)
-        return self._plan_files(urls, MinibatchLoader(), epochs, exported=True, cleanup=remove)
+        return self._plan_files(
+            urls, SerializedMinibatchLoader(), epochs, exported=True, cleanup=remove
+        )
 
     def _run(self, plan: FitPlan) -> Model:
         """Run ``plan`` through the settings' exchange; the model, trained."""
@@ -297,7 +303,7 @@ class SparkNetwork:
         try:
             if isinstance(data, (str, os.PathLike)):
                 urls = self._files(data)
-                loader = loader or MinibatchLoader()
+                loader = loader or SerializedMinibatchLoader()
                 slices = min(len(urls), self.workers)
                 chunks = [urls[i::slices] for i in range(slices)]
                 rdd = self.sc.parallelize(chunks, slices)

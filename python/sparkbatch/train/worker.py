@@ -38,9 +38,9 @@ import numpy as np
 
 from .. import _native
 from .._finite import check_params, diverged, non_finite_data, non_finite_in, with_context
+from .._prefetch import prefetched
 from ..data import DataSet, MultiDataSet, Source
-from ..data._prefetch import prefetched
-from ..data.loaders import _load_minibatch, load_named
+from ..data.loaders import load_named
 from ..errors import DivergenceError, NonFiniteError
 from ..evaluation import Evaluation, RegressionEvaluation
 from .model import ModelAccess
@@ -52,7 +52,6 @@ __all__ = [
     "Fitted",
     "start_round",
     "EvaluatePartition",
-    "MinibatchLoader",
     "combine",
     "merge_evaluations",
 ]
@@ -156,16 +155,6 @@ def combine(a: RoundResult | None, b: RoundResult | None) -> RoundResult | None:
     a.skipped += b.skipped
     a.phases.extend(b.phases)
     return a
-
-
-class MinibatchLoader:
-    """Loads a sparkbatch minibatch file, whichever it holds (DataSet or MultiDataSet)."""
-
-    def __init__(self, *, verify: bool = True) -> None:
-        self.verify = verify
-
-    def load(self, source: Source) -> DataSet | MultiDataSet:
-        return _load_minibatch(source, self.verify)
 
 
 def _minibatches(
