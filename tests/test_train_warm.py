@@ -8,7 +8,7 @@ import collections
 
 import numpy as np
 import pytest
-from tests.warm_model import CountedNetwork
+from tests.train_models import CountedNetwork
 
 from sparkbatch.data import DataSet
 from sparkbatch.nn import Adam, Dense, Output
@@ -26,7 +26,7 @@ def _data(n: int = 512) -> DataSet:
 
 
 @pytest.mark.parametrize("exchange", ["spark", "socket"])
-@pytest.mark.parametrize("source", ["files", "rdd by export", "rdd directly"])
+@pytest.mark.parametrize("source", ["files", "rdd directly"])
 def test_each_python_worker_builds_the_model_once_over_three_fits(sc, tmp_path, exchange, source):
     data = _data()
     rdd = sc.parallelize(data.split(32), 2)
@@ -42,14 +42,14 @@ def test_each_python_worker_builds_the_model_once_over_three_fits(sc, tmp_path, 
         approach="direct" if source == "rdd directly" else "export",
         export_dir=str(tmp_path / "export"),
     )
-    spark_net = SparkNetwork(sc, net, master)
-    for _ in range(3):  # three fits of two epochs, four rounds each, and an evaluation
-        spark_net.fit(files if source == "files" else rdd, epochs=2)
-    assert spark_net.evaluate(files).accuracy() > 0.8
+    spark_net = SparkNetwork(sc, net, master)  # 16 minibatches: 4 rounds of 2 workers x 2
+    for _ in range(3):  # three fits of four rounds each, and an evaluation
+        spark_net.fit(files if source == "files" else rdd)
+    assert spark_net.evaluate(files).accuracy() > 0.75
     with open(net.log) as f:
         per_worker = collections.Counter(line.strip() for line in f)
-    tasks = 3 * 2 * 4 * 2  # fits x epochs x rounds x workers
+    tasks = 3 * 4 * 2  # fits x rounds x workers
     # Every Python worker built the model once and reused it; local[2] runs two tasks at a
-    # time, so a few workers at most ran the 48 fitting tasks and the evaluation's.
+    # time, so a few workers at most ran the 24 fitting tasks and the evaluation's.
     assert set(per_worker.values()) == {1}, per_worker
     assert 1 <= sum(per_worker.values()) <= 4 < tasks, per_worker
