@@ -15,7 +15,9 @@ from sparkbatch.errors import (
     DivergenceError,
     FormatError,
     IncompleteExportError,
+    KeyJoinError,
     NonFiniteError,
+    SequenceLengthError,
     SparkbatchError,
 )
 
@@ -27,8 +29,10 @@ __all__ = [
     "DivergenceError",
     "FormatError",
     "IncompleteExportError",
+    "KeyJoinError",
     "MultiDataSet",
     "NonFiniteError",
+    "SequenceLengthError",
     "SparkbatchError",
     "__version__",
 ]

@@ -14,7 +14,9 @@ __all__ = [
     "DivergenceError",
     "FormatError",
     "IncompleteExportError",
+    "KeyJoinError",
     "NonFiniteError",
+    "SequenceLengthError",
     "SparkbatchError",
 ]
 
@@ -77,6 +79,18 @@ class DataFrameError(SparkbatchError, ValueError):
     Raised on the executors by :func:`sparkbatch.spark.dataframe_to_datasets`; the message names
     the column and the row of its Arrow record batch.
     """
+
+
+class SequenceLengthError(SparkbatchError, ValueError):
+    """Sequences of one minibatch differ in length where ``alignment="equal_length"`` asks
+    them not to; the message names both sequences (their files, when known) and their lengths.
+    """
+
+
+class KeyJoinError(SparkbatchError, ValueError):
+    """Records of several RDDs could not be joined by key: a key missing from one RDD (with
+    ``filter_missing=False``), repeated in one RDD, or not hashable. The message names the key
+    and the RDD."""
 
 
 class CsvError(SparkbatchError, ValueError):

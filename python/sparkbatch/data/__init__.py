@@ -15,8 +15,10 @@ from sparkbatch.data.loaders import (
     Source,
 )
 from sparkbatch.data.multidataset import MultiDataSet
+from sparkbatch.data.sequences import ALIGNMENTS, check_alignment, pad_sequences
 
 __all__ = [
+    "ALIGNMENTS",
     "FORMAT_VERSION",
     "SUFFIX",
     "DataSet",
@@ -28,9 +30,11 @@ __all__ = [
     "SerializedMinibatchLoader",
     "SerializedMultiDataSetLoader",
     "Source",
+    "check_alignment",
     "export_datasets",
     "from_bytes",
     "load",
+    "pad_sequences",
     "rebatch",
     "save",
     "to_bytes",
