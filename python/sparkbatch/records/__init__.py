@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from sparkbatch.records.csv import CSVRecordReader, Record, to_value
+from sparkbatch.records.csv_sequence import CSVSequenceRecordReader, SequenceRecord
 
-__all__ = ["CSVRecordReader", "Record", "to_value"]
+__all__ = ["CSVRecordReader", "CSVSequenceRecordReader", "Record", "SequenceRecord", "to_value"]
