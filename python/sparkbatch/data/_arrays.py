@@ -15,7 +15,13 @@ Everything a user passes in, or a file provides, is checked.
 NOTE [time-series merge]: merging follows DL4J's ``DataSetUtil.mergeTimeSeries``. Sequences of
 length ``T_i`` fill steps ``0..T_i-1`` of a zero array of length ``T_max`` (padding at the end);
 a mask ``[n, T_max]`` is produced when any input has a mask or the lengths differ. Given masks
-are copied and zero-extended; inputs without a mask get ones on their real steps.
+are copied and zero-extended; inputs without a mask get ones on their real steps. The
+``alignment`` of :mod:`sparkbatch.data.sequences` chooses where the padding goes:
+``"align_start"`` (the default, as above), ``"align_end"`` (each input's steps end at
+``T_max - 1``; the padding, and the zero-extension of a given mask, come first) or
+``"equal_length"`` (a length difference is a
+:class:`~sparkbatch.errors.SequenceLengthError` naming both inputs and, when their metadata
+knows them, their files).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from sparkbatch.data.sequences import check_alignment, describe_sources, select_sources
+from sparkbatch.errors import SequenceLengthError
 
 __all__ = [
     "ExampleBatch",
@@ -224,10 +233,28 @@ def permutation(n: int, seed: int | np.random.Generator | None) -> np.ndarray:
 
 
 def _merge_sequences(
-    arrays: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
+    name: str,
+    arrays: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None],
+    alignment: str,
+    sources: Sequence[Sequence[str | None] | None] | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     # See NOTE [time-series merge] in the module docstring.
     lengths = [array.shape[2] for array in arrays]
+    if alignment == "equal_length":
+        different = [i for i, length in enumerate(lengths) if length != lengths[0]]
+        if different:
+            j = different[0]
+
+            def named(i: int) -> str:
+                return f"dataset {i}" + describe_sources(sources[i] if sources else None)
+
+            raise SequenceLengthError(
+                f"cannot merge with alignment 'equal_length': {name} of {named(0)} has"
+                f" {lengths[0]} steps but {named(j)} has {lengths[j]}; use"
+                " alignment='align_start' or 'align_end' to pad and mask sequences of"
+                " different lengths"
+            )
     given = [mask for mask in masks if mask is not None]
     if not given and len(set(lengths)) == 1:
         return np.concatenate(arrays, axis=0), None
@@ -239,19 +266,25 @@ def _merge_sequences(
     start = 0
     for array, mask, length in zip(arrays, masks, lengths, strict=True):
         stop = start + array.shape[0]
-        out[start:stop, :, :length] = array
-        mask_out[start:stop, :length] = 1 if mask is None else mask
+        first = t_max - length if alignment == "align_end" else 0
+        out[start:stop, :, first : first + length] = array
+        mask_out[start:stop, first : first + length] = 1 if mask is None else mask
         start = stop
     return out, mask_out
 
 
 def merge_slot(
-    name: str, arrays: Sequence[np.ndarray | None], masks: Sequence[np.ndarray | None]
+    name: str,
+    arrays: Sequence[np.ndarray | None],
+    masks: Sequence[np.ndarray | None],
+    alignment: str = "align_start",
+    sources: Sequence[Sequence[str | None] | None] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Concatenate one slot of several datasets along the examples.
 
-    Sequences ``[n, f, t]`` of different lengths are padded at the end and masked, see
-    NOTE [time-series merge]. Errors name ``name``, the dataset index and the shapes.
+    Sequences ``[n, f, t]`` of different lengths are padded and masked under ``alignment``,
+    see NOTE [time-series merge]. Errors name ``name``, the dataset index and the shapes;
+    ``sources`` (each dataset's example files, or None) lets a length error name files too.
 
     Examples
     --------
@@ -263,7 +296,11 @@ def merge_slot(
     >>> mask
     array([[1., 1., 0.],
            [1., 1., 1.]], dtype=float32)
+    >>> merge_slot("features", [a, b], [None, None], "align_end")[1]
+    array([[0., 1., 1.],
+           [1., 1., 1.]], dtype=float32)
     """
+    alignment = check_alignment(alignment)
     missing = [i for i, array in enumerate(arrays) if array is None]
     if len(missing) == len(arrays):
         return None, None
@@ -280,12 +317,14 @@ def merge_slot(
     for i, array in enumerate(present):
         if array.ndim != first.ndim or array.shape[checked] != first.shape[checked]:
             rule = "the feature dimension" if first.ndim == 3 else "all but the first dimension"
+            where = describe_sources(sources[i] if sources else None)
+            first_where = describe_sources(sources[0] if sources else None)
             raise ValueError(
-                f"cannot merge: {name} of dataset {i} has shape {array.shape} but dataset 0 has"
-                f" shape {first.shape}; {rule} must match"
+                f"cannot merge: {name} of dataset {i}{where} has shape {array.shape} but"
+                f" dataset 0{first_where} has shape {first.shape}; {rule} must match"
             )
     if first.ndim == 3:
-        return _merge_sequences(present, masks)
+        return _merge_sequences(name, present, masks, alignment, sources)
     return np.concatenate(present, axis=0), None
 
 
@@ -327,7 +366,9 @@ class ExampleBatch:
         Slices give views of the arrays; index arrays and boolean masks give copies.
         """
         selection = normalize_index(index, self.num_examples)
-        return self._map(lambda array: array[selection])
+        selected = self._map(lambda array: array[selection])
+        select_sources(selected.metadata, selection, self.num_examples)  # NOTE [sequence sources]
+        return selected
 
     def split(self: _B, batch_size: int) -> list[_B]:
         """Cut into consecutive pieces of ``batch_size`` examples, in order, the last smaller.

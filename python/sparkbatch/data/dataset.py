@@ -17,6 +17,7 @@ from sparkbatch.data._arrays import (
     prepare_slots,
     to_metadata,
 )
+from sparkbatch.data.sequences import check_alignment, example_sources, merged_metadata
 
 if TYPE_CHECKING:
     from sparkbatch.data.multidataset import MultiDataSet
@@ -126,32 +127,70 @@ class DataSet(ExampleBatch):
         return MultiDataSet.from_dataset(self)
 
     @classmethod
-    def merge(cls, datasets: Sequence[DataSet]) -> DataSet:
+    def merge(cls, datasets: Sequence[DataSet], alignment: str = "align_start") -> DataSet:
         """Concatenate DataSets along the examples, in order.
 
-        Sequences of different lengths are padded at the end with zeros and masked, as DL4J's
-        ``DataSetUtil.mergeTimeSeries`` does; features and labels are padded separately. The
-        result keeps the first DataSet's metadata; a single DataSet is returned unchanged.
+        Sequences of different lengths are padded with zeros and masked, as DL4J's
+        ``DataSetUtil.mergeTimeSeries`` does; features and labels are padded separately, each
+        to its own longest length. The result keeps the first DataSet's metadata (with the
+        files of all examples, when the inputs know theirs: NOTE [sequence sources] in
+        :mod:`sparkbatch.data.sequences`); a single DataSet is returned unchanged.
+
+        Parameters
+        ----------
+        datasets : sequence of DataSet
+            What to merge.
+        alignment : {"align_start", "align_end", "equal_length"}
+            Where the padding of shorter sequences goes: at the end (DL4J's merge), at the start
+            (so that last steps line up), or nowhere: sequences of different lengths are then
+            a :class:`~sparkbatch.errors.SequenceLengthError` naming both (and their files).
 
         Raises
         ------
         ValueError
             If ``datasets`` is empty, mixes labelled and unlabelled data, or the shapes differ
             in more than the examples and the sequence length.
-        """
+        SequenceLengthError
+            Under ``alignment="equal_length"``, sequences differ in length.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> short = DataSet(np.ones((1, 1, 2)), metadata={"source": "a.csv"})
+        >>> long = DataSet(np.ones((1, 1, 3)), metadata={"source": "b.csv"})
+        >>> DataSet.merge([short, long], alignment="align_end").features_mask
+        array([[0., 1., 1.],
+               [1., 1., 1.]])
+        >>> DataSet.merge([short, long], alignment="equal_length")
+        Traceback (most recent call last):
+        ...
+        sparkbatch.errors.SequenceLengthError: cannot merge with alignment 'equal_length': features of dataset 0 (a.csv) has 2 steps but dataset 1 (b.csv) has 3; ...
+        """  # noqa: E501
         datasets = list(datasets)
         if not datasets:
             raise ValueError("cannot merge an empty list of DataSets")
+        alignment = check_alignment(alignment)
         if len(datasets) == 1:
             return datasets[0]
+        counts = [d.num_examples for d in datasets]
+        sources = [example_sources(d.metadata, n) for d, n in zip(datasets, counts, strict=True)]
         features, features_mask = merge_slot(
-            "features", [d.features for d in datasets], [d.features_mask for d in datasets]
+            "features",
+            [d.features for d in datasets],
+            [d.features_mask for d in datasets],
+            alignment,
+            sources,
         )
         labels, labels_mask = merge_slot(
-            "labels", [d.labels for d in datasets], [d.labels_mask for d in datasets]
+            "labels",
+            [d.labels for d in datasets],
+            [d.labels_mask for d in datasets],
+            alignment,
+            sources,
         )
         assert features is not None
-        return cls(features, labels, features_mask, labels_mask, datasets[0].metadata)
+        metadata = merged_metadata([d.metadata for d in datasets], counts)
+        return cls(features, labels, features_mask, labels_mask, metadata)
 
     def _repr_parts(self) -> list[str]:
         return [

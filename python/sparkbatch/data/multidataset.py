@@ -17,6 +17,7 @@ from sparkbatch.data._arrays import (
     prepare_slots,
     to_metadata,
 )
+from sparkbatch.data.sequences import check_alignment, example_sources, merged_metadata
 
 if TYPE_CHECKING:
     from sparkbatch.data.dataset import DataSet
@@ -177,24 +178,32 @@ labels[0]=float32(4, 1), features_masks[1]=float32(4, 5))
         return mds
 
     @classmethod
-    def merge(cls, datasets: Sequence[MultiDataSet]) -> MultiDataSet:
+    def merge(
+        cls, datasets: Sequence[MultiDataSet], alignment: str = "align_start"
+    ) -> MultiDataSet:
         """Concatenate MultiDataSets along the examples, in order, array by array.
 
-        Sequence arrays are padded and masked as in :meth:`DataSet.merge`, each array to its
-        own longest length. The result keeps the first one's metadata; a single MultiDataSet
-        is returned unchanged.
+        Sequence arrays are padded and masked as in :meth:`DataSet.merge` under ``alignment``
+        (``"align_start"``, ``"align_end"`` or ``"equal_length"``), each array to its own
+        longest length. The result keeps the first one's metadata (with the examples' files,
+        as :meth:`DataSet.merge`); a single MultiDataSet is returned unchanged.
 
         Raises
         ------
         ValueError
             If ``datasets`` is empty, the numbers of inputs or outputs differ, or the shapes
             differ in more than the examples and the sequence length.
+        SequenceLengthError
+            Under ``alignment="equal_length"``, sequences differ in length.
         """
         datasets = list(datasets)
         if not datasets:
             raise ValueError("cannot merge an empty list of MultiDataSets")
+        alignment = check_alignment(alignment)
         if len(datasets) == 1:
             return datasets[0]
+        examples = [d.num_examples for d in datasets]
+        sources = [example_sources(d.metadata, n) for d, n in zip(datasets, examples, strict=True)]
         merged: dict[str, tuple[list[Any], list[Any]]] = {}
         for kind in ("features", "labels"):
             counts = [len(getattr(d, kind)) for d in datasets]
@@ -210,6 +219,8 @@ labels[0]=float32(4, 1), features_masks[1]=float32(4, 5))
                     f"{kind}[{j}]",
                     [getattr(d, kind)[j] for d in datasets],
                     [getattr(d, f"{kind}_masks")[j] for d in datasets],
+                    alignment,
+                    sources,
                 )
                 for j in range(counts[0])
             ]
@@ -219,7 +230,7 @@ labels[0]=float32(4, 1), features_masks[1]=float32(4, 5))
             merged["labels"][0],
             merged["features"][1],
             merged["labels"][1],
-            datasets[0].metadata,
+            merged_metadata([d.metadata for d in datasets], examples),
         )
 
     def _repr_parts(self) -> list[str]:

@@ -11,19 +11,116 @@ How sequences of different lengths line up is DL4J's ``AlignmentMode``:
 * ``"equal_length"``: every sequence must have the same length; a mismatch raises
   :class:`~sparkbatch.errors.SequenceLengthError` naming both sequences (their files, when
   known) and their lengths. No mask is made.
+
+NOTE [sequence sources]: a DataSet made from one sequence file records the file in its metadata
+under ``"source"``; merging DataSets that know their files gives ``"sources"``, a JSON list with
+one file per example (None where unknown), which slicing and merging keep in step with the
+examples. Errors (an ``equal_length`` mismatch, a column count that differs) name the files
+through :func:`example_sources`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from sparkbatch.errors import SequenceLengthError
 
-__all__ = ["ALIGNMENTS", "check_alignment", "pad_sequences", "sequence_lengths"]
+__all__ = [
+    "ALIGNMENTS",
+    "SOURCE",
+    "SOURCES",
+    "check_alignment",
+    "example_sources",
+    "merged_metadata",
+    "pad_sequences",
+    "select_sources",
+    "sequence_lengths",
+]
 
 ALIGNMENTS = ("equal_length", "align_start", "align_end")
+SOURCE = "source"  # metadata key: the file of a one-sequence DataSet
+SOURCES = "sources"  # metadata key: a JSON list, the file of each example
+
+
+def example_sources(metadata: Mapping[str, str] | None, n: int) -> list[str | None] | None:
+    """The file of each of ``n`` examples from a DataSet's ``metadata`` (NOTE [sequence
+    sources]), or None if it names none (or a list of another length).
+
+    Examples
+    --------
+    >>> example_sources({"source": "a.csv"}, 1), example_sources(None, 2)
+    (['a.csv'], None)
+    >>> example_sources({"sources": '["a.csv", null]'}, 2)
+    ['a.csv', None]
+    """
+    if not metadata:
+        return None
+    if SOURCES in metadata:
+        try:
+            sources = json.loads(metadata[SOURCES])
+        except ValueError:
+            return None
+        if isinstance(sources, list) and len(sources) == n:
+            return [s if isinstance(s, str) else None for s in sources]
+        return None
+    if SOURCE in metadata:
+        return [metadata[SOURCE]] * n
+    return None
+
+
+def merged_metadata(
+    metadatas: Sequence[Mapping[str, str] | None], counts: Sequence[int]
+) -> dict[str, str] | None:
+    """The metadata of a merge: the first input's, with the files of all examples as
+    ``"sources"`` when any input knows its files (NOTE [sequence sources]).
+
+    Examples
+    --------
+    >>> merged_metadata([{"source": "a.csv", "k": "v"}, {"source": "b.csv"}], [1, 2])
+    {'k': 'v', 'sources': '["a.csv", "b.csv", "b.csv"]'}
+    >>> merged_metadata([{"k": "v"}, None], [1, 1])
+    {'k': 'v'}
+    """
+    first = dict(metadatas[0]) if metadatas and metadatas[0] else {}
+    if not any(m and (SOURCE in m or SOURCES in m) for m in metadatas):
+        return first or None
+    sources: list[str | None] = []
+    for metadata, n in zip(metadatas, counts, strict=True):
+        sources.extend(example_sources(metadata, n) or [None] * n)
+    first.pop(SOURCE, None)
+    first[SOURCES] = json.dumps(sources)
+    return first
+
+
+def select_sources(metadata: dict[str, str] | None, selection: Any, n: int) -> None:
+    """Keep ``metadata["sources"]`` in step with ``selection`` (a slice or index array) of
+    ``n`` examples, in place."""
+    if not metadata or SOURCES not in metadata:
+        return
+    sources = example_sources(metadata, n)
+    if sources is None:
+        del metadata[SOURCES]
+        return
+    if isinstance(selection, slice):
+        chosen = sources[selection]
+    else:
+        chosen = [sources[int(i)] for i in np.asarray(selection).ravel()]
+    metadata[SOURCES] = json.dumps(chosen)
+
+
+def describe_sources(sources: Sequence[str | None] | None) -> str:
+    """`` (a.csv)``, `` (a.csv and 3 more)`` or "" for the files of a DataSet's examples."""
+    if not sources:
+        return ""
+    known = list(dict.fromkeys(s for s in sources if s))
+    if not known:
+        return ""
+    more = f" and {len(known) - 1} more" if len(known) > 1 else ""
+    return f" ({known[0]}{more})"
 
 
 def check_alignment(alignment: str) -> str:

@@ -8,6 +8,13 @@ replaces its own files instead of adding others (DL4J names files by JVM id, whi
 them), and ``batch_and_export`` writes ``_manifest.json`` only after the job succeeded (until
 then ``_in_progress.json`` marks the directory incomplete: NOTE [export commit] in
 :mod:`sparkbatch.data.manifest`).
+
+NOTE [exported sequences]: sequences (arrays ``[n, f, t]``) of any lengths may be exported
+together: elements may differ in their time axis, and merging pads them under ``alignment``
+(:mod:`sparkbatch.data.sequences`). Under ``"align_start"`` and ``"align_end"`` every sequence
+array is written with its mask, ones where a minibatch needed no padding, so that all the
+files of one export hold the same tensors (the manifest requires it) and a reader never has to
+guess. Under ``"equal_length"`` a minibatch gets a mask only if its elements had one.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
+import numpy as np
+
 from sparkbatch._arguments import check_int
 from sparkbatch.data import SUFFIX, DataSet, MultiDataSet, rebatch, save
 from sparkbatch.data.manifest import (
@@ -24,15 +33,22 @@ from sparkbatch.data.manifest import (
     commit_export,
     describe,
     minibatch_files,
-    shape_signature,
 )
+from sparkbatch.data.sequences import check_alignment
 from sparkbatch.spark._errors import executor_errors
 from sparkbatch.storage import join
 
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
 
-__all__ = ["BatchAndExport", "batch_and_export", "list_paths", "file_name", "rebatch_partition"]
+__all__ = [
+    "BatchAndExport",
+    "batch_and_export",
+    "file_name",
+    "list_paths",
+    "rebatch_partition",
+    "with_sequence_masks",
+]
 
 Minibatch = Union[DataSet, MultiDataSet]  # noqa: UP007 (runtime alias)
 
@@ -45,10 +61,22 @@ def file_name(partition: int, batch: int) -> str:
 PART_PATTERN = r"part-\d{5,}-\d{6,}" + re.escape(SUFFIX)  # what file_name gives
 
 
+def _signature(item: Minibatch) -> dict[str, tuple[int, ...]]:
+    """The shapes that every element of an export must share: those of its arrays less the
+    example axis and the time axis of sequences (NOTE [exported sequences]); masks left out."""
+    tensors = describe(item)["tensors"]
+    signature = {}
+    for name, tensor in tensors.items():
+        if not name.partition(".")[0].endswith("_mask"):
+            shape = tuple(tensor["shape"])
+            signature[name] = shape[1:-1] if len(shape) == 3 else shape[1:]
+    return signature
+
+
 def _checked(items: Iterable[Any], partition: int) -> Iterator[Minibatch]:
     """The items of a partition, each checked to be a DataSet or MultiDataSet of the same kind
-    and shapes (bar the example axis) as the first, so that a bad element is named before any
-    merge trips over it."""
+    and shapes (bar the example axis and the time axis of sequences) as the first, so that a
+    bad element is named before any merge trips over it."""
     first: tuple[type, dict[str, Any]] | None = None
     for i, item in enumerate(items):
         if not isinstance(item, (DataSet, MultiDataSet)):
@@ -56,7 +84,7 @@ def _checked(items: Iterable[Any], partition: int) -> Iterator[Minibatch]:
                 f"partition {partition}, element {i}: expected a DataSet or MultiDataSet, "
                 f"got {type(item).__name__}"
             )
-        signature = shape_signature(describe(item))
+        signature = _signature(item)
         if first is None:
             first = (type(item), signature)
         elif type(item) is not first[0] or signature != first[1]:
@@ -65,9 +93,42 @@ def _checked(items: Iterable[Any], partition: int) -> Iterator[Minibatch]:
                 f"partition {partition}, element {i}: a {type(item).__name__} with "
                 f"{_shapes(shapes)} where element 0 is a {first[0].__name__} with "
                 f"{_shapes_of(first[1])}; every element must agree in kind and in shape except "
-                "for the example axis (and the time axis of masked sequences)"
+                "for the example axis (and the time axis of sequences)"
             )
         yield item
+
+
+def with_sequence_masks(minibatch: Minibatch) -> Minibatch:
+    """``minibatch`` with a mask of ones for every sequence array ``[n, f, t]`` that has none
+    (NOTE [exported sequences]); the same object if none is missing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = with_sequence_masks(DataSet(np.zeros((2, 3, 4), np.float32), np.zeros((2, 5))))
+    >>> ds.features_mask.shape, ds.labels_mask
+    ((2, 4), None)
+    """
+
+    def mask(array: Any, given: Any) -> Any:
+        if given is not None or array is None or array.ndim != 3:
+            return given
+        return np.ones((array.shape[0], array.shape[2]), dtype=array.dtype)
+
+    if isinstance(minibatch, DataSet):
+        fm = mask(minibatch.features, minibatch.features_mask)
+        lm = mask(minibatch.labels, minibatch.labels_mask)
+        if fm is minibatch.features_mask and lm is minibatch.labels_mask:
+            return minibatch
+        return DataSet(minibatch.features, minibatch.labels, fm, lm, minibatch.metadata)
+    fms = [mask(a, m) for a, m in zip(minibatch.features, minibatch.features_masks, strict=True)]
+    lms = [mask(a, m) for a, m in zip(minibatch.labels, minibatch.labels_masks, strict=True)]
+    same = all(a is b for a, b in zip(fms, minibatch.features_masks, strict=True)) and all(
+        a is b for a, b in zip(lms, minibatch.labels_masks, strict=True)
+    )
+    if same:
+        return minibatch
+    return MultiDataSet(minibatch.features, minibatch.labels, fms, lms, minibatch.metadata)
 
 
 def _shapes(tensors: Mapping[str, Any]) -> str:
@@ -80,11 +141,14 @@ def _shapes_of(signature: Mapping[str, tuple[int, ...]]) -> str:
     )
 
 
-def rebatch_partition(index: int, items: Iterable[Any], batch_size: int) -> Iterator[Minibatch]:
+def rebatch_partition(
+    index: int, items: Iterable[Any], batch_size: int, alignment: str = "align_start"
+) -> Iterator[Minibatch]:
     """Partition ``index``'s elements, each checked to be a DataSet or MultiDataSet agreeing
     with the first in kind and shape (the error names the partition and element), cut into
-    minibatches of exactly ``batch_size`` examples in order, the remainder last."""
-    return rebatch(_checked(items, index), batch_size)
+    minibatches of exactly ``batch_size`` examples in order, the remainder last; sequences are
+    merged under ``alignment`` (NOTE [exported sequences])."""
+    return rebatch(_checked(items, index), batch_size, alignment)
 
 
 class BatchAndExport:
@@ -93,7 +157,8 @@ class BatchAndExport:
     DL4J's ``BatchAndExportDataSetsFunction`` / ``...MultiDataSetsFunction``: returns the URLs
     written (with their scheme, unlike DL4J). Every example is written exactly once and in order
     (NOTE [exactly-once export]). ``with_details=True`` yields ``(url, manifest entry)`` pairs
-    instead, which :func:`batch_and_export` uses for the manifest.
+    instead, which :func:`batch_and_export` uses for the manifest. Sequences of different
+    lengths are padded and masked under ``alignment`` (NOTE [exported sequences]).
     """
 
     def __init__(
@@ -104,15 +169,20 @@ class BatchAndExport:
         compact_labels: bool = False,
         storage_options: Mapping[str, Any] | None = None,
         with_details: bool = False,
+        alignment: str = "align_start",
     ) -> None:
         self.batch_size = check_int("batch_size", batch_size)
+        self.alignment = check_alignment(alignment)
         self.path = os.fspath(path)
         self.compact_labels = compact_labels
         self.storage_options = dict(storage_options or {})
         self.with_details = with_details
 
     def __call__(self, index: int, items: Iterable[Minibatch]) -> Iterator[Any]:
-        for k, minibatch in enumerate(rebatch_partition(index, items, self.batch_size)):
+        batches = rebatch_partition(index, items, self.batch_size, self.alignment)
+        for k, minibatch in enumerate(batches):
+            if self.alignment != "equal_length":
+                minibatch = with_sequence_masks(minibatch)
             name = file_name(index, k)
             url = join(self.path, name)
             save(
@@ -132,6 +202,7 @@ def batch_and_export(
     overwrite: bool = False,
     compact_labels: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    alignment: str = "align_start",
 ) -> list[str]:
     """Export ``rdd`` to minibatch files under ``path`` and write its manifest; return the URLs.
 
@@ -158,6 +229,11 @@ def batch_and_export(
         Store one-hot labels as class indices (see :func:`sparkbatch.data.save`).
     storage_options : mapping, optional
         fsspec options.
+    alignment : {"align_start", "align_end", "equal_length"}
+        How sequences of different lengths in one minibatch line up: padded at the end or at
+        the start, with masks written for every sequence array, or not at all (a length
+        mismatch is a :class:`~sparkbatch.errors.SequenceLengthError` naming both files, when
+        the DataSets' metadata knows them). See NOTE [exported sequences].
 
     Raises
     ------
@@ -181,6 +257,7 @@ def batch_and_export(
         compact_labels=compact_labels,
         storage_options=storage_options,
         with_details=True,
+        alignment=alignment,
     )
     export_id = begin_export(
         path, PART_PATTERN, overwrite=overwrite, storage_options=storage_options
