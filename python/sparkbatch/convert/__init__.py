@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from sparkbatch.convert.multi import MultiDataSetBuilder, MultiDataSetConverter
 from sparkbatch.convert.records import record_to_dataset, records_to_dataset
 from sparkbatch.convert.table import LabelSpec
 
-__all__ = ["LabelSpec", "record_to_dataset", "records_to_dataset"]
+__all__ = [
+    "LabelSpec",
+    "MultiDataSetBuilder",
+    "MultiDataSetConverter",
+    "record_to_dataset",
+    "records_to_dataset",
+]
