@@ -9,19 +9,41 @@ from sparkbatch.spark._errors import executor_errors
 from sparkbatch.spark.csv import LinesToDataSets, RangesToDataSets, csv_to_datasets
 from sparkbatch.spark.dataframe import ArrowToMinibatches, DataFrameError, dataframe_to_datasets
 from sparkbatch.spark.export import BatchAndExport, batch_and_export, list_paths
+from sparkbatch.spark.multi import (
+    JoinedToMultiDataSets,
+    RecordsToMultiDataSets,
+    SparkSequenceSource,
+    SparkSource,
+    map_rrmdsi,
+)
 from sparkbatch.spark.records import RecordsToDataSet, StringToRecords
+from sparkbatch.spark.sequences import (
+    SequenceFilesToDataSets,
+    SequenceFileToRecords,
+    SequencesToDataSet,
+    csv_sequences_to_datasets,
+)
 
 __all__ = [
     "ArrowToMinibatches",
     "BatchAndExport",
     "DataFrameError",
+    "JoinedToMultiDataSets",
     "LinesToDataSets",
     "RangesToDataSets",
     "RecordsToDataSet",
+    "SequenceFileToRecords",
+    "SequenceFilesToDataSets",
+    "SequencesToDataSet",
+    "RecordsToMultiDataSets",
+    "SparkSequenceSource",
+    "SparkSource",
     "StringToRecords",
     "batch_and_export",
+    "csv_sequences_to_datasets",
     "csv_to_datasets",
     "dataframe_to_datasets",
     "executor_errors",
     "list_paths",
+    "map_rrmdsi",
 ]
