@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sparkbatch.convert.multi import MultiDataSetBuilder, MultiDataSetConverter
 from sparkbatch.convert.records import record_to_dataset, records_to_dataset
+from sparkbatch.convert.sequences import sequence_to_dataset, sequences_to_dataset
 from sparkbatch.convert.table import LabelSpec
 
 __all__ = [
@@ -12,4 +13,6 @@ __all__ = [
     "MultiDataSetConverter",
     "record_to_dataset",
     "records_to_dataset",
+    "sequence_to_dataset",
+    "sequences_to_dataset",
 ]

@@ -37,7 +37,7 @@ from sparkbatch.records.csv import Record, _check_char, _is_blank, to_value
 from sparkbatch.records.csv_files import HEAD_BYTES, UTF8_BOM, check_head, reading
 from sparkbatch.storage import list_files, read_bytes
 
-__all__ = ["CSVSequenceRecordReader", "SequenceRecord"]
+__all__ = ["CSVSequenceRecordReader", "SequenceRecord", "empty_sequence_error", "sequence_bytes"]
 
 _PathLike = str | os.PathLike[str]
 
@@ -84,6 +84,52 @@ class SequenceRecord(list):  # type: ignore[type-arg]
         if self.lines is None or not 0 <= step < len(self.lines):
             return None
         return self.lines[step]
+
+
+def empty_sequence_error(source: str | None, text: str, skip_lines: int) -> CsvError:
+    """The error for a sequence file without a step (NOTE [empty sequences]): ``text`` is the
+    file's text, ``skip_lines`` its header lines.
+
+    Examples
+    --------
+    >>> print(empty_sequence_error("a.csv", "x,y\\n", 1))
+    a.csv: expected at least one step (a line of values), found none after the 1 header line ...
+    """
+    if not text:
+        found = "found an empty file"
+    elif not text.strip() or not skip_lines:
+        found = "found only blank lines"
+    else:
+        s = "s" if skip_lines > 1 else ""
+        found = f"found none after the {skip_lines} header line{s} (skip_lines={skip_lines})"
+    name = "<bytes>" if source is None else source
+    return CsvError(
+        f"{name}: expected at least one step (a line of values), {found}",
+        source=source,
+        text=text[:80],
+        expected="at least one step",
+    )
+
+
+def sequence_bytes(data: bytes, source: str) -> bytes:
+    """The text of a sequence file from its bytes: decompressed if ``source``'s name says so,
+    checked for what is not CSV text, and without a UTF-8 byte order mark (NOTE [sequence
+    files]). For parsers that take bytes, as the partition-wide path's native one.
+
+    Examples
+    --------
+    >>> import gzip
+    >>> sequence_bytes(gzip.compress(b"\\xef\\xbb\\xbf1,2\\n"), "a.csv.gz")
+    b'1,2\\n'
+    """
+    data = bytes(data)
+    compression = infer_compression(source)
+    if compression is not None and compression in compr:
+        with reading(source, line=1):
+            with compr[compression](io.BytesIO(data)) as f:
+                data = f.read()
+    check_head(source, data[:HEAD_BYTES])
+    return data[len(UTF8_BOM) :] if data.startswith(UTF8_BOM) else data
 
 
 def _values(fields: list[str]) -> Record:
@@ -237,18 +283,11 @@ class CSVSequenceRecordReader:
         sparkbatch.errors.CsvError: h.csv: expected at least one step (a line of values), found none after the 1 header line (skip_lines=1)
         """  # noqa: E501
         name = "<bytes>" if source is None else str(source)
-        data = bytes(data)
-        compression = infer_compression(name)
-        if compression is not None and compression in compr:
-            with reading(name, line=1):
-                with compr[compression](io.BytesIO(data)) as f:
-                    data = f.read()
-        check_head(name, data[:HEAD_BYTES])
-        start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+        data = sequence_bytes(data, name)
         try:
-            text = data[start:].decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            line = data[: e.start + start].count(b"\n") + 1
+            line = data[: e.start].count(b"\n") + 1
             raise CsvError(
                 f"{name}, line {line}: expected UTF-8 text, found {e}",
                 source=source,
@@ -278,21 +317,7 @@ class CSVSequenceRecordReader:
                 expected="well-formed CSV",
             ) from e
         if not steps:
-            if not text:
-                found = "found an empty file"
-            elif not text.strip() or not self.skip_lines:
-                found = "found only blank lines"
-            else:
-                s = "s" if self.skip_lines > 1 else ""
-                found = f"found none after the {self.skip_lines} header line{s} (skip_lines=" + (
-                    f"{self.skip_lines})"
-                )
-            raise CsvError(
-                f"{name}: expected at least one step (a line of values), {found}",
-                source=source,
-                text=text[:80],
-                expected="at least one step",
-            )
+            raise empty_sequence_error(source, text, self.skip_lines)
         return SequenceRecord(steps, source, lines)
 
     # -- iteration -----------------------------------------------------------------------------
