@@ -350,6 +350,152 @@ int64_t py_first_non_finite(const py::array& x) {
   return check();
 }
 
+// -- LSTM steps ------------------------------------------------------------------------------
+
+nn::Activation lstm_activation_of(int code, const char* name) {
+  const nn::Activation act = nn::activation_of(code);
+  if (act != nn::Activation::identity && act != nn::Activation::tanh &&
+      act != nn::Activation::sigmoid)
+    throw py::value_error(std::string(name) + " must be identity, tanh or sigmoid (code 0, 5 or 6), got code " +
+                          std::to_string(code));
+  return act;
+}
+
+void expect_optional(const std::optional<py::array>& a, const char* name, std::size_t n,
+                     std::size_t m) {
+  if (a) expect_shape(*a, name, n, m);
+}
+
+// The sizes of a step: n examples, m units, t steps; s < t.
+struct StepSizes {
+  std::size_t n, m, t, s;
+};
+
+StepSizes step_sizes(const py::array& gates, int64_t t, int64_t s) {
+  const auto [n, w] = matrix_shape(gates, "gates");
+  if (w % 4 != 0 || w == 0)
+    throw py::value_error("gates must have 4 * units columns, got " + std::to_string(w));
+  if (t < 1 || s < 0 || s >= t)
+    throw py::value_error("step " + std::to_string(s) + " is outside [0, " + std::to_string(t) +
+                          ")");
+  return {n, w / 4, static_cast<std::size_t>(t), static_cast<std::size_t>(s)};
+}
+
+void py_lstm_forward_step(const py::array& gates, const py::array& zx, const py::array& bias,
+                          const std::optional<py::array>& mask,
+                          const std::optional<py::array>& c_prev,
+                          const std::optional<py::array>& h_prev, const py::array& c,
+                          const py::array& h, const std::optional<py::array>& out, int64_t t,
+                          int64_t s, int activation, int gate_activation) {
+  Args args;
+  args.add(gates, "gates", true);
+  args.add(zx, "zx", false);
+  args.add(bias, "bias", false);
+  if (mask) args.add(*mask, "mask", false);
+  if (c_prev) args.add(*c_prev, "c_prev", false);
+  if (h_prev) args.add(*h_prev, "h_prev", false);
+  args.add(c, "c", true);
+  args.add(h, "h", true);
+  if (out) args.add(*out, "out", true);
+  const StepSizes z = step_sizes(gates, t, s);
+  expect_shape(zx, "zx", z.n * z.t, 4 * z.m);
+  expect_vector(bias, "bias", 4 * z.m);
+  expect_optional(mask, "mask", z.n, z.t);
+  expect_optional(c_prev, "c_prev", z.n, z.m);
+  expect_optional(h_prev, "h_prev", z.n, z.m);
+  expect_shape(c, "c", z.n, z.m);
+  expect_shape(h, "h", z.n, z.m);
+  expect_optional(out, "out", z.n * z.t, z.m);
+  if (overlap(c, h) || overlap(gates, c) || overlap(gates, h) || (c_prev && overlap(c, *c_prev)) ||
+      (h_prev && overlap(h, *h_prev)))
+    throw py::value_error("an LSTM step's gates, c and h must not share memory with its inputs");
+  const Activation act = lstm_activation_of(activation, "activation");
+  const Activation gate = lstm_activation_of(gate_activation, "gate_activation");
+  const auto run = [&](auto zero) {
+    using T = decltype(zero);
+    nn::LstmForwardStep<T> p;
+    p.gates = mut<T>(gates);
+    p.zx = static_cast<const T*>(zx.data());
+    p.bias = static_cast<const T*>(bias.data());
+    p.mask = cptr<T>(mask);
+    p.c_prev = cptr<T>(c_prev);
+    p.h_prev = cptr<T>(h_prev);
+    p.c = mut<T>(c);
+    p.h = mut<T>(h);
+    p.out = mptr<T>(out);
+    p.n = z.n;
+    p.t = z.t;
+    p.s = z.s;
+    p.m = z.m;
+    py::gil_scoped_release release;
+    nn::lstm_forward_step(p, act, gate);
+  };
+  if (args.kind == Kind::f32)
+    run(0.0f);
+  else
+    run(0.0);
+}
+
+void py_lstm_backward_step(const py::array& gates, const py::array& c,
+                           const std::optional<py::array>& c_prev,
+                           const std::optional<py::array>& mask,
+                           const std::optional<py::array>& d_out,
+                           const std::optional<py::array>& dh_rec, const py::array& dh_carry,
+                           const py::array& dc, const py::array& dgates,
+                           const std::optional<py::array>& dgates_seq, int64_t t, int64_t s,
+                           int activation, int gate_activation) {
+  Args args;
+  args.add(gates, "gates", false);
+  args.add(c, "c", false);
+  if (c_prev) args.add(*c_prev, "c_prev", false);
+  if (mask) args.add(*mask, "mask", false);
+  if (d_out) args.add(*d_out, "d_out", false);
+  if (dh_rec) args.add(*dh_rec, "dh_rec", false);
+  args.add(dh_carry, "dh_carry", true);
+  args.add(dc, "dc", true);
+  args.add(dgates, "dgates", true);
+  if (dgates_seq) args.add(*dgates_seq, "dgates_seq", true);
+  const StepSizes z = step_sizes(gates, t, s);
+  expect_shape(c, "c", z.n, z.m);
+  expect_optional(c_prev, "c_prev", z.n, z.m);
+  expect_optional(mask, "mask", z.n, z.t);
+  expect_optional(d_out, "d_out", z.n * z.t, z.m);
+  expect_optional(dh_rec, "dh_rec", z.n, z.m);
+  expect_shape(dh_carry, "dh_carry", z.n, z.m);
+  expect_shape(dc, "dc", z.n, z.m);
+  expect_shape(dgates, "dgates", z.n, 4 * z.m);
+  expect_optional(dgates_seq, "dgates_seq", z.n * z.t, 4 * z.m);
+  if (overlap(dgates, gates) || overlap(dh_carry, dc) || overlap(dgates, dc) ||
+      overlap(dgates, dh_carry) || (dh_rec && overlap(*dh_rec, dh_carry)))
+    throw py::value_error("an LSTM backward step's outputs must be separate buffers");
+  const Activation act = lstm_activation_of(activation, "activation");
+  const Activation gate = lstm_activation_of(gate_activation, "gate_activation");
+  const auto run = [&](auto zero) {
+    using T = decltype(zero);
+    nn::LstmBackwardStep<T> p;
+    p.gates = static_cast<const T*>(gates.data());
+    p.c = static_cast<const T*>(c.data());
+    p.c_prev = cptr<T>(c_prev);
+    p.mask = cptr<T>(mask);
+    p.d_out = cptr<T>(d_out);
+    p.dh_rec = cptr<T>(dh_rec);
+    p.dh_carry = mut<T>(dh_carry);
+    p.dc = mut<T>(dc);
+    p.dgates = mut<T>(dgates);
+    p.dgates_seq = mptr<T>(dgates_seq);
+    p.n = z.n;
+    p.t = z.t;
+    p.s = z.s;
+    p.m = z.m;
+    py::gil_scoped_release release;
+    nn::lstm_backward_step(p, act, gate);
+  };
+  if (args.kind == Kind::f32)
+    run(0.0f);
+  else
+    run(0.0);
+}
+
 }  // namespace
 
 void register_nn(py::module_& m) {
@@ -380,6 +526,17 @@ void register_nn(py::module_& m) {
         "The flat (C-order) index of the first NaN or infinity in x (float32 or float64, "
         "C-contiguous), or -1 when every value is finite. One pass; the GIL is released for "
         "large arrays.");
+  m.def("nn_lstm_forward_step", &py_lstm_forward_step, "gates"_a, "zx"_a, "bias"_a, "mask"_a,
+        "c_prev"_a, "h_prev"_a, "c"_a, "h"_a, "out"_a, "t"_a, "s"_a, "activation"_a,
+        "gate_activation"_a,
+        "One LSTM forward step after gates = h_prev @ RW: adds zx (x @ W, [n * t, 4m] "
+        "example-major) at step s and the bias, activates the gates in place, writes c, the "
+        "carried h and out (h, 0 at a masked step) at step s.");
+  m.def("nn_lstm_backward_step", &py_lstm_backward_step, "gates"_a, "c"_a, "c_prev"_a,
+        "mask"_a, "d_out"_a, "dh_rec"_a, "dh_carry"_a, "dc"_a, "dgates"_a, "dgates_seq"_a,
+        "t"_a, "s"_a, "activation"_a, "gate_activation"_a,
+        "One LSTM backward step: the gates' pre-activation gradients of step s (also into "
+        "dgates_seq at step s), and the carried h and c gradients for step s - 1.");
 }
 
 }  // namespace sparkbatch::bindings

@@ -144,6 +144,30 @@ int64_t first_non_finite_in(const T* x, std::size_t begin, std::size_t end, Stop
   return -1;
 }
 
+// Calls f with an LSTM's activation and gate activation as compile-time constants (each one of
+// identity, tanh and sigmoid; the bindings refuse the others).
+template <Activation A>
+struct SimpleTag {
+  static constexpr Activation value = A;
+};
+
+template <typename F>
+void with_simple_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::tanh:
+      return f(SimpleTag<Activation::tanh>{});
+    case Activation::sigmoid:
+      return f(SimpleTag<Activation::sigmoid>{});
+    case Activation::identity:
+    default:
+      return f(SimpleTag<Activation::identity>{});
+  }
+}
+
+// An LSTM step costs a few transcendental functions per unit: weigh its units so that a
+// minibatch of 64 x 128 units goes to the pool.
+constexpr std::size_t kLstmUnitWork = 16;
+
 }  // namespace
 
 template <typename T>
@@ -439,6 +463,34 @@ int64_t first_non_finite(const T* x, std::size_t count) {
   return -1;
 }
 
+template <typename T>
+void lstm_forward_step(const LstmForwardStep<T>& p, Activation act, Activation gate) {
+  with_simple_activation(act, [&](auto act_tag) {
+    with_simple_activation(gate, [&](auto gate_tag) {
+      constexpr Activation A = decltype(act_tag)::value;
+      constexpr Activation G = decltype(gate_tag)::value;
+      for_pieces(p.n, p.n * p.m * kLstmUnitWork, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i)
+          for (std::size_t j = 0; j < p.m; ++j) lstm_forward_at(p, A, G, i, j);
+      });
+    });
+  });
+}
+
+template <typename T>
+void lstm_backward_step(const LstmBackwardStep<T>& p, Activation act, Activation gate) {
+  with_simple_activation(act, [&](auto act_tag) {
+    with_simple_activation(gate, [&](auto gate_tag) {
+      constexpr Activation A = decltype(act_tag)::value;
+      constexpr Activation G = decltype(gate_tag)::value;
+      for_pieces(p.n, p.n * p.m * kLstmUnitWork, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i)
+          for (std::size_t j = 0; j < p.m; ++j) lstm_backward_at(p, A, G, i, j);
+      });
+    });
+  });
+}
+
 #define SPARKBATCH_NN_INSTANTIATE(T)                                                             \
   template void bias_activation<T>(T*, const T*, T*, std::size_t, std::size_t, Activation, T);  \
   template void activation_backward<T>(const T*, const T*, const T*, T*, T*, std::size_t,        \
@@ -452,7 +504,9 @@ int64_t first_non_finite(const T* x, std::size_t count) {
   template void add_into<T>(T*, const T*, std::size_t);                                          \
   template void axpy<T>(T*, const T*, T, std::size_t);                                           \
   template void dropout<T>(T*, std::size_t, double, uint64_t);                                   \
-  template int64_t first_non_finite<T>(const T*, std::size_t);
+  template int64_t first_non_finite<T>(const T*, std::size_t);                                \
+  template void lstm_forward_step<T>(const LstmForwardStep<T>&, Activation, Activation);        \
+  template void lstm_backward_step<T>(const LstmBackwardStep<T>&, Activation, Activation);
 
 SPARKBATCH_NN_INSTANTIATE(float)
 SPARKBATCH_NN_INSTANTIATE(double)

@@ -64,4 +64,17 @@ void dropout(T* x, std::size_t count, double rate, uint64_t seed);
 template <typename T>
 int64_t first_non_finite(const T* x, std::size_t count);
 
+// One forward step of an LSTM layer for every example (LstmForwardStep in nn_math.hpp), after
+// the caller's recurrent product p.gates = h_{s-1} @ RW: adds x @ W and the bias, activates the
+// gates, and writes c_s, the carried h_s and the output at step s. `act` and `gate` are each
+// identity, tanh or sigmoid.
+template <typename T>
+void lstm_forward_step(const LstmForwardStep<T>& p, Activation act, Activation gate);
+
+// One backward step (LstmBackwardStep): the gates' pre-activation gradients of step s, with the
+// carried h and c gradients updated for step s-1. The caller then computes dh_rec for step s-1
+// as p.dgates @ RW^T.
+template <typename T>
+void lstm_backward_step(const LstmBackwardStep<T>& p, Activation act, Activation gate);
+
 }  // namespace sparkbatch::nn

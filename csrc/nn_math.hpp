@@ -284,4 +284,141 @@ SB_HD T dropout_factor(uint64_t seed, uint64_t i, uint64_t threshold, T inv_keep
   return (mix64(seed, i) >> 32) < threshold ? inv_keep : T(0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// LSTM (DL4J's, without peepholes). A row of 4m gate pre-activations holds, as DL4J's
+// LSTMHelpers orders them: [0, m) the block input (the layer's activation), [m, 2m) the forget
+// gate, [2m, 3m) the output gate, [3m, 4m) the input gate (the gate activation):
+//   c_s = f * c_{s-1} + i * a,   h_s = o * act(c_s).
+// At a masked step (features mask 0) c and h are carried through unchanged and the output is 0.
+// The activations are those whose gradient needs only their output (identity, tanh, sigmoid).
+
+// The arrays of one forward step s of n examples of m units (see nn_kernels.hpp).
+template <typename T>
+struct LstmForwardStep {
+  T* gates = nullptr;         // [n, 4m]: h_{s-1} @ RW on entry, the activations on exit
+  const T* zx = nullptr;      // [n, t, 4m] example-major: x @ W at every step
+  const T* bias = nullptr;    // [4m]
+  const T* mask = nullptr;    // [n, t], or null: every step is real
+  const T* c_prev = nullptr;  // [n, m], or null: zeros (s = 0)
+  const T* h_prev = nullptr;  // [n, m], or null: zeros
+  T* c = nullptr;             // [n, m]: c_s
+  T* h = nullptr;             // [n, m]: the carried h after step s
+  T* out = nullptr;           // [n, t, m] example-major, or null: h_s, 0 at a masked step
+  std::size_t n = 0, t = 0, s = 0, m = 0;
+};
+
+// The arrays of one backward step s, run for s = t-1 down to 0.
+template <typename T>
+struct LstmBackwardStep {
+  const T* gates = nullptr;   // [n, 4m]: the activations of step s
+  const T* c = nullptr;       // [n, m]: c_s
+  const T* c_prev = nullptr;  // [n, m], or null: zeros
+  const T* mask = nullptr;    // [n, t], or null
+  const T* d_out = nullptr;   // [n, t, m] example-major, or null: d(loss)/d(output)
+  const T* dh_rec = nullptr;  // [n, m], or null: d(loss)/d(h_s) through step s+1's h_s @ RW
+  T* dh_carry = nullptr;      // [n, m] in/out: d(loss)/d(h_s) carried past masked steps
+  T* dc = nullptr;            // [n, m] in/out: d(loss)/d(c_s) on entry, d/d(c_{s-1}) on exit
+  T* dgates = nullptr;        // [n, 4m]: d(loss)/d(pre-activations), 0 at a masked step
+  T* dgates_seq = nullptr;    // [n, t, 4m] example-major, or null: dgates stored at step s
+  std::size_t n = 0, t = 0, s = 0, m = 0;
+};
+
+// Whether step s of example i is real.
+template <typename T>
+SB_HD bool lstm_real(const T* mask, std::size_t i, std::size_t t, std::size_t s) {
+  return mask == nullptr || mask[i * t + s] != T(0);
+}
+
+// One unit's forward: pre-activations (za, zf, zo, zi) to activations, c and h.
+template <typename T>
+SB_HD void lstm_unit_forward(Activation act, Activation gate, T za, T zf, T zo, T zi, T c_prev,
+                             T* a, T* f, T* o, T* ig, T* c, T* h) {
+  *a = activate(act, za, T(0));
+  *f = activate(gate, zf, T(0));
+  *o = activate(gate, zo, T(0));
+  *ig = activate(gate, zi, T(0));
+  *c = *f * c_prev + *ig * *a;
+  *h = *o * activate(act, *c, T(0));
+}
+
+// One unit's backward from its activations, c_s, c_{s-1} and dh = d(loss)/d(h_s); *dc holds
+// d(loss)/d(c_s) from later steps on entry and d(loss)/d(c_{s-1}) on exit.
+template <typename T>
+SB_HD void lstm_unit_backward(Activation act, Activation gate, T a, T f, T o, T ig, T c,
+                              T c_prev, T dh, T* dc, T* dza, T* dzf, T* dzo, T* dzi) {
+  const T ac = activate(act, c, T(0));
+  const T dct = *dc + dh * o * activation_grad(act, c, ac, T(0));
+  *dzo = dh * ac * activation_grad(gate, T(0), o, T(0));
+  *dza = dct * ig * activation_grad(act, T(0), a, T(0));
+  *dzi = dct * a * activation_grad(gate, T(0), ig, T(0));
+  *dzf = dct * c_prev * activation_grad(gate, T(0), f, T(0));
+  *dc = dct * f;
+}
+
+// Forward of unit j of example i at step p.s.
+template <typename T>
+SB_HD void lstm_forward_at(const LstmForwardStep<T>& p, Activation act, Activation gate,
+                           std::size_t i, std::size_t j) {
+  const std::size_t m = p.m, w = 4 * m;
+  const std::size_t u = i * m + j;
+  T* g = p.gates + i * w;
+  const std::size_t at = (i * p.t + p.s);
+  const T cp = p.c_prev != nullptr ? p.c_prev[u] : T(0);
+  if (!lstm_real(p.mask, i, p.t, p.s)) {
+    p.c[u] = cp;
+    p.h[u] = p.h_prev != nullptr ? p.h_prev[u] : T(0);
+    if (p.out != nullptr) p.out[at * m + j] = T(0);
+    g[j] = g[m + j] = g[2 * m + j] = g[3 * m + j] = T(0);
+    return;
+  }
+  const T* zx = p.zx + at * w;
+  const T* b = p.bias;
+  T a, f, o, ig, c, h;
+  lstm_unit_forward(act, gate, g[j] + zx[j] + b[j], g[m + j] + zx[m + j] + b[m + j],
+                    g[2 * m + j] + zx[2 * m + j] + b[2 * m + j],
+                    g[3 * m + j] + zx[3 * m + j] + b[3 * m + j], cp, &a, &f, &o, &ig, &c, &h);
+  g[j] = a;
+  g[m + j] = f;
+  g[2 * m + j] = o;
+  g[3 * m + j] = ig;
+  p.c[u] = c;
+  p.h[u] = h;
+  if (p.out != nullptr) p.out[at * m + j] = h;
+}
+
+// Backward of unit j of example i at step p.s.
+template <typename T>
+SB_HD void lstm_backward_at(const LstmBackwardStep<T>& p, Activation act, Activation gate,
+                            std::size_t i, std::size_t j) {
+  const std::size_t m = p.m, w = 4 * m;
+  const std::size_t u = i * m + j;
+  const std::size_t at = (i * p.t + p.s);
+  T* dg = p.dgates + i * w;
+  T* dgs = p.dgates_seq != nullptr ? p.dgates_seq + at * w : nullptr;
+  T dh = p.dh_carry[u] + (p.dh_rec != nullptr ? p.dh_rec[u] : T(0));
+  if (!lstm_real(p.mask, i, p.t, p.s)) {  // h and c went through unchanged; dc stays
+    p.dh_carry[u] = dh;
+    dg[j] = dg[m + j] = dg[2 * m + j] = dg[3 * m + j] = T(0);
+    if (dgs != nullptr) dgs[j] = dgs[m + j] = dgs[2 * m + j] = dgs[3 * m + j] = T(0);
+    return;
+  }
+  if (p.d_out != nullptr) dh += p.d_out[at * m + j];
+  p.dh_carry[u] = T(0);
+  const T* g = p.gates + i * w;
+  const T cp = p.c_prev != nullptr ? p.c_prev[u] : T(0);
+  T dza, dzf, dzo, dzi;
+  lstm_unit_backward(act, gate, g[j], g[m + j], g[2 * m + j], g[3 * m + j], p.c[u], cp, dh,
+                     &p.dc[u], &dza, &dzf, &dzo, &dzi);
+  dg[j] = dza;
+  dg[m + j] = dzf;
+  dg[2 * m + j] = dzo;
+  dg[3 * m + j] = dzi;
+  if (dgs != nullptr) {
+    dgs[j] = dza;
+    dgs[m + j] = dzf;
+    dgs[2 * m + j] = dzo;
+    dgs[3 * m + j] = dzi;
+  }
+}
+
 }  // namespace sparkbatch::nn

@@ -496,6 +496,149 @@ void py_max_backward(const DeviceBuffer& dout, const DeviceBuffer& x,
                  ptr<double>(dx), flat.count);
 }
 
+// -- LSTM steps, as _native.nn_lstm_*_step with DeviceBuffers -----------------------------------
+
+Activation lstm_activation_of(int code, const char* name) {
+  const Activation act = nn::activation_of(code);
+  if (act != Activation::identity && act != Activation::tanh && act != Activation::sigmoid)
+    throw py::value_error(std::string(name) +
+                          " must be identity, tanh or sigmoid (code 0, 5 or 6), got code " +
+                          std::to_string(code));
+  return act;
+}
+
+void expect_optional(const DeviceBuffer* b, const char* name, std::size_t n, std::size_t m) {
+  if (b != nullptr) expect_shape(*b, name, n, m);
+}
+
+struct StepSizes {
+  std::size_t n, m, t, s;
+};
+
+StepSizes step_sizes(const DeviceBuffer& gates, int64_t t, int64_t s) {
+  const auto [n, w] = matrix_shape(gates, "gates");
+  if (w % 4 != 0 || w == 0)
+    throw py::value_error("gates must have 4 * units columns, got " + std::to_string(w));
+  if (t < 1 || s < 0 || s >= t)
+    throw py::value_error("step " + std::to_string(s) + " is outside [0, " + std::to_string(t) +
+                          ")");
+  return {n, w / 4, static_cast<std::size_t>(t), static_cast<std::size_t>(s)};
+}
+
+void py_lstm_forward_step(const DeviceBuffer& gates, const DeviceBuffer& zx,
+                          const DeviceBuffer& bias, const DeviceBuffer* mask,
+                          const DeviceBuffer* c_prev, const DeviceBuffer* h_prev,
+                          const DeviceBuffer& c, const DeviceBuffer& h, const DeviceBuffer* out,
+                          int64_t t, int64_t s, int activation, int gate_activation) {
+  Args args;
+  args.add(gates, "gates");
+  args.add(zx, "zx");
+  args.add(bias, "bias");
+  args.add(mask, "mask");
+  args.add(c_prev, "c_prev");
+  args.add(h_prev, "h_prev");
+  args.add(c, "c");
+  args.add(h, "h");
+  args.add(out, "out");
+  const StepSizes z = step_sizes(gates, t, s);
+  expect_shape(zx, "zx", z.n * z.t, 4 * z.m);
+  expect_vector(&bias, "bias", 4 * z.m);
+  expect_optional(mask, "mask", z.n, z.t);
+  expect_optional(c_prev, "c_prev", z.n, z.m);
+  expect_optional(h_prev, "h_prev", z.n, z.m);
+  expect_shape(c, "c", z.n, z.m);
+  expect_shape(h, "h", z.n, z.m);
+  expect_optional(out, "out", z.n * z.t, z.m);
+  if (overlap(c, h) || overlap(gates, c) || overlap(gates, h) ||
+      (c_prev != nullptr && overlap(c, *c_prev)) || (h_prev != nullptr && overlap(h, *h_prev)))
+    throw py::value_error("an LSTM step's gates, c and h must not share memory with its inputs");
+  const Activation act = lstm_activation_of(activation, "activation");
+  const Activation gate = lstm_activation_of(gate_activation, "gate_activation");
+  const auto run = [&](auto zero) {
+    using T = decltype(zero);
+    nn::LstmForwardStep<T> p;
+    p.gates = ptr<T>(gates);
+    p.zx = ptr<const T>(zx);
+    p.bias = ptr<const T>(bias);
+    p.mask = ptr<const T>(mask);
+    p.c_prev = ptr<const T>(c_prev);
+    p.h_prev = ptr<const T>(h_prev);
+    p.c = ptr<T>(c);
+    p.h = ptr<T>(h);
+    p.out = ptr<T>(out);
+    p.n = z.n;
+    p.t = z.t;
+    p.s = z.s;
+    p.m = z.m;
+    py::gil_scoped_release release;
+    const DeviceGuard guard(args.device);
+    lstm_forward_step(p, act, gate);
+  };
+  if (args.dtype == DType::f32)
+    run(0.0f);
+  else
+    run(0.0);
+}
+
+void py_lstm_backward_step(const DeviceBuffer& gates, const DeviceBuffer& c,
+                           const DeviceBuffer* c_prev, const DeviceBuffer* mask,
+                           const DeviceBuffer* d_out, const DeviceBuffer* dh_rec,
+                           const DeviceBuffer& dh_carry, const DeviceBuffer& dc,
+                           const DeviceBuffer& dgates, const DeviceBuffer* dgates_seq, int64_t t,
+                           int64_t s, int activation, int gate_activation) {
+  Args args;
+  args.add(gates, "gates");
+  args.add(c, "c");
+  args.add(c_prev, "c_prev");
+  args.add(mask, "mask");
+  args.add(d_out, "d_out");
+  args.add(dh_rec, "dh_rec");
+  args.add(dh_carry, "dh_carry");
+  args.add(dc, "dc");
+  args.add(dgates, "dgates");
+  args.add(dgates_seq, "dgates_seq");
+  const StepSizes z = step_sizes(gates, t, s);
+  expect_shape(c, "c", z.n, z.m);
+  expect_optional(c_prev, "c_prev", z.n, z.m);
+  expect_optional(mask, "mask", z.n, z.t);
+  expect_optional(d_out, "d_out", z.n * z.t, z.m);
+  expect_optional(dh_rec, "dh_rec", z.n, z.m);
+  expect_shape(dh_carry, "dh_carry", z.n, z.m);
+  expect_shape(dc, "dc", z.n, z.m);
+  expect_shape(dgates, "dgates", z.n, 4 * z.m);
+  expect_optional(dgates_seq, "dgates_seq", z.n * z.t, 4 * z.m);
+  if (overlap(dgates, gates) || overlap(dh_carry, dc) || overlap(dgates, dc) ||
+      overlap(dgates, dh_carry) || (dh_rec != nullptr && overlap(*dh_rec, dh_carry)))
+    throw py::value_error("an LSTM backward step's outputs must be separate buffers");
+  const Activation act = lstm_activation_of(activation, "activation");
+  const Activation gate = lstm_activation_of(gate_activation, "gate_activation");
+  const auto run = [&](auto zero) {
+    using T = decltype(zero);
+    nn::LstmBackwardStep<T> p;
+    p.gates = ptr<const T>(gates);
+    p.c = ptr<const T>(c);
+    p.c_prev = ptr<const T>(c_prev);
+    p.mask = ptr<const T>(mask);
+    p.d_out = ptr<const T>(d_out);
+    p.dh_rec = ptr<const T>(dh_rec);
+    p.dh_carry = ptr<T>(dh_carry);
+    p.dc = ptr<T>(dc);
+    p.dgates = ptr<T>(dgates);
+    p.dgates_seq = ptr<T>(dgates_seq);
+    p.n = z.n;
+    p.t = z.t;
+    p.s = z.s;
+    p.m = z.m;
+    py::gil_scoped_release release;
+    const DeviceGuard guard(args.device);
+    lstm_backward_step(p, act, gate);
+  };
+  if (args.dtype == DType::f32)
+    run(0.0f);
+  else
+    run(0.0);
+}
+
 }  // namespace
 
 void register_kernels(py::module_& m) {
@@ -541,6 +684,13 @@ void register_kernels(py::module_& m) {
   m.def("nn_maximum", &py_maximum, "a"_a, "b"_a, "out"_a,
         "out = max(a, b) element-wise, NaN where either is (as numpy.maximum); out may be a or "
         "b.");
+  m.def("nn_lstm_forward_step", &py_lstm_forward_step, "gates"_a, "zx"_a, "bias"_a, "mask"_a,
+        "c_prev"_a, "h_prev"_a, "c"_a, "h"_a, "out"_a, "t"_a, "s"_a, "activation"_a,
+        "gate_activation"_a, "One LSTM forward step, as _native.nn_lstm_forward_step.");
+  m.def("nn_lstm_backward_step", &py_lstm_backward_step, "gates"_a, "c"_a, "c_prev"_a,
+        "mask"_a, "d_out"_a, "dh_rec"_a, "dh_carry"_a, "dc"_a, "dgates"_a, "dgates_seq"_a,
+        "t"_a, "s"_a, "activation"_a, "gate_activation"_a,
+        "One LSTM backward step, as _native.nn_lstm_backward_step.");
   m.def("nn_max_backward", &py_max_backward, "dout"_a, "x"_a, "remaining"_a, "dx"_a,
         "Gradient of a max for one input x: where x == remaining, dx = dout and remaining = NaN "
         "(a tie goes to the first input called), else dx = 0. All four buffers distinct.");

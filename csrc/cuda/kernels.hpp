@@ -102,4 +102,14 @@ void maximum(const T* a, const T* b, T* out, std::size_t count);
 template <typename T>
 void max_backward(const T* dout, const T* x, T* remaining, T* dx, std::size_t count);
 
+// -- the LSTM's gate arithmetic (kernels_recurrent.cu) -------------------------------------------
+
+// One LSTM step, forward and backward: see lstm_forward_step and lstm_backward_step in
+// nn_kernels.hpp (the structs are in nn_math.hpp). `act` and `gate` are identity, tanh or sigmoid.
+template <typename T>
+void lstm_forward_step(const nn::LstmForwardStep<T>& p, Activation act, Activation gate);
+
+template <typename T>
+void lstm_backward_step(const nn::LstmBackwardStep<T>& p, Activation act, Activation gate);
+
 }  // namespace sparkbatch::cuda

@@ -2,7 +2,8 @@
 over a CPU or CUDA backend.
 
 ``Network(layers, updater, seed=...)`` with :class:`Dense` hidden layers and one :class:`Output`
-layer; ``Graph(inputs, vertices, outputs, updater)`` for several inputs and outputs, with
+layer, or recurrent layers (:class:`LSTM`, :class:`RnnOutput`, :class:`LastTimeStep`);
+``Graph(inputs, vertices, outputs, updater)`` for several inputs and outputs, with
 :class:`Merge` and :class:`ElementWise` vertices; updaters :class:`SGD`, :class:`Momentum`,
 :class:`Nesterov`, :class:`Adam`, :class:`RMSProp` with optional :class:`StepSchedule` /
 :class:`ExponentialSchedule`. They are what ``sparkbatch.train`` trains across Spark executors by
@@ -13,6 +14,7 @@ from .functions import ACTIVATIONS, LOSSES
 from .graph import Graph
 from .layers import WEIGHT_INITS, Dense, Layer, Output
 from .network import Network
+from .recurrent import LSTM, LastTimeStep, RnnOutput
 from .updaters import (
     SGD,
     Adam,
@@ -32,6 +34,9 @@ __all__ = [
     "WEIGHT_INITS",
     "Dense",
     "Output",
+    "LSTM",
+    "RnnOutput",
+    "LastTimeStep",
     "Network",
     "Graph",
     "Layer",

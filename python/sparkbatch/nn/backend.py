@@ -161,6 +161,50 @@ class Backend:
         """Inverted dropout in place; the mask is a function of ``(seed, index)``."""
         raise NotImplementedError
 
+    def column_sums(self, x: Any, out: Any) -> None:
+        """``out`` = the column sums of ``x [rows, m]`` (a bias gradient)."""
+        raise NotImplementedError
+
+    def lstm_forward_step(
+        self,
+        gates: Any,
+        zx: Any,
+        bias: Any,
+        mask: Any,
+        c_prev: Any,
+        h_prev: Any,
+        c: Any,
+        h: Any,
+        out: Any,
+        t: int,
+        s: int,
+        activation: int,
+        gate_activation: int,
+    ) -> None:
+        """One LSTM forward step after ``gates = h_prev @ RW``: see ``lstm_forward_step`` in
+        ``csrc/nn_kernels.hpp`` (``mask``, ``c_prev``, ``h_prev`` and ``out`` may be None)."""
+        raise NotImplementedError
+
+    def lstm_backward_step(
+        self,
+        gates: Any,
+        c: Any,
+        c_prev: Any,
+        mask: Any,
+        d_out: Any,
+        dh_rec: Any,
+        dh_carry: Any,
+        dc: Any,
+        dgates: Any,
+        dgates_seq: Any,
+        t: int,
+        s: int,
+        activation: int,
+        gate_activation: int,
+    ) -> None:
+        """One LSTM backward step: see ``lstm_backward_step`` in ``csrc/nn_kernels.hpp``."""
+        raise NotImplementedError
+
     # -- element-wise ------------------------------------------------------------------------
 
     def updater_step(
@@ -294,6 +338,13 @@ class CpuBackend(Backend):
 
     def dropout(self, x, rate, seed) -> None:
         _native.nn_dropout(x, rate, seed)
+
+    def column_sums(self, x, out) -> None:
+        # The identity's gradient is the input itself (no pass): only the column sums run.
+        _native.nn_activation_backward(x, None, x, x, out, 0, 0.0)
+
+    lstm_forward_step = staticmethod(_native.nn_lstm_forward_step)
+    lstm_backward_step = staticmethod(_native.nn_lstm_backward_step)
 
     def updater_step(self, code, params, grads, state, hyper) -> None:
         _native.nn_updater_step(code, params, grads, state, **hyper)

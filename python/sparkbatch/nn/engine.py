@@ -11,6 +11,15 @@ flat parameter, gradient and updater-state buffers (every layer's parameters are
 them), work arrays for the last few batch sizes (so a step allocates nothing), and the step:
 forward in topological order, the fused loss of every output, backward in reverse order with the
 gradients of an array used by several vertices summed, then the updater.
+
+Sequences (NOTE [rows of a sequence]): an input ``[n, w, t]`` arrives as rows ``[n * t, w]``,
+example-major (row ``i * t + s`` is step ``s`` of example ``i``), described by :class:`Steps`
+(``n``, ``t``, which inputs are sequences, their features masks). Row-wise layers (``Dense``,
+``Output``) see every step as a row; a layer whose ``time`` is ``"sequence"`` (``LSTM``,
+``RnnOutput``) is handed ``n``, ``t`` and its input's features mask through its work dict
+(``work["mask"]``); one whose ``time`` is ``"last_step"`` (``LastTimeStep``) turns ``n * t``
+rows into ``n``. So each slot has its own row count, and the work arrays are kept per
+:attr:`Steps.key`.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from .backend import Backend
 from .layers import Layer, Output
 from .vertices import Vertex
 
-__all__ = ["Node", "Topology", "Engine", "dropout_seed"]
+__all__ = ["Node", "Topology", "Engine", "Steps", "dropout_seed"]
 
 _WORKSPACES_KEPT = 4  # batch sizes whose work arrays are kept (the last batch is often smaller)
 _MASK64 = (1 << 64) - 1
@@ -38,6 +47,37 @@ def dropout_seed(seed: int, iteration: int, stream: int, layer: int) -> int:
     for a model seeded ``seed``; ``stream`` (a worker's index) gives other masks."""
     mixed = stream * 0x9E3779B97F4A7C15
     return (((seed * 0x100000001B3 + iteration) * 1_000_003 + layer) ^ mixed) & _MASK64
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The layout of a minibatch's rows: ``n`` examples; per input whether it is a sequence of
+    ``t`` steps (``n * t`` rows, example-major) or one row per example, and its features mask
+    (``[n, t]`` host array of the model's dtype, 1 for a real step, 0 for padding; or None)."""
+
+    n: int
+    t: int
+    sequences: tuple[bool, ...]
+    masks: tuple[np.ndarray | None, ...]
+
+    @classmethod
+    def rows_only(cls, rows: int, num_inputs: int) -> Steps:
+        """Every input one row per example (what callers that give bare rows mean)."""
+        return cls(rows, 1, (False,) * num_inputs, (None,) * num_inputs)
+
+    @property
+    def key(self) -> tuple[int, int, tuple[bool, ...]]:
+        """What the work arrays depend on (masks are per minibatch)."""
+        return (self.n, self.t, self.sequences)
+
+    def rows(self, sequence: bool) -> int:
+        """The row count of a slot that holds a sequence (or not)."""
+        return self.n * self.t if sequence else self.n
+
+    def part(self, begin: int, end: int) -> Steps:
+        """Examples ``[begin, end)``."""
+        masks = tuple(None if m is None else m[begin:end] for m in self.masks)
+        return Steps(min(end, self.n) - begin, self.t, self.sequences, masks)
 
 
 @dataclass
@@ -96,6 +136,34 @@ class Topology:
         for node in self.nodes:
             needs[node.slot] = bool(node.params) or any(needs[i] for i in node.inputs)
         self.needs_grad = needs
+        # Per slot, the input whose features mask governs it (-1: none, e.g. after LastTimeStep).
+        source = list(range(len(self.inputs))) + [-1] * len(self.nodes)
+        for node in self.nodes:
+            if node.is_layer and node.op.time == "last_step":
+                continue
+            source[node.slot] = next((source[i] for i in node.inputs if source[i] >= 0), -1)
+        self.mask_source = source
+
+    def slot_sequences(self, sequences: Sequence[bool]) -> list[bool]:
+        """Per slot, whether it holds sequences when the inputs' are ``sequences``; ValueError
+        naming the vertex that needs sequences and gets rows, or mixes the two."""
+        flags = list(sequences) + [False] * len(self.nodes)
+        for node in self.nodes:
+            ins = [flags[i] for i in node.inputs]
+            time = node.op.time if node.is_layer else "rows"
+            if time != "rows" and not ins[0]:
+                name = type(node.op).__name__
+                raise ValueError(
+                    f"{node.title} ({name}) needs sequences [n, {node.op.n_in}, t]: its input "
+                    f"holds one row per example (features [n, width], or after LastTimeStep)"
+                )
+            if len(set(ins)) > 1:
+                raise ValueError(
+                    f"{node.title} combines sequences with one-row-per-example inputs; give "
+                    "every input of a vertex the same kind"
+                )
+            flags[node.slot] = ins[0] and time != "last_step"
+        return flags
 
     @property
     def layers(self) -> list[Node]:
@@ -131,11 +199,18 @@ class _Workspace:
     """Work arrays for one batch size: per node its ``work`` dict, per slot the gradient
     arrays, and the resolved backward steps."""
 
-    def __init__(self, topology: Topology, backend: Backend, rows: int) -> None:
+    def __init__(self, topology: Topology, backend: Backend, steps: Steps) -> None:
         wanted: list[tuple[int, str, tuple[int, ...]]] = []  # (node or -slot-1, key, shape)
         works: list[dict[str, Any]] = []
+        sequences = topology.slot_sequences(steps.sequences)
+        #: Per slot, its number of rows.
+        self.rows = [steps.rows(flag) for flag in sequences]
+        self.sequences = sequences
         for position, node in enumerate(topology.nodes):
-            if node.is_layer:
+            rows = self.rows[node.inputs[0]]
+            if node.is_layer and node.op.time != "rows":
+                shapes = node.op.sequence_work_shapes(steps.n, steps.t)
+            elif node.is_layer:
                 shapes = node.op.work_shapes(rows)
             else:
                 widths = [topology.slot_widths[i] for i in node.inputs]
@@ -156,14 +231,17 @@ class _Workspace:
                     uses[i] = uses.get(i, 0) + 1
         for slot, count in uses.items():
             for k in range(count):
-                wanted.append((-1, f"d{slot}.{k}", (rows, topology.slot_widths[slot])))
+                wanted.append((-1, f"d{slot}.{k}", (self.rows[slot], topology.slot_widths[slot])))
         n_inputs = len(topology.inputs)
         if backend.stages:  # device copies of the minibatch
             for i, (_, width) in enumerate(topology.inputs):
-                wanted.append((-1, f"x{i}", (rows, width)))
+                wanted.append((-1, f"x{i}", (self.rows[i], width)))
+                if steps.sequences[i]:
+                    wanted.append((-1, f"m{i}", (steps.n, steps.t)))
             for k, index in enumerate(topology.outputs):
-                wanted.append((-1, f"y{k}", (rows, topology.nodes[index].width)))
-                wanted.append((-1, f"w{k}", (rows,)))
+                out_rows = self.rows[topology.nodes[index].slot]
+                wanted.append((-1, f"y{k}", (out_rows, topology.nodes[index].width)))
+                wanted.append((-1, f"w{k}", (out_rows,)))
         arrays = backend.carve([shape for _, _, shape in wanted])
         extra: dict[str, Any] = {}
         for (position, key, _), array in zip(wanted, arrays, strict=True):
@@ -174,6 +252,7 @@ class _Workspace:
                     work[key] = work[value]
         self.works = works
         self.x = [extra.get(f"x{i}") for i in range(n_inputs)]
+        self.m = [extra.get(f"m{i}") for i in range(n_inputs)]
         self.y = [extra.get(f"y{k}") for k in range(len(topology.outputs))]
         self.w = [extra.get(f"w{k}") for k in range(len(topology.outputs))]
         self.values: list[Any] = [None] * topology.num_slots
@@ -252,26 +331,53 @@ class Engine:
             self.backend.copy(state, self.state)
             self.state = state
 
-    def workspace(self, rows: int) -> _Workspace:
-        ws = self._workspaces.get(rows)
+    def workspace(self, steps: Steps) -> _Workspace:
+        key = steps.key
+        ws = self._workspaces.get(key)
         if ws is None:
-            ws = self._workspaces[rows] = _Workspace(self.topology, self.backend, rows)
+            ws = self._workspaces[key] = _Workspace(self.topology, self.backend, steps)
             while len(self._workspaces) > _WORKSPACES_KEPT:
                 self._workspaces.popitem(last=False)
         else:
-            self._workspaces.move_to_end(rows)
+            self._workspaces.move_to_end(key)
         return ws
+
+    def _steps(self, xs: Sequence[Any], steps: Steps | None) -> Steps:
+        if steps is None:
+            return Steps.rows_only(xs[0].shape[0], len(self.topology.inputs))
+        return steps
 
     # -- the step ------------------------------------------------------------------------------
 
-    def forward(self, ws: _Workspace, xs: Sequence[Any], seeds: list[int] | None) -> None:
-        """Run every node; ``seeds`` (from :meth:`seeds`) when training, None for inference."""
+    def forward(
+        self,
+        ws: _Workspace,
+        xs: Sequence[Any],
+        seeds: list[int] | None,
+        steps: Steps | None = None,
+    ) -> None:
+        """Run every node; ``seeds`` (from :meth:`seeds`) when training, None for inference;
+        ``steps`` gives the sequences' layout and masks (None: rows only)."""
         backend, values = self.backend, ws.values
         for i, x in enumerate(xs):
+            if x.shape[0] != ws.rows[i]:
+                raise ValueError(
+                    f"features[{i}] has {x.shape[0]} rows, expected {ws.rows[i]} (examples "
+                    "times time steps for a sequence)"
+                )
             values[i] = backend.stage(x, ws.x[i])
+        masks = [None] * len(xs)
+        if steps is not None:
+            masks = [
+                None if m is None or not steps.sequences[i] else backend.stage(m, ws.m[i])
+                for i, m in enumerate(steps.masks)
+            ]
         for k, (node, params, work) in enumerate(
             zip(self.topology.nodes, self.param_views, ws.works, strict=True)
         ):
+            if node.is_layer and node.op.time != "rows":
+                source = self.topology.mask_source[node.inputs[0]]
+                work["mask"] = masks[source] if source >= 0 else None
             if node.is_layer:
                 values[node.slot] = node.op.forward(
                     backend,
@@ -289,18 +395,21 @@ class Engine:
         ys: Sequence[Any],
         weights: Sequence[Any],
         seeds: list[int],
+        steps: Steps | None = None,
     ) -> float:
         """Fill :attr:`grads` for one minibatch (rows of every input, of every output's labels,
-        and per output None or the per-row loss weights on the host); returns the score: the
-        sum over outputs of the mean (weighted) loss, plus the L2 penalty."""
+        and per output None or the per-row loss weights on the host; ``steps`` for sequences);
+        returns the score: the sum over outputs of the mean (weighted) loss, plus the L2
+        penalty."""
         backend, topology = self.backend, self.topology
-        rows = xs[0].shape[0]
-        ws = self.workspace(rows)
-        self.forward(ws, xs, seeds)
+        steps = self._steps(xs, steps)
+        ws = self.workspace(steps)
+        self.forward(ws, xs, seeds, steps)
         score = 0.0
         for k, index in enumerate(topology.outputs):
             node = topology.nodes[index]
             w = weights[k]
+            rows = self._label_rows(ws, k, ys[k])
             divisor = float(rows if w is None else w.sum())
             loss = node.op.loss_gradient(
                 backend,
@@ -343,22 +452,46 @@ class Engine:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def infer(self, xs: Sequence[Any]) -> list[Any]:
+    def infer(self, xs: Sequence[Any], steps: Steps | None = None) -> list[Any]:
         """The activations of every output for input rows ``xs`` (arrays of the workspace,
         valid until the next call)."""
-        ws = self.workspace(xs[0].shape[0])
-        self.forward(ws, xs, None)
+        steps = self._steps(xs, steps)
+        ws = self.workspace(steps)
+        self.forward(ws, xs, None, steps)
         return [ws.values[self.topology.nodes[i].slot] for i in self.topology.outputs]
 
+    def output_sequences(self, steps: Steps) -> list[bool]:
+        """Per output, whether it gives a row per time step for inputs laid out as ``steps``."""
+        flags = self.topology.slot_sequences(steps.sequences)
+        return [flags[self.topology.nodes[i].slot] for i in self.topology.outputs]
+
+    def _label_rows(self, ws: _Workspace, k: int, y: Any) -> int:
+        """The rows of output ``k``; ValueError when labels ``y`` have another count."""
+        node = self.topology.nodes[self.topology.outputs[k]]
+        rows = ws.rows[node.slot]
+        if y.shape[0] != rows:
+            per = "time step of each example" if ws.sequences[node.slot] else "example"
+            raise ValueError(
+                f"the labels of {node.title} have {y.shape[0]} rows but it gives {rows}, one "
+                f"per {per}"
+            )
+        return rows
+
     def loss_sums(
-        self, xs: Sequence[Any], ys: Sequence[Any], weights: Sequence[Any]
+        self,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        weights: Sequence[Any],
+        steps: Steps | None = None,
     ) -> list[float]:
         """Per output, the sum of the (weighted) loss terms over the rows (no L2)."""
-        ws = self.workspace(xs[0].shape[0])
-        self.forward(ws, xs, None)
+        steps = self._steps(xs, steps)
+        ws = self.workspace(steps)
+        self.forward(ws, xs, None, steps)
         sums = []
         for k, index in enumerate(self.topology.outputs):
             node = self.topology.nodes[index]
+            self._label_rows(ws, k, ys[k])
             y = self.backend.stage(ys[k], ws.y[k])
             w = self._stage_weights(weights[k], ws.w[k])
             sums.append(node.op.loss_sum(self.backend, ws.works[index], y, w))

@@ -4,7 +4,7 @@
 :class:`FlatModel` implements the ``Model`` protocol of :mod:`sparkbatch.train` once: the
 parameters, gradients and updater state as flat buffers, the counters, ``fit_batch`` with its
 checks for non-finite values, ``fit``, ``score``, moving between devices, files and pickling.
-A subclass says how a minibatch becomes rows for its inputs and outputs (:meth:`_arrays`),
+A subclass says how a minibatch becomes rows for its inputs and outputs (:meth:`_batch_rows`),
 and what its configuration is.
 """
 
@@ -33,7 +33,7 @@ from ..data import DataSet, MultiDataSet
 from ..data.format import load_tensors, save_tensors
 from ..errors import DivergenceError, FormatError, NonFiniteError
 from .backend import make_backend
-from .engine import Engine, Topology, params_by_node
+from .engine import Engine, Steps, Topology, params_by_node
 from .updaters import Adam, Updater
 
 __all__ = ["FlatModel"]
@@ -42,7 +42,9 @@ INFERENCE_ROWS = 4096  # rows per forward pass of output() and score() when none
 
 log = logging.getLogger("sparkbatch.nn")
 
-Rows = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]
+#: Per input its rows, per output its label rows and None or its per-row loss weights, and the
+#: minibatch's layout (None: every input one row per example).
+Rows = tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None], Steps | None]
 
 
 class FlatModel:
@@ -191,7 +193,7 @@ class FlatModel:
         """:meth:`fit_batch` less its ``np.errstate``: the caller holds
         ``np.errstate(over="ignore", invalid="ignore")`` around its loop (entering it costs
         as much as a small step's data check)."""
-        return self._step(self._arrays(batch), batch)
+        return self._step(self._batch_rows(batch), batch)
 
     def fit_arrays(
         self,
@@ -207,10 +209,10 @@ class FlatModel:
         gradient hold."""
         weights = list(weights) if weights is not None else [None] * len(labels)
         with np.errstate(over="ignore", invalid="ignore"):
-            return self._step((list(features), list(labels), weights), None)
+            return self._step((list(features), list(labels), weights, None), None)
 
     def _step(self, rows: Rows, batch: Any) -> float:
-        """Gradients, their checks and the update, for :meth:`_arrays`' rows of ``batch``."""
+        """Gradients, their checks and the update, for :meth:`_batch_rows`' rows of ``batch``."""
         engine = self._engine
         score = self._gradients(rows)  # overflow is checked below, and named
         bad = -1 if engine.backend.all_finite(engine.grads) else first_non_finite(self.gradients())
@@ -230,15 +232,15 @@ class FlatModel:
         the outputs, plus the L2 penalty, and the gradients are its derivatives (DL4J's
         ``computeGradientAndScore``).
         """
-        return self._gradients(self._arrays(batch))
+        return self._gradients(self._batch_rows(batch))
 
     def _gradients(self, rows: Rows) -> float:
-        xs, ys, ws = rows
+        xs, ys, ws, steps = rows
         if xs[0].shape[0] == 0:
             raise ValueError("cannot fit an empty minibatch")
         engine = self._engine
         seeds = engine.seeds(self.seed, self.iteration, self.dropout_stream)
-        return engine.compute_gradients(xs, ys, ws, seeds)
+        return engine.compute_gradients(xs, ys, ws, seeds, steps)
 
     def _divergence(self, batch: Any, score: float, bad: int, rows: Rows) -> Exception:
         """The error for a step whose score or gradient is not finite: the minibatch's fault
@@ -248,7 +250,7 @@ class FlatModel:
         detail = None if batch is None else non_finite_in(batch)
         if detail is not None:
             return non_finite_data(where, detail, option)
-        for name, arrays in zip(("features", "labels", "labels mask"), rows, strict=True):
+        for name, arrays in zip(("features", "labels", "labels mask"), rows[:3], strict=True):
             for k, array in enumerate(arrays):
                 index = first_non_finite(array) if isinstance(array, np.ndarray) else -1
                 if index < 0:
@@ -353,19 +355,23 @@ class FlatModel:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def _outputs(self, xs: list[np.ndarray], step: int) -> list[np.ndarray]:
-        """Every output's activations for input rows ``xs``, ``step`` rows per pass."""
+    def _outputs(self, xs: list[np.ndarray], steps: Steps | None, step: int) -> list[np.ndarray]:
+        """Every output's activations for input rows ``xs`` laid out as ``steps``, about
+        ``step`` rows (whole examples) per pass."""
         engine = self._engine
-        rows = xs[0].shape[0]
+        if steps is None:
+            steps = Steps.rows_only(xs[0].shape[0], len(xs))
+        sequential = engine.output_sequences(steps)
         outs = [
-            np.empty((rows, engine.topology.nodes[i].width), self.dtype)
-            for i in engine.topology.outputs
+            np.empty((steps.rows(seq), engine.topology.nodes[i].width), self.dtype)
+            for i, seq in zip(engine.topology.outputs, sequential, strict=True)
         ]
-        for begin in range(0, rows, step):
-            chunk = [x[begin : begin + step] for x in xs]
-            count = chunk[0].shape[0]
-            for out, result in zip(outs, engine.infer(chunk), strict=True):
-                engine.backend.to_host(result, out[begin : begin + count])
+        for begin, end in example_chunks(steps, step):
+            part = steps.part(begin, end)
+            chunk = slice_examples(xs, steps.sequences, steps.t, begin, end)
+            for out, result, seq in zip(outs, engine.infer(chunk, part), sequential, strict=True):
+                rows = slice(begin * steps.t, end * steps.t) if seq else slice(begin, end)
+                engine.backend.to_host(result, out[rows])
         return outs
 
     def _evaluated(
@@ -398,18 +404,25 @@ class FlatModel:
         n_out = len(self._topology.outputs)
         totals, weights = [0.0] * n_out, [0.0] * n_out
         for batch in batches(data, batch_size):
-            xs, ys, ws = self._arrays(batch)
-            for begin in range(0, xs[0].shape[0], INFERENCE_ROWS):
-                end = begin + INFERENCE_ROWS
-                part = [None if w is None else w[begin:end] for w in ws]
+            xs, ys, ws, steps = self._batch_rows(batch)
+            if steps is None:
+                steps = Steps.rows_only(xs[0].shape[0], len(xs))
+            sequential = self._engine.output_sequences(steps)
+            for begin, end in example_chunks(steps, INFERENCE_ROWS):
+                label_rows = [
+                    slice(begin * steps.t, end * steps.t) if seq else slice(begin, end)
+                    for seq in sequential
+                ]
+                part = [None if w is None else w[r] for w, r in zip(ws, label_rows, strict=True)]
                 sums = self._engine.loss_sums(
-                    [x[begin:end] for x in xs], [y[begin:end] for y in ys], part
+                    slice_examples(xs, steps.sequences, steps.t, begin, end),
+                    [y[r] for y, r in zip(ys, label_rows, strict=True)],
+                    part,
+                    steps.part(begin, end),
                 )
                 for k, (total, w) in enumerate(zip(sums, part, strict=True)):
                     totals[k] += total
-                    weights[k] += (
-                        (min(end, xs[0].shape[0]) - begin) if w is None else float(w.sum())
-                    )
+                    weights[k] += ys[k][label_rows[k]].shape[0] if w is None else float(w.sum())
         return totals, weights, self._engine.l2_penalty()
 
     def score(
@@ -528,10 +541,17 @@ class FlatModel:
 
     # -- minibatches ---------------------------------------------------------------------------
 
-    def _arrays(self, batch: DataSet | MultiDataSet) -> Rows:
+    def _batch_rows(self, batch: DataSet | MultiDataSet) -> Rows:
         """Per input its rows, per output its label rows and None or its per-row loss weights,
-        in this model's dtype."""
+        in this model's dtype, and the minibatch's layout (:class:`~sparkbatch.nn.engine.Steps`)."""
         raise NotImplementedError
+
+    def _arrays(
+        self, batch: DataSet | MultiDataSet
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+        """:meth:`_batch_rows` without the layout: what :meth:`fit_arrays` takes."""
+        xs, ys, ws, _ = self._batch_rows(batch)
+        return xs, ys, ws
 
 
 def _flat(values: Any, size: int, what: str) -> np.ndarray:
@@ -561,6 +581,92 @@ def unrows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`rows` for outputs: ``[n * t, k]`` back to ``[n, k, t]``."""
     n, _, t = shape
     return np.ascontiguousarray(rows.reshape(n, t, -1).transpose(0, 2, 1))
+
+
+def sequence_steps(features: Sequence[np.ndarray], masks: Sequence[Any], dtype: np.dtype) -> Steps:
+    """The layout of a minibatch whose inputs are ``features`` (``[n, w]`` or ``[n, w, t]``,
+    as given) with features masks ``masks`` (None or ``[n, t]`` per input)."""
+    n = int(np.shape(features[0])[0])
+    lengths = {int(np.shape(x)[2]) for x in features if np.ndim(x) == 3}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"the sequence inputs have different numbers of time steps: {sorted(lengths)}"
+        )
+    t = lengths.pop() if lengths else 1
+    sequences = tuple(np.ndim(x) == 3 for x in features)
+    prepared = []
+    for i, (x, mask) in enumerate(zip(features, masks, strict=True)):
+        if mask is None or np.ndim(x) != 3:
+            prepared.append(None)
+            continue
+        mask = np.asarray(mask)
+        if mask.shape != (n, t):
+            raise ValueError(f"features mask {i} must have shape [{n}, {t}], got {mask.shape}")
+        prepared.append(np.ascontiguousarray(mask, dtype=dtype))
+    return Steps(n, t, sequences, tuple(prepared))
+
+
+def example_chunks(steps: Steps, rows: int) -> Iterator[tuple[int, int]]:
+    """``[begin, end)`` ranges of whole examples of about ``rows`` rows each."""
+    per = max(1, rows // steps.t) if any(steps.sequences) else rows
+    for begin in range(0, steps.n, per):
+        yield begin, min(steps.n, begin + per)
+
+
+def slice_examples(
+    arrays: Sequence[np.ndarray], sequences: Sequence[bool], t: int, begin: int, end: int
+) -> list[np.ndarray]:
+    """The rows of examples ``[begin, end)`` of each array (``t`` rows per example of a
+    sequence)."""
+    return [
+        a[begin * t : end * t] if seq else a[begin:end]
+        for a, seq in zip(arrays, sequences, strict=True)
+    ]
+
+
+def label_rows(
+    labels: Any,
+    mask: Any,
+    name: str,
+    width: int,
+    dtype: np.dtype,
+    sequence_output: bool,
+    sequence_input: bool,
+    kind: str = "network",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels as rows for an output that gives a row per time step (``sequence_output``) or one
+    per example, and their per-row loss weights. Sequence labels ``[n, k, t]`` for an output of
+    one row per example after a sequence input (many-to-one, e.g. after
+    :class:`~sparkbatch.nn.LastTimeStep`) become each example's labels at its last step whose
+    labels mask is 1 (the last step without a mask); an example with no such step weighs 0."""
+    labels = np.asarray(labels)
+    if sequence_output or not sequence_input or labels.ndim != 3:
+        return rows(labels, name, width, dtype, kind), row_weights(mask, dtype)
+    n, _, t = labels.shape
+    if mask is None:
+        last = np.full(n, t - 1)
+        weights = None
+    else:
+        real = np.asarray(mask).reshape(n, t) > 0
+        last = t - 1 - np.argmax(real[:, ::-1], axis=1)
+        found = real.any(axis=1)
+        weights = None if found.all() else np.ascontiguousarray(found, dtype=dtype)
+    picked = labels[np.arange(n), :, last]
+    return rows(picked, name, width, dtype, kind), weights
+
+
+def last_step_labels(
+    labels: Any, mask: Any, predicted: np.ndarray, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """For evaluation: many-to-one labels ``[n, k, t]`` as each example's labels at its last
+    real step (:func:`label_rows`), with ``predicted`` ``[n, k]``, both without the examples
+    that have no real step."""
+    width = predicted.shape[1]
+    y, weights = label_rows(labels, mask, "labels", width, dtype, False, True)
+    if weights is None:
+        return y, predicted
+    keep = weights > 0
+    return y[keep], predicted[keep]
 
 
 def row_weights(mask: Any, dtype: np.dtype) -> np.ndarray | None:

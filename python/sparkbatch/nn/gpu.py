@@ -246,6 +246,15 @@ class CudaBackend(Backend):
     def dropout(self, x, rate, seed) -> None:
         self._cuda.nn_dropout(x, rate, seed)
 
+    def column_sums(self, x, out) -> None:
+        self._cuda.nn_activation_backward(x, None, x, x, out, 0, 0.0)
+
+    def lstm_forward_step(self, *args) -> None:
+        self._cuda.nn_lstm_forward_step(*args)
+
+    def lstm_backward_step(self, *args) -> None:
+        self._cuda.nn_lstm_backward_step(*args)
+
     def updater_step(self, code, params, grads, state, hyper) -> None:
         self._cuda.nn_updater_step(code, params, grads, state, **hyper)
 

@@ -52,7 +52,16 @@ from .._arguments import check_optional_int
 from ..data import DataSet, MultiDataSet
 from ..evaluation import Evaluation, RegressionEvaluation
 from .engine import Node, Topology
-from .flat_model import INFERENCE_ROWS, FlatModel, row_weights, rows, unrows
+from .flat_model import (
+    INFERENCE_ROWS,
+    FlatModel,
+    Rows,
+    label_rows,
+    last_step_labels,
+    rows,
+    sequence_steps,
+    unrows,
+)
 from .layers import Layer, Output, is_layer_type, layer_from_config
 from .updaters import Updater, updater_from_config
 from .vertices import Vertex, vertex_from_config
@@ -129,16 +138,27 @@ class Graph(FlatModel):
 
     # -- inference ---------------------------------------------------------------------------
 
-    def output(self, features: Sequence[Any], *, batch_size: int | None = None) -> list[np.ndarray]:
+    def output(
+        self,
+        features: Sequence[Any],
+        *,
+        features_masks: Sequence[Any] | None = None,
+        batch_size: int | None = None,
+    ) -> list[np.ndarray]:
         """The activations of every output, in order, for ``features`` (one array per input,
-        ``[n, width]`` or sequences ``[n, width, t]``)."""
+        ``[n, width]`` or sequences ``[n, width, t]``, with ``features_masks``, None or one per
+        input, for recurrent layers). An output that gives a row per time step is
+        ``[n, width, t]``."""
         step = check_optional_int("batch_size", batch_size) or INFERENCE_ROWS
         arrays = [np.asarray(x) for x in _as_list(features)]
         xs = self._feature_rows(arrays)
-        outs = self._outputs(xs, step)
-        if arrays[0].ndim == 3:
-            return [unrows(out, arrays[0].shape) for out in outs]
-        return outs
+        masks = list(features_masks) if features_masks is not None else [None] * len(arrays)
+        steps = sequence_steps(arrays, masks, self.dtype)
+        outs = self._outputs(xs, steps, step)
+        return [
+            unrows(out, (steps.n, out.shape[1], steps.t)) if seq else out
+            for out, seq in zip(outs, self._engine.output_sequences(steps), strict=True)
+        ]
 
     def evaluate(
         self,
@@ -170,8 +190,13 @@ class Graph(FlatModel):
     def _labelled_output(self, batch: Any, output_index: int) -> tuple[Any, np.ndarray, Any]:
         mds = _as_multi(batch)
         self._check_labels(mds)
-        predicted = self.output(list(mds.features))[output_index]
-        return mds.labels[output_index], predicted, mds.labels_masks[output_index]
+        predicted = self.output(list(mds.features), features_masks=mds.features_masks)
+        labels, mask = mds.labels[output_index], mds.labels_masks[output_index]
+        predicted = predicted[output_index]
+        if np.ndim(labels) == 3 and predicted.ndim == 2:
+            labels, predicted = last_step_labels(labels, mask, predicted, self.dtype)
+            mask = None
+        return labels, predicted, mask
 
     def _output_index(self, index: int) -> int:
         if (
@@ -237,23 +262,43 @@ class Graph(FlatModel):
             rows(x, f"features[{i}] (input {name!r})", width, self.dtype, "graph")
             for i, (x, (name, width)) in enumerate(zip(arrays, self._topology.inputs, strict=True))
         ]
-        _same_rows(xs, "features")
+        if self._collapses:  # sequences and rows may meet after a LastTimeStep: examples agree
+            _same_rows([np.asarray(x)[:, 0] for x in arrays], "features (examples)")
+        else:
+            _same_rows(xs, "features")
         return xs
 
-    def _arrays(
-        self, batch: DataSet | MultiDataSet
-    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+    @property
+    def _collapses(self) -> bool:
+        """Whether a layer turns sequences into one row per example (LastTimeStep)."""
+        return any(n.is_layer and n.op.time == "last_step" for n in self._topology.nodes)
+
+    def _batch_rows(self, batch: DataSet | MultiDataSet) -> Rows:
         mds = _as_multi(batch)
         xs = self._feature_rows(mds.features)
         self._check_labels(mds)
-        ys = [
-            rows(y, f"labels[{k}] (output {name!r})", width, self.dtype, "graph")
-            for k, (y, name, width) in enumerate(
-                zip(mds.labels, self.outputs, self.output_widths, strict=True)
+        steps = sequence_steps(mds.features, mds.features_masks, self.dtype)
+        sequential = self._engine.output_sequences(steps) if self._collapses else None
+        ys, ws = [], []
+        for k, (y, mask, name, width) in enumerate(
+            zip(mds.labels, mds.labels_masks, self.outputs, self.output_widths, strict=True)
+        ):
+            seq = sequential[k] if sequential is not None else True
+            label, weights = label_rows(
+                y,
+                mask,
+                f"labels[{k}] (output {name!r})",
+                width,
+                self.dtype,
+                seq,
+                any(steps.sequences),
+                "graph",
             )
-        ]
-        _same_rows(xs[:1] + ys, "features and labels")
-        return xs, ys, [row_weights(mask, self.dtype) for mask in mds.labels_masks]
+            ys.append(label)
+            ws.append(weights)
+        if sequential is None:
+            _same_rows(xs[:1] + ys, "features and labels")
+        return xs, ys, ws, steps
 
     def _check_labels(self, mds: MultiDataSet) -> None:
         """ValueError unless ``mds`` holds one labels array per output."""

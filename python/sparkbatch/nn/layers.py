@@ -59,6 +59,13 @@ class Layer:
     dropout: float = 0.0
     #: Names the error messages use for the parameters, e.g. ``{"W": "weights"}``.
     param_words: ClassVar[dict[str, str]] = {}
+    #: How the layer treats the time steps of a sequence (NOTE [rows of a sequence] in
+    #: :mod:`sparkbatch.nn.engine`): ``"rows"``, every row on its own (``Dense``, ``Output``);
+    #: ``"sequence"``, whole sequences in and out, the engine handing the layer ``n``, ``t``
+    #: (:meth:`sequence_work_shapes`) and the features mask (``work["mask"]``) (``LSTM``,
+    #: ``RnnOutput``); ``"last_step"``, a sequence in and one row per example out
+    #: (``LastTimeStep``).
+    time: ClassVar[str] = "rows"
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shapes of the parameters, by name, in their order in the flat buffer."""
@@ -76,6 +83,11 @@ class Layer:
         """Work arrays for ``rows`` rows, by name: a shape, or the name of an earlier entry to
         share its memory."""
         raise NotImplementedError
+
+    def sequence_work_shapes(self, n: int, t: int) -> dict[str, Any]:
+        """Work arrays for ``n`` sequences of ``t`` steps (layers whose :attr:`time` is not
+        ``"rows"``); by default those of ``n * t`` rows."""
+        return self.work_shapes(n * t)
 
     def forward(self, backend: Any, params: Params, x: Any, work: Work, seed: int | None) -> Any:
         """The layer's output for input rows ``x`` (an array of ``work`` or of the caller)."""

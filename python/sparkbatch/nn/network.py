@@ -38,7 +38,16 @@ from .._arguments import check_optional_int
 from ..data import DataSet, MultiDataSet
 from ..evaluation import Evaluation, RegressionEvaluation
 from .engine import Node, Topology
-from .flat_model import INFERENCE_ROWS, FlatModel, row_weights, rows, unrows
+from .flat_model import (
+    INFERENCE_ROWS,
+    FlatModel,
+    Rows,
+    label_rows,
+    last_step_labels,
+    rows,
+    sequence_steps,
+    unrows,
+)
 from .layers import Layer, Output, layer_from_config
 from .updaters import Updater, updater_from_config
 
@@ -101,15 +110,27 @@ class Network(FlatModel):
 
     # -- inference ---------------------------------------------------------------------------
 
-    def output(self, features: Any, *, batch_size: int | None = None) -> np.ndarray:
-        """The output layer's activations for ``features`` ``[n, n_in]`` (or ``[n, n_in, t]``).
+    def output(
+        self,
+        features: Any,
+        *,
+        features_mask: Any = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """The output layer's activations for ``features`` ``[n, n_in]`` (or ``[n, n_in, t]``,
+        with its ``features_mask`` ``[n, t]`` for recurrent layers).
 
-        Returns a new array ``[n, n_out]`` (``[n, n_out, t]`` for sequences).
+        Returns a new array ``[n, n_out]`` (``[n, n_out, t]`` for sequences, unless a
+        :class:`~sparkbatch.nn.LastTimeStep` ends them).
         """
         step = check_optional_int("batch_size", batch_size) or INFERENCE_ROWS
         x = np.asarray(features)
-        out = self._outputs([rows(x, "features", self.num_inputs, self.dtype)], step)[0]
-        return unrows(out, x.shape) if x.ndim == 3 else out
+        xs = [rows(x, "features", self.num_inputs, self.dtype)]
+        steps = sequence_steps([x], [features_mask], self.dtype)
+        out = self._outputs(xs, steps, step)[0]
+        if self._engine.output_sequences(steps)[0]:
+            return unrows(out, (x.shape[0], out.shape[1], steps.t))
+        return out
 
     def evaluate(
         self,
@@ -136,7 +157,12 @@ class Network(FlatModel):
 
     def _labelled_output(self, batch: Any, output_index: int) -> tuple[Any, np.ndarray, Any]:
         ds = _as_dataset(batch)
-        return ds.labels, self.output(ds.features), ds.labels_mask
+        predicted = self.output(ds.features, features_mask=ds.features_mask)
+        labels, mask = ds.labels, ds.labels_mask
+        if labels is not None and np.ndim(labels) == 3 and predicted.ndim == 2:
+            labels, predicted = last_step_labels(labels, mask, predicted, self.dtype)
+            mask = None
+        return labels, predicted, mask
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -167,15 +193,22 @@ class Network(FlatModel):
             f"{type(self.updater).__name__}, {self.dtype.name})"
         )
 
-    def _arrays(
-        self, batch: DataSet | MultiDataSet
-    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+    def _batch_rows(self, batch: DataSet | MultiDataSet) -> Rows:
         ds = _as_dataset(batch)
         x = rows(ds.features, "features", self.num_inputs, self.dtype)
         if ds.labels is None:
             raise ValueError("the minibatch has no labels to fit or score against")
-        y = rows(ds.labels, "labels", self.num_outputs, self.dtype)
-        return [x], [y], [row_weights(ds.labels_mask, self.dtype)]
+        steps = sequence_steps([ds.features], [ds.features_mask], self.dtype)
+        y, w = label_rows(
+            ds.labels,
+            ds.labels_mask,
+            "labels",
+            self.num_outputs,
+            self.dtype,
+            self._engine.output_sequences(steps)[0],
+            steps.sequences[0],
+        )
+        return [x], [y], [w], steps
 
 
 def _check_layers(layers: Sequence[Layer]) -> None:
