@@ -234,7 +234,7 @@ def test_two_joined_rdds_train_a_two_input_graph_with_fit_multi(sc, tmp_path):
         .add_output("b", 4, 4)
     )
     directory = str(tmp_path / "train")
-    batch_and_export(map_rrmdsi([rdd_a, rdd_b], builder, key_columns=0), directory, 16)
+    batch_and_export(map_rrmdsi([rdd_a, rdd_b], builder, key_columns=0), directory, 32)
     graph = Graph(
         ["a", "b"],
         {
@@ -245,12 +245,12 @@ def test_two_joined_rdds_train_a_two_input_graph_with_fit_multi(sc, tmp_path):
             "value": (Output(16, 1, "identity", "mse"), "m"),
         },
         ["class", "value"],
-        Adam(0.03),
+        Adam(0.05),
         seed=1,
     )
     held_out = MultiDataSet([a, b], [np.eye(2)[cls], value[:, None]])
     before = graph.score(held_out)
-    master = ParameterAveraging(batch_size_per_worker=16, averaging_frequency=2, workers=2)
-    SparkNetwork(sc, graph, master).fit_multi(directory, epochs=6)
+    master = ParameterAveraging(batch_size_per_worker=32, averaging_frequency=3, workers=2)
+    SparkNetwork(sc, graph, master).fit_multi(directory, epochs=4)  # one round an epoch
     assert graph.score(held_out) < before / 3
     assert graph.evaluate(held_out, 0).accuracy() > 0.85
