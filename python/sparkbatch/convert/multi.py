@@ -307,10 +307,12 @@ class MultiDataSetConverter:
                 found=str(int(widths[row])),
             )
         used = self._columns(r, width)
-        try:  # numbers only (the usual case): one C-level pass
-            values = np.array(rows, dtype=np.float64)
-        except (TypeError, ValueError, OverflowError):
-            values = None
+        values = None
+        if not any(isinstance(v, str) for v in rows[0]):  # a text column (a key) fails anyway
+            try:  # numbers only: one C-level pass
+                values = np.array(rows, dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                pass
         if values is not None and values.shape == (len(rows), width):
             nan = np.isnan(values[:, used])
             if not nan.any():
