@@ -183,6 +183,12 @@ def test_repeated_keys_and_bad_cells_are_named_by_the_partition_functions():
         match=r"seq_rdds\[0\], partition 4, element 1 \(q\.csv\), line 3, step 1, column 2",
     ):
         list(convert(4, [[["p", 0.0, 0]], sequence]))
+    with pytest.raises(
+        CsvError,
+        match=r"seq_rdds\[0\], partition 0, element 1: expected a "
+        "sequence of at least one step",
+    ):
+        list(convert(0, [[["p", 0.0, 0]], []]))
 
 
 def test_builders_that_do_not_fit_the_rdds_are_refused_at_the_call(sc):

@@ -147,15 +147,26 @@ class _Rows:
         if sequence:
             lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
             empty = np.flatnonzero(lengths == 0)
-            if empty.size:
-                source, line = locate(int(empty[0]))
-                raise _error(source, line, None, None, "", "a sequence of at least one step")
             self.lengths: np.ndarray | None = lengths
+            if empty.size:
+                source, line = self.at(int(empty[0]))
+                raise _error(source, line, None, None, "", "a sequence of at least one step")
             self.offsets = np.concatenate([[0], np.cumsum(lengths)])
             self.rows: list[Any] = list(itertools.chain.from_iterable(items))
         else:
             self.lengths = None
             self.rows = items if isinstance(items, list) else list(items)
+
+    def at(self, i: int, step: int | None = None) -> tuple[str | None, int | None]:
+        """(source, line) of example ``i`` (of its ``step``, for a sequence)."""
+        source, line = self.locate(i)
+        item = self.items[i]
+        if isinstance(item, SequenceRecord):  # it knows its file and the line of each step
+            if item.source and item.source != source:
+                source = item.source if source is None else f"{source} ({item.source})"
+            if line is None and step is not None:
+                line = item.line(step)
+        return source, line
 
     def where(self, row: int) -> tuple[str | None, int | None, int | None]:
         """(source, line, step) of row ``row``."""
@@ -163,13 +174,7 @@ class _Rows:
             return (*self.locate(row), None)
         i = int(np.searchsorted(self.offsets, row, side="right")) - 1
         step = row - int(self.offsets[i])
-        source, line = self.locate(i)
-        item = self.items[i]
-        if isinstance(item, SequenceRecord):  # it knows its file and the line of each step
-            if item.source and item.source != source:
-                source = item.source if source is None else f"{source} ({item.source})"
-            line = item.line(step) if line is None else line
-        return source, line, step
+        return (*self.at(i, step), step)
 
     def error(
         self, row: int, column: int | None, text: str, expected: str, found: str | None = None
@@ -230,7 +235,10 @@ class MultiDataSetConverter:
         SequenceLengthError
             ``alignment="equal_length"`` and two sequences of the minibatch differ in length.
         """
-        counts = {name: len(records[name]) for name in self._used if self._used[name]}
+        missing = [name for name in self._used if name not in records]
+        if missing:
+            raise ValueError(f"records has no entry for reader {missing[0]!r}")
+        counts = {name: len(records[name]) for name in self._used}
         n = next(iter(counts.values()))
         for name, count in counts.items():
             if count != n:
@@ -280,8 +288,8 @@ class MultiDataSetConverter:
                 different = np.flatnonzero(ls != first[0])
                 if different.size:
                     j = int(different[0])
-                    a = _where(rows[name0].locate(0)[0], None, None, None) or "sequence 0"
-                    b = _where(rows[name].locate(j)[0], None, None, None) or f"sequence {j}"
+                    a = rows[name0].at(0)[0] or "sequence 0"
+                    b = rows[name].at(j)[0] or f"sequence {j}"
                     raise SequenceLengthError(
                         f"alignment 'equal_length': reader {name0!r} {a} has {int(first[0])} "
                         f"steps but reader {name!r} {b} has {int(ls[j])}; use "
@@ -303,7 +311,7 @@ class MultiDataSetConverter:
                 row,
                 -1,
                 r.row_text(row),
-                f"{width} columns (as in reader {r.name!r}'s first record)",
+                f"{width} columns (as the first record of reader {r.name!r})",
                 found=str(int(widths[row])),
             )
         used = self._columns(r, width)
