@@ -35,6 +35,7 @@ from sparkbatch.spark import (
     executor_errors,
     map_rrmdsi,
 )
+from sparkbatch.storage import list_files, read_bytes
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
 
@@ -79,9 +80,13 @@ def main(spark=None, small: bool = False) -> None:
             to_records = StringToRecords(CSVRecordReader())
             users = sc.textFile(str(root / "users.csv"), 2).map(to_records)
             events = sc.textFile(str(root / "events.csv"), 2).map(to_records)
+            # One sequence per file: executors read the files whose URLs they are given (any
+            # storage fsspec reaches). sc.binaryFiles(dir).map(lambda f: reader.parse_sequence(
+            # f[1], f[0])) is DL4J's way and works too, but Hadoop opens many small files slowly.
             reader = CSVSequenceRecordReader()
-            sessions = sc.binaryFiles(str(root / "sessions"), 2).map(
-                lambda file: reader.parse_sequence(file[1], file[0])
+            files = list_files(str(root / "sessions"))
+            sessions = sc.parallelize(files, 2).map(
+                lambda url: reader.parse_sequence(read_bytes(url), url)
             )
 
             # Case 1: one RDD, no join: the users' numbers as one input.
