@@ -463,6 +463,124 @@ int64_t first_non_finite(const T* x, std::size_t count) {
   return -1;
 }
 
+namespace {
+
+// The LSTM step loops, one example (row) at a time: a masked row copies its state through; a
+// real one runs loops over its units that GCC vectorises (the float activations are branch-free,
+// see lstm_exp in nn_math.hpp). Each unit's arithmetic is that of lstm_forward_at /
+// lstm_backward_at, which the CUDA kernels run per thread.
+template <Activation A, Activation G, typename T>
+void lstm_forward_rows(const LstmForwardStep<T>& p, std::size_t begin, std::size_t end) {
+  const std::size_t m = p.m, w = 4 * m;
+  for (std::size_t i = begin; i < end; ++i) {
+    const std::size_t at = i * p.t + p.s;
+    T* __restrict g = p.gates + i * w;
+    T* __restrict c = p.c + i * m;
+    T* __restrict h = p.h + i * m;
+    T* out = p.out != nullptr ? p.out + at * m : nullptr;
+    const T* cp = p.c_prev != nullptr ? p.c_prev + i * m : nullptr;
+    if (!lstm_real(p.mask, i, p.t, p.s)) {
+      for (std::size_t j = 0; j < m; ++j) c[j] = cp != nullptr ? cp[j] : T(0);
+      const T* hp = p.h_prev != nullptr ? p.h_prev + i * m : nullptr;
+      for (std::size_t j = 0; j < m; ++j) h[j] = hp != nullptr ? hp[j] : T(0);
+      if (out != nullptr) std::fill(out, out + m, T(0));
+      std::fill(g, g + w, T(0));
+      continue;
+    }
+    const T* __restrict zx = p.zx + at * w;
+    const T* __restrict b = p.bias;
+    // Clamp, then activate, in passes of their own (see lstm_clamp in nn_math.hpp); identity
+    // takes no clamp.
+    if constexpr (A == Activation::identity) {
+      for (std::size_t j = 0; j < m; ++j) g[j] = g[j] + zx[j] + b[j];
+    } else {
+      for (std::size_t j = 0; j < m; ++j) g[j] = lstm_clamp(g[j] + zx[j] + b[j]);
+      for (std::size_t j = 0; j < m; ++j) g[j] = lstm_activate_clamped(A, g[j]);
+    }
+    if constexpr (G == Activation::identity) {
+      for (std::size_t j = m; j < w; ++j) g[j] = g[j] + zx[j] + b[j];
+    } else {
+      for (std::size_t j = m; j < w; ++j) g[j] = lstm_clamp(g[j] + zx[j] + b[j]);
+      for (std::size_t j = m; j < w; ++j) g[j] = lstm_activate_clamped(G, g[j]);
+    }
+    const T* __restrict a = g;
+    const T* __restrict f = g + m;
+    const T* __restrict o = g + 2 * m;
+    const T* __restrict ig = g + 3 * m;
+    if (cp != nullptr) {
+      for (std::size_t j = 0; j < m; ++j) c[j] = f[j] * cp[j] + ig[j] * a[j];
+    } else {
+      for (std::size_t j = 0; j < m; ++j) c[j] = f[j] * T(0) + ig[j] * a[j];
+    }
+    if constexpr (A == Activation::identity) {
+      for (std::size_t j = 0; j < m; ++j) h[j] = o[j] * c[j];
+    } else {
+      for (std::size_t j = 0; j < m; ++j) h[j] = lstm_clamp(c[j]);
+      for (std::size_t j = 0; j < m; ++j) h[j] = o[j] * lstm_activate_clamped(A, h[j]);
+    }
+    if (out != nullptr) std::copy(h, h + m, out);
+  }
+}
+
+template <Activation A, Activation G, bool HasPrev, typename T>
+void lstm_backward_units(const T* __restrict g, const T* __restrict c, const T* __restrict cp,
+                         T* __restrict dc, T* __restrict carry, T* __restrict dg, std::size_t m) {
+  // The clamp of c in a pass of its own, into dz_o's place (read below before it is written).
+  for (std::size_t j = 0; j < m; ++j) dg[2 * m + j] = lstm_clamp(c[j]);
+  for (std::size_t j = 0; j < m; ++j) {
+    const T a = g[j], f = g[m + j], o = g[2 * m + j], ig = g[3 * m + j];
+    const T dh = carry[j];
+    const T ac = lstm_activate_clamped(A, dg[2 * m + j]);  // act(c): clamped there below
+    const T dct = dc[j] + dh * o * lstm_activation_grad(A, ac);
+    T c_prev = T(0);
+    if constexpr (HasPrev) c_prev = cp[j];
+    dg[2 * m + j] = dh * ac * lstm_activation_grad(G, o);
+    dg[j] = dct * ig * lstm_activation_grad(A, a);
+    dg[3 * m + j] = dct * a * lstm_activation_grad(G, ig);
+    dg[m + j] = dct * c_prev * lstm_activation_grad(G, f);
+    dc[j] = dct * f;
+    carry[j] = T(0);
+  }
+}
+
+template <Activation A, Activation G, typename T>
+void lstm_backward_rows(const LstmBackwardStep<T>& p, std::size_t begin, std::size_t end) {
+  const std::size_t m = p.m, w = 4 * m;
+  for (std::size_t i = begin; i < end; ++i) {
+    const std::size_t at = i * p.t + p.s;
+    T* __restrict carry = p.dh_carry + i * m;
+    T* __restrict dg = p.dgates + i * w;
+    T* dgs = p.dgates_seq != nullptr ? p.dgates_seq + at * w : nullptr;
+    const T* rec = p.dh_rec != nullptr ? p.dh_rec + i * m : nullptr;
+    if (!lstm_real(p.mask, i, p.t, p.s)) {  // h and c went through unchanged; dc stays
+      if (rec != nullptr)
+        for (std::size_t j = 0; j < m; ++j) carry[j] = carry[j] + rec[j];
+      std::fill(dg, dg + w, T(0));
+      if (dgs != nullptr) std::fill(dgs, dgs + w, T(0));
+      continue;
+    }
+    // dh = carry + rec + d_out, summed in that order (as lstm_backward_at), into the carry row,
+    // which then goes back to 0.
+    if (rec != nullptr)
+      for (std::size_t j = 0; j < m; ++j) carry[j] = carry[j] + rec[j];
+    if (p.d_out != nullptr) {
+      const T* __restrict d = p.d_out + at * m;
+      for (std::size_t j = 0; j < m; ++j) carry[j] = carry[j] + d[j];
+    }
+    const T* __restrict g = p.gates + i * w;
+    const T* __restrict c = p.c + i * m;
+    const T* cp = p.c_prev != nullptr ? p.c_prev + i * m : nullptr;
+    T* __restrict dc = p.dc + i * m;
+    if (cp != nullptr)
+      lstm_backward_units<A, G, true>(g, c, cp, dc, carry, dg, m);
+    else
+      lstm_backward_units<A, G, false>(g, c, cp, dc, carry, dg, m);
+    if (dgs != nullptr) std::copy(dg, dg + w, dgs);
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void lstm_forward_step(const LstmForwardStep<T>& p, Activation act, Activation gate) {
   with_simple_activation(act, [&](auto act_tag) {
@@ -470,8 +588,7 @@ void lstm_forward_step(const LstmForwardStep<T>& p, Activation act, Activation g
       constexpr Activation A = decltype(act_tag)::value;
       constexpr Activation G = decltype(gate_tag)::value;
       for_pieces(p.n, p.n * p.m * kLstmUnitWork, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i)
-          for (std::size_t j = 0; j < p.m; ++j) lstm_forward_at(p, A, G, i, j);
+        lstm_forward_rows<A, G>(p, begin, end);
       });
     });
   });
@@ -484,8 +601,7 @@ void lstm_backward_step(const LstmBackwardStep<T>& p, Activation act, Activation
       constexpr Activation A = decltype(act_tag)::value;
       constexpr Activation G = decltype(gate_tag)::value;
       for_pieces(p.n, p.n * p.m * kLstmUnitWork, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i)
-          for (std::size_t j = 0; j < p.m; ++j) lstm_backward_at(p, A, G, i, j);
+        lstm_backward_rows<A, G>(p, begin, end);
       });
     });
   });

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <math.h>
+#include <string.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -329,16 +330,93 @@ SB_HD bool lstm_real(const T* mask, std::size_t i, std::size_t t, std::size_t s)
   return mask == nullptr || mask[i * t + s] != T(0);
 }
 
+// The LSTM's activations. Floats: an exp that loops vectorise (libm's expf and tanhf do not,
+// and they would dominate a step): Cephes' expf polynomial after a reduction by powers of two,
+// within 2 ulp, and sigmoid and tanh from it. Their input is first clamped to [-40, 40]
+// (lstm_clamp; both are saturated there in float, and the exp's argument stays in range), in a
+// pass of its own on the CPU: GCC vectorises a float select, or the bit manipulation below, but
+// not both in one loop. NaN stays NaN. Doubles (gradient checks) use libm, unclamped. Host and
+// device run the same arithmetic.
+SB_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  return bits;
+#endif
+}
+
+SB_HD float bits_float(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float x;
+  memcpy(&x, &bits, sizeof x);
+  return x;
+#endif
+}
+
+SB_HD float lstm_clamp(float x) { return x > 40.0f ? 40.0f : (x < -40.0f ? -40.0f : x); }
+SB_HD double lstm_clamp(double x) { return x; }
+
+// e^x for x in [-80, 80] (or NaN).
+SB_HD float lstm_exp(float x) {
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick: the low mantissa bits of `shifted` hold n.
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float fn = shifted - 12582912.0f;
+  int32_t n = static_cast<int32_t>(float_bits(shifted) & 0x007FFFFFu) - 0x00400000;
+  n = n > 127 ? 127 : (n < -126 ? -126 : n);  // only for a NaN x
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  const float z = r * r;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  return y * bits_float(static_cast<uint32_t>(n + 127) << 23);
+}
+
+// sigmoid and tanh of an input already through lstm_clamp.
+SB_HD float lstm_sigmoid_clamped(float x) { return 1.0f / (1.0f + lstm_exp(-x)); }
+SB_HD double lstm_sigmoid_clamped(double x) { return sigmoid(x); }
+SB_HD float lstm_tanh_clamped(float x) { return 2.0f / (1.0f + lstm_exp(-2.0f * x)) - 1.0f; }
+SB_HD double lstm_tanh_clamped(double x) { return tanh_(x); }
+
+// An LSTM activation (identity, tanh or sigmoid) of a clamped input, of any input, and its
+// gradient from its output.
+template <typename T>
+SB_HD T lstm_activate_clamped(Activation a, T x) {
+  if (a == Activation::tanh) return lstm_tanh_clamped(x);
+  if (a == Activation::sigmoid) return lstm_sigmoid_clamped(x);
+  return x;
+}
+
+template <typename T>
+SB_HD T lstm_activate(Activation a, T x) {
+  return a == Activation::identity ? x : lstm_activate_clamped(a, lstm_clamp(x));
+}
+
+template <typename T>
+SB_HD T lstm_activation_grad(Activation a, T y) {
+  if (a == Activation::tanh) return T(1) - y * y;
+  if (a == Activation::sigmoid) return y * (T(1) - y);
+  return T(1);
+}
+
 // One unit's forward: pre-activations (za, zf, zo, zi) to activations, c and h.
 template <typename T>
 SB_HD void lstm_unit_forward(Activation act, Activation gate, T za, T zf, T zo, T zi, T c_prev,
                              T* a, T* f, T* o, T* ig, T* c, T* h) {
-  *a = activate(act, za, T(0));
-  *f = activate(gate, zf, T(0));
-  *o = activate(gate, zo, T(0));
-  *ig = activate(gate, zi, T(0));
+  *a = lstm_activate(act, za);
+  *f = lstm_activate(gate, zf);
+  *o = lstm_activate(gate, zo);
+  *ig = lstm_activate(gate, zi);
   *c = *f * c_prev + *ig * *a;
-  *h = *o * activate(act, *c, T(0));
+  *h = *o * lstm_activate(act, *c);
 }
 
 // One unit's backward from its activations, c_s, c_{s-1} and dh = d(loss)/d(h_s); *dc holds
@@ -346,12 +424,12 @@ SB_HD void lstm_unit_forward(Activation act, Activation gate, T za, T zf, T zo, 
 template <typename T>
 SB_HD void lstm_unit_backward(Activation act, Activation gate, T a, T f, T o, T ig, T c,
                               T c_prev, T dh, T* dc, T* dza, T* dzf, T* dzo, T* dzi) {
-  const T ac = activate(act, c, T(0));
-  const T dct = *dc + dh * o * activation_grad(act, c, ac, T(0));
-  *dzo = dh * ac * activation_grad(gate, T(0), o, T(0));
-  *dza = dct * ig * activation_grad(act, T(0), a, T(0));
-  *dzi = dct * a * activation_grad(gate, T(0), ig, T(0));
-  *dzf = dct * c_prev * activation_grad(gate, T(0), f, T(0));
+  const T ac = lstm_activate(act, c);
+  const T dct = *dc + dh * o * lstm_activation_grad(act, ac);
+  *dzo = dh * ac * lstm_activation_grad(gate, o);
+  *dza = dct * ig * lstm_activation_grad(act, a);
+  *dzi = dct * a * lstm_activation_grad(gate, ig);
+  *dzf = dct * c_prev * lstm_activation_grad(gate, f);
   *dc = dct * f;
 }
 
