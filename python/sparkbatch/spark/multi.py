@@ -95,13 +95,17 @@ def _label(tag: int, n_records: int) -> str:
 
 
 class _Sources(Sequence[str]):
-    """Lazy descriptions of example ``i`` for messages: ``prefix`` and the key or position."""
+    """Where example ``i`` of a chunk came from, for messages, formatted only when an error
+    needs it: its key in the RDD ``label`` or, without keys, its position in the partition."""
 
-    def __init__(self, label: str, keys: Sequence[Any] | None, first: int, partition: int):
+    def __init__(
+        self, label: str, keys: Sequence[Any] | None, first: int, partition: int, count: int
+    ) -> None:
         self.label, self.keys, self.first, self.partition = label, keys, first, partition
+        self.count = count
 
     def __len__(self) -> int:
-        return 1 << 62
+        return self.count
 
     def __getitem__(self, i: Any) -> str:
         if self.keys is not None:
@@ -130,7 +134,7 @@ class RecordsToMultiDataSets:
             if not chunk:
                 return
             names = list(self.builder.readers)  # several readers may name the same RDD
-            sources = _Sources(self.label, None, first, partition)
+            sources = _Sources(self.label, None, first, partition, len(chunk))
             yield converter.convert(dict.fromkeys(names, chunk), dict.fromkeys(names, sources))
             first += len(chunk)
 
@@ -225,7 +229,7 @@ class JoinedToMultiDataSets:
             keys = [key for key, _ in chunk]
             records = {name: [slots[tag] for _, slots in chunk] for name, tag in self.tags.items()}
             sources = {
-                name: _Sources(_label(tag, self.n_records), keys, 0, partition)
+                name: _Sources(_label(tag, self.n_records), keys, 0, partition, len(keys))
                 for name, tag in self.tags.items()
             }
             yield converter.convert(records, sources)
