@@ -122,6 +122,9 @@ def test_three_rdds_joined_filter_missing_exported_and_read_back_with_masks(sc, 
     assert len(urls) == len(loaded) and sum(m.num_examples for m in loaded) == len(keys)
     assert all(m.features_masks[1] is not None for m in loaded)  # a sequence input's mask
     _check_joined(MultiDataSet.merge(loaded), refs, keys)
+    rebatched = list(FileMultiDataSetIterator(directory, batch_size=5))  # merges across files
+    assert [m.num_examples for m in rebatched[:-1]] == [5] * (len(rebatched) - 1)
+    _check_joined(MultiDataSet.merge(rebatched), refs, keys)
 
 
 def test_a_missing_key_without_filter_names_the_key_and_the_rdd(sc):
