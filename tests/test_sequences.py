@@ -10,7 +10,10 @@ import fsspec
 import numpy as np
 import pytest
 
-from sparkbatch.errors import CsvError
+from sparkbatch.convert import sequence_to_dataset, sequences_to_dataset
+from sparkbatch.data import DataSet, MultiDataSet, load, rebatch
+from sparkbatch.data.sequences import example_sources
+from sparkbatch.errors import CsvError, SequenceLengthError
 from sparkbatch.records import CSVSequenceRecordReader, SequenceRecord
 from sparkbatch.storage import open_output
 
@@ -118,3 +121,199 @@ def test_reader_empty_file_on_disk_names_it(tmp_path):
     next(reader)
     with pytest.raises(CsvError, match=r"b\.csv: expected at least one step"):
         next(reader)
+
+
+# -- conversion, padding and merging against numpy ---------------------------------------------
+
+CLASSES = 4
+ALIGNMENTS = ["align_start", "align_end"]
+
+
+def _tables(rng: np.random.Generator, lengths, width: int = 5) -> list[np.ndarray]:
+    tables = []
+    for t in lengths:
+        table = rng.normal(size=(t, width)).round(3)
+        table[:, -1] = rng.integers(0, CLASSES, t)
+        tables.append(table)
+    return tables
+
+
+def reference(tables, alignment, *, labels="classes", many_to_one=False):
+    """Padded features [n, f, T], labels and mask [n, T], computed step by step."""
+    n, steps = len(tables), max(t.shape[0] for t in tables)
+    width = tables[0].shape[1]
+    x = np.zeros((n, width - 1, steps), np.float32)
+    k = CLASSES if labels == "classes" else 1
+    y = np.zeros((n, k) if many_to_one else (n, k, steps), np.float32)
+    mask = np.zeros((n, steps), np.float32)
+    for i, table in enumerate(tables):
+        t = table.shape[0]
+        offset = steps - t if alignment == "align_end" else 0
+        for s in range(t):
+            x[i, :, offset + s] = table[s, :-1]
+            mask[i, offset + s] = 1
+            label = np.zeros(k, np.float32)
+            if labels == "classes":
+                label[int(table[s, -1])] = 1
+            else:
+                label[0] = table[s, -1]
+            if many_to_one:
+                if s == t - 1:
+                    y[i] = label
+            else:
+                y[i, :, offset + s] = label
+    return x, y, mask
+
+
+def test_one_sequence_classification_regression_and_many_to_one():
+    table = _tables(np.random.default_rng(1), [7])[0]
+    record = SequenceRecord(table.tolist(), source="s.csv", lines=range(1, 8))
+    x, y, _ = reference([table], "align_start")
+    ds = sequence_to_dataset(record, label_index=-1, num_classes=CLASSES)
+    np.testing.assert_array_equal(ds.features, x)
+    np.testing.assert_array_equal(ds.labels, y)
+    assert ds.features_mask is None and ds.metadata == {"source": "s.csv"}
+    _, y_last, _ = reference([table], "align_start", many_to_one=True)
+    last = sequence_to_dataset(record, label_index=4, num_classes=CLASSES, many_to_one=True)
+    np.testing.assert_array_equal(last.labels, y_last)
+    _, y_reg, _ = reference([table], "align_start", labels="values")
+    reg = sequence_to_dataset(record, label_first=4, label_last=4, regression=True)
+    np.testing.assert_array_equal(reg.labels, y_reg)
+
+
+@pytest.mark.parametrize("alignment", ALIGNMENTS)
+@pytest.mark.parametrize("many_to_one", [False, True])
+def test_batches_of_lengths_1_to_200_match_numpy(alignment, many_to_one):
+    rng = np.random.default_rng(2)
+    lengths = [1, 200, *rng.integers(1, 201, 14)]
+    tables = _tables(rng, lengths)
+    x, y, mask = reference(tables, alignment, many_to_one=many_to_one)
+    ds = sequences_to_dataset(
+        [t.tolist() for t in tables],
+        label_index=4,
+        num_classes=CLASSES,
+        alignment=alignment,
+        many_to_one=many_to_one,
+    )
+    np.testing.assert_array_equal(ds.features, x)
+    np.testing.assert_array_equal(ds.labels, y)
+    np.testing.assert_array_equal(ds.features_mask, mask)
+    if many_to_one:
+        assert ds.labels_mask is None
+    else:
+        np.testing.assert_array_equal(ds.labels_mask, mask)
+    # merging one-sequence DataSets gives the same minibatch (DL4J's mergeTimeSeries)
+    singles = [
+        sequence_to_dataset(
+            t.tolist(),
+            label_index=4,
+            num_classes=CLASSES,
+            many_to_one=many_to_one,
+            source=f"s{i}.csv",
+        )
+        for i, t in enumerate(tables)
+    ]
+    merged = DataSet.merge(singles, alignment=alignment)
+    np.testing.assert_array_equal(merged.features, x)
+    np.testing.assert_array_equal(merged.labels, y)
+    np.testing.assert_array_equal(merged.features_mask, mask)
+    assert example_sources(merged.metadata, len(tables)) == [f"s{i}.csv" for i in range(16)]
+    # ... and so does rebatch, across batches of different padded lengths
+    again = DataSet.merge(list(rebatch(singles, 5, alignment)), alignment=alignment)
+    np.testing.assert_array_equal(again.features, x)
+    np.testing.assert_array_equal(again.features_mask, mask)
+    assert json_sources(again) == [f"s{i}.csv" for i in range(16)]
+
+
+def json_sources(ds):
+    return example_sources(ds.metadata, ds.num_examples)
+
+
+def test_equal_length_keeps_no_mask_and_names_both_files():
+    rng = np.random.default_rng(3)
+    same = _tables(rng, [6, 6, 6])
+    ds = sequences_to_dataset(
+        [t.tolist() for t in same], label_index=4, num_classes=CLASSES, alignment="equal_length"
+    )
+    assert ds.features_mask is None and ds.labels_mask is None
+    np.testing.assert_array_equal(ds.features, reference(same, "align_start")[0])
+    tables = _tables(rng, [6, 6, 9])
+    records = [SequenceRecord(t.tolist(), source=f"f{i}.csv") for i, t in enumerate(tables)]
+    with pytest.raises(
+        SequenceLengthError,
+        match=r"sequence 0 \(f0.csv\) has 6 steps but sequence 2 \(f2.csv\)"
+        r" has 9",
+    ):
+        sequences_to_dataset(records, label_index=4, num_classes=CLASSES, alignment="equal_length")
+    singles = [sequence_to_dataset(r, label_index=4, num_classes=CLASSES) for r in records]
+    with pytest.raises(
+        SequenceLengthError,
+        match=r"features of dataset 0 \(f0.csv\) has 6 steps but dataset 2 \(f2.csv\) has 9",
+    ):
+        DataSet.merge(singles, alignment="equal_length")
+    with pytest.raises(SequenceLengthError, match=r"dataset 1 \(f2.csv\) has 9"):
+        list(rebatch(singles[1:], 2, alignment="EQUAL_LENGTH"))
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        DataSet.merge(singles, alignment="pad")
+
+
+def test_multidataset_merge_aligns_each_array_and_masks_survive_a_file(tmp_path):
+    a = MultiDataSet([np.ones((1, 2, 3), np.float32)], [np.ones((1, 1, 3), np.float32)])
+    b = MultiDataSet([np.full((1, 2, 5), 2, np.float32)], [np.ones((1, 1, 5), np.float32)])
+    merged = MultiDataSet.merge([a, b], alignment="align_end")
+    assert merged.features_masks[0].tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert merged.features[0][0, 0].tolist() == [0, 0, 1, 1, 1]
+    merged.save(str(tmp_path / "m.safetensors"))
+    back = load(str(tmp_path / "m.safetensors"))
+    np.testing.assert_array_equal(back.features_masks[0], merged.features_masks[0])
+    np.testing.assert_array_equal(back.labels_masks[0], merged.labels_masks[0])
+    with pytest.raises(SequenceLengthError, match=r"features\[0\] of dataset 0 has 3 steps"):
+        MultiDataSet.merge([a, b], alignment="equal_length")
+
+
+# -- bad sequences -----------------------------------------------------------------------------
+
+
+def test_bad_steps_name_file_line_step_and_column():
+    seq = SequenceRecord([[0.1, 1.0], [0.2, 3.0], [0.3, 1.0]], source="a.csv", lines=[2, 4, 5])
+    with pytest.raises(CsvError) as info:
+        sequence_to_dataset(seq, label_index=1, num_classes=3)
+    assert str(info.value) == (
+        "a.csv, line 4 (step 1), column 1: expected an integer class index in [0, 3), found '3'"
+    )
+    assert (info.value.source, info.value.line, info.value.column) == ("a.csv", 4, 1)
+    ragged = SequenceRecord([[0.1, 1.0], [0.2]], source="r.csv", lines=[1, 2])
+    with pytest.raises(
+        CsvError,
+        match=r"r.csv, line 2 \(step 1\): expected 2 columns \(as in "
+        r"line 1 \(step 0\)\), found 1: '0.2'",
+    ):
+        sequence_to_dataset(ragged, label_index=1, num_classes=3)
+    text = SequenceRecord([[0.1, 1.0], ["x", 1.0]], source="t.csv")
+    with pytest.raises(CsvError, match=r"t.csv, step 1, column 0: expected a number, found 'x'"):
+        sequence_to_dataset(text, label_index=1, num_classes=3)
+    with pytest.raises(
+        CsvError,
+        match=r"a.csv, line 2 \(step 0\): expected at least 8 columns "
+        r"\(labels in column 7\), found 2",
+    ):
+        sequence_to_dataset(seq, label_index=7, num_classes=3)
+
+
+def test_sequences_of_different_widths_name_both_files():
+    a = SequenceRecord([[0.1, 0.2, 1.0]], source="a.csv", lines=[1])
+    b = SequenceRecord([[0.1, 1.0]], source="b.csv", lines=[3])
+    with pytest.raises(
+        CsvError,
+        match=r"b.csv, line 3 \(step 0\): expected 3 columns \(as in "
+        r"a.csv\), found 2",
+    ):
+        sequences_to_dataset([a, b], label_index=-1, num_classes=2)
+    one_a = sequence_to_dataset(a, label_index=-1, num_classes=2)
+    one_b = sequence_to_dataset(b, label_index=-1, num_classes=2)
+    with pytest.raises(
+        ValueError,
+        match=r"dataset 1 \(b.csv\) has shape \(1, 1, 1\) but "
+        r"dataset 0 \(a.csv\) has shape \(1, 2, 1\)",
+    ):
+        DataSet.merge([one_a, one_b])

@@ -27,13 +27,15 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fsspec.utils import infer_compression
+
 from sparkbatch._arguments import check_int, check_optional_int
 from sparkbatch.convert.sequences import convert_sequence, tables_to_dataset
 from sparkbatch.convert.table import LabelSpec
 from sparkbatch.data import DataSet
 from sparkbatch.data.sequences import check_alignment
 from sparkbatch.errors import CsvError
-from sparkbatch.records.csv_files import reading
+from sparkbatch.records.csv_files import HEAD_BYTES, UTF8_BOM, check_head, reading
 from sparkbatch.records.csv_parser import CsvOptions, parse_csv_buffer, table_width
 from sparkbatch.records.csv_sequence import (
     CSVSequenceRecordReader,
@@ -181,30 +183,51 @@ class SequenceFilesToDataSets:
 
     def parse(self, url: str, data: bytes) -> Any:
         """One file's bytes as a float32 table ``[T, columns]`` (NOTE [one width for
-        sequences]); CsvError naming the file for a bad or empty one."""
-        text = sequence_bytes(data, url)
-        parsed = parse_csv_buffer(
-            text,
-            self.options,
-            source=url,
-            columns=self.table.columns,
-            columns_from=self.table.origin,
-            class_columns=self.class_columns,
-            threads=1,
-        )
+        sequences]); CsvError naming the file for a bad or empty one.
+
+        NOTE [heads on error]: the first bytes of a file are looked at only when it fails to
+        parse (text that is not CSV always does), to name what it holds (a binary file, UTF-16,
+        CR-only line ends: :mod:`sparkbatch.records.csv_files`), as ``csv_to_datasets`` does
+        for ranges past a file's start; for files of a few hundred bytes the check would cost
+        as much as the parse.
+        """
+        if infer_compression(url) is not None:
+            text = sequence_bytes(data, url)  # decompressed, head checked
+        else:
+            text = data[len(UTF8_BOM) :] if data.startswith(UTF8_BOM) else data
+        try:
+            parsed = parse_csv_buffer(
+                text,
+                self.options,
+                source=url,
+                columns=self.table.columns,
+                columns_from=self.table.origin,
+                class_columns=self.class_columns,
+                threads=1,
+            )
+        except CsvError:
+            check_head(url, text[:HEAD_BYTES])
+            raise
         if parsed.values.shape[0] == 0:
             raise empty_sequence_error(
                 url, text.decode("utf-8", "replace"), self.options.skip_lines
             )
         return parsed.values
 
+    def read(self, url: str) -> bytes:
+        """The bytes of one file; plain local paths (what the driver lists for local input)
+        are read with :func:`open`, skipping fsspec's per-call URL resolution."""
+        if "://" not in url:
+            with open(url, "rb") as f:
+                return f.read()
+        with reading(url):
+            return read_bytes(url, storage_options=self.storage_options)
+
     def __call__(self, urls: Iterable[str]) -> Iterator[DataSet]:
         tables: list[Any] = []
         sources: list[str | None] = []
         for url in urls:
-            with reading(url):
-                data = read_bytes(url, storage_options=self.storage_options)
-            tables.append(self.parse(url, data))
+            tables.append(self.parse(url, self.read(url)))
             sources.append(url)
             if len(tables) == self.batch_size:
                 yield self._batch(tables, sources)
