@@ -389,6 +389,16 @@ class FlatModel:
         """Output ``output_index``'s labels, predictions and labels mask for one minibatch."""
         raise NotImplementedError
 
+    def labelled_output(
+        self, batch: DataSet | MultiDataSet, output_index: int = 0
+    ) -> tuple[Any, np.ndarray, Any]:
+        """The labels, predictions and labels mask of output ``output_index`` for one
+        minibatch, as :meth:`evaluate` compares them: the predictions read the features masks
+        (recurrent layers need them), and many-to-one labels ``[n, k, t]`` of an output that
+        gives one row per example become those of each example's last real step. Distributed
+        evaluation (``sparkbatch.train``) calls it."""
+        return self._labelled_output(batch, output_index)
+
     def score_parts(
         self,
         data: DataSet | MultiDataSet | Iterable[DataSet | MultiDataSet],

@@ -10,7 +10,10 @@ reference (a class importable on the executors).
 Required members (:class:`Model`): ``params()``, ``set_params(values)``, ``updater_state()``,
 ``set_updater_state(values)``, ``fit_batch(batch)``, ``output(features)``, ``score(batch)``,
 ``to_config()``, the class method ``from_config(config)``, and the integer attributes
-``iteration`` and ``epoch``.
+``iteration`` and ``epoch``. Distributed evaluation of a minibatch with a features mask (padded
+sequences) calls ``output(features, features_mask=mask)`` (with ``output_widths``:
+``output(features, features_masks=[...])``), as :class:`sparkbatch.nn.Network` and
+:class:`sparkbatch.nn.Graph` take them.
 
 Optional members, and what happens without them (:class:`ModelAccess` applies the default):
 

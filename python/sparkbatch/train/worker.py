@@ -409,7 +409,7 @@ class EvaluatePartition:
         for batch, _ in self.setup.minibatches(items):
             ds = _single(batch)
             if evaluation is not None:
-                evaluation.eval(ds.labels, model.output(ds.features), ds.labels_mask)
+                evaluation.eval(ds.labels, _output(model, ds), ds.labels_mask)
                 continue
             mask = ds.labels_mask
             weight = float(np.sum(mask)) if mask is not None else float(ds.num_examples)
@@ -430,13 +430,29 @@ class EvaluatePartition:
         for batch, _ in self.setup.minibatches(items):
             mds = batch if isinstance(batch, MultiDataSet) else MultiDataSet.from_dataset(batch)
             if evaluation is not None:
-                predicted = model.output(list(mds.features))[k]
+                predicted = _outputs(model, mds)[k]
                 evaluation.eval(mds.labels[k], predicted, mds.labels_masks[k])
                 continue
             losses, weights, _ = model.score_parts(mds)
             loss_sum += losses
             examples += weights
         return EvaluationResult(evaluation, loss_sum, examples)
+
+
+def _output(model: Any, ds: DataSet) -> Any:
+    """``model.output`` of a minibatch, with its features mask where it has one (recurrent
+    layers read it; see ``output()`` in :mod:`sparkbatch.train.model`)."""
+    if ds.features_mask is None:
+        return model.output(ds.features)
+    return model.output(ds.features, features_mask=ds.features_mask)
+
+
+def _outputs(model: Any, mds: MultiDataSet) -> Any:
+    """``model.output`` of a minibatch of a model of several inputs, with the features masks
+    where there are any."""
+    if all(mask is None for mask in mds.features_masks):
+        return model.output(list(mds.features))
+    return model.output(list(mds.features), features_masks=list(mds.features_masks))
 
 
 def _single(batch: DataSet | MultiDataSet) -> DataSet:
