@@ -807,3 +807,135 @@ def test_max_backward_refuses_aliased_and_mismatched_buffers():
         cuda.nn_max_backward(dout, x, remaining, cuda.DeviceBuffer((5,), "float64"))
     with pytest.raises(TypeError, match="x has dtype float32 but the other buffers have float64"):
         cuda.nn_max_backward(dout, cuda.DeviceBuffer((6,), "float32"), remaining, dx)
+
+
+# -- recurrent layers ------------------------------------------------------------------------------
+
+
+def _lstm_step_arrays(dtype, n=37, m=45, t=6, seed=12):
+    """Host arrays of one LSTM step: pre-activations, states, a mask with padding at both ends."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, t), dtype)
+    mask[::3, :2] = 0
+    mask[1::4, -2:] = 0
+    return {
+        "gates": rng.normal(size=(n, 4 * m)).astype(dtype),
+        "zx": rng.normal(size=(n * t, 4 * m)).astype(dtype),
+        "bias": rng.normal(size=4 * m).astype(dtype),
+        "mask": mask,
+        "c_prev": rng.normal(size=(n, m)).astype(dtype),
+        "h_prev": rng.normal(size=(n, m)).astype(dtype),
+        "d_out": rng.normal(size=(n * t, m)).astype(dtype),
+        "dh_rec": rng.normal(size=(n, m)).astype(dtype),
+        "dh_carry": rng.normal(size=(n, m)).astype(dtype),
+        "dc": rng.normal(size=(n, m)).astype(dtype),
+    }
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("activation", "gate"), [(5, 6), (6, 5), (0, 6)])
+@pytest.mark.parametrize("step", [0, 3, 5])
+def test_lstm_step_kernels_match_the_cpu(activation, gate, step, dtype):
+    cuda = cuda_module()
+    host = _lstm_step_arrays(dtype)
+    n, w = host["gates"].shape
+    m, t = w // 4, host["mask"].shape[1]
+    tol = _tolerance(dtype)
+
+    def run(module, to, back):
+        arrays = {k: to(v.copy()) for k, v in host.items()}
+        made = {
+            k: to(np.zeros(shape, dtype))
+            for k, shape in (
+                ("c", (n, m)),
+                ("h", (n, m)),
+                ("out", (n * t, m)),
+                ("dgates", (n, w)),
+                ("dgates_seq", (n * t, w)),
+            )
+        }
+        first = step == 0
+        module.nn_lstm_forward_step(
+            arrays["gates"],
+            arrays["zx"],
+            arrays["bias"],
+            arrays["mask"],
+            None if first else arrays["c_prev"],
+            None if first else arrays["h_prev"],
+            made["c"],
+            made["h"],
+            made["out"],
+            t,
+            step,
+            activation,
+            gate,
+        )
+        module.nn_lstm_backward_step(
+            arrays["gates"],
+            made["c"],
+            None if first else arrays["c_prev"],
+            arrays["mask"],
+            arrays["d_out"],
+            arrays["dh_rec"],
+            arrays["dh_carry"],
+            arrays["dc"],
+            made["dgates"],
+            made["dgates_seq"],
+            t,
+            step,
+            activation,
+            gate,
+        )
+        names = ("gates", "dh_carry", "dc")
+        return {k: back(v) for k, v in {**{k: arrays[k] for k in names}, **made}.items()}
+
+    on_gpu = run(cuda, cuda.to_device, lambda b: b.to_host())
+    on_cpu = run(_native, lambda a: a, lambda a: a)
+    for name, expected in on_cpu.items():
+        np.testing.assert_allclose(on_gpu[name], expected, rtol=tol, atol=tol, err_msg=name)
+
+
+def _recurrent_batches(dtype, steps=4, n=20, t=9):
+    """Sequences of lengths 1..t padded at either end, with per-step labels and masks."""
+    rng = np.random.default_rng(8)
+    for _ in range(steps):
+        lengths = rng.integers(1, t + 1, n)
+        first = np.where(rng.random(n) < 0.5, t - lengths, 0)
+        steps_ = np.arange(t)
+        mask = ((steps_ >= first[:, None]) & (steps_ < (first + lengths)[:, None])).astype(dtype)
+        x = (rng.normal(size=(n, 5, t)) * mask[:, None, :]).astype(dtype)
+        y = np.eye(3, dtype=dtype)[rng.integers(0, 3, (n, t))].transpose(0, 2, 1)
+        yield DataSet(x, y, mask, mask)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("head", ["rnn_output", "last_time_step"])
+def test_gpu_lstm_steps_follow_the_cpu_steps(head, dtype, cublas):
+    from sparkbatch.nn import LSTM, LastTimeStep, RnnOutput
+
+    def make(device):
+        if head == "rnn_output":
+            layers = [LSTM(5, 16, l2=1e-3), LSTM(16, 8, dropout=0.1), RnnOutput(8, 3)]
+        else:
+            layers = [LSTM(5, 16), LastTimeStep(LSTM(16, 8)), Output(8, 3)]
+        return Network(layers, Adam(0.01), seed=3, dtype=dtype, device=device)
+
+    cpu, on_gpu = make("cpu"), make("cuda")
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for batch in _recurrent_batches(dtype):
+        if head == "last_time_step":
+            batch = DataSet(batch.features, batch.labels[:, :, -1], batch.features_mask)
+        expected = cpu.fit_batch(batch)
+        assert on_gpu.fit_batch(batch) == pytest.approx(expected, rel=tol)
+    np.testing.assert_allclose(on_gpu.params(), cpu.params(), rtol=tol, atol=tol * 1e-2)
+    np.testing.assert_allclose(on_gpu.gradients(), cpu.gradients(), rtol=tol, atol=tol)
+    mask = batch.features_mask
+    np.testing.assert_allclose(
+        on_gpu.output(batch.features, features_mask=mask),
+        cpu.output(batch.features, features_mask=mask),
+        rtol=tol,
+        atol=tol * 1e-2,
+    )
+    assert on_gpu.score(batch) == pytest.approx(cpu.score(batch), rel=tol)
