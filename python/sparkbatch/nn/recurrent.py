@@ -57,7 +57,9 @@ __all__ = ["LSTM", "RnnOutput", "LastTimeStep", "LSTM_ACTIVATIONS"]
 LSTM_ACTIVATIONS = ("tanh", "sigmoid", "identity")
 
 
-def _init(rng: np.random.Generator, kind: str, target: np.ndarray, fan_in: int, fan_out: int):
+def _init(
+    rng: np.random.Generator, kind: str, target: np.ndarray, fan_in: int, fan_out: int
+) -> None:
     """Fill ``target`` by weight initialisation ``kind`` for the given fans (as Dense does)."""
     shape = target.shape
     if kind == "xavier":
