@@ -444,3 +444,43 @@ def test_an_lstm_learns_a_sequence_task_on_one_machine():
     net.fit(data, epochs=8, batch_size=64)
     assert net.score(data) < before / 3
     assert net.evaluate(data).accuracy() > 0.9
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_on_a_staging_backend_recurrent_models_compute_exactly_as_on_the_cpu(dtype):
+    """A device's memory discipline (staged minibatches and masks, carved work arrays that start
+    as NaN, per-slot row counts) on the CPU's kernels: what the CUDA backend runs, step for
+    step."""
+    from tests.test_nn_graph import StagingBackend, _copy_model_state
+
+    rng = np.random.default_rng(22)
+    x, mask = _sequences(rng, [3, 7, 1, 5, 7], 7, 2, np.array([1, 0, 1, 0, 1], bool))
+    x, mask = x.astype(dtype), mask.astype(dtype)
+    y = np.eye(2, dtype=dtype)[rng.integers(0, 2, (5, 7))].transpose(0, 2, 1)
+    cases = [
+        ([LSTM(2, 4), LSTM(4, 3, dropout=0.2), RnnOutput(3, 2)], DataSet(x, y, mask, mask)),
+        ([LSTM(2, 4), LastTimeStep(LSTM(4, 3)), Output(3, 2)], DataSet(x, y[:, :, 0], mask)),
+    ]
+    for layers, data in cases:
+        cpu = Network(layers, Adam(0.01), seed=1, dtype=dtype)
+        staged = _copy_model_state(
+            Network(layers, Adam(0.01), seed=1, dtype=dtype), StagingBackend(dtype)
+        )
+        for _ in range(3):
+            assert staged.fit_batch(data) == cpu.fit_batch(data)
+        np.testing.assert_array_equal(staged.params(), cpu.params())
+        np.testing.assert_array_equal(
+            staged.output(x, features_mask=mask, batch_size=10),
+            cpu.output(x, features_mask=mask, batch_size=10),
+        )
+    cpu_graph = _sequence_graph(dtype)
+    staged_graph = _copy_model_state(_sequence_graph(dtype), StagingBackend(dtype))
+    data = _graph_data(rng)
+    data = MultiDataSet(
+        [f.astype(dtype) for f in data.features],
+        [label.astype(dtype) for label in data.labels],
+        [None if m is None else m.astype(dtype) for m in data.features_masks],
+        [None if m is None else m.astype(dtype) for m in data.labels_masks],
+    )
+    assert staged_graph.fit_batch(data) == cpu_graph.fit_batch(data)
+    np.testing.assert_array_equal(staged_graph.params(), cpu_graph.params())
