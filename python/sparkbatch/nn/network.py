@@ -10,7 +10,9 @@ preallocated work arrays per batch size, so a step allocates nothing.
 
 Sequences ``[n, f, t]`` (DL4J's layout) are fitted step by step, as DL4J's feed-forward layers do
 with a time-series preprocessor: every time step is a row, and the label mask ``[n, t]`` weighs
-each row's loss (0 drops a padded step).
+each row's loss (0 drops a padded step). Recurrent layers (:class:`~sparkbatch.nn.LSTM`,
+:class:`~sparkbatch.nn.RnnOutput`, :class:`~sparkbatch.nn.LastTimeStep`) read whole sequences
+with their features mask ``[n, t]``: see ``docs/recurrent.md``.
 
 Examples
 --------
@@ -55,12 +57,13 @@ __all__ = ["Network"]
 
 
 class Network(FlatModel):
-    """A feed-forward network of :class:`~sparkbatch.nn.Dense` layers and one
-    :class:`~sparkbatch.nn.Output` layer, trained by ``updater``.
+    """A stack of layers (:class:`~sparkbatch.nn.Dense`, :class:`~sparkbatch.nn.LSTM`,
+    :class:`~sparkbatch.nn.LastTimeStep`) and one :class:`~sparkbatch.nn.Output` (or
+    :class:`~sparkbatch.nn.RnnOutput`) layer, trained by ``updater``.
 
     Parameters
     ----------
-    layers : sequence of Dense, ending with one Output
+    layers : sequence of layers, ending with one Output (or RnnOutput)
         ``layers[i].n_out`` must equal ``layers[i + 1].n_in``.
     updater : Updater, default Adam(1e-3)
         How gradients become steps.
