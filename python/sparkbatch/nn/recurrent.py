@@ -228,7 +228,17 @@ class LSTM(Layer):
         example's last unmasked step (masked steps carry it through), 0 where none is."""
         return self._steps(backend, work)["h"][work["t"]]
 
-    def backward(self, backend, params, grads, work, d_out, d_in, seed) -> None:
+    def backward(
+        self,
+        backend: Any,
+        params: Params,
+        grads: Params,
+        work: Work,
+        d_out: Any,
+        d_in: Any,
+        seed: int | None,
+    ) -> None:
+        """Backward from the outputs' gradient ``d_out [n * t, n_out]``."""
         self.backward_sequence(backend, params, grads, work, d_out, None, d_in, seed)
 
     def backward_sequence(
@@ -371,7 +381,17 @@ class LastTimeStep(Layer):
         self.layer.forward(backend, params, x, work, seed)
         return self.layer.final_state(backend, work)
 
-    def backward(self, backend, params, grads, work, d_out, d_in, seed) -> None:
+    def backward(
+        self,
+        backend: Any,
+        params: Params,
+        grads: Params,
+        work: Work,
+        d_out: Any,
+        d_in: Any,
+        seed: int | None,
+    ) -> None:
+        """Backward from the gradient of the last real steps' outputs ``d_out [n, n_out]``."""
         self.layer.backward_sequence(backend, params, grads, work, None, d_out, d_in, seed)
 
     def to_config(self) -> dict[str, Any]:
