@@ -484,3 +484,19 @@ def test_on_a_staging_backend_recurrent_models_compute_exactly_as_on_the_cpu(dty
     )
     assert staged_graph.fit_batch(data) == cpu_graph.fit_batch(data)
     np.testing.assert_array_equal(staged_graph.params(), cpu_graph.params())
+
+
+def test_rnn_output_without_a_labels_mask_weighs_the_steps_by_the_features_mask():
+    rng = np.random.default_rng(23)
+    x, mask = _sequences(rng, [2, 5, 3], 5, 2, np.array([True, False, True]))
+    y = _one_hot_steps(rng, 3, 2, 5)
+    net = Network([LSTM(2, 3), RnnOutput(3, 2)], seed=1, dtype="float64")
+    expected = net.compute_gradients(DataSet(x, y, mask, mask))
+    grads = net.gradients().copy()
+    assert net.compute_gradients(DataSet(x, y, mask)) == expected
+    np.testing.assert_array_equal(net.gradients(), grads)
+    assert net.score(DataSet(x, y, mask)) == net.score(DataSet(x, y, mask, mask))
+    graph = _sequence_graph()
+    data = _graph_data(rng)
+    unmasked = MultiDataSet(data.features, data.labels, data.features_masks, [None, None])
+    assert graph.compute_gradients(unmasked) == graph.compute_gradients(data)

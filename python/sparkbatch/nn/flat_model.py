@@ -389,6 +389,20 @@ class FlatModel:
         """Output ``output_index``'s labels, predictions and labels mask for one minibatch."""
         raise NotImplementedError
 
+    def _labels_mask(self, k: int, labels_mask: Any, features_masks: Sequence[Any]) -> Any:
+        """Output ``k``'s labels mask, or where it has none and the output is an
+        :class:`~sparkbatch.nn.RnnOutput`, the features mask of the input its sequence comes
+        from: a padded step then adds nothing to the loss (DL4J uses the features mask so too).
+        A row-wise ``Output`` on sequences keeps weighing every step without a labels mask."""
+        if labels_mask is not None:
+            return labels_mask
+        topology = self._topology
+        node = topology.nodes[topology.outputs[k]]
+        if node.op.time != "sequence":
+            return None
+        source = topology.mask_source[node.slot]
+        return features_masks[source] if source >= 0 else None
+
     def labelled_output(
         self, batch: DataSet | MultiDataSet, output_index: int = 0
     ) -> tuple[Any, np.ndarray, Any]:

@@ -191,7 +191,8 @@ class Graph(FlatModel):
         mds = _as_multi(batch)
         self._check_labels(mds)
         predicted = self.output(list(mds.features), features_masks=mds.features_masks)
-        labels, mask = mds.labels[output_index], mds.labels_masks[output_index]
+        labels = mds.labels[output_index]
+        mask = self._labels_mask(output_index, mds.labels_masks[output_index], mds.features_masks)
         predicted = predicted[output_index]
         if np.ndim(labels) == 3 and predicted.ndim == 2:
             labels, predicted = last_step_labels(labels, mask, predicted, self.dtype)
@@ -283,6 +284,7 @@ class Graph(FlatModel):
         for k, (y, mask, name, width) in enumerate(
             zip(mds.labels, mds.labels_masks, self.outputs, self.output_widths, strict=True)
         ):
+            mask = self._labels_mask(k, mask, mds.features_masks)
             seq = sequential[k] if sequential is not None else True
             label, weights = label_rows(
                 y,

@@ -316,7 +316,8 @@ class LSTM(Layer):
 @dataclass(frozen=True)
 class RnnOutput(Output):
     """An output layer with a loss at every time step, weighted by the labels mask ``[n, t]``
-    (a masked step contributes nothing): DL4J's ``RnnOutputLayer``. Labels are ``[n, n_out, t]``.
+    (a masked step contributes nothing), or without one by the features mask of the input its
+    sequence comes from: DL4J's ``RnnOutputLayer``. Labels are ``[n, n_out, t]``.
 
     It refuses input that is not a sequence (features ``[n, width]``, or the output of
     :class:`LastTimeStep`); use :class:`~sparkbatch.nn.Output` there.
