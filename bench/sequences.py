@@ -2,17 +2,26 @@
 minibatch files on local Spark: the seed's per-record chain against the partition-wide path.
 
 Usage: python bench/sequences.py [--files 20000] [--min-steps 10] [--max-steps 60] [--batch 32]
-                                 [--repeat 1] [--dir DIR] [--lstm]
+                                 [--repeat 1] [--dir DIR] [--max-partition-bytes 262144]
+                                 [--lstm]
 
 A generated directory of --files CSV files, each a sequence of 10-60 steps of 6 columns (5 float
 features and an integer class label in 0..4), goes to minibatch files of --batch sequences by
   (a) the seed's chain: sc.binaryFiles -> SequenceFileToRecords(CSVSequenceRecordReader())
       -> SequencesToDataSet(label_index=5, num_classes=5) -> batch_and_export
   (b) the partition-wide path: csv_sequences_to_datasets(...) -> batch_and_export
-on local[N] (N = cores), after one warm-up run of each on the first 500 files. Each export is
-read back and its example count checked. Prints sequences/s of each and (b)/(a); the goal is at
-least 10x. --lstm also times the LSTM training step of bench/lstm.py (another benchmark's
-run(threads=...), when it exists).
+on local[N] (N = cores), after one warm-up run of each on 500 other files. Each export is read
+back and its example count checked.
+
+NOTE [binaryFiles of small files]: Spark's binaryFiles packs files into splits by their bytes
+(up to spark.files.maxPartitionBytes, 128 MB), so 20,000 files of 1.5 kB make one split, one
+task, and every file's PortableDataStream serialises that whole split again: quadratic in the
+files per split (measured here: 2,000 files ~65 s, 20,000 would take about an hour). The chain is
+run with --max-partition-bytes (default 256 kB, about 170 files a split) so that it is measured
+at its best, as a user who knows this would run it; 0 keeps Spark's default.
+
+Prints sequences/s of each and (b)/(a); the goal is at least 10x. --lstm also times the LSTM
+training step against torch.nn.LSTM (bench/lstm.py's run(threads=cores); needs torch).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import time
 
 import numpy as np
 
-from _common import local_spark, versions
+from _common import versions
 
 FEATURES, CLASSES = 5, 5
 
@@ -59,7 +68,30 @@ def _read_back(urls: list[str]) -> int:
     return total
 
 
-def run_spark(data: str, warm: str, out: str, batch: int, repeat: int) -> list[tuple[str, float]]:
+def _spark(max_partition_bytes: int):  # type: ignore[no-untyped-def]
+    """bench/_common's local Spark, with spark.files.maxPartitionBytes set (NOTE [binaryFiles
+    of small files])."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.master(f"local[{os.cpu_count() or 2}]")
+        .appName("sparkbatch-bench-sequences")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "4g")
+        .config("spark.python.worker.reuse", "true")
+    )
+    if max_partition_bytes:
+        builder = builder.config("spark.files.maxPartitionBytes", str(max_partition_bytes))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def run_spark(
+    data: str, warm: str, out: str, batch: int, repeat: int, max_partition_bytes: int
+) -> list[tuple[str, float]]:
     from sparkbatch.records import CSVSequenceRecordReader
     from sparkbatch.spark import (
         SequenceFileToRecords,
@@ -68,14 +100,14 @@ def run_spark(data: str, warm: str, out: str, batch: int, repeat: int) -> list[t
         csv_sequences_to_datasets,
     )
 
-    spark = local_spark("sparkbatch-bench-sequences", driver_memory="4g")
+    spark = _spark(max_partition_bytes)
     sc = spark.sparkContext
     cores = os.cpu_count() or 2
     files = len(os.listdir(data))
 
     def chain(directory: str, target: str) -> list[str]:
         rdd = (
-            sc.binaryFiles(directory, 2 * cores)
+            sc.binaryFiles(directory, 2 * cores)  # NOTE [binaryFiles of small files]
             .map(SequenceFileToRecords(CSVSequenceRecordReader()))
             .map(SequencesToDataSet(label_index=FEATURES, num_classes=CLASSES))
         )
@@ -108,9 +140,6 @@ def run_spark(data: str, warm: str, out: str, batch: int, repeat: int) -> list[t
 
 def run_lstm() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
-    if not os.path.exists(os.path.join(here, "lstm.py")):
-        print("\n--lstm: bench/lstm.py does not exist yet; skipped")
-        return
     sys.path.insert(0, here)
     import lstm  # type: ignore[import-not-found]
 
@@ -128,8 +157,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="sequences per minibatch file")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs of each path (best)")
     parser.add_argument("--dir", default=None, help="where to write the files (default: temp)")
+    parser.add_argument(
+        "--max-partition-bytes",
+        type=int,
+        default=256 << 10,
+        help="spark.files.maxPartitionBytes for binaryFiles (0: Spark's default, 128 MB)",
+    )
     parser.add_argument("--lstm", action="store_true", help="also run bench/lstm.py's run()")
     args = parser.parse_args()
+    if args.lstm:  # bench/lstm.py's threads: sparkbatch's pool reads this when first imported
+        os.environ.setdefault("SPARKBATCH_NUM_THREADS", str(os.cpu_count() or 1))
 
     print("versions:", versions("sparkbatch", "numpy", "pyspark", "fsspec"))
     workdir = tempfile.mkdtemp(prefix="sparkbatch-bench-sequences-", dir=args.dir)
@@ -142,8 +179,18 @@ def main() -> None:
             f"data: {args.files:,} files, {steps:,} steps ({args.min_steps}-{args.max_steps} a"
             f" file), {FEATURES} float features + 1 class label, {size:.1f} MB\n"
         )
-        results = run_spark(data, warm, os.path.join(workdir, "out"), args.batch, args.repeat)
-        print(f"local[{os.cpu_count()}], files to exported minibatches of {args.batch} (masked)")
+        results = run_spark(
+            data,
+            warm,
+            os.path.join(workdir, "out"),
+            args.batch,
+            args.repeat,
+            args.max_partition_bytes,
+        )
+        print(
+            f"local[{os.cpu_count()}], files to exported minibatches of {args.batch} (masked);"
+            f" spark.files.maxPartitionBytes={args.max_partition_bytes or 'default'}"
+        )
         print("| path | sequences/s |")
         print("|---|---:|")
         for name, rate in results:
