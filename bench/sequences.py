@@ -16,9 +16,10 @@ back and its example count checked.
 NOTE [binaryFiles of small files]: Spark's binaryFiles packs files into splits by their bytes
 (up to spark.files.maxPartitionBytes, 128 MB), so 20,000 files of 1.5 kB make one split, one
 task, and every file's PortableDataStream serialises that whole split again: quadratic in the
-files per split (measured here: 2,000 files ~65 s, 20,000 would take about an hour). The chain is
-run with --max-partition-bytes (default 256 kB, about 170 files a split) so that it is measured
-at its best, as a user who knows this would run it; 0 keeps Spark's default.
+files per split (measured here: 2,000 files ~65 s; 20,000 still in their one task after 15
+minutes, when the run was stopped), and it serialises the Hadoop configuration once per file.
+The chain is run with --max-partition-bytes (default 256 kB, about 170 files a split) so that
+it is measured at its best, as a user who knows this would run it; 0 keeps Spark's default.
 
 Prints sequences/s of each and (b)/(a); the goal is at least 10x. --lstm also times the LSTM
 training step against torch.nn.LSTM (bench/lstm.py's run(threads=cores); needs torch).
