@@ -317,3 +317,18 @@ def test_sequences_of_different_widths_name_both_files():
         r"dataset 0 \(a.csv\) has shape \(1, 2, 1\)",
     ):
         DataSet.merge([one_a, one_b])
+
+
+def test_an_export_partition_names_the_files_of_elements_of_other_widths():
+    from sparkbatch.spark.export import rebatch_partition
+
+    a = sequence_to_dataset([[0.1, 0.2, 1.0]], label_index=-1, num_classes=2, source="a.csv")
+    b = sequence_to_dataset([[0.1, 1.0]] * 2, label_index=-1, num_classes=2, source="b.csv")
+    with pytest.raises(
+        CsvError,
+        match=r"partition 3, element 1 \(b.csv\): a DataSet with features"
+        r" \(1, 1, 2\).* where element 0 \(a.csv\) is a DataSet with features "
+        r"\(n, 2\)",
+    ) as info:
+        list(rebatch_partition(3, [a, b], 2))
+    assert info.value.source == "b.csv"

@@ -34,7 +34,8 @@ from sparkbatch.data.manifest import (
     describe,
     minibatch_files,
 )
-from sparkbatch.data.sequences import check_alignment
+from sparkbatch.data.sequences import check_alignment, describe_sources, example_sources
+from sparkbatch.errors import CsvError
 from sparkbatch.spark._errors import executor_errors
 from sparkbatch.storage import join
 
@@ -77,7 +78,7 @@ def _checked(items: Iterable[Any], partition: int) -> Iterator[Minibatch]:
     """The items of a partition, each checked to be a DataSet or MultiDataSet of the same kind
     and shapes (bar the example axis and the time axis of sequences) as the first, so that a
     bad element is named before any merge trips over it."""
-    first: tuple[type, dict[str, Any]] | None = None
+    first: tuple[type, dict[str, Any], str] | None = None
     for i, item in enumerate(items):
         if not isinstance(item, (DataSet, MultiDataSet)):
             raise TypeError(
@@ -86,16 +87,26 @@ def _checked(items: Iterable[Any], partition: int) -> Iterator[Minibatch]:
             )
         signature = _signature(item)
         if first is None:
-            first = (type(item), signature)
+            first = (type(item), signature, _files(item))
         elif type(item) is not first[0] or signature != first[1]:
             shapes = describe(item)["tensors"]
-            raise ValueError(
-                f"partition {partition}, element {i}: a {type(item).__name__} with "
-                f"{_shapes(shapes)} where element 0 is a {first[0].__name__} with "
+            files = _files(item)
+            message = (
+                f"partition {partition}, element {i}{files}: a {type(item).__name__} with "
+                f"{_shapes(shapes)} where element 0{first[2]} is a {first[0].__name__} with "
                 f"{_shapes_of(first[1])}; every element must agree in kind and in shape except "
                 "for the example axis (and the time axis of sequences)"
             )
+            if files and first[2]:  # sequence files of different column counts
+                raise CsvError(message, source=files[2:-1], expected="the columns of element 0")
+            raise ValueError(message)
         yield item
+
+
+def _files(item: Minibatch) -> str:
+    """`` (a.csv)`` for an element whose metadata names its file(s) (NOTE [sequence sources]
+    in :mod:`sparkbatch.data.sequences`), else ""."""
+    return describe_sources(example_sources(item.metadata, item.num_examples))
 
 
 def with_sequence_masks(minibatch: Minibatch) -> Minibatch:
