@@ -170,7 +170,8 @@ def test_a_file_of_another_width_fails_the_job_naming_both(sc, tmp_path):
     rdd = csv_sequences_to_datasets(tmp_path, label_index=2, num_classes=3, batch_size=2, sc=sc)
     with pytest.raises(
         CsvError,
-        match=r"b.csv, line 2: expected 3 columns \(as in .*a.csv, line 1\), found 2: '3,1'",
+        match=r"b.csv, line 2 \(step 1\): expected 3 columns \(as in .*a.csv, line 1\), "
+        r"found 2: '3,1'",
     ):
         batch_and_export(rdd, tmp_path / "out", 2)
 
@@ -181,7 +182,12 @@ def test_a_file_of_another_width_fails_the_job_naming_both(sc, tmp_path):
         (
             {"a.csv": "1,2,0\n", "b.csv": "1,2,0\n3,4,2\n5,6,7\n"},
             0,
-            r"b.csv, line 3, column 2: expected a class index in \[0, 3\), found '7'",
+            r"b.csv, line 3 \(step 2\), column 2: expected a class index in \[0, 3\), found '7'",
+        ),
+        (
+            {"a.csv": "x,y,z\n1,2,0\n", "b.csv": "x,y,z\n1,2,0\n\n3,4,9\n"},
+            1,
+            r"b.csv, line 4 \(step 1\), column 2: expected a class index in \[0, 3\)",
         ),
         ({"a.csv": "1,2,0\n", "b.csv": ""}, 0, r"b.csv: expected at least one step .*empty file"),
         (

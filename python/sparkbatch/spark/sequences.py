@@ -205,9 +205,9 @@ class SequenceFilesToDataSets:
                 class_columns=self.class_columns,
                 threads=1,
             )
-        except CsvError:
+        except CsvError as e:
             check_head(url, text[:HEAD_BYTES])
-            raise
+            raise _with_step(e, text, self.options) from e.__cause__
         if parsed.values.shape[0] == 0:
             raise empty_sequence_error(
                 url, text.decode("utf-8", "replace"), self.options.skip_lines
@@ -243,6 +243,28 @@ class SequenceFilesToDataSets:
             many_to_one=self.many_to_one,
             sources=sources,
         )
+
+
+def _with_step(error: CsvError, text: bytes, options: CsvOptions) -> CsvError:
+    """``error`` (of a line of a sequence file) with the step of that line: ``"a.csv, line 7
+    (step 5), ..."``, as the per-record path names it; steps are the lines after the header
+    that are not blank."""
+    line, source = error.line, error.source
+    prefix = f"{source}, line {line}"
+    if line is None or line <= options.skip_lines or not str(error).startswith(prefix):
+        return error
+    blanks = b" \t\r".replace(options.delimiter.encode(), b"")
+    before = text.split(b"\n", line - 1)[options.skip_lines : line - 1]
+    step = sum(1 for row in before if row.strip(blanks))
+    message = f"{prefix} (step {step}){str(error)[len(prefix) :]}"
+    return CsvError(
+        message,
+        source=source,
+        line=line,
+        column=error.column,
+        text=error.text,
+        expected=error.expected,
+    )
 
 
 def _first_table(
