@@ -245,3 +245,17 @@ def test_readers_of_different_lengths_and_bad_arguments(tmp_path):
         list(MultiDataSetBuilder(2).add_reader("a", CSVRecordReader()))
     with pytest.raises(ValueError, match="reader 'b' is used by no input or output"):
         list(MultiDataSetBuilder(2).add_reader("a", []).add_reader("b", []).add_input("a"))
+
+
+def test_a_column_range_starting_past_the_record_is_an_error(tmp_path):
+    path = _write_csv(tmp_path / "a.csv", [[1.0, 2.0, 3.0, 4.0]] * 2)
+    with pytest.raises(
+        CsvError,
+        match=r"a\.csv, line 1: expected at least 11 columns for the array of reader 'r', "
+        r"columns 10\.\.last, found 4",
+    ):
+        list(_builder(path).add_input("r", 10))
+    with pytest.raises(CsvError, match=r"at least 5 columns .*columns 4\.\.last, found 4"):
+        list(_builder(path).add_input("r", 0, 1).add_output("r", 4, None))
+    with pytest.raises(CsvError, match=r"at least 5 columns .*column 4 one-hot"):
+        list(_builder(path).add_input("r").add_output_one_hot("r", 4, 2))

@@ -351,7 +351,9 @@ class MultiDataSetConverter:
             else:
                 first = 0 if spec.first is None else spec.first
                 last = width - 1 if spec.last is None else spec.last
-            if last >= width:
+            if first >= width or last >= width or first > last:
+                # first past the record with last=None gives first > last = width - 1
+                last = max(first, last)
                 raise r.error(
                     0,
                     -1,
