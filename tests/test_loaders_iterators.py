@@ -482,3 +482,38 @@ def test_a_custom_loaders_error_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=rf"^{paths[1]}: bad bytes in the header$") as caught:
         list(FileDataSetIterator(paths, loader=Broken(), prefetch=0))
     assert str(caught.value.__cause__) == "bad bytes in the header"
+
+
+def _end_aligned(seqs, t_max):
+    """numpy reference: sequences [f, t] padded at the start to t_max, and their masks."""
+    x = np.zeros((len(seqs), seqs[0].shape[0], t_max), np.float32)
+    m = np.zeros((len(seqs), t_max), np.float32)
+    for i, s in enumerate(seqs):
+        x[i, :, t_max - s.shape[1] :] = s
+        m[i, t_max - s.shape[1] :] = 1
+    return x, m
+
+
+def test_an_align_end_export_read_back_at_another_batch_size_keeps_its_alignment(tmp_path):
+    rng = np.random.default_rng(3)
+    lengths = [1, 3, 2, 5, 4]
+    seqs = [rng.standard_normal((2, t)).astype(np.float32) for t in lengths]
+    files = []
+    for part in ([0, 1], [2, 3, 4]):  # minibatches of T 3 and 5, padded at the start
+        x, m = _end_aligned([seqs[i] for i in part], max(lengths[i] for i in part))
+        files.append(DataSet(x, x[:, :1], m, m))
+    urls = export_datasets(files, str(tmp_path), progress=False)
+    x, m = _end_aligned(seqs, 5)
+    [ds] = FileDataSetIterator(urls, batch_size=5, alignment="align_end")
+    np.testing.assert_array_equal(ds.features, x)
+    np.testing.assert_array_equal(ds.features_mask, m)
+    np.testing.assert_array_equal(ds.labels, x[:, :1])
+    np.testing.assert_array_equal(ds.labels_mask, m)
+    [mds] = FileMultiDataSetIterator(urls, batch_size=5, alignment="ALIGN_END")
+    np.testing.assert_array_equal(mds.features[0], x)
+    np.testing.assert_array_equal(mds.features_masks[0], m)
+    # the default pads at the end: the first minibatch's steps do not line up with the others
+    [start] = FileDataSetIterator(urls, batch_size=5)
+    assert not np.array_equal(start.features_mask, m)
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        FileDataSetIterator(urls, batch_size=5, alignment="end")

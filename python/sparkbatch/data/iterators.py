@@ -39,6 +39,7 @@ from sparkbatch.data.loaders import (
 )
 from sparkbatch.data.manifest import minibatch_files
 from sparkbatch.data.multidataset import MultiDataSet
+from sparkbatch.data.sequences import check_alignment
 from sparkbatch.storage import is_directory
 
 __all__ = ["FileDataSetIterator", "FileMultiDataSetIterator"]
@@ -86,14 +87,17 @@ class _FileIterator(Generic[_B]):
         prefetch: int = 2,
         loader: Loader | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        alignment: str = "align_start",
     ) -> None:
         batch_size = check_optional_int("batch_size", batch_size)
+        alignment = check_alignment(alignment)
         prefetch = check_int("prefetch", prefetch, minimum=0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         if loader is not None and not callable(getattr(loader, "load", None)):
             raise TypeError(f"loader must have a load(source) method, got {type(loader).__name__}")
         self.batch_size = batch_size
+        self.alignment = alignment
         self.shuffle = bool(shuffle)
         self.seed = seed
         self.prefetch = prefetch
@@ -152,14 +156,15 @@ class _FileIterator(Generic[_B]):
             yield from loaded
             return
         try:
-            yield from rebatch(loaded, self.batch_size)
+            yield from rebatch(loaded, self.batch_size, self.alignment)
         finally:
             loaded.close()  # the prefetch thread stops with the pass
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self._files)} files, batch_size={self.batch_size}, "
-            f"shuffle={self.shuffle}, seed={self.seed}, prefetch={self.prefetch}, "
+            f"alignment={self.alignment!r}, shuffle={self.shuffle}, seed={self.seed}, "
+            f"prefetch={self.prefetch}, "
             f"loader={self.loader!r})"
         )
 
@@ -193,6 +198,12 @@ class FileDataSetIterator(_FileIterator[DataSet]):
         Reads one file; defaults to :class:`~sparkbatch.data.SerializedDataSetLoader`.
     storage_options : mapping, optional
         Keyword arguments for the file system.
+    alignment : {"align_start", "align_end", "equal_length"}, default "align_start"
+        With ``batch_size``, how sequences of different lengths from different files line up
+        when they are merged into one DataSet (:meth:`~sparkbatch.data.DataSet.merge`): give
+        the alignment the files were exported with (``batch_and_export(..., alignment=)``), so
+        that the padding of an ``"align_end"`` export stays at the start and the last steps stay
+        aligned. Without ``batch_size`` nothing is merged and it has no effect.
 
     Raises
     ------
