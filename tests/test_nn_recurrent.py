@@ -329,6 +329,37 @@ def test_many_to_one_labels_per_step_score_as_the_last_real_steps_labels():
     )
 
 
+def test_many_to_one_labels_without_a_labels_mask_come_from_the_features_masks_last_step():
+    # align_start padding: step t - 1 is padding for the short examples, whose labels there are 0
+    rng = np.random.default_rng(24)
+    lengths, t = [3, 1, 2, 3], 3
+    x, mask = _sequences(rng, lengths, t, 2, False)
+    last = np.array(lengths) - 1
+    y2 = np.eye(2)[[0, 1, 1, 0]]
+    y3 = np.zeros((4, 2, t))
+    y3[np.arange(4), :, last] = y2
+    net = Network([LastTimeStep(LSTM(2, 3)), Output(3, 2)], seed=1, dtype="float64")
+    expected = net.compute_gradients(DataSet(x, y2, mask))
+    grads = net.gradients().copy()
+    assert net.compute_gradients(DataSet(x, y3, mask)) == pytest.approx(expected)
+    np.testing.assert_allclose(net.gradients(), grads, rtol=1e-12, atol=1e-15)
+    assert net.score(DataSet(x, y3, mask)) == pytest.approx(net.score(DataSet(x, y2, mask)))
+    labels, _, _ = net.labelled_output(DataSet(x, y3, mask))
+    np.testing.assert_array_equal(labels, y2)
+    graph = Graph(
+        ["seq"],
+        {"last": (LastTimeStep(LSTM(2, 3)), "seq"), "class": (Output(3, 2), "last")},
+        ["class"],
+        seed=1,
+        dtype="float64",
+    )
+    rows = graph.compute_gradients(MultiDataSet([x], [y2], [mask], [None]))
+    steps = graph.compute_gradients(MultiDataSet([x], [y3], [mask], [None]))
+    assert steps == pytest.approx(rows)
+    labels, _, _ = graph.labelled_output(MultiDataSet([x], [y3], [mask], [None]))
+    np.testing.assert_array_equal(labels, y2)
+
+
 def test_inference_in_pieces_keeps_examples_whole():
     rng = np.random.default_rng(18)
     x, mask = _sequences(rng, rng.integers(1, 12, 23), 11, 2, True)

@@ -143,6 +143,15 @@ class Topology:
                 continue
             source[node.slot] = next((source[i] for i in node.inputs if source[i] >= 0), -1)
         self.mask_source = source
+        # Per slot of one row per example made from sequences (after LastTimeStep), the input
+        # whose features mask says which step each row comes from (-1: none).
+        last = [-1] * self.num_slots
+        for node in self.nodes:
+            if node.is_layer and node.op.time == "last_step":
+                last[node.slot] = source[node.inputs[0]]
+            else:
+                last[node.slot] = next((last[i] for i in node.inputs if last[i] >= 0), -1)
+        self.last_step_source = last
 
     def slot_sequences(self, sequences: Sequence[bool]) -> list[bool]:
         """Per slot, whether it holds sequences when the inputs' are ``sequences``; ValueError

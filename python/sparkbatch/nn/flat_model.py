@@ -389,17 +389,26 @@ class FlatModel:
         """Output ``output_index``'s labels, predictions and labels mask for one minibatch."""
         raise NotImplementedError
 
-    def _labels_mask(self, k: int, labels_mask: Any, features_masks: Sequence[Any]) -> Any:
+    def _labels_mask(
+        self, k: int, labels_mask: Any, features_masks: Sequence[Any], labels: Any = None
+    ) -> Any:
         """Output ``k``'s labels mask, or where it has none and the output is an
         :class:`~sparkbatch.nn.RnnOutput`, the features mask of the input its sequence comes
         from: a padded step then adds nothing to the loss (DL4J uses the features mask so too).
-        A row-wise ``Output`` on sequences keeps weighing every step without a labels mask."""
+        A row-wise ``Output`` on sequences keeps weighing every step without a labels mask.
+        For an output of one row per example after :class:`~sparkbatch.nn.LastTimeStep` with
+        many-to-one labels ``[n, k, t]`` (``labels``), the features mask of the sequence that
+        LastTimeStep read: each example's label is then that of its last real step, not of
+        step ``t - 1`` (padding under align_start)."""
         if labels_mask is not None:
             return labels_mask
         topology = self._topology
         node = topology.nodes[topology.outputs[k]]
         if node.op.time != "sequence":
-            return None
+            source = topology.last_step_source[node.slot]
+            if source < 0 or labels is None or np.ndim(labels) != 3:
+                return None
+            return features_masks[source]
         source = topology.mask_source[node.slot]
         return features_masks[source] if source >= 0 else None
 
@@ -662,7 +671,8 @@ def label_rows(
     per example, and their per-row loss weights. Sequence labels ``[n, k, t]`` for an output of
     one row per example after a sequence input (many-to-one, e.g. after
     :class:`~sparkbatch.nn.LastTimeStep`) become each example's labels at its last step whose
-    labels mask is 1 (the last step without a mask); an example with no such step weighs 0."""
+    ``mask`` is 1 (the labels mask, else the features mask: ``FlatModel._labels_mask``; the last
+    step without either); an example with no such step weighs 0."""
     labels = np.asarray(labels)
     if sequence_output or not sequence_input or labels.ndim != 3:
         return rows(labels, name, width, dtype, kind), row_weights(mask, dtype)

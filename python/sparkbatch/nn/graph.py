@@ -192,7 +192,9 @@ class Graph(FlatModel):
         self._check_labels(mds)
         predicted = self.output(list(mds.features), features_masks=mds.features_masks)
         labels = mds.labels[output_index]
-        mask = self._labels_mask(output_index, mds.labels_masks[output_index], mds.features_masks)
+        mask = self._labels_mask(
+            output_index, mds.labels_masks[output_index], mds.features_masks, labels
+        )
         predicted = predicted[output_index]
         if np.ndim(labels) == 3 and predicted.ndim == 2:
             labels, predicted = last_step_labels(labels, mask, predicted, self.dtype)
@@ -284,7 +286,7 @@ class Graph(FlatModel):
         for k, (y, mask, name, width) in enumerate(
             zip(mds.labels, mds.labels_masks, self.outputs, self.output_widths, strict=True)
         ):
-            mask = self._labels_mask(k, mask, mds.features_masks)
+            mask = self._labels_mask(k, mask, mds.features_masks, y)
             seq = sequential[k] if sequential is not None else True
             label, weights = label_rows(
                 y,

@@ -161,7 +161,8 @@ class Network(FlatModel):
     def _labelled_output(self, batch: Any, output_index: int) -> tuple[Any, np.ndarray, Any]:
         ds = _as_dataset(batch)
         predicted = self.output(ds.features, features_mask=ds.features_mask)
-        labels, mask = ds.labels, self._labels_mask(0, ds.labels_mask, [ds.features_mask])
+        labels = ds.labels
+        mask = self._labels_mask(0, ds.labels_mask, [ds.features_mask], labels)
         if labels is not None and np.ndim(labels) == 3 and predicted.ndim == 2:
             labels, predicted = last_step_labels(labels, mask, predicted, self.dtype)
             mask = None
@@ -204,7 +205,7 @@ class Network(FlatModel):
         steps = sequence_steps([ds.features], [ds.features_mask], self.dtype)
         y, w = label_rows(
             ds.labels,
-            self._labels_mask(0, ds.labels_mask, [ds.features_mask]),
+            self._labels_mask(0, ds.labels_mask, [ds.features_mask], ds.labels),
             "labels",
             self.num_outputs,
             self.dtype,
