@@ -332,3 +332,22 @@ def test_an_export_partition_names_the_files_of_elements_of_other_widths():
     ) as info:
         list(rebatch_partition(3, [a, b], 2))
     assert info.value.source == "b.csv"
+
+
+def test_an_export_partition_names_one_file_and_only_column_counts_are_csv_errors():
+    from sparkbatch.spark.export import rebatch_partition
+
+    def one(width, source, num_classes=2):
+        row = [0.1] * (width - 1) + [1.0]
+        return sequence_to_dataset([row], label_index=-1, num_classes=num_classes, source=source)
+
+    a = one(3, "a.csv")
+    several = DataSet.merge([one(2, "b.csv"), one(2, "c.csv"), one(2, "d.csv")])
+    with pytest.raises(CsvError, match=r"element 1 \(b.csv and 2 more\)") as info:
+        list(rebatch_partition(0, [a, several], 2))
+    assert info.value.source == "b.csv"  # a file, not "b.csv and 2 more"
+    # other label widths (num_classes) or other arrays are no CSV column problem
+    for other in (one(3, "e.csv", num_classes=3), one(3, "f.csv").to_multi()):
+        with pytest.raises(ValueError, match=r"element 1 \([ef].csv\)") as info:
+            list(rebatch_partition(0, [a, other], 2))
+        assert not isinstance(info.value, CsvError)

@@ -97,10 +97,30 @@ def _checked(items: Iterable[Any], partition: int) -> Iterator[Minibatch]:
                 f"{_shapes_of(first[1])}; every element must agree in kind and in shape except "
                 "for the example axis (and the time axis of sequences)"
             )
-            if files and first[2]:  # sequence files of different column counts
-                raise CsvError(message, source=files[2:-1], expected="the columns of element 0")
+            source = _first_file(item)
+            if source is not None and first[2] and _columns_differ(signature, first[1]):
+                # sequence files of different column counts: the same arrays, other features
+                raise CsvError(message, source=source, expected="the columns of element 0")
             raise ValueError(message)
         yield item
+
+
+def _first_file(item: Minibatch) -> str | None:
+    """The first file an element's metadata names (NOTE [sequence sources]), else None."""
+    sources = example_sources(item.metadata, item.num_examples) or []
+    return next((s for s in sources if s), None)
+
+
+def _columns_differ(
+    signature: Mapping[str, tuple[int, ...]], first: Mapping[str, tuple[int, ...]]
+) -> bool:
+    """Whether two elements hold the same arrays and differ only in their features' widths:
+    what sequence files of different column counts give. Another kind, other arrays or other
+    label widths are no CSV column problem."""
+    if signature.keys() != first.keys():
+        return False
+    different = [name for name in signature if signature[name] != first[name]]
+    return bool(different) and all(name.startswith("features") for name in different)
 
 
 def _files(item: Minibatch) -> str:
