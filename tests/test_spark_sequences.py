@@ -247,3 +247,34 @@ def test_bad_input_found_on_the_driver_or_per_record(sc, tmp_path):
         executor_errors(),
     ):
         chain.collect()
+
+
+@pytest.mark.parametrize(
+    ("field", "number"),
+    [("1_0", False), ("\u0661", False), ("1e", False), ("0x1", False)]
+    + [("+.5e-3", True), (" 2. ", True), ("-INF", True)],
+)
+def test_the_per_record_chain_and_the_native_path_agree_on_what_is_a_number(
+    tmp_path, field, number
+):
+    # one number grammar for both paths (NOTE [one number grammar]): float() alone takes "1_0"
+    from sparkbatch.convert import LabelSpec
+    from sparkbatch.records.csv_parser import CsvOptions
+    from sparkbatch.spark.sequences import SequenceFilesToDataSets, _first_table
+
+    path = tmp_path / "a.csv"
+    path.write_bytes(f"0.5,1\n{field},0\n".encode())
+    options = CsvOptions()
+    table = _first_table([str(path)], options, None)
+    native = SequenceFilesToDataSets(LabelSpec(label_index=1, num_classes=2), options, table, 2)
+    chain = SequencesToDataSet(label_index=1, num_classes=2)
+    sequence = SequenceFileToRecords()((str(path), path.read_bytes()))
+    if number:
+        [expected] = native([str(path)])
+        np.testing.assert_array_equal(chain(sequence).features, expected.features)
+        return
+    message = r"a.csv, line 2 \(step 1\), column 0: expected a number"
+    with pytest.raises(CsvError, match=message):
+        list(native([str(path)]))
+    with pytest.raises(CsvError, match=message):
+        chain(sequence)

@@ -36,6 +36,7 @@ from sparkbatch.convert.table import LabelSpec
 from sparkbatch.data import DataSet
 from sparkbatch.data.sequences import SOURCE, SOURCES, check_alignment, sequence_lengths
 from sparkbatch.errors import CsvError
+from sparkbatch.records.csv_sequence import NUMBER
 
 __all__ = ["sequence_table", "sequence_to_dataset", "sequences_to_dataset", "tables_to_dataset"]
 
@@ -162,10 +163,14 @@ def sequence_table(
                 found=str(len(record)),
             )
     label_columns = _label_columns(spec, width, sequence[0], source, _line(sequence, 0))
-    try:
-        values = np.array(sequence, dtype=np.float64)
+    try:  # numbers only: one C-level pass; text (kind "U") or None (kind "O") cell by cell
+        values = np.array(sequence)
     except (TypeError, ValueError, OverflowError):
         values = None
+    if values is not None and values.dtype.kind in "biuf":
+        values = values.astype(np.float64, copy=False)
+    elif values is not None:
+        values = _cells(sequence)
     if values is not None and values.shape == (len(sequence), width):
         ok = True
         nan = np.isnan(values)
@@ -183,6 +188,27 @@ def sequence_table(
     raise _first_bad_cell(spec, sequence, label_columns, source)
 
 
+def _cell(value: object) -> float | None:
+    """A cell as a float; text only if it is a number of the native parser's grammar
+    (NOTE [one number grammar] in :mod:`sparkbatch.records.csv_sequence`: ``float("1_0")``
+    would accept it); None if it is no number."""
+    if isinstance(value, str):
+        return float(value) if NUMBER.fullmatch(value) else None
+    return _as_float(value)
+
+
+def _cells(sequence: Sequence[Sequence[Any]]) -> np.ndarray | None:
+    """The float64 table of a sequence with text or other objects in it, None if a cell is
+    no number (see :func:`_cell`)."""
+    rows = []
+    for record in sequence:
+        row = [_cell(value) for value in record]
+        if None in row or any(isinstance(v, (list, tuple, np.ndarray)) for v in record):
+            return None
+        rows.append(row)
+    return np.array(rows, dtype=np.float64)
+
+
 def _first_bad_cell(
     spec: LabelSpec,
     sequence: Sequence[Sequence[Any]],
@@ -193,7 +219,7 @@ def _first_bad_cell(
     num_classes = spec.num_classes or 0
     for step, record in enumerate(sequence):
         for column, value in enumerate(record):
-            number = _as_float(value)
+            number = _cell(value)
             if column not in labels:
                 if number is not None and not isinstance(value, (list, tuple, np.ndarray)):
                     continue

@@ -1,8 +1,8 @@
 """CSV sequence record reader: DataVec's ``CSVSequenceRecordReader``, one file per sequence.
 
 A sequence record is a :class:`SequenceRecord`: a ``list`` with one record per time step (each a
-``list`` of values, as :class:`~sparkbatch.records.CSVRecordReader` gives them: ``float`` where
-:func:`float` accepts the field, else the ``str``), which remembers the file it came from
+``list`` of values: ``float`` where the field is a number of the native parser's grammar, else
+the ``str``: NOTE [one number grammar]), which remembers the file it came from
 (``source``) and the line of each step (``lines``), so that later errors can name them. It
 pickles with both.
 
@@ -26,6 +26,7 @@ import csv
 import io
 import itertools
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from fsspec.compression import compr
 from fsspec.utils import infer_compression
 
 from sparkbatch.errors import CsvError
-from sparkbatch.records.csv import Record, _check_char, _is_blank, to_value
+from sparkbatch.records.csv import Record, _check_char, _is_blank
 from sparkbatch.records.csv_files import HEAD_BYTES, UTF8_BOM, check_head, reading
 from sparkbatch.storage import list_files, read_bytes
 
@@ -132,11 +133,40 @@ def sequence_bytes(data: bytes, source: str) -> bytes:
     return data[len(UTF8_BOM) :] if data.startswith(UTF8_BOM) else data
 
 
+# NOTE [one number grammar]: a field is a number if the native parser of the partition-wide
+# path (csrc/csv_parser.cpp, parse_decimal) reads it as one: blanks (space, tab) around
+# ``[+-] (digits [. digits] | . digits) [(e|E) [+-] digits]``, or nan, inf, infinity in any case.
+# Python's float() accepts more ("1_0", non-ASCII digits, other white space): those fields stay
+# text here, and conversions (sparkbatch.convert.sequence_table) refuse text off this grammar,
+# so the per-record chain and the native path agree on every field.
+NUMBER = re.compile(
+    r"[ \t]*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)[ \t]*",
+    re.IGNORECASE,
+)
+# Characters outside NUMBER: float() accepting a field made only of the others means NUMBER does.
+_OFF_GRAMMAR = re.compile(r"[^0-9.eE+\-nNaAiIfFtTyY \t]")
+
+
+def number_value(field: str) -> float | str:
+    """A CSV field as a record value: a ``float`` if it is a number of the native parser's
+    grammar (NOTE [one number grammar]), else the field.
+
+    Examples
+    --------
+    >>> number_value(" 2.5 "), number_value("-INF"), number_value("1_0"), number_value("")
+    (2.5, -inf, '1_0', '')
+    """
+    return float(field) if NUMBER.fullmatch(field) else field
+
+
 def _values(fields: list[str]) -> Record:
     try:  # the usual all-numeric line: one C-level conversion of every field
-        return list(map(float, fields))
+        values = list(map(float, fields))
     except ValueError:
-        return [to_value(field) for field in fields]
+        return [number_value(field) for field in fields]
+    if _OFF_GRAMMAR.search("".join(fields)) is None:
+        return values
+    return [number_value(field) for field in fields]
 
 
 class CSVSequenceRecordReader:
