@@ -527,12 +527,18 @@ void lstm_forward_rows(const LstmForwardStep<T>& p, std::size_t begin, std::size
 template <Activation A, Activation G, bool HasPrev, typename T>
 void lstm_backward_units(const T* __restrict g, const T* __restrict c, const T* __restrict cp,
                          T* __restrict dc, T* __restrict carry, T* __restrict dg, std::size_t m) {
-  // The clamp of c in a pass of its own, into dz_o's place (read below before it is written).
-  for (std::size_t j = 0; j < m; ++j) dg[2 * m + j] = lstm_clamp(c[j]);
+  // act(c) as lstm_forward_rows computed it: identity unclamped, tanh and sigmoid of the clamp
+  // of c, which runs in a pass of its own into dz_o's place (read below before it is written).
+  if constexpr (A != Activation::identity)
+    for (std::size_t j = 0; j < m; ++j) dg[2 * m + j] = lstm_clamp(c[j]);
   for (std::size_t j = 0; j < m; ++j) {
     const T a = g[j], f = g[m + j], o = g[2 * m + j], ig = g[3 * m + j];
     const T dh = carry[j];
-    const T ac = lstm_activate_clamped(A, dg[2 * m + j]);  // act(c): clamped there below
+    T ac;
+    if constexpr (A == Activation::identity)
+      ac = c[j];
+    else
+      ac = lstm_activate_clamped(A, dg[2 * m + j]);
     const T dct = dc[j] + dh * o * lstm_activation_grad(A, ac);
     T c_prev = T(0);
     if constexpr (HasPrev) c_prev = cp[j];

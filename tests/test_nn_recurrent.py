@@ -431,6 +431,32 @@ def test_recurrent_layers_refuse_rows_and_bad_settings():
         )
 
 
+def test_float32_identity_lstm_gradients_do_not_clamp_the_cell_state():
+    # identity activation, gates at sigmoid(0) = 1/2: c grows past the float clamp at 40, and
+    # h = o * c unclamped; the float32 gradients must be those of float64 (which has no clamp)
+    n, f, m, t = 2, 2, 3, 4
+    x = np.full((n, f, t), 30.0)
+    x[1] *= -1
+    y = np.zeros((n, 1, t))
+    layers = [LSTM(f, m, "identity", "sigmoid"), RnnOutput(m, 1, "identity", "mse")]
+    double = Network(layers, seed=3, dtype="float64")
+    params = double.params()
+    node = double._topology.nodes[0]
+    for name, (offset, shape) in node.params.items():
+        values = np.zeros(shape)
+        if name == "W":
+            values[:, :m] = 1  # the cell input a = sum of x = +-60 per step
+        params[offset : offset + int(np.prod(shape))] = values.reshape(-1)
+    double.set_params(params)
+    single = Network(layers, seed=3, dtype="float32")
+    single.set_params(params)
+    expected = double.compute_gradients(DataSet(x, y))
+    assert single.compute_gradients(DataSet(x.astype(np.float32), y)) == pytest.approx(
+        expected, rel=1e-5
+    )
+    np.testing.assert_allclose(single.gradients(), double.gradients(), rtol=1e-4, atol=1e-3)
+
+
 # -- files, copies, training -----------------------------------------------------------------------
 
 
