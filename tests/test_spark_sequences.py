@@ -278,3 +278,19 @@ def test_the_per_record_chain_and_the_native_path_agree_on_what_is_a_number(
         list(native([str(path)]))
     with pytest.raises(CsvError, match=message):
         chain(sequence)
+
+
+def test_the_step_of_an_error_counts_records_not_lines():
+    # a quoted field may hold line breaks (and lines may be blank): step = data records before
+    from sparkbatch.records.csv_parser import CsvOptions
+    from sparkbatch.spark.sequences import _with_step
+
+    text = b'h\n1,"2\n\n3",0\n\n4,5,0\n6,x,0\n'
+    error = CsvError(
+        "a.csv, line 7, column 1: expected a number, found 'x'", source="a.csv", line=7, column=1
+    )
+    got = _with_step(error, text, CsvOptions(skip_lines=1))
+    assert str(got) == "a.csv, line 7 (step 2), column 1: expected a number, found 'x'"
+    assert (got.source, got.line, got.column) == ("a.csv", 7, 1)
+    records = CSVSequenceRecordReader(skip_lines=1).parse_sequence(text.replace(b"x", b"7"))
+    assert records.lines == (2, 6, 7)  # the per-record path: line 7 is step 2 too

@@ -23,6 +23,9 @@ names both files when two sequences differ in width.
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +38,7 @@ from sparkbatch.convert.table import LabelSpec
 from sparkbatch.data import DataSet
 from sparkbatch.data.sequences import check_alignment
 from sparkbatch.errors import CsvError
+from sparkbatch.records.csv import _is_blank
 from sparkbatch.records.csv_files import HEAD_BYTES, UTF8_BOM, check_head, reading
 from sparkbatch.records.csv_parser import CsvOptions, parse_csv_buffer, table_width
 from sparkbatch.records.csv_sequence import (
@@ -247,15 +251,14 @@ class SequenceFilesToDataSets:
 
 def _with_step(error: CsvError, text: bytes, options: CsvOptions) -> CsvError:
     """``error`` (of a line of a sequence file) with the step of that line: ``"a.csv, line 7
-    (step 5), ..."``, as the per-record path names it; steps are the lines after the header
-    that are not blank."""
+    (step 5), ..."``, as the per-record path names it; steps are the records after the header
+    that are not blank, counted as :meth:`CSVSequenceRecordReader.parse_sequence` counts them
+    (a quoted field may hold line breaks: a record is not a line)."""
     line, source = error.line, error.source
     prefix = f"{source}, line {line}"
     if line is None or line <= options.skip_lines or not str(error).startswith(prefix):
         return error
-    blanks = b" \t\r".replace(options.delimiter.encode(), b"")
-    before = text.split(b"\n", line - 1)[options.skip_lines : line - 1]
-    step = sum(1 for row in before if row.strip(blanks))
+    step = _step_at(text, line, options)
     message = f"{prefix} (step {step}){str(error)[len(prefix) :]}"
     return CsvError(
         message,
@@ -265,6 +268,24 @@ def _with_step(error: CsvError, text: bytes, options: CsvOptions) -> CsvError:
         text=error.text,
         expected=error.expected,
     )
+
+
+def _step_at(text: bytes, line: int, options: CsvOptions) -> int:
+    """The step of the record holding physical line ``line`` (1-based) of a sequence file: the
+    records that are not blank and end before it, after the ``skip_lines`` header lines."""
+    reader = CSVSequenceRecordReader(options.skip_lines, options.delimiter, options.quote)
+    lines = io.StringIO(text.decode("utf-8", "replace"), newline="")
+    rows = csv.reader(itertools.islice(lines, options.skip_lines, None), **reader._dialect())
+    step = 0
+    try:
+        for fields in rows:
+            if options.skip_lines + rows.line_num >= line:  # the record reaches the line
+                break
+            if not _is_blank(fields):
+                step += 1
+    except csv.Error:  # a record the parser refused: the steps before it are counted
+        pass
+    return step
 
 
 def _first_table(
