@@ -351,3 +351,47 @@ def test_an_export_partition_names_one_file_and_only_column_counts_are_csv_error
         with pytest.raises(ValueError, match=r"element 1 \([ef].csv\)") as info:
             list(rebatch_partition(0, [a, other], 2))
         assert not isinstance(info.value, CsvError)
+
+
+def _padded_at_start(seqs, t_max):
+    """numpy reference: sequences [f, t] padded at the start to t_max, with their masks."""
+    x = np.zeros((len(seqs), seqs[0].shape[0], t_max), np.float32)
+    m = np.zeros((len(seqs), t_max), np.float32)
+    for i, s in enumerate(seqs):
+        x[i, :, t_max - s.shape[1] :] = s
+        m[i, t_max - s.shape[1] :] = 1
+    return x, m
+
+
+def test_merging_masked_minibatches_of_different_lengths_under_align_end_matches_numpy():
+    rng = np.random.default_rng(11)
+    lengths = [1, 3, 2, 5, 4]
+    xs = [rng.standard_normal((2, t)).astype(np.float32) for t in lengths]
+    ys = [rng.standard_normal((3, t)).astype(np.float32) for t in lengths]
+    parts = ([0, 1], [2, 3, 4])  # already masked minibatches of T 3 and 5
+    minibatches = []
+    for part in parts:
+        t = max(lengths[i] for i in part)
+        x, m = _padded_at_start([xs[i] for i in part], t)
+        y, _ = _padded_at_start([ys[i] for i in part], t)
+        minibatches.append(DataSet(x, y, m, m))
+    x, m = _padded_at_start(xs, 5)
+    y, _ = _padded_at_start(ys, 5)
+    merged = DataSet.merge(minibatches, alignment="align_end")
+    for got, want in [
+        (merged.features, x),
+        (merged.labels, y),
+        (merged.features_mask, m),
+        (merged.labels_mask, m),
+    ]:
+        np.testing.assert_array_equal(got, want)
+    multi = MultiDataSet.merge([d.to_multi() for d in minibatches], alignment="align_end")
+    np.testing.assert_array_equal(multi.features[0], x)
+    np.testing.assert_array_equal(multi.labels_masks[0], m)
+    # re-cut into 3 + 2 examples: the first spans both minibatches, the second lies in one
+    first, second = rebatch(minibatches, 3, alignment="align_end")
+    for got, rows in [(first, [0, 1, 2]), (second, [3, 4])]:
+        np.testing.assert_array_equal(got.features, x[rows])
+        np.testing.assert_array_equal(got.features_mask, m[rows])
+        np.testing.assert_array_equal(got.labels, y[rows])
+        np.testing.assert_array_equal(got.labels_mask, m[rows])
