@@ -6,6 +6,8 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <initializer_list>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -80,6 +82,33 @@ bool overlap(const py::array& a, const py::array& b) {
   const auto* a0 = static_cast<const char*>(a.data());
   const auto* b0 = static_cast<const char*>(b.data());
   return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+// A named array of a call, or none (an absent optional).
+struct Named {
+  const py::array* array;
+  const char* name;
+};
+
+Named named(const py::array& a, const char* name) { return {&a, name}; }
+Named named(const std::optional<py::array>& a, const char* name) {
+  return {a ? &*a : nullptr, name};
+}
+
+// ValueError unless each of `outputs` (written through restrict pointers) is separate from the
+// other outputs and from every one of `inputs`; inputs may share memory with each other.
+void expect_separate(std::initializer_list<Named> outputs, std::initializer_list<Named> inputs,
+                     const char* what) {
+  for (auto out = outputs.begin(); out != outputs.end(); ++out) {
+    if (out->array == nullptr) continue;
+    const auto refuse = [&](const Named& other) {
+      if (other.array != nullptr && overlap(*out->array, *other.array))
+        throw py::value_error(std::string(what) + "'s " + out->name +
+                              " must not share memory with " + other.name);
+    };
+    for (auto other = std::next(out); other != outputs.end(); ++other) refuse(*other);
+    for (const Named& in : inputs) refuse(in);
+  }
 }
 
 // [n, m] of a 2-D array.
@@ -406,9 +435,10 @@ void py_lstm_forward_step(const py::array& gates, const py::array& zx, const py:
   expect_shape(c, "c", z.n, z.m);
   expect_shape(h, "h", z.n, z.m);
   expect_optional(out, "out", z.n * z.t, z.m);
-  if (overlap(c, h) || overlap(gates, c) || overlap(gates, h) || (c_prev && overlap(c, *c_prev)) ||
-      (h_prev && overlap(h, *h_prev)))
-    throw py::value_error("an LSTM step's gates, c and h must not share memory with its inputs");
+  expect_separate({named(gates, "gates"), named(c, "c"), named(h, "h"), named(out, "out")},
+                  {named(zx, "zx"), named(bias, "bias"), named(mask, "mask"),
+                   named(c_prev, "c_prev"), named(h_prev, "h_prev")},
+                  "an LSTM step");
   const Activation act = lstm_activation_of(activation, "activation");
   const Activation gate = lstm_activation_of(gate_activation, "gate_activation");
   const auto run = [&](auto zero) {
@@ -465,9 +495,11 @@ void py_lstm_backward_step(const py::array& gates, const py::array& c,
   expect_shape(dc, "dc", z.n, z.m);
   expect_shape(dgates, "dgates", z.n, 4 * z.m);
   expect_optional(dgates_seq, "dgates_seq", z.n * z.t, 4 * z.m);
-  if (overlap(dgates, gates) || overlap(dh_carry, dc) || overlap(dgates, dc) ||
-      overlap(dgates, dh_carry) || (dh_rec && overlap(*dh_rec, dh_carry)))
-    throw py::value_error("an LSTM backward step's outputs must be separate buffers");
+  expect_separate({named(dh_carry, "dh_carry"), named(dc, "dc"), named(dgates, "dgates"),
+                   named(dgates_seq, "dgates_seq")},
+                  {named(gates, "gates"), named(c, "c"), named(c_prev, "c_prev"),
+                   named(mask, "mask"), named(d_out, "d_out"), named(dh_rec, "dh_rec")},
+                  "an LSTM backward step");
   const Activation act = lstm_activation_of(activation, "activation");
   const Activation gate = lstm_activation_of(gate_activation, "gate_activation");
   const auto run = [&](auto zero) {

@@ -431,6 +431,62 @@ def test_recurrent_layers_refuse_rows_and_bad_settings():
         )
 
 
+def _lstm_step_args(n=2, m=2, t=3):
+    """Separate float32 arrays for one native LSTM forward and one backward step (s = 1)."""
+    f32 = np.float32
+    forward = {
+        "gates": np.zeros((n, 4 * m), f32),
+        "zx": np.ones((n * t, 4 * m), f32),
+        "bias": np.zeros(4 * m, f32),
+        "mask": np.ones((n, t), f32),
+        "c_prev": np.ones((n, m), f32),
+        "h_prev": np.ones((n, m), f32),
+        "c": np.zeros((n, m), f32),
+        "h": np.zeros((n, m), f32),
+        "out": np.zeros((n * t, m), f32),
+    }
+    backward = {
+        "gates": np.full((n, 4 * m), 0.5, f32),
+        "c": np.ones((n, m), f32),
+        "c_prev": np.ones((n, m), f32),
+        "mask": np.ones((n, t), f32),
+        "d_out": np.ones((n * t, m), f32),
+        "dh_rec": np.ones((n, m), f32),
+        "dh_carry": np.zeros((n, m), f32),
+        "dc": np.zeros((n, m), f32),
+        "dgates": np.zeros((n, 4 * m), f32),
+        "dgates_seq": np.zeros((n * t, 4 * m), f32),
+    }
+    return forward, backward
+
+
+@pytest.mark.parametrize(
+    ("direction", "name", "over"),
+    [
+        ("forward", "out", "zx"),
+        ("forward", "bias", "gates"),
+        ("forward", "c", "mask"),
+        ("forward", "h_prev", "out"),
+        ("forward", "c", "out"),
+        ("backward", "d_out", "dgates_seq"),
+        ("backward", "dc", "c"),
+        ("backward", "dgates", "dgates_seq"),
+        ("backward", "mask", "dgates"),
+    ],
+)
+def test_lstm_step_bindings_refuse_outputs_that_share_memory_with_other_arrays(
+    direction, name, over
+):
+    forward, backward = _lstm_step_args()
+    arrays = forward if direction == "forward" else backward
+    step = _native.nn_lstm_forward_step if direction == "forward" else _native.nn_lstm_backward_step
+    step(*arrays.values(), 3, 1, 5, 6)  # separate arrays: fine
+    shape = arrays[name].shape
+    arrays[name] = arrays[over].reshape(-1)[: int(np.prod(shape))].reshape(shape)
+    with pytest.raises(ValueError, match="share memory"):
+        step(*arrays.values(), 3, 1, 5, 6)
+
+
 def test_float32_identity_lstm_gradients_do_not_clamp_the_cell_state():
     # identity activation, gates at sigmoid(0) = 1/2: c grows past the float clamp at 40, and
     # h = o * c unclamped; the float32 gradients must be those of float64 (which has no clamp)
