@@ -259,3 +259,59 @@ def test_a_column_range_starting_past_the_record_is_an_error(tmp_path):
         list(_builder(path).add_input("r", 0, 1).add_output("r", 4, None))
     with pytest.raises(CsvError, match=r"at least 5 columns .*column 4 one-hot"):
         list(_builder(path).add_input("r").add_output_one_hot("r", 4, 2))
+
+
+class _ListRDD:
+    """What map_rrmdsi uses of an RDD, over lists in this process (no Spark job)."""
+
+    def __init__(self, partitions):
+        self.partitions = partitions
+
+    def take(self, n):
+        return [item for part in self.partitions for item in part][:n]
+
+    def mapPartitionsWithIndex(self, function):  # noqa: N802 (Spark's name)
+        return _ListRDD([list(function(i, iter(p))) for i, p in enumerate(self.partitions)])
+
+
+def test_an_open_column_range_has_one_width_across_partitions():
+    from sparkbatch.records import SequenceRecord
+    from sparkbatch.spark import SparkSequenceSource, SparkSource, map_rrmdsi
+
+    # partition 0 of width 6, partition 1 of width 5: each partition alone is consistent
+    rdd = _ListRDD([[[0.0, 1, 2, 3, 4, 5]] * 2, [[0.0, 1, 2, 3, 4]] * 2])
+    builder = MultiDataSetBuilder(4).add_reader("r", SparkSource(0)).add_input("r", 1, None)
+    with pytest.raises(
+        CsvError,
+        match=r"rdd_or_rdds\[0\], partition 1, element 0: expected 6 columns \(as the first "
+        r"record of rdd_or_rdds\[0\]\), found 5",
+    ):
+        map_rrmdsi(rdd, builder)
+    closed = MultiDataSetBuilder(4).add_reader("r", SparkSource(0)).add_input("r", 1, 4)
+    shapes = [[m.features[0].shape for m in p] for p in map_rrmdsi(rdd, closed).partitions]
+    assert shapes == [[(2, 4)], [(2, 4)]]  # a closed range: the same arrays, no job
+    # sequences: the first step of the first sequence; several RDDs (a join): the same widths
+    seqs = _ListRDD([[SequenceRecord([[0.0, 1.0, 2.0]] * 2)], [SequenceRecord([[0.0, 1.0]])]])
+    builder = MultiDataSetBuilder(4).add_sequence_reader("s", SparkSequenceSource(0))
+    with pytest.raises(
+        CsvError,
+        match=r"expected 3 columns \(as the first step of the first sequence of seq_rdds\[0\]\), "
+        r"found 2",
+    ):
+        map_rrmdsi(None, builder.add_input("s"), seq_rdds=seqs)
+    from sparkbatch.spark.multi import JoinedToMultiDataSets, _widths
+
+    builder = (
+        MultiDataSetBuilder(4)
+        .add_reader("a", SparkSource(0))
+        .add_sequence_reader("s", SparkSequenceSource(0))
+        .add_input("a", 1, None)
+        .add_input("s", 1, 1)
+    )
+    a = _ListRDD([[["k", 1.0, 2.0]]])
+    widths = _widths(builder, {"a": 0, "s": 1}, [a, seqs], 1)
+    assert widths == {"a": (3, "the first record of rdd_or_rdds[0]")}  # closed "s": no job
+    join = JoinedToMultiDataSets(builder, {"a": 0, "s": 1}, 1, 2, False, None, widths)
+    groups = [("k2", [(0, ["k2", 1.0]), (1, SequenceRecord([["k2", 1.0]]))])]
+    with pytest.raises(CsvError, match=r"key 'k2' in rdd_or_rdds\[0\]: expected 3 columns"):
+        list(join(1, groups))

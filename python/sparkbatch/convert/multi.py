@@ -30,6 +30,13 @@ are converted to numbers, so a text key column needs no care. Only when a check 
 Python look cell by cell, to name the first bad one: its file (or key) and line, the step of a
 sequence, and the column (0-based, as steps are).
 
+NOTE [one width across partitions]: a converter serves one pass, so on Spark each partition
+has its own. Where an array takes its columns up to the last (``last=None``), records of 6
+columns in one partition and of 5 in another would give arrays of other widths in one RDD;
+:func:`sparkbatch.spark.map_rrmdsi` therefore reads the width of the first record of such a
+reader's RDD on the driver and gives it to every partition's converter (``converter(widths)``),
+so that a record of another width is named wherever it is.
+
 NOTE [checks beyond DL4J]: DL4J checks one-hot indices only against ``num_classes`` (negatives
 and fractions pass unnoticed), lets readers of different lengths end the iteration silently at
 the shortest, and fails on a bad column with a bare index error. Here a class index must be an
@@ -191,17 +198,21 @@ class MultiDataSetConverter:
 
     Made by :meth:`MultiDataSetBuilder.converter`; one converter serves one pass (on Spark, one
     partition) and remembers each reader's number of columns from its first minibatch, so that a
-    later record of another width is named too. See NOTE [whole-array conversion].
+    later record of another width is named too. ``widths`` gives some readers' widths up front
+    (NOTE [one width across partitions]). See NOTE [whole-array conversion].
     """
 
-    def __init__(self, builder: MultiDataSetBuilder) -> None:
+    def __init__(
+        self, builder: MultiDataSetBuilder, widths: Mapping[str, tuple[int, str]] | None = None
+    ) -> None:
         self.inputs = tuple(builder.inputs)
         self.outputs = tuple(builder.outputs)
         self.sequence_readers = {
             name for name, (_, sequence) in builder.readers.items() if sequence
         }
         self.mode = builder.alignment_mode
-        self.widths: dict[str, int] = {}
+        self.widths: dict[str, int] = {name: w for name, (w, _) in (widths or {}).items()}
+        self._origins = {name: origin for name, (_, origin) in (widths or {}).items()}
         self._used = {
             name: [s for s in self.inputs + self.outputs if s.reader == name]
             for name in builder.readers
@@ -311,7 +322,8 @@ class MultiDataSetConverter:
                 row,
                 -1,
                 r.row_text(row),
-                f"{width} columns (as the first record of reader {r.name!r})",
+                f"{width} columns (as "
+                f"{self._origins.get(r.name, f'the first record of reader {r.name!r}')})",
                 found=str(int(widths[row])),
             )
         used = self._columns(r, width)
@@ -545,8 +557,14 @@ class MultiDataSetBuilder:
 
     # -- conversion ----------------------------------------------------------------------------
 
-    def converter(self) -> MultiDataSetConverter:
+    def converter(
+        self, widths: Mapping[str, tuple[int, str]] | None = None
+    ) -> MultiDataSetConverter:
         """A :class:`MultiDataSetConverter` of this builder's arrays, for one pass.
+
+        ``widths`` maps a reader's name to the number of columns every record of it must have
+        and where that number came from, for messages (``(6, "the first record of
+        rdd_or_rdds[0]")``); other readers take the width of their first record.
 
         Raises ValueError if the builder has no input, or a reader no array uses.
         """
@@ -558,7 +576,7 @@ class MultiDataSetBuilder:
             raise ValueError(
                 f"reader {unused[0]!r} is used by no input or output; add one or drop it"
             )
-        return MultiDataSetConverter(self)
+        return MultiDataSetConverter(self, widths)
 
     def __iter__(self) -> Iterator[MultiDataSet]:
         converter = self.converter()

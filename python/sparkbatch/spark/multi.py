@@ -45,7 +45,7 @@ counts again: cache the RDD, or read the value after the first action.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,12 +120,18 @@ class RecordsToMultiDataSets:
     errors name the RDD, the partition and the element.
     """
 
-    def __init__(self, builder: MultiDataSetBuilder, label: str = "rdd_or_rdds[0]") -> None:
+    def __init__(
+        self,
+        builder: MultiDataSetBuilder,
+        label: str = "rdd_or_rdds[0]",
+        widths: Mapping[str, tuple[int, str]] | None = None,
+    ) -> None:
         self.builder = builder
         self.label = label
+        self.widths = dict(widths or {})
 
     def __call__(self, partition: int, items: Iterable[Any]) -> Iterator[MultiDataSet]:
-        converter = self.builder.converter()
+        converter = self.builder.converter(self.widths)
         size = self.builder.batch_size
         it = iter(items)
         first = 0
@@ -182,8 +188,10 @@ class JoinedToMultiDataSets:
         n_rdds: int,
         filter_missing: bool,
         missing: Accumulator | None,
+        widths: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
         self.builder = builder
+        self.widths = dict(widths or {})
         self.tags = tags  # reader name -> RDD tag
         self.n_records = n_records
         self.n_rdds = n_rdds
@@ -215,7 +223,7 @@ class JoinedToMultiDataSets:
         )
 
     def __call__(self, partition: int, groups: Iterable[Any]) -> Iterator[MultiDataSet]:
-        converter: MultiDataSetConverter = self.builder.converter()
+        converter: MultiDataSetConverter = self.builder.converter(self.widths)
         size = self.builder.batch_size
         joined = (
             (key, slots)
@@ -269,7 +277,10 @@ def map_rrmdsi(
     DL4J's ``IteratorUtils.mapRRMDSI``. The builder's readers must be placeholders:
     ``SparkSource(i)`` for ``rdd_or_rdds[i]`` (added with ``add_reader``),
     ``SparkSequenceSource(i)`` for ``seq_rdds[i]`` (added with ``add_sequence_reader``). A lazy
-    transformation: nothing runs until an action.
+    transformation, but for one small job (``rdd.take(1)``) per RDD that an array takes up to
+    its last column (``last=None``): the width of its first record becomes the width of every
+    record of every partition (NOTE [one width across partitions] in
+    :mod:`sparkbatch.convert.multi`); closed column ranges need no job.
 
     Parameters
     ----------
@@ -307,8 +318,9 @@ def map_rrmdsi(
         :func:`~sparkbatch.spark.executor_errors`): a key missing (``filter_missing=False``),
         repeated in one RDD, or unhashable; the message names the key and the RDD.
     CsvError
-        On the executors: a record that does not fit the builder; the message names the key
-        (or the partition and element) and the RDD, the step and the column.
+        On the executors: a record that does not fit the builder, or (open column ranges) of
+        another width than the first record of its RDD; the message names the key (or the
+        partition and element) and the RDD, the step and the column, and the widths.
 
     Examples
     --------
@@ -344,9 +356,10 @@ def map_rrmdsi(
             "reader with its placeholder or leave the RDD out"
         )
     rdds = records + sequences
+    widths = _widths(builder, tags, rdds, n_records)
     if n_rdds == 1:
         label = _label(0, n_records)
-        return rdds[0].mapPartitionsWithIndex(RecordsToMultiDataSets(builder, label))
+        return rdds[0].mapPartitionsWithIndex(RecordsToMultiDataSets(builder, label, widths))
     keys = _columns("key_columns", key_columns, n_records)
     seq_keys = _columns("seq_key_columns", seq_key_columns, len(sequences))
     if (n_records and keys is None) or (sequences and seq_keys is None):
@@ -362,11 +375,42 @@ def map_rrmdsi(
     sc = rdds[0].context
     missing = sc.accumulator(0) if filter_missing else None
     grouped = sc.union(keyed).groupByKey(numPartitions=num_partitions)
-    function = JoinedToMultiDataSets(builder, tags, n_records, n_rdds, filter_missing, missing)
+    function = JoinedToMultiDataSets(
+        builder, tags, n_records, n_rdds, filter_missing, missing, widths
+    )
     result = grouped.mapPartitionsWithIndex(function)
     if missing is not None:
         result.missing_keys = missing  # type: ignore[attr-defined]
     return result
+
+
+def _widths(
+    builder: MultiDataSetBuilder, tags: Mapping[str, int], rdds: Sequence[Any], n_records: int
+) -> dict[str, tuple[int, str]]:
+    """The width of every reader with an open column range (``last=None``), from the first
+    record (the first step of the first sequence) of its RDD: one small job per such RDD
+    (NOTE [one width across partitions] in :mod:`sparkbatch.convert.multi`). An empty RDD, or
+    a first element with no width, leaves the check to the converters."""
+    open_ranges = dict.fromkeys(
+        s.reader for s in builder.inputs + builder.outputs if not s.one_hot and s.last is None
+    )
+    taken: dict[int, tuple[int, str] | None] = {}
+    widths = {}
+    for name in open_ranges:
+        tag = tags[name]
+        if tag not in taken:
+            taken[tag] = None
+            first = rdds[tag].take(1)
+            sequence = tag >= n_records
+            try:
+                record = first[0][0] if sequence else first[0]
+                what = "the first step of the first sequence" if sequence else "the first record"
+                taken[tag] = (len(record), f"{what} of {_label(tag, n_records)}")
+            except (IndexError, TypeError):
+                pass
+        if taken[tag] is not None:
+            widths[name] = taken[tag]
+    return widths
 
 
 def _reader_tags(builder: MultiDataSetBuilder, n_records: int, n_sequences: int) -> dict[str, int]:
