@@ -513,6 +513,27 @@ def test_float32_identity_lstm_gradients_do_not_clamp_the_cell_state():
     np.testing.assert_allclose(single.gradients(), double.gradients(), rtol=1e-4, atol=1e-3)
 
 
+def test_minibatches_of_fewer_time_steps_reuse_the_work_arrays_of_the_longest():
+    rng = np.random.default_rng(25)
+    net = Network([LSTM(2, 3), RnnOutput(3, 2)], Adam(0.01), seed=1)
+    backend = net._engine.backend
+    carved = []
+    carve = backend.carve
+    backend.carve = lambda shapes: carved.append(len(shapes)) or carve(shapes)
+    for t in (5, 9, 5, 7, 3, 9, 6):
+        x, mask = _sequences(rng, rng.integers(1, t + 1, 4), t, 2, False)
+        batch = DataSet(x, _one_hot_steps(rng, 4, 2, t), mask, mask)
+        fresh = Network.from_config(net.to_config())
+        fresh.set_params(net.params())
+        assert net.compute_gradients(batch) == fresh.compute_gradients(batch)
+        np.testing.assert_array_equal(net.gradients(), fresh.gradients())
+        np.testing.assert_array_equal(
+            net.output(x, features_mask=mask), fresh.output(x, features_mask=mask)
+        )
+        net.fit_batch(batch)
+    assert len(carved) == 2  # for t = 5, then t = 9: the others are views of its arrays
+
+
 # -- files, copies, training -----------------------------------------------------------------------
 
 

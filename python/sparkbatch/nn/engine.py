@@ -206,9 +206,16 @@ class Topology:
 
 class _Workspace:
     """Work arrays for one batch size: per node its ``work`` dict, per slot the gradient
-    arrays, and the resolved backward steps."""
+    arrays, and the resolved backward steps.
 
-    def __init__(self, topology: Topology, backend: Backend, steps: Steps) -> None:
+    Each array is the start of a 1-D array of :attr:`flats` (one allocation, carved). Given
+    ``flats`` of a workspace of the same examples and inputs with at least as many time steps,
+    this one allocates nothing and uses their starts: every array's size only grows with ``t``,
+    and its layout (example- or time-major) is that of ``t`` steps, whatever the array behind."""
+
+    def __init__(
+        self, topology: Topology, backend: Backend, steps: Steps, flats: list[Any] | None = None
+    ) -> None:
         wanted: list[tuple[int, str, tuple[int, ...]]] = []  # (node or -slot-1, key, shape)
         works: list[dict[str, Any]] = []
         sequences = topology.slot_sequences(steps.sequences)
@@ -251,7 +258,18 @@ class _Workspace:
                 out_rows = self.rows[topology.nodes[index].slot]
                 wanted.append((-1, f"y{k}", (out_rows, topology.nodes[index].width)))
                 wanted.append((-1, f"w{k}", (out_rows,)))
-        arrays = backend.carve([shape for _, _, shape in wanted])
+        sizes = [math.prod(shape) for _, _, shape in wanted]
+        if (
+            flats is None
+            or len(flats) != len(sizes)
+            or any(size > flat.shape[0] for size, flat in zip(sizes, flats, strict=False))
+        ):
+            flats = backend.carve([(size,) for size in sizes])
+        #: The 1-D arrays the work arrays start; :attr:`t`: the time steps they were carved for.
+        self.flats, self.t = flats, steps.t
+        arrays = [
+            backend.view(flat, 0, shape) for flat, (_, _, shape) in zip(flats, wanted, strict=True)
+        ]
         extra: dict[str, Any] = {}
         for (position, key, _), array in zip(wanted, arrays, strict=True):
             (works[position] if position >= 0 else extra)[key] = array
@@ -307,7 +325,11 @@ class Engine:
         self.grads = backend.zeros((topology.num_params,))
         self.param_views = self._views(self.params)
         self.grad_views = self._views(self.grads)
-        self._workspaces: OrderedDict[int, _Workspace] = OrderedDict()
+        self._workspaces: OrderedDict[tuple, _Workspace] = OrderedDict()
+        #: Per (examples, input sequences), the workspace of the most time steps allocated:
+        #: workspaces of fewer steps are views of its arrays (padded minibatches of sequences
+        #: each have their own T_max).
+        self._largest: OrderedDict[tuple, _Workspace] = OrderedDict()
         nodes = topology.nodes
         self._regularised = [i for i, n in enumerate(nodes) if n.is_layer and n.op.l2 > 0]
         #: Per node, whether its dropout seed must be computed (a layer with dropout).
@@ -341,10 +363,25 @@ class Engine:
             self.state = state
 
     def workspace(self, steps: Steps) -> _Workspace:
+        """The work arrays for a minibatch laid out as ``steps``: kept for the last few
+        layouts; for fewer time steps than the most seen with as many examples, views of
+        that one's arrays (arrays are only reallocated when ``t`` grows)."""
         key = steps.key
         ws = self._workspaces.get(key)
         if ws is None:
-            ws = self._workspaces[key] = _Workspace(self.topology, self.backend, steps)
+            family = (steps.n, steps.sequences)
+            largest = self._largest.get(family)
+            if largest is not None and largest.t >= steps.t:
+                ws = _Workspace(self.topology, self.backend, steps, largest.flats)
+                self._largest.move_to_end(family)
+            else:
+                ws = self._largest[family] = _Workspace(self.topology, self.backend, steps)
+                self._largest.move_to_end(family)
+                for stale in [k for k in self._workspaces if (k[0], k[2]) == family]:
+                    del self._workspaces[stale]  # views of the smaller arrays: let them go
+                while len(self._largest) > _WORKSPACES_KEPT:
+                    self._largest.popitem(last=False)
+            self._workspaces[key] = ws
             while len(self._workspaces) > _WORKSPACES_KEPT:
                 self._workspaces.popitem(last=False)
         else:
