@@ -57,7 +57,8 @@ def to_value(field: str) -> float | str:
         return field
 
 
-def _is_blank(fields: list[str]) -> bool:
+def is_blank_row(fields: list[str]) -> bool:
+    """Whether a row of fields is a blank line (no fields, or one of only spaces)."""
     return not fields or (len(fields) == 1 and not fields[0].strip())
 
 
@@ -224,7 +225,7 @@ class CSVRecordReader:
             raise CsvError(
                 f"expected well-formed CSV ({e}), found {line!r}", text=line, expected="CSV"
             ) from e
-        if _is_blank(fields):
+        if is_blank_row(fields):
             return []
         return [to_value(field) for field in fields]
 
@@ -296,7 +297,7 @@ class CSVRecordReader:
                 self._close_file()
                 self._file_index += 1
                 self._consumed = 0
-            elif not _is_blank(fields):
+            elif not is_blank_row(fields):
                 return [to_value(field) for field in fields], source, start
         return None
 

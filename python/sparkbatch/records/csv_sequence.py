@@ -34,7 +34,7 @@ from fsspec.compression import compr
 from fsspec.utils import infer_compression
 
 from sparkbatch.errors import CsvError
-from sparkbatch.records.csv import Record, _check_char, _is_blank
+from sparkbatch.records.csv import Record, _check_char, is_blank_row
 from sparkbatch.records.csv_files import HEAD_BYTES, UTF8_BOM, check_head, reading
 from sparkbatch.storage import list_files, read_bytes
 
@@ -334,7 +334,7 @@ class CSVSequenceRecordReader:
         line = self.skip_lines + 1  # where the next row starts
         try:
             for fields in rows:
-                if not _is_blank(fields):
+                if not is_blank_row(fields):
                     steps.append(_values(fields))
                     lines.append(line)
                 line = self.skip_lines + rows.line_num + 1

@@ -38,7 +38,7 @@ from sparkbatch.convert.table import LabelSpec
 from sparkbatch.data import DataSet
 from sparkbatch.data.sequences import check_alignment
 from sparkbatch.errors import CsvError
-from sparkbatch.records.csv import _is_blank
+from sparkbatch.records.csv import is_blank_row
 from sparkbatch.records.csv_files import HEAD_BYTES, UTF8_BOM, check_head, reading
 from sparkbatch.records.csv_parser import CsvOptions, parse_csv_buffer, table_width
 from sparkbatch.records.csv_sequence import (
@@ -281,7 +281,7 @@ def _step_at(text: bytes, line: int, options: CsvOptions) -> int:
         for fields in rows:
             if options.skip_lines + rows.line_num >= line:  # the record reaches the line
                 break
-            if not _is_blank(fields):
+            if not is_blank_row(fields):
                 step += 1
     except csv.Error:  # a record the parser refused: the steps before it are counted
         pass
