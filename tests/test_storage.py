@@ -51,10 +51,10 @@ def base_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator
         assert not [k for k in fs.store if k.startswith(root)]
     elif backend == "s3":
         # The session's local S3-protocol server; fsspec's default config reaches it, so the
-        # tests themselves need no storage_options. Fresh instances: no cached listings.
+        # tests themselves need no storage_options. No cached listings (instances are reused).
         s3_storage = request.getfixturevalue("s3_storage")
         with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(fsspec.config.conf, "s3", {**s3_storage, "skip_instance_cache": True})
+            patch.setitem(fsspec.config.conf, "s3", {**s3_storage, "use_listings_cache": False})
             yield f"s3://sparkbatch/storage-test-{uuid.uuid4().hex[:12]}"
     else:  # pragma: no cover - a back end listed in BACKENDS without a branch here
         raise AssertionError(f"no fixture for back end {backend!r}")
@@ -180,13 +180,14 @@ def test_open_output_remote_is_one_upload(base_url: str, monkeypatch: pytest.Mon
     if is_local(fs):
         pytest.skip("local files are renamed into place, not uploaded")
     calls: list[tuple[str, bytes]] = []
-    pipe_file = type(fs).pipe_file
+    pipe_file = fs.pipe_file  # bound: async file systems mirror their sync methods per instance
 
-    def spy(self: fsspec.AbstractFileSystem, path: str, value: bytes, **kwargs: object) -> None:
+    def spy(path: str, value: bytes, **kwargs: object) -> None:
         calls.append((path, bytes(value)))
-        pipe_file(self, path, value, **kwargs)
+        pipe_file(path, value, **kwargs)
 
-    monkeypatch.setattr(type(fs), "pipe_file", spy)
+    # open_output resolves the same cached instance (fsspec caches file systems by options)
+    monkeypatch.setattr(fs, "pipe_file", spy)
     target = join(base_url, "a.bin")
     with open_output(target) as f:
         for _ in range(3):
