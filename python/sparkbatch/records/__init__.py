@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from sparkbatch.records.csv import CSVRecordReader, Record, to_value
+from sparkbatch.records.csv import CSVRecordReader, to_value
 from sparkbatch.records.csv_sequence import CSVSequenceRecordReader, SequenceRecord
+from sparkbatch.records.reader import FileRecordReader, Record, RecordReader
 
-__all__ = ["CSVRecordReader", "CSVSequenceRecordReader", "Record", "SequenceRecord", "to_value"]
+__all__ = [
+    "CSVRecordReader",
+    "CSVSequenceRecordReader",
+    "FileRecordReader",
+    "Record",
+    "RecordReader",
+    "SequenceRecord",
+    "to_value",
+]

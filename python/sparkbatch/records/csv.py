@@ -31,12 +31,10 @@ from typing import IO, Any
 
 from sparkbatch.errors import CsvError
 from sparkbatch.records.csv_files import HEAD_BYTES, check_head, decompression_error, reading
-from sparkbatch.storage import list_files, resolve
+from sparkbatch.records.reader import Record, list_sources
+from sparkbatch.storage import resolve
 
 __all__ = ["CSVRecordReader", "Record", "to_value"]
-
-Record = list[Any]
-"""One record: a list of values (``float`` or ``str`` for CSV)."""
 
 _ENCODING = "utf-8-sig"  # UTF-8; a byte order mark at the start of a file is dropped
 
@@ -76,8 +74,9 @@ class CSVRecordReader:
 
     Call :meth:`initialize` with the files, then iterate (``for record in reader``, or the
     DataVec style ``while reader.has_next(): reader.next()``). :meth:`reset` starts again from
-    the first file. While iterating, :attr:`current_source` and :attr:`current_line` tell where
-    the last record came from. Readers pickle: only the settings, the file names and the
+    the first file; :meth:`parse` reads the bytes of one whole file (on Spark). It implements
+    :class:`~sparkbatch.records.RecordReader`. While iterating, :attr:`current_source` and
+    :attr:`current_line` tell where the last record came from. Readers pickle: only the settings, the file names and the
     position travel, and a file is reopened where it was left when iteration goes on.
 
     Parameters
@@ -168,10 +167,7 @@ class CSVRecordReader:
         FileNotFoundError
             A path does not exist.
         """
-        paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else path_or_paths
-        sources: list[str] = []
-        for path in paths:
-            sources.extend(list_files(path, storage_options=storage_options))
+        sources = list_sources(path_or_paths, storage_options)
         self.close()
         self._sources = sources
         self._storage_options = dict(storage_options) if storage_options else None
@@ -228,6 +224,78 @@ class CSVRecordReader:
         if is_blank_row(fields):
             return []
         return [to_value(field) for field in fields]
+
+    # -- one file ------------------------------------------------------------------------------
+
+    def parse(self, data: bytes, source: str) -> list[Record]:
+        """The records of one whole file from its bytes, as iterating over it gives them.
+
+        The :class:`~sparkbatch.records.RecordReader` method that Spark's
+        ``sc.binaryFiles(dir).flatMap(FileToRecords(reader))`` calls: ``skip_lines`` applies,
+        blank lines are skipped, compressed files (by ``source``'s name) are decompressed and
+        the first bytes are checked for what is not CSV text (NOTE [foreign files]).
+
+        Raises
+        ------
+        CsvError
+            The bytes are not UTF-8 CSV text, or not well-formed; the message names ``source``
+            and the line.
+
+        Examples
+        --------
+        >>> CSVRecordReader(skip_lines=1).parse(b"x,y\\n1,2\\n\\n3,a\\n", "a.csv")
+        [[1.0, 2.0], [3.0, 'a']]
+        """
+        return self.parse_lines(data, source)[0]
+
+    def parse_lines(self, data: bytes, source: str) -> tuple[list[Record], list[int]]:
+        """:meth:`parse`, with the 1-based line where each record starts.
+
+        Examples
+        --------
+        >>> CSVRecordReader(skip_lines=1).parse_lines(b"x,y\\n1,2\\n\\n3,a\\n", "a.csv")
+        ([[1.0, 2.0], [3.0, 'a']], [2, 4])
+        """
+        # csv_sequence imports this module; its decoding of a whole file is shared lazily
+        from sparkbatch.records.csv_sequence import sequence_bytes
+
+        text = sequence_bytes(data, source)
+        try:
+            decoded = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = text[: e.start].count(b"\n") + 1
+            raise CsvError(
+                f"{source}, line {line}: expected UTF-8 text, found {e}",
+                source=source,
+                line=line,
+                text=str(e),
+                expected="UTF-8 text",
+            ) from e
+        rows = csv.reader(
+            itertools.islice(io.StringIO(decoded, newline=""), self.skip_lines, None),
+            **self._dialect(),
+        )
+        records: list[Record] = []
+        lines: list[int] = []
+        line = self.skip_lines + 1  # where the next row starts
+        try:
+            for fields in rows:
+                if not is_blank_row(fields):
+                    try:  # the usual all-numeric row: one C-level conversion of every field
+                        records.append(list(map(float, fields)))
+                    except ValueError:
+                        records.append([to_value(field) for field in fields])
+                    lines.append(line)
+                line = self.skip_lines + rows.line_num + 1
+        except csv.Error as e:
+            raise CsvError(
+                f"{source}, line {line}: expected well-formed CSV, found {e}",
+                source=source,
+                line=line,
+                text=str(e),
+                expected="well-formed CSV",
+            ) from e
+        return records, lines
 
     # -- iteration -----------------------------------------------------------------------------
 
