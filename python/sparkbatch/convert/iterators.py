@@ -104,9 +104,7 @@ def _relocated(error: CsvError, source: str | None, line: int | None) -> CsvErro
     ``line`` instead, the record's real place."""
     message = str(error).removeprefix(f"line {error.line}")
     where = ", ".join(
-        part
-        for part in (source, None if line is None else f"line {line}")
-        if part is not None
+        part for part in (source, None if line is None else f"line {line}") if part is not None
     )
     if not where:
         message = message.removeprefix(", ").removeprefix(": ")

@@ -76,8 +76,9 @@ class CSVRecordReader:
     DataVec style ``while reader.has_next(): reader.next()``). :meth:`reset` starts again from
     the first file; :meth:`parse` reads the bytes of one whole file (on Spark). It implements
     :class:`~sparkbatch.records.RecordReader`. While iterating, :attr:`current_source` and
-    :attr:`current_line` tell where the last record came from. Readers pickle: only the settings, the file names and the
-    position travel, and a file is reopened where it was left when iteration goes on.
+    :attr:`current_line` tell where the last record came from. Readers pickle: only the
+    settings, the file names and the position travel, and a file is reopened where it was left
+    when iteration goes on.
 
     Parameters
     ----------

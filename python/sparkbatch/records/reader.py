@@ -95,9 +95,7 @@ def list_sources(
     return sources
 
 
-def parse_file(
-    parse: Callable[[bytes, str], Any], data: bytes, source: str, reader: object
-) -> Any:
+def parse_file(parse: Callable[[bytes, str], Any], data: bytes, source: str, reader: object) -> Any:
     """``parse(data, source)``, with ``source`` added to an error that does not name it.
 
     An exception whose message already holds ``source`` (sparkbatch's own errors name their
