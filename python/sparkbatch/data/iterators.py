@@ -32,12 +32,15 @@ from sparkbatch.data.batches import rebatch
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.loaders import (
     Loader,
+    Preprocessor,
     SerializedDataSetLoader,
     SerializedMultiDataSetLoader,
     Source,
+    check_preprocessor,
     load_named,
+    preprocess,
 )
-from sparkbatch.data.manifest import minibatch_files
+from sparkbatch.data.manifest import check_suffix, minibatch_files
 from sparkbatch.data.multidataset import MultiDataSet
 from sparkbatch.data.sequences import check_alignment
 from sparkbatch.storage import is_directory
@@ -49,7 +52,9 @@ PathsOrDir = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 def _resolve_files(
-    paths_or_dir: PathsOrDir, storage_options: Mapping[str, Any] | None
+    paths_or_dir: PathsOrDir,
+    storage_options: Mapping[str, Any] | None,
+    suffix: str | tuple[str, ...] | None = None,
 ) -> list[str]:
     if isinstance(paths_or_dir, (str, os.PathLike)):
         target = os.fspath(paths_or_dir)
@@ -57,7 +62,7 @@ def _resolve_files(
             raise TypeError(f"paths_or_dir must be str paths, got {type(target).__name__}")
         if not is_directory(target, storage_options=dict(storage_options or {})):
             return [target]
-        return minibatch_files(target, storage_options=storage_options)
+        return minibatch_files(target, suffix=suffix, storage_options=storage_options)
     if isinstance(paths_or_dir, Sequence):
         files = []
         for i, p in enumerate(paths_or_dir):
@@ -88,8 +93,12 @@ class _FileIterator(Generic[_B]):
         loader: Loader | None = None,
         storage_options: Mapping[str, Any] | None = None,
         alignment: str = "align_start",
+        suffix: str | tuple[str, ...] | None = None,
+        preprocessor: Preprocessor | None = None,
     ) -> None:
         batch_size = check_optional_int("batch_size", batch_size)
+        check_suffix(suffix)
+        check_preprocessor(preprocessor)
         alignment = check_alignment(alignment)
         prefetch = check_int("prefetch", prefetch, minimum=0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -103,8 +112,10 @@ class _FileIterator(Generic[_B]):
         self.prefetch = prefetch
         self.loader: Loader = loader if loader is not None else self._default_loader()
         self.storage_options = dict(storage_options) if storage_options else None
+        self.suffix = suffix
+        self.preprocessor = preprocessor
         self.epoch = 0
-        self._files = _resolve_files(paths_or_dir, self.storage_options)
+        self._files = _resolve_files(paths_or_dir, self.storage_options, suffix)
 
     @staticmethod
     def _default_loader() -> Loader:
@@ -151,7 +162,13 @@ class _FileIterator(Generic[_B]):
         return prefetched(self._load, urls, self.prefetch)
 
     def __iter__(self) -> Iterator[_B]:
-        loaded = self._loaded(self.file_order())
+        order = self.file_order()
+        if self.preprocessor is None:
+            return self._batches(order)
+        return self._preprocessed(order)
+
+    def _batches(self, order: list[str]) -> Iterator[_B]:
+        loaded = self._loaded(order)
         if self.batch_size is None:
             yield from loaded
             return
@@ -160,12 +177,26 @@ class _FileIterator(Generic[_B]):
         finally:
             loaded.close()  # the prefetch thread stops with the pass
 
+    def _preprocessed(self, order: list[str]) -> Iterator[_B]:
+        """The batches of a pass, each through the preprocessor (after re-batching); errors
+        name the file (without re-batching) or the batch's position in the pass."""
+        batches = self._batches(order)
+        try:
+            for i, batch in enumerate(batches):
+                where = order[i] if self.batch_size is None else f"batch {i} of the pass"
+                yield preprocess(self.preprocessor, batch, where)  # type: ignore[arg-type,misc]
+        finally:
+            batches.close()
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self._files)} files, batch_size={self.batch_size}, "
             f"alignment={self.alignment!r}, shuffle={self.shuffle}, seed={self.seed}, "
             f"prefetch={self.prefetch}, "
-            f"loader={self.loader!r})"
+            f"loader={self.loader!r}"
+            + ("" if self.suffix is None else f", suffix={self.suffix!r}")
+            + ("" if self.preprocessor is None else f", preprocessor={self.preprocessor!r}")
+            + ")"
         )
 
 
@@ -182,8 +213,10 @@ class FileDataSetIterator(_FileIterator[DataSet]):
     paths_or_dir : str, os.PathLike or sequence of them
         A directory (local or fsspec URL): the files it lists in ``_manifest.json`` (an object
         with a ``"files"`` list of ``{"path": <relative path>}``), in that order, or else every
-        ``.safetensors`` file under it, recursively, sorted (names starting with ``.`` or ``_``
-        are skipped). Or one file, or a list of files, read in the order given.
+        file under it, recursively, sorted, whatever its name (names starting with ``.`` or
+        ``_`` are skipped, as Hadoop does: ``_SUCCESS``, ``.crc``); see
+        :func:`~sparkbatch.data.manifest.minibatch_files`. Or one file, or a list of files,
+        read in the order given.
     batch_size : int, optional
         Re-batch to this many examples per DataSet; None keeps one DataSet per file.
     shuffle : bool, default False
@@ -204,14 +237,29 @@ class FileDataSetIterator(_FileIterator[DataSet]):
         the alignment the files were exported with (``batch_and_export(..., alignment=)``), so
         that the padding of an ``"align_end"`` export stays at the start and the last steps stay
         aligned. Without ``batch_size`` nothing is merged and it has no effect.
+    suffix : str or tuple of str, optional
+        Of a directory, read only the files whose names end with (one of) these, e.g.
+        ``".bin"``; files named one by one are read whatever their names.
+    preprocessor : callable, optional
+        Applied to every minibatch the iterator yields, after re-batching (so it sees the
+        DataSets of ``batch_size`` examples): any picklable callable from DataSet (MultiDataSet for
+        :class:`FileMultiDataSetIterator`) to DataSet or MultiDataSet (DL4J's
+        ``DataSetPreProcessor``). To preprocess each file before re-batching, give the loader
+        one instead (``SerializedDataSetLoader(preprocessor=...)``, or
+        :class:`~sparkbatch.data.loaders.PreprocessingLoader` around a custom loader).
 
     Raises
     ------
     FileNotFoundError
-        ``paths_or_dir`` does not exist; while iterating, a listed file vanished (the error's
+        ``paths_or_dir`` does not exist, or is a directory without files (with ``suffix``)
+        (the message says what it holds); while iterating, a listed file vanished (the error's
         ``filename`` is its URL).
     FormatError
-        While iterating, a file is corrupt (the message names it); or the manifest is invalid.
+        While iterating, a file is corrupt or in another format (the message names it: pass
+        ``loader=`` for files of another format); or the manifest is invalid.
+    TypeError
+        ``preprocessor`` is not callable; while iterating, it returned neither a DataSet nor a
+        MultiDataSet.
 
     Examples
     --------
@@ -223,6 +271,10 @@ class FileDataSetIterator(_FileIterator[DataSet]):
     [2, 2, 1]
     >>> [d.num_examples for d in FileDataSetIterator(urls, batch_size=3)]
     [3, 2]
+    >>> double = lambda d: DataSet(d.features * 2)
+    >>> it = FileDataSetIterator(urls, batch_size=3, preprocessor=double)
+    >>> [float(d.features[0, 1]) for d in it]
+    [2.0, 14.0]
     >>> it = FileDataSetIterator(urls, shuffle=True, seed=7)
     >>> it.set_epoch(1)
     >>> len(it), sorted(it.file_order()) == urls

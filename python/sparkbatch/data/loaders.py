@@ -24,25 +24,33 @@ DataSet(num_examples=3, features=float32(3, 2), labels=float32(3, 3))
 True
 >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
 
-Pass such a loader to :class:`~sparkbatch.data.FileDataSetIterator` (``loader=NpzLoader()``).
+Pass such a loader to :class:`~sparkbatch.data.FileDataSetIterator` (``loader=NpzLoader()``),
+``SparkNetwork.fit(directory, loader=NpzLoader())`` or ``fit_paths``. A *preprocessor* (DL4J's
+``DataSetPreProcessor``: any picklable callable from a DataSet or MultiDataSet to one) is applied
+after each load by the built-in loaders' ``preprocessor=`` and, around any loader, by
+:class:`PreprocessingLoader`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol, Union, runtime_checkable
 
 from sparkbatch.data.dataset import DataSet
-from sparkbatch.data.format import load
+from sparkbatch.data.format import SUFFIX, load
 from sparkbatch.data.multidataset import MultiDataSet
 from sparkbatch.errors import FormatError
 from sparkbatch.storage import is_local, resolve
 
 __all__ = [
     "Loader",
+    "PreprocessingLoader",
+    "Preprocessor",
+    "check_preprocessor",
     "load_named",
+    "preprocess",
     "SerializedDataSetLoader",
     "SerializedMinibatchLoader",
     "SerializedMultiDataSetLoader",
@@ -50,6 +58,9 @@ __all__ = [
 ]
 
 Minibatch = Union[DataSet, MultiDataSet]  # noqa: UP007 (a runtime alias, as in format.py)
+#: A preprocessor: any picklable callable from a minibatch to a minibatch (DL4J's
+#: ``DataSetPreProcessor``), applied on the executors after a file is loaded.
+Preprocessor = Callable[[Any], Any]
 
 
 def _not_found(url: str, cause: BaseException) -> FileNotFoundError:
@@ -189,6 +200,109 @@ def _name_in_place(error: Exception, url: str) -> None:
         error.args = (f"{url}: {error.args[0]}", *error.args[1:])
 
 
+def _name_of(preprocessor: Any) -> str:
+    """How errors name a preprocessor: a function's qualified name, else its class's."""
+    return str(getattr(preprocessor, "__qualname__", None) or type(preprocessor).__qualname__)
+
+
+def check_preprocessor(preprocessor: Any) -> None:
+    """Raise TypeError unless ``preprocessor`` is None or callable."""
+    if preprocessor is not None and not callable(preprocessor):
+        raise TypeError(
+            "preprocessor must be a callable taking and returning a DataSet or MultiDataSet "
+            f"(DL4J's DataSetPreProcessor), got {type(preprocessor).__name__}"
+        )
+
+
+def preprocess(preprocessor: Preprocessor, batch: Minibatch, where: str | None = None) -> Minibatch:
+    """``preprocessor(batch)``, checked: a TypeError naming the preprocessor, what it returned
+    and ``where`` the batch came from (a file) where it is not a DataSet or MultiDataSet.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = DataSet(np.ones((2, 3), np.float32))
+    >>> preprocess(lambda d: DataSet(d.features * 2), ds).features[0]
+    array([2., 2., 2.], dtype=float32)
+    >>> def bad(d):
+    ...     return d.features
+    >>> preprocess(bad, ds, "a.bin")
+    Traceback (most recent call last):
+    TypeError: a.bin: preprocessor bad returned ndarray, expected a DataSet or MultiDataSet
+    """
+    result = preprocessor(batch)
+    if not isinstance(result, (DataSet, MultiDataSet)):
+        prefix = f"{where}: " if where else ""
+        raise TypeError(
+            f"{prefix}preprocessor {_name_of(preprocessor)} returned {type(result).__name__}, "
+            "expected a DataSet or MultiDataSet"
+        )
+    return result
+
+
+class PreprocessingLoader:
+    """A loader whose minibatches go through ``preprocessor``: any loader, any preprocessor.
+
+    Picklable when both are, so it travels to Spark executors (``SparkNetwork`` builds one
+    where it is given a ``preprocessor=`` with files). The DL4J ``loader.setPreProcessor``.
+
+    Parameters
+    ----------
+    loader : Loader
+        Reads one file (anything with ``load(source)``).
+    preprocessor : callable
+        Applied to each loaded minibatch; must return a DataSet or MultiDataSet.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparkbatch.data import save
+    >>> save(DataSet(np.ones((2, 3), np.float32)), "memory://sparkbatch-doc/p/a.safetensors")
+    >>> def double(ds):
+    ...     return DataSet(ds.features * 2, ds.labels)
+    >>> loader = PreprocessingLoader(SerializedDataSetLoader(), double)
+    >>> loader.load(Source("memory://sparkbatch-doc/p/a.safetensors")).features[0]
+    array([2., 2., 2.], dtype=float32)
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
+    """
+
+    def __init__(self, loader: Loader, preprocessor: Preprocessor) -> None:
+        if not callable(getattr(loader, "load", None)):
+            raise TypeError(f"loader must have a load(source) method, got {type(loader).__name__}")
+        if preprocessor is None:
+            raise TypeError("preprocessor must be a callable, got None")
+        check_preprocessor(preprocessor)
+        self.loader = loader
+        self.preprocessor = preprocessor
+
+    def load(self, source: Source) -> Minibatch:
+        """The minibatch ``loader`` reads at ``source``, through the preprocessor."""
+        return preprocess(self.preprocessor, self.loader.load(source), source.url)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PreprocessingLoader):
+            return NotImplemented
+        return bool(self.loader == other.loader and self.preprocessor == other.preprocessor)
+
+    def __hash__(self) -> int:
+        return hash((PreprocessingLoader, type(self.loader), type(self.preprocessor)))
+
+    def __repr__(self) -> str:
+        return f"PreprocessingLoader({self.loader!r}, {self.preprocessor!r})"
+
+
+_OTHER_FORMAT_HINT = "pass loader= for files of another format"
+
+
+def _foreign(url: str, message: str) -> bool:
+    """Whether a FormatError of the minibatch reader suggests a file of another format (not a
+    damaged minibatch file): another name, or a header that is not a sparkbatch one."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    return not name.endswith(SUFFIX) or any(
+        word in message for word in ("safetensors", "header", "unknown kind", "unexpected tensors")
+    )
+
+
 def _load_minibatch(source: Source, verify: bool, mmap: bool = True) -> Minibatch:
     """Load a minibatch file: memory-mapped when local and ``mmap``, read in one piece
     otherwise."""
@@ -198,29 +312,50 @@ def _load_minibatch(source: Source, verify: bool, mmap: bool = True) -> Minibatc
         if e.filename == source.url:
             raise
         raise _not_found(source.url, e) from e
+    except FormatError as e:
+        message = str(e)
+        if type(e) is not FormatError or not _foreign(source.url, message):
+            raise
+        hint = f" ({_OTHER_FORMAT_HINT}: a custom Loader reads them)"
+        raise FormatError(message + hint) from e
 
 
 class _SerializedLoader:
     """Settings shared by the built-in loaders of sparkbatch minibatch files."""
 
-    def __init__(self, *, verify: bool = True, mmap: bool = True) -> None:
+    def __init__(
+        self, *, verify: bool = True, mmap: bool = True, preprocessor: Preprocessor | None = None
+    ) -> None:
+        check_preprocessor(preprocessor)
         self.verify = bool(verify)
         self.mmap = bool(mmap)
+        self.preprocessor = preprocessor
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"mmap": True, **state})  # pickles of loaders without mmap
+        # pickles of loaders without mmap or preprocessor
+        self.__dict__.update({"mmap": True, "preprocessor": None, **state})
 
     def _key(self) -> tuple[Any, ...]:
         return type(self), self.verify, self.mmap
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _SerializedLoader) and other._key() == self._key()
+    def _preprocessed(self, data: Minibatch, source: Source) -> Minibatch:
+        if self.preprocessor is None:
+            return data
+        return preprocess(self.preprocessor, data, source.url)
 
-    def __hash__(self) -> int:
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _SerializedLoader)
+            and other._key() == self._key()
+            and bool(other.preprocessor == self.preprocessor)
+        )
+
+    def __hash__(self) -> int:  # the preprocessor may not hash: equal loaders still hash alike
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(verify={self.verify}, mmap={self.mmap})"
+        extra = "" if self.preprocessor is None else f", preprocessor={self.preprocessor!r}"
+        return f"{type(self).__name__}(verify={self.verify}, mmap={self.mmap}{extra})"
 
 
 class SerializedDataSetLoader(_SerializedLoader):
@@ -237,11 +372,15 @@ class SerializedDataSetLoader(_SerializedLoader):
         Memory-map local files from 2 MiB up. A mapped file truncated in place by another
         program kills the reader with SIGBUS (see :func:`~sparkbatch.data.load`); ``False``
         reads every file into memory.
+    preprocessor : callable, optional
+        Applied to each loaded minibatch (DL4J's ``setPreProcessor``); it must return a
+        DataSet or MultiDataSet.
 
     Raises
     ------
     FormatError
-        From :meth:`load`: the file is corrupt, or holds a MultiDataSet.
+        From :meth:`load`: the file is corrupt, holds a MultiDataSet, or is in another format
+        (the message names it and says to pass ``loader=`` for files of another format).
 
     Examples
     --------
@@ -261,7 +400,7 @@ class SerializedDataSetLoader(_SerializedLoader):
                 f"{source.url}: holds a {type(data).__name__}, not a DataSet; "
                 "use SerializedMultiDataSetLoader (or FileMultiDataSetIterator)"
             )
-        return data
+        return self._preprocessed(data, source)  # type: ignore[return-value]
 
 
 class SerializedMultiDataSetLoader(_SerializedLoader):
@@ -276,6 +415,9 @@ class SerializedMultiDataSetLoader(_SerializedLoader):
         Check the CRC32C of the data section.
     mmap : bool, default True
         Memory-map local files from 2 MiB up (see :class:`SerializedDataSetLoader`).
+    preprocessor : callable, optional
+        Applied to each loaded minibatch (DL4J's ``setPreProcessor``); it must return a
+        DataSet or MultiDataSet.
 
     Examples
     --------
@@ -291,7 +433,8 @@ class SerializedMultiDataSetLoader(_SerializedLoader):
     def load(self, source: Source) -> MultiDataSet:
         """Read the MultiDataSet (or DataSet, converted) stored at ``source``."""
         data = _load_minibatch(source, self.verify, self.mmap)
-        return data.to_multi() if isinstance(data, DataSet) else data
+        multi = data.to_multi() if isinstance(data, DataSet) else data
+        return self._preprocessed(multi, source)  # type: ignore[return-value]
 
 
 class SerializedMinibatchLoader(_SerializedLoader):
@@ -308,6 +451,9 @@ class SerializedMinibatchLoader(_SerializedLoader):
         Check the CRC32C of the data section.
     mmap : bool, default True
         Memory-map local files from 2 MiB up (see :class:`SerializedDataSetLoader`).
+    preprocessor : callable, optional
+        Applied to each loaded minibatch (DL4J's ``setPreProcessor``); it must return a
+        DataSet or MultiDataSet.
 
     Examples
     --------
@@ -326,4 +472,4 @@ class SerializedMinibatchLoader(_SerializedLoader):
 
     def load(self, source: Source) -> DataSet | MultiDataSet:
         """Read the DataSet or MultiDataSet stored at ``source``."""
-        return _load_minibatch(source, self.verify, self.mmap)
+        return self._preprocessed(_load_minibatch(source, self.verify, self.mmap), source)

@@ -39,6 +39,7 @@ __all__ = [
     "begin_export",
     "check_complete",
     "check_shapes",
+    "check_suffix",
     "commit_export",
     "describe",
     "minibatch_files",
@@ -404,12 +405,34 @@ def _differences(first: Mapping[str, Any], other: Mapping[str, Any]) -> str:
 
 
 def minibatch_files(
-    directory: str, *, storage_options: Mapping[str, Any] | None = None
+    directory: str,
+    *,
+    suffix: str | tuple[str, ...] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """URLs of the minibatch files of ``directory``: from its manifest, else by listing it.
+    """URLs of the data files of ``directory``: from its manifest, else by listing it.
+
+    A listing takes every visible file under ``directory``, recursively, sorted by path: names
+    and directories starting with ``.`` or ``_`` are skipped (``_SUCCESS``, ``_temporary/``,
+    ``.crc``), as Hadoop does, and file names do not matter otherwise (``dataset_0.bin`` as the
+    seed's exports name them, ``.zip`` archives for a custom loader). A manifest lists exactly
+    the files of its export, so stray files beside an export are never read.
+
+    Parameters
+    ----------
+    directory : str
+        Directory (local path or fsspec URL); a URL naming one file gives that file.
+    suffix : str or tuple of str, optional
+        Keep only files whose names end with (one of) these, e.g. ``".bin"``; applies to the
+        manifest's list too.
+    storage_options : mapping, optional
+        Keyword arguments for the file system.
 
     Raises
     ------
+    FileNotFoundError
+        Nothing exists at ``directory``, or it yields no file (none at all, or none with
+        ``suffix``): the message names it and says what it holds.
     IncompleteExportError
         ``directory``, or a directory under it, holds an export that failed or is still
         running (NOTE [export commit]).
@@ -419,14 +442,29 @@ def minibatch_files(
     >>> import numpy as np
     >>> from sparkbatch.data import DataSet
     >>> DataSet(np.zeros((2, 1))).save("memory://manifest-doc/b.safetensors")
+    >>> DataSet(np.zeros((2, 1))).save("memory://manifest-doc/dataset_0.bin")
     >>> minibatch_files("memory://manifest-doc")
-    ['memory://manifest-doc/b.safetensors']
+    ['memory://manifest-doc/b.safetensors', 'memory://manifest-doc/dataset_0.bin']
+    >>> minibatch_files("memory://manifest-doc", suffix=".bin")
+    ['memory://manifest-doc/dataset_0.bin']
+    >>> minibatch_files("memory://manifest-doc", suffix=".zip")
+    Traceback (most recent call last):
+    FileNotFoundError: no files ending in '.zip' under memory://manifest-doc; it holds 2 files: \
+b.safetensors, dataset_0.bin
+    >>> import fsspec; fsspec.filesystem("memory").rm("/manifest-doc", recursive=True)
     """
+    suffixes = check_suffix(suffix)
     options = dict(storage_options or {})
     manifest = read_manifest(directory, storage_options=options)
     check_complete(directory, manifest, storage_options=options)
     if manifest is not None:
-        return [join(directory, entry["path"]) for entry in manifest["files"]]
+        listed = [entry["path"] for entry in manifest["files"]]
+        found = [join(directory, path) for path in listed if _wanted(path, suffixes)]
+        if not found:
+            raise _nothing_found(
+                directory, suffixes, f"its {MANIFEST_NAME} lists {_count_names(listed)}"
+            )
+        return found
     tree = list_tree(directory, storage_options=options)
     for rel, _ in tree:
         if rel == PENDING_NAME:  # an export began here since the check above
@@ -437,12 +475,68 @@ def minibatch_files(
                 sub, read_manifest(sub, storage_options=options), storage_options=options
             )
     if not tree:  # one file, an empty directory, or nothing (FileNotFoundError)
-        return list_files(directory, suffix=SUFFIX, storage_options=options)
-    return [url for rel, url in tree if _is_minibatch(rel)]
+        found = list_files(directory, storage_options=options)
+        if not found:
+            raise _nothing_found(directory, suffixes, "it is empty")
+        if not _wanted(found[0], suffixes):
+            raise _nothing_found(directory, suffixes, "it is a file of another name")
+        return found
+    visible = [(rel, url) for rel, url in tree if not _is_hidden(rel)]
+    found = [url for rel, url in visible if _wanted(rel, suffixes)]
+    if not found:
+        if visible:
+            holds = f"it holds {_count_names([rel for rel, _ in visible])}"
+        else:
+            holds = f"it holds only hidden files: {_names([rel for rel, _ in tree])}"
+        raise _nothing_found(directory, suffixes, holds)
+    return found
+
+
+def check_suffix(suffix: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``suffix`` (a file name ending or a tuple of them, or None) as a tuple, or None;
+    TypeError or ValueError where it is neither."""
+    if suffix is None:
+        return None
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if not isinstance(suffixes, tuple) or not all(isinstance(s, str) for s in suffixes):
+        raise TypeError(
+            f"suffix must be a str (e.g. '.bin'), a tuple of str or None, got {suffix!r:.80}"
+        )
+    if not suffixes or not all(suffixes):
+        raise ValueError(f"suffix must name a file name ending such as '.bin', got {suffix!r}")
+    return suffixes
+
+
+def _wanted(relative: str, suffixes: tuple[str, ...] | None) -> bool:
+    return suffixes is None or relative.rsplit("/", 1)[-1].endswith(suffixes)
+
+
+def _is_hidden(relative: str) -> bool:
+    """Whether a listed file is hidden, as Hadoop has it: a name or directory starting with
+    ``.`` or ``_`` (markers, temporaries, ``_SUCCESS``, checksum files)."""
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
+
+
+def _names(names: Sequence[str], shown: int = 5) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _count_names(names: Sequence[str]) -> str:
+    if not names:
+        return "no files"
+    return f"{len(names)} file{'s' if len(names) != 1 else ''}: {_names(names)}"
+
+
+def _nothing_found(
+    directory: str, suffixes: tuple[str, ...] | None, holds: str
+) -> FileNotFoundError:
+    """The FileNotFoundError of a directory that yields no file, saying what it holds."""
+    wanted = "files" if suffixes is None else "files ending in " + " or ".join(map(repr, suffixes))
+    # a message alone: OSError's str() would show errno and filename instead of it
+    return FileNotFoundError(f"no {wanted} under {directory}; {holds}")
 
 
 def _is_minibatch(relative: str) -> bool:
     """Whether a listed file is a minibatch to read: a visible ``.safetensors`` file."""
-    return relative.endswith(SUFFIX) and not any(
-        part.startswith((".", "_")) for part in relative.split("/")
-    )
+    return relative.endswith(SUFFIX) and not _is_hidden(relative)
