@@ -311,12 +311,43 @@ def list_paths(
     sc: SparkContext,
     path: str | os.PathLike[str],
     *,
+    suffix: str | tuple[str, ...] | None = None,
     num_slices: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> RDD[str]:
-    """An RDD of the minibatch files under ``path`` (DL4J's ``SparkUtils.listPaths``).
+    """An RDD of the data files under ``path`` (DL4J's ``SparkUtils.listPaths``).
 
-    Uses the directory's manifest when it has one, else lists it recursively in a stable order.
+    Uses the directory's manifest when it has one (only the files of its export), else lists
+    every visible file under it, recursively, in a stable sorted order, whatever its name
+    (``dataset_0.bin``, ``.zip`` archives; names starting with ``.`` or ``_`` are skipped, as
+    Hadoop does). Give the result to ``SparkNetwork.fit_paths(paths, loader)``.
+
+    Parameters
+    ----------
+    sc : SparkContext
+    path : str or os.PathLike
+        Directory (local path or fsspec URL).
+    suffix : str or tuple of str, optional
+        Keep only files whose names end with (one of) these, e.g. ``".bin"``.
+    num_slices : int, optional
+        Partitions of the RDD; default the files' count, at most ``sc.defaultParallelism``.
+    storage_options : mapping, optional
+        Keyword arguments for the file system.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist or yields no file (with ``suffix``); the message says what it
+        holds.
+    IncompleteExportError
+        ``path`` holds an export that failed or is still running.
+
+    Examples
+    --------
+    >>> paths = list_paths(sc, "hdfs:///data/exported", suffix=".bin")  # doctest: +SKIP
+    >>> spark_net.fit_paths(paths, MyLoader())  # doctest: +SKIP
     """
-    urls = minibatch_files(os.fspath(path), storage_options=storage_options)  # refuses incomplete
+    urls = minibatch_files(  # refuses incomplete exports
+        os.fspath(path), suffix=suffix, storage_options=storage_options
+    )
     return sc.parallelize(urls, num_slices or max(1, min(len(urls), sc.defaultParallelism)))
