@@ -9,6 +9,7 @@ import re
 from html.parser import HTMLParser
 
 import fsspec
+import numpy as np
 import pytest
 
 from sparkbatch.train import PhaseTiming, RoundStats, TrainingStats
@@ -191,10 +192,12 @@ def test_html_report_is_self_contained_and_well_formed():
     page_text = stats.render_html(title="run 7")
     page = _parse(page_text)
     tags = [t for t, _ in page.tags]
-    assert tags.count("svg") == 3  # score, time per phase, timeline
+    assert tags.count("svg") == 4  # score, throughput, time per phase, timeline
     assert "script" not in tags and "link" not in tags and "img" not in tags
     polylines = [a["points"] for t, a in page.tags if t == "polyline"]
     assert [len(p.split()) for p in polylines] == [3]
+    bars = [a for t, a in page.tags if t == "rect" and a.get("fill") == "#2a9d8f"]
+    assert len(bars) == 3  # a throughput bar per round
     text = "".join(page.text)
     for worker in WORKERS:
         assert worker in text
@@ -230,7 +233,7 @@ def test_long_runs_are_downsampled():
     page = _parse(page_text)
     assert "it is downsampled to" in page_text
     points = [a["points"] for t, a in page.tags if t == "polyline"]
-    assert [len(p.split()) for p in points] == [1000]
+    assert [len(p.split()) for p in points] == [1000, 1000]  # score, throughput
     rects = [a for t, a in page.tags if t == "rect"]
     assert len(rects) <= 5000
     text = "".join(page.text)
@@ -255,3 +258,167 @@ def test_to_html_writes_to_fsspec_urls():
             assert f.read().decode("utf-8") == stats.render_html()
     finally:
         fsspec.filesystem("memory").rm("/sparkbatch-test-train-stats", recursive=True)
+
+
+# --- configuration, evaluation and the report's sections -----------------------------------------
+
+
+def _evaluation():
+    from sparkbatch.evaluation import Evaluation
+
+    ev = Evaluation(labels=["cat", "dog", "eel"])
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.eye(3)[[0, 0, 1, 1, 1, 0]]  # eel never predicted: precision 0, recall 0
+    ev.eval(labels, predicted)
+    return ev
+
+
+def _configured() -> TrainingStats:
+    stats = _stats()
+    stats.set_configuration(
+        "model", {"class": "Net", "parameters": np.int64(58), "layers": [{"type": "Dense"}]}
+    )
+    stats.set_configuration("averaging", {"workers": 2, "averaging_frequency": 5})
+    stats.add_fit({"source": "files", "epochs": 2, "rounds per epoch": (2,), "first round": 0})
+    stats.set_evaluation(_evaluation())
+    return stats
+
+
+def test_configuration_and_evaluation_are_plain_data_and_round_trip():
+    stats = _configured()
+    assert stats.configuration["model"]["parameters"] == 58
+    assert type(stats.configuration["model"]["parameters"]) is int
+    assert stats.fits == [
+        {"source": "files", "epochs": 2, "rounds per epoch": [2], "first round": 0}
+    ]
+    ev = stats.evaluation
+    assert ev["kind"] == "classification" and ev["examples"] == 6
+    assert ev["classes"] == ["cat", "dog", "eel"] and ev["count"] == [3, 2, 1]
+    assert ev["confusion"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert ev["accuracy"] == pytest.approx(4 / 6)
+    assert ev["precision"] == pytest.approx([2 / 3, 2 / 3, 0.0])
+    assert ev["recall"] == pytest.approx([2 / 3, 1.0, 0.0])
+    assert ev["macro_f1"] == pytest.approx(_evaluation().f1())
+    text = json.dumps(stats.to_dict(), allow_nan=False)
+    assert TrainingStats.from_dict(json.loads(text)) == stats
+    older = stats.to_dict()  # written before configuration, fits and evaluation were kept
+    for key in ("configuration", "fits", "evaluation"):
+        del older[key]
+    back = TrainingStats.from_dict(older)
+    assert back.configuration == {} and back.fits == [] and back.evaluation is None
+    assert back.rounds == stats.rounds
+
+
+def test_regression_figures_keep_non_finite_values_through_json():
+    from sparkbatch.evaluation import RegressionEvaluation
+
+    ev = RegressionEvaluation(column_names=["price", "flat"])
+    ev.eval(np.array([[1.0, 2.0], [3.0, 2.0]]), np.array([[2.0, 2.5], [3.0, 1.5]]))
+    stats = _stats()
+    stats.set_evaluation(ev)
+    assert stats.evaluation["mse"] == [0.5, 0.25] and math.isnan(stats.evaluation["r2"][1])
+    data = json.loads(json.dumps(stats.to_dict(), allow_nan=False))
+    assert data["evaluation"]["r2"] == [0.5, "nan"]
+    back = TrainingStats.from_dict(data).evaluation
+    assert back["r2"][0] == 0.5 and math.isnan(back["r2"][1]) and back["columns"][1] == "flat"
+    page = _parse(stats.render_html())
+    text = "".join(page.text)
+    assert "Evaluation" in text and "price" in text and "R\u00b2" in text and "0.2500" in text
+
+
+def test_configuration_and_evaluation_refuse_what_they_cannot_keep():
+    stats = TrainingStats()
+    with pytest.raises(TypeError, match=r"configuration 'model'\['layer'\] must hold plain"):
+        stats.set_configuration("model", {"layer": object()})
+    with pytest.raises(TypeError, match="set_evaluation expects an Evaluation or Regression"):
+        stats.set_evaluation({"accuracy": 1.0})  # type: ignore[arg-type]
+    data = _stats().to_dict()
+    with pytest.raises(ValueError, match="evaluation must be an object of kind"):
+        TrainingStats.from_dict({**data, "evaluation": {"kind": "ranking"}})
+    with pytest.raises(ValueError, match="fits must be a list of objects"):
+        TrainingStats.from_dict({**data, "fits": {"source": "files"}})
+
+
+def test_report_shows_configuration_evaluation_and_confusion_heat_map():
+    stats = _configured()
+    page = _parse(stats.render_html())
+    text = " ".join(page.text)
+    for title in ("Configuration", "Model", "Averaging", "Data", "Evaluation", "Per class"):
+        assert title in text
+    assert "Confusion matrix" in text and "averaging_frequency" in text
+    cells = [a for t, a in page.tags if t == "td" and "background:" in (a.get("style") or "")]
+    assert len(cells) == 9
+    shades = [re.search(r"background:(#[0-9a-f]{6})", c["style"]).group(1) for c in cells]
+    assert shades[3 + 1] == "#1f4e79"  # dog: every example right, the darkest shade
+    assert shades[3 + 0] == "#ffffff"  # nothing
+    # the fit's minibatches and examples per epoch are measured from its rounds
+    assert "200" in text  # 2 rounds of 100 examples in epoch 0 (and one in epoch 1: 100)
+    assert "100\u2013200" in text
+
+
+@pytest.mark.parametrize(
+    "scores, label, note",
+    [
+        ([2.0 / (1 + r) ** 2 for r in range(12)], "score (log scale)", "Log scale"),
+        ([2.3, 1.2] + [0.5 - 0.01 * r for r in range(10)], "score (zoomed)", "Zoomed in"),
+        ([2.3] + [0.5 - 0.01 * r for r in range(3)], "score", "Linear scale"),  # too few
+        ([0.9 - 0.01 * r for r in range(12)], "score", "Linear scale"),
+        ([0.5, -0.2, 0.1], "score", "Linear scale"),  # not all positive: never log
+    ],
+    ids=["log", "zoom", "linear", "few", "negative"],
+)
+def test_score_chart_scale_shows_progress_after_the_first_rounds(scores, label, note):
+    page = _parse(_stats(scores=scores).render_html())
+    text = page.text
+    assert label in text
+    assert any(t.startswith(note) for t in text)
+    if label == "score (zoomed)":
+        triangles = [a for t, a in page.tags if t == "polygon"]
+        assert len(triangles) == 2  # rounds 0 and 1 lie above the zoomed axis
+
+
+@pytest.mark.spark
+def test_a_fit_records_its_configuration_and_evaluate_its_figures(sc, tmp_path):
+    from sparkbatch.data import DataSet, export_datasets
+    from sparkbatch.nn import SGD, Dense, Network, Output
+    from sparkbatch.train import ParameterAveraging, SparkNetwork
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 4)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).astype(int)]
+    files = str(tmp_path / "files")
+    export_datasets(DataSet(x, y).split(20), files)  # 4 files: one round of 2 workers an epoch
+    net = Network([Dense(4, 8, "tanh"), Output(8, 2)], SGD(0.5), seed=0)
+    master = ParameterAveraging(
+        batch_size_per_worker=20,
+        averaging_frequency=2,
+        workers=2,
+        storage_options={"auto_mkdir": True},  # left out of the report: it may hold secrets
+    )
+    spark_net = SparkNetwork(sc, net, master)
+    spark_net.fit(files, epochs=2)
+    stats = spark_net.stats
+    model = stats.configuration["model"]
+    assert model["parameters"] == 58 and model["updater"] == "SGD(learning_rate=0.5)"
+    assert [layer["type"] for layer in model["layers"]] == ["Dense", "Output"]
+    averaging = stats.configuration["averaging"]
+    assert averaging["averaging_frequency"] == 2 and averaging["exchange"] == "spark"
+    assert "storage_options" not in averaging
+    assert stats.configuration["spark"]["default parallelism"] == sc.defaultParallelism
+    assert stats.fits == [
+        {
+            "source": "minibatch files read by SerializedDataSetLoader",
+            "epochs": 2,
+            "first epoch": 0,
+            "rounds per epoch": [1],
+            "workers": 2,
+            "first round": 0,
+        }
+    ]
+    assert [(r.minibatches, r.examples) for r in stats.rounds] == [(4, 80), (4, 80)]
+    evaluation = spark_net.evaluate(files)
+    assert stats.evaluation["examples"] == 80
+    assert stats.evaluation["accuracy"] == evaluation.accuracy()
+    page = stats.render_html()
+    assert "auto_mkdir" not in page and "SerializedDataSetLoader" in page
+    assert "Confusion matrix" in page

@@ -1,10 +1,13 @@
 """The self-contained HTML report of :class:`~sparkbatch.train.TrainingStats`.
 
-The successor of DL4J's ``StatsUtils.exportStatsAsHtml``: :func:`render_html` draws the totals,
-the score per round with the epochs marked, the driver's time per phase and a timeline with one
-row per worker from a :class:`~sparkbatch.train.TrainingStats` (or its
-:meth:`~sparkbatch.train.TrainingStats.to_dict` output, for example read back from JSON), and
-:func:`write_html` writes it to any fsspec URL. :meth:`TrainingStats.render_html` and
+The successor of DL4J's ``StatsUtils.exportStatsAsHtml``, meant to be what a person opens instead
+of reading logs: :func:`render_html` draws, from a :class:`~sparkbatch.train.TrainingStats` (or
+its :meth:`~sparkbatch.train.TrainingStats.to_dict` output, for example read back from JSON), the
+totals; the configuration (model, averaging settings, Spark, and every fit's data, epochs, rounds
+and workers); the held-out evaluation when there is one (accuracy, a per-class table and a
+heat-mapped confusion matrix, or a per-column regression table); the score per round with the
+epochs marked; the throughput per round; the driver's time per phase; and a timeline with one row
+per worker. :func:`write_html` writes it to any fsspec URL. :meth:`TrainingStats.render_html` and
 :meth:`TrainingStats.to_html` call them. The numbers come from :mod:`sparkbatch.train.stats`;
 this module only draws them.
 
@@ -12,7 +15,15 @@ NOTE [HTML report]: one file, no JavaScript, no network access, no external CSS 
 charts are inline SVG written here, tooltips are SVG ``<title>`` elements, and every piece of text
 goes through :func:`html.escape`. A timeline with more than ``_MAX_BARS`` bars is downsampled to a
 fixed number of columns per worker, each coloured by the phase that takes most of its time, and
-the page says so.
+the page says so. Each chart's plot area has its own background colour (``PLOT_BACKGROUNDS``),
+which is how the browser test finds it in a screenshot.
+
+NOTE [score scale]: the first rounds' scores are often far above the rest, and a linear axis
+over all of them leaves the later progress a flat line. When every score is positive and they
+span more than a decade (``_LOG_SPAN``) the axis is logarithmic; otherwise, when the first tenth
+of the rounds spreads the scores over more than ``_ZOOM_FACTOR`` times the range of the rest, the
+axis shows the range of the rest and marks the first rounds' points at its top edge; else it is
+linear over every score. The chart and a note under it say which.
 
 Examples
 --------
@@ -41,7 +52,15 @@ from sparkbatch.storage import open_output
 
 from .stats import PhaseTiming, RoundStats, TrainingStats, format_duration
 
-__all__ = ["render_html", "write_html"]
+__all__ = ["PLOT_BACKGROUNDS", "render_html", "write_html"]
+
+#: The background colour of each chart's plot area: light, and different for every chart.
+PLOT_BACKGROUNDS = {"score": "#f4f7fb", "throughput": "#f3f9f8", "timeline": "#fbf7f4"}
+_SCORE_COLOUR = "#4e79a7"
+_THROUGHPUT_COLOUR = "#2a9d8f"
+_HEAT = (31, 78, 121)  # the confusion matrix's darkest cell (#1f4e79): a whole row there
+_LOG_SPAN = 10.0  # scores spanning more than this factor are drawn on a log axis
+_ZOOM_FACTOR = 3.0  # ... else zoomed when the first rounds widen the range more than this
 
 _MAX_BARS = 5000  # timeline bars drawn one by one up to this count, downsampled beyond it
 _PHASE_COLOURS = {
@@ -62,6 +81,13 @@ th{border-bottom:1px solid #888}td:first-child,th:first-child{text-align:left}
 .totals td{font-size:1.1em}.note{color:#555;font-style:italic}
 .swatch{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}
 svg text{font-size:11px;fill:#333}
+h3{font-size:1em;margin:.2em 0}
+.cards{display:flex;flex-wrap:wrap;gap:.5em 3em;align-items:flex-start}
+.cards>div{max-width:100%}.kv td:first-child{color:#555}.kv td{text-align:left}
+.layers td,.layers th{text-align:left;font-size:.9em}
+.confusion td{min-width:2.6em;text-align:center;border:1px solid #fff}
+.confusion th{font-weight:normal;font-size:.9em;border:0}
+.confusion th.rotate{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left}
 """
 
 
@@ -72,8 +98,13 @@ def render_html(
     if not isinstance(stats, TrainingStats):
         stats = TrainingStats.from_dict(stats)
     body = [f"<h1>{_esc(title)}</h1>", _totals_table(stats)]
+    if stats.configuration or stats.fits:
+        body += ["<h2>Configuration</h2>", _configuration(stats)]
+    if stats.evaluation is not None:
+        body += ["<h2>Evaluation</h2>", _evaluation(stats.evaluation)]
     if stats.rounds:
         body += ["<h2>Score per round</h2>", _score_chart(stats.rounds)]
+        body += ["<h2>Throughput per round</h2>", _throughput_chart(stats.rounds)]
         body += ["<h2>Time per phase (driver)</h2>", _phase_breakdown(stats)]
     else:
         body.append('<p class="note">No rounds recorded.</p>')
@@ -170,62 +201,354 @@ def _totals_table(stats: TrainingStats) -> str:
     return f'<table class="totals">{cells}</table>'
 
 
-def _score_chart(rounds: list[RoundStats]) -> str:
-    height, left, right, top, bottom = 320, 70, 20, 20, 45
-    plot_w, plot_h = _WIDTH - left - right, height - top - bottom
-    xs = [r.round for r in rounds]
-    finite = [r.score for r in rounds if math.isfinite(r.score)]
-    xt = _ticks(min(xs), max(xs), integer=True)
-    yt = _ticks(min(finite), max(finite)) if finite else [0.0, 1.0]
-    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+def _kv_table(rows: Iterable[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_value(v))}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{cells}</table>'
 
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * plot_w
 
-    def py(y: float) -> float:
-        return top + (y1 - y) / (y1 - y0) * plot_h
+def _value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return ", ".join(_value(x) for x in v)
+    return str(v)
 
-    out = [f'<svg width="{_WIDTH}" height="{height}" role="img" aria-label="score per round">']
-    out.append(_axes(left, top, plot_w, plot_h))
-    for t in xt:
-        x = px(t)
-        out.append(
-            f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 5}" '
-            f'stroke="#333"/><text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">'
-            f"{_tick_label(t, xt)}</text>"
+
+#: Layer settings shown in their own columns (the rest go to "settings").
+_LAYER_COLUMNS = ("name", "type", "inputs", "n_in", "n_out", "activation", "loss")
+
+
+def _layers_table(layers: list[Any]) -> str:
+    rows = []
+    graph = any(isinstance(layer, Mapping) and "name" in layer for layer in layers)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Mapping):
+            continue
+        shape = ""
+        if "n_in" in layer or "n_out" in layer:
+            shape = f"{_value(layer.get('n_in'))} \u2192 {_value(layer.get('n_out'))}"
+        settings = ", ".join(
+            f"{k}={_value(v)}"
+            for k, v in layer.items()
+            if k not in _LAYER_COLUMNS and v not in (None, 0, 0.0, False, "", [], {})
         )
-    for t in yt:
-        y = py(t)
-        out.append(
-            f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
-            f'stroke="#e4e4e4"/><text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_tick_label(t, yt)}</text>"
+        first = [layer.get("name", ""), _value(layer.get("inputs"))] if graph else [i]
+        cells = [*first, layer.get("type", "?"), shape]
+        cells += [layer.get("activation", ""), layer.get("loss", ""), settings]
+        rows.append("<tr>" + "".join(f"<td>{_esc(_value(c))}</td>" for c in cells) + "</tr>")
+    head = ["vertex", "inputs"] if graph else ["#"]
+    head += ["type", "in \u2192 out", "activation", "loss", "settings"]
+    header = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    return f'<table class="layers"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
+def _configuration(stats: TrainingStats) -> str:
+    """Model, averaging settings and Spark side by side, then one row per fit (its data)."""
+    config = stats.configuration
+    cards = []
+    model = config.get("model")
+    if model:
+        rows = [(k, v) for k, v in model.items() if k != "layers"]
+        layers = model.get("layers")
+        table = _layers_table(layers) if isinstance(layers, list) and layers else ""
+        cards.append(f"<div><h3>Model</h3>{_kv_table(rows)}{table}</div>")
+    averaging = config.get("averaging")
+    if averaging:
+        cards.append(
+            f"<div><h3>Averaging (ParameterAveraging)</h3>{_kv_table(averaging.items())}</div>"
         )
-    out.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">round</text>'
-        f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" '
-        'text-anchor="middle">score</text>'
-    )
-    # Epoch boundaries: a dashed line before the first round of every epoch but the first;
-    # labels only where there is room for them.
-    last_label = -1e9
-    for prev, r in zip(rounds[:-1], rounds[1:], strict=True):
-        if r.epoch != prev.epoch:
-            x = px(r.round - 0.5)
-            out.append(
-                f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" '
-                f'stroke="#999" stroke-dasharray="4 3"><title>epoch {r.epoch} starts at round '
-                f"{r.round}</title></line>"
+    for name, values in config.items():
+        if name not in ("model", "averaging") and values:
+            cards.append(
+                f"<div><h3>{_esc(name.capitalize())}</h3>{_kv_table(values.items())}</div>"
             )
-            if x - last_label > 60:
-                out.append(f'<text x="{x + 3:.1f}" y="{top + 11}">epoch {r.epoch}</text>')
-                last_label = x
+    out = [f'<div class="cards">{"".join(cards)}</div>'] if cards else []
+    if stats.fits:
+        out += ["<h3>Data</h3>", _fits_table(stats)]
+    return "\n".join(out)
+
+
+def _spread(values: list[int]) -> str:
+    """One value, or the range ``a\u2013b`` when the epochs differ; "-" when not counted."""
+    if not values or max(values) == 0:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{lo:,}" if lo == hi else f"{lo:,}\u2013{hi:,}"
+
+
+def _fits_table(stats: TrainingStats) -> str:
+    """A row per fit: what it read and how, and per epoch the minibatches and examples its
+    rounds fitted (measured)."""
+    firsts = [int(f.get("first round", 0)) for f in stats.fits] + [math.inf]
+    rows = []
+    for n, fit in enumerate(stats.fits):
+        mine = [r for r in stats.rounds if firsts[n] <= r.round < firsts[n + 1]]
+        by_epoch: dict[int, list[RoundStats]] = {}
+        for r in mine:
+            by_epoch.setdefault(r.epoch, []).append(r)
+        minibatches = [sum(r.minibatches for r in e) for e in by_epoch.values()]
+        examples = [sum(r.examples for r in e) for e in by_epoch.values()]
+        cells = [
+            n + 1,
+            fit.get("source"),
+            fit.get("epochs"),
+            fit.get("rounds per epoch"),
+            fit.get("workers"),
+            _spread(minibatches),
+            _spread(examples),
+            fit.get("first round"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{_esc(_value(c))}</td>" for c in cells) + "</tr>")
+    head = ["fit", "data", "epochs", "rounds/epoch", "workers", "minibatches/epoch"]
+    head += ["examples/epoch", "first round"]
+    header = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    return f'<table class="layers"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
+def _heat(share: float) -> str:
+    """White (0) to the darkest heat colour (1)."""
+    share = min(1.0, max(0.0, share)) if math.isfinite(share) else 0.0
+    r, g, b = (round(255 + (c - 255) * share) for c in _HEAT)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _evaluation(ev: Mapping[str, Any]) -> str:
+    if not ev.get("examples"):
+        return '<p class="note">The evaluation saw no examples.</p>'
+    if ev.get("kind") == "regression":
+        return _regression(ev)
+    rows = [("examples", ev["examples"]), ("accuracy", _fraction(ev["accuracy"]))]
+    if int(ev.get("top_n", 1)) > 1:
+        rows.append((f"top-{ev['top_n']} accuracy", _fraction(ev["top_n_accuracy"])))
+    rows += [
+        ("precision (macro)", _fraction(ev["macro_precision"])),
+        ("recall (macro)", _fraction(ev["macro_recall"])),
+        ("F1 (macro)", _fraction(ev["macro_f1"])),
+    ]
+    classes = ev["classes"]
+    per_class = "".join(
+        f"<tr><td>{_esc(c)}</td><td>{_fraction(p)}</td><td>{_fraction(r)}</td>"
+        f"<td>{_fraction(f)}</td><td>{n:,}</td></tr>"
+        for c, p, r, f, n in zip(
+            classes, ev["precision"], ev["recall"], ev["f1"], ev["count"], strict=True
+        )
+    )
+    table = (
+        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        f"<th>examples</th></tr>{per_class}</table>"
+    )
+    cards = [
+        f"<div><h3>Overall</h3>{_kv_table(rows)}</div>",
+        f"<div><h3>Per class</h3>{table}</div>",
+    ]
+    confusion = ev.get("confusion")
+    if confusion is None:
+        cards.append(
+            f'<div><p class="note">{len(classes):,} classes: the confusion matrix is not '
+            "kept.</p></div>"
+        )
+    else:
+        cards.append(f"<div><h3>Confusion matrix</h3>{_confusion(classes, confusion)}</div>")
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _fraction(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def _confusion(classes: list[str], confusion: list[list[int]]) -> str:
+    """Rows actual, columns predicted; each cell shaded by its share of its row."""
+    head = "".join(f'<th class="rotate">{_esc(c)}</th>' for c in classes)
+    rows = []
+    for name, row in zip(classes, confusion, strict=True):
+        total = sum(row)
+        cells = []
+        for predicted, count in zip(classes, row, strict=True):
+            share = count / total if total else 0.0
+            ink = "#fff" if share > 0.55 else "#222"
+            cells.append(
+                f'<td style="background:{_heat(share)};color:{ink}" title="actual {_esc(name)}, '
+                f'predicted {_esc(predicted)}: {count:,} ({100 * share:.1f} % of the row)">'
+                f"{count:,}</td>"
+            )
+        rows.append(f"<tr><th>{_esc(name)}</th>{''.join(cells)}</tr>")
+    return (
+        f'<table class="confusion"><tr><th>actual \u2193 predicted \u2192</th>{head}</tr>'
+        f"{''.join(rows)}</table>"
+        '<p class="note">Each cell is shaded by its share of the actual class\'s examples.</p>'
+    )
+
+
+def _regression(ev: Mapping[str, Any]) -> str:
+    figures = [ev["mse"], ev["mae"], ev["rmse"], ev["r2"]]
+    columns = list(zip(ev["columns"], *figures, strict=True))
+    finite = [[v for v in f if isinstance(v, (int, float)) and math.isfinite(v)] for f in figures]
+    means = [sum(f) / len(f) if f else float("nan") for f in finite]
+    rows = "".join(
+        f"<tr><td>{_esc(c)}</td>" + "".join(f"<td>{_fraction(v)}</td>" for v in vals) + "</tr>"
+        for c, *vals in [*columns, ("average", *means)]
+    )
+    return (
+        f"<p>{ev['examples']:,} examples.</p><table><tr><th>column</th><th>MSE</th>"
+        f"<th>MAE</th><th>RMSE</th><th>R\u00b2</th></tr>{rows}</table>"
+    )
+
+
+class _YAxis:
+    """A vertical axis from ``lo`` to ``hi`` (linear, or logarithmic with ``log``) and its
+    ticks; :meth:`frac` places a value (0 at the bottom, 1 at the top; outside: clipped)."""
+
+    def __init__(self, lo: float, hi: float, *, log: bool = False) -> None:
+        self.log = log
+        if log:
+            first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+            last = max(last, first + 1)
+            self.lo, self.hi = 10.0**first, 10.0**last
+            every = max(1, math.ceil((last - first) / 8))
+            ticks = [10.0**k for k in range(first, last + 1, every)]
+            if last - first <= 2:  # few decades: 2 and 5 between them too
+                ticks += [m * 10.0**k for k in range(first, last) for m in (2, 5)]
+            self.ticks = sorted(ticks)
+        else:
+            self.ticks = _ticks(lo, hi)
+            self.lo, self.hi = self.ticks[0], self.ticks[-1]
+
+    def frac(self, value: float) -> float:
+        if self.log:
+            value = max(value, self.lo * 1e-3)
+            f = math.log10(value / self.lo) / math.log10(self.hi / self.lo)
+        else:
+            f = (value - self.lo) / (self.hi - self.lo)
+        return min(1.0, max(0.0, f))
+
+    def label(self, value: float) -> str:
+        return f"{value:g}" if self.log else _tick_label(value, self.ticks)
+
+
+class _RoundChart:
+    """An SVG chart with the rounds along x (each round's slot one unit wide), ``axis`` up,
+    the plot area filled with ``PLOT_BACKGROUNDS[name]`` and the epochs marked."""
+
+    left, right, top, bottom = 70, 20, 22, 45
+
+    def __init__(
+        self, name: str, rounds: list[RoundStats], axis: _YAxis, y_label: str, height: int = 300
+    ) -> None:
+        self.rounds, self.axis, self.height = rounds, axis, height
+        self.plot_w = _WIDTH - self.left - self.right
+        self.plot_h = height - self.top - self.bottom
+        xs = [r.round for r in rounds]
+        self.x0, self.x1 = min(xs) - 0.5, max(xs) + 0.5
+        self.slot = self.plot_w / (self.x1 - self.x0)
+        self.out = [
+            f'<svg width="{_WIDTH}" height="{height}" role="img" aria-label="{_esc(y_label)} '
+            f'per round"><rect x="{self.left}" y="{self.top}" width="{self.plot_w}" '
+            f'height="{self.plot_h}" fill="{PLOT_BACKGROUNDS[name]}"/>'
+        ]
+        self._grid(y_label)
+        self._epochs()
+
+    def px(self, x: float) -> float:
+        return self.left + (x - self.x0) * self.slot
+
+    def py(self, y: float) -> float:
+        return self.top + (1.0 - self.axis.frac(y)) * self.plot_h
+
+    def clipped(self, y: float) -> bool:
+        return not self.axis.lo <= y <= self.axis.hi
+
+    def _grid(self, y_label: str) -> None:
+        left, top, plot_w, plot_h = self.left, self.top, self.plot_w, self.plot_h
+        out = self.out
+        xt = [
+            t for t in _ticks(self.x0 + 0.5, self.x1 - 0.5, integer=True) if self.x0 < t < self.x1
+        ]
+        for t in xt:
+            x = self.px(t)
+            out.append(
+                f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 5}" '
+                f'stroke="#333"/><text x="{x:.1f}" y="{top + plot_h + 18}" '
+                f'text-anchor="middle">{_tick_label(t, xt)}</text>'
+            )
+        for t in self.axis.ticks:
+            y = self.py(t)
+            out.append(
+                f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
+                f'stroke="#dde1e6"/><text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">'
+                f"{self.axis.label(t)}</text>"
+            )
+        out.append(_axes(left, top, plot_w, plot_h))
+        out.append(
+            f'<text x="{left + plot_w / 2:.1f}" y="{self.height - 6}" text-anchor="middle">'
+            f'round</text><text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" '
+            f'text-anchor="middle">{_esc(y_label)}</text>'
+        )
+
+    def _epochs(self) -> None:
+        """A dashed line before the first round of every epoch but the first; labels only
+        where there is room for them."""
+        top, plot_h = self.top, self.plot_h
+        last_label = -1e9
+        rounds = self.rounds
+        for prev, r in zip(rounds[:-1], rounds[1:], strict=True):
+            if r.epoch != prev.epoch:
+                x = self.px(r.round - 0.5)
+                self.out.append(
+                    f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" '
+                    f'stroke="#999" stroke-dasharray="4 3"><title>epoch {r.epoch} starts at '
+                    f"round {r.round}</title></line>"
+                )
+                if x - last_label > 60:
+                    self.out.append(f'<text x="{x + 3:.1f}" y="{top - 6}">epoch {r.epoch}</text>')
+                    last_label = x
+
+    def svg(self) -> str:
+        return "\n".join([*self.out, "</svg>"])
+
+
+def _score_scale(rounds: list[RoundStats]) -> tuple[_YAxis, str, str]:
+    """The score axis, its label and a note saying which scale and why (NOTE [score scale])."""
+    finite = np.array([r.score for r in rounds if math.isfinite(r.score)], dtype=np.float64)
+    if finite.size == 0:
+        return _YAxis(0.0, 1.0), "score", "No finite score to draw."
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo > 0 and hi / lo > _LOG_SPAN:
+        note = (
+            f"Log scale: the scores span {math.log10(hi / lo):.1f} decades ({lo:.4g} to {hi:.4g})."
+        )
+        return _YAxis(lo, hi, log=True), "score (log scale)", note
+    k = max(1, math.ceil(finite.size / 10))
+    if finite.size >= 5:
+        rest = finite[k:]
+        r_lo, r_hi = float(rest.min()), float(rest.max())
+        if hi - lo > _ZOOM_FACTOR * (r_hi - r_lo) and finite[:k].max() > r_hi:
+            axis = _YAxis(r_lo, r_hi)
+            first = "round" if k == 1 else f"{k} rounds"
+            note = (
+                f"Zoomed in on the scores after the first {first}: the y axis spans "
+                f"{axis.lo:.4g} to {axis.hi:.4g}; points outside it (the first rounds' scores, "
+                f"up to {hi:.4g}) are drawn at its edge as triangles."
+            )
+            return axis, "score (zoomed)", note
+    return _YAxis(lo, hi), "score", f"Linear scale, {lo:.4g} to {hi:.4g}."
+
+
+def _score_chart(rounds: list[RoundStats]) -> str:
+    axis, y_label, note = _score_scale(rounds)
+    chart = _RoundChart("score", rounds, axis, y_label, height=320)
+    out = chart.out
     # The score line, broken where a score is not finite.
     segment: list[str] = []
     segments = []
     for r in rounds:
         if math.isfinite(r.score):
-            segment.append(f"{px(r.round):.1f},{py(r.score):.1f}")
+            segment.append(f"{chart.px(r.round):.1f},{chart.py(r.score):.1f}")
         elif segment:
             segments.append(segment)
             segment = []
@@ -233,19 +556,66 @@ def _score_chart(rounds: list[RoundStats]) -> str:
         segments.append(segment)
     for seg in segments:
         out.append(
-            f'<polyline fill="none" stroke="#4e79a7" stroke-width="1.5" points="{" ".join(seg)}"/>'
+            f'<polyline fill="none" stroke="{_SCORE_COLOUR}" stroke-width="1.5" '
+            f'points="{" ".join(seg)}"/>'
         )
+    many = len(rounds) > 200
+    for r in rounds:
+        if not math.isfinite(r.score) or (many and not chart.clipped(r.score)):
+            continue
+        x, y = chart.px(r.round), chart.py(r.score)
+        tip = (
+            f"<title>round {r.round} (epoch {r.epoch}): score {r.score:.6g}, {r.examples} "
+            f"examples, {r.workers} workers, {format_duration(r.seconds)}</title>"
+        )
+        if chart.clipped(r.score):  # outside the zoomed axis: a triangle at its edge
+            d = 7 if y <= chart.top + 1 else -7
+            points = f"{x - 5:.1f},{y + d:.1f} {x + 5:.1f},{y + d:.1f} {x:.1f},{y:.1f}"
+            out.append(f'<polygon points="{points}" fill="{_SCORE_COLOUR}">{tip}</polygon>')
+        else:
+            out.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{_SCORE_COLOUR}">{tip}</circle>'
+            )
+    return chart.svg() + f'\n<p class="note">{_esc(note)}</p>'
+
+
+def _throughput_chart(rounds: list[RoundStats]) -> str:
+    speeds = [r.examples_per_second for r in rounds]
+    seconds = sum(r.seconds for r in rounds)
+    mean = sum(r.examples for r in rounds) / seconds if seconds > 0 else 0.0
+    chart = _RoundChart("throughput", rounds, _YAxis(0.0, max(speeds)), "examples/s", height=260)
+    out = chart.out
+    base = chart.py(0.0)
     if len(rounds) <= 200:
-        for r in rounds:
-            if math.isfinite(r.score):
-                out.append(
-                    f'<circle cx="{px(r.round):.1f}" cy="{py(r.score):.1f}" r="2.5" '
-                    f'fill="#4e79a7"><title>round {r.round} (epoch {r.epoch}): score '
-                    f"{r.score:.6g}, {r.examples} examples, {r.workers} workers, "
-                    f"{format_duration(r.seconds)}</title></circle>"
-                )
-    out.append("</svg>")
-    return "\n".join(out)
+        width = max(1.0, min(24.0, 0.8 * chart.slot))
+        for r, v in zip(rounds, speeds, strict=True):
+            y = chart.py(v)
+            out.append(
+                f'<rect x="{chart.px(r.round) - width / 2:.1f}" y="{y:.1f}" width="{width:.1f}" '
+                f'height="{max(0.0, base - y):.1f}" fill="{_THROUGHPUT_COLOUR}"><title>round '
+                f"{r.round} (epoch {r.epoch}): {v:,.1f} examples/s ({r.examples:,} examples in "
+                f"{format_duration(r.seconds)}, {r.workers} workers)</title></rect>"
+            )
+    else:
+        points = " ".join(
+            f"{chart.px(r.round):.1f},{chart.py(v):.1f}"
+            for r, v in zip(rounds, speeds, strict=True)
+        )
+        out.append(
+            f'<polyline fill="none" stroke="{_THROUGHPUT_COLOUR}" stroke-width="1.5" '
+            f'points="{points}"/>'
+        )
+    y = chart.py(mean)
+    out.append(
+        f'<line x1="{chart.left}" y1="{y:.1f}" x2="{chart.left + chart.plot_w}" y2="{y:.1f}" '
+        f'stroke="#333" stroke-dasharray="6 4"><title>all rounds: {mean:,.1f} examples/s'
+        f"</title></line>"
+    )
+    note = (
+        f"Examples per second of each round's wall time (broadcast, fitting and averaging); "
+        f"dashed: all rounds together, {mean:,.1f} examples/s."
+    )
+    return chart.svg() + f'\n<p class="note">{_esc(note)}</p>'
 
 
 def _axes(left: float, top: float, plot_w: float, plot_h: float) -> str:
@@ -317,12 +687,17 @@ def _timeline(phases: list[PhaseTiming]) -> str:
             f"{_MAX_BARS:,}: it is downsampled to {columns} columns per row, each coloured by "
             f"the phase that takes most of its time ({len(bars):,} bars drawn).</p>"
         )
-    out = [f'<svg width="{_WIDTH}" height="{height}" role="img" aria-label="timeline">']
+    out = [
+        f'<svg width="{_WIDTH}" height="{height}" role="img" aria-label="timeline">'
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{row_h * len(workers)}" '
+        f'fill="{PLOT_BACKGROUNDS["timeline"]}"/>'
+    ]
     for i, w in enumerate(workers):
         y = top + i * row_h
         if i % 2:
             out.append(
-                f'<rect x="{left}" y="{y}" width="{plot_w}" height="{row_h}" fill="#f4f4f4"/>'
+                f'<rect x="{left}" y="{y}" width="{plot_w}" height="{row_h}" fill="#000" '
+                'fill-opacity="0.03"/>'
             )
         label = w if len(w) <= 36 else w[:35] + "\u2026"
         out.append(

@@ -4,14 +4,20 @@ An :class:`~sparkbatch.train.Exchange` asks the runner what the workers start ro
 (:meth:`FitRunner.state`) and hands it every round's summed results
 (:meth:`FitRunner.finish`), which the runner averages into the model (in place, with the
 native kernel), checks, records in :class:`~sparkbatch.train.TrainingStats` and logs; the last
-round of an epoch ends the epoch.
+round of an epoch ends the epoch. When the exchange asks for the workers' setup
+(:meth:`FitRunner.worker_setup`, once per fit) the runner records the fit's configuration in
+the statistics too: the model (:func:`describe_model`), the averaging settings
+(:func:`describe_averaging`), Spark, and the fit's data, epochs, rounds and workers, which the
+HTML report shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +35,7 @@ if TYPE_CHECKING:
     from .master import ParameterAveraging
     from .plan import FitPlan
 
-__all__ = ["FitRunner", "RoundTiming"]
+__all__ = ["FitRunner", "RoundTiming", "describe_averaging", "describe_model"]
 
 log = logging.getLogger("sparkbatch.train")
 
@@ -69,10 +75,51 @@ class FitRunner:
         self.stats = stats
         #: The number of the next round averaged, counted over every fit of the model.
         self.round = first_round
+        self._described: FitPlan | None = None
 
     def worker_setup(self, plan: FitPlan) -> WorkerSetup:
-        """What every worker task of ``plan`` needs."""
+        """What every worker task of ``plan`` needs; the first call for a plan records the
+        fit's configuration in the statistics (:meth:`describe`)."""
+        if self._described is not plan:
+            self.describe(plan)
+            self._described = plan
         return worker_setup(self.access, self.settings, plan.loader, plan.exported)
+
+    def describe(self, plan: FitPlan) -> None:
+        """Record the configuration of the fit ``plan`` is about to run in the statistics: the
+        model, the averaging settings and Spark (replacing an earlier fit's) and the fit's data,
+        epochs, rounds and workers (appended to ``stats.fits``)."""
+        stats, sc = self.stats, self.sc
+        stats.set_configuration("model", describe_model(self.access.model))
+        stats.set_configuration("averaging", describe_averaging(self.settings))
+        stats.set_configuration(
+            "spark",
+            {
+                "master": sc.master,
+                "application": sc.appName,
+                "default parallelism": sc.defaultParallelism,
+                "Spark version": sc.version,
+            },
+        )
+        if plan.loader is None:
+            source = "RDD partitions (approach='direct')"
+        elif plan.exported:
+            source = "RDD exported to minibatch files (approach='export')"
+        else:
+            source = f"minibatch files read by {type(plan.loader).__name__}"
+        per_epoch: dict[int, int] = {}
+        for planned in plan.rounds:
+            per_epoch[planned.epoch] = planned.count
+        stats.add_fit(
+            {
+                "source": source,
+                "epochs": plan.epochs,
+                "first epoch": plan.rounds[0].epoch if plan.rounds else self.access.model.epoch,
+                "rounds per epoch": sorted(set(per_epoch.values())),
+                "workers": plan.workers,
+                "first round": self.round,
+            }
+        )
 
     def state(self, plan: FitPlan, g: int) -> tuple[dict[str, Any], list[np.ndarray]]:
         """What a worker about to fit round ``g`` of ``plan`` starts from: its counters
@@ -166,6 +213,7 @@ class FitRunner:
                 fit_s=min(t.fit_s, end - t.start),
                 aggregate_s=max(0.0, (end - t.start) - t.broadcast_s - t.fit_s),
                 skipped=result.skipped,
+                minibatches=result.batches,
             )
         )
         if self.settings.collect_stats:
@@ -203,3 +251,67 @@ def worker_setup(
         non_finite=settings.non_finite,
         exported=exported,
     )
+
+
+def describe_model(model: Any) -> dict[str, Any]:
+    """What the report shows of ``model``: its class, ``repr`` (where the class defines one),
+    parameter count (the size of ``params()``), and from ``to_config()`` its dtype, updater and
+    layers (a Network's ``layers``; a Graph's ``vertices``, each with its name and inputs).
+
+    Examples
+    --------
+    >>> from sparkbatch.nn import SGD, Dense, Network, Output
+    >>> info = describe_model(Network([Dense(4, 8, "tanh"), Output(8, 2)], SGD(0.5)))
+    >>> info["class"], info["parameters"], info["updater"], [l["type"] for l in info["layers"]]
+    ('sparkbatch.nn.network.Network', 58, 'SGD(learning_rate=0.5)', ['Dense', 'Output'])
+    """
+    cls = type(model)
+    out: dict[str, Any] = {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "parameters": int(np.size(model.params())),
+    }
+    if cls.__repr__ is not object.__repr__:
+        out["summary"] = repr(model)[:500]
+    config = model.to_config()
+    if not isinstance(config, Mapping):
+        return out
+    if isinstance(config.get("dtype"), str):
+        out["dtype"] = config["dtype"]
+    updater = config.get("updater")
+    if isinstance(updater, Mapping) and isinstance(updater.get("type"), str):
+        settings = ", ".join(
+            f"{k}={v}" for k, v in updater.items() if k != "type" and v is not None
+        )
+        out["updater"] = f"{updater['type']}({settings})"
+    layers = config.get("layers")
+    vertices = config.get("vertices")
+    if isinstance(layers, list):
+        out["layers"] = [_jsonable(layer) for layer in layers if isinstance(layer, Mapping)]
+    elif isinstance(vertices, list):  # [name, op config, input names]
+        out["layers"] = [
+            {"name": str(v[0]), "inputs": [str(i) for i in v[2]], **_jsonable(v[1])}
+            for v in vertices
+            if isinstance(v, (list, tuple)) and len(v) == 3 and isinstance(v[1], Mapping)
+        ]
+    return out
+
+
+def describe_averaging(settings: ParameterAveraging) -> dict[str, Any]:
+    """``settings``' fields as plain values for the report (``storage_options``, which may hold
+    credentials, left out; an Exchange object as its ``repr``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        if f.name == "storage_options":
+            continue
+        value = getattr(settings, f.name)
+        out[f.name] = (
+            value if value is None or isinstance(value, (str, int, float)) else repr(value)
+        )
+    return out
+
+
+def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer's configuration with its values as plain JSON (others as their ``repr``)."""
+    return {
+        str(k): json.loads(json.dumps(v, default=repr, allow_nan=True)) for k, v in config.items()
+    }

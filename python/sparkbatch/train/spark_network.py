@@ -248,7 +248,9 @@ class SparkNetwork:
         num_classes = self._output_width(output_index)
         args = {"num_classes": num_classes, "labels": labels, "top_n": top_n}
         result = self._evaluate(data, "classification", loader, args, output_index)
-        return result.evaluation if result else Evaluation(**args)
+        evaluation = result.evaluation if result else Evaluation(**args)
+        self.stats.set_evaluation(evaluation)  # the HTML report shows the latest evaluation
+        return evaluation
 
     def evaluate_regression(
         self,
@@ -265,7 +267,9 @@ class SparkNetwork:
             "column_names": column_names,
         }
         result = self._evaluate(data, "regression", loader, args, output_index)
-        return result.evaluation if result else RegressionEvaluation(**args)
+        evaluation = result.evaluation if result else RegressionEvaluation(**args)
+        self.stats.set_evaluation(evaluation)  # the HTML report shows the latest evaluation
+        return evaluation
 
     def score(self, data: RDD | str | os.PathLike[str], *, loader: Any = None) -> float:
         """The model's mean score per example (per unmasked step) over all of ``data``; for a

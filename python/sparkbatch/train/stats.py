@@ -4,8 +4,12 @@ The successor of DL4J's ``SparkTrainingStats``. Training records one :class:`Rou
 averaging round (measured on the driver) and any number of :class:`PhaseTiming` intervals
 (measured where the work ran: the driver or an executor); :class:`TrainingStats` holds both, sums
 them up (:meth:`TrainingStats.summary`) and round-trips through JSON
-(:meth:`TrainingStats.to_dict`). :mod:`sparkbatch.train.report` draws them as a self-contained
-HTML page (:meth:`TrainingStats.to_html`).
+(:meth:`TrainingStats.to_dict`). Beside the timings it keeps what a person needs to read them:
+the configuration of every fit (the model, the averaging settings, Spark, the data; recorded by
+:class:`~sparkbatch.train.runner.FitRunner`) and the figures of the last held-out evaluation
+(:meth:`TrainingStats.set_evaluation`), all as plain JSON-able values.
+:mod:`sparkbatch.train.report` draws them as a self-contained HTML page
+(:meth:`TrainingStats.to_html`).
 
 NOTE [wall time]: :attr:`TrainingStats.total_seconds` is the wall-clock span from the first
 round's start to the last round's end. Every share (``seconds_by_phase``, ``overhead_fraction``,
@@ -25,11 +29,21 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation import Evaluation, RegressionEvaluation
+
 __all__ = ["PhaseTiming", "RoundStats", "TrainingStats"]
 
 FORMAT_NAME = "sparkbatch.train.stats"
 FORMAT_VERSION = 1
 ROUND_PHASES = ("broadcast", "fit", "aggregate")  # the driver's phases kept in RoundStats
+#: A confusion matrix of more classes than this is not kept (nor drawn); per-class figures are.
+MAX_CONFUSION_CLASSES = 100
+#: The evaluation figures that are floats (or lists of floats): non-finite ones are written as
+#: strings in JSON and read back as floats.
+_EVALUATION_FLOATS = frozenset(
+    ["accuracy", "top_n_accuracy", "precision", "recall", "f1", "mse", "mae", "rmse", "r2"]
+    + ["macro_precision", "macro_recall", "macro_f1"]
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +91,8 @@ class RoundStats:
     returning results). ``aggregate_s`` is the rest of the round: with per-worker timings, all
     that is not broadcast or fitting (scheduling, moving and summing results, averaging).
     ``start`` and ``end`` bound the whole round (:func:`time.time`). ``score`` is the mean
-    score of the minibatches the ``workers`` fitted, over ``examples`` examples; ``skipped``
+    score of the minibatches the ``workers`` fitted, over ``examples`` examples in
+    ``minibatches`` minibatches (0 in statistics written before they were counted); ``skipped``
     counts the minibatches they skipped for holding NaN or infinity (``non_finite="skip"``).
     """
 
@@ -93,6 +108,7 @@ class RoundStats:
     fit_s: float
     aggregate_s: float
     skipped: int = 0
+    minibatches: int = 0
 
     def __post_init__(self) -> None:
         if not self.end >= self.start:
@@ -105,6 +121,12 @@ class RoundStats:
     def seconds(self) -> float:
         """Wall-clock duration of the round."""
         return self.end - self.start
+
+    @property
+    def examples_per_second(self) -> float:
+        """Examples over the round's wall-clock duration (0 when no time has passed)."""
+        seconds = self.seconds
+        return self.examples / seconds if seconds > 0 else 0.0
 
 
 @dataclass
@@ -148,6 +170,14 @@ class TrainingStats:
     #: Minibatches skipped for holding NaN or infinity (``non_finite="skip"``) over the whole
     #: training, those of rounds in which nothing was left to fit included.
     skipped: int = 0
+    #: What was trained and how, by section (``"model"``, ``"averaging"``, ``"spark"``): plain
+    #: JSON-able values, those of the latest fit (:meth:`set_configuration`).
+    configuration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: One entry per fit, in order: where its data came from, its epochs, rounds and workers,
+    #: and ``"first round"``, the number of its first round (:meth:`add_fit`).
+    fits: list[dict[str, Any]] = field(default_factory=list)
+    #: The figures of the latest held-out evaluation (:meth:`set_evaluation`), or None.
+    evaluation: dict[str, Any] | None = None
 
     def add_round(self, r: RoundStats) -> None:
         """Append the statistics of one finished round."""
@@ -162,6 +192,44 @@ class TrainingStats:
             if not isinstance(p, PhaseTiming):
                 raise TypeError(f"add_phases expects PhaseTiming items, got {type(p).__name__}")
         self.phases.extend(phases)
+
+    def set_configuration(self, section: str, values: Mapping[str, Any]) -> None:
+        """Keep ``values`` (JSON-able: numbers, strings, lists, mappings) as the configuration
+        ``section`` (e.g. ``"model"``), replacing an earlier fit's."""
+        if not isinstance(section, str) or not section:
+            raise ValueError(f"section must be a non-empty str, got {section!r}")
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"configuration {section!r} must be a mapping, got {type(values).__name__}"
+            )
+        self.configuration[section] = _plain(values, f"configuration {section!r}")
+
+    def add_fit(self, values: Mapping[str, Any]) -> None:
+        """Append the description of a fit that starts (JSON-able values; see :attr:`fits`)."""
+        if not isinstance(values, Mapping):
+            raise TypeError(f"add_fit expects a mapping, got {type(values).__name__}")
+        self.fits.append(_plain(values, f"fit {len(self.fits)}"))
+
+    def set_evaluation(self, evaluation: Evaluation | RegressionEvaluation) -> None:
+        """Keep the figures of ``evaluation`` (a held-out evaluation) for the report.
+
+        The figures are copied, not the object: accuracy, top-N accuracy, per-class precision,
+        recall, F1 and counts and the confusion matrix (up to ``MAX_CONFUSION_CLASSES``
+        classes) of an :class:`~sparkbatch.evaluation.Evaluation`; MSE, MAE, RMSE and R² per
+        column of a :class:`~sparkbatch.evaluation.RegressionEvaluation`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sparkbatch.evaluation import Evaluation
+        >>> ev = Evaluation(labels=["no", "yes"])
+        >>> ev.eval(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
+        >>> stats = TrainingStats()
+        >>> stats.set_evaluation(ev)
+        >>> stats.evaluation["confusion"], stats.evaluation["count"]
+        ([[1, 0], [1, 1]], [1, 2])
+        """
+        self.evaluation = evaluation_figures(evaluation)
 
     @property
     def scores(self) -> np.ndarray:
@@ -240,6 +308,9 @@ class TrainingStats:
             "rounds": [_record(r) for r in self.rounds],
             "phases": [_record(p) for p in self.phases],
             "skipped": self.skipped,
+            "configuration": _strict(self.configuration),
+            "fits": _strict(self.fits),
+            "evaluation": _strict(self.evaluation),
         }
 
     @classmethod
@@ -253,10 +324,35 @@ class TrainingStats:
                 f"{FORMAT_VERSION}, got format {data.get('format')!r} version "
                 f"{data.get('version')!r}"
             )
+        # configuration, fits and evaluation came later: older statistics lack them
+        configuration = data.get("configuration", {})
+        if not isinstance(configuration, Mapping) or not all(
+            isinstance(v, Mapping) for v in configuration.values()
+        ):
+            raise ValueError(f"configuration must map sections to objects, got {configuration!r}")
+        fits = data.get("fits", [])
+        if not isinstance(fits, list) or not all(isinstance(f, Mapping) for f in fits):
+            raise ValueError(f"fits must be a list of objects, got {fits!r}")
+        evaluation = data.get("evaluation")
+        if evaluation is not None:
+            if not isinstance(evaluation, Mapping) or evaluation.get("kind") not in (
+                "classification",
+                "regression",
+            ):
+                raise ValueError(
+                    "evaluation must be an object of kind 'classification' or 'regression', "
+                    f"got {evaluation!r}"
+                )
+            evaluation = {
+                k: _floats(v) if k in _EVALUATION_FLOATS else v for k, v in evaluation.items()
+            }
         return cls(
             rounds=[_from_record(RoundStats, r, i) for i, r in enumerate(data.get("rounds", []))],
             phases=[_from_record(PhaseTiming, p, i) for i, p in enumerate(data.get("phases", []))],
             skipped=int(data.get("skipped", 0)),
+            configuration={k: dict(v) for k, v in configuration.items()},
+            fits=[dict(f) for f in fits],
+            evaluation=None if evaluation is None else dict(evaluation),
         )
 
     def render_html(self, *, title: str = "sparkbatch training") -> str:
@@ -312,6 +408,102 @@ def _from_record(cls: type, record: Any, index: int) -> Any:
                 f"{name} {index}: field {f.name!r} must be {f.type}, got {record[f.name]!r}"
             ) from e
     return cls(**values)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain JSON-able data (dicts with str keys, lists, str, int, float, bool,
+    None); numpy scalars and arrays become numbers and lists. Anything else is a TypeError
+    naming ``where``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"{where} must hold plain JSON-able values (numbers, strings, lists, mappings), "
+        f"got {type(value).__name__}"
+    )
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float as its ``repr`` (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _floats(value: Any) -> Any:
+    """:func:`_strict` undone for a figure: ``"nan"``, ``"inf"``, ``"-inf"`` back to floats."""
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
+    return value
+
+
+def evaluation_figures(evaluation: Evaluation | RegressionEvaluation) -> dict[str, Any]:
+    """The figures of ``evaluation`` as a plain dict (see :meth:`TrainingStats.set_evaluation`).
+
+    Classification: ``kind``, ``examples``, ``classes`` (names), ``accuracy``, ``top_n``,
+    ``top_n_accuracy``, per class ``precision``, ``recall``, ``f1`` and ``count`` (examples
+    of the class), their macro averages ``macro_precision``, ``macro_recall``, ``macro_f1``,
+    and ``confusion`` (rows actual, columns predicted; None beyond ``MAX_CONFUSION_CLASSES``
+    classes). Regression: ``kind``, ``examples``, ``columns`` (names) and per column ``mse``,
+    ``mae``, ``rmse`` and ``r2``. An evaluation of nothing has ``examples`` 0 and nothing else.
+    """
+    if isinstance(evaluation, Evaluation):
+        n = evaluation.num_classes
+        if n is None or evaluation.num_examples == 0:
+            return {"kind": "classification", "examples": 0}
+        cm = evaluation.confusion_matrix()
+        classes = range(n)
+        return {
+            "kind": "classification",
+            "examples": evaluation.num_examples,
+            "classes": [str(c) for c in classes]
+            if evaluation.label_names is None
+            else list(evaluation.label_names),
+            "accuracy": evaluation.accuracy(),
+            "top_n": evaluation.top_n,
+            "top_n_accuracy": evaluation.top_n_accuracy(),
+            "precision": [evaluation.precision(c) for c in classes],
+            "recall": [evaluation.recall(c) for c in classes],
+            "f1": [evaluation.f1(c) for c in classes],
+            "count": cm.sum(axis=1).tolist(),
+            "macro_precision": evaluation.precision(),
+            "macro_recall": evaluation.recall(),
+            "macro_f1": evaluation.f1(),
+            "confusion": cm.tolist() if n <= MAX_CONFUSION_CLASSES else None,
+        }
+    if isinstance(evaluation, RegressionEvaluation):
+        k = evaluation.num_columns
+        if k is None or evaluation.num_examples == 0:
+            return {"kind": "regression", "examples": 0}
+        columns = range(k)
+        return {
+            "kind": "regression",
+            "examples": evaluation.num_examples,
+            "columns": [str(c) for c in columns]
+            if evaluation.column_names is None
+            else list(evaluation.column_names),
+            "mse": [evaluation.mean_squared_error(c) for c in columns],
+            "mae": [evaluation.mean_absolute_error(c) for c in columns],
+            "rmse": [evaluation.root_mean_squared_error(c) for c in columns],
+            "r2": [evaluation.r2(c) for c in columns],
+        }
+    raise TypeError(
+        f"set_evaluation expects an Evaluation or RegressionEvaluation, "
+        f"got {type(evaluation).__name__}"
+    )
 
 
 # --- formatting ----------------------------------------------------------------------------------
