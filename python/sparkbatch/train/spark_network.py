@@ -14,6 +14,7 @@ weigh what their examples weigh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 import uuid
@@ -28,7 +29,8 @@ from ..data import (
     SerializedMinibatchLoader,
     SerializedMultiDataSetLoader,
 )
-from ..data.manifest import minibatch_files
+from ..data.loaders import PreprocessingLoader, check_preprocessor, preprocess
+from ..data.manifest import check_suffix, minibatch_files
 from ..evaluation import Evaluation, RegressionEvaluation
 from ..spark import executor_errors
 from ..spark.export import batch_and_export
@@ -44,6 +46,46 @@ if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
 
 __all__ = ["SparkNetwork"]
+
+Suffix = str | tuple[str, ...] | None
+
+
+def _checked_batch(preprocessor: Any, item: Any) -> Any:
+    """An RDD element for fit or evaluation, through ``preprocessor`` where one is given; a
+    TypeError where it is a path (given without ``loader=``) or another object."""
+    if isinstance(item, (str, os.PathLike)):
+        raise TypeError(
+            f"the RDD holds paths ({os.fspath(item)!r:.100}), not DataSets or MultiDataSets: "
+            "pass loader= (e.g. SerializedMinibatchLoader()) to read the files they name"
+        )
+    if preprocessor is None:
+        return item
+    return preprocess(preprocessor, item, "an element of the RDD")
+
+
+def _with_preprocessor(loader: Any, preprocessor: Any) -> Any:
+    """``loader``, or a PreprocessingLoader of it where a preprocessor is given."""
+    return loader if preprocessor is None else PreprocessingLoader(loader, preprocessor)
+
+
+def _check_loader(loader: Any) -> None:
+    if loader is not None and not callable(getattr(loader, "load", None)):
+        raise TypeError(
+            f"loader must have a load(source) method (a data.Loader), got {type(loader).__name__}"
+        )
+
+
+def _path_list(paths: Sequence[Any], what: str) -> list[str]:
+    """A list or tuple of paths as strings; a TypeError naming the first that is not one."""
+    urls = []
+    for i, p in enumerate(paths):
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(
+                f"{what}[{i}] must be a path (str or os.PathLike) of a file to load, got "
+                f"{type(p).__name__}"
+            )
+        urls.append(os.fspath(p))
+    return urls
 
 
 class SparkNetwork:
@@ -115,15 +157,51 @@ class SparkNetwork:
         return self.averaging.workers or self.sc.defaultParallelism
 
     @executor_errors()  # an executor's NonFiniteError, FormatError... as itself
-    def fit(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
-        """Fit an RDD of DataSets, or the minibatch files under a directory URL.
+    def fit(
+        self,
+        data: RDD | str | os.PathLike[str],
+        epochs: int = 1,
+        *,
+        loader: Any = None,
+        suffix: Suffix = None,
+        preprocessor: Any = None,
+    ) -> Model:
+        """Fit an RDD of DataSets, or the files under a directory URL.
 
         Minibatches holding NaN or infinity and non-finite results are handled as the
         averaging settings' ``non_finite`` says (see :class:`ParameterAveraging`).
+
+        Parameters
+        ----------
+        data : RDD or str or os.PathLike
+            An RDD of DataSets (re-batched to ``batch_size_per_worker``); or a directory
+            (local path or fsspec URL): the files its manifest lists, else every visible file
+            under it (see :func:`~sparkbatch.spark.list_paths`), each read by ``loader``; or,
+            with ``loader``, an RDD of paths (as :meth:`fit_paths`).
+        epochs : int, default 1
+        loader : Loader, optional
+            Reads one file (any object with ``load(source)``, e.g. a custom format's); default
+            :class:`~sparkbatch.data.SerializedDataSetLoader`. ``fit(dir, loader=L)`` is
+            ``fit_paths(list_paths(sc, dir), L)``.
+        suffix : str or tuple of str, optional
+            Of a directory, read only the files whose names end with (one of) these.
+        preprocessor : callable, optional
+            Applied on the executors to every minibatch before it is fitted (DL4J's
+            ``DataSetPreProcessor``): after each file is loaded, or to each element of an RDD
+            before re-batching. Any picklable callable returning a DataSet or MultiDataSet.
         """
         epochs = check_int("epochs", epochs)
+        _check_loader(loader)
+        check_preprocessor(preprocessor)
         if isinstance(data, (str, os.PathLike)):
-            return self._run(self._plan_files(self._files(data), SerializedDataSetLoader(), epochs))
+            files = self._files(data, suffix)
+            loader = _with_preprocessor(loader or SerializedDataSetLoader(), preprocessor)
+            return self._run(self._plan_files(files, loader, epochs))
+        self._rdd_only(data, suffix)
+        if loader is not None:
+            return self.fit_paths(data, loader, epochs, preprocessor=preprocessor)
+        if preprocessor is not None:
+            data = data.map(functools.partial(_checked_batch, preprocessor))
         if self.averaging.approach == "direct":
             m = self.averaging
             first = self.model.epoch
@@ -134,18 +212,53 @@ class SparkNetwork:
         return self._run(self._plan_exported(data, epochs))
 
     @executor_errors()
-    def fit_paths(self, paths: RDD | Sequence[str], loader: Any = None, epochs: int = 1) -> Model:
-        """Fit the minibatch files at ``paths`` (an RDD or list of URLs) read by ``loader``.
+    def fit_paths(
+        self,
+        paths: RDD | Sequence[str],
+        loader: Any = None,
+        epochs: int = 1,
+        *,
+        preprocessor: Any = None,
+    ) -> Model:
+        """Fit the files at ``paths`` (an RDD or list of URLs, e.g. from
+        :func:`~sparkbatch.spark.list_paths`) read by ``loader`` (DL4J's ``fitPaths``).
 
-        ``loader`` is any :class:`~sparkbatch.data.Loader`; default
-        :class:`~sparkbatch.data.SerializedDataSetLoader`.
+        ``loader`` is any :class:`~sparkbatch.data.Loader` (an object with ``load(source)``
+        returning a DataSet or MultiDataSet, picklable); default
+        :class:`~sparkbatch.data.SerializedDataSetLoader`. ``preprocessor`` is applied on the
+        executors to each loaded minibatch (a
+        :class:`~sparkbatch.data.loaders.PreprocessingLoader` wraps the loader). The URLs of an
+        RDD are collected to the driver (the files are not).
         """
         epochs = check_int("epochs", epochs)
-        urls = paths.collect() if hasattr(paths, "collect") else list(paths)
-        return self._run(self._plan_files(urls, loader or SerializedDataSetLoader(), epochs))
+        _check_loader(loader)
+        check_preprocessor(preprocessor)
+        if isinstance(paths, (str, os.PathLike)):
+            raise TypeError(
+                "paths must be an RDD or a list of file paths; for a directory use "
+                "fit(directory, loader=...) or list_paths(sc, directory)"
+            )
+        if hasattr(paths, "collect"):
+            urls = _path_list(paths.collect(), "paths")
+        elif isinstance(paths, Sequence):
+            urls = _path_list(paths, "paths")
+        else:
+            raise TypeError(f"paths must be an RDD or a list of paths, got {type(paths).__name__}")
+        if not urls:
+            raise ValueError("fit_paths: no paths to fit")
+        loader = _with_preprocessor(loader or SerializedDataSetLoader(), preprocessor)
+        return self._run(self._plan_files(urls, loader, epochs))
 
     @executor_errors()
-    def fit_multi(self, data: RDD | str | os.PathLike[str], epochs: int = 1) -> Model:
+    def fit_multi(
+        self,
+        data: RDD | str | os.PathLike[str],
+        epochs: int = 1,
+        *,
+        loader: Any = None,
+        suffix: Suffix = None,
+        preprocessor: Any = None,
+    ) -> Model:
         """Fit MultiDataSets: the files under a directory URL (as ``export_datasets`` or
         ``batch_and_export`` write them), or an RDD of MultiDataSets (re-batched to
         ``batch_size_per_worker`` as :meth:`fit` does).
@@ -154,19 +267,37 @@ class SparkNetwork:
         inputs and its labels (and labels masks) in the order of its outputs; a
         :class:`~sparkbatch.nn.Network` has one input and one output, so it fits MultiDataSets
         of one input and one output and refuses others with a clear error. Both exchanges
-        apply, as for :meth:`fit`.
+        apply, as for :meth:`fit`. ``loader`` (default
+        :class:`~sparkbatch.data.SerializedMultiDataSetLoader`), ``suffix`` and
+        ``preprocessor`` are as for :meth:`fit`.
         """
         epochs = check_int("epochs", epochs)
+        _check_loader(loader)
+        check_preprocessor(preprocessor)
         if isinstance(data, (str, os.PathLike)):
-            loader = SerializedMultiDataSetLoader()
-            return self._run(self._plan_files(self._files(data), loader, epochs))
-        return self.fit(data, epochs)
+            files = self._files(data, suffix)
+            loader = _with_preprocessor(loader or SerializedMultiDataSetLoader(), preprocessor)
+            return self._run(self._plan_files(files, loader, epochs))
+        return self.fit(data, epochs, loader=loader, suffix=suffix, preprocessor=preprocessor)
 
-    def _files(self, url: str | os.PathLike[str]) -> list[str]:
-        urls = minibatch_files(os.fspath(url), storage_options=self.averaging.storage_options)
-        if not urls:
-            raise FileNotFoundError(f"no minibatch files under {os.fspath(url)}")
-        return urls
+    def _files(self, url: str | os.PathLike[str], suffix: Suffix = None) -> list[str]:
+        """The files of a directory URL (its manifest's, else every visible file): a
+        FileNotFoundError saying what it holds where it yields none."""
+        return minibatch_files(
+            os.fspath(url), suffix=suffix, storage_options=self.averaging.storage_options
+        )
+
+    @staticmethod
+    def _rdd_only(data: Any, suffix: Suffix) -> None:
+        """A TypeError where ``data`` is not an RDD; a ValueError for ``suffix`` with one."""
+        if not hasattr(data, "mapPartitions"):
+            raise TypeError(
+                "data must be an RDD of DataSets or MultiDataSets, an RDD of paths with "
+                f"loader=, or a directory URL, got {type(data).__name__}"
+            )
+        if suffix is not None:
+            check_suffix(suffix)
+            raise ValueError("suffix= filters the listing of a directory; data is an RDD")
 
     def _plan_files(
         self,
@@ -241,13 +372,30 @@ class SparkNetwork:
         top_n: int = 1,
         labels: Sequence[str] | None = None,
         loader: Any = None,
+        suffix: Suffix = None,
+        preprocessor: Any = None,
     ) -> Evaluation:
         """Classification figures of output ``output_index`` (a Graph's outputs in order; a
-        Network has one) over an RDD of DataSets or MultiDataSets or the files under a URL,
-        merged exactly from per-partition counts."""
+        Network has one), merged exactly from per-partition counts.
+
+        ``data`` is one of (NOTE [evaluation data]):
+
+        - an RDD of DataSets or MultiDataSets (without ``loader``);
+        - a directory URL: its manifest's files, else every visible file under it (only those
+          ending in ``suffix`` where given), read by ``loader``;
+        - a list or tuple of file paths, read by ``loader``;
+        - with ``loader``, an RDD of file paths (as ``list_paths`` gives).
+
+        ``loader`` defaults to :class:`~sparkbatch.data.SerializedMinibatchLoader` for files.
+        ``preprocessor`` (a picklable callable returning a DataSet or MultiDataSet) is applied
+        on the executors to each loaded file or RDD element before it is evaluated; evaluate
+        with the preprocessor the model was fitted with.
+        """
         num_classes = self._output_width(output_index)
         args = {"num_classes": num_classes, "labels": labels, "top_n": top_n}
-        result = self._evaluate(data, "classification", loader, args, output_index)
+        result = self._evaluate(
+            data, "classification", loader, args, output_index, suffix, preprocessor
+        )
         evaluation = result.evaluation if result else Evaluation(**args)
         self.stats.set_evaluation(evaluation)  # the HTML report shows the latest evaluation
         return evaluation
@@ -259,22 +407,34 @@ class SparkNetwork:
         *,
         column_names: Sequence[str] | None = None,
         loader: Any = None,
+        suffix: Suffix = None,
+        preprocessor: Any = None,
     ) -> RegressionEvaluation:
-        """Regression figures per column of output ``output_index`` over an RDD or the files
-        under a URL."""
+        """Regression figures per column of output ``output_index`` over an RDD, a directory
+        URL, or paths read by ``loader``, as for :meth:`evaluate`."""
         args = {
             "num_columns": self._output_width(output_index),
             "column_names": column_names,
         }
-        result = self._evaluate(data, "regression", loader, args, output_index)
+        result = self._evaluate(
+            data, "regression", loader, args, output_index, suffix, preprocessor
+        )
         evaluation = result.evaluation if result else RegressionEvaluation(**args)
         self.stats.set_evaluation(evaluation)  # the HTML report shows the latest evaluation
         return evaluation
 
-    def score(self, data: RDD | str | os.PathLike[str], *, loader: Any = None) -> float:
-        """The model's mean score per example (per unmasked step) over all of ``data``; for a
-        Graph, as its own ``score``: the sum of every output's mean loss, plus the L2 penalty."""
-        result = self._evaluate(data, "score", loader, {})
+    def score(
+        self,
+        data: RDD | str | os.PathLike[str] | Sequence[str],
+        *,
+        loader: Any = None,
+        suffix: Suffix = None,
+        preprocessor: Any = None,
+    ) -> float:
+        """The model's mean score per example (per unmasked step) over all of ``data`` (as for
+        :meth:`evaluate`: an RDD, a directory URL, or paths read by ``loader``); for a Graph,
+        as its own ``score``: the sum of every output's mean loss, plus the L2 penalty."""
+        result = self._evaluate(data, "score", loader, {}, 0, suffix, preprocessor)
         if result is None or np.any(np.asarray(result.examples) == 0):
             raise ValueError("no examples to score")
         if not self._access.several_outputs:
@@ -298,23 +458,57 @@ class SparkNetwork:
             )
         return widths[int(output_index)]
 
+    def _evaluation_input(
+        self, data: Any, loader: Any, suffix: Suffix, preprocessor: Any
+    ) -> tuple[RDD, Any]:
+        """The RDD to evaluate and the loader of its items (None: they are minibatches).
+
+        NOTE [evaluation data]: what ``data`` is follows from its type and ``loader`` alone,
+        without a Spark job: a str or os.PathLike is a directory (or file) URL; a list or tuple
+        holds paths; an RDD holds paths where ``loader`` is given and minibatches otherwise (an
+        element that is a path then fails on the executor with a TypeError saying to pass
+        ``loader=``). File URLs go to the executors in one list per partition.
+        """
+        _check_loader(loader)
+        check_preprocessor(preprocessor)
+        if isinstance(data, (str, os.PathLike, list, tuple)):
+            if isinstance(data, (str, os.PathLike)):
+                urls = self._files(data, suffix)
+            else:
+                if suffix is not None:
+                    raise ValueError("suffix= filters the listing of a directory; data is a list")
+                urls = _path_list(data, "data")
+                if not urls:
+                    raise ValueError("no paths to evaluate: data is an empty list")
+            slices = min(len(urls), self.workers)
+            chunks = [urls[i::slices] for i in range(slices)]
+            loader = loader or SerializedMinibatchLoader()
+            return self.sc.parallelize(chunks, slices), _with_preprocessor(loader, preprocessor)
+        if not hasattr(data, "mapPartitions"):
+            raise TypeError(
+                "expected an RDD of DataSets or MultiDataSets, an RDD or list of paths with "
+                f"loader=, or a directory URL, got {type(data).__name__}"
+            )
+        self._rdd_only(data, suffix)
+        if loader is not None:  # an RDD of paths: one list of them per partition
+            return data.glom(), _with_preprocessor(loader, preprocessor)
+        return data.map(functools.partial(_checked_batch, preprocessor)), None
+
     @executor_errors()
     def _evaluate(
-        self, data: Any, kind: str, loader: Any, args: dict[str, Any], output_index: int = 0
+        self,
+        data: Any,
+        kind: str,
+        loader: Any,
+        args: dict[str, Any],
+        output_index: int = 0,
+        suffix: Suffix = None,
+        preprocessor: Any = None,
     ) -> Any:
         m = self.averaging
+        rdd, loader = self._evaluation_input(data, loader, suffix, preprocessor)
         weights = self.sc.broadcast({"params": self.model.params()})
         try:
-            if isinstance(data, (str, os.PathLike)):
-                urls = self._files(data)
-                loader = loader or SerializedMinibatchLoader()
-                slices = min(len(urls), self.workers)
-                chunks = [urls[i::slices] for i in range(slices)]
-                rdd = self.sc.parallelize(chunks, slices)
-            elif hasattr(data, "mapPartitions"):
-                rdd, loader = data, None
-            else:
-                raise TypeError(f"expected an RDD or a directory URL, got {type(data).__name__}")
             setup = dataclasses.replace(
                 worker_setup(self._access, m, loader), batch_size=m.eval_batch_size
             )
