@@ -94,3 +94,19 @@ def nn_add_into(acc: NDArray[Any], x: NDArray[Any]) -> None: ...
 def nn_axpy(y: NDArray[Any], x: NDArray[Any], alpha: float) -> None: ...
 def nn_dropout(x: NDArray[Any], rate: float, seed: int) -> None: ...
 def first_non_finite(x: NDArray[Any]) -> int: ...
+
+# The fitted normalizers' kernels (bindings_normalize.cpp): x float32 or float64, C-contiguous,
+# [n, f], [n, f, t] (mask [n, t] of uint8, bool, float32 or float64) or [n, c, ...].
+def normalize_moments(
+    x: NDArray[Any], mask: NDArray[Any] | None = None
+) -> tuple[
+    int, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]
+]: ...
+def normalize_affine(
+    x: NDArray[Any],
+    mask: NDArray[Any] | None,
+    center: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    offset: NDArray[np.float64],
+    out: NDArray[Any],
+) -> None: ...

@@ -15,6 +15,12 @@ from sparkbatch.data.loaders import (
     Source,
 )
 from sparkbatch.data.multidataset import MultiDataSet
+from sparkbatch.data.preprocessors import (
+    DataSetPreprocessor,
+    MinMaxScale,
+    Standardize,
+    load_preprocessor,
+)
 from sparkbatch.data.sequences import ALIGNMENTS, check_alignment, pad_sequences
 
 __all__ = [
@@ -22,18 +28,22 @@ __all__ = [
     "FORMAT_VERSION",
     "SUFFIX",
     "DataSet",
+    "DataSetPreprocessor",
     "FileDataSetIterator",
     "FileMultiDataSetIterator",
     "Loader",
+    "MinMaxScale",
     "MultiDataSet",
     "SerializedDataSetLoader",
     "SerializedMinibatchLoader",
     "SerializedMultiDataSetLoader",
     "Source",
+    "Standardize",
     "check_alignment",
     "export_datasets",
     "from_bytes",
     "load",
+    "load_preprocessor",
     "pad_sequences",
     "rebatch",
     "save",

@@ -10,6 +10,7 @@ and what its configuration is.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from .._finite import (
 )
 from ..data import DataSet, MultiDataSet
 from ..data.format import load_tensors, save_tensors
+from ..data.preprocessors import from_file_entries, to_file_entries
 from ..errors import DivergenceError, FormatError, NonFiniteError
 from .backend import make_backend
 from .engine import Engine, Steps, Topology, params_by_node
@@ -86,6 +88,11 @@ class FlatModel:
         #: Minibatches that :meth:`fit` skipped (``non_finite="skip"``) for holding NaN or
         #: infinity, over the model's life in this process.
         self.skipped_minibatches = 0
+        #: The fitted normalizer (or other preprocessor) the model's inputs need, kept with it:
+        #: :meth:`save` stores a Standardize or MinMaxScale in the model's file and :meth:`load`
+        #: restores it (``sparkbatch.data.load_preprocessor`` reads it alone). Not applied by
+        #: the model itself: pass it as ``preprocessor=`` to loaders, iterators and training.
+        self.preprocessor: Any = None
         self._topology = topology
         params = np.zeros(topology.num_params, self.dtype)
         rng = np.random.default_rng(self.seed)
@@ -504,10 +511,23 @@ class FlatModel:
         """An independent copy on the CPU: configuration, parameters, updater state, counters."""
         twin = type(self).from_config(self.to_config())
         twin._copy_state_from(self)
+        twin.preprocessor = copy.deepcopy(self.preprocessor)
         return twin
 
-    def save(self, target: Any, *, storage_options: Mapping[str, Any] | None = None) -> None:
-        """Write configuration, parameters and updater state as one safetensors file, atomically."""
+    def save(
+        self,
+        target: Any,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        preprocessor: Any = None,
+    ) -> None:
+        """Write configuration, parameters and updater state as one safetensors file, atomically.
+
+        ``preprocessor`` (default: :attr:`preprocessor`), a fitted
+        :class:`~sparkbatch.data.Standardize` or :class:`~sparkbatch.data.MinMaxScale`, is
+        stored in the same file (tensors ``preprocessor.*``) and restored by :meth:`load`; any
+        other preprocessor is a TypeError, since a file can restore only those.
+        """
         metadata = {
             "kind": self.KIND,
             "config": self.to_json(),
@@ -519,6 +539,12 @@ class FlatModel:
         state = self.updater_state()
         if state.size:
             tensors["updater_state"] = state
+        if preprocessor is None:
+            preprocessor = self.preprocessor
+        if preprocessor is not None:
+            extra_metadata, extra_tensors = to_file_entries(preprocessor)
+            metadata.update(extra_metadata)
+            tensors.update(extra_tensors)
         save_tensors(tensors, target, metadata, storage_options=storage_options)
 
     @classmethod
@@ -542,6 +568,7 @@ class FlatModel:
         model.iteration = int(metadata.get("iteration", 0))
         model.epoch = int(metadata.get("epoch", 0))
         model.updater_steps = int(metadata.get("updater_steps", model.iteration))
+        model.preprocessor = from_file_entries(metadata, arrays, str(name))
         return model
 
     def __getstate__(self) -> dict[str, Any]:
@@ -555,6 +582,7 @@ class FlatModel:
             "updater_steps": self.updater_steps,
             "dropout_stream": self.dropout_stream,
             "last_score": self.last_score,
+            "preprocessor": self.preprocessor,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -565,6 +593,7 @@ class FlatModel:
         self.updater_steps = state.get("updater_steps", self.iteration)
         self.dropout_stream = state.get("dropout_stream", 0)
         self.last_score = state["last_score"]
+        self.preprocessor = state.get("preprocessor")
 
     def _copy_state_from(self, other: FlatModel) -> None:
         self.set_params(other.params())
