@@ -83,6 +83,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     accuracy = float(result.stdout.split("Test accuracy ")[1].split()[0])
     assert accuracy > 0.9
     assert (out / "report.html").read_text().count("<svg") >= 2
+    report = (out / "report.html").read_text()
+    assert "<h2>Configuration</h2>" in report and "<h2>Evaluation</h2>" in report
+    assert "\r" not in result.stderr  # no progress bar where stderr is not a terminal
     assert list((out / "minibatches" / "train").glob("*.safetensors"))
     assert [path.read_text() for path in mine] == ["mine", "mine"]
     assert sparkbatch.nn.Network.load(out / "network.safetensors").num_outputs == 4

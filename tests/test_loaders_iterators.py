@@ -334,7 +334,7 @@ def test_export_rejects_non_minibatches(tmp_path):
 def test_export_progress_line(tmp_path, capsys):
     export_datasets(make_dataset(5).split(2), str(tmp_path), progress=True)
     err = capsys.readouterr().err
-    assert "\rexported 3 minibatches (5 examples)" in err and err.endswith("\n")
+    assert "export: 100%" in err and "3/3" in err and "5 examples" in err and err.endswith("\n")
     export_datasets([make_dataset(2)], str(tmp_path / "quiet"), progress=None)  # not a TTY
     assert capsys.readouterr().err == ""
 

@@ -2,7 +2,8 @@
 
 CSV (generated, or the user's) → DataSets parsed natively per partition → minibatch files →
 parameter-averaging training from the files → evaluation on a held-out split → an HTML report,
-printing the accuracy and where the time went.
+printing the accuracy and where the time went. On a terminal a progress bar (stderr) follows
+the steps instead of a line per step.
 """
 
 from __future__ import annotations
@@ -17,24 +18,40 @@ from typing import Any
 
 import numpy as np
 
+from sparkbatch._progress import Progress
+
 GENERATED_FEATURES = 16
 GENERATED_CLASSES = 4
 
 
 @dataclass
 class _Clock:
-    """Wall time per named step, in the order the steps ran."""
+    """Wall time per named step, in the order the steps ran; on a terminal a progress bar of
+    ``total`` steps names the one running, elsewhere a line per step is printed."""
 
+    total: int
     steps: dict[str, float] = field(default_factory=dict)
+    bar: Progress = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bar = Progress(total=self.total, desc="sparkbatch demo", unit=" steps")
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
-        print(f"  {name} ...", flush=True)
+        if self.bar.shown:
+            self.bar.describe(name)
+        else:
+            print(f"  {name} ...", flush=True)
         start = time.perf_counter()
         try:
             yield
         finally:
             self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - start
+            self.bar.update()
+
+    def say(self, text: str) -> None:
+        """Print a line of the run's story (above the bar, where one is shown)."""
+        self.bar.write(text)
 
     def table(self) -> str:
         total = sum(self.steps.values()) or 1.0
@@ -47,11 +64,13 @@ class _Clock:
         return "\n".join(lines)
 
 
-def generate_csv(path: str, rows: int, seed: int = 0) -> None:
+def generate_csv(path: str, rows: int, seed: int = 0, *, progress: bool | None = None) -> None:
     """Write a labelled CSV (header, 16 features, class index in the last column) to ``path``.
 
     Each of the 4 classes is a mixture of 3 Gaussian clusters in 16 dimensions, so the classes
-    are not linearly separable but a small network learns them; values have 5 decimals.
+    are not linearly separable but a small network learns them; values have 5 decimals. A
+    progress bar of the rows written shows on stderr where it is a terminal (``progress``:
+    True or False forces it on or off).
     """
     rng = np.random.default_rng(seed)
     clusters = 3
@@ -59,13 +78,15 @@ def generate_csv(path: str, rows: int, seed: int = 0) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     header = ",".join([f"f{i}" for i in range(GENERATED_FEATURES)] + ["label"])
     fmt = ",".join(["%.5f"] * GENERATED_FEATURES + ["%d"])
-    with open(path, "w") as f:
+    bar = Progress(total=rows, desc="generate CSV", unit=" rows", enabled=progress, leave=False)
+    with open(path, "w") as f, bar:
         f.write(header + "\n")
         for start in range(0, rows, 50_000):  # whole blocks at a time, not a loop per value
             n = min(50_000, rows - start)
             cluster = rng.integers(0, len(centers), n)
             x = centers[cluster] + rng.normal(0.0, 0.6, (n, GENERATED_FEATURES))
             np.savetxt(f, np.column_stack([x, cluster // clusters]), fmt=fmt)
+            bar.update(n)
 
 
 def run(
@@ -87,12 +108,15 @@ def run(
         print("sparkbatch demo: --csv needs --label-index and --num-classes", file=sys.stderr)
         return 2
     workers = workers or os.cpu_count() or 2
-    clock = _Clock()
     out = os.path.abspath(out)
-    print(f"sparkbatch demo: {workers} local workers, output in {out}")
-
-    with clock.step("start Spark"):
-        spark = _local_spark(workers)
+    print(f"sparkbatch demo: {workers} local workers, output in {out}", flush=True)
+    clock = _Clock(total=6 if csv is None else 5)
+    try:
+        with clock.step("start Spark"):
+            spark = _local_spark(workers)
+    except BaseException:
+        clock.bar.close()
+        raise
     sc = spark.sparkContext
     try:
         if csv is None:
@@ -115,6 +139,7 @@ def run(
             exchange,
         )
     finally:
+        clock.bar.close()
         spark.stop()
 
 
@@ -157,7 +182,7 @@ def _pipeline(
     from sparkbatch.data import load
 
     features = load(train_files[0]).features.shape[1]
-    print(
+    clock.say(
         f"    {len(train_files)} training and {len(test_files)} test files of {batch_size} "
         f"examples, {features} features, {num_classes} classes"
     )
@@ -183,6 +208,7 @@ def _pipeline(
     with clock.step("write the HTML report"):
         spark_net.stats.to_html(report, title="sparkbatch demo")
     net.save(os.path.join(out, "network.safetensors"))
+    clock.bar.close()
 
     print()
     print(evaluation.stats())

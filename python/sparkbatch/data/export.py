@@ -9,10 +9,10 @@ each, and :class:`~sparkbatch.data.FileDataSetIterator` reads them back.
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+from collections.abc import Iterable, Mapping, Sized
+from typing import Any
 
+from sparkbatch._progress import Progress
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.format import SUFFIX, save
 from sparkbatch.data.manifest import begin_export, commit_export, describe, part_pattern
@@ -20,26 +20,6 @@ from sparkbatch.data.multidataset import MultiDataSet
 from sparkbatch.storage import join
 
 __all__ = ["export_datasets"]
-
-
-class _Progress:
-    """A one-line ``\\r`` counter on a text stream; silent when disabled."""
-
-    def __init__(self, enabled: bool, stream: TextIO) -> None:
-        self.enabled = enabled
-        self.stream = stream
-        self.shown = False
-
-    def update(self, files: int, examples: int) -> None:
-        if self.enabled:
-            self.stream.write(f"\rexported {files} minibatches ({examples} examples)")
-            self.stream.flush()
-            self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def export_datasets(
@@ -79,8 +59,9 @@ def export_datasets(
     storage_options : mapping, optional
         Keyword arguments for the file system.
     progress : bool, optional
-        Show a ``exported N minibatches (M examples)`` counter on stderr; by default only when
-        stderr is a terminal.
+        Show a progress bar on stderr (tqdm: minibatches written, their rate and the examples
+        so far; with the total when ``iterable`` has a length); by default only when stderr is
+        a terminal. False never shows one, True always does.
 
     Returns
     -------
@@ -127,12 +108,11 @@ def export_datasets(
     export_id = begin_export(
         target, part_pattern(prefix), overwrite=overwrite, storage_options=options
     )
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = _Progress(show, sys.stderr)
+    total = len(iterable) if isinstance(iterable, Sized) else None
     written: list[str] = []
     entries: list[dict[str, Any]] = []
     examples = 0
-    try:
+    with Progress(total=total, desc="export", unit=" minibatches", enabled=progress) as bar:
         for index, data in enumerate(items):
             if not isinstance(data, (DataSet, MultiDataSet)):
                 raise TypeError(
@@ -145,8 +125,6 @@ def export_datasets(
             written.append(out)
             entries.append({"path": name, **describe(data)})
             examples += data.num_examples
-            bar.update(len(written), examples)
-    finally:
-        bar.close()
+            bar.update(postfix=f"{examples:,} examples")
     commit_export(target, export_id, entries, storage_options=options)
     return written
