@@ -11,22 +11,24 @@ namespace {
 // Rows of [n, f] arrays (inner == 1) summed per block: about 64 KiB of float32, so that the second
 // pass over a block (its deviations) reads it from cache.
 constexpr std::size_t kBlockValues = 16384;
-constexpr int kLanes = 4;  // independent accumulators of the span loops (latency, not accuracy)
+constexpr std::size_t kLanes = 4;  // independent accumulators of the span loops (latency, not accuracy)
 
-template <typename M>
+// Whether step j is kept: always without a mask (Masked false: the check compiles away).
+template <bool Masked, typename M>
 bool kept(const M* mask, std::size_t j) {
-  return mask == nullptr || mask[j] != M(0);
+  if constexpr (Masked) return mask[j] != M(0);
+  return true;
 }
 
-// The kept values' sum of one span of `n` values (mask: the span's steps, or null).
-template <typename T, typename M>
+// The kept values' sum of one span of `n` values (mask: the span's steps when Masked).
+template <bool Masked, typename T, typename M>
 double span_sum(const T* x, const M* mask, std::size_t n) {
   double acc[kLanes] = {0.0, 0.0, 0.0, 0.0};
   std::size_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k)
-      acc[k] += kept(mask, j + k) ? static_cast<double>(x[j + k]) : 0.0;
-  for (; j < n; ++j) acc[0] += kept(mask, j) ? static_cast<double>(x[j]) : 0.0;
+    for (std::size_t k = 0; k < kLanes; ++k)
+      acc[k] += kept<Masked>(mask, j + k) ? static_cast<double>(x[j + k]) : 0.0;
+  for (; j < n; ++j) acc[0] += kept<Masked>(mask, j) ? static_cast<double>(x[j]) : 0.0;
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
@@ -36,24 +38,25 @@ struct Spread {
   double max;
 };
 
-// The kept values' squared deviations from `mu`, minimum and maximum, of one span.
-template <typename T, typename M>
+// The kept values' squared deviations from `mu`, minimum and maximum, of one span (branch-free:
+// a dropped step adds 0 and leaves the extremes).
+template <bool Masked, typename T, typename M>
 Spread span_spread(const T* x, const M* mask, std::size_t n, double mu) {
   constexpr double inf = std::numeric_limits<double>::infinity();
   double m2[kLanes] = {0.0, 0.0, 0.0, 0.0};
   double lo[kLanes] = {inf, inf, inf, inf};
   double hi[kLanes] = {-inf, -inf, -inf, -inf};
   std::size_t j = 0;
-  const auto step = [&](int k, std::size_t i) {
-    if (!kept(mask, i)) return;
+  const auto step = [&](std::size_t k, std::size_t i) {
+    const bool keep = kept<Masked>(mask, i);
     const double v = static_cast<double>(x[i]);
-    const double d = v - mu;
+    const double d = keep ? v - mu : 0.0;
     m2[k] += d * d;
-    lo[k] = v < lo[k] ? v : lo[k];
-    hi[k] = v > hi[k] ? v : hi[k];
+    lo[k] = keep && v < lo[k] ? v : lo[k];
+    hi[k] = keep && v > hi[k] ? v : hi[k];
   };
   for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) step(k, j + static_cast<std::size_t>(k));
+    for (std::size_t k = 0; k < kLanes; ++k) step(k, j + k);
   for (; j < n; ++j) step(0, j);
   return {(m2[0] + m2[1]) + (m2[2] + m2[3]), std::min(std::min(lo[0], lo[1]), std::min(lo[2], lo[3])),
           std::max(std::max(hi[0], hi[1]), std::max(hi[2], hi[3]))};
@@ -156,8 +159,13 @@ std::uint64_t column_moments(const T* x, const M* mask, Layout layout, double* m
     const auto w = totals.begin(count);
     for (std::size_t c = 0; c < cols; ++c) {
       const T* span = x + (o * cols + c) * inner;
-      const double mu = span_sum(span, steps, inner) / n;
-      totals.merge(c, w, mu, span_spread(span, steps, inner, mu));
+      if (steps == nullptr) {
+        const double mu = span_sum<false>(span, steps, inner) / n;
+        totals.merge(c, w, mu, span_spread<false>(span, steps, inner, mu));
+      } else {
+        const double mu = span_sum<true>(span, steps, inner) / n;
+        totals.merge(c, w, mu, span_spread<true>(span, steps, inner, mu));
+      }
     }
   }
   return totals.total;
@@ -183,14 +191,10 @@ void affine(const T* x, const M* mask, Layout layout, const double* center, cons
       const T* src = x + at;
       T* dst = out + at;
       const double a = center[c], s = scale[c], b = offset[c];
-      if (steps == nullptr) {
-        for (std::size_t j = 0; j < inner; ++j)
-          dst[j] = static_cast<T>((static_cast<double>(src[j]) - a) * s + b);
-      } else {
-        for (std::size_t j = 0; j < inner; ++j)
-          dst[j] = steps[j] != M(0) ? static_cast<T>((static_cast<double>(src[j]) - a) * s + b)
-                                    : T(0);
-      }
+      for (std::size_t j = 0; j < inner; ++j)
+        dst[j] = static_cast<T>((static_cast<double>(src[j]) - a) * s + b);
+      if (steps != nullptr)  // a second pass over the span, in cache: both loops vectorise
+        for (std::size_t j = 0; j < inner; ++j) dst[j] = steps[j] != M(0) ? dst[j] : T(0);
     }
   }
 }
