@@ -100,7 +100,8 @@ def parse_file(parse: Callable[[bytes, str], Any], data: bytes, source: str, rea
 
     An exception whose message already holds ``source`` (sparkbatch's own errors name their
     file) passes unchanged; any other keeps its type and gains the note ``while <reader>
-    parsed <source>``, which every traceback shows (Spark's task errors too).
+    parsed <source>``, which every traceback shows (Spark's task errors too; on Python 3.10,
+    which has no notes, it is added to the message).
 
     Examples
     --------
@@ -108,17 +109,22 @@ def parse_file(parse: Callable[[bytes, str], Any], data: bytes, source: str, rea
     ...     return [[float(x) for x in data.split()]]
     >>> parse_file(parse, b"1 2", "a.txt", "MyReader()")
     [[1.0, 2.0]]
+    >>> import traceback
     >>> try:
     ...     parse_file(parse, b"1 x", "b.txt", "MyReader()")
     ... except ValueError as e:
-    ...     print(e.__notes__)
-    ['while MyReader() parsed b.txt']
+    ...     print("while MyReader() parsed b.txt" in "".join(traceback.format_exception(e)))
+    True
     """
     try:
         return parse(data, source)
     except Exception as e:
         if source not in str(e):
-            e.add_note(f"while {reader} parsed {source}")
+            note = f"while {reader} parsed {source}"
+            if hasattr(e, "add_note"):  # Python 3.11+
+                e.add_note(note)
+            elif e.args and isinstance(e.args[0], str):
+                e.args = (f"{e.args[0]} ({note})", *e.args[1:])
         raise
 
 

@@ -16,7 +16,7 @@ from sparkbatch.spark.multi import (
     SparkSource,
     map_rrmdsi,
 )
-from sparkbatch.spark.records import RecordsToDataSet, StringToRecords
+from sparkbatch.spark.records import FileToRecords, RecordsToDataSet, StringToRecords
 from sparkbatch.spark.sequences import (
     SequenceFilesToDataSets,
     SequenceFileToRecords,
@@ -28,6 +28,7 @@ __all__ = [
     "ArrowToMinibatches",
     "BatchAndExport",
     "DataFrameError",
+    "FileToRecords",
     "JoinedToMultiDataSets",
     "LinesToDataSets",
     "RangesToDataSets",

@@ -8,14 +8,17 @@ line ever travels from the JVM to Python. Either way each partition yields DataS
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fsspec.utils import infer_compression
 
 from sparkbatch._arguments import check_int, check_optional_int
+from sparkbatch._jobs import JobDescription
+from sparkbatch.convert.iterators import apply_preprocessor, check_preprocessor
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
 from sparkbatch.errors import CsvError
@@ -287,7 +290,8 @@ def _rdd_table(
         text = "".join(line + "\n" for line in data).encode()
         rows = sum(1 for line in data if line.strip(" \t\r".replace(options.delimiter, "")))
         head = _RddHead(options, header_left, rows, len(text))
-        heads = rdd.context.runJob(rdd, head, range(index, min(index + batch, partitions)))
+        with JobDescription(rdd.context, "sparkbatch csv: the header and width of the lines"):
+            heads = rdd.context.runJob(rdd, head, range(index, min(index + batch, partitions)))
         for lines, ended in heads:
             if lines and first is None:
                 first = index
@@ -434,6 +438,7 @@ def csv_to_datasets(
     sc: SparkContext | None = None,
     split_size: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    preprocessor: Callable[[DataSet], DataSet] | None = None,
 ) -> RDD[DataSet]:
     """Convert CSV data to an RDD of minibatch DataSets, parsing whole partitions natively.
 
@@ -482,6 +487,10 @@ def csv_to_datasets(
         each of 4 to 64 MiB).
     storage_options : mapping, optional
         fsspec options for the file system (credentials, endpoint).
+    preprocessor : callable, optional
+        ``(DataSet) -> DataSet`` applied to each minibatch on the executors (DL4J's
+        ``DataSetPreProcessor``), e.g. a fitted normalizer; picklable. One that returns
+        anything but a DataSet fails the task with a TypeError naming it.
 
     Returns
     -------
@@ -498,6 +507,7 @@ def csv_to_datasets(
     batch_size = check_int("batch_size", batch_size)
     skip_lines = check_int("skip_lines", skip_lines, minimum=0)
     split_size = check_optional_int("split_size", split_size)
+    preprocessor = check_preprocessor(preprocessor)
     spec = LabelSpec(label_index, num_classes, label_first, label_last, regression)
     options = CsvOptions(delimiter, quote, skip_lines, on_error)
     rdd_input = hasattr(source, "mapPartitionsWithIndex")
@@ -549,6 +559,8 @@ def csv_to_datasets(
                     header_ends=header_ends,
                 )
                 result = sc.parallelize(ranges, len(ranges)).mapPartitions(function)
+    if preprocessor is not None:  # pipelined into the same tasks
+        result = result.map(functools.partial(apply_preprocessor, preprocessor))
     if skipped is not None:
         result.skipped = skipped  # type: ignore[attr-defined]
     return result
