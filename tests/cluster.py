@@ -25,6 +25,14 @@ error, which is shown when the script fails.
 The master, the workers and everything they start (executors, Python workers) run in their own
 process groups, which are terminated, then killed, when the ``with`` block ends however it ends.
 Test modules import this file as ``tests.cluster`` (pytest's importlib mode resolves it).
+
+NOTE [shared driver]: a driver costs a JVM and, worse, two executor JVMs that the workers start
+for its application (about 12 s of a 2-core machine before its first job). :class:`ClusterDriver`
+is one long-lived driver process whose SparkSession every script sent to it shares: the scripts
+run one after another in that process (``exec``, standard output captured per script), so
+``cluster_session()`` there returns the driver's session, and a script must not stop it. The
+suite's ``cluster_driver`` fixture (``tests/conftest.py``) is one such driver on the suite's one
+shared cluster (fixture ``cluster``), with ``spark.task.maxFailures=2`` (:data:`DRIVER_CONF`).
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -48,8 +58,11 @@ from typing import Any
 __all__ = [
     "FAST_START_JAVA_OPTS",
     "SESSION_CONF",
+    "ClusterDriver",
+    "DRIVER_CONF",
     "StandaloneCluster",
     "cluster_session",
+    "processes_mentioning",
     "partition_info",
     "run_on_cluster",
     "spark_class",
@@ -82,6 +95,9 @@ SESSION_CONF = {
     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
     "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
 }
+# The shared driver's session (NOTE [shared driver]): a failed task is tried once more, as on the
+# test session's local[2,2] master (the standalone default is 4 tries).
+DRIVER_CONF = {"spark.task.maxFailures": "2"}
 # The master's REST submission server would take the fixed port 6066; tests never submit there.
 _DAEMON_CONF = "spark.master.rest.enabled false\n"
 
@@ -109,6 +125,23 @@ class StandaloneCluster:
         """The master's status JSON (``/json/``): ``status``, ``aliveworkers``, ``workers``, ..."""
         with urllib.request.urlopen(f"{self.webui_url}/json/", timeout=5) as response:
             return json.load(response)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain ``text`` (Linux ``/proc``).
+
+    Every JVM of a cluster has its private conf folder on its class path, so
+    ``processes_mentioning(str(cluster.root))`` lists what is left of it.
+    """
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline[:200]}")
+    return found
 
 
 def spark_class() -> str:
@@ -305,6 +338,16 @@ def cluster_session(
     """
     from pyspark.sql import SparkSession
 
+    active = SparkSession.getActiveSession()
+    if active is not None:  # a script run by a ClusterDriver: its session, if the settings agree
+        settings = active.sparkContext.getConf()
+        differ = {k: v for k, v in (conf or {}).items() if settings.get(k) != v}
+        if differ:
+            raise RuntimeError(
+                f"the driver's session was started without the settings {differ}: "
+                "give them to ClusterDriver(conf=...)"
+            )
+        return active
     builder = SparkSession.builder.master(url or os.environ["SPARKBATCH_TEST_MASTER"])
     for key, value in {**SESSION_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
@@ -323,6 +366,32 @@ def partition_info(index: int, rows: Iterator[Any]) -> Iterator[dict[str, Any]]:
     return iter([{"partition": index, "cwd": os.getcwd(), "pid": os.getpid(), "sum": sum(values)}])
 
 
+def _driver_env(cluster: StandaloneCluster) -> dict[str, str]:
+    """Environment of a driver process (NOTE [cluster scripts])."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY_")}
+    env.update(
+        SPARKBATCH_TEST_MASTER=cluster.url,
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+        SPARK_LOCAL_IP=HOST,
+        PYTHONPATH=_pythonpath(),
+    )
+    return env
+
+
+def _result(out: str, err: str) -> Any:
+    """The JSON document on the last line of a script's standard output."""
+    lines = [line for line in out.splitlines() if line.strip()]
+    if not lines:
+        raise AssertionError(f"the cluster script printed nothing\n--- stderr ---\n{err[-2000:]}")
+    try:
+        return json.loads(lines[-1])
+    except ValueError as e:
+        raise AssertionError(
+            f"the last line of the cluster script's output is not JSON: {lines[-1]!r}"
+        ) from e
+
+
 def run_on_cluster(cluster: StandaloneCluster, script: str, timeout: float = 300) -> Any:
     """Run a Python script (text, dedented) in a child process against ``cluster``.
 
@@ -332,14 +401,7 @@ def run_on_cluster(cluster: StandaloneCluster, script: str, timeout: float = 300
     cluster's logs if it fails or runs past ``timeout`` seconds (then its process group is
     killed, its JVM included).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY_")}
-    env.update(
-        SPARKBATCH_TEST_MASTER=cluster.url,
-        PYSPARK_PYTHON=sys.executable,
-        PYSPARK_DRIVER_PYTHON=sys.executable,
-        SPARK_LOCAL_IP=HOST,
-        PYTHONPATH=_pythonpath(),
-    )
+    env = _driver_env(cluster)
     with tempfile.TemporaryDirectory(prefix="sparkbatch-driver-") as tmp:
         path = Path(tmp) / "job.py"
         path.write_text(textwrap.dedent(script))
@@ -370,12 +432,124 @@ def run_on_cluster(cluster: StandaloneCluster, script: str, timeout: float = 300
             f"the cluster script {problem}\n--- stdout ---\n{out[-LOG_TAIL_CHARS:]}\n"
             f"--- stderr ---\n{err[-LOG_TAIL_CHARS:]}\n{cluster.logs(1500)}"
         )
-    lines = [line for line in out.splitlines() if line.strip()]
-    if not lines:
-        raise AssertionError(f"the cluster script printed nothing\n--- stderr ---\n{err[-2000:]}")
+    return _result(out, err)
+
+
+# The shared driver's loop (NOTE [shared driver]): one script a line (JSON text) on standard
+# input; for each, one reply line of JSON on the reply pipe (the process's original standard
+# output; descriptor 1 is standard error from then on, so nothing else, the JVM's output
+# included, can land among the replies).
+_DRIVER_LOOP = """
+import contextlib, io, json, os, sys, traceback
+reply = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+from cluster import cluster_session
+spark = cluster_session(conf=json.loads(sys.argv[1]))
+reply.write(json.dumps({"ready": spark.sparkContext.applicationId}) + "\\n")
+reply.flush()
+for line in sys.stdin:
+    out, error = io.StringIO(), None
     try:
-        return json.loads(lines[-1])
-    except ValueError as e:
-        raise AssertionError(
-            f"the last line of the cluster script's output is not JSON: {lines[-1]!r}"
-        ) from e
+        with contextlib.redirect_stdout(out):
+            exec(compile(json.loads(line), "job.py", "exec"), {"__name__": "__main__"})
+    except SystemExit as e:
+        error = f"exited with code {e.code}"
+    except BaseException:
+        error = traceback.format_exc()
+    reply.write(json.dumps({"stdout": out.getvalue(), "error": error}) + "\\n")
+    reply.flush()
+spark.stop()  # standard input closed: the application ends, its executors with it
+"""
+
+
+class ClusterDriver:
+    """One driver process on ``cluster`` whose SparkSession the scripts sent to it share.
+
+    See NOTE [shared driver]. The session starts with :data:`SESSION_CONF` updated with
+    ``conf`` (a script's ``cluster_session(conf=...)`` must ask for no other settings).
+    :meth:`run` is :func:`run_on_cluster` without a new driver; :meth:`close` ends the process
+    (its application and executors with it). A script that fails or runs past its timeout
+    raises AssertionError with its output and the logs; after a timeout the driver is gone.
+    """
+
+    def __init__(
+        self, cluster: StandaloneCluster, conf: dict[str, str] | None = None, timeout: float = 300
+    ) -> None:
+        self.cluster = cluster
+        self._dir = tempfile.TemporaryDirectory(prefix="sparkbatch-driver-")
+        self._log = Path(self._dir.name) / "driver.log"
+        (Path(self._dir.name) / "loop.py").write_text(_DRIVER_LOOP)
+        self._replies: queue.Queue[str | None] = queue.Queue()
+        with open(self._log, "wb") as log:
+            self._child: subprocess.Popen | None = subprocess.Popen(
+                [sys.executable, "loop.py", json.dumps(conf or {})],
+                cwd=self._dir.name,  # spark-warehouse and friends land here
+                env=_driver_env(cluster),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+            )
+        self._reader = threading.Thread(target=self._read, args=(self._child.stdout,), daemon=True)
+        self._reader.start()
+        try:
+            self.application_id = self._reply("start its session", timeout)["ready"]
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self, pipe: Any) -> None:
+        for line in pipe:
+            self._replies.put(line)
+        self._replies.put(None)  # the process closed its end: it exited
+
+    def _reply(self, what: str, timeout: float) -> dict[str, Any]:
+        try:
+            line = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            line, problem = None, f"did not {what} in {timeout} s"
+        else:
+            problem = f"exited while it should {what}"
+        if line is None:
+            log = _tail(self._log, LOG_TAIL_CHARS)
+            self.close()
+            raise AssertionError(
+                f"the shared cluster driver {problem}\n--- its log ---\n{log}\n"
+                f"{self.cluster.logs(1500)}"
+            )
+        return json.loads(line)
+
+    def run(self, script: str, timeout: float = 300) -> Any:
+        """Run ``script`` (text, dedented) in the driver; return the JSON of its last line."""
+        if self._child is None:
+            raise RuntimeError("the shared cluster driver is closed (an earlier script hung)")
+        assert self._child.stdin is not None
+        self._child.stdin.write(json.dumps(textwrap.dedent(script)) + "\n")
+        self._child.stdin.flush()
+        reply = self._reply("answer a script", timeout)
+        if reply["error"]:
+            raise AssertionError(
+                f"the cluster script failed in the shared driver:\n{reply['error']}\n"
+                f"--- stdout ---\n{reply['stdout'][-LOG_TAIL_CHARS:]}\n--- driver log ---\n"
+                f"{_tail(self._log, LOG_TAIL_CHARS)}\n{self.cluster.logs(1500)}"
+            )
+        return _result(reply["stdout"], _tail(self._log, 2000))
+
+    def close(self) -> None:
+        """End the driver: its session ends when its standard input closes; killed if late."""
+        child, self._child = self._child, None
+        if child is not None:
+            assert child.stdin is not None
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+            try:
+                child.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                _stop([child])
+            self._reader.join(timeout=5)
+            assert child.stdout is not None
+            child.stdout.close()
+            _stop([child])  # its process group: whatever it started and left
+        self._dir.cleanup()

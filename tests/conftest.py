@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -69,3 +70,53 @@ def s3_storage() -> Iterator[dict]:
 def sc(spark: object) -> object:
     """The SparkContext of the session's SparkSession."""
     return spark.sparkContext  # type: ignore[attr-defined]
+
+
+# The shared standalone cluster's exit stack while it runs (see pytest_runtest_teardown).
+_cluster_stacks: list[contextlib.ExitStack] = []
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[object]:
+    """A Spark standalone master and two workers (one core, 1 GiB each) on 127.0.0.1.
+
+    One for every cluster test of the run (``tests/cluster.py``: starting one costs about 10 s);
+    stopped after the last test that asks for it, and no JVM of it may outlive it.
+    """
+    from tests.cluster import processes_mentioning, standalone_cluster
+
+    with contextlib.ExitStack() as stack:
+        running = stack.enter_context(standalone_cluster(workers=2, cores_per_worker=1))
+        _cluster_stacks.append(stack)
+        yield running
+    _cluster_stacks.clear()
+    # Every JVM of the cluster has its private conf folder on its class path.
+    assert processes_mentioning(str(running.root)) == []
+
+
+@pytest.fixture(scope="session")
+def cluster_driver(cluster: object) -> object:
+    """One driver on the shared cluster whose SparkSession every script sent to it shares.
+
+    NOTE [shared driver] in ``tests/cluster.py``: a driver and its two executors cost about
+    12 s, so the cluster tests send their scripts here (``cluster_driver.run(script)``). It
+    stops before the cluster does.
+    """
+    from tests.cluster import DRIVER_CONF, ClusterDriver
+
+    driver = ClusterDriver(cluster, DRIVER_CONF)  # type: ignore[arg-type]
+    _cluster_stacks[-1].callback(driver.close)
+    return driver
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the shared cluster (fixture ``cluster``) once no later test of the run asks for
+    it, instead of at the end of the session: its six JVMs would idle through the rest."""
+    if not _cluster_stacks or "cluster" not in getattr(item, "fixturenames", ()):
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1 :] if item in items else []
+    if not any("cluster" in getattr(other, "fixturenames", ()) for other in later):
+        for stack in _cluster_stacks:
+            stack.close()

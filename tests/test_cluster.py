@@ -1,44 +1,23 @@
 """Jobs on a real Spark standalone cluster: a master and two workers on 127.0.0.1.
 
-The cluster is started once for the module (see ``tests/cluster.py``); every job runs in a child
-Python process with its own SparkContext, since this process already holds the local one.
+The cluster (fixture ``cluster``) is shared by every cluster test of the run; the jobs run in one
+child Python process with its own SparkContext on it (fixture ``cluster_driver``, NOTE [shared
+driver] in ``tests/cluster.py``), since this process already holds the local one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.cluster import StandaloneCluster, run_on_cluster, standalone_cluster
+from tests.cluster import processes_mentioning, run_on_cluster, standalone_cluster
 
 from sparkbatch.data import DataSet
 from sparkbatch.nn import Network
 
 pytestmark = pytest.mark.cluster
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    """Command lines of running processes that contain ``text`` (Linux ``/proc``)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline[:200]}")
-    return found
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[StandaloneCluster]:
-    with standalone_cluster(workers=2, cores_per_worker=1, memory="1g") as running:
-        yield running
-    # Every JVM has the cluster's private conf folder on its class path.
-    assert _processes_mentioning(str(running.root)) == []
 
 
 def test_the_master_sees_two_workers(cluster):
@@ -48,9 +27,8 @@ def test_the_master_sees_two_workers(cluster):
     assert sorted(w["cores"] for w in status["workers"]) == [1, 1]
 
 
-def test_a_job_runs_on_two_executors(cluster):
-    result = run_on_cluster(
-        cluster,
+def test_a_job_runs_on_two_executors(cluster, cluster_driver):
+    result = cluster_driver.run(
         """
         import json
         from cluster import cluster_session, partition_info
@@ -60,7 +38,6 @@ def test_a_job_runs_on_two_executors(cluster):
         rows = sc.parallelize(range(8), 4).mapPartitionsWithIndex(partition_info).collect()
         executors = sc._jsc.sc().statusTracker().getExecutorInfos()
         print(json.dumps({"master": sc.master, "executors": len(executors), "rows": rows}))
-        spark.stop()
         """,
     )
     assert result["master"] == cluster.url
@@ -80,10 +57,18 @@ def test_a_failing_script_reports_its_output(cluster):
         run_on_cluster(cluster, "import time\ntime.sleep(30)\n", timeout=1)
 
 
+def test_a_failing_script_in_the_shared_driver_reports_it_and_the_driver_goes_on(cluster_driver):
+    with pytest.raises(AssertionError, match=r"shared driver(.|\n)*went wrong here"):
+        cluster_driver.run("raise ValueError('went wrong here')")
+    with pytest.raises(AssertionError, match=r"shared driver(.|\n)*exited with code 3"):
+        cluster_driver.run("import sys\nsys.exit(3)\n")
+    assert cluster_driver.run("print('no JSON')\nprint('[1, 2]')") == [1, 2]
+
+
 # --- Training on the cluster ---------------------------------------------------------------------
 
 
-def test_fit_and_evaluate_on_the_cluster(cluster, tmp_path):
+def test_fit_and_evaluate_on_the_cluster(cluster_driver, tmp_path):
     # Data written here; the executors read the same local paths (one machine).
     data = tmp_path / "minibatches"
     rng = np.random.default_rng(0)
@@ -91,8 +76,7 @@ def test_fit_and_evaluate_on_the_cluster(cluster, tmp_path):
     y = np.eye(3, dtype=np.float32)[np.argmax(x[:, :3] - x[:, 3:], axis=1)]
     for i, part in enumerate(DataSet(x, y).split(50)):
         part.save(data / f"part-{i:03d}.safetensors")
-    result = run_on_cluster(
-        cluster,
+    result = cluster_driver.run(
         f"""
 import json
 from cluster import cluster_session
@@ -126,7 +110,6 @@ print(json.dumps({{
     "workers": sorted({{p.worker for p in spark_net.stats.phases}}),
     "executors": len(executors),
 }}))
-spark.stop()
 """,
         timeout=300,
     )
@@ -148,4 +131,4 @@ def test_a_worker_that_cannot_start_is_reported():
             pytest.fail("the cluster should not have started")
     root = str(info.value).split("--- ", 1)[1].split("/logs/", 1)[0]
     assert root.startswith("/") and not os.path.exists(root)
-    assert _processes_mentioning(root) == []
+    assert processes_mentioning(root) == []

@@ -12,18 +12,18 @@ One driver script (``tests/cluster.py`` runs it in a child process) with
    averaging done by hand on the same schedule.
 
 :func:`check` then proves that every example was exported exactly once and fitted once per
-epoch. The suite runs the Python-worker kills only (a cluster and a driver cost about 30 s
-before the first job); the soak script runs everything.
+epoch. The suite runs the Python-worker kills only, in the driver the cluster tests share
+(fixture ``cluster_driver``: a cluster and a driver cost about 25 s before the first job); the
+soak script runs everything in a driver of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.cluster import StandaloneCluster, run_on_cluster, standalone_cluster
+from tests.cluster import DRIVER_CONF, ClusterDriver, StandaloneCluster, run_on_cluster
 
 from sparkbatch.data import DataSet, export_datasets, load
 from sparkbatch.data.manifest import minibatch_files
@@ -52,7 +52,7 @@ began = time.time()
 laps = []  # (step, seconds since the script began), printed by the test
 def lap(what):
     laps.append((what, round(time.time() - began, 1)))
-spark = cluster_session(conf={{"spark.task.maxFailures": "2"}})
+spark = cluster_session(conf={driver_conf!r})
 sc = spark.sparkContext
 items = []
 for start in range(0, 600, 10):  # example ids 0..599 as the one feature
@@ -107,25 +107,29 @@ for exchange in {exchanges!r}:
     lap("fit " + exchange)
 result["laps"] = laps
 print(json.dumps(result))
-spark.stop()
 """
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[StandaloneCluster]:
-    with standalone_cluster(workers=2, cores_per_worker=1, memory="1g") as running:
-        yield running
-
-
-def run(cluster: StandaloneCluster, root: Path, targets: tuple, exchanges: tuple) -> dict:
+def run(
+    cluster: StandaloneCluster,
+    root: Path,
+    targets: tuple,
+    exchanges: tuple,
+    driver: ClusterDriver | None = None,
+) -> dict:
     """Write the training files under ``root``, run the driver script with the kills asked
     for (``targets``: "worker", "executor"; ``exchanges``: "spark", "socket"), return its
-    result."""
+    result. The script runs in ``driver`` (started with :data:`DRIVER_CONF`), or without one in
+    a driver process of its own."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(240, 4)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[np.argmax(x[:, :3] + 0.3 * x[:, 3:], axis=1)]
     export_datasets(DataSet(x, y).split(10), root / "train")  # 24 files
-    script = SCRIPT.format(root=str(root), targets=targets, exchanges=exchanges)
+    script = SCRIPT.format(
+        root=str(root), targets=targets, exchanges=exchanges, driver_conf=DRIVER_CONF
+    )
+    if driver is not None:
+        return driver.run(script, timeout=400)
     return run_on_cluster(cluster, script, timeout=400)
 
 
@@ -161,8 +165,10 @@ def check(result: dict, cluster: StandaloneCluster, root: Path) -> None:
         assert fit["iteration"] == 2 * 12, exchange
 
 
-def test_killed_python_workers_on_a_cluster_lose_and_double_nothing(cluster, tmp_path):
-    result = run(cluster, tmp_path, targets=("worker",), exchanges=("spark",))
+def test_killed_python_workers_on_a_cluster_lose_and_double_nothing(
+    cluster, cluster_driver, tmp_path
+):
+    result = run(cluster, tmp_path, ("worker",), ("spark",), driver=cluster_driver)
     print("steps of the driver script (s since it began):", result["laps"])
     assert "worker" in result and "fit-spark" in result
     check(result, cluster, tmp_path)
