@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from sparkbatch._arguments import check_int
+from sparkbatch._jobs import JobDescription
 from sparkbatch.data import SUFFIX, DataSet, MultiDataSet, rebatch, save
 from sparkbatch.data.manifest import (
     begin_export,
@@ -293,7 +294,8 @@ def batch_and_export(
     export_id = begin_export(
         path, PART_PATTERN, overwrite=overwrite, storage_options=storage_options
     )
-    with executor_errors():
+    description = f"sparkbatch: export minibatches of {batch_size} to {path}"
+    with executor_errors(), JobDescription(rdd.context, description):
         written = rdd.mapPartitionsWithIndex(function, preservesPartitioning=True).collect()
     written.sort(key=lambda item: item[1]["path"])
     commit_export(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._jobs import JobDescription
 from ..spark.export import rebatch_partition
 from .master import ParameterAveraging, plan_rounds
 
@@ -315,8 +316,9 @@ def plan_direct(
     else:
         keyed = batched.zipWithIndex().map(lambda t: ((t[1] % workers, t[1] // workers), t[0]))
     keyed.persist(StorageLevel.MEMORY_AND_DISK)  # read by the count below and the shuffle
+    jobs = JobDescription(sc)
     try:
-        sc.setJobDescription("sparkbatch fit: batching the RDD")
+        jobs.set("sparkbatch fit: batching the RDD")
         steps = keyed.map(lambda kv: kv[0][1]).fold(-1, max) + 1
         if steps == 0:
             raise ValueError("the RDD holds no examples to fit")
@@ -330,4 +332,4 @@ def plan_direct(
         batched.unpersist()
         raise
     finally:
-        sc.setJobDescription(None)
+        jobs.restore()

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._jobs import JobDescription
 from ..errors import DivergenceError, NonFiniteError
 from .exchange import Exchange
 from .model import ModelAccess
@@ -449,14 +450,13 @@ class SocketExchange(Exchange):
             first_round=runner.round,
             shared=(shared.path, shared.specs, shared.count) if shared else None,
         )
-        sc.setJobDescription(
-            f"sparkbatch fit: {plan.epochs} epoch(s), {rounds} rounds, socket exchange"
-        )
+        jobs = JobDescription(sc)
+        jobs.set(f"sparkbatch fit: {plan.epochs} epoch(s), {rounds} rounds, socket exchange")
         try:
             _run_until_done(sc, plan.worker_view().barrier().mapPartitionsWithIndex(fit), server)
         finally:
             server.close()
-            sc.setJobDescription(None)
+            jobs.restore()
         if server.error is not None:
             raise server.error
         if server.next_round != rounds:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._jobs import JobDescription
 from .exchange import Exchange
 from .runner import RoundTiming
 from .stats import PhaseTiming
@@ -50,10 +51,11 @@ class SparkExchange(Exchange):
     def run(self, runner: FitRunner, plan: FitPlan) -> None:
         sc = runner.sc
         setup = runner.worker_setup(plan)
+        jobs = JobDescription(sc)
         try:
             for g, planned in enumerate(plan.rounds):
                 start = time.time()
-                sc.setJobDescription(f"sparkbatch fit: {planned.label}")
+                jobs.set(f"sparkbatch fit: {planned.label}")
                 counters, arrays = runner.state(plan, g)
                 state = arrays[1] if len(arrays) > 1 else None
                 weights = sc.broadcast(dict(counters, params=arrays[0], state=state))
@@ -73,7 +75,7 @@ class SparkExchange(Exchange):
                 timing = RoundTiming(start, broadcast_end - start, fit_s, job_end, True)
                 runner.finish(plan, g, result, timing)
         finally:
-            sc.setJobDescription(None)
+            jobs.restore()
 
     def _job(self, view: Any, fit: FitRound) -> RoundResult | None:
         """Run ``fit`` on the round's workers: the sum of their results."""

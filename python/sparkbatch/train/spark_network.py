@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._arguments import check_int
+from .._jobs import JobDescription
 from ..data import (
     SerializedDataSetLoader,
     SerializedMinibatchLoader,
@@ -333,15 +334,16 @@ class SparkNetwork:
             if fs.exists(path):
                 fs.rm(path, recursive=True)
 
+        jobs = JobDescription(self.sc)
         try:
-            self.sc.setJobDescription("sparkbatch fit: exporting minibatches")
+            jobs.set("sparkbatch fit: exporting minibatches")
             size = self.averaging.batch_size_per_worker
             urls = batch_and_export(rdd, directory, size, storage_options=options)
         except BaseException:
             remove()
             raise
         finally:
-            self.sc.setJobDescription(None)
+            jobs.restore()
         return self._plan_files(
             urls, SerializedMinibatchLoader(), epochs, exported=True, cleanup=remove
         )
@@ -508,6 +510,7 @@ class SparkNetwork:
         m = self.averaging
         rdd, loader = self._evaluation_input(data, loader, suffix, preprocessor)
         weights = self.sc.broadcast({"params": self.model.params()})
+        jobs = JobDescription(self.sc)
         try:
             setup = dataclasses.replace(
                 worker_setup(self._access, m, loader), batch_size=m.eval_batch_size
@@ -515,8 +518,8 @@ class SparkNetwork:
             evaluate = EvaluatePartition(
                 setup, weights, kind=kind, evaluation_args=args, output_index=int(output_index)
             )
-            self.sc.setJobDescription(f"sparkbatch {kind}")
+            jobs.set(f"sparkbatch evaluate: {kind}")
             return self._sum(rdd.mapPartitions(evaluate), merge_evaluations)
         finally:
             weights.destroy()
-            self.sc.setJobDescription(None)
+            jobs.restore()
