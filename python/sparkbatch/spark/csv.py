@@ -18,7 +18,6 @@ from fsspec.utils import infer_compression
 
 from sparkbatch._arguments import check_int, check_optional_int
 from sparkbatch._jobs import JobDescription
-from sparkbatch._jobs import JobDescription
 from sparkbatch.convert.iterators import apply_preprocessor, check_preprocessor
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
@@ -292,7 +291,6 @@ def _rdd_table(
         rows = sum(1 for line in data if line.strip(" \t\r".replace(options.delimiter, "")))
         head = _RddHead(options, header_left, rows, len(text))
         with JobDescription(rdd.context, "sparkbatch csv: the header and width of the lines"):
-            with JobDescription(rdd.context, "sparkbatch csv: the header and width of the lines"):
             heads = rdd.context.runJob(rdd, head, range(index, min(index + batch, partitions)))
         for lines, ended in heads:
             if lines and first is None:
