@@ -39,6 +39,16 @@ class SpaceSeparated(FileRecordReader):
         return [[float(v) for v in values]]
 
 
+class SpaceSeparatedLines(FileRecordReader):
+    """Several examples a file, one a line (blank lines skipped), with their lines known."""
+
+    def parse(self, data: bytes, source: str) -> list[list[float]]:
+        return [[float(v) for v in line.split()] for line in data.splitlines() if line.strip()]
+
+    def locate(self, records: list, data: bytes, source: str) -> list[int]:
+        return [i + 1 for i, line in enumerate(data.splitlines()) if line.strip()]
+
+
 class ScaleFeatures:
     """A picklable preprocessor: features times ``factor``."""
 
@@ -230,6 +240,11 @@ def test_iterator_errors_name_the_file_and_line(tmp_path, example_dir):
     (tmp_path / "b.csv").write_text("5,6,2\n7,x,1\n")
     with pytest.raises(CsvError, match=rf"^{b}, line 2, column 1: expected a number, found 'x'"):
         list(iterator)
+    (tmp_path / "many.txt").write_text("1 2 3 0\n\n4 5 6 1\n7 8 9 5\n")
+    lines = SpaceSeparatedLines().initialize(tmp_path / "many.txt")
+    assert [(r[-1], lines.current_line) for r in lines] == [(0.0, 1), (1.0, 3), (5.0, 4)]
+    with pytest.raises(CsvError, match=r"many\.txt, line 4, column 3: expected an integer class"):
+        list(RecordReaderDataSetIterator(lines, 2, 3, 3))
     (example_dir / "ex3.txt").write_text("1 2 3 7\n")  # a file format without lines
     custom = RecordReaderDataSetIterator(SpaceSeparated().initialize(example_dir), 4, 3, 3)
     with pytest.raises(CsvError, match=r"ex3\.txt, column 3: expected an integer class index"):

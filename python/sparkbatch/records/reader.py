@@ -219,7 +219,13 @@ class FileRecordReader(abc.ABC):
             source = self._sources[self._file_index]
             data = read_bytes(source, storage_options=self._storage_options)
             records = list(parse_file(self.parse, data, source, self))
-            self._lines = self.locate(records, data, source)
+            lines = list(self.locate(records, data, source))
+            if len(lines) != len(records):
+                raise ValueError(
+                    f"{self!r}.locate gave {len(lines)} lines for the {len(records)} records of "
+                    f"{source}; it must give one per record (None where unknown)"
+                )
+            self._lines = lines
             self._records, self._position, self._resume = records, self._resume, 0
             self._file_index += 1
         return True
