@@ -135,8 +135,8 @@ class FileRecordReader(abc.ABC):
     (:func:`sparkbatch.storage.read_bytes`), calls :meth:`parse` on its bytes and returns the
     records one by one. :attr:`current_source` names the file of the last record returned;
     :attr:`current_line` is None unless a subclass overrides :meth:`locate` (for formats with
-    lines). Readers pickle: the settings, the
-    file names and the position travel, the file being read is read again.
+    lines). Readers pickle: the settings, the file names and the position travel, and the file
+    being read is read again where the copy goes on.
 
     Examples
     --------
@@ -150,12 +150,13 @@ class FileRecordReader(abc.ABC):
     ...     with open_output(f"memory://sparkbatch-doc/ss/{i}.txt") as f:
     ...         _ = f.write(text)
     >>> reader = SpaceSeparated().initialize("memory://sparkbatch-doc/ss")
-    >>> [(r, reader.current_source) for r in reader]
-    [([0.1, 0.2, 0.3, 1.0], 'memory://sparkbatch-doc/ss/0.txt'), ([0.4, 0.5, 0.6, 0.0], 'memory://sparkbatch-doc/ss/1.txt')]
+    >>> [(r, reader.current_source) for r in reader]  # doctest: +NORMALIZE_WHITESPACE
+    [([0.1, 0.2, 0.3, 1.0], 'memory://sparkbatch-doc/ss/0.txt'),
+     ([0.4, 0.5, 0.6, 0.0], 'memory://sparkbatch-doc/ss/1.txt')]
     >>> isinstance(reader, RecordReader)
     True
     >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
-    """  # noqa: E501
+    """
 
     current_source: str | None = None
     current_line: int | None = None
