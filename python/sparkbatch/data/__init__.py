@@ -9,6 +9,7 @@ from sparkbatch.data.format import FORMAT_VERSION, SUFFIX, from_bytes, load, sav
 from sparkbatch.data.iterators import FileDataSetIterator, FileMultiDataSetIterator
 from sparkbatch.data.loaders import (
     Loader,
+    PreprocessingLoader,
     SerializedDataSetLoader,
     SerializedMinibatchLoader,
     SerializedMultiDataSetLoader,
@@ -34,6 +35,7 @@ __all__ = [
     "Loader",
     "MinMaxScale",
     "MultiDataSet",
+    "PreprocessingLoader",
     "SerializedDataSetLoader",
     "SerializedMinibatchLoader",
     "SerializedMultiDataSetLoader",
