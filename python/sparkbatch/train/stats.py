@@ -370,9 +370,12 @@ class TrainingStats:
     ) -> None:
         """Write a self-contained HTML report to ``url`` (any fsspec URL), atomically.
 
-        The page shows the totals, the score per round with the epochs marked, the time per
-        phase and a timeline with one row per worker. It loads nothing from anywhere: no
-        scripts, no style sheets, no fonts (NOTE [HTML report] in :mod:`sparkbatch.train.report`).
+        The page shows the totals, the configuration (model, averaging settings, Spark, the
+        data of every fit), the held-out evaluation when there is one, the score per round
+        (on a log or zoomed axis where that shows the progress) and the throughput per round
+        with the epochs marked, the time per phase and a timeline with one row per worker. It
+        loads nothing from anywhere: no scripts, no style sheets, no fonts (NOTE [HTML report]
+        in :mod:`sparkbatch.train.report`).
         """
         from .report import write_html
 
