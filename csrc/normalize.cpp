@@ -5,6 +5,15 @@
 #include <limits>
 #include <vector>
 
+// The loops are compiled twice on x86-64, for AVX2 and for the baseline, and the loader picks one
+// (GCC's target_clones, an ifunc): float32 <-> float64 conversions and float64 arithmetic run at
+// twice the SSE2 width where the CPU has AVX2.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define SPARKBATCH_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SPARKBATCH_CLONES
+#endif
+
 namespace sparkbatch::normalize {
 namespace {
 
@@ -131,7 +140,7 @@ void rows_moments(const T* x, std::size_t n, Totals& totals) {
 }  // namespace
 
 template <typename T, typename M>
-std::uint64_t column_moments(const T* x, const M* mask, Layout layout, double* mean, double* m2,
+SPARKBATCH_CLONES std::uint64_t column_moments(const T* x, const M* mask, Layout layout, double* mean, double* m2,
                              double* min, double* max) {
   const auto [outer, cols, inner] = layout;
   std::fill(mean, mean + cols, 0.0);
@@ -172,7 +181,7 @@ std::uint64_t column_moments(const T* x, const M* mask, Layout layout, double* m
 }
 
 template <typename T, typename M>
-void affine(const T* x, const M* mask, Layout layout, const double* center, const double* scale,
+SPARKBATCH_CLONES void affine(const T* x, const M* mask, Layout layout, const double* center, const double* scale,
             const double* offset, T* out) {
   const auto [outer, cols, inner] = layout;
   if (inner == 1 && mask == nullptr) {
