@@ -34,7 +34,7 @@ class _Clock:
     bar: Progress = field(init=False)
 
     def __post_init__(self) -> None:
-        self.bar = Progress(total=self.total, desc="sparkbatch demo", unit=" steps")
+        self.bar = Progress(total=self.total, desc="sparkbatch demo", unit="step")
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
