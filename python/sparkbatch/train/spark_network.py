@@ -240,7 +240,8 @@ class SparkNetwork:
                 "fit(directory, loader=...) or list_paths(sc, directory)"
             )
         if hasattr(paths, "collect"):
-            urls = _path_list(paths.collect(), "paths")
+            with JobDescription(self.sc, "sparkbatch fit_paths: collecting the paths"):
+                urls = _path_list(paths.collect(), "paths")
         elif isinstance(paths, Sequence):
             urls = _path_list(paths, "paths")
         else:
