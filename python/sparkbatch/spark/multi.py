@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparkbatch._arguments import check_int, check_optional_int
+from sparkbatch._jobs import JobDescription
 from sparkbatch.convert.multi import MultiDataSetBuilder, MultiDataSetConverter
 from sparkbatch.data import MultiDataSet
 from sparkbatch.errors import KeyJoinError
@@ -400,7 +401,9 @@ def _widths(
         tag = tags[name]
         if tag not in taken:
             taken[tag] = None
-            first = rdds[tag].take(1)
+            label = _label(tag, n_records)
+            with JobDescription(rdds[tag].context, f"sparkbatch map_rrmdsi: the width of {label}"):
+                first = rdds[tag].take(1)
             sequence = tag >= n_records
             try:
                 record = first[0][0] if sequence else first[0]
