@@ -324,6 +324,7 @@ def test_regression_figures_keep_non_finite_values_through_json():
     page = _parse(stats.render_html())
     text = "".join(page.text)
     assert "Evaluation" in text and "price" in text and "R\u00b2" in text and "0.2500" in text
+    assert "held-out MSE" in text and "0.3750 on 2 examples" in text
 
 
 def test_configuration_and_evaluation_refuse_what_they_cannot_keep():
@@ -346,6 +347,7 @@ def test_report_shows_configuration_evaluation_and_confusion_heat_map():
     for title in ("Configuration", "Model", "Averaging", "Data", "Evaluation", "Per class"):
         assert title in text
     assert "Confusion matrix" in text and "averaging_frequency" in text
+    assert "held-out accuracy" in text and "0.6667 on 6 examples" in text
     cells = [a for t, a in page.tags if t == "td" and "background:" in (a.get("style") or "")]
     assert len(cells) == 9
     shades = [re.search(r"background:(#[0-9a-f]{6})", c["style"]).group(1) for c in cells]

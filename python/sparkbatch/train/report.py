@@ -197,6 +197,14 @@ def _totals_table(stats: TrainingStats) -> str:
     ]
     if stats.skipped:
         rows.insert(2, ("skipped minibatches", f"{stats.skipped:,} (NaN or infinity)"))
+    ev = stats.evaluation
+    if ev and ev.get("examples"):
+        if ev.get("kind") == "classification":
+            held_out = ("held-out accuracy", f"{_fraction(ev['accuracy'])}")
+        else:
+            mse = [v for v in ev["mse"] if isinstance(v, (int, float)) and math.isfinite(v)]
+            held_out = ("held-out MSE", _fraction(sum(mse) / len(mse)) if mse else "-")
+        rows.insert(5, (held_out[0], f"{held_out[1]} on {ev['examples']:,} examples"))
     cells = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f'<table class="totals">{cells}</table>'
 
