@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.cluster import FAST_START_JAVA_OPTS
 
 import sparkbatch
 import sparkbatch.nn
@@ -55,7 +56,9 @@ def test_inspect_describes_good_files_and_names_bad_ones(tmp_path, capsys):
 # NOTE [demo runs]: both demos run in one child process, one after the other (the demo starts
 # and stops its own local Spark, so not in this one, which holds the session's): the second
 # SparkContext reuses the child's JVM, which saves a JVM start-up and the imports, about a third
-# of what two children cost. Each run's exit status and output are its own.
+# of what two children cost. Each run's exit status and output are its own. The child's JVMs
+# start with the cluster tests' FAST_START_JAVA_OPTS (tests/cluster.py, NOTE [fast start]): the
+# demo's Spark starts in about half the time on a 2-core machine.
 _DEMO_RUNS = """
 import contextlib, io, json, sys
 from sparkbatch.cli import main
@@ -91,8 +94,10 @@ def demo_runs(tmp_path_factory) -> dict:
          "--workers", "1", "--out", str(bad / "o")],
         ["demo", "--rows", "3000", "--epochs", "2", "--workers", "2", "--out", str(out)],
     ]
+    java_options = f"{os.environ.get('JAVA_TOOL_OPTIONS', '')} {FAST_START_JAVA_OPTS}".strip()
     child = subprocess.run(
         [sys.executable, "-c", _DEMO_RUNS, json.dumps(argvs)],
+        env={**os.environ, "JAVA_TOOL_OPTIONS": java_options},
         capture_output=True,
         text=True,
         timeout=400,
