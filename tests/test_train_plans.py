@@ -80,9 +80,35 @@ def test_one_worker_at_frequency_one_trains_as_one_machine(sc, tmp_path, plan, e
     assert (model.iteration, model.epoch) == (local.iteration, local.epoch) == (6, 1)
 
 
+KILL_TIMEOUT = "spark.python.task.killTimeout"
+
+
+@pytest.fixture
+def prompt_kills(sc):
+    """Spark kills an interrupted task's Python worker at once, not after 2 s, for one test.
+
+    When a task of the socket exchange's barrier job fails, Spark cancels the job; the other
+    task waits in its round for an average that will not come, so its Python worker is killed
+    after ``spark.python.task.killTimeout`` (2 s a retry, before the retried job gets its
+    slot). Executors read the setting per task; it is put back after the test.
+    """
+    conf = sc._conf  # the context's live SparkConf (getConf() is a copy)
+    before = conf.get(KILL_TIMEOUT, None)
+    conf.set(KILL_TIMEOUT, "0s")
+    try:
+        yield
+    finally:
+        if before is None:
+            conf._jconf.remove(KILL_TIMEOUT)
+        else:
+            conf.set(KILL_TIMEOUT, before)
+
+
 @pytest.mark.parametrize("exchange", EXCHANGES)
 @pytest.mark.parametrize("plan", PLANS)
-def test_a_failed_task_is_retried_and_loses_or_doubles_no_example(sc, tmp_path, plan, exchange):
+def test_a_failed_task_is_retried_and_loses_or_doubles_no_example(
+    sc, tmp_path, plan, exchange, prompt_kills
+):
     settings = {"workers": 2, "averaging_frequency": 3, "save_updater": True}
     failing = FailsOnceNetwork(_layers(), Adam(0.05), seed=2, dtype="float64")
     failing.marker = str(tmp_path / "failed-once")
