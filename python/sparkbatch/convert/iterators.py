@@ -22,67 +22,21 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from sparkbatch._arguments import check_int
 from sparkbatch.convert.records import _convert
 from sparkbatch.convert.table import LabelSpec
 from sparkbatch.data import DataSet
+from sparkbatch.data.loaders import Preprocessor, check_preprocessor, preprocess
 from sparkbatch.data.sequences import SOURCE, SOURCES
 from sparkbatch.errors import CsvError
 from sparkbatch.records import Record, RecordReader
 
 __all__ = [
     "RecordReaderDataSetIterator",
-    "apply_preprocessor",
-    "check_preprocessor",
     "read_batch",
 ]
-
-Preprocessor = Callable[[DataSet], DataSet]
-
-
-def check_preprocessor(preprocessor: object, name: str = "preprocessor") -> Preprocessor | None:
-    """``preprocessor`` if it is None or callable, else TypeError naming argument ``name``.
-
-    Examples
-    --------
-    >>> check_preprocessor(None) is None
-    True
-    >>> check_preprocessor("scale")
-    Traceback (most recent call last):
-    ...
-    TypeError: preprocessor must be a callable (DataSet) -> DataSet, got str: 'scale'
-    """
-    if preprocessor is not None and not callable(preprocessor):
-        raise TypeError(
-            f"{name} must be a callable (DataSet) -> DataSet, got "
-            f"{type(preprocessor).__name__}: {preprocessor!r}"
-        )
-    return preprocessor  # type: ignore[return-value]
-
-
-def apply_preprocessor(preprocessor: Preprocessor | None, ds: DataSet) -> DataSet:
-    """``preprocessor(ds)``, checked to be a DataSet (NOTE [preprocessors]); ``ds`` if None.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> ds = DataSet(np.ones((1, 2), np.float32))
-    >>> apply_preprocessor(lambda d: d.features, ds)
-    Traceback (most recent call last):
-    ...
-    TypeError: preprocessor <function <lambda> at ...> returned ndarray, not a DataSet
-    """
-    if preprocessor is None:
-        return ds
-    out = preprocessor(ds)
-    if not isinstance(out, DataSet):
-        raise TypeError(
-            f"preprocessor {preprocessor!r} returned {type(out).__name__}, not a DataSet"
-        )
-    return out
-
 
 def read_batch(
     reader: RecordReader, batch_size: int
@@ -260,7 +214,7 @@ class RecordReaderDataSetIterator:
             row = e.line if e.line is not None and 0 <= e.line < len(records) else 0
             raise _relocated(e, sources[row], lines[row]) from None
         ds.metadata = _metadata(sources)
-        return apply_preprocessor(self.preprocessor, ds)
+        return ds if self.preprocessor is None else preprocess(self.preprocessor, ds)
 
     def has_next(self) -> bool:
         """Whether another minibatch follows (DataVec's ``hasNext``)."""

@@ -205,13 +205,14 @@ def _name_of(preprocessor: Any) -> str:
     return str(getattr(preprocessor, "__qualname__", None) or type(preprocessor).__qualname__)
 
 
-def check_preprocessor(preprocessor: Any) -> None:
-    """Raise TypeError unless ``preprocessor`` is None or callable."""
+def check_preprocessor(preprocessor: Any) -> Preprocessor | None:
+    """``preprocessor``, or a TypeError unless it is None or callable."""
     if preprocessor is not None and not callable(preprocessor):
         raise TypeError(
             "preprocessor must be a callable taking and returning a DataSet or MultiDataSet "
             f"(DL4J's DataSetPreProcessor), got {type(preprocessor).__name__}"
         )
+    return preprocessor
 
 
 def preprocess(preprocessor: Preprocessor, batch: Minibatch, where: str | None = None) -> Minibatch:

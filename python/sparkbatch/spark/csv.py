@@ -18,9 +18,9 @@ from fsspec.utils import infer_compression
 
 from sparkbatch._arguments import check_int, check_optional_int
 from sparkbatch._jobs import JobDescription
-from sparkbatch.convert.iterators import apply_preprocessor, check_preprocessor
 from sparkbatch.convert.table import LabelSpec, batches, split_table
 from sparkbatch.data import DataSet
+from sparkbatch.data.loaders import check_preprocessor, preprocess
 from sparkbatch.errors import CsvError
 from sparkbatch.records.csv_files import HEAD_BYTES, check_head, reading, text_start
 from sparkbatch.records.csv_parser import (
@@ -560,7 +560,7 @@ def csv_to_datasets(
                 )
                 result = sc.parallelize(ranges, len(ranges)).mapPartitions(function)
     if preprocessor is not None:  # pipelined into the same tasks
-        result = result.map(functools.partial(apply_preprocessor, preprocessor))
+        result = result.map(functools.partial(preprocess, preprocessor))
     if skipped is not None:
         result.skipped = skipped  # type: ignore[attr-defined]
     return result

@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sparkbatch.convert.iterators import apply_preprocessor, check_preprocessor
 from sparkbatch.convert.records import convert_record
 from sparkbatch.convert.table import LabelSpec
 from sparkbatch.data import DataSet
+from sparkbatch.data.loaders import check_preprocessor, preprocess
 from sparkbatch.records import CSVRecordReader, Record, RecordReader
 from sparkbatch.records.reader import parse_file
 
@@ -194,7 +194,7 @@ class RecordsToDataSet:
                 )
             record = converted
         ds = convert_record(self.spec, record)
-        return ds if self.preprocessor is None else apply_preprocessor(self.preprocessor, ds)
+        return ds if self.preprocessor is None else preprocess(self.preprocessor, ds)
 
     def __repr__(self) -> str:
         s = self.spec
