@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -268,3 +269,20 @@ def test_preprocessor_in_loaders_and_iterators(tmp_path, bin_dir):
     )
     with pytest.raises(TypeError, match=f"{path}: preprocessor features_only returned"):
         PreprocessingLoader(SerializedDataSetLoader(), features_only).load(Source(path))
+
+
+class LockedLoader(NpzLoader):
+    """A loader that cannot travel to the executors: it holds a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+def test_a_loader_or_preprocessor_that_cannot_be_pickled_is_refused_before_any_job(bin_dir):
+    spark_net = SparkNetwork(object(), _network(), _master())  # no Spark call may happen
+    with pytest.raises(TypeError, match="loader LockedLoader cannot be pickled for the executors"):
+        spark_net.fit(str(bin_dir), loader=LockedLoader())
+    locked = Scale(2)
+    locked.lock = threading.Lock()  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="preprocessor Scale cannot be pickled"):
+        spark_net.evaluate([str(bin_dir / "a.bin")], loader=NpzLoader(), preprocessor=locked)

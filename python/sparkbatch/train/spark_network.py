@@ -69,11 +69,25 @@ def _with_preprocessor(loader: Any, preprocessor: Any) -> Any:
     return loader if preprocessor is None else PreprocessingLoader(loader, preprocessor)
 
 
-def _check_loader(loader: Any) -> None:
+def _check_loader(loader: Any, preprocessor: Any) -> None:
+    """TypeErrors, on the driver before any job, for a ``loader`` without ``load`` or a
+    ``preprocessor`` that is not callable, and for either that cannot be pickled: the executors
+    get them by pickle, and a failure there is retried as if it were a lost task first."""
     if loader is not None and not callable(getattr(loader, "load", None)):
         raise TypeError(
             f"loader must have a load(source) method (a data.Loader), got {type(loader).__name__}"
         )
+    check_preprocessor(preprocessor)
+    from pyspark import cloudpickle  # as Spark pickles functions for its tasks
+
+    for name, value in (("loader", loader), ("preprocessor", preprocessor)):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as e:  # pickle raises TypeError, PicklingError, AttributeError...
+            raise TypeError(
+                f"{name} {type(value).__name__} cannot be pickled for the executors: {e} "
+                "(keep open files, locks and compiled structs out of its attributes)"
+            ) from e
 
 
 def _path_list(paths: Sequence[Any], what: str) -> list[str]:
@@ -192,8 +206,7 @@ class SparkNetwork:
             before re-batching. Any picklable callable returning a DataSet or MultiDataSet.
         """
         epochs = check_int("epochs", epochs)
-        _check_loader(loader)
-        check_preprocessor(preprocessor)
+        _check_loader(loader, preprocessor)
         if isinstance(data, (str, os.PathLike)):
             files = self._files(data, suffix)
             loader = _with_preprocessor(loader or SerializedDataSetLoader(), preprocessor)
@@ -232,8 +245,7 @@ class SparkNetwork:
         RDD are collected to the driver (the files are not).
         """
         epochs = check_int("epochs", epochs)
-        _check_loader(loader)
-        check_preprocessor(preprocessor)
+        _check_loader(loader, preprocessor)
         if isinstance(paths, (str, os.PathLike)):
             raise TypeError(
                 "paths must be an RDD or a list of file paths; for a directory use "
@@ -274,8 +286,7 @@ class SparkNetwork:
         ``preprocessor`` are as for :meth:`fit`.
         """
         epochs = check_int("epochs", epochs)
-        _check_loader(loader)
-        check_preprocessor(preprocessor)
+        _check_loader(loader, preprocessor)
         if isinstance(data, (str, os.PathLike)):
             files = self._files(data, suffix)
             loader = _with_preprocessor(loader or SerializedMultiDataSetLoader(), preprocessor)
@@ -472,8 +483,7 @@ class SparkNetwork:
         element that is a path then fails on the executor with a TypeError saying to pass
         ``loader=``). File URLs go to the executors in one list per partition.
         """
-        _check_loader(loader)
-        check_preprocessor(preprocessor)
+        _check_loader(loader, preprocessor)
         if isinstance(data, (str, os.PathLike, list, tuple)):
             if isinstance(data, (str, os.PathLike)):
                 urls = self._files(data, suffix)
