@@ -18,6 +18,8 @@ Run: ``python examples/multidataset_from_rdds.py``.
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def generate(directory: Path, n: int, seed: int = 0) -> int:
 def main(spark=None, small: bool = False) -> None:
     own = spark is None
     if own:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the executors use this Python
         from pyspark.sql import SparkSession
 
         spark = SparkSession.builder.master("local[2]").appName("multidataset").getOrCreate()
