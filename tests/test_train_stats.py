@@ -327,6 +327,19 @@ def test_regression_figures_keep_non_finite_values_through_json():
     assert "held-out MSE" in text and "0.3750 on 2 examples" in text
 
 
+def test_an_evaluation_followed_by_more_training_says_it_is_of_an_earlier_model():
+    stats = _stats(scores=(1.0, 0.75))
+    stats.set_evaluation(_evaluation())
+    assert stats.evaluation["after rounds"] == 2
+    text = " ".join(_parse(stats.render_html()).text)
+    assert "0.6667 on 6 examples" in text and "Evaluated after" not in text
+    stats.add_round(_round(2, 1, 0.5, T0 + 8.0))  # trained on after the evaluation
+    back = TrainingStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    text = " ".join(_parse(back.render_html()).text)
+    assert "0.6667 on 6 examples after round 2 of 3" in text
+    assert "Evaluated after round 2 of 3: the model was trained 1 more round " in text
+
+
 def test_configuration_and_evaluation_refuse_what_they_cannot_keep():
     stats = TrainingStats()
     with pytest.raises(TypeError, match=r"configuration 'model'\['layer'\] must hold plain"):

@@ -5,9 +5,9 @@ of reading logs: :func:`render_html` draws, from a :class:`~sparkbatch.train.Tra
 its :meth:`~sparkbatch.train.TrainingStats.to_dict` output, for example read back from JSON), the
 totals; the configuration (model, averaging settings, Spark, and every fit's data, epochs, rounds
 and workers); the held-out evaluation when there is one (accuracy, a per-class table and a
-heat-mapped confusion matrix, or a per-column regression table); the score per round with the
-epochs marked; the throughput per round; the driver's time per phase; and a timeline with one row
-per worker. :func:`write_html` writes it to any fsspec URL. :meth:`TrainingStats.render_html` and
+heat-mapped confusion matrix, or a per-column regression table; a note where the model was
+trained on after it); the score per round with the epochs marked; the throughput per round; the
+driver's time per phase; and a timeline with one row per worker. :func:`write_html` writes it to any fsspec URL. :meth:`TrainingStats.render_html` and
 :meth:`TrainingStats.to_html` call them. The numbers come from :mod:`sparkbatch.train.stats`;
 this module only draws them.
 
@@ -102,6 +102,14 @@ def render_html(
         body += ["<h2>Configuration</h2>", _configuration(stats)]
     if stats.evaluation is not None:
         body += ["<h2>Evaluation</h2>", _evaluation(stats.evaluation)]
+        if _trained_after(stats.evaluation, stats):
+            after = stats.evaluation["after rounds"]
+            more = len(stats.rounds) - after
+            body.append(
+                f'<p class="note">Evaluated after round {after} of {len(stats.rounds)}: the '
+                f"model was trained {more} more round{'s' if more > 1 else ''} after it, so "
+                "these figures are not those of the final model.</p>"
+            )
     if stats.rounds:
         body += ["<h2>Score per round</h2>", _score_chart(stats.rounds)]
         body += ["<h2>Throughput per round</h2>", _throughput_chart(stats.rounds)]
@@ -203,10 +211,22 @@ def _totals_table(stats: TrainingStats) -> str:
             held_out = ("held-out accuracy", f"{_fraction(ev['accuracy'])}")
         else:
             mse = [v for v in ev["mse"] if isinstance(v, (int, float)) and math.isfinite(v)]
-            held_out = ("held-out MSE", _fraction(sum(mse) / len(mse)) if mse else "-")
-        rows.insert(5, (held_out[0], f"{held_out[1]} on {ev['examples']:,} examples"))
+            name = "held-out MSE" if len(ev["mse"]) == 1 else "held-out MSE (column mean)"
+            held_out = (name, _fraction(sum(mse) / len(mse)) if mse else "-")
+        value = f"{held_out[1]} on {ev['examples']:,} examples"
+        if _trained_after(ev, stats):
+            value += f" after round {ev['after rounds']} of {len(stats.rounds)}"
+        rows.insert(5, (held_out[0], value))
     cells = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f'<table class="totals">{cells}</table>'
+
+
+def _trained_after(ev: Mapping[str, Any], stats: TrainingStats) -> bool:
+    """Whether rounds were recorded after the evaluation ``ev`` was made (its figures are of
+    an earlier model than the final score's); unknown for statistics written before the
+    evaluation kept its round count."""
+    after = ev.get("after rounds")
+    return isinstance(after, int) and after < len(stats.rounds)
 
 
 def _kv_table(rows: Iterable[tuple[str, Any]]) -> str:

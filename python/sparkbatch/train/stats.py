@@ -176,7 +176,8 @@ class TrainingStats:
     #: One entry per fit, in order: where its data came from, its epochs, rounds and workers,
     #: and ``"first round"``, the number of its first round (:meth:`add_fit`).
     fits: list[dict[str, Any]] = field(default_factory=list)
-    #: The figures of the latest held-out evaluation (:meth:`set_evaluation`), or None.
+    #: The figures of the latest held-out evaluation (:meth:`set_evaluation`), with the
+    #: rounds recorded when it was made (``"after rounds"``), or None.
     evaluation: dict[str, Any] | None = None
 
     def add_round(self, r: RoundStats) -> None:
@@ -216,7 +217,9 @@ class TrainingStats:
         The figures are copied, not the object: accuracy, top-N accuracy, per-class precision,
         recall, F1 and counts and the confusion matrix (up to ``MAX_CONFUSION_CLASSES``
         classes) of an :class:`~sparkbatch.evaluation.Evaluation`; MSE, MAE, RMSE and R² per
-        column of a :class:`~sparkbatch.evaluation.RegressionEvaluation`.
+        column of a :class:`~sparkbatch.evaluation.RegressionEvaluation`. ``"after rounds"``
+        is the number of rounds recorded so far, so that the report can say when the model
+        was trained on after it was evaluated (its figures then describe an earlier model).
 
         Examples
         --------
@@ -229,7 +232,7 @@ class TrainingStats:
         >>> stats.evaluation["confusion"], stats.evaluation["count"]
         ([[1, 0], [1, 1]], [1, 2])
         """
-        self.evaluation = evaluation_figures(evaluation)
+        self.evaluation = {**evaluation_figures(evaluation), "after rounds": len(self.rounds)}
 
     @property
     def scores(self) -> np.ndarray:
