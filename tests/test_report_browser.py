@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,23 +69,12 @@ def _count(pixels: np.ndarray, colour: str) -> int:
     return int(np.all(pixels == _rgb(colour), axis=-1).sum())
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium binary (Debian: apt-get install chromium)"
-)
-def test_report_renders_every_section_and_chart_in_chromium(tmp_path):
-    from PIL import Image
-
-    page = tmp_path / "report.html"
-    _stats().to_html(page, title="browser check")
-    html = page.read_text(encoding="utf-8")
-    # self-contained: nothing to fetch from anywhere
-    assert "http://" not in html and "https://" not in html
-    assert not re.search(r"\b(src|href)=|url\(|@import|<script|<link", html)
-
-    shot = tmp_path / "report.png"
+def _screenshot(page: Path, tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Chromium's 1200x3000 screenshot of ``page`` and its run (stdout: the DOM it built)."""
+    shot = page.with_suffix(".png")
     run = subprocess.run(
         [
-            CHROMIUM,
+            str(CHROMIUM),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -101,6 +91,26 @@ def test_report_renders_every_section_and_chart_in_chromium(tmp_path):
         timeout=90,
     )
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    return shot, run
+
+
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary (Debian: apt-get install chromium)"
+)
+
+
+@needs_chromium
+def test_report_renders_every_section_and_chart_in_chromium(tmp_path):
+    from PIL import Image
+
+    page = tmp_path / "report.html"
+    _stats().to_html(page, title="browser check")
+    html = page.read_text(encoding="utf-8")
+    # self-contained: nothing to fetch from anywhere
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"\b(src|href)=|url\(|@import|<script|<link", html)
+
+    shot, run = _screenshot(page, tmp_path)
 
     titles = re.findall(r"<h2>(.*?)</h2>", run.stdout)  # the DOM as Chromium built it
     assert titles == [
@@ -132,3 +142,24 @@ def test_report_renders_every_section_and_chart_in_chromium(tmp_path):
     darkest = np.all(pixels == _rgb("#1f4e79"), axis=-1)
     assert darkest.sum() > 200
     assert np.nonzero(darkest)[0].max() < boxes["score"][0]
+
+
+@needs_chromium
+def test_a_confusion_matrix_of_many_classes_fits_the_page(tmp_path):
+    """40 classes, each always right: all 40 diagonal cells (the darkest shade) are on the
+    1200-pixel-wide page, not beyond its right edge."""
+    from PIL import Image
+
+    classes = 40
+    evaluation = Evaluation(labels=[f"class number {i}" for i in range(classes)])
+    labels = np.arange(classes).repeat(2)
+    evaluation.eval(labels, np.eye(classes)[labels])
+    stats = TrainingStats()
+    stats.set_evaluation(evaluation)
+    page = tmp_path / "classes.html"
+    stats.to_html(page)
+    shot, _ = _screenshot(page, tmp_path)
+    darkest = np.all(np.asarray(Image.open(shot).convert("RGB")) == _rgb("#1f4e79"), axis=-1)
+    rows = np.flatnonzero(darkest.any(axis=1))
+    lefts = {int(np.flatnonzero(darkest[r]).min()) for r in rows}  # one per diagonal cell
+    assert len(lefts) == classes and np.flatnonzero(darkest.any(axis=0)).max() < 1150

@@ -7,9 +7,9 @@ totals; the configuration (model, averaging settings, Spark, and every fit's dat
 and workers); the held-out evaluation when there is one (accuracy, a per-class table and a
 heat-mapped confusion matrix, or a per-column regression table; a note where the model was
 trained on after it); the score per round with the epochs marked; the throughput per round; the
-driver's time per phase; and a timeline with one row per worker. :func:`write_html` writes it to any fsspec URL. :meth:`TrainingStats.render_html` and
-:meth:`TrainingStats.to_html` call them. The numbers come from :mod:`sparkbatch.train.stats`;
-this module only draws them.
+driver's time per phase; and a timeline with one row per worker. :func:`write_html` writes it
+to any fsspec URL. :meth:`TrainingStats.render_html` and :meth:`TrainingStats.to_html` call
+them. The numbers come from :mod:`sparkbatch.train.stats`; this module only draws them.
 
 NOTE [HTML report]: one file, no JavaScript, no network access, no external CSS or fonts; the
 charts are inline SVG written here, tooltips are SVG ``<title>`` elements, and every piece of text
@@ -59,6 +59,7 @@ PLOT_BACKGROUNDS = {"score": "#f4f7fb", "throughput": "#f3f9f8", "timeline": "#f
 _SCORE_COLOUR = "#4e79a7"
 _THROUGHPUT_COLOUR = "#2a9d8f"
 _HEAT = (31, 78, 121)  # the confusion matrix's darkest cell (#1f4e79): a whole row there
+_COMPACT_CLASSES = 20  # a confusion matrix of more classes is drawn as small squares
 _LOG_SPAN = 10.0  # scores spanning more than this factor are drawn on a log axis
 _ZOOM_FACTOR = 3.0  # ... else zoomed when the first rounds widen the range more than this
 
@@ -88,6 +89,8 @@ h3{font-size:1em;margin:.2em 0}
 .confusion td{min-width:2.6em;text-align:center;border:1px solid #fff}
 .confusion th{font-weight:normal;font-size:.9em;border:0}
 .confusion th.rotate{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left}
+.confusion.compact td{min-width:0;width:var(--cell);height:var(--cell);padding:0;border:0}
+.confusion.compact th{font-size:.7em;padding:0 .2em}.confusion.compact th.rotate{padding:0}
 """
 
 
@@ -391,10 +394,23 @@ def _fraction(v: Any) -> str:
 
 
 def _confusion(classes: list[str], confusion: list[list[int]]) -> str:
-    """Rows actual, columns predicted; each cell shaded by its share of its row."""
-    head = "".join(f'<th class="rotate">{_esc(c)}</th>' for c in classes)
+    """Rows actual, columns predicted; each cell shaded by its share of its row. Beyond
+    ``_COMPACT_CLASSES`` classes the cells are small squares without their counts (in their
+    tooltips) and the columns are numbered, so that the matrix fits the page's width."""
+    n = len(classes)
+    compact = n > _COMPACT_CLASSES
+    if compact:  # every 5th (10th) column numbered, written upwards as the names are
+        every = 5 if n <= 50 else 10
+        head = "".join(
+            f'<th class="rotate" title="{_esc(c)}">{i + 1 if (i + 1) % every == 0 else ""}</th>'
+            for i, c in enumerate(classes)
+        )
+        classes_shown = [f"{i + 1}. {c}" for i, c in enumerate(classes)]
+    else:
+        head = "".join(f'<th class="rotate">{_esc(c)}</th>' for c in classes)
+        classes_shown = classes
     rows = []
-    for name, row in zip(classes, confusion, strict=True):
+    for name, shown, row in zip(classes, classes_shown, confusion, strict=True):
         total = sum(row)
         cells = []
         for predicted, count in zip(classes, row, strict=True):
@@ -403,13 +419,17 @@ def _confusion(classes: list[str], confusion: list[list[int]]) -> str:
             cells.append(
                 f'<td style="background:{_heat(share)};color:{ink}" title="actual {_esc(name)}, '
                 f'predicted {_esc(predicted)}: {count:,} ({100 * share:.1f} % of the row)">'
-                f"{count:,}</td>"
+                f"{'' if compact else f'{count:,}'}</td>"
             )
-        rows.append(f"<tr><th>{_esc(name)}</th>{''.join(cells)}</tr>")
+        rows.append(f"<tr><th>{_esc(shown)}</th>{''.join(cells)}</tr>")
+    size = f' style="--cell:{max(6, min(14, 720 // n))}px"' if compact else ""
+    kind = f'confusion compact"{size}' if compact else 'confusion"'
+    counts = " (its count in its tooltip; columns numbered as the rows)" if compact else ""
     return (
-        f'<table class="confusion"><tr><th>actual \u2193 predicted \u2192</th>{head}</tr>'
+        f'<table class="{kind}><tr><th>actual \u2193 predicted \u2192</th>{head}</tr>'
         f"{''.join(rows)}</table>"
-        '<p class="note">Each cell is shaded by its share of the actual class\'s examples.</p>'
+        f'<p class="note">Each cell is shaded by its share of the actual class\'s examples'
+        f"{counts}.</p>"
     )
 
 
