@@ -10,24 +10,20 @@ Examples
 --------
 >>> import io
 >>> out = io.StringIO()
->>> [x * 2 for x in progress(range(3), desc="doubling", enabled=True, file=out)]
-[0, 2, 4]
+>>> with Progress(total=3, desc="doubling", enabled=True, file=out) as bar:
+...     bar.update(3)
 >>> "doubling" in out.getvalue() and "3/3" in out.getvalue()
 True
->>> items = [1, 2]
->>> progress(items, enabled=False) is items  # no bar: the iterable itself
-True
+>>> Progress(total=3, enabled=False).shown  # no bar: every call does nothing
+False
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
-_T = TypeVar("_T")
-
-__all__ = ["Progress", "progress", "wanted"]
+__all__ = ["Progress", "wanted"]
 
 
 def wanted(enabled: bool | None, file: TextIO | None = None) -> bool:
@@ -41,26 +37,6 @@ def wanted(enabled: bool | None, file: TextIO | None = None) -> bool:
         return bool(isatty()) if callable(isatty) else False
     except (ValueError, OSError):  # a closed stream
         return False
-
-
-def progress(
-    iterable: Iterable[_T],
-    *,
-    total: int | None = None,
-    desc: str | None = None,
-    unit: str = "it",
-    enabled: bool | None = None,
-    file: TextIO | None = None,
-) -> Iterable[_T]:
-    """``iterable`` with a tqdm bar on ``file`` (default stderr) where :func:`wanted` says so;
-    otherwise ``iterable`` itself, untouched."""
-    if not wanted(enabled, file):
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(
-        iterable, total=total, desc=desc, unit=unit, file=file or sys.stderr, dynamic_ncols=True
-    )
 
 
 class Progress:
