@@ -121,10 +121,14 @@ def test_fit_on_an_rdd_is_one_job_and_equals_the_local_fit(sc):
     local = MinMaxScale(fit_labels=True).fit(batches)
     rdd = sc.parallelize(batches, 2)
     sc.setJobGroup("sparkbatch-test-fit-rdd", "fit")
+    sc.setJobDescription("the caller's")
     try:
         distributed = MinMaxScale(fit_labels=True).fit(rdd)
+        # the fit's job description is set around its job, and the caller's is put back
+        assert sc.getLocalProperty("spark.job.description") == "the caller's"
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setJobDescription(None)
     assert len(sc.statusTracker().getJobIdsForGroup("sparkbatch-test-fit-rdd")) == 1
     assert distributed.feature_stats.count == 40
     for a, b in (
@@ -253,14 +257,20 @@ def test_unfitted_and_bad_input_errors():
         norm(MultiDataSet([_matrix()], [_matrix()]))
     with pytest.raises(TypeError, match="minibatch 0: .*got a MultiDataSet"):
         Standardize().fit([MultiDataSet([_matrix()], [_matrix()])])
-    with pytest.raises(ValueError, match="have 3 columns in one minibatch but 5 in another"):
+    with pytest.raises(
+        ValueError, match="minibatch 1: features have 3 columns but the data before have 5"
+    ):
         Standardize().fit([DataSet(_matrix()), DataSet(_matrix()[:, :3])])
     with pytest.raises(ValueError, match="fit_labels=True but the DataSet has no labels"):
         Standardize(fit_labels=True).fit(DataSet(_matrix()))
     bad = _matrix()
     bad[3, 2] = np.nan
-    with pytest.raises(ValueError, match="features column 2 holds NaN or infinity"):
-        Standardize().fit(DataSet(bad))
+    with pytest.raises(ValueError, match="minibatch 1: features: column 2 holds NaN or inf"):
+        Standardize().fit([DataSet(_matrix()), DataSet(bad)])
+    huge = np.full((2, 1), 1e308)  # finite values whose spread overflows
+    huge[0] = -1e308
+    with pytest.raises(ValueError, match="features column 0 holds NaN or infinity"):
+        Standardize().fit(DataSet(huge))
     with pytest.raises(ValueError, match="no features values"):
         Standardize().fit(DataSet(np.ones((2, 1, 3)), features_mask=np.zeros((2, 3))))
     with pytest.raises(ValueError, match="holds no DataSet"):

@@ -22,7 +22,7 @@ NOTE [zero spread]: a constant column would divide by zero. As DL4J (``Distribut
 ``MinMaxStats``), the divisor is raised to at least ``EPSILON`` = 1e-5 (``Nd4j.EPS_THRESHOLD``):
 a constant column standardises to 0 and min-max scales to the target minimum; no NaN or infinity
 comes out of a fitted normalizer. Fitting on data holding NaN or infinity is an error naming the
-column.
+minibatch (its index in the iterable, or its partition and index there on Spark) and the column.
 
 NOTE [masked steps]: after normalising (and after reverting), the masked steps of a sequence are
 set to 0, as DL4J's ``DataSetUtil.setMaskedValuesToZero`` does: padding stays zero instead of
@@ -41,6 +41,7 @@ from typing import IO, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from sparkbatch import _native
+from sparkbatch._jobs import JobDescription
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.format import load_tensors, save_tensors
 from sparkbatch.data.multidataset import MultiDataSet
@@ -127,15 +128,16 @@ class _Moments(NamedTuple):
 
 
 def _merge(a: _Moments | None, b: _Moments | None, what: str) -> _Moments | None:
-    """Chan et al.'s merge of two partial statistics (None: nothing seen yet)."""
+    """Chan et al.'s merge of two partial statistics (None: nothing seen yet); ``what`` names
+    ``b`` in the error of a column count that differs from ``a``'s."""
     if a is None or a.count == 0:
         return b if b is not None else a
     if b is None or b.count == 0:
         return a
     if a.mean.shape != b.mean.shape:
         raise ValueError(
-            f"{what} have {b.mean.shape[0]} columns in one minibatch but {a.mean.shape[0]} in "
-            "another: every minibatch fitted must have the same columns"
+            f"{what} have {b.mean.shape[0]} columns but the data before have "
+            f"{a.mean.shape[0]}: every minibatch fitted must have the same columns"
         )
     n = a.count + b.count
     delta = b.mean - a.mean
@@ -210,11 +212,32 @@ def _merge_partials(a: Partial, b: Partial) -> Partial:
     return _merge(a[0], b[0], "features"), _merge(a[1], b[1], "labels")
 
 
+def _check_finite(moments: _Moments | None, what: str) -> None:
+    """A ValueError naming ``what`` (a minibatch's features or labels) and the column where its
+    values hold NaN or infinity (their mean is then not finite): NOTE [zero spread]."""
+    if moments is None or moments.count == 0:
+        return
+    bad = np.flatnonzero(~np.isfinite(moments.mean))
+    if bad.size:
+        raise ValueError(f"{what}: column {int(bad[0])} holds NaN or infinity")
+
+
 def _accumulate(datasets: Iterable[Any], fit_labels: bool, where: str) -> Partial:
+    """The merged statistics of ``datasets``; errors name the minibatch (``where``, then its
+    index)."""
     total: Partial = None
     for i, ds in enumerate(datasets):
-        features, labels = _dataset_moments(ds, fit_labels, f"{where}minibatch {i}")
-        total = _merge_partials(total, (features, labels))
+        at = f"{where}minibatch {i}"
+        features, labels = _dataset_moments(ds, fit_labels, at)
+        _check_finite(features, f"{at}: features")
+        _check_finite(labels, f"{at}: labels")
+        if total is None:
+            total = (features, labels)
+        else:
+            total = (
+                _merge(total[0], features, f"{at}: features"),
+                _merge(total[1], labels, f"{at}: labels"),
+            )
     return total
 
 
@@ -306,13 +329,9 @@ class _Normalizer:
     def _fit_rdd(self, rdd: Any) -> Partial:
         if rdd.getNumPartitions() == 0:
             return None
-        sc = rdd.context
-        sc.setJobDescription(f"sparkbatch: fitting {type(self).__name__}")
-        try:
+        with JobDescription(rdd.context, f"sparkbatch: fitting {type(self).__name__}"):
             partials = rdd.mapPartitionsWithIndex(_PartitionMoments(self.fit_labels))
             return partials.treeReduce(_merge_partials, depth=2)
-        finally:
-            sc.setJobDescription(None)
 
     def _require(self) -> ColumnStats:
         if self.feature_stats is None:
