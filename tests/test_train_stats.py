@@ -394,7 +394,7 @@ def test_score_chart_scale_shows_progress_after_the_first_rounds(scores, label, 
 
 @pytest.mark.spark
 def test_a_fit_records_its_configuration_and_evaluate_its_figures(sc, tmp_path):
-    from sparkbatch.data import DataSet, export_datasets
+    from sparkbatch.data import DataSet, Standardize, export_datasets
     from sparkbatch.nn import SGD, Dense, Network, Output
     from sparkbatch.train import ParameterAveraging, SparkNetwork
 
@@ -411,7 +411,7 @@ def test_a_fit_records_its_configuration_and_evaluate_its_figures(sc, tmp_path):
         storage_options={"auto_mkdir": True},  # left out of the report: it may hold secrets
     )
     spark_net = SparkNetwork(sc, net, master)
-    spark_net.fit(files, epochs=2)
+    spark_net.fit(files, epochs=2, preprocessor=Standardize().fit(DataSet(x, y)))
     stats = spark_net.stats
     model = stats.configuration["model"]
     assert model["parameters"] == 58 and model["updater"] == "SGD(learning_rate=0.5)"
@@ -422,7 +422,8 @@ def test_a_fit_records_its_configuration_and_evaluate_its_figures(sc, tmp_path):
     assert stats.configuration["spark"]["default parallelism"] == sc.defaultParallelism
     assert stats.fits == [
         {
-            "source": "minibatch files read by SerializedDataSetLoader",
+            "source": "minibatch files read by SerializedDataSetLoader, preprocessed by "
+            "Standardize",
             "epochs": 2,
             "first epoch": 0,
             "rounds per epoch": [1],

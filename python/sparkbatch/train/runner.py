@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import _native
 from .._finite import check_params
+from ..data import PreprocessingLoader
 from .model import ModelAccess
 from .stats import PhaseTiming, RoundStats, TrainingStats
 from .worker import RoundResult, WorkerSetup
@@ -105,6 +106,11 @@ class FitRunner:
             source = "RDD partitions (approach='direct')"
         elif plan.exported:
             source = "RDD exported to minibatch files (approach='export')"
+        elif isinstance(plan.loader, PreprocessingLoader):  # fit(..., preprocessor=) of files
+            source = (
+                f"minibatch files read by {type(plan.loader.loader).__name__}, preprocessed by "
+                f"{_name(plan.loader.preprocessor)}"
+            )
         else:
             source = f"minibatch files read by {type(plan.loader).__name__}"
         per_epoch: dict[int, int] = {}
@@ -308,6 +314,12 @@ def describe_averaging(settings: ParameterAveraging) -> dict[str, Any]:
             value if value is None or isinstance(value, (str, int, float)) else repr(value)
         )
     return out
+
+
+def _name(preprocessor: Any) -> str:
+    """A preprocessor's name for the report: a function's own, else its class's."""
+    name = getattr(preprocessor, "__qualname__", None)
+    return name if isinstance(name, str) else type(preprocessor).__name__
 
 
 def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
