@@ -256,7 +256,9 @@ def test_iterator_arguments_and_preprocessor(example_dir):
     scaled = RecordReaderDataSetIterator(reader, 5, 3, 3, preprocessor=ScaleFeatures(2.0))
     np.testing.assert_array_equal(next(iter(scaled)).features, 2 * TABLE[:, :3])
     bad = RecordReaderDataSetIterator(reader, 5, 3, 3, preprocessor=FeaturesOnly())
-    with pytest.raises(TypeError, match=r"preprocessor FeaturesOnly returned ndarray"):
+    with pytest.raises(
+        TypeError, match=r"the minibatch from \S*ex0\.txt: preprocessor FeaturesOnly returned"
+    ):
         list(bad)
     with pytest.raises(TypeError, match="preprocessor must be a callable"):
         RecordReaderDataSetIterator(reader, 5, 3, 3, preprocessor="scale")

@@ -38,6 +38,7 @@ __all__ = [
     "read_batch",
 ]
 
+
 def read_batch(
     reader: RecordReader, batch_size: int
 ) -> tuple[list[Record], list[str | None], list[int | None]]:
@@ -53,13 +54,18 @@ def read_batch(
     return records, sources, lines
 
 
+def _place(source: str | None, line: int | None) -> str:
+    """``"<source>, line <line>"``, leaving out what is unknown ("" when both are)."""
+    return ", ".join(
+        part for part in (source, None if line is None else f"line {line}") if part is not None
+    )
+
+
 def _relocated(error: CsvError, source: str | None, line: int | None) -> CsvError:
     """``error`` (raised with row ``r`` of a minibatch as its line) naming ``source`` and
     ``line`` instead, the record's real place."""
     message = str(error).removeprefix(f"line {error.line}")
-    where = ", ".join(
-        part for part in (source, None if line is None else f"line {line}") if part is not None
-    )
+    where = _place(source, line)
     if not where:
         message = message.removeprefix(", ").removeprefix(": ")
     return CsvError(
@@ -214,7 +220,11 @@ class RecordReaderDataSetIterator:
             row = e.line if e.line is not None and 0 <= e.line < len(records) else 0
             raise _relocated(e, sources[row], lines[row]) from None
         ds.metadata = _metadata(sources)
-        return ds if self.preprocessor is None else preprocess(self.preprocessor, ds)
+        if self.preprocessor is None:
+            return ds
+        first = _place(sources[0], lines[0])
+        where = f"the minibatch from {first}" if first else None
+        return preprocess(self.preprocessor, ds, where)  # type: ignore[return-value]
 
     def has_next(self) -> bool:
         """Whether another minibatch follows (DataVec's ``hasNext``)."""
