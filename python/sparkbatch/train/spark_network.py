@@ -380,7 +380,7 @@ class SparkNetwork:
 
     def evaluate(
         self,
-        data: RDD | str | os.PathLike[str],
+        data: RDD | str | os.PathLike[str] | Sequence[str],
         output_index: int = 0,
         *,
         top_n: int = 1,
@@ -416,7 +416,7 @@ class SparkNetwork:
 
     def evaluate_regression(
         self,
-        data: RDD | str | os.PathLike[str],
+        data: RDD | str | os.PathLike[str] | Sequence[str],
         output_index: int = 0,
         *,
         column_names: Sequence[str] | None = None,
