@@ -336,8 +336,8 @@ def test_an_evaluation_followed_by_more_training_says_it_is_of_an_earlier_model(
     stats.add_round(_round(2, 1, 0.5, T0 + 8.0))  # trained on after the evaluation
     back = TrainingStats.from_dict(json.loads(json.dumps(stats.to_dict())))
     text = " ".join(_parse(back.render_html()).text)
-    assert "0.6667 on 6 examples after round 2 of 3" in text
-    assert "Evaluated after round 2 of 3: the model was trained 1 more round " in text
+    assert "0.6667 on 6 examples, after 2 of the 3 rounds" in text
+    assert "Evaluated after 2 of the 3 rounds: the model was trained 1 more round " in text
 
 
 def test_configuration_and_evaluation_refuse_what_they_cannot_keep():

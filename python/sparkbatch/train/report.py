@@ -109,8 +109,8 @@ def render_html(
             after = stats.evaluation["after rounds"]
             more = len(stats.rounds) - after
             body.append(
-                f'<p class="note">Evaluated after round {after} of {len(stats.rounds)}: the '
-                f"model was trained {more} more round{'s' if more > 1 else ''} after it, so "
+                f'<p class="note">Evaluated after {after} of the {len(stats.rounds)} rounds: '
+                f"the model was trained {more} more round{'s' if more > 1 else ''} after it, so "
                 "these figures are not those of the final model.</p>"
             )
     if stats.rounds:
@@ -218,7 +218,7 @@ def _totals_table(stats: TrainingStats) -> str:
             held_out = (name, _fraction(sum(mse) / len(mse)) if mse else "-")
         value = f"{held_out[1]} on {ev['examples']:,} examples"
         if _trained_after(ev, stats):
-            value += f" after round {ev['after rounds']} of {len(stats.rounds)}"
+            value += f", after {ev['after rounds']} of the {len(stats.rounds)} rounds"
         rows.insert(5, (held_out[0], value))
     cells = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f'<table class="totals">{cells}</table>'
