@@ -77,6 +77,10 @@ class FileToRecords:
     file's records (one for a one-example-per-file format). An error that does not name the
     file gains a note naming it (:func:`sparkbatch.records.reader.parse_file`).
 
+    ``sc.binaryFiles(dir)`` reads only the files directly in ``dir`` (Hadoop's default), while
+    ``reader.initialize(dir)`` lists every file below it: for nested directories pass Spark a
+    glob (``dir + "/*/*"``) or ``",".join(reader.sources)``, so both read the same files.
+
     Parameters
     ----------
     reader : RecordReader, optional
