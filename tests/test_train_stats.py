@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from sparkbatch.train import PhaseTiming, RoundStats, TrainingStats
+from sparkbatch.train.plan import FitPlan, PlannedRound
+from sparkbatch.train.runner import FitRunner
 
 T0 = 1_700_000_000.0
 WORKERS = ["driver", "executor 1 / partition 0", "executor 2 / partition 1"]
@@ -438,3 +440,39 @@ def test_a_fit_records_its_configuration_and_evaluate_its_figures(sc, tmp_path):
     page = stats.render_html()
     assert "auto_mkdir" not in page and "SerializedDataSetLoader" in page
     assert "Confusion matrix" in page
+
+
+class _NoJobs(FitPlan):
+    """A plan of one round that runs nothing: what FitRunner.describe reads of a plan."""
+
+    def round_view(self, g):
+        raise AssertionError("no job here")
+
+    def worker_view(self):
+        raise AssertionError("no job here")
+
+
+def _unchanged(ds):
+    return ds
+
+
+@pytest.mark.spark
+def test_a_fits_data_names_its_preprocessor(sc):
+    from sparkbatch.data import PreprocessingLoader, SerializedDataSetLoader, Standardize
+    from sparkbatch.nn import SGD, Dense, Network, Output
+    from sparkbatch.train import ParameterAveraging
+    from sparkbatch.train.model import ModelAccess
+
+    net = Network([Dense(4, 8, "tanh"), Output(8, 2)], SGD(0.5), seed=0)
+    stats = TrainingStats()
+    runner = FitRunner(sc, ParameterAveraging(), ModelAccess(net), stats, first_round=0)
+    rounds = [PlannedRound(0, 0, 0, 1, 1)]
+    files = _NoJobs(sc, rounds, 2, loader=PreprocessingLoader(SerializedDataSetLoader(), _unchanged))
+    runner.describe(files)
+    rdd = _NoJobs(sc, rounds, 2, loader=None)  # fit(rdd, preprocessor=), approach="direct"
+    rdd.preprocessor = Standardize()
+    runner.describe(rdd)
+    assert [f["source"] for f in stats.fits] == [
+        "minibatch files read by SerializedDataSetLoader, preprocessed by _unchanged",
+        "RDD partitions (approach='direct'), preprocessed by Standardize",
+    ]

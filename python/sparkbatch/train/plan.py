@@ -96,6 +96,9 @@ class FitPlan(abc.ABC):
         self.workers = workers
         self.loader = loader
         self.exported = exported
+        #: The preprocessor an RDD's elements went through before this plan (``fit(rdd,
+        #: preprocessor=)``), named in the report; a files' loader carries its own.
+        self.preprocessor: Any = None
 
     @property
     def epochs(self) -> int:

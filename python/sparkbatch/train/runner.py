@@ -113,6 +113,8 @@ class FitRunner:
             )
         else:
             source = f"minibatch files read by {type(plan.loader).__name__}"
+        if plan.preprocessor is not None:  # fit(rdd, preprocessor=)
+            source += f", preprocessed by {_name(plan.preprocessor)}"
         per_epoch: dict[int, int] = {}
         for planned in plan.rounds:
             per_epoch[planned.epoch] = planned.count

@@ -222,8 +222,10 @@ class SparkNetwork:
             plan = plan_direct(
                 self.sc, data, m, workers=self.workers, epochs=epochs, first_epoch=first
             )
-            return self._run(plan)
-        return self._run(self._plan_exported(data, epochs))
+        else:
+            plan = self._plan_exported(data, epochs)
+        plan.preprocessor = preprocessor  # for the report: the plan sees preprocessed elements
+        return self._run(plan)
 
     @executor_errors()
     def fit_paths(
