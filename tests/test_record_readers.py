@@ -207,9 +207,7 @@ def test_iterator_classification_over_a_custom_reader(example_dir):
 
 def test_iterator_regression_over_csv(csv_dir):
     reader = CSVRecordReader(skip_lines=1).initialize(csv_dir)
-    ranged = RecordReaderDataSetIterator(
-        reader, 3, label_index=1, label_index_to=2, regression=True
-    )
+    ranged = RecordReaderDataSetIterator(reader, 3, label_first=1, label_last=2, regression=True)
     batches = list(ranged)
     assert [ds.num_examples for ds in batches] == [3, 2]
     merged = DataSet.merge(batches)
@@ -264,8 +262,15 @@ def test_iterator_arguments_and_preprocessor(example_dir):
         RecordReaderDataSetIterator(reader, 5, 3, 3, preprocessor="scale")
     with pytest.raises(TypeError, match="reader must be a sparkbatch.records.RecordReader"):
         RecordReaderDataSetIterator(TABLE.tolist(), 5, 3, 3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="label_index_to .* pass regression=True"):
-        RecordReaderDataSetIterator(reader, 5, 1, 3, label_index_to=2)
+    with pytest.raises(ValueError, match="label_first/label_last .* pass regression=True"):
+        RecordReaderDataSetIterator(reader, 5, 1, 3, label_last=2)
+    # errors name the iterator's own arguments (they are those of RecordsToDataSet)
+    with pytest.raises(ValueError, match="label_last must be >= label_first, got label_first=3"):
+        RecordReaderDataSetIterator(reader, 5, label_first=3, label_last=1, regression=True)
+    with pytest.raises(ValueError, match="either label_index or label_first/label_last"):
+        RecordReaderDataSetIterator(reader, 5, 0, label_first=1, label_last=2, regression=True)
+    ranged = RecordReaderDataSetIterator(reader, 5, label_first=0, label_last=1, regression=True)
+    assert repr(ranged).endswith("label_first=0, label_last=1, regression=True)")
     with pytest.raises(ValueError, match="num_classes >= 1"):
         RecordReaderDataSetIterator(reader, 5)
     with pytest.raises(ValueError, match="batch_size"):

@@ -103,16 +103,16 @@ class RecordReaderDataSetIterator:
     batch_size : int
         Records per minibatch.
     label_index : int or None, default -1
-        Classification: the class column (``-1`` = last). Regression: the first label column
-        (DL4J's ``labelIndexFrom``). None with ``num_classes=None``: no labels, every column a
-        feature.
+        Classification: the class column (``-1`` = last). Regression: the one label column.
+        None with ``num_classes=None``: no labels, every column a feature.
     num_classes : int, optional
         Classification only, required there.
+    label_first, label_last : int, optional
+        Regression only: the first and last (inclusive) label columns, as for
+        :class:`~sparkbatch.spark.RecordsToDataSet` and ``csv_to_datasets`` (DL4J's
+        ``labelIndexFrom``, ``labelIndexTo``); ``label_index`` is then left at its default.
     regression : bool, default False
         Whether the labels are values to predict rather than class indices.
-    label_index_to : int, optional
-        Regression only: the last label column, inclusive (DL4J's ``labelIndexTo``); by default
-        ``label_index`` alone.
     preprocessor : callable, optional
         ``(DataSet) -> DataSet`` applied to each minibatch (NOTE [preprocessors]).
 
@@ -140,7 +140,7 @@ class RecordReaderDataSetIterator:
     >>> [(ds.features.shape, ds.labels.argmax(axis=1).tolist()) for ds in iterator]
     [((2, 4), [0, 1]), ((1, 4), [2])]
     >>> regression = RecordReaderDataSetIterator(
-    ...     reader, 3, label_index=2, label_index_to=3, regression=True)
+    ...     reader, 3, label_first=2, label_last=3, regression=True)
     >>> regression.reset()  # the first iterator read the reader to its end
     >>> ds = regression.next()
     >>> ds.features.shape, ds.labels.tolist()[0] == [np.float32(1.4), np.float32(0.2)]
@@ -155,8 +155,9 @@ class RecordReaderDataSetIterator:
         label_index: int | None = -1,
         num_classes: int | None = None,
         *,
+        label_first: int | None = None,
+        label_last: int | None = None,
         regression: bool = False,
-        label_index_to: int | None = None,
         preprocessor: Preprocessor | None = None,
     ) -> None:
         if not isinstance(reader, RecordReader):
@@ -167,18 +168,18 @@ class RecordReaderDataSetIterator:
             )
         self.reader = reader
         self.batch_size = check_int("batch_size", batch_size)
-        if label_index_to is not None and not regression:
+        ranged = label_first is not None or label_last is not None
+        if ranged and not regression:
             raise ValueError(
-                "label_index_to is the last regression label column: pass regression=True"
+                "label_first/label_last are the regression label columns: pass regression=True"
             )
         if label_index is None and num_classes is None and not regression:
             self.spec = LabelSpec()  # features only
-        elif regression and label_index_to is not None:
+        else:  # a range replaces the default label_index (-1); an explicit other one conflicts
+            index = None if ranged and label_index == -1 else label_index
             self.spec = LabelSpec.from_arguments(
-                None, num_classes, label_index, label_index_to, regression
+                index, num_classes, label_first, label_last, regression
             )
-        else:
-            self.spec = LabelSpec.from_arguments(label_index, num_classes, None, None, regression)
         self.preprocessor = check_preprocessor(preprocessor)
         self._pending: DataSet | None = None
         self._ended = False
@@ -194,7 +195,7 @@ class RecordReaderDataSetIterator:
             labels = (
                 f"label_index={s.label_index}"
                 if s.label_index is not None
-                else f"label_index={s.label_first}, label_index_to={s.label_last}"
+                else f"label_first={s.label_first}, label_last={s.label_last}"
             ) + ", regression=True"
         elif s.label_index is not None:
             labels = f"label_index={s.label_index}, num_classes={s.num_classes}"
