@@ -165,6 +165,9 @@ def test_len_with_batch_size_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match="batch_size is None"):
         len(it)
     assert [d.num_examples for d in list(it)] == [3, 1]
+    # such an iterator re-exports (the progress bar goes without a total)
+    again = export_datasets(it, str(tmp_path / "rebatched"), progress=True)
+    assert [load(u).num_examples for u in again] == [3, 1]
 
 
 @pytest.mark.parametrize(

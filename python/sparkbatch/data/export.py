@@ -22,6 +22,18 @@ from sparkbatch.storage import join
 __all__ = ["export_datasets"]
 
 
+def _length(iterable: Iterable[Any]) -> int | None:
+    """The number of minibatches ``iterable`` holds, for the progress bar's total, or None where
+    it has no length (a generator) or cannot tell (``len()`` raising TypeError, as a
+    FileDataSetIterator that re-batches does)."""
+    if not isinstance(iterable, Sized):
+        return None
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
 def export_datasets(
     iterable: Iterable[DataSet | MultiDataSet],
     url: str | os.PathLike[str],
@@ -105,10 +117,10 @@ def export_datasets(
     target = os.fspath(url)
     options = dict(storage_options) if storage_options else None
     items = iter(iterable)  # not iterable: a TypeError before anything is written
+    total = _length(iterable)
     export_id = begin_export(
         target, part_pattern(prefix), overwrite=overwrite, storage_options=options
     )
-    total = len(iterable) if isinstance(iterable, Sized) else None
     written: list[str] = []
     entries: list[dict[str, Any]] = []
     examples = 0
