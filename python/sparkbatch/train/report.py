@@ -104,8 +104,8 @@ def render_html(
     if stats.configuration or stats.fits:
         body += ["<h2>Configuration</h2>", _configuration(stats)]
     if stats.evaluation is not None:
-        body += ["<h2>Evaluation</h2>", _evaluation(stats.evaluation)]
-        if _trained_after(stats.evaluation, stats):
+        body.append("<h2>Evaluation</h2>")
+        if _trained_after(stats.evaluation, stats):  # said first, before the figures
             after = stats.evaluation["after rounds"]
             more = len(stats.rounds) - after
             body.append(
@@ -113,6 +113,7 @@ def render_html(
                 f"the model was trained {more} more round{'s' if more > 1 else ''} after it, so "
                 "these figures are not those of the final model.</p>"
             )
+        body.append(_evaluation(stats.evaluation))
     if stats.rounds:
         body += ["<h2>Score per round</h2>", _score_chart(stats.rounds)]
         body += ["<h2>Throughput per round</h2>", _throughput_chart(stats.rounds)]
