@@ -36,7 +36,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+from typing import IO, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -274,8 +274,6 @@ def _stats(moments: _Moments | None, what: str, name: str) -> ColumnStats:
 class _Normalizer:
     """What :class:`Standardize` and :class:`MinMaxScale` share: fitting, applying, files."""
 
-    NAME: ClassVar[str] = ""
-
     def __init__(self, fit_labels: bool = False) -> None:
         if not isinstance(fit_labels, (bool, np.bool_)):
             raise TypeError(f"fit_labels must be a bool, got {fit_labels!r}")
@@ -495,8 +493,6 @@ class Standardize(_Normalizer):
     [[1.0, 10.0], [3.0, 10.0]]
     """
 
-    NAME = "Standardize"
-
     def _forward(self, stats: ColumnStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         std = np.maximum(stats.std, EPSILON)
         return stats.mean, 1.0 / std, np.zeros_like(std)
@@ -533,8 +529,6 @@ class MinMaxScale(_Normalizer):
     >>> scale(ds).features.tolist()
     [[-1.0, -1.0], [1.0, -1.0], [0.0, -1.0]]
     """
-
-    NAME = "MinMaxScale"
 
     def __init__(self, min: float = 0.0, max: float = 1.0, fit_labels: bool = False) -> None:  # noqa: A002
         super().__init__(fit_labels)
