@@ -467,7 +467,8 @@ def test_a_fits_data_names_its_preprocessor(sc):
     stats = TrainingStats()
     runner = FitRunner(sc, ParameterAveraging(), ModelAccess(net), stats, first_round=0)
     rounds = [PlannedRound(0, 0, 0, 1, 1)]
-    files = _NoJobs(sc, rounds, 2, loader=PreprocessingLoader(SerializedDataSetLoader(), _unchanged))
+    loader = PreprocessingLoader(SerializedDataSetLoader(), _unchanged)
+    files = _NoJobs(sc, rounds, 2, loader=loader)
     runner.describe(files)
     rdd = _NoJobs(sc, rounds, 2, loader=None)  # fit(rdd, preprocessor=), approach="direct"
     rdd.preprocessor = Standardize()
