@@ -477,3 +477,29 @@ def test_a_fits_data_names_its_preprocessor(sc):
         "minibatch files read by SerializedDataSetLoader, preprocessed by _unchanged",
         "RDD partitions (approach='direct'), preprocessed by Standardize",
     ]
+
+
+@pytest.mark.spark
+def test_an_evaluation_of_one_of_a_graphs_outputs_names_it(sc):
+    from sparkbatch.data import MultiDataSet
+    from sparkbatch.nn import SGD, Dense, Graph, Output
+    from sparkbatch.train import ParameterAveraging, SparkNetwork
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3))
+    labels = [np.eye(2)[(x[:, 0] > 0).astype(int)], x[:, 1:2]]
+    vertices = {
+        "h": (Dense(3, 4, "tanh"), "x"),
+        "class": (Output(4, 2, "softmax", "cross_entropy"), "h"),
+        "value": (Output(4, 1, "identity", "mse"), "h"),
+    }
+    graph = Graph(["x"], vertices, ["class", "value"], SGD(0.1), seed=0)
+    spark_net = SparkNetwork(sc, graph, ParameterAveraging(workers=2))
+    rdd = sc.parallelize(MultiDataSet([x], labels).split(4), 2)
+    spark_net.evaluate_regression(rdd, output_index=1)
+    assert spark_net.stats.evaluation["output"] == "value"
+    text = " ".join(_parse(spark_net.stats.render_html()).text)
+    assert "held-out MSE of output 'value'" in text and "8 examples of output 'value'." in text
+    spark_net.stats.evaluation["output"] = "<b>"  # a name is text, escaped
+    page = spark_net.stats.render_html()
+    assert "of output &#x27;&lt;b&gt;&#x27;" in page and "<b>" not in page

@@ -220,9 +220,15 @@ def _totals_table(stats: TrainingStats) -> str:
         value = f"{held_out[1]} on {ev['examples']:,} examples"
         if _trained_after(ev, stats):
             value += f", after {ev['after rounds']} of the {len(stats.rounds)} rounds"
-        rows.insert(5, (held_out[0], value))
+        rows.insert(5, (held_out[0] + _of_output(ev), value))
     cells = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f'<table class="totals">{cells}</table>'
+
+
+def _of_output(ev: Mapping[str, Any]) -> str:
+    """The words ``of output 'name'`` (after a space) where ``ev`` is the evaluation of one of
+    a Graph's outputs, else nothing."""
+    return f" of output {ev['output']!r}" if "output" in ev else ""
 
 
 def _trained_after(ev: Mapping[str, Any], stats: TrainingStats) -> bool:
@@ -355,7 +361,8 @@ def _evaluation(ev: Mapping[str, Any]) -> str:
         return '<p class="note">The evaluation saw no examples.</p>'
     if ev.get("kind") == "regression":
         return _regression(ev)
-    rows = [("examples", ev["examples"]), ("accuracy", _fraction(ev["accuracy"]))]
+    rows = [("output", ev["output"])] if "output" in ev else []  # one of a Graph's outputs
+    rows += [("examples", ev["examples"]), ("accuracy", _fraction(ev["accuracy"]))]
     if int(ev.get("top_n", 1)) > 1:
         rows.append((f"top-{ev['top_n']} accuracy", _fraction(ev["top_n_accuracy"])))
     rows += [
@@ -444,8 +451,8 @@ def _regression(ev: Mapping[str, Any]) -> str:
         for c, *vals in [*columns, ("average", *means)]
     )
     return (
-        f"<p>{ev['examples']:,} examples.</p><table><tr><th>column</th><th>MSE</th>"
-        f"<th>MAE</th><th>RMSE</th><th>R\u00b2</th></tr>{rows}</table>"
+        f"<p>{ev['examples']:,} examples{_esc(_of_output(ev))}.</p><table><tr><th>column</th>"
+        f"<th>MSE</th><th>MAE</th><th>RMSE</th><th>R\u00b2</th></tr>{rows}</table>"
     )
 
 

@@ -413,7 +413,7 @@ class SparkNetwork:
             data, "classification", loader, args, output_index, suffix, preprocessor
         )
         evaluation = result.evaluation if result else Evaluation(**args)
-        self.stats.set_evaluation(evaluation)  # the HTML report shows the latest evaluation
+        self._keep_evaluation(evaluation, output_index)
         return evaluation
 
     def evaluate_regression(
@@ -436,7 +436,7 @@ class SparkNetwork:
             data, "regression", loader, args, output_index, suffix, preprocessor
         )
         evaluation = result.evaluation if result else RegressionEvaluation(**args)
-        self.stats.set_evaluation(evaluation)  # the HTML report shows the latest evaluation
+        self._keep_evaluation(evaluation, output_index)
         return evaluation
 
     def score(
@@ -458,6 +458,15 @@ class SparkNetwork:
         _, _, penalty = self.model.score_parts([])  # the driver's model has the same params
         means = [float(t) / float(w) for t, w in zip(result.loss_sum, result.examples, strict=True)]
         return sum(means) + penalty
+
+    def _keep_evaluation(self, evaluation: Any, output_index: int) -> None:
+        """Keep ``evaluation``'s figures for the HTML report (the latest evaluation), with the
+        name (else the index) of the output they are of where the model has several."""
+        self.stats.set_evaluation(evaluation)
+        if self._access.several_outputs and self.stats.evaluation is not None:
+            names = self._access.output_names
+            output = names[int(output_index)] if names else int(output_index)
+            self.stats.evaluation["output"] = output
 
     def _output_width(self, output_index: int) -> int | None:
         """The width of the model's output ``output_index`` (None: unknown); a ValueError
