@@ -177,7 +177,8 @@ class TrainingStats:
     #: and ``"first round"``, the number of its first round (:meth:`add_fit`).
     fits: list[dict[str, Any]] = field(default_factory=list)
     #: The figures of the latest held-out evaluation (:meth:`set_evaluation`), with the
-    #: rounds recorded when it was made (``"after rounds"``), or None.
+    #: rounds recorded when it was made (``"after rounds"``) and, where SparkNetwork
+    #: evaluated one of a Graph's outputs, its name (``"output"``); or None.
     evaluation: dict[str, Any] | None = None
 
     def add_round(self, r: RoundStats) -> None:
