@@ -258,6 +258,8 @@ def test_iterator_arguments_and_preprocessor(example_dir):
         TypeError, match=r"the minibatch from \S*ex0\.txt: preprocessor FeaturesOnly returned"
     ):
         list(bad)
+    with pytest.raises(TypeError, match="returned MultiDataSet, expected a DataSet$"):
+        list(RecordReaderDataSetIterator(reader, 5, 3, 3, preprocessor=DataSet.to_multi))
     with pytest.raises(TypeError, match="preprocessor must be a callable"):
         RecordReaderDataSetIterator(reader, 5, 3, 3, preprocessor="scale")
     with pytest.raises(TypeError, match="reader must be a sparkbatch.records.RecordReader"):
@@ -326,6 +328,9 @@ def test_records_to_dataset_converter_and_preprocessor_on_spark(sc, tmp_path):
         RecordsToDataSet(1, 2, converter="cat")
     with pytest.raises(TypeError, match=r"preprocessor FeaturesOnly returned ndarray"):
         RecordsToDataSet(1, 2, preprocessor=FeaturesOnly())([1.0, 0.0])
+    # the conversions make DataSets: a MultiDataSet from the preprocessor is refused too
+    with pytest.raises(TypeError, match=r"to_multi returned MultiDataSet, expected a DataSet$"):
+        RecordsToDataSet(1, 2, preprocessor=DataSet.to_multi)([1.0, 0.0])
 
 
 @pytest.mark.spark

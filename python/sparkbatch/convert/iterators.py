@@ -225,7 +225,7 @@ class RecordReaderDataSetIterator:
             return ds
         first = _place(sources[0], lines[0])
         where = f"the minibatch from {first}" if first else None
-        return preprocess(self.preprocessor, ds, where)  # type: ignore[return-value]
+        return preprocess(self.preprocessor, ds, where, dataset_only=True)  # type: ignore[return-value]
 
     def has_next(self) -> bool:
         """Whether another minibatch follows (DataVec's ``hasNext``)."""

@@ -215,9 +215,16 @@ def check_preprocessor(preprocessor: Any) -> Preprocessor | None:
     return preprocessor
 
 
-def preprocess(preprocessor: Preprocessor, batch: Minibatch, where: str | None = None) -> Minibatch:
+def preprocess(
+    preprocessor: Preprocessor,
+    batch: Minibatch,
+    where: str | None = None,
+    *,
+    dataset_only: bool = False,
+) -> Minibatch:
     """``preprocessor(batch)``, checked: a TypeError naming the preprocessor, what it returned
-    and ``where`` the batch came from (a file) where it is not a DataSet or MultiDataSet.
+    and ``where`` the batch came from (a file) where it is not a DataSet or MultiDataSet (not a
+    DataSet with ``dataset_only``, for the conversions that make DataSets).
 
     Examples
     --------
@@ -232,11 +239,11 @@ def preprocess(preprocessor: Preprocessor, batch: Minibatch, where: str | None =
     TypeError: a.bin: preprocessor bad returned ndarray, expected a DataSet or MultiDataSet
     """
     result = preprocessor(batch)
-    if not isinstance(result, (DataSet, MultiDataSet)):
+    if not isinstance(result, DataSet if dataset_only else (DataSet, MultiDataSet)):
         prefix = f"{where}: " if where else ""
         raise TypeError(
             f"{prefix}preprocessor {_name_of(preprocessor)} returned {type(result).__name__}, "
-            "expected a DataSet or MultiDataSet"
+            f"expected a DataSet{'' if dataset_only else ' or MultiDataSet'}"
         )
     return result
 

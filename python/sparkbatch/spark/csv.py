@@ -560,7 +560,7 @@ def csv_to_datasets(
                 )
                 result = sc.parallelize(ranges, len(ranges)).mapPartitions(function)
     if preprocessor is not None:  # pipelined into the same tasks
-        result = result.map(functools.partial(preprocess, preprocessor))
+        result = result.map(functools.partial(preprocess, preprocessor, dataset_only=True))
     if skipped is not None:
         result.skipped = skipped  # type: ignore[attr-defined]
     return result

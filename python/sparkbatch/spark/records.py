@@ -198,7 +198,9 @@ class RecordsToDataSet:
                 )
             record = converted
         ds = convert_record(self.spec, record)
-        return ds if self.preprocessor is None else preprocess(self.preprocessor, ds)
+        if self.preprocessor is None:
+            return ds
+        return preprocess(self.preprocessor, ds, dataset_only=True)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         s = self.spec
