@@ -261,46 +261,40 @@ def test_a_column_range_starting_past_the_record_is_an_error(tmp_path):
         list(_builder(path).add_input("r").add_output_one_hot("r", 4, 2))
 
 
-class _ListRDD:
-    """What map_rrmdsi uses of an RDD, over lists in this process (no Spark job)."""
-
-    def __init__(self, partitions):
-        self.partitions = partitions
-
-    def take(self, n):
-        return [item for part in self.partitions for item in part][:n]
-
-    def mapPartitionsWithIndex(self, function):  # noqa: N802 (Spark's name)
-        return _ListRDD([list(function(i, iter(p))) for i, p in enumerate(self.partitions)])
-
-
-def test_an_open_column_range_has_one_width_across_partitions():
+def test_an_open_column_range_has_one_width_across_partitions(sc):
     from sparkbatch.records import SequenceRecord
-    from sparkbatch.spark import SparkSequenceSource, SparkSource, map_rrmdsi
+    from sparkbatch.spark import SparkSequenceSource, SparkSource, executor_errors, map_rrmdsi
+    from sparkbatch.spark.multi import JoinedToMultiDataSets, RecordsToMultiDataSets, _widths
 
     # partition 0 of width 6, partition 1 of width 5: each partition alone is consistent
-    rdd = _ListRDD([[[0.0, 1, 2, 3, 4, 5]] * 2, [[0.0, 1, 2, 3, 4]] * 2])
+    rdd = sc.parallelize([[0.0, 1, 2, 3, 4, 5]] * 2 + [[0.0, 1, 2, 3, 4]] * 2, 2)
     builder = MultiDataSetBuilder(4).add_reader("r", SparkSource(0)).add_input("r", 1, None)
-    with pytest.raises(
-        CsvError,
-        match=r"rdd_or_rdds\[0\], partition 1, element 0: expected 6 columns \(as the first "
-        r"record of rdd_or_rdds\[0\]\), found 5",
+    with (
+        pytest.raises(
+            CsvError,
+            match=r"rdd_or_rdds\[0\], partition 1, element 0: expected 6 columns \(as the first "
+            r"record of rdd_or_rdds\[0\]\), found 5",
+        ),
+        executor_errors(),
     ):
-        map_rrmdsi(rdd, builder)
+        map_rrmdsi(rdd, builder).collect()
     closed = MultiDataSetBuilder(4).add_reader("r", SparkSource(0)).add_input("r", 1, 4)
-    shapes = [[m.features[0].shape for m in p] for p in map_rrmdsi(rdd, closed).partitions]
-    assert shapes == [[(2, 4)], [(2, 4)]]  # a closed range: the same arrays, no job
-    # sequences: the first step of the first sequence; several RDDs (a join): the same widths
-    seqs = _ListRDD([[SequenceRecord([[0.0, 1.0, 2.0]] * 2)], [SequenceRecord([[0.0, 1.0]])]])
-    builder = MultiDataSetBuilder(4).add_sequence_reader("s", SparkSequenceSource(0))
+    parts = map_rrmdsi(rdd, closed).glom().collect()
+    assert [[m.features[0].shape for m in p] for p in parts] == [[(2, 4)], [(2, 4)]]
+    # sequences: the first step of the first sequence (the driver's take(1)); a partition's
+    # converter, run here as an executor runs it, refuses another width
+    seqs = sc.parallelize([SequenceRecord([[0.0, 1.0, 2.0]] * 2), SequenceRecord([[0.0, 1.0]])], 2)
+    builder = MultiDataSetBuilder(4).add_sequence_reader("s", SparkSequenceSource(0)).add_input("s")
+    widths = _widths(builder, {"s": 0}, [seqs], 0)
+    assert widths == {"s": (3, "the first step of the first sequence of seq_rdds[0]")}
+    convert = RecordsToMultiDataSets(builder, "seq_rdds[0]", widths)
     with pytest.raises(
         CsvError,
         match=r"expected 3 columns \(as the first step of the first sequence of seq_rdds\[0\]\), "
         r"found 2",
     ):
-        map_rrmdsi(None, builder.add_input("s"), seq_rdds=seqs)
-    from sparkbatch.spark.multi import JoinedToMultiDataSets, _widths
-
+        list(convert(1, [SequenceRecord([[0.0, 1.0]])]))
+    # several RDDs (a join): the same widths
     builder = (
         MultiDataSetBuilder(4)
         .add_reader("a", SparkSource(0))
@@ -308,7 +302,7 @@ def test_an_open_column_range_has_one_width_across_partitions():
         .add_input("a", 1, None)
         .add_input("s", 1, 1)
     )
-    a = _ListRDD([[["k", 1.0, 2.0]]])
+    a = sc.parallelize([["k", 1.0, 2.0]], 1)
     widths = _widths(builder, {"a": 0, "s": 1}, [a, seqs], 1)
     assert widths == {"a": (3, "the first record of rdd_or_rdds[0]")}  # closed "s": no job
     join = JoinedToMultiDataSets(builder, {"a": 0, "s": 1}, 1, 2, False, None, widths)
