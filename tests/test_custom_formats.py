@@ -192,6 +192,12 @@ def test_fit_a_directory_of_a_custom_format_equals_fitting_the_files_locally(sc,
     )
     np.testing.assert_allclose(fitted.params(), local.params(), rtol=0, atol=1e-6)
     assert fitted.iteration == 3
+    # a list of paths, as evaluate and score take one
+    listed = SparkNetwork(sc, _network(), _master())
+    listed.fit(minibatch_files(str(bin_dir)), loader=NpzLoader(), preprocessor=Scale(2))
+    np.testing.assert_array_equal(listed.model.params(), fitted.params())
+    with pytest.raises(ValueError, match="data is a list of paths"):
+        spark_net.fit([str(bin_dir / "a.bin")], loader=NpzLoader(), suffix=".bin")
     with pytest.raises(TypeError, match="fit\\(directory, loader=...\\)"):
         spark_net.fit_paths(str(bin_dir), NpzLoader())
 

@@ -174,14 +174,14 @@ class SparkNetwork:
     @executor_errors()  # an executor's NonFiniteError, FormatError... as itself
     def fit(
         self,
-        data: RDD | str | os.PathLike[str],
+        data: RDD | str | os.PathLike[str] | Sequence[str],
         epochs: int = 1,
         *,
         loader: Any = None,
         suffix: Suffix = None,
         preprocessor: Any = None,
     ) -> Model:
-        """Fit an RDD of DataSets, or the files under a directory URL.
+        """Fit an RDD of DataSets, or the files under a directory URL or at a list of paths.
 
         Minibatches holding NaN or infinity and non-finite results are handled as the
         averaging settings' ``non_finite`` says (see :class:`ParameterAveraging`).
@@ -191,8 +191,8 @@ class SparkNetwork:
         data : RDD or str or os.PathLike
             An RDD of DataSets (re-batched to ``batch_size_per_worker``); or a directory
             (local path or fsspec URL): the files its manifest lists, else every visible file
-            under it (see :func:`~sparkbatch.spark.list_paths`), each read by ``loader``; or,
-            with ``loader``, an RDD of paths (as :meth:`fit_paths`).
+            under it (see :func:`~sparkbatch.spark.list_paths`), each read by ``loader``; or a
+            list of paths, or with ``loader`` an RDD of paths (as :meth:`fit_paths`).
         epochs : int, default 1
         loader : Loader, optional
             Reads one file (any object with ``load(source)``, e.g. a custom format's); default
@@ -211,6 +211,9 @@ class SparkNetwork:
             files = self._files(data, suffix)
             loader = _with_preprocessor(loader or SerializedDataSetLoader(), preprocessor)
             return self._run(self._plan_files(files, loader, epochs))
+        if isinstance(data, (list, tuple)):  # paths, as evaluate and score take them
+            self._no_suffix(suffix, "a list of paths")
+            return self.fit_paths(data, loader, epochs, preprocessor=preprocessor)
         self._rdd_only(data, suffix)
         if loader is not None:
             return self.fit_paths(data, loader, epochs, preprocessor=preprocessor)
@@ -293,6 +296,8 @@ class SparkNetwork:
             files = self._files(data, suffix)
             loader = _with_preprocessor(loader or SerializedMultiDataSetLoader(), preprocessor)
             return self._run(self._plan_files(files, loader, epochs))
+        if isinstance(data, (list, tuple)):
+            loader = loader or SerializedMultiDataSetLoader()
         return self.fit(data, epochs, loader=loader, suffix=suffix, preprocessor=preprocessor)
 
     def _files(self, url: str | os.PathLike[str], suffix: Suffix = None) -> list[str]:
@@ -308,11 +313,16 @@ class SparkNetwork:
         if not hasattr(data, "mapPartitions"):
             raise TypeError(
                 "data must be an RDD of DataSets or MultiDataSets, an RDD of paths with "
-                f"loader=, or a directory URL, got {type(data).__name__}"
+                f"loader=, a list of paths or a directory URL, got {type(data).__name__}"
             )
+        SparkNetwork._no_suffix(suffix, "an RDD")
+
+    @staticmethod
+    def _no_suffix(suffix: Suffix, what: str) -> None:
+        """A ValueError where ``suffix`` is given for data that is not a directory."""
         if suffix is not None:
             check_suffix(suffix)
-            raise ValueError("suffix= filters the listing of a directory; data is an RDD")
+            raise ValueError(f"suffix= filters the listing of a directory; data is {what}")
 
     def _plan_files(
         self,
