@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from sparkbatch.records.csv import CSVRecordReader, to_value
 from sparkbatch.records.csv_sequence import CSVSequenceRecordReader, SequenceRecord
+from sparkbatch.records.labels import (
+    LabelGenerator,
+    ParentPathLabelGenerator,
+    PatternPathLabelGenerator,
+)
 from sparkbatch.records.reader import FileRecordReader, Record, RecordReader
 
 __all__ = [
     "CSVRecordReader",
     "CSVSequenceRecordReader",
     "FileRecordReader",
+    "LabelGenerator",
+    "ParentPathLabelGenerator",
+    "PatternPathLabelGenerator",
     "Record",
     "RecordReader",
     "SequenceRecord",
