@@ -213,12 +213,14 @@ def begin_export(
     *,
     overwrite: bool,
     storage_options: Mapping[str, Any] | None = None,
+    suffix: str = SUFFIX,
 ) -> str:
     """Start an export into ``directory``: check what is there, write the marker, and with
     ``overwrite`` remove the files of an earlier export. Returns the new export's id.
 
     ``names`` is the regular expression of the part names this export writes (relative to
-    ``directory``). See NOTE [export commit].
+    ``directory``); ``suffix`` is the ending of the data files an export writes and guards
+    (``.zip`` for FileBatch archives). See NOTE [export commit].
 
     Raises
     ------
@@ -234,7 +236,7 @@ def begin_export(
     if exists(directory, storage_options=options):
         if not fs.isdir(root):
             raise NotADirectoryError(errno.ENOTDIR, "the export directory is a file", directory)
-        removable = _previous_export(directory, names, overwrite, options)
+        removable = _previous_export(directory, names, overwrite, options, suffix)
     export_id = secrets.token_hex(16)
     marker = {
         "format": FORMAT_NAME,
@@ -250,7 +252,7 @@ def begin_export(
 
 
 def _previous_export(
-    directory: str, names: str, overwrite: bool, options: dict[str, Any]
+    directory: str, names: str, overwrite: bool, options: dict[str, Any], suffix: str = SUFFIX
 ) -> list[str]:
     """The files of an earlier export in ``directory`` that ``overwrite`` may remove; raise if
     anything else, or without ``overwrite`` anything at all, is in the way."""
@@ -258,7 +260,7 @@ def _previous_export(
     present = set(relative.values())
     has_manifest = MANIFEST_NAME in present
     marker = read_marker(directory, storage_options=options) if PENDING_NAME in present else None
-    minibatches = [url for url, rel in relative.items() if _is_minibatch(rel)]
+    minibatches = [url for url, rel in relative.items() if _is_minibatch(rel, suffix)]
     if not overwrite:
         if minibatches or has_manifest or marker is not None:
             count = f"{len(minibatches)} minibatch file(s)"
@@ -537,6 +539,6 @@ def _nothing_found(
     return FileNotFoundError(f"no {wanted} under {directory}; {holds}")
 
 
-def _is_minibatch(relative: str) -> bool:
-    """Whether a listed file is a minibatch to read: a visible ``.safetensors`` file."""
-    return relative.endswith(SUFFIX) and not _is_hidden(relative)
+def _is_minibatch(relative: str, suffix: str = SUFFIX) -> bool:
+    """Whether a listed file is a minibatch to read: a visible file ending in ``suffix``."""
+    return relative.endswith(suffix) and not _is_hidden(relative)

@@ -1,4 +1,5 @@
-"""Spark-facing functions: CSV and DataFrames to DataSet RDDs, per record or per partition.
+"""Spark-facing functions: CSV and DataFrames to DataSet RDDs, per record or per partition;
+raw files (images) to FileBatch archives.
 
 Importing this package does not start or need a JVM; pyspark is imported where it is used.
 """
@@ -9,6 +10,7 @@ from sparkbatch.spark._errors import executor_errors
 from sparkbatch.spark.csv import LinesToDataSets, RangesToDataSets, csv_to_datasets
 from sparkbatch.spark.dataframe import ArrowToMinibatches, DataFrameError, dataframe_to_datasets
 from sparkbatch.spark.export import BatchAndExport, batch_and_export, list_paths
+from sparkbatch.spark.file_batches import create_file_batches_local, create_file_batches_spark
 from sparkbatch.spark.multi import (
     JoinedToMultiDataSets,
     RecordsToMultiDataSets,
@@ -41,6 +43,8 @@ __all__ = [
     "SparkSource",
     "StringToRecords",
     "batch_and_export",
+    "create_file_batches_local",
+    "create_file_batches_spark",
     "csv_sequences_to_datasets",
     "csv_to_datasets",
     "dataframe_to_datasets",

@@ -1,7 +1,8 @@
-"""Storage: fsspec URLs and local paths, atomic writes, stable listings."""
+"""Storage: fsspec URLs and local paths, atomic writes, stable listings, FileBatch archives."""
 
 from __future__ import annotations
 
+from sparkbatch.storage.file_batch import FileBatch
 from sparkbatch.storage.paths import (
     atomic_local_path,
     exists,
@@ -23,6 +24,7 @@ from sparkbatch.storage.ranges import (
 )
 
 __all__ = [
+    "FileBatch",
     "LineRange",
     "count_lines_before",
     "expand_paths",
