@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import warnings
 import zipfile
 from pathlib import Path
@@ -115,6 +117,67 @@ def test_an_archive_built_as_dl4j_writes_it_reads_back():
     assert FileBatch.read_zip(_zip(entries)).original_uris == ["file:/a.png"]
 
 
+# DL4J's FileBatch.readFromZip and writeAsZip (nd4j-common), restated with the JDK's zip streams:
+# reads the archive args[0] (prints the URIs, then each file as hex), writes args[1].
+_JAVA = """
+import java.io.*;
+import java.nio.charset.StandardCharsets;
+import java.util.*;
+import java.util.zip.*;
+
+public class FileBatchCompat {
+    public static void main(String[] args) throws Exception {
+        String uris = null;
+        Map<Integer, byte[]> files = new HashMap<>();
+        try (ZipInputStream zis = new ZipInputStream(new FileInputStream(args[0]))) {
+            for (ZipEntry ze; (ze = zis.getNextEntry()) != null; ) {
+                byte[] bytes = zis.readAllBytes();
+                String name = ze.getName();
+                if (name.equals("originalUris.txt")) {
+                    uris = new String(bytes, StandardCharsets.UTF_8);
+                } else {
+                    String index = name.substring(name.indexOf("_") + 1, name.indexOf("."));
+                    files.put(Integer.parseInt(index), bytes);
+                }
+            }
+        }
+        System.out.println(String.join("|", uris.split("\\n")));
+        for (int i = 0; i < files.size(); i++) {
+            System.out.println(HexFormat.of().formatHex(files.get(i)));
+        }
+        List<String> out = Arrays.asList("file:/home/u/cat/0.jpg", "file:/home/u/dog/noext");
+        try (ZipOutputStream zos = new ZipOutputStream(new FileOutputStream(args[1]))) {
+            zos.putNextEntry(new ZipEntry("originalUris.txt"));
+            zos.write(String.join("\\n", out).getBytes(StandardCharsets.UTF_8));
+            String[] ext = {"jpg", "bin"};
+            for (int i = 0; i < 2; i++) {
+                zos.putNextEntry(new ZipEntry("file_" + i + "." + ext[i]));
+                zos.write(("java file " + i).getBytes(StandardCharsets.UTF_8));
+            }
+        }
+    }
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="needs a JDK (Spark's)")
+def test_archives_read_on_javas_zip_streams_both_ways(tmp_path):
+    source = tmp_path / "FileBatchCompat.java"
+    source.write_text(_JAVA)
+    FileBatch(FILES, URIS).write_zip(str(tmp_path / "py.zip"))
+    out = subprocess.run(
+        ["java", str(source), str(tmp_path / "py.zip"), str(tmp_path / "java.zip")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.splitlines()
+    assert out == ["|".join(URIS)] + [f.hex() for f in FILES]
+    assert FileBatch.read_zip(str(tmp_path / "java.zip")) == FileBatch(
+        [b"java file 0", b"java file 1"], ["file:/home/u/cat/0.jpg", "file:/home/u/dog/noext"]
+    )
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="one URI per file"):
         FileBatch([b"a"], [])
@@ -161,6 +224,7 @@ _GOOD = [_URIS, ("file_0.jpg", b"0"), ("file_1.jpg", b"1")]
         ([("file_0.jpg", b"0"), ("file_1.jpg", b"1")], "no originalUris.txt entry"),
         ([_URIS, ("file_0.jpg", b"0")], "lists 2 URI(s) but the archive holds 1 file"),
         ([("originalUris.txt", b"\xff\xfe"), ("file_0.jpg", b"0")], "not UTF-8"),
+        ([("originalUris.txt", b"a\n\nb"), ("file_0.jpg", b"0")], "an empty line (URI 1)"),
         ([_URIS, ("file_0.jpg", bytes(2 << 20)), ("file_1.jpg", b"1")], "ratio over max_ratio=100"),
     ],
 )
@@ -275,6 +339,8 @@ def test_a_local_rerun_needs_overwrite_and_removes_only_its_own_archives(tmp_pat
         create_file_batches_local(tmp_path / "images", out, 4, overwrite=True, seed=1)
     with pytest.raises(FileNotFoundError, match="no files with extension gif under"):
         create_file_batches_local(tmp_path / "images", tmp_path / "x", 4, extensions=["gif"])
+    with pytest.raises(ValueError, match="another directory than src_dir"):
+        create_file_batches_local(tmp_path / "images", f"{tmp_path}/images/", 4)
     with pytest.raises(NotADirectoryError, match="6.png is a file"):
         create_file_batches_local(tmp_path / "images" / "6.png", tmp_path / "x", 4)
 

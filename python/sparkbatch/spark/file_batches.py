@@ -124,7 +124,7 @@ def _inside(dest: str, src: str, options: dict[str, Any] | None) -> str | None:
     dest_fs, dest_root = resolve(dest, options)
     src_fs, src_root = resolve(src, options)
     prefix = src_root.rstrip("/") + "/"
-    if type(dest_fs) is type(src_fs) and dest_root.startswith(prefix):
+    if type(dest_fs) is type(src_fs) and (dest_root + "/").startswith(prefix):
         return dest_root[len(prefix) :].strip("/")
     return None
 
@@ -142,6 +142,8 @@ def _source_files(
     if not is_directory(src, storage_options=options):
         raise NotADirectoryError(f"{src} is a file: give the directory that holds the files")
     skip = _inside(dest, src, options)
+    if skip == "":
+        raise ValueError(f"dest_url must be another directory than src_dir, got {dest} for both")
     found = []
     for relative, url in list_tree(src, storage_options=options):
         if any(part.startswith((".", "_")) for part in relative.split("/")):

@@ -413,6 +413,8 @@ class _Reader:
         parts = text.split("\n")
         while parts and not parts[-1]:  # as Java's String.split: trailing empty strings go
             parts.pop()
+        if "" in parts:
+            raise self.fail(f"{ORIGINAL_URIS} has an empty line (URI {parts.index('')})")
         return parts
 
     def _inflate(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[int]) -> bytes:
