@@ -25,7 +25,7 @@ from sparkbatch.errors import FormatError
 from sparkbatch.nn import SGD, Dense, Network, Output
 from sparkbatch.spark import list_paths
 from sparkbatch.train import ParameterAveraging, SparkNetwork
-from sparkbatch.train.spark_network import _checked_batch
+from sparkbatch.train.spark_network import _checked_batch, _partition_paths
 
 
 class NpzLoader:
@@ -222,6 +222,10 @@ def test_evaluate_and_score_paths_with_a_loader_equal_an_rdd_of_datasets(sc, bin
     # without a failing Spark task: each kills a Python worker, and a new one imports again
     with pytest.raises(TypeError, match="the RDD holds paths .* pass loader="):
         _checked_batch(None, urls[0])
+    # and the other way round: with loader= each partition must hold paths
+    assert _partition_paths(urls[:2]) == urls[:2]
+    with pytest.raises(TypeError, match="holds a DataSet, not paths .* without loader="):
+        _partition_paths([urls[0], data])
     with pytest.raises(TypeError, match=r"data\[1\] must be a path"):
         spark_net.evaluate([urls[0], 3], loader=NpzLoader())
     with pytest.raises(TypeError, match="or a directory URL, got int"):

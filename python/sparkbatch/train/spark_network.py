@@ -103,6 +103,18 @@ def _path_list(paths: Sequence[Any], what: str) -> list[str]:
     return urls
 
 
+def _partition_paths(items: list[Any]) -> list[str]:
+    """One partition of an RDD given with ``loader=``: its paths; a TypeError where an element
+    is not one (an RDD of minibatches is evaluated without ``loader=``)."""
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(
+                f"the RDD given with loader= holds a {type(item).__name__}, not paths of files to "
+                "load: evaluate an RDD of DataSets or MultiDataSets without loader="
+            )
+    return [os.fspath(item) for item in items]
+
+
 class SparkNetwork:
     """Train ``model`` on Spark by parameter averaging, as ``master`` configures.
 
@@ -525,7 +537,7 @@ class SparkNetwork:
             )
         self._rdd_only(data, suffix)
         if loader is not None:  # an RDD of paths: one list of them per partition
-            return data.glom(), _with_preprocessor(loader, preprocessor)
+            return data.glom().map(_partition_paths), _with_preprocessor(loader, preprocessor)
         return data.map(functools.partial(_checked_batch, preprocessor)), None
 
     @executor_errors()
