@@ -31,7 +31,7 @@ from sparkbatch.storage import (
     read_bytes,
     resolve,
 )
-from sparkbatch.storage.paths import temporary_target
+from sparkbatch.storage.paths import is_hidden, temporary_target
 
 __all__ = [
     "MANIFEST_NAME",
@@ -483,7 +483,7 @@ b.safetensors, dataset_0.bin
         if not _wanted(found[0], suffixes):
             raise _nothing_found(directory, suffixes, "it is a file of another name")
         return found
-    visible = [(rel, url) for rel, url in tree if not _is_hidden(rel)]
+    visible = [(rel, url) for rel, url in tree if not is_hidden(rel)]
     found = [url for rel, url in visible if _wanted(rel, suffixes)]
     if not found:
         if visible:
@@ -513,12 +513,6 @@ def _wanted(relative: str, suffixes: tuple[str, ...] | None) -> bool:
     return suffixes is None or relative.rsplit("/", 1)[-1].endswith(suffixes)
 
 
-def _is_hidden(relative: str) -> bool:
-    """Whether a listed file is hidden, as Hadoop has it: a name or directory starting with
-    ``.`` or ``_`` (markers, temporaries, ``_SUCCESS``, checksum files)."""
-    return any(part.startswith((".", "_")) for part in relative.split("/"))
-
-
 def _names(names: Sequence[str], shown: int = 5) -> str:
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
@@ -541,4 +535,4 @@ def _nothing_found(
 
 def _is_minibatch(relative: str, suffix: str = SUFFIX) -> bool:
     """Whether a listed file is a minibatch to read: a visible file ending in ``suffix``."""
-    return relative.endswith(suffix) and not _is_hidden(relative)
+    return relative.endswith(suffix) and not is_hidden(relative)

@@ -43,6 +43,7 @@ __all__ = [
     "atomic_local_path",
     "exists",
     "is_directory",
+    "is_hidden",
     "is_local",
     "join",
     "list_files",
@@ -538,7 +539,16 @@ def _relative(path: str, root: str) -> str | None:
     return path[len(prefix) :] if path.startswith(prefix) else None
 
 
-def _is_hidden(relative: str) -> bool:
+def is_hidden(relative: str) -> bool:
+    """Whether a listed file is hidden, as Hadoop has it: a name or directory of its
+    ``/``-separated relative path starting with ``.`` or ``_`` (markers, temporaries,
+    ``_SUCCESS``, checksum files).
+
+    Examples
+    --------
+    >>> is_hidden("part-00000.bin"), is_hidden("_SUCCESS"), is_hidden(".tmp/a.bin")
+    (False, True, True)
+    """
     return any(part.startswith(_HIDDEN_PREFIXES) for part in relative.split("/"))
 
 
@@ -606,7 +616,7 @@ def list_files(
 def _visible(relative: str, suffixes: tuple[str, ...] | None) -> bool:
     """Whether :func:`list_files` lists a file: not hidden, and with one of ``suffixes``."""
     name = relative.rsplit("/", 1)[-1]
-    return not _is_hidden(relative) and (suffixes is None or name.endswith(suffixes))
+    return not is_hidden(relative) and (suffixes is None or name.endswith(suffixes))
 
 
 def list_tree(
