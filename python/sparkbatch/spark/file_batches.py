@@ -28,6 +28,7 @@ from sparkbatch._progress import Progress
 from sparkbatch.data.manifest import begin_export, commit_export
 from sparkbatch.spark._errors import executor_errors
 from sparkbatch.storage import FileBatch, is_directory, join, list_tree, resolve
+from sparkbatch.storage.paths import is_hidden
 
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
@@ -146,7 +147,7 @@ def _source_files(
         raise ValueError(f"dest_url must be another directory than src_dir, got {dest} for both")
     found = []
     for relative, url in list_tree(src, storage_options=options):
-        if any(part.startswith((".", "_")) for part in relative.split("/")):
+        if is_hidden(relative):
             continue
         if not recursive and "/" in relative:
             continue
