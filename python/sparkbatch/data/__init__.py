@@ -6,6 +6,7 @@ from sparkbatch.data.batches import rebatch
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.export import export_datasets
 from sparkbatch.data.format import FORMAT_VERSION, SUFFIX, from_bytes, load, save, to_bytes
+from sparkbatch.data.images import FileBatchLoader, ImageScaler
 from sparkbatch.data.iterators import FileDataSetIterator, FileMultiDataSetIterator
 from sparkbatch.data.loaders import (
     Loader,
@@ -30,8 +31,10 @@ __all__ = [
     "SUFFIX",
     "DataSet",
     "DataSetPreprocessor",
+    "FileBatchLoader",
     "FileDataSetIterator",
     "FileMultiDataSetIterator",
+    "ImageScaler",
     "Loader",
     "MinMaxScale",
     "MultiDataSet",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sparkbatch.records.csv import CSVRecordReader, to_value
 from sparkbatch.records.csv_sequence import CSVSequenceRecordReader, SequenceRecord
+from sparkbatch.records.images import IMAGE_EXTENSIONS, ImageRecordReader
 from sparkbatch.records.labels import (
     LabelGenerator,
     ParentPathLabelGenerator,
@@ -12,9 +13,11 @@ from sparkbatch.records.labels import (
 from sparkbatch.records.reader import FileRecordReader, Record, RecordReader
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "CSVRecordReader",
     "CSVSequenceRecordReader",
     "FileRecordReader",
+    "ImageRecordReader",
     "LabelGenerator",
     "ParentPathLabelGenerator",
     "PatternPathLabelGenerator",
