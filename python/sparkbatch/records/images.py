@@ -69,6 +69,7 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageRecordReader"]
 #: ``NativeImageLoader.ALLOWED_FORMATS`` for the formats sparkbatch reads.
 IMAGE_EXTENSIONS = ("bmp", "gif", "jpeg", "jpg", "png")
 _FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"BM", "BMP"), (b"GIF8", "GIF"))
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _MAX_THREADS = 8
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -311,6 +312,12 @@ class ImageRecordReader(FileRecordReader):
                 image = image.resize((self.width, self.height), image_module.Resampling.BILINEAR)
             pixels = np.asarray(image)
         except image_module.UnidentifiedImageError:
+            signature = next((f for m, f in _SIGNATURES if bytes(data[:4]).startswith(m)), None)
+            if signature is not None:
+                raise FormatError(
+                    f"{where}: a truncated or corrupt image (a {signature} header Pillow cannot "
+                    "read)"
+                ) from None
             raise FormatError(
                 f"{where}: not an image sparkbatch reads (expected JPEG, PNG, BMP or GIF; the "
                 f"bytes start with {bytes(data[:8])!r})"
