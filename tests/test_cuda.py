@@ -939,3 +939,350 @@ def test_gpu_lstm_steps_follow_the_cpu_steps(head, dtype, cublas):
         atol=tol * 1e-2,
     )
     assert on_gpu.score(batch) == pytest.approx(cpu.score(batch), rel=tol)
+
+
+# -- convolutional layers -------------------------------------------------------------------------
+
+# (n, c, h, w, kh, kw, sh, sw, ph, pw); every case has padding < kernel, so pooling takes them too
+CONV_GEOMETRIES = [
+    (3, 2, 7, 6, 3, 2, 2, 1, 1, 0),  # non-square kernel, stride 2 down, padding on the rows
+    (2, 3, 5, 5, 3, 3, 1, 1, 1, 1),  # "same" 3x3: overlapping windows
+    (4, 1, 6, 7, 2, 2, 2, 2, 0, 0),  # a 2x2 pool; the odd last column belongs to no window
+    (1, 2, 4, 4, 4, 3, 3, 2, 2, 1),  # windows mostly in the padding
+    (64, 8, 16, 16, 3, 3, 1, 1, 1, 1),  # over a million col entries: the grid-stride loops wrap
+]
+
+
+def _conv_out(h, w, kh, kw, sh, sw, ph, pw):
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _windows(x4, kh, kw, sh, sw, ph, pw, fill):
+    """[n, c, oh, ow, kh*kw]: each window's pixels, row-major, ``fill`` in the padding."""
+    n, c, h, w = x4.shape
+    oh, ow = _conv_out(h, w, kh, kw, sh, sw, ph, pw)
+    padded = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, x4.dtype)
+    padded[:, :, ph : ph + h, pw : pw + w] = x4
+    taps = [
+        padded[:, :, ky : ky + sh * (oh - 1) + 1 : sh, kx : kx + sw * (ow - 1) + 1 : sw]
+        for ky in range(kh)
+        for kx in range(kw)
+    ]
+    return np.stack(taps, axis=-1)
+
+
+def _scatter_windows(values, shape, kh, kw, sh, sw, ph, pw):
+    """The adjoint of _windows: [n, c, h, w] sums of ``values`` [n, c, oh, ow, kh*kw] (float64);
+    what lands in the padding is dropped."""
+    n, c, h, w = shape
+    oh, ow = values.shape[2:4]
+    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    for tap in range(kh * kw):
+        ky, kx = divmod(tap, kw)
+        padded[:, :, ky : ky + sh * (oh - 1) + 1 : sh, kx : kx + sw * (ow - 1) + 1 : sw] += values[
+            ..., tap
+        ]
+    return padded[:, :, ph : ph + h, pw : pw + w]
+
+
+def _im2col_reference(x4, *window):
+    n, c = x4.shape[:2]
+    taps = _windows(x4, *window, fill=0)  # [n, c, oh, ow, T]
+    return taps.transpose(0, 2, 3, 1, 4).reshape(n * taps.shape[2] * taps.shape[3], -1)
+
+
+def _col2im_reference(col, shape, *window):
+    n, c, h, w = shape
+    kh, kw = window[:2]
+    oh, ow = _conv_out(h, w, *window)
+    values = col.astype(np.float64).reshape(n, oh, ow, c, kh * kw).transpose(0, 3, 1, 2, 4)
+    return _scatter_windows(values, shape, *window)
+
+
+def _in_image(shape, *window):
+    """[1, 1, oh, ow, kh*kw]: which window positions are pixels (not padding)."""
+    return _windows(np.ones((1, 1, *shape[2:]), np.int8), *window, fill=0) > 0
+
+
+def _max_pool_reference(x4, *window):
+    return _windows(x4, *window, fill=-np.inf).max(axis=-1)  # a NaN in a window gives NaN
+
+
+def _max_pool_backward_reference(x4, out4, d_out4, *window):
+    """Each window's d_out to its first in-image pixel equal to its max (or, for a NaN max, its
+    first NaN)."""
+    taps = _windows(x4, *window, fill=0)
+    top = out4[..., None]
+    hit = _in_image(x4.shape, *window) & ((taps == top) | (np.isnan(taps) & np.isnan(top)))
+    first = hit.argmax(axis=-1)
+    values = np.zeros(taps.shape)
+    np.put_along_axis(values, first[..., None], d_out4[..., None].astype(np.float64), axis=-1)
+    return _scatter_windows(values, x4.shape, *window)
+
+
+def _avg_pool_reference(x4, *window):
+    counts = _in_image(x4.shape, *window).sum(axis=-1)
+    return _windows(x4.astype(np.float64), *window, fill=0).sum(axis=-1) / counts
+
+
+def _avg_pool_backward_reference(d_out4, shape, *window):
+    counts = _in_image(shape, *window).sum(axis=-1, keepdims=True)
+    values = np.broadcast_to(d_out4[..., None] / counts, (*d_out4.shape, counts.shape[-1]))
+    return _scatter_windows(values * _in_image(shape, *window), shape, *window)
+
+
+def _pool_input(rng, shape, dtype):
+    """Small integers (ties in most windows), and NaN in one window of the first image."""
+    x4 = rng.integers(-2, 3, shape).astype(dtype)
+    x4[0, 0, 1, 1] = np.nan
+    return x4
+
+
+def test_the_conv_references_agree_with_the_cpu_kernels():
+    """The numpy references that the GPU kernels are held to are checked here against the CPU
+    kernels, on every machine (the GPU tests skip where there is none)."""
+    if not hasattr(_native, "nn_im2col"):
+        pytest.skip("this build has no convolution kernels")
+    rng = np.random.default_rng(20)
+    for n, c, h, w, *window in CONV_GEOMETRIES[:4]:
+        args = (c, h, w, *window)
+        oh, ow = _conv_out(h, w, *window)
+        x4 = rng.normal(size=(n, c, h, w))
+        col = np.empty((n * oh * ow, c * window[0] * window[1]))
+        _native.nn_im2col(x4.reshape(n, -1), col, *args)
+        np.testing.assert_array_equal(col, _im2col_reference(x4, *window))
+        back = np.empty((n, c * h * w))
+        _native.nn_col2im(col, back, *args)
+        assert_close(back, _col2im_reference(col, x4.shape, *window).reshape(n, -1), np.float64)
+
+        x4 = _pool_input(rng, (n, c, h, w), np.float64)
+        out, d_out = np.empty((n, c * oh * ow)), rng.normal(size=(n, c * oh * ow))
+        d_in = np.empty((n, c * h * w))
+        _native.nn_max_pool(x4.reshape(n, -1), out, *args)
+        out4 = out.reshape(n, c, oh, ow)
+        np.testing.assert_array_equal(out4, _max_pool_reference(x4, *window))
+        _native.nn_max_pool_backward(x4.reshape(n, -1), out, d_out, d_in, *args)
+        expected = _max_pool_backward_reference(x4, out4, d_out.reshape(out4.shape), *window)
+        assert_close(d_in, expected.reshape(n, -1), np.float64)
+        x4 = np.nan_to_num(x4)
+        _native.nn_avg_pool(x4.reshape(n, -1), out, *args)
+        assert_close(out, _avg_pool_reference(x4, *window).reshape(n, -1), np.float64)
+        _native.nn_avg_pool_backward(d_out, d_in, *args)
+        expected = _avg_pool_backward_reference(d_out.reshape(out4.shape), x4.shape, *window)
+        assert_close(d_in, expected.reshape(n, -1), np.float64)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+def test_im2col_and_col2im_match_numpy(geometry, dtype):
+    cuda = cuda_module()
+    n, c, h, w, *window = geometry
+    args = (c, h, w, *window)
+    oh, ow = _conv_out(h, w, *window)
+    rng = np.random.default_rng(21)
+    x4 = rng.normal(size=(n, c, h, w)).astype(dtype)
+    col = cuda.DeviceBuffer((n * oh * ow, c * window[0] * window[1]), dtype)
+    cuda.nn_im2col(cuda.to_device(x4.reshape(n, -1)), col, *args)
+    np.testing.assert_array_equal(col.to_host(), _im2col_reference(x4, *window))  # copies only
+
+    col_host = rng.normal(size=col.shape).astype(dtype)
+    x = cuda.to_device(np.full((n, c * h * w), np.nan, dtype))  # overwritten, not added to
+    cuda.nn_col2im(cuda.to_device(col_host), x, *args)
+    expected = _col2im_reference(col_host, x4.shape, *window).reshape(n, -1)
+    assert_close(x.to_host(), expected, dtype)
+    again = cuda.DeviceBuffer(x.shape, dtype)
+    cuda.nn_col2im(cuda.to_device(col_host), again, *args)
+    np.testing.assert_array_equal(again.to_host(), x.to_host())  # no atomics: deterministic
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channels_last_and_first_are_batched_transposes(dtype):
+    cuda = cuda_module()
+    rng = np.random.default_rng(22)
+    # (n, channels, positions): more tiles than blocks, partial tiles, and single rows/columns
+    for n, channels, positions in [(130, 40, 1000), (3, 33, 31), (5, 1, 17), (4, 7, 1), (0, 3, 9)]:
+        src = rng.normal(size=(n, channels * positions)).astype(dtype)
+        nhwc = cuda.DeviceBuffer((n, channels * positions), dtype)
+        cuda.nn_channels_last(cuda.to_device(src), nhwc, n, channels, positions)
+        expected = src.reshape(n, channels, positions).transpose(0, 2, 1).reshape(n, -1)
+        np.testing.assert_array_equal(nhwc.to_host(), expected)
+        back = cuda.DeviceBuffer((n, channels * positions), dtype)
+        cuda.nn_channels_first(nhwc, back, n, channels, positions)
+        np.testing.assert_array_equal(back.to_host(), src)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+def test_pooling_matches_numpy_with_ties_and_nan(geometry, dtype):
+    cuda = cuda_module()
+    n, c, h, w, *window = geometry
+    args = (c, h, w, *window)
+    oh, ow = _conv_out(h, w, *window)
+    rng = np.random.default_rng(23)
+    x4 = _pool_input(rng, (n, c, h, w), dtype)
+    x = cuda.to_device(x4.reshape(n, -1))
+    out = cuda.DeviceBuffer((n, c * oh * ow), dtype)
+    cuda.nn_max_pool(x, out, *args)
+    out4 = out.to_host().reshape(n, c, oh, ow)
+    np.testing.assert_array_equal(out4, _max_pool_reference(x4, *window))
+    assert np.isnan(out4[0, 0]).any()  # the NaN reached its windows
+
+    d_out = rng.normal(size=(n, c * oh * ow)).astype(dtype)
+    d_in = cuda.to_device(np.full((n, c * h * w), np.nan, dtype))
+    cuda.nn_max_pool_backward(x, out, cuda.to_device(d_out), d_in, *args)
+    expected = _max_pool_backward_reference(x4, out4, d_out.reshape(out4.shape), *window)
+    assert_close(d_in.to_host(), expected.reshape(n, -1), dtype)
+    sums = d_in.to_host().reshape(n, c, -1).sum(axis=-1, dtype=np.float64)
+    assert_close(sums, d_out.reshape(n, c, -1).sum(axis=-1, dtype=np.float64), dtype)  # each once
+
+    x4 = np.nan_to_num(x4) + rng.normal(size=x4.shape).astype(dtype)
+    cuda.nn_avg_pool(cuda.to_device(x4.reshape(n, -1)), out, *args)
+    assert_close(out.to_host(), _avg_pool_reference(x4, *window).reshape(n, -1), dtype)
+    cuda.nn_avg_pool_backward(cuda.to_device(d_out), d_in, *args)
+    expected = _avg_pool_backward_reference(d_out.reshape(out4.shape), x4.shape, *window)
+    assert_close(d_in.to_host(), expected.reshape(n, -1), dtype)
+
+
+@gpu
+def test_conv_kernels_take_empty_batches():
+    cuda = cuda_module()
+    args = (2, 5, 5, 3, 3, 2, 2, 1, 1)  # 3x3 outputs, K = 18
+    x, col = cuda.DeviceBuffer((0, 50), "float32"), cuda.DeviceBuffer((0, 18), "float32")
+    pooled = cuda.DeviceBuffer((0, 18), "float32")
+    cuda.nn_im2col(x, col, *args)
+    cuda.nn_col2im(col, x, *args)
+    cuda.nn_max_pool(x, pooled, *args)
+    d_in = cuda.DeviceBuffer((0, 50), "float32")
+    cuda.nn_max_pool_backward(x, pooled, cuda.DeviceBuffer((0, 18), "float32"), d_in, *args)
+    cuda.nn_avg_pool(x, pooled, *args)
+    cuda.nn_avg_pool_backward(pooled, x, *args)
+    cuda.synchronize()
+
+
+@gpu
+def test_conv_kernels_refuse_bad_sizes_dtypes_and_aliases():
+    cuda = cuda_module()
+    args = (2, 5, 5, 3, 3, 2, 2, 1, 1)  # c, h, w, kh, kw, sh, sw, ph, pw: 3x3 outputs, K = 18
+
+    def buf(*shape, dtype="float32"):
+        return cuda.DeviceBuffer(shape, dtype)
+
+    x, col, pooled = buf(4, 50), buf(36, 18), buf(4, 18)
+    with pytest.raises(ValueError, match=r"col must have shape \[36, 18\], got \[36, 17\]"):
+        cuda.nn_im2col(x, buf(36, 17), *args)
+    with pytest.raises(ValueError, match=r"x must have shape \[4, 50\], got \[4, 49\]"):
+        cuda.nn_col2im(col, buf(4, 49), *args)
+    with pytest.raises(ValueError, match=r"out must have shape \[4, 18\]"):
+        cuda.nn_max_pool(x, buf(4, 19), *args)
+    with pytest.raises(ValueError, match=r"d_out must have shape \[4, 18\]"):
+        cuda.nn_max_pool_backward(x, pooled, buf(3, 18), buf(4, 50), *args)
+    with pytest.raises(ValueError, match=r"d_out must have shape \[4, 18\]"):
+        cuda.nn_avg_pool_backward(buf(4, 17), x, *args)
+    with pytest.raises(ValueError, match=r"dst must have shape \[4, 18\]"):
+        cuda.nn_channels_last(pooled, buf(4, 17), 4, 2, 9)
+    with pytest.raises(TypeError, match="col has dtype float64 but the other buffers have float32"):
+        cuda.nn_im2col(x, buf(36, 18, dtype="float64"), *args)
+    with pytest.raises(ValueError, match="must not share memory with"):
+        cuda.nn_channels_first(pooled, pooled, 4, 9, 2)
+    with pytest.raises(ValueError, match="d_in must not share memory with x"):
+        cuda.nn_max_pool_backward(x, pooled, buf(4, 18), x, *args)
+    with pytest.raises(ValueError, match=r"pooling padding must be below the kernel size"):
+        cuda.nn_max_pool(x, pooled, 2, 5, 5, 3, 3, 2, 2, 3, 1)
+    with pytest.raises(ValueError, match="a 7x3 window with padding \\(0, 0\\) does not fit a 5x5"):
+        cuda.nn_im2col(x, col, 2, 5, 5, 7, 3, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="sh must be >= 1, got 0"):
+        cuda.nn_avg_pool(x, pooled, 2, 5, 5, 3, 3, 0, 2, 1, 1)
+    with pytest.raises(ValueError, match="ph must be < 2\\^31"):
+        cuda.nn_im2col(x, col, 2, 5, 5, 3, 3, 1, 1, 2**40, 0)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_cuda_backends_conv_methods_match_the_cpu_backends(dtype, cublas):
+    if not hasattr(CpuBackend, "im2col"):
+        pytest.skip("this sparkbatch has no convolution kernels")
+    n, c, h, w, *window = CONV_GEOMETRIES[0]
+    args = (c, h, w, *window)
+    oh, ow = _conv_out(h, w, *window)
+    rng = np.random.default_rng(24)
+    x = rng.normal(size=(n, c * h * w)).astype(dtype)
+    d_out = rng.normal(size=(n, c * oh * ow)).astype(dtype)
+    results = []
+    for backend in (CpuBackend(dtype), CudaBackend(dtype)):
+        x_b, d_out_b = backend.from_host(x), backend.from_host(d_out)
+        col = backend.empty((n * oh * ow, c * window[0] * window[1]))
+        back, out, d_in = backend.empty(x.shape), backend.empty(d_out.shape), backend.empty(x.shape)
+        nhwc, nchw = backend.empty(d_out.shape), backend.empty(d_out.shape)
+        backend.im2col(x_b, col, *args)
+        backend.col2im(col, back, *args)
+        backend.channels_last(d_out_b, nhwc, n, c, oh * ow)
+        backend.channels_first(nhwc, nchw, n, c, oh * ow)
+        got = [backend.to_host(a).copy() for a in (col, back, nhwc, nchw)]
+        backend.max_pool(x_b, out, *args)
+        backend.max_pool_backward(x_b, out, d_out_b, d_in, *args)
+        got += [backend.to_host(out).copy(), backend.to_host(d_in).copy()]
+        backend.avg_pool(x_b, out, *args)
+        backend.avg_pool_backward(d_out_b, d_in, *args)
+        results.append([*got, backend.to_host(out).copy(), backend.to_host(d_in).copy()])
+    for on_gpu, on_cpu in zip(results[1], results[0], strict=True):
+        assert_close(on_gpu, on_cpu, dtype)
+
+
+def _conv_network(device, dtype="float64", seed=5):
+    from sparkbatch.nn import Conv2D, Flatten, MaxPool2D
+
+    layers = [
+        Conv2D(1, 4, 3, padding=1, input_size=(8, 8)),
+        MaxPool2D(2),
+        Conv2D(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), activation="tanh"),
+        Flatten(),
+        Dense(6 * 2 * 3, 16, "relu"),
+        Output(16, 10, "softmax", "cross_entropy"),
+    ]
+    return Network(layers, Adam(3e-3), seed=seed, dtype=dtype, device=device)
+
+
+def _digit_images(dtype):
+    train, test = _digits()
+    return (
+        DataSet(train.features.reshape(-1, 1, 8, 8).astype(dtype), train.labels.astype(dtype)),
+        DataSet(test.features.reshape(-1, 1, 8, 8).astype(dtype), test.labels.astype(dtype)),
+    )
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_cnn_steps_follow_the_cpu_steps(dtype, cublas):
+    import sparkbatch.nn
+
+    if not hasattr(sparkbatch.nn, "Conv2D"):
+        pytest.skip("this sparkbatch has no convolutional layers")
+    train, _ = _digit_images(dtype)
+    cpu, on_gpu = _conv_network("cpu", dtype), _conv_network("cuda", dtype)
+    np.testing.assert_array_equal(on_gpu.params(), cpu.params())
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for start in range(0, 5 * 32, 32):
+        batch = DataSet(train.features[start : start + 32], train.labels[start : start + 32])
+        expected = cpu.fit_batch(batch)
+        assert on_gpu.fit_batch(batch) == pytest.approx(expected, rel=tol)
+    np.testing.assert_allclose(on_gpu.gradients(), cpu.gradients(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(on_gpu.params(), cpu.params(), rtol=tol, atol=tol * 1e-2)
+    np.testing.assert_allclose(
+        on_gpu.output(train.features[:50]), cpu.output(train.features[:50]), rtol=tol, atol=tol
+    )
+
+
+@gpu
+def test_a_gpu_cnn_learns_digits(cublas):
+    import sparkbatch.nn
+
+    if not hasattr(sparkbatch.nn, "Conv2D"):
+        pytest.skip("this sparkbatch has no convolutional layers")
+    train, test = _digit_images("float32")
+    net = _conv_network("cuda", "float32")
+    net.fit(train.shuffle(1), epochs=15, batch_size=32)
+    evaluation = net.evaluate(test)
+    assert evaluation.accuracy() >= 0.95, evaluation.stats()

@@ -639,6 +639,218 @@ void py_lstm_backward_step(const DeviceBuffer& gates, const DeviceBuffer& c,
     run(0.0);
 }
 
+// -- the convolutional layers, as _native.nn_im2col and the rest (bindings_conv.cpp) -------------
+
+std::size_t size_arg(int64_t v, const char* name, int64_t least) {
+  if (v < least)
+    throw py::value_error(std::string(name) + " must be >= " + std::to_string(least) + ", got " +
+                          std::to_string(v));
+  return static_cast<std::size_t>(v);
+}
+
+// a * b, or ValueError when it overflows (the sizes would then match no buffer).
+std::size_t times(std::size_t a, std::size_t b) {
+  std::size_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product))
+    throw py::value_error("the convolution's sizes overflow: " + std::to_string(a) + " * " +
+                          std::to_string(b));
+  return product;
+}
+
+// Every window count and size fits in 2^31 per dimension, so the padded sizes cannot overflow.
+constexpr int64_t kMaxExtent = int64_t{1} << 31;
+
+// The geometry of a call, checked as _native's shape_of; n is the first dimension of `x`.
+ConvGeometry geometry_of(const DeviceBuffer& x, const char* x_name, int64_t c, int64_t h,
+                         int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                         int64_t pw, bool pooling) {
+  const std::pair<int64_t, const char*> extents[] = {{c, "c"},   {h, "h"},   {w, "w"},
+                                                     {kh, "kh"}, {kw, "kw"}, {sh, "sh"},
+                                                     {sw, "sw"}, {ph, "ph"}, {pw, "pw"}};
+  for (const auto& [v, name] : extents)
+    if (v >= kMaxExtent)
+      throw py::value_error(std::string(name) + " must be < 2^31, got " + std::to_string(v));
+  ConvGeometry g{};
+  g.c = size_arg(c, "c", 1);
+  g.h = size_arg(h, "h", 1);
+  g.w = size_arg(w, "w", 1);
+  g.kh = size_arg(kh, "kh", 1);
+  g.kw = size_arg(kw, "kw", 1);
+  g.sh = size_arg(sh, "sh", 1);
+  g.sw = size_arg(sw, "sw", 1);
+  g.ph = size_arg(ph, "ph", 0);
+  g.pw = size_arg(pw, "pw", 0);
+  if (pooling && (g.ph >= g.kh || g.pw >= g.kw))
+    throw py::value_error("pooling padding must be below the kernel size, got padding (" +
+                          std::to_string(ph) + ", " + std::to_string(pw) + ") for kernel (" +
+                          std::to_string(kh) + ", " + std::to_string(kw) + ")");
+  if (g.h + 2 * g.ph < g.kh || g.w + 2 * g.pw < g.kw)
+    throw py::value_error("a " + std::to_string(kh) + "x" + std::to_string(kw) +
+                          " window with padding (" + std::to_string(ph) + ", " +
+                          std::to_string(pw) + ") does not fit a " + std::to_string(h) + "x" +
+                          std::to_string(w) + " image");
+  g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
+  g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
+  if (x.shape().empty())
+    throw py::value_error(std::string(x_name) + " must have a first dimension n");
+  g.n = static_cast<std::size_t>(x.shape()[0]);
+  return g;
+}
+
+std::size_t positions(const ConvGeometry& g) { return times(g.oh, g.ow); }
+std::size_t patch(const ConvGeometry& g) { return times(times(g.c, g.kh), g.kw); }
+std::size_t image(const ConvGeometry& g) { return times(times(g.c, g.h), g.w); }
+
+// [rows, cols] as a 2-D buffer, or any shape of `rows` first and rows * cols values.
+void expect_size(const DeviceBuffer& b, const char* name, std::size_t rows, std::size_t cols) {
+  const auto& shape = b.shape();
+  if (!shape.empty() && static_cast<std::size_t>(shape[0]) == rows &&
+      b.size() == times(rows, cols))
+    return;
+  std::string got;
+  for (std::size_t d = 0; d < shape.size(); ++d)
+    got += (d ? ", " : "") + std::to_string(shape[d]);
+  throw py::value_error(std::string(name) + " must have shape [" + std::to_string(rows) + ", " +
+                        std::to_string(cols) + "], got [" + got + "]");
+}
+
+// An output separate from an input (the kernels read one while writing the other).
+void expect_separate(const DeviceBuffer& out, const char* out_name, const DeviceBuffer& in,
+                     const char* in_name) {
+  if (overlap(out, in))
+    throw py::value_error(std::string(out_name) + " must not share memory with " + in_name);
+}
+
+// Runs body(float{}) or body(double{}) on the call's device, without the GIL.
+template <typename F>
+void on_device(const Args& args, F&& body) {
+  py::gil_scoped_release release;
+  const DeviceGuard guard(args.device);
+  if (args.dtype == DType::f32)
+    body(float{});
+  else
+    body(double{});
+}
+
+void py_im2col(const DeviceBuffer& x, const DeviceBuffer& col, int64_t c, int64_t h, int64_t w,
+               int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Args args;
+  args.add(x, "x");
+  args.add(col, "col");
+  expect_separate(col, "col", x, "x");
+  const ConvGeometry g = geometry_of(x, "x", c, h, w, kh, kw, sh, sw, ph, pw, false);
+  expect_size(x, "x", g.n, image(g));
+  expect_size(col, "col", times(g.n, positions(g)), patch(g));
+  on_device(args, [&](auto zero) {
+    using T = decltype(zero);
+    im2col(ptr<const T>(x), ptr<T>(col), g);
+  });
+}
+
+void py_col2im(const DeviceBuffer& col, const DeviceBuffer& x, int64_t c, int64_t h, int64_t w,
+               int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Args args;
+  args.add(col, "col");
+  args.add(x, "x");
+  expect_separate(x, "x", col, "col");
+  const ConvGeometry g = geometry_of(x, "x", c, h, w, kh, kw, sh, sw, ph, pw, false);
+  expect_size(x, "x", g.n, image(g));
+  expect_size(col, "col", times(g.n, positions(g)), patch(g));
+  on_device(args, [&](auto zero) {
+    using T = decltype(zero);
+    col2im(ptr<const T>(col), ptr<T>(x), g);
+  });
+}
+
+void py_channels(bool last, const DeviceBuffer& src, const DeviceBuffer& dst, int64_t n,
+                 int64_t channels, int64_t count) {
+  Args args;
+  args.add(src, "src");
+  args.add(dst, "dst");
+  expect_separate(dst, "dst", src, "src");
+  const std::size_t rows = size_arg(n, "n", 0);
+  const std::size_t c = size_arg(channels, "channels", 1);
+  const std::size_t p = size_arg(count, "positions", 1);
+  expect_size(src, "src", rows, times(c, p));
+  expect_size(dst, "dst", rows, times(c, p));
+  on_device(args, [&](auto zero) {
+    using T = decltype(zero);
+    if (last)
+      channels_last(ptr<const T>(src), ptr<T>(dst), rows, c, p);
+    else
+      channels_first(ptr<const T>(src), ptr<T>(dst), rows, c, p);
+  });
+}
+
+void py_max_pool(const DeviceBuffer& x, const DeviceBuffer& out, int64_t c, int64_t h, int64_t w,
+                 int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Args args;
+  args.add(x, "x");
+  args.add(out, "out");
+  expect_separate(out, "out", x, "x");
+  const ConvGeometry g = geometry_of(x, "x", c, h, w, kh, kw, sh, sw, ph, pw, true);
+  expect_size(x, "x", g.n, image(g));
+  expect_size(out, "out", g.n, times(g.c, positions(g)));
+  on_device(args, [&](auto zero) {
+    using T = decltype(zero);
+    max_pool(ptr<const T>(x), ptr<T>(out), g);
+  });
+}
+
+void py_max_pool_backward(const DeviceBuffer& x, const DeviceBuffer& out,
+                          const DeviceBuffer& d_out, const DeviceBuffer& d_in, int64_t c,
+                          int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                          int64_t ph, int64_t pw) {
+  Args args;
+  args.add(x, "x");
+  args.add(out, "out");
+  args.add(d_out, "d_out");
+  args.add(d_in, "d_in");
+  expect_separate(d_in, "d_in", x, "x");
+  expect_separate(d_in, "d_in", out, "out");
+  expect_separate(d_in, "d_in", d_out, "d_out");
+  const ConvGeometry g = geometry_of(x, "x", c, h, w, kh, kw, sh, sw, ph, pw, true);
+  expect_size(x, "x", g.n, image(g));
+  expect_size(out, "out", g.n, times(g.c, positions(g)));
+  expect_size(d_out, "d_out", g.n, times(g.c, positions(g)));
+  expect_size(d_in, "d_in", g.n, image(g));
+  on_device(args, [&](auto zero) {
+    using T = decltype(zero);
+    max_pool_backward(ptr<const T>(x), ptr<const T>(out), ptr<const T>(d_out), ptr<T>(d_in), g);
+  });
+}
+
+void py_avg_pool(const DeviceBuffer& x, const DeviceBuffer& out, int64_t c, int64_t h, int64_t w,
+                 int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  Args args;
+  args.add(x, "x");
+  args.add(out, "out");
+  expect_separate(out, "out", x, "x");
+  const ConvGeometry g = geometry_of(x, "x", c, h, w, kh, kw, sh, sw, ph, pw, true);
+  expect_size(x, "x", g.n, image(g));
+  expect_size(out, "out", g.n, times(g.c, positions(g)));
+  on_device(args, [&](auto zero) {
+    using T = decltype(zero);
+    avg_pool(ptr<const T>(x), ptr<T>(out), g);
+  });
+}
+
+void py_avg_pool_backward(const DeviceBuffer& d_out, const DeviceBuffer& d_in, int64_t c,
+                          int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                          int64_t ph, int64_t pw) {
+  Args args;
+  args.add(d_out, "d_out");
+  args.add(d_in, "d_in");
+  expect_separate(d_in, "d_in", d_out, "d_out");
+  const ConvGeometry g = geometry_of(d_in, "d_in", c, h, w, kh, kw, sh, sw, ph, pw, true);
+  expect_size(d_in, "d_in", g.n, image(g));
+  expect_size(d_out, "d_out", g.n, times(g.c, positions(g)));
+  on_device(args, [&](auto zero) {
+    using T = decltype(zero);
+    avg_pool_backward(ptr<const T>(d_out), ptr<T>(d_in), g);
+  });
+}
+
 }  // namespace
 
 void register_kernels(py::module_& m) {
@@ -694,6 +906,38 @@ void register_kernels(py::module_& m) {
   m.def("nn_max_backward", &py_max_backward, "dout"_a, "x"_a, "remaining"_a, "dx"_a,
         "Gradient of a max for one input x: where x == remaining, dx = dout and remaining = NaN "
         "(a tie goes to the first input called), else dx = 0. All four buffers distinct.");
+  m.def("nn_im2col", &py_im2col, "x"_a, "col"_a, "c"_a, "h"_a, "w"_a, "kh"_a, "kw"_a, "sh"_a,
+        "sw"_a, "ph"_a, "pw"_a,
+        "col [n*P, K] = the receptive fields of x [n, c*h*w] (zeros for padding), as "
+        "_native.nn_im2col.");
+  m.def("nn_col2im", &py_col2im, "col"_a, "x"_a, "c"_a, "h"_a, "w"_a, "kh"_a, "kw"_a, "sh"_a,
+        "sw"_a, "ph"_a, "pw"_a,
+        "x [n, c*h*w] overwritten with the sums of the col [n*P, K] entries of each pixel, as "
+        "_native.nn_col2im (no atomics: the same result on every run).");
+  m.def(
+      "nn_channels_last",
+      [](const DeviceBuffer& src, const DeviceBuffer& dst, int64_t n, int64_t channels,
+         int64_t positions) { py_channels(true, src, dst, n, channels, positions); },
+      "src"_a, "dst"_a, "n"_a, "channels"_a, "positions"_a,
+      "dst [n, positions, channels] = src [n, channels, positions] transposed per example.");
+  m.def(
+      "nn_channels_first",
+      [](const DeviceBuffer& src, const DeviceBuffer& dst, int64_t n, int64_t channels,
+         int64_t positions) { py_channels(false, src, dst, n, channels, positions); },
+      "src"_a, "dst"_a, "n"_a, "channels"_a, "positions"_a,
+      "dst [n, channels, positions] = src [n, positions, channels] transposed per example.");
+  m.def("nn_max_pool", &py_max_pool, "x"_a, "out"_a, "c"_a, "h"_a, "w"_a, "kh"_a, "kw"_a,
+        "sh"_a, "sw"_a, "ph"_a, "pw"_a,
+        "out [n, c*P] = the max of each window's in-image values (NaN propagates).");
+  m.def("nn_max_pool_backward", &py_max_pool_backward, "x"_a, "out"_a, "d_out"_a, "d_in"_a,
+        "c"_a, "h"_a, "w"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a,
+        "d_in overwritten: each window's d_out to its first position holding the max.");
+  m.def("nn_avg_pool", &py_avg_pool, "x"_a, "out"_a, "c"_a, "h"_a, "w"_a, "kh"_a, "kw"_a,
+        "sh"_a, "sw"_a, "ph"_a, "pw"_a,
+        "out [n, c*P] = the mean of each window's in-image values (padding not counted).");
+  m.def("nn_avg_pool_backward", &py_avg_pool_backward, "d_out"_a, "d_in"_a, "c"_a, "h"_a, "w"_a,
+        "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a,
+        "d_in overwritten: each window's d_out / count spread over its in-image positions.");
 }
 
 }  // namespace sparkbatch::cuda::bindings

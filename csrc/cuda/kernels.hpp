@@ -112,4 +112,50 @@ void lstm_forward_step(const nn::LstmForwardStep<T>& p, Activation act, Activati
 template <typename T>
 void lstm_backward_step(const nn::LstmBackwardStep<T>& p, Activation act, Activation gate);
 
+// -- the convolutional layers (kernels_conv.cu) ---------------------------------------------------
+
+// One convolution or pooling call: n images of c channels, h x w pixels (NCHW, C-contiguous), a
+// kh x kw window moved by (sh, sw) over the image padded by (ph, pw) on each side, giving
+// oh x ow output positions: oh = (h + 2 ph - kh) / sh + 1, ow likewise (the caller checks that
+// both are >= 1, and for pooling that ph < kh and pw < kw, so that every window holds a pixel).
+struct ConvGeometry {
+  std::size_t n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+};
+
+// col [n * oh * ow, c * kh * kw]: row i * P + oy * ow + ox, column ci * kh * kw + ky * kw + kx
+// holds x[i, ci, oy * sh - ph + ky, ox * sw - pw + kx] (0 outside the image). x and col apart.
+template <typename T>
+void im2col(const T* x, T* col, const ConvGeometry& g);
+
+// The adjoint of im2col: x (overwritten) = the sum of the col entries that map to each pixel.
+template <typename T>
+void col2im(const T* col, T* x, const ConvGeometry& g);
+
+// src [n, channels, positions] -> dst [n, positions, channels] (NCHW -> NHWC), and back; src and
+// dst apart.
+template <typename T>
+void channels_last(const T* src, T* dst, std::size_t n, std::size_t channels,
+                   std::size_t positions);
+
+template <typename T>
+void channels_first(const T* src, T* dst, std::size_t n, std::size_t channels,
+                    std::size_t positions);
+
+// out [n, c, oh, ow] = the maximum of each window's pixels (NaN if one is NaN).
+template <typename T>
+void max_pool(const T* x, T* out, const ConvGeometry& g);
+
+// d_in (overwritten) = each window's d_out given to its first pixel (row-major) equal to its
+// out (a NaN out: its first NaN); overlapping windows add.
+template <typename T>
+void max_pool_backward(const T* x, const T* out, const T* d_out, T* d_in, const ConvGeometry& g);
+
+// out = the mean of each window's pixels (the padding is not counted).
+template <typename T>
+void avg_pool(const T* x, T* out, const ConvGeometry& g);
+
+// d_in (overwritten) = each window's d_out / its pixel count, spread over its pixels.
+template <typename T>
+void avg_pool_backward(const T* d_out, T* d_in, const ConvGeometry& g);
+
 }  // namespace sparkbatch::cuda

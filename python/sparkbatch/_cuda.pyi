@@ -136,3 +136,107 @@ def nn_max_backward(
     dout: DeviceBuffer, x: DeviceBuffer, remaining: DeviceBuffer, dx: DeviceBuffer
 ) -> None:
     """Where x == remaining: dx = dout and remaining = NaN (ties: first input); else dx = 0."""
+
+# -- the convolutional layers (as _native.nn_im2col and the rest, on DeviceBuffers) -------------
+
+def nn_im2col(
+    x: DeviceBuffer,
+    col: DeviceBuffer,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> None:
+    """col [n*P, K] = the receptive fields of x [n, c*h*w] (zeros for padding)."""
+
+def nn_col2im(
+    col: DeviceBuffer,
+    x: DeviceBuffer,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> None:
+    """x [n, c*h*w] overwritten with the sums of the col [n*P, K] entries of each pixel."""
+
+def nn_channels_last(
+    src: DeviceBuffer, dst: DeviceBuffer, n: int, channels: int, positions: int
+) -> None:
+    """dst [n, positions, channels] = src [n, channels, positions] transposed per example."""
+
+def nn_channels_first(
+    src: DeviceBuffer, dst: DeviceBuffer, n: int, channels: int, positions: int
+) -> None:
+    """dst [n, channels, positions] = src [n, positions, channels] transposed per example."""
+
+def nn_max_pool(
+    x: DeviceBuffer,
+    out: DeviceBuffer,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> None:
+    """out [n, c*P] = the max of each window's in-image values (NaN propagates)."""
+
+def nn_max_pool_backward(
+    x: DeviceBuffer,
+    out: DeviceBuffer,
+    d_out: DeviceBuffer,
+    d_in: DeviceBuffer,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> None:
+    """d_in overwritten: each window's d_out to its first position holding the max."""
+
+def nn_avg_pool(
+    x: DeviceBuffer,
+    out: DeviceBuffer,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> None:
+    """out [n, c*P] = the mean of each window's in-image values (padding not counted)."""
+
+def nn_avg_pool_backward(
+    d_out: DeviceBuffer,
+    d_in: DeviceBuffer,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+) -> None:
+    """d_in overwritten: each window's d_out / count spread over its in-image positions."""

@@ -255,6 +255,33 @@ class CudaBackend(Backend):
     def lstm_backward_step(self, *args) -> None:
         self._cuda.nn_lstm_backward_step(*args)
 
+    # The convolutional layers' kernels: ``geometry`` is (c, h, w, kh, kw, sh, sw, ph, pw), or
+    # (n, channels, positions) for the transposes, as the Backend methods take them.
+
+    def im2col(self, x, col, *geometry) -> None:
+        self._cuda.nn_im2col(x, col, *geometry)
+
+    def col2im(self, col, x, *geometry) -> None:
+        self._cuda.nn_col2im(col, x, *geometry)
+
+    def channels_last(self, src, dst, n, channels, positions) -> None:
+        self._cuda.nn_channels_last(src, dst, n, channels, positions)
+
+    def channels_first(self, src, dst, n, channels, positions) -> None:
+        self._cuda.nn_channels_first(src, dst, n, channels, positions)
+
+    def max_pool(self, x, out, *geometry) -> None:
+        self._cuda.nn_max_pool(x, out, *geometry)
+
+    def max_pool_backward(self, x, out, d_out, d_in, *geometry) -> None:
+        self._cuda.nn_max_pool_backward(x, out, d_out, d_in, *geometry)
+
+    def avg_pool(self, x, out, *geometry) -> None:
+        self._cuda.nn_avg_pool(x, out, *geometry)
+
+    def avg_pool_backward(self, d_out, d_in, *geometry) -> None:
+        self._cuda.nn_avg_pool_backward(d_out, d_in, *geometry)
+
     def updater_step(self, code, params, grads, state, hyper) -> None:
         self._cuda.nn_updater_step(code, params, grads, state, **hyper)
 
