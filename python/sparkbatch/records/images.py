@@ -105,6 +105,12 @@ def _default_threads() -> int:
     return max(1, min(cores, _MAX_THREADS))
 
 
+def _named_file(error: BaseException, names: list[str]) -> str:
+    """The one of ``names`` that ``error``'s message starts with (the last file otherwise)."""
+    message = str(error)
+    return next((name for name in names if message.startswith(name + ":")), names[-1])
+
+
 def _check_size(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"ImageRecordReader: {name} must be an int >= 1, got {value!r}")
@@ -397,13 +403,18 @@ class ImageRecordReader(FileRecordReader):
         if threads <= 1:
             for i in range(n):
                 self._decode_into(files[i], names[i], images[i])
-        else:
+        else:  # one task per thread, files interleaved (a task per file costs more)
 
-            def one(i: int) -> None:
-                self._decode_into(files[i], names[i], images[i])
+            def part(first: int) -> None:
+                for i in range(first, n, threads):
+                    self._decode_into(files[i], names[i], images[i])
 
-            for _ in _pool(threads).map(one, range(n)):
-                pass
+            tasks = [_pool(threads).submit(part, k) for k in range(threads)]
+            errors = [t.exception() for t in tasks]  # waits for every task
+            failed = [e for e in errors if e is not None]
+            if failed:  # the error of the first file in order that failed
+                first = min(failed, key=lambda e: names.index(_named_file(e, names)))
+                raise first
         return images, labels
 
     @staticmethod
