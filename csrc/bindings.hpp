@@ -40,6 +40,7 @@ class ByteView {
 void register_format(py::module_& m);  // bindings_format.cpp: file format, CRC32C, one-hot
 void register_csv(py::module_& m);
 void register_nn(py::module_& m);  // bindings_nn.cpp: the built-in network's kernels
+void register_conv(py::module_& m);  // bindings_conv.cpp: the convolutional layers' kernels
 void register_normalize(py::module_& m);  // bindings_normalize.cpp: the fitted normalizers
 
 }  // namespace sparkbatch::bindings

@@ -35,5 +35,6 @@ PYBIND11_MODULE(_native, m, py::mod_gil_not_used()) {
   sparkbatch::bindings::register_format(m);
   sparkbatch::bindings::register_csv(m);
   sparkbatch::bindings::register_nn(m);
+  sparkbatch::bindings::register_conv(m);
   sparkbatch::bindings::register_normalize(m);
 }

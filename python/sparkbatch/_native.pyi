@@ -110,3 +110,36 @@ def normalize_affine(
     offset: NDArray[np.float64],
     out: NDArray[Any],
 ) -> None: ...
+
+# The convolutional layers' kernels (bindings_conv.cpp): arrays float32 or float64, C-contiguous,
+# images as rows [n, c*h*w]; sizes are ints; see csrc/conv_kernels.hpp and docs/convolution.md.
+def nn_im2col(
+    x: NDArray[Any], col: NDArray[Any], c: int, h: int, w: int, kh: int, kw: int, sh: int,
+    sw: int, ph: int, pw: int,
+) -> None: ...
+def nn_col2im(
+    col: NDArray[Any], x: NDArray[Any], c: int, h: int, w: int, kh: int, kw: int, sh: int,
+    sw: int, ph: int, pw: int,
+) -> None: ...
+def nn_channels_last(
+    src: NDArray[Any], dst: NDArray[Any], n: int, channels: int, positions: int
+) -> None: ...
+def nn_channels_first(
+    src: NDArray[Any], dst: NDArray[Any], n: int, channels: int, positions: int
+) -> None: ...
+def nn_max_pool(
+    x: NDArray[Any], out: NDArray[Any], c: int, h: int, w: int, kh: int, kw: int, sh: int,
+    sw: int, ph: int, pw: int,
+) -> None: ...
+def nn_max_pool_backward(
+    x: NDArray[Any], out: NDArray[Any], d_out: NDArray[Any], d_in: NDArray[Any], c: int, h: int,
+    w: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+) -> None: ...
+def nn_avg_pool(
+    x: NDArray[Any], out: NDArray[Any], c: int, h: int, w: int, kh: int, kw: int, sh: int,
+    sw: int, ph: int, pw: int,
+) -> None: ...
+def nn_avg_pool_backward(
+    d_out: NDArray[Any], d_in: NDArray[Any], c: int, h: int, w: int, kh: int, kw: int, sh: int,
+    sw: int, ph: int, pw: int,
+) -> None: ...

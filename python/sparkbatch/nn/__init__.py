@@ -2,7 +2,8 @@
 over a CPU or CUDA backend.
 
 ``Network(layers, updater, seed=...)`` with :class:`Dense` hidden layers and one :class:`Output`
-layer, or recurrent layers (:class:`LSTM`, :class:`RnnOutput`, :class:`LastTimeStep`);
+layer, recurrent layers (:class:`LSTM`, :class:`RnnOutput`, :class:`LastTimeStep`), or convolutional
+ones (:class:`Conv2D`, :class:`MaxPool2D`, :class:`AvgPool2D`, :class:`Flatten`);
 ``Graph(inputs, vertices, outputs, updater)`` for several inputs and outputs, with
 :class:`Merge` and :class:`ElementWise` vertices; updaters :class:`SGD`, :class:`Momentum`,
 :class:`Nesterov`, :class:`Adam`, :class:`RMSProp` with optional :class:`StepSchedule` /
@@ -10,6 +11,7 @@ layer, or recurrent layers (:class:`LSTM`, :class:`RnnOutput`, :class:`LastTimeS
 parameter averaging, and they implement the ``Model`` protocol any other model can implement too.
 """
 
+from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .functions import ACTIVATIONS, LOSSES
 from .graph import Graph
 from .layers import WEIGHT_INITS, Dense, Layer, Output
@@ -37,6 +39,10 @@ __all__ = [
     "LSTM",
     "RnnOutput",
     "LastTimeStep",
+    "Conv2D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "Flatten",
     "Network",
     "Graph",
     "Layer",

@@ -205,6 +205,132 @@ class Backend:
         """One LSTM backward step: see ``lstm_backward_step`` in ``csrc/nn_kernels.hpp``."""
         raise NotImplementedError
 
+    # -- convolution (csrc/conv_kernels.hpp; docs/convolution.md) ------------------------------
+    # Images are rows [n, c*h*w] (NCHW). With oh = (h + 2*ph - kh) // sh + 1,
+    # ow = (w + 2*pw - kw) // sw + 1, P = oh*ow and K = c*kh*kw. Sizes are Python ints.
+
+    def im2col(
+        self,
+        x: Any,
+        col: Any,
+        c: int,
+        h: int,
+        w: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+    ) -> None:
+        """``col [n*P, K]`` = the receptive fields of ``x [n, c*h*w]``: row ``i*P + oy*ow + ox``
+        holds output position ``(oy, ox)`` of example ``i``, column ``ci*kh*kw + ky*kw + kx``
+        the pixel ``x[i, ci, oy*sh - ph + ky, ox*sw - pw + kx]`` (0 outside the image)."""
+        raise NotImplementedError
+
+    def col2im(
+        self,
+        col: Any,
+        x: Any,
+        c: int,
+        h: int,
+        w: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+    ) -> None:
+        """The adjoint of :meth:`im2col`: ``x [n, c*h*w]`` is overwritten with the sum of the
+        ``col`` entries that map to each pixel (0 where none does)."""
+        raise NotImplementedError
+
+    def channels_last(self, src: Any, dst: Any, n: int, channels: int, positions: int) -> None:
+        """``dst [n, positions, channels]`` = ``src [n, channels, positions]`` transposed per
+        example (NCHW to NHWC)."""
+        raise NotImplementedError
+
+    def channels_first(self, src: Any, dst: Any, n: int, channels: int, positions: int) -> None:
+        """``dst [n, channels, positions]`` = ``src [n, positions, channels]`` transposed per
+        example (NHWC to NCHW)."""
+        raise NotImplementedError
+
+    def max_pool(
+        self,
+        x: Any,
+        out: Any,
+        c: int,
+        h: int,
+        w: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+    ) -> None:
+        """``out [n, c*P]`` = the max over each window's in-image positions of ``x [n, c*h*w]``
+        (a NaN in the window gives NaN; ``ph < kh`` and ``pw < kw``)."""
+        raise NotImplementedError
+
+    def max_pool_backward(
+        self,
+        x: Any,
+        out: Any,
+        d_out: Any,
+        d_in: Any,
+        c: int,
+        h: int,
+        w: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+    ) -> None:
+        """``d_in [n, c*h*w]`` overwritten: each window's ``d_out`` goes to the first in-image
+        position (row-major in the window) whose ``x`` equals its ``out`` (ties go to one
+        place); overlapping windows accumulate."""
+        raise NotImplementedError
+
+    def avg_pool(
+        self,
+        x: Any,
+        out: Any,
+        c: int,
+        h: int,
+        w: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+    ) -> None:
+        """``out [n, c*P]`` = the mean over each window's in-image positions (padding is not
+        counted in the divisor)."""
+        raise NotImplementedError
+
+    def avg_pool_backward(
+        self,
+        d_out: Any,
+        d_in: Any,
+        c: int,
+        h: int,
+        w: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+    ) -> None:
+        """``d_in [n, c*h*w]`` overwritten: each window's ``d_out`` divided by its count of
+        in-image positions, spread over them (overlaps accumulate)."""
+        raise NotImplementedError
+
     # -- element-wise ------------------------------------------------------------------------
 
     def updater_step(
@@ -345,6 +471,15 @@ class CpuBackend(Backend):
 
     lstm_forward_step = staticmethod(_native.nn_lstm_forward_step)
     lstm_backward_step = staticmethod(_native.nn_lstm_backward_step)
+
+    im2col = staticmethod(_native.nn_im2col)
+    col2im = staticmethod(_native.nn_col2im)
+    channels_last = staticmethod(_native.nn_channels_last)
+    channels_first = staticmethod(_native.nn_channels_first)
+    max_pool = staticmethod(_native.nn_max_pool)
+    max_pool_backward = staticmethod(_native.nn_max_pool_backward)
+    avg_pool = staticmethod(_native.nn_avg_pool)
+    avg_pool_backward = staticmethod(_native.nn_avg_pool_backward)
 
     def updater_step(self, code, params, grads, state, hyper) -> None:
         _native.nn_updater_step(code, params, grads, state, **hyper)

@@ -639,6 +639,30 @@ def rows(array: Any, name: str, width: int, dtype: np.dtype, kind: str = "networ
         return np.ascontiguousarray(array, dtype=dtype)
 
 
+def image_rows(
+    array: Any,
+    name: str,
+    shape: tuple[int, int, int],
+    dtype: np.dtype,
+    kind: str = "network",
+) -> np.ndarray:
+    """Images ``[n, c, h, w]`` (NCHW) of ``shape`` ``(c, h, w)`` as rows ``[n, c * h * w]``
+    (the same memory when contiguous), or rows ``[n, c * h * w]`` as they are. Any other shape
+    is a ValueError saying the one expected (never reinterpreted)."""
+    array = np.asarray(array)
+    c, h, w = shape
+    width = c * h * w
+    if array.ndim == 4 and tuple(array.shape[1:]) == tuple(shape):
+        array = array.reshape(array.shape[0], width)
+    elif array.ndim != 2 or array.shape[1] != width:
+        raise ValueError(
+            f"{name} must have shape [n, {c}, {h}, {w}] (images, NCHW) or [n, {width}] (their "
+            f"rows) for this {kind}, whose first layer takes {c}x{h}x{w} images; got "
+            f"{array.shape}"
+        )
+    return rows(array, name, width, dtype, kind)
+
+
 def unrows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`rows` for outputs: ``[n * t, k]`` back to ``[n, k, t]``."""
     n, _, t = shape

@@ -27,6 +27,7 @@ __all__ = [
     "Dense",
     "Output",
     "WEIGHT_INITS",
+    "fill_weights",
     "is_layer_type",
     "layer_from_config",
     "register_layer",
@@ -113,6 +114,23 @@ class Layer:
         return 0.0
 
 
+def fill_weights(
+    rng: np.random.Generator, kind: str, target: np.ndarray, fan_in: int, fan_out: int
+) -> None:
+    """Fill ``target`` by weight initialisation ``kind`` (one of :data:`WEIGHT_INITS`) for a
+    layer of the given fan-in and fan-out (``n_in``, ``n_out`` of a Dense layer)."""
+    shape = target.shape
+    if kind == "xavier":
+        target[...] = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
+    elif kind in ("he", "relu"):
+        target[...] = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
+    elif kind == "uniform":
+        bound = 1.0 / math.sqrt(fan_in)
+        target[...] = rng.uniform(-bound, bound, shape)
+    else:
+        target[...] = 0.0
+
+
 @dataclass(frozen=True)
 class _DenseBase(Layer):
     """``W [n_in, n_out]``, ``b [n_out]``, an activation, input dropout and L2 on ``W``."""
@@ -159,16 +177,7 @@ class _DenseBase(Layer):
 
     def init_weights(self, rng: np.random.Generator, weights: np.ndarray) -> None:
         """Fill ``weights`` (the layer's W view) by the layer's initialisation."""
-        n_in, n_out = self.n_in, self.n_out
-        if self.weight_init == "xavier":
-            weights[...] = rng.normal(0.0, math.sqrt(2.0 / (n_in + n_out)), (n_in, n_out))
-        elif self.weight_init in ("he", "relu"):
-            weights[...] = rng.normal(0.0, math.sqrt(2.0 / n_in), (n_in, n_out))
-        elif self.weight_init == "uniform":
-            bound = 1.0 / math.sqrt(n_in)
-            weights[...] = rng.uniform(-bound, bound, (n_in, n_out))
-        else:
-            weights[...] = 0.0
+        fill_weights(rng, self.weight_init, weights, self.n_in, self.n_out)
 
     def l2_penalty(self, backend: Any, params: Params) -> float:
         if self.l2 > 0:

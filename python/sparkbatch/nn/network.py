@@ -39,11 +39,13 @@ import numpy as np
 from .._arguments import check_optional_int
 from ..data import DataSet, MultiDataSet
 from ..evaluation import Evaluation, RegressionEvaluation
+from .conv import is_spatial, resolve_sizes
 from .engine import Node, Topology
 from .flat_model import (
     INFERENCE_ROWS,
     FlatModel,
     Rows,
+    image_rows,
     label_rows,
     last_step_labels,
     rows,
@@ -64,7 +66,10 @@ class Network(FlatModel):
     Parameters
     ----------
     layers : sequence of layers, ending with one Output (or RnnOutput)
-        ``layers[i].n_out`` must equal ``layers[i + 1].n_in``.
+        ``layers[i].n_out`` must equal ``layers[i + 1].n_in``. A spatial layer
+        (:class:`~sparkbatch.nn.Conv2D`, :class:`~sparkbatch.nn.MaxPool2D`, ...) without
+        ``input_size`` takes the output shape of the spatial layer before it; a network whose
+        first layer is spatial takes features ``[n, c, h, w]`` (``docs/convolution.md``).
     updater : Updater, default Adam(1e-3)
         How gradients become steps.
     seed : int
@@ -88,7 +93,7 @@ class Network(FlatModel):
         dtype: str | np.dtype = "float32",
         device: str | int = "cpu",
     ) -> None:
-        self.layers: tuple[Layer, ...] = tuple(layers)
+        self.layers: tuple[Layer, ...] = resolve_sizes(tuple(layers))
         _check_layers(self.layers)
         self._setup(_chain(self.layers), updater, seed, dtype, device)
 
@@ -121,14 +126,15 @@ class Network(FlatModel):
         batch_size: int | None = None,
     ) -> np.ndarray:
         """The output layer's activations for ``features`` ``[n, n_in]`` (or ``[n, n_in, t]``,
-        with its ``features_mask`` ``[n, t]`` for recurrent layers).
+        with its ``features_mask`` ``[n, t]`` for recurrent layers; or images ``[n, c, h, w]``
+        when the first layer is spatial).
 
         Returns a new array ``[n, n_out]`` (``[n, n_out, t]`` for sequences, unless a
         :class:`~sparkbatch.nn.LastTimeStep` ends them).
         """
         step = check_optional_int("batch_size", batch_size) or INFERENCE_ROWS
         x = np.asarray(features)
-        xs = [rows(x, "features", self.num_inputs, self.dtype)]
+        xs = [self._feature_rows(x)]
         steps = sequence_steps([x], [features_mask], self.dtype)
         out = self._outputs(xs, steps, step)[0]
         if self._engine.output_sequences(steps)[0]:
@@ -197,9 +203,17 @@ class Network(FlatModel):
             f"{type(self.updater).__name__}, {self.dtype.name})"
         )
 
+    def _feature_rows(self, features: Any) -> np.ndarray:
+        """Features as rows: images ``[n, c, h, w]`` (or their rows) for a network whose
+        first layer is spatial, else ``[n, n_in]`` or sequences ``[n, n_in, t]``."""
+        first = self.layers[0]
+        if is_spatial(first):
+            return image_rows(features, "features", first.input_shape, self.dtype)
+        return rows(features, "features", self.num_inputs, self.dtype)
+
     def _batch_rows(self, batch: DataSet | MultiDataSet) -> Rows:
         ds = _as_dataset(batch)
-        x = rows(ds.features, "features", self.num_inputs, self.dtype)
+        x = self._feature_rows(ds.features)
         if ds.labels is None:
             raise ValueError("the minibatch has no labels to fit or score against")
         steps = sequence_steps([ds.features], [ds.features_mask], self.dtype)

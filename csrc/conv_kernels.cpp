@@ -1,0 +1,260 @@
+#include "conv_kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+
+#include "thread_pool.hpp"
+
+namespace sparkbatch::nn {
+namespace {
+
+using Index = std::ptrdiff_t;
+
+// Below this many elements touched a kernel runs on the calling thread: waking the pool costs
+// more (the element-wise kernels' threshold, lower since these passes do more per element).
+constexpr std::size_t kParallelMin = std::size_t{1} << 15;
+
+// Calls fn(k) for k in [0, count) (examples or image planes), split over the pool when `work`
+// elements are many enough. Each k is handled by one thread.
+template <typename F>
+void for_each_item(std::size_t count, std::size_t work, F&& fn) {
+  const std::size_t threads = pool_threads();
+  if (work < kParallelMin || threads < 2 || count < 2) {
+    for (std::size_t k = 0; k < count; ++k) fn(k);
+    return;
+  }
+  const std::size_t pieces = std::min(count, threads * 4);
+  const std::size_t step = (count + pieces - 1) / pieces;
+  parallel_for(pieces, [&](std::size_t p) {
+    const std::size_t end = std::min(count, (p + 1) * step);
+    for (std::size_t k = p * step; k < end; ++k) fn(k);
+  });
+}
+
+// The in-image part [begin, end) of a window starting at `start` (may be negative) of `size`.
+struct Span {
+  Index begin, end;
+};
+inline Span clip(Index start, std::size_t size, std::size_t limit) {
+  return {std::max<Index>(start, 0), std::min<Index>(start + static_cast<Index>(size),
+                                                     static_cast<Index>(limit))};
+}
+
+// Visits every (row of col, its window origin) of example i: fn(row pointer, iy0, ix0).
+template <typename T, typename F>
+void for_each_window(T* base, const ConvShape& s, F&& fn) {
+  const std::size_t oh = s.out_h(), ow = s.out_w(), k = s.patch();
+  for (std::size_t oy = 0; oy < oh; ++oy) {
+    const Index iy0 = static_cast<Index>(oy * s.sh) - static_cast<Index>(s.ph);
+    for (std::size_t ox = 0; ox < ow; ++ox) {
+      const Index ix0 = static_cast<Index>(ox * s.sw) - static_cast<Index>(s.pw);
+      fn(base + (oy * ow + ox) * k, iy0, ix0);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void im2col(const T* x, T* col, const ConvShape& s) {
+  const std::size_t image = s.image(), rows = s.positions() * s.patch(), plane = s.h * s.w;
+  const Index h = static_cast<Index>(s.h), w = static_cast<Index>(s.w);
+  const Index kw = static_cast<Index>(s.kw);
+  for_each_item(s.n, s.n * rows, [&](std::size_t i) {
+    const T* xi = x + i * image;
+    for_each_window(col + i * rows, s, [&](T* row, Index iy0, Index ix0) {
+      const bool inside = ix0 >= 0 && ix0 + kw <= w;
+      for (std::size_t ch = 0; ch < s.c; ++ch) {
+        const T* src_plane = xi + ch * plane;
+        for (std::size_t ky = 0; ky < s.kh; ++ky, row += s.kw) {
+          const Index iy = iy0 + static_cast<Index>(ky);
+          if (iy < 0 || iy >= h) {
+            std::fill(row, row + s.kw, T(0));
+            continue;
+          }
+          const T* src = src_plane + iy * w;
+          if (inside) {
+            std::memcpy(row, src + ix0, s.kw * sizeof(T));
+            continue;
+          }
+          for (Index kx = 0; kx < kw; ++kx) {
+            const Index ix = ix0 + kx;
+            row[kx] = ix >= 0 && ix < w ? src[ix] : T(0);
+          }
+        }
+      }
+    });
+  });
+}
+
+template <typename T>
+void col2im(const T* col, T* x, const ConvShape& s) {
+  const std::size_t image = s.image(), rows = s.positions() * s.patch(), plane = s.h * s.w;
+  const Index h = static_cast<Index>(s.h), w = static_cast<Index>(s.w);
+  const Index kw = static_cast<Index>(s.kw);
+  for_each_item(s.n, s.n * rows, [&](std::size_t i) {
+    T* xi = x + i * image;
+    std::fill(xi, xi + image, T(0));
+    for_each_window(col + i * rows, s, [&](const T* row, Index iy0, Index ix0) {
+      for (std::size_t ch = 0; ch < s.c; ++ch) {
+        T* dst_plane = xi + ch * plane;
+        for (std::size_t ky = 0; ky < s.kh; ++ky, row += s.kw) {
+          const Index iy = iy0 + static_cast<Index>(ky);
+          if (iy < 0 || iy >= h) continue;
+          T* dst = dst_plane + iy * w;
+          const Index lo = std::max<Index>(0, -ix0), hi = std::min<Index>(kw, w - ix0);
+          for (Index kx = lo; kx < hi; ++kx) dst[ix0 + kx] += row[kx];
+        }
+      }
+    });
+  });
+}
+
+namespace {
+
+// dst [cols, rows] = src [rows, cols] transposed, in tiles that stay in cache.
+template <typename T>
+void transpose(const T* src, T* dst, std::size_t rows, std::size_t cols) {
+  constexpr std::size_t kTile = 32;
+  for (std::size_t r0 = 0; r0 < rows; r0 += kTile) {
+    const std::size_t r1 = std::min(rows, r0 + kTile);
+    for (std::size_t c0 = 0; c0 < cols; c0 += kTile) {
+      const std::size_t c1 = std::min(cols, c0 + kTile);
+      for (std::size_t r = r0; r < r1; ++r)
+        for (std::size_t c = c0; c < c1; ++c) dst[c * rows + r] = src[r * cols + c];
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void channels_last(const T* src, T* dst, std::size_t n, std::size_t channels,
+                   std::size_t positions) {
+  const std::size_t each = channels * positions;
+  for_each_item(n, n * each, [&](std::size_t i) {
+    transpose(src + i * each, dst + i * each, channels, positions);
+  });
+}
+
+template <typename T>
+void channels_first(const T* src, T* dst, std::size_t n, std::size_t channels,
+                    std::size_t positions) {
+  const std::size_t each = channels * positions;
+  for_each_item(n, n * each, [&](std::size_t i) {
+    transpose(src + i * each, dst + i * each, positions, channels);
+  });
+}
+
+namespace {
+
+// Calls fn(plane index, y span, x span, output index within the plane) for every window of every
+// image plane (n*c of them, split over the pool), after start(plane) for each plane.
+template <typename Start, typename F>
+void for_each_pool_window(const ConvShape& s, std::size_t work, Start&& start, F&& fn) {
+  const std::size_t oh = s.out_h(), ow = s.out_w();
+  for_each_item(s.n * s.c, work, [&](std::size_t p) {
+    start(p);
+    for (std::size_t oy = 0; oy < oh; ++oy) {
+      const Span ys = clip(static_cast<Index>(oy * s.sh) - static_cast<Index>(s.ph), s.kh, s.h);
+      for (std::size_t ox = 0; ox < ow; ++ox) {
+        const Span xs =
+            clip(static_cast<Index>(ox * s.sw) - static_cast<Index>(s.pw), s.kw, s.w);
+        fn(p, ys, xs, oy * ow + ox);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void max_pool(const T* x, T* out, const ConvShape& s) {
+  const std::size_t plane = s.h * s.w, pooled = s.positions();
+  const Index w = static_cast<Index>(s.w);
+  const std::size_t work = s.n * s.c * pooled * s.kh * s.kw;
+  for_each_pool_window(
+      s, work, [](std::size_t) {},
+      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
+        const T* xp = x + p * plane;
+        T m = xp[ys.begin * w + xs.begin];
+        for (Index y = ys.begin; y < ys.end; ++y)
+          for (Index xx = xs.begin; xx < xs.end; ++xx) {
+            const T v = xp[y * w + xx];
+            if (v > m || std::isnan(v)) m = v;  // once m is NaN nothing replaces it
+          }
+        out[p * pooled + o] = m;
+      });
+}
+
+template <typename T>
+void max_pool_backward(const T* x, const T* out, const T* d_out, T* d_in, const ConvShape& s) {
+  const std::size_t plane = s.h * s.w, pooled = s.positions();
+  const Index w = static_cast<Index>(s.w);
+  const std::size_t work = s.n * s.c * (plane + pooled * s.kh * s.kw);
+  for_each_pool_window(
+      s, work, [&](std::size_t p) { std::fill(d_in + p * plane, d_in + (p + 1) * plane, T(0)); },
+      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
+        const T* xp = x + p * plane;
+        const T m = out[p * pooled + o];
+        const bool nan = std::isnan(m);
+        for (Index y = ys.begin; y < ys.end; ++y)
+          for (Index xx = xs.begin; xx < xs.end; ++xx) {
+            const T v = xp[y * w + xx];
+            if (v == m || (nan && std::isnan(v))) {
+              d_in[p * plane + static_cast<std::size_t>(y * w + xx)] += d_out[p * pooled + o];
+              return;
+            }
+          }
+      });
+}
+
+template <typename T>
+void avg_pool(const T* x, T* out, const ConvShape& s) {
+  const std::size_t plane = s.h * s.w, pooled = s.positions();
+  const Index w = static_cast<Index>(s.w);
+  const std::size_t work = s.n * s.c * pooled * s.kh * s.kw;
+  for_each_pool_window(
+      s, work, [](std::size_t) {},
+      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
+        const T* xp = x + p * plane;
+        T sum = 0;
+        for (Index y = ys.begin; y < ys.end; ++y)
+          for (Index xx = xs.begin; xx < xs.end; ++xx) sum += xp[y * w + xx];
+        out[p * pooled + o] = sum / static_cast<T>((ys.end - ys.begin) * (xs.end - xs.begin));
+      });
+}
+
+template <typename T>
+void avg_pool_backward(const T* d_out, T* d_in, const ConvShape& s) {
+  const std::size_t plane = s.h * s.w, pooled = s.positions();
+  const Index w = static_cast<Index>(s.w);
+  const std::size_t work = s.n * s.c * (plane + pooled * s.kh * s.kw);
+  for_each_pool_window(
+      s, work, [&](std::size_t p) { std::fill(d_in + p * plane, d_in + (p + 1) * plane, T(0)); },
+      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
+        T* dp = d_in + p * plane;
+        const T g =
+            d_out[p * pooled + o] / static_cast<T>((ys.end - ys.begin) * (xs.end - xs.begin));
+        for (Index y = ys.begin; y < ys.end; ++y)
+          for (Index xx = xs.begin; xx < xs.end; ++xx) dp[y * w + xx] += g;
+      });
+}
+
+#define SPARKBATCH_CONV_INSTANTIATE(T)                                                         \
+  template void im2col<T>(const T*, T*, const ConvShape&);                                     \
+  template void col2im<T>(const T*, T*, const ConvShape&);                                     \
+  template void channels_last<T>(const T*, T*, std::size_t, std::size_t, std::size_t);        \
+  template void channels_first<T>(const T*, T*, std::size_t, std::size_t, std::size_t);       \
+  template void max_pool<T>(const T*, T*, const ConvShape&);                                   \
+  template void max_pool_backward<T>(const T*, const T*, const T*, T*, const ConvShape&);      \
+  template void avg_pool<T>(const T*, T*, const ConvShape&);                                   \
+  template void avg_pool_backward<T>(const T*, T*, const ConvShape&);
+
+SPARKBATCH_CONV_INSTANTIATE(float)
+SPARKBATCH_CONV_INSTANTIATE(double)
+#undef SPARKBATCH_CONV_INSTANTIATE
+
+}  // namespace sparkbatch::nn
