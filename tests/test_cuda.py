@@ -1104,9 +1104,9 @@ def test_channels_last_and_first_are_batched_transposes(dtype):
     # (n, channels, positions): more tiles than blocks, partial tiles, and single rows/columns
     for n, channels, positions in [(130, 40, 1000), (3, 33, 31), (5, 1, 17), (4, 7, 1), (0, 3, 9)]:
         src = rng.normal(size=(n, channels * positions)).astype(dtype)
-        nhwc = cuda.DeviceBuffer((n, channels * positions), dtype)
+        nhwc = cuda.DeviceBuffer((n * positions, channels), dtype)  # as Conv2D's rows
         cuda.nn_channels_last(cuda.to_device(src), nhwc, n, channels, positions)
-        expected = src.reshape(n, channels, positions).transpose(0, 2, 1).reshape(n, -1)
+        expected = src.reshape(n, channels, positions).transpose(0, 2, 1).reshape(-1, channels)
         np.testing.assert_array_equal(nhwc.to_host(), expected)
         back = cuda.DeviceBuffer((n, channels * positions), dtype)
         cuda.nn_channels_first(nhwc, back, n, channels, positions)
@@ -1235,12 +1235,12 @@ def _conv_network(device, dtype="float64", seed=5):
     from sparkbatch.nn import Conv2D, Flatten, MaxPool2D
 
     layers = [
-        Conv2D(1, 4, 3, padding=1, input_size=(8, 8)),
-        MaxPool2D(2),
-        Conv2D(4, 6, (3, 2), stride=(2, 1), padding=(1, 0), activation="tanh"),
+        Conv2D(1, 8, 3, padding=1, input_size=(8, 8)),  # 8x8x8
+        MaxPool2D(2),  # 8x4x4
+        Conv2D(8, 16, (3, 2), stride=(2, 1), padding=(1, 0), activation="tanh"),  # 16x2x3
         Flatten(),
-        Dense(6 * 2 * 3, 16, "relu"),
-        Output(16, 10, "softmax", "cross_entropy"),
+        Dense(16 * 2 * 3, 32, "relu"),
+        Output(32, 10, "softmax", "cross_entropy"),
     ]
     return Network(layers, Adam(3e-3), seed=seed, dtype=dtype, device=device)
 

@@ -701,12 +701,10 @@ std::size_t positions(const ConvGeometry& g) { return times(g.oh, g.ow); }
 std::size_t patch(const ConvGeometry& g) { return times(times(g.c, g.kh), g.kw); }
 std::size_t image(const ConvGeometry& g) { return times(times(g.c, g.h), g.w); }
 
-// [rows, cols] as a 2-D buffer, or any shape of `rows` first and rows * cols values.
+// rows * cols values, in any shape (the layers pass [n * P, channels] buffers as [n, ...] ones).
 void expect_size(const DeviceBuffer& b, const char* name, std::size_t rows, std::size_t cols) {
   const auto& shape = b.shape();
-  if (!shape.empty() && static_cast<std::size_t>(shape[0]) == rows &&
-      b.size() == times(rows, cols))
-    return;
+  if (b.size() == times(rows, cols)) return;
   std::string got;
   for (std::size_t d = 0; d < shape.size(); ++d)
     got += (d ? ", " : "") + std::to_string(shape[d]);
