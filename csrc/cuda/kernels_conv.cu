@@ -6,7 +6,9 @@
 // computes it whole. The adjoints (col2im, the pools' backward passes) would scatter-add from
 // overlapping windows; here instead each thread owns one input pixel and sums, in a fixed order
 // (windows by output row, then output column), the contributions of the windows that cover it.
-// No atomics, no races, and the same inputs give bit-identical results on every run.
+// No atomics, no races, and the same inputs give bit-identical results on every run. That order
+// is the one in which the CPU kernels (conv_kernels.cpp) add into each pixel, so with the
+// module's --fmad=false the two devices add the same numbers in the same order.
 //
 // NOTE(32-bit indices): index arithmetic (divisions above all) costs twice as much in 64 bits, so
 // every kernel is instantiated for uint32_t and uint64_t indices and the host picks uint32_t
@@ -298,7 +300,7 @@ bool small(const ConvGeometry& g, std::size_t largest) {
   return largest < kSmall && g.h + 2 * g.ph + g.kh < kSmall && g.w + 2 * g.pw + g.kw < kSmall;
 }
 
-// Runs `launch.template operator()<I>(Geo<I>, I total)` with I = uint32_t when it suffices.
+// Calls launch(Geo<I>, I total) with I = uint32_t when that suffices, else uint64_t.
 template <typename F>
 void dispatch(const ConvGeometry& g, std::size_t total, std::size_t largest, F&& launch) {
   if (small(g, largest))
