@@ -182,6 +182,8 @@ def test_labels_set_are_kept_and_unknown_or_missing_labels_fail(class_dirs):
     reader.set_labels(["cat", "dog"])
     with pytest.raises(ValueError, match=r"bird/f\.png: unknown label 'bird'; expected one of"):
         list(reader.initialize(str(class_dirs)))
+    path = next(p for p in reader.sources if p.endswith("a.png"))
+    assert reader.read(path)[1] == 0
     unset = ImageRecordReader(4, 4, 3, ParentPathLabelGenerator())
     with pytest.raises(ValueError, match="no list of labels; pass labels="):
         unset.read_batch([encode(solid(RED), "PNG")], ["x/cat/0.png"])
@@ -195,7 +197,11 @@ def test_pattern_labels_and_no_generator():
     assert labels.dtype == np.int64
     plain = ImageRecordReader(4, 4, 3)
     assert plain.read_batch(data, ["a.png", "b.bmp"])[1] is None
-    assert len(plain.parse(data[0], "a.png")[0]) == 1  # [image] without a generator
+    assert len(plain.read(data[0])) == 1  # [image] without a generator
+    image, label = reader.read(data[1], "x/dog_3.bmp")
+    assert label == 1 and image[2, 0, 0] == 255
+    with pytest.raises(ValueError, match="needs uri="):
+        reader.read(data[1])
 
 
 class MaskGenerator:

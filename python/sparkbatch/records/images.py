@@ -61,7 +61,7 @@ import numpy as np
 from sparkbatch.errors import FormatError
 from sparkbatch.records.labels import LabelGenerator
 from sparkbatch.records.reader import FileRecordReader, PathOrPaths, Record
-from sparkbatch.storage import is_directory, list_files
+from sparkbatch.storage import is_directory, list_files, read_bytes
 from sparkbatch.storage.file_batch import entry_name
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageRecordReader"]
@@ -355,6 +355,23 @@ class ImageRecordReader(FileRecordReader):
         if image.mode in ("LA", "La", "PA"):
             image = image.convert("L" if image.mode != "PA" else "RGBA")
         return image.convert(target)
+
+    def read(
+        self, data_or_path: bytes | str | os.PathLike[str], uri: str | None = None
+    ) -> Record:
+        """One image's record, ``[image, label]`` (``[image]`` without a label generator), from
+        its bytes or its path or URL (read with :func:`sparkbatch.storage.read_bytes`, with
+        this reader's storage options); ``uri`` is the path the label comes from (default the
+        path given)."""
+        if isinstance(data_or_path, (bytes, bytearray, memoryview)):
+            data, where = bytes(data_or_path), uri
+        else:
+            where = os.fspath(data_or_path)
+            data = read_bytes(where, storage_options=self._storage_options)
+            where = uri or where
+        if where is None and self.label_generator is not None:
+            raise ValueError("read(bytes) of a reader with a label generator needs uri=")
+        return self.parse(data, where or "the image bytes")[0]
 
     def parse(self, data: bytes, source: str) -> list[Record]:
         """The one record of an image file: ``[image, label]`` (``[image]`` without a label
