@@ -324,3 +324,30 @@ def test_loader_errors_name_the_archive_and_entry(tmp_path):
     (tmp_path / "text.zip").write_bytes(b"plain text")
     with pytest.raises(FormatError, match="text.zip: not a zip archive"):
         FileBatchLoader(reader, 2, 1, 2).load(Source(str(tmp_path / "text.zip")))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_read_batch_in_a_forked_child_after_the_parent_used_its_pool():
+    import os
+    import signal
+    import warnings
+
+    reader = ImageRecordReader(4, 4, 3, threads=2)
+    data = [encode(solid(RED), "PNG")] * 4
+    assert reader.read_batch(data, ["a.png"] * 4)[0].shape == (4, 3, 4, 4)  # the pool exists
+    read, write_end = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns of fork() with threads running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: the parent's pool threads do not exist here
+        ok = False
+        try:
+            signal.alarm(20)  # a pool waiting for threads that do not exist: killed, not hung
+            ok = reader.read_batch(data, ["a.png"] * 4)[0][:, 0, 0, 0].tolist() == [255] * 4
+        finally:
+            os.write(write_end, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1" and status == 0
+

@@ -98,6 +98,17 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _forget_pools() -> None:
+    """In a forked child: the parent's pools have no threads here; make new ones on demand."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: Spark's Python workers are forked
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
 def _default_threads() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
