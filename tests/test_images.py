@@ -184,6 +184,8 @@ def test_labels_set_are_kept_and_unknown_or_missing_labels_fail(class_dirs):
         list(reader.initialize(str(class_dirs)))
     path = next(p for p in reader.sources if p.endswith("a.png"))
     assert reader.read(path)[1] == 0
+    with pytest.raises(ValueError, match=r"^flat\.png: ParentPathLabelGenerator: 'flat\.png' has"):
+        reader.read_batch([encode(solid(RED), "PNG")], ["flat.png"])
     unset = ImageRecordReader(4, 4, 3, ParentPathLabelGenerator())
     with pytest.raises(ValueError, match="no list of labels; pass labels="):
         unset.read_batch([encode(solid(RED), "PNG")], ["x/cat/0.png"])

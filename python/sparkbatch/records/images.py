@@ -186,7 +186,7 @@ class ImageRecordReader(FileRecordReader):
         self,
         height: int,
         width: int,
-        channels: int = 3,
+        channels: int,
         label_generator: LabelGenerator | None = None,
         labels: Sequence[str] | None = None,
         *,
@@ -457,10 +457,15 @@ class ImageRecordReader(FileRecordReader):
         for uri, name in zip(uris, names, strict=True):
             try:
                 found.append(self.label(uri))  # type: ignore[arg-type]
-            except (ValueError, TypeError) as e:
-                if name == uri:
-                    raise
-                raise type(e)(str(e).replace(uri + ":", name + ":", 1)) from None
+            except (ValueError, TypeError) as e:  # named as the decoding errors are
+                message = str(e)
+                if message.startswith(uri + ":"):
+                    if name == uri:
+                        raise
+                    message = name + message[len(uri) :]
+                else:
+                    message = f"{name}: {message}"
+                raise type(e)(message) from e
         if not found:
             return np.zeros(0, np.int64)
         arrays = [isinstance(label, np.ndarray) for label in found]
