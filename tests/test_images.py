@@ -104,6 +104,38 @@ def test_jpeg_draft_is_close_to_the_full_decode():
     assert 0 < np.abs(fast - full).mean() < 3
 
 
+def pillow_reference(data: bytes, height: int, width: int, channels: int, draft: bool):
+    """What Image.open, draft, convert and resize give: the reader's JPEG path must match it."""
+    mode = "RGB" if channels == 3 else "L"
+    image = Image.open(io.BytesIO(data))
+    if draft:
+        image.draft(mode, (width, height))
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image)
+    return pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
+
+
+@pytest.mark.parametrize("kind", ["420", "444", "progressive", "grey"])
+def test_plain_jpegs_decode_as_pillow_opens_them(kind):
+    from sparkbatch.records.images import _jpeg_frame
+
+    rgb = Image.fromarray(gradient(100, 120).astype(np.uint8))
+    image = rgb.convert("L") if kind == "grey" else rgb
+    options = {"444": {"subsampling": 0}, "progressive": {"progressive": True}}.get(kind, {})
+    data = encode(image, "JPEG", quality=85, **options)
+    assert _jpeg_frame(data) == (120, 100, 1 if kind == "grey" else 3)  # the one-call path
+    for height, width in [(100, 120), (48, 60), (12, 14), (30, 70)]:
+        for channels in (1, 3):
+            for draft in (True, False):
+                got = ImageRecordReader(height, width, channels, fast_jpeg=draft).decode(data)
+                expected = pillow_reference(data, height, width, channels, draft)
+                np.testing.assert_array_equal(got, expected, err_msg=f"{height, width, draft}")
+    cmyk = encode(Image.new("CMYK", (8, 8)), "JPEG")
+    assert _jpeg_frame(cmyk) is None  # Adobe marker, 4 components: Image.open's path
+
+
 def test_gif_first_frame():
     frames = [solid(RED).quantize(4), solid(BLUE).quantize(4)]
     out = io.BytesIO()

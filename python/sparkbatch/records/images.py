@@ -36,6 +36,14 @@ NOTE [image decoding]: the rules every image goes through, in order.
    published pretrained models. A model trained on DataVec's BGR arrays reads sparkbatch's
    arrays after ``x[:, ::-1]`` (channels reversed), and the other way round.
 
+NOTE [plain JPEGs]: opening a JPEG with ``Image.open`` parses its header in Python, which for
+a 64x64 photograph costs as much as decoding it, under the GIL. A plain JPEG (8-bit, baseline
+or progressive Huffman, 1 or 3 components, no Adobe marker) is therefore decoded by one call
+to Pillow's JPEG decoder (``Image.frombytes(mode, size, data, "jpeg", ...)``) with the
+arguments ``Image.open`` and ``Image.draft`` would give it, after a scan of its markers for
+the frame's size; the pixels are the same (the tests compare them). Every other JPEG, and any
+JPEG this fails on, goes through ``Image.open``, which also names the problem of a bad one.
+
 NOTE [image labels]: with a label generator, a record's label is the index of the generated
 class name in :attr:`ImageRecordReader.labels`. That list is set by ``labels=``, by
 :meth:`~ImageRecordReader.set_labels`, or inferred by :meth:`~ImageRecordReader.initialize`:
@@ -71,6 +79,7 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageRecordReader"]
 IMAGE_EXTENSIONS = ("bmp", "gif", "jpeg", "jpg", "png")
 _FORMATS = ("JPEG", "PNG", "BMP", "GIF")
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"BM", "BMP"), (b"GIF8", "GIF"))
+_PLAIN_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _MAX_THREADS = 8
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -96,6 +105,29 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         if pool is None:
             pool = _pools[threads] = ThreadPoolExecutor(threads, "sparkbatch-images")
         return pool
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """``(width, height, components)`` of a plain JPEG (NOTE [plain JPEGs]), or None."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _PLAIN_FRAMES:
+            if i + 10 > n or data[i + 4] != 8:
+                return None
+            height = (data[i + 5] << 8) | data[i + 6]
+            width = (data[i + 7] << 8) | data[i + 8]
+            layers = data[i + 9]
+            return (width, height, layers) if layers in (1, 3) and width and height else None
+        if marker == 0xEE or 0xC3 <= marker <= 0xCF or marker in (0xD9, 0xDA):
+            return None  # Adobe (colour transform), other frames, or no frame before the scan
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
 
 
 def _forget_pools() -> None:
@@ -321,10 +353,12 @@ class ImageRecordReader(FileRecordReader):
         """Decode ``data`` into ``out`` ``[c, h, w]``; a FormatError names ``where``."""
         image_module = _pillow()
         try:
-            image = image_module.open(io.BytesIO(data), formats=_FORMATS)
-            if self.fast_jpeg and image.format == "JPEG":
-                image.draft("RGB" if self.channels == 3 else "L", (self.width, self.height))
-            image.seek(0)  # a GIF's first frame
+            image = self._plain_jpeg(data, image_module)
+            if image is None:
+                image = image_module.open(io.BytesIO(data), formats=_FORMATS)
+                if self.fast_jpeg and image.format == "JPEG":
+                    image.draft("RGB" if self.channels == 3 else "L", (self.width, self.height))
+                image.seek(0)  # a GIF's first frame
             image = self._convert(image, image_module)
             if image.size != (self.width, self.height):
                 image = image.resize((self.width, self.height), image_module.Resampling.BILINEAR)
@@ -350,6 +384,30 @@ class ImageRecordReader(FileRecordReader):
             out[...] = pixels.transpose(2, 0, 1)
         else:
             out[0] = pixels
+
+    def _plain_jpeg(self, data: bytes, image_module: Any) -> Any:
+        """A plain 8-bit grey or colour JPEG decoded in one call to Pillow's JPEG decoder, or
+        None for anything else (NOTE [plain JPEGs])."""
+        if not data.startswith(b"\xff\xd8\xff"):
+            return None
+        frame = _jpeg_frame(data)
+        if frame is None:
+            return None
+        width, height, layers = frame
+        if width * height > image_module.MAX_IMAGE_PIXELS:  # Pillow's own path warns or refuses
+            return None
+        mode = "L" if layers == 1 else "RGB"
+        scale = 1
+        if self.fast_jpeg:  # as Image.draft: libjpeg's luma for grey, DCT scaling
+            if self.channels == 1:
+                mode = "L"
+            reduction = min(width // self.width, height // self.height)
+            scale = next(s for s in (8, 4, 2, 1) if reduction >= s)
+        size = ((width + scale - 1) // scale, (height + scale - 1) // scale)
+        try:
+            return image_module.frombytes(mode, size, data, "jpeg", mode, "", scale, 0)
+        except (ValueError, OSError):  # truncated or corrupt: Pillow's path names the problem
+            return None
 
     def _convert(self, image: Any, image_module: Any) -> Any:
         """``image`` in mode "RGB" or "L" (NOTE [image decoding], step 3)."""
