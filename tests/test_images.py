@@ -136,6 +136,31 @@ def test_plain_jpegs_decode_as_pillow_opens_them(kind):
     assert _jpeg_frame(cmyk) is None  # Adobe marker, 4 components: Image.open's path
 
 
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_is_applied(orientation):
+    from PIL import ImageOps
+
+    from sparkbatch.records.images import _jpeg_frame
+
+    pixels = np.zeros((16, 32, 3), np.uint8)
+    pixels[:, :16] = RED  # left half red, right half blue, as stored
+    pixels[:, 16:] = BLUE
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
+    assert _jpeg_frame(data) is None  # an EXIF marker: Image.open's path
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    width, height = upright.size
+    got = ImageRecordReader(height // 2, width // 2, 3, fast_jpeg=False).decode(data)
+    expected = upright.resize((width // 2, height // 2), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(got, np.asarray(expected).transpose(2, 0, 1))
+    drafted = ImageRecordReader(height // 2, width // 2, 3).decode(data)  # half scale
+    corners = {1: (RED, BLUE), 3: (BLUE, RED), 6: (RED, BLUE), 8: (BLUE, RED)}[orientation]
+    np.testing.assert_allclose(drafted[:, 1, 1], corners[0], atol=6)  # top left
+    np.testing.assert_allclose(drafted[:, -2, -2], corners[1], atol=6)  # bottom right
+    assert drafted.shape[1:] == ((16, 8) if orientation in (6, 8) else (8, 16))
+
+
 def test_gif_first_frame():
     frames = [solid(RED).quantize(4), solid(BLUE).quantize(4)]
     out = io.BytesIO()
