@@ -3,7 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <cstring>
+#include <limits>
+#include <type_traits>
 
 #include "thread_pool.hpp"
 
@@ -42,6 +43,24 @@ inline Span clip(Index start, std::size_t size, std::size_t limit) {
                                                      static_cast<Index>(limit))};
 }
 
+// Calls f with the kernel width as a compile-time constant for the common small widths (so the
+// innermost loops unroll), else as a runtime value.
+template <typename F>
+void with_width(std::size_t kw, F&& f) {
+  switch (kw) {
+    case 1:
+      return f(std::integral_constant<Index, 1>{});
+    case 2:
+      return f(std::integral_constant<Index, 2>{});
+    case 3:
+      return f(std::integral_constant<Index, 3>{});
+    case 5:
+      return f(std::integral_constant<Index, 5>{});
+    default:
+      return f(static_cast<Index>(kw));
+  }
+}
+
 // Visits every (row of col, its window origin) of example i: fn(row pointer, iy0, ix0).
 template <typename T, typename F>
 void for_each_window(T* base, const ConvShape& s, F&& fn) {
@@ -61,30 +80,32 @@ template <typename T>
 void im2col(const T* x, T* col, const ConvShape& s) {
   const std::size_t image = s.image(), rows = s.positions() * s.patch(), plane = s.h * s.w;
   const Index h = static_cast<Index>(s.h), w = static_cast<Index>(s.w);
-  const Index kw = static_cast<Index>(s.kw);
-  for_each_item(s.n, s.n * rows, [&](std::size_t i) {
-    const T* xi = x + i * image;
-    for_each_window(col + i * rows, s, [&](T* row, Index iy0, Index ix0) {
-      const bool inside = ix0 >= 0 && ix0 + kw <= w;
-      for (std::size_t ch = 0; ch < s.c; ++ch) {
-        const T* src_plane = xi + ch * plane;
-        for (std::size_t ky = 0; ky < s.kh; ++ky, row += s.kw) {
-          const Index iy = iy0 + static_cast<Index>(ky);
-          if (iy < 0 || iy >= h) {
-            std::fill(row, row + s.kw, T(0));
-            continue;
-          }
-          const T* src = src_plane + iy * w;
-          if (inside) {
-            std::memcpy(row, src + ix0, s.kw * sizeof(T));
-            continue;
-          }
-          for (Index kx = 0; kx < kw; ++kx) {
-            const Index ix = ix0 + kx;
-            row[kx] = ix >= 0 && ix < w ? src[ix] : T(0);
+  with_width(s.kw, [&](auto width) {
+    const Index kw = static_cast<Index>(width);
+    for_each_item(s.n, s.n * rows, [&](std::size_t i) {
+      const T* xi = x + i * image;
+      for_each_window(col + i * rows, s, [&](T* row, Index iy0, Index ix0) {
+        const bool inside = ix0 >= 0 && ix0 + kw <= w;
+        for (std::size_t ch = 0; ch < s.c; ++ch) {
+          const T* src_plane = xi + ch * plane;
+          for (std::size_t ky = 0; ky < s.kh; ++ky, row += kw) {
+            const Index iy = iy0 + static_cast<Index>(ky);
+            if (iy < 0 || iy >= h) {
+              for (Index kx = 0; kx < kw; ++kx) row[kx] = T(0);
+              continue;
+            }
+            const T* src = src_plane + iy * w + ix0;
+            if (inside) {
+              for (Index kx = 0; kx < kw; ++kx) row[kx] = src[kx];
+              continue;
+            }
+            for (Index kx = 0; kx < kw; ++kx) {
+              const Index ix = ix0 + kx;
+              row[kx] = ix >= 0 && ix < w ? src[kx] : T(0);
+            }
           }
         }
-      }
+      });
     });
   });
 }
@@ -93,21 +114,28 @@ template <typename T>
 void col2im(const T* col, T* x, const ConvShape& s) {
   const std::size_t image = s.image(), rows = s.positions() * s.patch(), plane = s.h * s.w;
   const Index h = static_cast<Index>(s.h), w = static_cast<Index>(s.w);
-  const Index kw = static_cast<Index>(s.kw);
-  for_each_item(s.n, s.n * rows, [&](std::size_t i) {
-    T* xi = x + i * image;
-    std::fill(xi, xi + image, T(0));
-    for_each_window(col + i * rows, s, [&](const T* row, Index iy0, Index ix0) {
-      for (std::size_t ch = 0; ch < s.c; ++ch) {
-        T* dst_plane = xi + ch * plane;
-        for (std::size_t ky = 0; ky < s.kh; ++ky, row += s.kw) {
-          const Index iy = iy0 + static_cast<Index>(ky);
-          if (iy < 0 || iy >= h) continue;
-          T* dst = dst_plane + iy * w;
-          const Index lo = std::max<Index>(0, -ix0), hi = std::min<Index>(kw, w - ix0);
-          for (Index kx = lo; kx < hi; ++kx) dst[ix0 + kx] += row[kx];
+  with_width(s.kw, [&](auto width) {
+    const Index kw = static_cast<Index>(width);
+    for_each_item(s.n, s.n * rows, [&](std::size_t i) {
+      T* xi = x + i * image;
+      std::fill(xi, xi + image, T(0));
+      for_each_window(col + i * rows, s, [&](const T* row, Index iy0, Index ix0) {
+        const bool inside = ix0 >= 0 && ix0 + kw <= w;
+        const Index lo = std::max<Index>(0, -ix0), hi = std::min<Index>(kw, w - ix0);
+        for (std::size_t ch = 0; ch < s.c; ++ch) {
+          T* dst_plane = xi + ch * plane;
+          for (std::size_t ky = 0; ky < s.kh; ++ky, row += kw) {
+            const Index iy = iy0 + static_cast<Index>(ky);
+            if (iy < 0 || iy >= h) continue;
+            T* dst = dst_plane + iy * w + ix0;
+            if (inside) {
+              for (Index kx = 0; kx < kw; ++kx) dst[kx] += row[kx];
+              continue;
+            }
+            for (Index kx = lo; kx < hi; ++kx) dst[kx] += row[kx];
+          }
         }
-      }
+      });
     });
   });
 }
@@ -117,13 +145,20 @@ namespace {
 // dst [cols, rows] = src [rows, cols] transposed, in tiles that stay in cache.
 template <typename T>
 void transpose(const T* src, T* dst, std::size_t rows, std::size_t cols) {
-  constexpr std::size_t kTile = 32;
+  constexpr std::size_t kTile = 16;
   for (std::size_t r0 = 0; r0 < rows; r0 += kTile) {
     const std::size_t r1 = std::min(rows, r0 + kTile);
     for (std::size_t c0 = 0; c0 < cols; c0 += kTile) {
       const std::size_t c1 = std::min(cols, c0 + kTile);
-      for (std::size_t r = r0; r < r1; ++r)
-        for (std::size_t c = c0; c < c1; ++c) dst[c * rows + r] = src[r * cols + c];
+      // The strided side of the tile steps by the shorter row: a stride of a long power-of-two
+      // row (4 KiB for 1024 floats) maps every line of the tile to one cache set.
+      if (cols <= rows) {
+        for (std::size_t c = c0; c < c1; ++c)
+          for (std::size_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      } else {
+        for (std::size_t r = r0; r < r1; ++r)
+          for (std::size_t c = c0; c < c1; ++c) dst[c * rows + r] = src[r * cols + c];
+      }
     }
   }
 }
@@ -150,21 +185,30 @@ void channels_first(const T* src, T* dst, std::size_t n, std::size_t channels,
 
 namespace {
 
-// Calls fn(plane index, y span, x span, output index within the plane) for every window of every
-// image plane (n*c of them, split over the pool), after start(plane) for each plane.
+// Calls fn(plane index, y span, first x, x count, output index within the plane) for every
+// window of every image plane (n*c of them, split over the pool), after start(plane) for each
+// plane. The x count of a window wholly inside the image is a compile-time constant for the
+// common kernel widths (the innermost loops unroll); clipped windows get a runtime count.
 template <typename Start, typename F>
 void for_each_pool_window(const ConvShape& s, std::size_t work, Start&& start, F&& fn) {
   const std::size_t oh = s.out_h(), ow = s.out_w();
-  for_each_item(s.n * s.c, work, [&](std::size_t p) {
-    start(p);
-    for (std::size_t oy = 0; oy < oh; ++oy) {
-      const Span ys = clip(static_cast<Index>(oy * s.sh) - static_cast<Index>(s.ph), s.kh, s.h);
-      for (std::size_t ox = 0; ox < ow; ++ox) {
-        const Span xs =
-            clip(static_cast<Index>(ox * s.sw) - static_cast<Index>(s.pw), s.kw, s.w);
-        fn(p, ys, xs, oy * ow + ox);
+  with_width(s.kw, [&](auto width) {
+    for_each_item(s.n * s.c, work, [&](std::size_t p) {
+      start(p);
+      for (std::size_t oy = 0; oy < oh; ++oy) {
+        const Span ys =
+            clip(static_cast<Index>(oy * s.sh) - static_cast<Index>(s.ph), s.kh, s.h);
+        for (std::size_t ox = 0; ox < ow; ++ox) {
+          const Index x0 = static_cast<Index>(ox * s.sw) - static_cast<Index>(s.pw);
+          if (x0 >= 0 && x0 + static_cast<Index>(width) <= static_cast<Index>(s.w)) {
+            fn(p, ys, x0, width, oy * ow + ox);
+          } else {
+            const Span xs = clip(x0, s.kw, s.w);
+            fn(p, ys, xs.begin, xs.end - xs.begin, oy * ow + ox);
+          }
+        }
       }
-    }
+    });
   });
 }
 
@@ -177,15 +221,19 @@ void max_pool(const T* x, T* out, const ConvShape& s) {
   const std::size_t work = s.n * s.c * pooled * s.kh * s.kw;
   for_each_pool_window(
       s, work, [](std::size_t) {},
-      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
-        const T* xp = x + p * plane;
-        T m = xp[ys.begin * w + xs.begin];
+      [&](std::size_t p, Span ys, Index x0, auto count, std::size_t o) {
+        const T* xp = x + p * plane + x0;
+        T m = xp[ys.begin * w];
+        bool nan = false;
+        // Branch-free (the comparisons of random data are unpredictable): the max, and
+        // whether any value was NaN.
         for (Index y = ys.begin; y < ys.end; ++y)
-          for (Index xx = xs.begin; xx < xs.end; ++xx) {
-            const T v = xp[y * w + xx];
-            if (v > m || std::isnan(v)) m = v;  // once m is NaN nothing replaces it
+          for (Index k = 0; k < static_cast<Index>(count); ++k) {
+            const T v = xp[y * w + k];
+            m = v > m ? v : m;
+            nan |= v != v;
           }
-        out[p * pooled + o] = m;
+        out[p * pooled + o] = nan ? std::numeric_limits<T>::quiet_NaN() : m;
       });
 }
 
@@ -196,18 +244,22 @@ void max_pool_backward(const T* x, const T* out, const T* d_out, T* d_in, const 
   const std::size_t work = s.n * s.c * (plane + pooled * s.kh * s.kw);
   for_each_pool_window(
       s, work, [&](std::size_t p) { std::fill(d_in + p * plane, d_in + (p + 1) * plane, T(0)); },
-      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
+      [&](std::size_t p, Span ys, Index x0, auto count, std::size_t o) {
         const T* xp = x + p * plane;
         const T m = out[p * pooled + o];
-        const bool nan = std::isnan(m);
-        for (Index y = ys.begin; y < ys.end; ++y)
-          for (Index xx = xs.begin; xx < xs.end; ++xx) {
-            const T v = xp[y * w + xx];
-            if (v == m || (nan && std::isnan(v))) {
-              d_in[p * plane + static_cast<std::size_t>(y * w + xx)] += d_out[p * pooled + o];
-              return;
-            }
+        const bool nan = m != m;
+        // The first match in row-major order: scan backwards, keeping the last match seen.
+        Index first = -1;
+        for (Index y = ys.end - 1; y >= ys.begin; --y)
+          for (Index k = static_cast<Index>(count) - 1; k >= 0; --k) {
+            const Index at = y * w + x0 + k;
+            const T v = xp[at];
+            // -1 (all bits) on a match, else 0: a select without a branch, since ties (ReLU's
+            // zeros) make the comparison unpredictable and mispredictions cost more than this
+            const Index match = -static_cast<Index>((v == m) | (nan & (v != v)));
+            first = (at & match) | (first & ~match);
           }
+        if (first >= 0) d_in[p * plane + static_cast<std::size_t>(first)] += d_out[p * pooled + o];
       });
 }
 
@@ -218,12 +270,12 @@ void avg_pool(const T* x, T* out, const ConvShape& s) {
   const std::size_t work = s.n * s.c * pooled * s.kh * s.kw;
   for_each_pool_window(
       s, work, [](std::size_t) {},
-      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
-        const T* xp = x + p * plane;
+      [&](std::size_t p, Span ys, Index x0, auto count, std::size_t o) {
+        const T* xp = x + p * plane + x0;
         T sum = 0;
         for (Index y = ys.begin; y < ys.end; ++y)
-          for (Index xx = xs.begin; xx < xs.end; ++xx) sum += xp[y * w + xx];
-        out[p * pooled + o] = sum / static_cast<T>((ys.end - ys.begin) * (xs.end - xs.begin));
+          for (Index k = 0; k < static_cast<Index>(count); ++k) sum += xp[y * w + k];
+        out[p * pooled + o] = sum / static_cast<T>((ys.end - ys.begin) * count);
       });
 }
 
@@ -234,12 +286,11 @@ void avg_pool_backward(const T* d_out, T* d_in, const ConvShape& s) {
   const std::size_t work = s.n * s.c * (plane + pooled * s.kh * s.kw);
   for_each_pool_window(
       s, work, [&](std::size_t p) { std::fill(d_in + p * plane, d_in + (p + 1) * plane, T(0)); },
-      [&](std::size_t p, Span ys, Span xs, std::size_t o) {
-        T* dp = d_in + p * plane;
-        const T g =
-            d_out[p * pooled + o] / static_cast<T>((ys.end - ys.begin) * (xs.end - xs.begin));
+      [&](std::size_t p, Span ys, Index x0, auto count, std::size_t o) {
+        T* dp = d_in + p * plane + x0;
+        const T g = d_out[p * pooled + o] / static_cast<T>((ys.end - ys.begin) * count);
         for (Index y = ys.begin; y < ys.end; ++y)
-          for (Index xx = xs.begin; xx < xs.end; ++xx) dp[y * w + xx] += g;
+          for (Index k = 0; k < static_cast<Index>(count); ++k) dp[y * w + k] += g;
       });
 }
 
