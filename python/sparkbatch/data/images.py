@@ -8,11 +8,11 @@ float32 features ``[n, channels, height, width]`` and one-hot labels. :class:`Im
 scaling is fused into the uint8 to float32 conversion (one pass over the pixels).
 
 NOTE [archive size]: DL4J's loader silently drops the files of an archive beyond its
-``batchSize``. :class:`FileBatchLoader` never drops data: an archive holding more than
-``batch_size`` files is a ``ValueError`` naming the archive, its file count and
-``batch_size`` (pack the archives with the batch size you train with, or give the loader the
-size they were packed with). Archives with fewer files (the last one of an export) give smaller
-DataSets.
+``batchSize``. :class:`FileBatchLoader` never drops data: every file of an archive is in its
+DataSet, so an archive of more files than ``batch_size`` (archives packed with 64 read by the
+training loader of 32, say for evaluation) gives one larger DataSet, and a smaller one (the last
+of an export) a smaller DataSet. ``batch_size`` is kept for DL4J's signature and the archives'
+intended size; re-batch with ``FileDataSetIterator(..., batch_size=)`` where exact sizes matter.
 """
 
 from __future__ import annotations
@@ -140,15 +140,17 @@ class FileBatchLoader:
     labels: one-hot float32 ``[n, num_classes]`` for class indices, the stacked arrays (as
     float32) for a generator's array labels. Give it to ``SparkNetwork.fit_paths``,
     ``SparkNetwork.fit(url, loader=)`` or :class:`~sparkbatch.data.FileDataSetIterator`
-    (``loader=``). An archive with more files than ``batch_size`` is an error, never cut (NOTE
-    [archive size]). Picklable: it holds the reader's settings only.
+    (``loader=``). Every file of the archive is in the DataSet, however many there are (DL4J
+    drops the files beyond ``batch_size``: NOTE [archive size]). Picklable: it holds the
+    reader's settings only.
 
     Parameters
     ----------
     reader : ImageRecordReader
         Decodes the images (anything with its ``read_batch(files, uris, archive)``).
     batch_size : int
-        The most files an archive may hold (the batch size the archives were packed with).
+        The archives' intended size (the batch size they were packed with), as DL4J's
+        argument; not a limit (NOTE [archive size]).
     label_index : int or None, default 1
         Where the label is in the reader's record ``[image, label]``: 1, as DL4J's; None
         loads features only (no labels, even where the reader has a generator).
@@ -165,7 +167,7 @@ class FileBatchLoader:
         From :meth:`load`: the archive is not a valid FileBatch, or a file in it is not a
         readable image (the message names the archive, the entry and its original URI).
     ValueError
-        From :meth:`load`: more files than ``batch_size``, a label outside ``num_classes`` or
+        From :meth:`load`: a label outside ``num_classes`` or
         unknown to the reader, class labels without ``num_classes`` (named likewise).
 
     Examples
@@ -235,12 +237,6 @@ class FileBatchLoader:
         """The DataSet of the archive at ``source``."""
         url = source.url
         batch = FileBatch.read_zip(url, storage_options=source.storage_options)
-        if len(batch) > self.batch_size:
-            raise ValueError(
-                f"{url}: the archive holds {len(batch)} files but the loader's batch_size is "
-                f"{self.batch_size}; DL4J would drop the files beyond it, sparkbatch refuses: "
-                "give batch_size the size the archives were packed with"
-            )
         pixels, labels = self.reader.read_batch(batch.files, batch.original_uris, url)
         scaler = self.preprocessor if isinstance(self.preprocessor, ImageScaler) else None
         features = np.empty(pixels.shape, np.float32)
