@@ -407,7 +407,8 @@ class ImageRecordReader(FileRecordReader):
         if frame is None:
             return None
         width, height, layers = frame
-        if width * height > image_module.MAX_IMAGE_PIXELS:  # Pillow's own path warns or refuses
+        limit = image_module.MAX_IMAGE_PIXELS  # None where the user turned the check off
+        if limit is not None and width * height > limit:  # Pillow's own path warns or refuses
             return None
         mode = "L" if layers == 1 else "RGB"
         scale = 1
