@@ -410,3 +410,11 @@ def test_read_batch_in_a_forked_child_after_the_parent_used_its_pool():
     _, status = os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1" and status == 0
 
+
+
+def test_decompression_bombs_are_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for fmt in ("JPEG", "PNG"):
+        data = encode(solid(RED, (20, 20)), fmt)  # 400 pixels, over twice the limit
+        with pytest.raises(FormatError, match="bomb.x: refused as a decompression bomb"):
+            ImageRecordReader(4, 4, 3).decode(data, "bomb.x")
