@@ -35,8 +35,11 @@ import numpy as np
 
 from sparkbatch.data import FileBatchLoader, ImageScaler
 from sparkbatch.nn import Adam, Conv2D, Dense, Flatten, MaxPool2D, Network, Output
-from sparkbatch.records import ImageRecordReader, ParentPathLabelGenerator
-from sparkbatch.records import PatternPathLabelGenerator
+from sparkbatch.records import (
+    ImageRecordReader,
+    ParentPathLabelGenerator,
+    PatternPathLabelGenerator,
+)
 from sparkbatch.spark import create_file_batches_local, list_paths
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
