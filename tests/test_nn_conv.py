@@ -5,6 +5,8 @@ installed) Conv2D against torch.nn.functional.conv2d."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from tests.gradient_check import assert_gradients
@@ -269,6 +271,8 @@ def test_round_trips_and_save_load(tmp_path):
     x = np.random.default_rng(6).normal(size=(4, 1, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(loaded.output(x), net.output(x))
     np.testing.assert_array_equal(net.output(x.reshape(4, 36)), net.output(x))
+    copy = pickle.loads(pickle.dumps(net))  # how SparkNetwork ships a model to executors
+    np.testing.assert_array_equal(copy.output(x), net.output(x))
 
 
 def test_shape_errors():
