@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -66,14 +67,26 @@ struct Arrays {
   }
 };
 
+// A size argument in [least, 2^31): bounded, so that sums like h + 2*ph cannot overflow.
 std::size_t size_arg(std::int64_t v, const char* name, std::int64_t least) {
-  if (v < least)
-    throw py::value_error(std::string(name) + " must be >= " + std::to_string(least) + ", got " +
-                          std::to_string(v));
+  constexpr std::int64_t kMax = std::int64_t{1} << 31;
+  if (v < least || v >= kMax)
+    throw py::value_error(std::string(name) + " must be in [" + std::to_string(least) +
+                          ", 2^31), got " + std::to_string(v));
   return static_cast<std::size_t>(v);
 }
 
-// The window sizes of a call, checked; n is taken from the first dimension of `x`.
+// a * b, or ValueError when it does not fit a size_t (sizes come from Python ints).
+std::size_t product(std::size_t a, std::size_t b) {
+  if (b != 0 && a > std::numeric_limits<std::size_t>::max() / b)
+    throw py::value_error("the sizes' product overflows: " + std::to_string(a) + " * " +
+                          std::to_string(b));
+  return a * b;
+}
+
+// The window sizes of a call, checked; n is taken from the first dimension of `x`. Every
+// product the kernels and the size checks form (n*c*h*w, n*P*K, n*c*P) is checked not to
+// overflow, so a wrapped product can never pass for an array's size.
 ConvShape shape_of(const py::array& x, const char* x_name, std::int64_t c, std::int64_t h,
                    std::int64_t w, std::int64_t kh, std::int64_t kw, std::int64_t sh,
                    std::int64_t sw, std::int64_t ph, std::int64_t pw, bool pooling) {
@@ -98,6 +111,8 @@ ConvShape shape_of(const py::array& x, const char* x_name, std::int64_t c, std::
                           std::to_string(w) + " image");
   if (x.ndim() < 1) throw py::value_error(std::string(x_name) + " must have a first dimension n");
   s.n = static_cast<std::size_t>(x.shape(0));
+  product(product(product(s.n, s.c), s.h), s.w);
+  product(product(s.n, product(s.out_h(), s.out_w())), product(product(s.c, s.kh), s.kw));
   return s;
 }
 
@@ -167,6 +182,7 @@ void py_channels(bool last, const py::array& src, const py::array& dst, std::int
   arrays.add(dst, "dst", true);
   const std::size_t nn_ = size_arg(n, "n", 0), c = size_arg(channels, "channels", 1),
                     p = size_arg(positions, "positions", 1);
+  product(nn_, product(c, p));
   expect_size(src, "src", nn_, c * p);
   expect_size(dst, "dst", nn_, c * p);
   dispatch(arrays.f64, [&](auto t) {

@@ -193,6 +193,8 @@ def test_kernels_refuse_wrong_sizes_and_dtypes():
         _native.nn_im2col(x, np.zeros((2, 1), np.float32), 3, 5, 6, 7, 3, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="dst must not share memory with src"):
         _native.nn_channels_last(x, x, 2, 3, 30)
+    with pytest.raises(ValueError, match=r"ph must be in \[0, 2\^31\), got 1099511627776"):
+        _native.nn_im2col(x, np.zeros((2, 1), np.float32), 3, 5, 6, 3, 3, 1, 1, 2**40, 0)
 
 
 # -- layers in networks ---------------------------------------------------------------------------
