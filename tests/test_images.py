@@ -126,7 +126,7 @@ def test_plain_jpegs_decode_as_pillow_opens_them(kind):
     options = {"444": {"subsampling": 0}, "progressive": {"progressive": True}}.get(kind, {})
     data = encode(image, "JPEG", quality=85, **options)
     assert _jpeg_frame(data) == (120, 100, 1 if kind == "grey" else 3)  # the one-call path
-    for height, width in [(100, 120), (48, 60), (12, 14), (30, 70)]:
+    for height, width in [(100, 120), (48, 60), (12, 14), (30, 70), (130, 90)]:  # and enlarged
         for channels in (1, 3):
             for draft in (True, False):
                 got = ImageRecordReader(height, width, channels, fast_jpeg=draft).decode(data)
@@ -159,6 +159,45 @@ def test_exif_orientation_is_applied(orientation):
     np.testing.assert_allclose(drafted[:, 1, 1], corners[0], atol=6)  # top left
     np.testing.assert_allclose(drafted[:, -2, -2], corners[1], atol=6)  # bottom right
     assert drafted.shape[1:] == ((16, 8) if orientation in (6, 8) else (8, 16))
+
+
+def jpeg_segments(data: bytes) -> list[bytes]:
+    """A JPEG's marker segments from SOI to the scan (the last item: the scan and the rest)."""
+    i, segments = 2, [data[:2]]
+    while data[i + 1] != 0xDA:
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        segments.append(data[i:end])
+        i = end
+    return segments + [data[i:]]
+
+
+def test_exif_after_the_frame_header_is_applied_and_mpo_is_drafted():
+    from sparkbatch.records.images import _jpeg_frame
+
+    pixels = np.zeros((16, 32, 3), np.uint8)
+    pixels[:, :16] = RED
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
+    parts = jpeg_segments(data)
+    app1 = next(p for p in parts if p[1] == 0xE1)
+    parts.remove(app1)
+    sof = next(i for i, p in enumerate(parts) if p[1] == 0xC0)
+    moved = b"".join(parts[: sof + 1] + [app1] + parts[sof + 1 :])  # EXIF after SOF0: legal
+    assert _jpeg_frame(moved) is None  # Image.open's path, which turns it
+    reader = ImageRecordReader(32, 16, 3)
+    np.testing.assert_array_equal(reader.decode(moved), reader.decode(data))
+    dht_first = b"".join([parts[0]] + [p for p in parts[1:-1] if p[1] == 0xC4]
+                         + [p for p in parts[1:-1] if p[1] != 0xC4] + parts[-1:])
+    assert _jpeg_frame(dht_first) == (32, 16, 3)  # tables before the frame: still plain
+    assert _jpeg_frame(b"\xff\xd8\xff\x01" + data[2:]) is None  # a marker without a length
+    out = io.BytesIO()  # a multi-picture JPEG with EXIF (phones): drafted as a JPEG is
+    rgb = Image.fromarray(gradient(128, 160).astype(np.uint8))
+    exif[0x0112] = 1
+    rgb.save(out, "MPO", save_all=True, append_images=[rgb.rotate(90)], exif=exif.tobytes())
+    assert Image.open(io.BytesIO(out.getvalue())).format == "MPO"
+    got = ImageRecordReader(32, 40, 3).decode(out.getvalue())
+    np.testing.assert_array_equal(got, pillow_reference(out.getvalue(), 32, 40, 3, True))
 
 
 def test_gif_first_frame():
@@ -348,6 +387,9 @@ def test_loader_other_preprocessors_features_only_and_array_labels(class_dirs, t
     ds = FileBatchLoader(reader, 6, 1, 3, preprocessor=scale).load(Source(urls[0]))
     assert ds.features.shape == (6, 1, 4, 4) and 0 <= ds.features.min() <= ds.features.max() <= 1
     assert FileBatchLoader(reader, 6, None).load(Source(urls[0])).labels is None
+    unlabelled = ImageRecordReader(4, 4, 1, ParentPathLabelGenerator())  # no labels to index
+    features = FileBatchLoader(unlabelled, 6, None).load(Source(urls[0]))  # none are made
+    assert features.labels is None and features.features.shape == (6, 1, 4, 4)
     masks = ImageRecordReader(4, 4, 1, PatternPathLabelGenerator("_", 0))
     data = [encode(solid(RED), "PNG"), encode(solid(BLUE), "PNG")]
     FileBatch(data, ["m/x_1.png", "m/x_2.png"]).write_zip(str(tmp_path / "masks.zip"))

@@ -17,6 +17,7 @@ intended size; re-batch with ``FileDataSetIterator(..., batch_size=)`` where exa
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -237,7 +238,11 @@ class FileBatchLoader:
         """The DataSet of the archive at ``source``."""
         url = source.url
         batch = FileBatch.read_zip(url, storage_options=source.storage_options)
-        pixels, labels = self.reader.read_batch(batch.files, batch.original_uris, url)
+        reader = self.reader
+        if self.label_index is None and getattr(reader, "label_generator", None) is not None:
+            reader = copy.copy(reader)  # features only: no label is made, so none can fail
+            reader.label_generator = None
+        pixels, labels = reader.read_batch(batch.files, batch.original_uris, url)
         scaler = self.preprocessor if isinstance(self.preprocessor, ImageScaler) else None
         features = np.empty(pixels.shape, np.float32)
         if scaler is not None:

@@ -86,6 +86,9 @@ _ORIENTATION = 0x0112  # the EXIF tag
 # EXIF orientation -> the Image.transpose method that shows the image upright (ImageOps's)
 _TURNS: dict[int, Any] = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}
 _PLAIN_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames
+# segments with a length a plain JPEG may hold before its scan: DHT, DAC, DQT, DRI, COM and the
+# APPn but Adobe's APP14 (APP1 is looked into for EXIF)
+_SKIPPED_SEGMENTS = frozenset({0xC4, 0xCC, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)} - {0xEE})
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _MAX_THREADS = 8
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -114,8 +117,14 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
-    """``(width, height, components)`` of a plain JPEG (NOTE [plain JPEGs]), or None."""
-    i, n = 2, len(data)
+    """``(width, height, components)`` of a plain JPEG (NOTE [plain JPEGs]), or None.
+
+    The markers are read up to the start of the scan, as ``Image.open`` reads them: an EXIF
+    segment after the frame header turns the image as one before it does. Anything this does
+    not know to be plain (a marker without a length, a second frame header, bytes between
+    segments) is None: ``Image.open``'s path decides.
+    """
+    i, n, frame = 2, len(data), None
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
@@ -123,17 +132,21 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker == 0xDA:  # the start of the scan: the header is complete
+            return frame
         if marker in _PLAIN_FRAMES:
-            if i + 10 > n or data[i + 4] != 8:
+            if frame is not None or i + 10 > n or data[i + 4] != 8:
                 return None
             height = (data[i + 5] << 8) | data[i + 6]
             width = (data[i + 7] << 8) | data[i + 8]
             layers = data[i + 9]
-            return (width, height, layers) if layers in (1, 3) and width and height else None
-        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
+            if layers not in (1, 3) or not width or not height:
+                return None
+            frame = (width, height, layers)
+        elif marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
             return None  # an orientation, maybe: Image.open's path reads it
-        if marker == 0xEE or 0xC3 <= marker <= 0xCF or marker in (0xD9, 0xDA):
-            return None  # Adobe (colour transform), other frames, or no frame before the scan
+        elif marker not in _SKIPPED_SEGMENTS:
+            return None  # Adobe (colour transform), other frames, markers without a length
         i += 2 + ((data[i + 2] << 8) | data[i + 3])
     return None
 
@@ -365,7 +378,7 @@ class ImageRecordReader(FileRecordReader):
             if image is None:
                 image = image_module.open(io.BytesIO(data), formats=_FORMATS)
                 orientation = image.getexif().get(_ORIENTATION, 1) if "exif" in image.info else 1
-                if self.fast_jpeg and image.format == "JPEG":
+                if self.fast_jpeg and image.format in ("JPEG", "MPO"):  # MPO: its first JPEG
                     turned = orientation in (5, 6, 7, 8)  # a quarter turn: draft for the sides
                     size = (self.height, self.width) if turned else (self.width, self.height)
                     image.draft("RGB" if self.channels == 3 else "L", size)
@@ -416,7 +429,7 @@ class ImageRecordReader(FileRecordReader):
             if self.channels == 1:
                 mode = "L"
             reduction = min(width // self.width, height // self.height)
-            scale = next(s for s in (8, 4, 2, 1) if reduction >= s)
+            scale = next((s for s in (8, 4, 2) if reduction >= s), 1)  # 1 when enlarging
         size = ((width + scale - 1) // scale, (height + scale - 1) // scale)
         try:
             return image_module.frombytes(mode, size, data, "jpeg", mode, "", scale, 0)
