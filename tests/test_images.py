@@ -460,3 +460,6 @@ def test_decompression_bombs_are_refused(monkeypatch):
         data = encode(solid(RED, (20, 20)), fmt)  # 400 pixels, over twice the limit
         with pytest.raises(FormatError, match="bomb.x: refused as a decompression bomb"):
             ImageRecordReader(4, 4, 3).decode(data, "bomb.x")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # over the limit, not twice: a warning
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert ImageRecordReader(4, 4, 3).decode(encode(solid(RED, (20, 20)), "JPEG")).shape[0] == 3

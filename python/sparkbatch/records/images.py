@@ -12,8 +12,9 @@ NOTE [image decoding]: the rules every image goes through, in order.
 
 1. Format: the file's bytes, not its name, decide: JPEG, PNG, BMP or GIF (its first frame);
    anything else (another image format, a text file, a truncated or corrupt image) is a
-   :class:`~sparkbatch.errors.FormatError` naming the file. Images over Pillow's
-   ``Image.MAX_IMAGE_PIXELS`` limit (decompression bombs) are refused the same way.
+   :class:`~sparkbatch.errors.FormatError` naming the file. Images of more than twice Pillow's
+   ``Image.MAX_IMAGE_PIXELS`` (decompression bombs) are refused the same way; those between the
+   limit and twice it are read, with Pillow's ``DecompressionBombWarning`` (Pillow's rule).
 2. Orientation: an EXIF orientation tag (set by cameras and phones) is applied, so the image
    is upright as viewers show it, as OpenCV's ``imdecode`` does by default (DataVec decodes
    with it).
