@@ -237,11 +237,55 @@ void max_pool(const T* x, T* out, const ConvShape& s) {
       });
 }
 
+namespace {
+
+// Whether v is the window's maximum m (a NaN maximum matches the first NaN).
+template <typename T>
+inline bool is_max(T v, T m) {
+  return (v == m) | ((v != v) & (m != m));
+}
+
+// max_pool_backward for 2x2 windows with stride 2 that tile the image (the usual pooling):
+// every position belongs to one window and is written once (its window's gradient or 0), no
+// zeroing, no read-modify-write, and the first match of each window is found with independent
+// selects (ties, ReLU's zeros, would make branches unpredictable).
+template <typename T>
+void max_pool_backward_2x2(const T* x, const T* out, const T* d_out, T* d_in,
+                           const ConvShape& s, std::size_t work) {
+  const std::size_t plane = s.h * s.w, oh = s.out_h(), ow = s.out_w(), w = s.w;
+  for_each_item(s.n * s.c, work, [&](std::size_t p) {
+    const T* m = out + p * oh * ow;
+    const T* g = d_out + p * oh * ow;
+    for (std::size_t oy = 0; oy < oh; ++oy, m += ow, g += ow) {
+      const T* r0 = x + p * plane + 2 * oy * w;
+      const T* r1 = r0 + w;
+      T* d0 = d_in + p * plane + 2 * oy * w;
+      T* d1 = d0 + w;
+      for (std::size_t ox = 0; ox < ow; ++ox) {
+        const T mx = m[ox], gx = g[ox];
+        const bool e0 = is_max(r0[2 * ox], mx);
+        const bool e1 = !e0 & is_max(r0[2 * ox + 1], mx);
+        const bool e2 = !(e0 | e1) & is_max(r1[2 * ox], mx);
+        const bool e3 = !(e0 | e1 | e2) & is_max(r1[2 * ox + 1], mx);
+        d0[2 * ox] = e0 ? gx : T(0);
+        d0[2 * ox + 1] = e1 ? gx : T(0);
+        d1[2 * ox] = e2 ? gx : T(0);
+        d1[2 * ox + 1] = e3 ? gx : T(0);
+      }
+    }
+  });
+}
+
+}  // namespace
+
 template <typename T>
 void max_pool_backward(const T* x, const T* out, const T* d_out, T* d_in, const ConvShape& s) {
   const std::size_t plane = s.h * s.w, pooled = s.positions();
   const Index w = static_cast<Index>(s.w);
   const std::size_t work = s.n * s.c * (plane + pooled * s.kh * s.kw);
+  if (s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0 &&
+      s.h % 2 == 0 && s.w % 2 == 0)
+    return max_pool_backward_2x2(x, out, d_out, d_in, s, work);
   for_each_pool_window(
       s, work, [&](std::size_t p) { std::fill(d_in + p * plane, d_in + (p + 1) * plane, T(0)); },
       [&](std::size_t p, Span ys, Index x0, auto count, std::size_t o) {

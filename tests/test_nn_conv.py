@@ -154,13 +154,15 @@ def test_channels_transposes(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [(H, W), (4, 6)])  # 4x6: 2x2 windows of stride 2 tile it
 @pytest.mark.parametrize("window", [w for w in WINDOWS if w[4] < w[0] and w[5] < w[1]])
-def test_pooling_matches_numpy(window, dtype):
+def test_pooling_matches_numpy(window, size, dtype):
     rng = np.random.default_rng(2)
-    args = (C, H, W, *window)
-    oh, ow = _out(H, W, *window)
+    h, w = size
+    args = (C, h, w, *window)
+    oh, ow = _out(h, w, *window)
     # small integers: many ties, which must go to the first position of the window
-    x = rng.integers(0, 3, size=(N, C * H * W)).astype(dtype)
+    x = rng.integers(0, 3, size=(N, C * h * w)).astype(dtype)
     x[0, 7] = np.nan  # propagates through max pooling
     out = np.empty((N, C * oh * ow), dtype)
     _native.nn_max_pool(x, out, *args)
