@@ -352,6 +352,14 @@ def archives(class_dirs, tmp_path, batch_size=4):
     )
 
 
+class InvertingScaler(ImageScaler):
+    """An ImageScaler with more to do than scaling: the loader must call it, not fuse it."""
+
+    def __call__(self, ds):
+        scaled = super().__call__(ds)
+        return DataSet(1 - scaled.features, scaled.labels)
+
+
 def test_loader_over_archives_made_by_create_file_batches_local(class_dirs, tmp_path):
     urls = archives(class_dirs, tmp_path)
     reader = ImageRecordReader(6, 6, 3, ParentPathLabelGenerator(), labels=["bird", "cat", "dog"])
@@ -372,6 +380,8 @@ def test_loader_over_archives_made_by_create_file_batches_local(class_dirs, tmp_
         FileBatchLoader(reader, 4, 1, 3, preprocessor=shifted).load(Source(urls[0])).features,
         shifted(plain).features,
     )
+    inverted = FileBatchLoader(reader, 4, 1, 3, preprocessor=InvertingScaler())  # own __call__
+    np.testing.assert_array_equal(inverted.load(Source(urls[0])).features, 1 - fused.features)
     copy = pickle.loads(pickle.dumps(loader))
     assert copy == loader and repr(copy) == repr(loader)
     np.testing.assert_array_equal(copy.load(Source(urls[1])).features, loaded[1].features)

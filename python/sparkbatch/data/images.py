@@ -243,7 +243,9 @@ class FileBatchLoader:
             reader = copy.copy(reader)  # features only: no label is made, so none can fail
             reader.label_generator = None
         pixels, labels = reader.read_batch(batch.files, batch.original_uris, url)
-        scaler = self.preprocessor if isinstance(self.preprocessor, ImageScaler) else None
+        scaler = self.preprocessor  # fused: an ImageScaler whose __call__ is ImageScaler's
+        if not isinstance(scaler, ImageScaler) or type(scaler).__call__ is not ImageScaler.__call__:
+            scaler = None
         features = np.empty(pixels.shape, np.float32)
         if scaler is not None:
             scaler.transform(pixels, out=features)

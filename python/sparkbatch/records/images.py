@@ -20,9 +20,11 @@ NOTE [image decoding]: the rules every image goes through, in order.
    with it).
 3. JPEG draft (``fast_jpeg=True``): libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 of its size
    (scaling in the DCT domain, ``Image.draft``) when the target is at least that much smaller;
-   the result differs from a full decode followed by the resize by less than one level in 255
-   on average (a mean absolute difference of 0.3 to 0.8 for photo-like 256x256 to 512x512
-   JPEGs resized to 32..224 pixels), and decoding is 1.8 to 2.3 times faster there.
+   the result differs from a full decode followed by the resize by about one level in 255 on
+   average (a mean absolute difference of 0.3 to 1.0 for photo-like 256x256 to 512x512 JPEGs
+   resized to 32..224 pixels; 1.0 at half size), and decoding is 1.8 to 2.3 times faster
+   there. With 1 channel libjpeg also gives a colour JPEG's own luma (its Y) at any size,
+   which differs from converting the decoded RGB by a few levels at a few pixels.
    ``fast_jpeg=False`` decodes every pixel.
 4. Channels: 3 channels are RGB, 1 channel is luma (ITU-R 601-2: ``L = R*299/1000 +
    G*587/1000 + B*114/1000``), both with Pillow's conversions: palette images (GIF, palette
