@@ -136,6 +136,20 @@ def test_plain_jpegs_decode_as_pillow_opens_them(kind):
     assert _jpeg_frame(cmyk) is None  # Adobe marker, 4 components: Image.open's path
 
 
+def test_plain_jpegs_fall_back_where_pillow_changed_its_decoder_arguments(monkeypatch):
+    data = encode(Image.fromarray(gradient(64, 64).astype(np.uint8)), "JPEG")
+    expected = ImageRecordReader(16, 16, 3).decode(data)
+
+    def changed(mode, size, data, decoder_name="raw", *args):  # a Pillow with other arguments
+        if decoder_name == "jpeg":
+            raise TypeError("function takes at most 3 arguments (5 given)")
+        return frombytes(mode, size, data, decoder_name, *args)
+
+    frombytes = Image.frombytes
+    monkeypatch.setattr(Image, "frombytes", changed)
+    np.testing.assert_array_equal(ImageRecordReader(16, 16, 3).decode(data), expected)
+
+
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_exif_orientation_is_applied(orientation):
     from PIL import ImageOps

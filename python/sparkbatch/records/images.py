@@ -434,9 +434,10 @@ class ImageRecordReader(FileRecordReader):
             reduction = min(width // self.width, height // self.height)
             scale = next((s for s in (8, 4, 2) if reduction >= s), 1)  # 1 when enlarging
         size = ((width + scale - 1) // scale, (height + scale - 1) // scale)
-        try:
+        try:  # the decoder's arguments (rawmode, jpegmode, scale, draft) are Pillow's own, not
+            # its public API: a Pillow that changed them gives TypeError, and Image.open's path
             return image_module.frombytes(mode, size, data, "jpeg", mode, "", scale, 0)
-        except (ValueError, OSError):  # truncated or corrupt: Pillow's path names the problem
+        except (ValueError, OSError, TypeError):  # truncated or corrupt: Pillow's path names it
             return None
 
     def _convert(self, image: Any, image_module: Any) -> Any:
