@@ -15,7 +15,9 @@ labels in minibatches of ``--batch-size``, is timed for
 - ``per-file Pillow``: the loop a user writes over the directory, in the same minibatches: for each
   file ``Image.open(path).convert("RGB").resize((64, 64), BILINEAR)`` (the reader's filter, so both
   do the same work), ``np.asarray``, then ``np.stack``, the transpose to NCHW, ``/ 255`` to float32
-  and one-hot labels from the parent directories; one thread, as written;
+  and one-hot labels from the parent directories; one thread, as written; and the same loop
+  with ``img.draft("RGB", (64, 64))`` first (libjpeg's DCT scaling, which the reader uses too:
+  the loop an expert writes);
 - ``torch DataLoader``: the same per-file work as a ``torch.utils.data.Dataset`` under a
   ``DataLoader(batch_size, num_workers=<cores>, persistent_workers=True)``, the usual way to
   spread it over processes (only where torch is installed; torchvision's ``ImageFolder`` is the
@@ -71,8 +73,9 @@ def write_images(root: str, count: int, source_side: int) -> int:
     return total
 
 
-def per_file_epoch(groups: list[list[str]]) -> int:
-    """The per-file Pillow loop, minibatch by minibatch; returns the examples made."""
+def per_file_epoch(groups: list[list[str]], draft: bool = False) -> int:
+    """The per-file Pillow loop, minibatch by minibatch (``draft``: with ``Image.draft``);
+    returns the examples made."""
     from PIL import Image
 
     index = {name: i for i, name in enumerate(CLASSES)}
@@ -81,6 +84,8 @@ def per_file_epoch(groups: list[list[str]]) -> int:
         arrays = []
         for path in paths:
             with Image.open(path) as img:
+                if draft:
+                    img.draft("RGB", (SIDE, SIDE))
                 arrays.append(np.asarray(
                     img.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR)))
         features = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
@@ -167,6 +172,7 @@ def run_case(name: str, count: int, source_side: int, batch_size: int, repeat: i
         reader = ImageRecordReader(SIDE, SIDE, 3, ParentPathLabelGenerator(), CLASSES)
         rows: dict[str, Callable[[], int]] = {
             "per-file Pillow (1 thread)": lambda: per_file_epoch(groups),
+            "per-file Pillow with draft (1 thread)": lambda: per_file_epoch(groups, draft=True),
             "sparkbatch FileBatchLoader": lambda: loader_epoch(
                 FileBatchLoader(reader, batch_size, 1, len(CLASSES), preprocessor=ImageScaler()),
                 urls),
