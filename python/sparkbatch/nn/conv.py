@@ -156,6 +156,19 @@ class _Spatial(Layer):
         """This layer taking images of ``shape`` ``(c, h, w)``."""
         raise NotImplementedError
 
+    def _taking(self, shape: tuple[int, int, int]) -> Any:
+        """This layer (a pool or Flatten, whose ``channels`` and ``input_size`` describe its
+        input) taking images of ``shape``; ValueError when a size it was given differs."""
+        channels, size = self.channels, self.input_size  # type: ignore[attr-defined]
+        if (channels is not None and channels != shape[0]) or (
+            size is not None and tuple(size) != tuple(shape[1:])
+        ):
+            raise ValueError(
+                f"{type(self).__name__} was given channels={channels}, input_size={size} but "
+                f"its input images have shape {tuple(shape)} (c, h, w)"
+            )
+        return replace(self, channels=shape[0], input_size=tuple(shape[1:]))
+
     def _args(self) -> tuple[int, ...]:
         """``c, h, w, kh, kw, sh, sw, ph, pw`` for the kernels."""
         c, h, w = self._known(self.input_shape)
@@ -323,7 +336,7 @@ class _Pool(_Spatial):
         return self.channels
 
     def with_input(self, shape: tuple[int, int, int]) -> _Pool:
-        return replace(self, channels=shape[0], input_size=shape[1:])
+        return self._taking(shape)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
@@ -392,7 +405,7 @@ class Flatten(_Spatial):
         return self.input_shape
 
     def with_input(self, shape: tuple[int, int, int]) -> Flatten:
-        return replace(self, channels=shape[0], input_size=shape[1:])
+        return self._taking(shape)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
