@@ -303,7 +303,9 @@ def test_shape_errors():
     with pytest.raises(ValueError, match=r"layer 1 \(MaxPool2D\): .*input_size=\(8, 8\) but"):
         Network([Conv2D(1, 2, 1, input_size=(4, 4)), MaxPool2D(2, input_size=(8, 8)), Output(8, 2)])
     with pytest.raises(ValueError, match=r"layer 2 \(Flatten\): .*channels=3, .* \(2, 2, 2\)"):
-        Network([Conv2D(1, 2, 1, input_size=(4, 4)), MaxPool2D(2), Flatten(channels=3), Output(8, 2)])
+        Network(
+            [Conv2D(1, 2, 1, input_size=(4, 4)), MaxPool2D(2), Flatten(channels=3), Output(8, 2)]
+        )
     with pytest.raises(ValueError, match="layer 2 has n_out=8 but layer 3 has n_in=9"):
         Network([Conv2D(1, 2, 1, input_size=(4, 4)), MaxPool2D(2), Flatten(), Output(9, 2)])
     net = Network([Conv2D(1, 2, 3, input_size=(4, 4)), Flatten(), Output(8, 2)])
