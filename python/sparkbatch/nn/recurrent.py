@@ -46,6 +46,7 @@ from .layers import (
     Output,
     Params,
     Work,
+    fill_weights,
     layer_from_config,
     register_layer,
 )
@@ -55,22 +56,6 @@ __all__ = ["LSTM", "RnnOutput", "LastTimeStep", "LSTM_ACTIVATIONS"]
 #: The activations an LSTM takes, for its block input and cell output and for its gates: those
 #: whose gradient its output gives (the gate kernel keeps only the activations).
 LSTM_ACTIVATIONS = ("tanh", "sigmoid", "identity")
-
-
-def _init(
-    rng: np.random.Generator, kind: str, target: np.ndarray, fan_in: int, fan_out: int
-) -> None:
-    """Fill ``target`` by weight initialisation ``kind`` for the given fans (as Dense does)."""
-    shape = target.shape
-    if kind == "xavier":
-        target[...] = rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
-    elif kind in ("he", "relu"):
-        target[...] = rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
-    elif kind == "uniform":
-        bound = 1.0 / math.sqrt(fan_in)
-        target[...] = rng.uniform(-bound, bound, shape)
-    else:
-        target[...] = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,8 +125,8 @@ class LSTM(Layer):
 
     def init_params(self, rng: np.random.Generator, params: dict[str, np.ndarray]) -> None:
         m = self.n_out
-        _init(rng, self.weight_init, params["W"], self.n_in, m)
-        _init(rng, self.weight_init, params["RW"], m, m)
+        fill_weights(rng, self.weight_init, params["W"], self.n_in, m)
+        fill_weights(rng, self.weight_init, params["RW"], m, m)
         params["b"][m : 2 * m] = self.forget_gate_bias
 
     def l2_penalty(self, backend: Any, params: Params) -> float:
