@@ -94,14 +94,15 @@ void im2col(const T* x, T* col, const ConvShape& s) {
               for (Index kx = 0; kx < kw; ++kx) row[kx] = T(0);
               continue;
             }
-            const T* src = src_plane + iy * w + ix0;
+            // Indexed from the image row: row + ix0 would point before the array when ix0 < 0.
+            const T* src = src_plane + iy * w;
             if (inside) {
-              for (Index kx = 0; kx < kw; ++kx) row[kx] = src[kx];
+              for (Index kx = 0; kx < kw; ++kx) row[kx] = src[ix0 + kx];
               continue;
             }
             for (Index kx = 0; kx < kw; ++kx) {
               const Index ix = ix0 + kx;
-              row[kx] = ix >= 0 && ix < w ? src[kx] : T(0);
+              row[kx] = ix >= 0 && ix < w ? src[ix] : T(0);
             }
           }
         }
@@ -127,12 +128,12 @@ void col2im(const T* col, T* x, const ConvShape& s) {
           for (std::size_t ky = 0; ky < s.kh; ++ky, row += kw) {
             const Index iy = iy0 + static_cast<Index>(ky);
             if (iy < 0 || iy >= h) continue;
-            T* dst = dst_plane + iy * w + ix0;
+            T* dst = dst_plane + iy * w;  // indexed by ix0 + kx, never formed below the row
             if (inside) {
-              for (Index kx = 0; kx < kw; ++kx) dst[kx] += row[kx];
+              for (Index kx = 0; kx < kw; ++kx) dst[ix0 + kx] += row[kx];
               continue;
             }
-            for (Index kx = lo; kx < hi; ++kx) dst[kx] += row[kx];
+            for (Index kx = lo; kx < hi; ++kx) dst[ix0 + kx] += row[kx];
           }
         }
       });
