@@ -269,6 +269,10 @@ def test_round_trips_and_save_load(tmp_path):
         "channels": 2,
     }
     again = Network.from_config(net.to_json())
+    # numpy integers for sizes are taken as ints (json.dumps refuses numpy's)
+    numpy_sizes = Conv2D(np.int64(1), np.int64(2), 3, input_size=(4, 4))
+    assert type(numpy_sizes.in_channels) is int and type(numpy_sizes.out_channels) is int
+    assert type(MaxPool2D(2, channels=np.int64(2)).channels) is int
     assert again.to_config() == config and again.layers == net.layers
     net.save(str(tmp_path / "cnn.safetensors"))
     loaded = Network.load(str(tmp_path / "cnn.safetensors"))

@@ -68,6 +68,17 @@ def _pair(value: Any, name: str, least: int) -> Pair:
     return pair
 
 
+def _set_count(layer: Any, field: str, optional: bool = False) -> None:
+    """Check ``layer.field`` is an int >= 1 (or None when ``optional``) and store it as a
+    Python int (a numpy integer would not survive ``to_json``)."""
+    value = getattr(layer, field)
+    if value is None and optional:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{type(layer).__name__}.{field} must be an int >= 1, got {value!r}")
+    object.__setattr__(layer, field, int(value))
+
+
 def _optional_pair(value: Any, name: str) -> Pair | None:
     return None if value is None else _pair(value, name, 1)
 
@@ -207,10 +218,8 @@ class Conv2D(_Spatial):
     param_words: ClassVar[dict[str, str]] = {"W": "weights", "b": "bias"}
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "out_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Conv2D.{name} must be an int >= 1, got {value!r}")
+        _set_count(self, "in_channels")
+        _set_count(self, "out_channels")
         self._window()
         if self.weight_init not in WEIGHT_INITS:
             raise ValueError(
@@ -317,9 +326,7 @@ class _Pool(_Spatial):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        c = self.channels
-        if c is not None and (not isinstance(c, (int, np.integer)) or isinstance(c, bool) or c < 1):
-            raise ValueError(f"{name}.channels must be an int >= 1, got {c!r}")
+        _set_count(self, "channels", optional=True)
         self._window()
         if self.padding[0] >= self.kernel[0] or self.padding[1] >= self.kernel[1]:
             raise ValueError(
@@ -391,9 +398,7 @@ class Flatten(_Spatial):
     gives_image: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        c = self.channels
-        if c is not None and (not isinstance(c, (int, np.integer)) or isinstance(c, bool) or c < 1):
-            raise ValueError(f"Flatten.channels must be an int >= 1, got {c!r}")
+        _set_count(self, "channels", optional=True)
         object.__setattr__(self, "input_size", _optional_pair(self.input_size, "input_size"))
 
     @property
