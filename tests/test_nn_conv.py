@@ -24,8 +24,10 @@ from sparkbatch.nn import (
     MaxPool2D,
     Network,
     Output,
+    flat_model,
 )
 from sparkbatch.nn.backend import CpuBackend
+from sparkbatch.nn.conv import resolve_sizes
 
 # (kh, kw, sh, sw, ph, pw): stride 1 and 2, padding 0 and 1, non-square kernels
 WINDOWS = [
@@ -281,6 +283,47 @@ def test_round_trips_and_save_load(tmp_path):
     np.testing.assert_array_equal(net.output(x.reshape(4, 36)), net.output(x))
     copy = pickle.loads(pickle.dumps(net))  # how SparkNetwork ships a model to executors
     np.testing.assert_array_equal(copy.output(x), net.output(x))
+
+
+def test_inference_passes_bound_the_work_arrays(monkeypatch):
+    # the CNN of docs/convolution.md: 4096 images of 3x32x32 per pass would be ~4.7 GiB of work
+    # arrays; output(), evaluate() and score() take fewer examples per pass by default
+    layers = [
+        Conv2D(3, 32, 3, padding=1, input_size=(32, 32)),
+        MaxPool2D(2),
+        Conv2D(32, 64, 3, padding=1),
+        MaxPool2D(2),
+        Flatten(),
+        Dense(64 * 8 * 8, 128),
+        Output(128, 10),
+    ]
+    per_example = sum(
+        np.prod(shape)
+        for layer in resolve_sizes(layers)
+        for shape in layer.work_shapes(1).values()
+        if isinstance(shape, tuple)
+    )
+    rows = Network(layers)._inference_rows()
+    assert rows < 4096 and rows * per_example <= flat_model.INFERENCE_WORK
+
+    # the passes of a smaller bound: 3 examples each, the same outputs and score
+    def small() -> Network:
+        return Network([Conv2D(1, 2, 3, input_size=(4, 4)), Flatten(), Output(8, 2)], seed=0)
+
+    x = np.random.default_rng(0).normal(size=(7, 1, 4, 4)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[[0, 1, 0, 1, 1, 0, 0]]
+    whole, score = small().output(x, batch_size=7), small().score(DataSet(x, y))
+    each = sum(
+        np.prod(s)
+        for layer in small().layers
+        for s in layer.work_shapes(1).values()
+        if isinstance(s, tuple)
+    )
+    monkeypatch.setattr(flat_model, "INFERENCE_WORK", 3 * each)
+    net = small()
+    np.testing.assert_allclose(net.output(x), whole, rtol=1e-6)
+    np.testing.assert_allclose(net.score(DataSet(x, y)), score, rtol=1e-6)
+    assert {key[0] for key in net._engine._workspaces} == {3, 1}
 
 
 def test_shape_errors():

@@ -41,6 +41,10 @@ from .updaters import Adam, Updater
 __all__ = ["FlatModel"]
 
 INFERENCE_ROWS = 4096  # rows per forward pass of output() and score() when none is given
+#: The most values a default inference pass's work arrays hold (256 MiB in float32): a
+#: convolution's work per example is its positions times its channels, and 4096 examples of a
+#: small CNN on 32x32 images would need several GiB.
+INFERENCE_WORK = 1 << 26
 
 log = logging.getLogger("sparkbatch.nn")
 
@@ -362,6 +366,19 @@ class FlatModel:
 
     # -- inference -----------------------------------------------------------------------------
 
+    def _inference_rows(self) -> int:
+        """Rows per inference pass when none is given: :data:`INFERENCE_ROWS`, fewer where the
+        row-wise layers' work arrays per example are so large that a pass would hold more
+        than :data:`INFERENCE_WORK` values (as convolutions' are)."""
+        per_example = sum(
+            math.prod(shape)
+            for node in self._topology.nodes
+            if node.is_layer and node.op.time == "rows"
+            for shape in node.op.work_shapes(1).values()
+            if isinstance(shape, tuple)
+        )
+        return max(1, min(INFERENCE_ROWS, INFERENCE_WORK // max(1, per_example)))
+
     def _outputs(self, xs: list[np.ndarray], steps: Steps | None, step: int) -> list[np.ndarray]:
         """Every output's activations for input rows ``xs`` laid out as ``steps``, about
         ``step`` rows (whole examples) per pass."""
@@ -448,7 +465,7 @@ class FlatModel:
             if steps is None:
                 steps = Steps.rows_only(xs[0].shape[0], len(xs))
             sequential = self._engine.output_sequences(steps)
-            for begin, end in example_chunks(steps, INFERENCE_ROWS):
+            for begin, end in example_chunks(steps, self._inference_rows()):
                 label_rows = [
                     slice(begin * steps.t, end * steps.t) if seq else slice(begin, end)
                     for seq in sequential

@@ -53,7 +53,6 @@ from ..data import DataSet, MultiDataSet
 from ..evaluation import Evaluation, RegressionEvaluation
 from .engine import Node, Topology
 from .flat_model import (
-    INFERENCE_ROWS,
     FlatModel,
     Rows,
     label_rows,
@@ -149,7 +148,7 @@ class Graph(FlatModel):
         ``[n, width]`` or sequences ``[n, width, t]``, with ``features_masks``, None or one per
         input, for recurrent layers). An output that gives a row per time step is
         ``[n, width, t]``."""
-        step = check_optional_int("batch_size", batch_size) or INFERENCE_ROWS
+        step = check_optional_int("batch_size", batch_size) or self._inference_rows()
         arrays = [np.asarray(x) for x in _as_list(features)]
         xs = self._feature_rows(arrays)
         masks = list(features_masks) if features_masks is not None else [None] * len(arrays)

@@ -42,7 +42,6 @@ from ..evaluation import Evaluation, RegressionEvaluation
 from .conv import is_spatial, resolve_sizes
 from .engine import Node, Topology
 from .flat_model import (
-    INFERENCE_ROWS,
     FlatModel,
     Rows,
     image_rows,
@@ -132,7 +131,7 @@ class Network(FlatModel):
         Returns a new array ``[n, n_out]`` (``[n, n_out, t]`` for sequences, unless a
         :class:`~sparkbatch.nn.LastTimeStep` ends them).
         """
-        step = check_optional_int("batch_size", batch_size) or INFERENCE_ROWS
+        step = check_optional_int("batch_size", batch_size) or self._inference_rows()
         x = np.asarray(features)
         xs = [self._feature_rows(x)]
         steps = sequence_steps([x], [features_mask], self.dtype)
