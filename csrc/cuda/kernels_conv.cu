@@ -66,8 +66,8 @@ SPARKBATCH_HD void covering(I y, I s, I k, I pad, I outs, I& first, I& last) {
 }
 
 // NOTE(one element per call): each kernel below is a grid-stride loop around one of these
-// functions, which compute one output element from flat index idx. They are __host__ too, so
-// that a host loop can check them against the CPU kernels where no GPU is at hand.
+// functions, which compute one output element from flat index idx. They are __host__ too, but
+// nothing calls them on the host (this file is nvcc's alone): the GPU tests check them.
 
 // col[idx] of im2col.
 template <typename T, typename I>
