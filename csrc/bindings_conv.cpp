@@ -1,9 +1,9 @@
 // Bindings of the convolutional layers' kernels (conv_kernels.hpp): _native.nn_im2col, nn_col2im,
 // nn_channels_last, nn_channels_first, nn_max_pool, nn_max_pool_backward, nn_avg_pool and
-// nn_avg_pool_backward. Arrays are numpy arrays of one dtype (float32 or float64), C-contiguous,
-// outputs writeable and separate from the inputs; sizes are Python ints, and every array's size
-// is checked against them (ValueError naming the array and the shape expected). Nothing is
-// converted or copied. The GIL is released while a kernel runs.
+// nn_avg_pool_backward. Arrays are numpy arrays of one dtype (float32 or float64), C-contiguous
+// and aligned, outputs writeable and separate from the inputs; sizes are Python ints, and every
+// array's size is checked against them (ValueError naming the array and the shape expected).
+// Nothing is converted or copied. The GIL is released while a kernel runs.
 #include <pybind11/numpy.h>
 
 #include <cstdint>
@@ -56,6 +56,9 @@ struct Arrays {
     }
     if (!(a.flags() & py::array::c_style))
       throw py::value_error(std::string(name) + " must be C-contiguous");
+    // numpy's C-contiguous does not imply aligned (np.frombuffer at an odd offset)
+    if (reinterpret_cast<std::uintptr_t>(a.data()) % static_cast<std::uintptr_t>(dt.itemsize()))
+      throw py::value_error(std::string(name) + " must be aligned to its item size");
     if (output && !a.writeable()) throw py::value_error(std::string(name) + " must be writeable");
     for (const auto& [other, other_name] : seen) {
       const bool either = output || written(other);

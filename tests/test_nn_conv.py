@@ -197,6 +197,10 @@ def test_kernels_refuse_wrong_sizes_and_dtypes():
         _native.nn_im2col(x, np.zeros((2, 1), np.float32), 3, 5, 6, 7, 3, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="dst must not share memory with src"):
         _native.nn_channels_last(x, x, 2, 3, 30)
+    # C-contiguous but not aligned (np.frombuffer at an odd offset): refused, never read
+    odd = np.frombuffer(bytearray(4 * 180 + 1), np.float32, count=180, offset=1).reshape(2, 90)
+    with pytest.raises(ValueError, match="x must be aligned to its item size"):
+        _native.nn_im2col(odd, np.zeros((24, 27), np.float32), 3, 5, 6, 3, 3, 1, 1, 0, 0)
     with pytest.raises(ValueError, match=r"ph must be in \[0, 2\^31\), got 1099511627776"):
         _native.nn_im2col(x, np.zeros((2, 1), np.float32), 3, 5, 6, 3, 3, 1, 1, 2**40, 0)
 
@@ -281,6 +285,11 @@ def test_round_trips_and_save_load(tmp_path):
     x = np.random.default_rng(6).normal(size=(4, 1, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(loaded.output(x), net.output(x))
     np.testing.assert_array_equal(net.output(x.reshape(4, 36)), net.output(x))
+    odd = np.frombuffer(bytearray(x.nbytes + 1), np.float32, count=x.size, offset=1)
+    odd = odd.reshape(x.shape)
+    odd.setflags(write=True)
+    odd[...] = x  # features that are not aligned are copied for the native kernels
+    np.testing.assert_array_equal(net.output(odd), net.output(x))
     copy = pickle.loads(pickle.dumps(net))  # how SparkNetwork ships a model to executors
     np.testing.assert_array_equal(copy.output(x), net.output(x))
 

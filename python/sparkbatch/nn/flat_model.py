@@ -650,8 +650,8 @@ def rows(array: Any, name: str, width: int, dtype: np.dtype, kind: str = "networ
         )
     if array.ndim == 3:
         array = array.transpose(0, 2, 1).reshape(-1, width)
-    if array.dtype == dtype:
-        return np.ascontiguousarray(array)
+    if array.dtype == dtype:  # C-contiguous and aligned, as the native kernels read them
+        return np.require(array, requirements="CA")
     with np.errstate(over="ignore"):  # values beyond dtype's range become inf: fit names them
         return np.ascontiguousarray(array, dtype=dtype)
 
