@@ -268,6 +268,30 @@ def test_truncated_corrupt_and_foreign_files(tmp_path):
         FileBatch.read_zip(str(tmp_path / "missing.zip"))
 
 
+def test_deflated_entries_are_checked_as_they_inflate():
+    text = b"an image's bytes, " * 400  # deflates well
+    data = _zip([("originalUris.txt", b"a.bmp"), ("file_0.bmp", text)])
+    assert FileBatch.read_zip(data).files == [text]
+    start = data.index(b"PK\x03\x04", 10)  # file_0's local header, after originalUris.txt
+    payload = start + 30 + len("file_0.bmp")
+    flipped = bytearray(data)
+    flipped[payload + 20] ^= 0x55  # a byte of the deflate stream
+    with pytest.raises(FormatError, match="entry 'file_0.bmp' is corrupt or truncated"):
+        FileBatch.read_zip(bytes(flipped), name="flip.zip")
+    # a directory that declares 10 bytes for 7,200: refused as it inflates past the limit
+    central = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)  # file_0's entry
+    lying = bytearray(data)
+    lying[central + 24 : central + 28] = (10).to_bytes(4, "little")
+    with pytest.raises(FormatError, match="'file_0.bmp' inflates past max_total_bytes=1,000"):
+        FileBatch.read_zip(bytes(lying), max_total_bytes=1000)
+    # a directory entry pointing at no local header
+    moved = bytearray(data)
+    offset = int.from_bytes(data[central + 42 : central + 46], "little")
+    moved[central + 42 : central + 46] = (offset + 1).to_bytes(4, "little")
+    with pytest.raises(FormatError, match="no local file header where the directory points"):
+        FileBatch.read_zip(bytes(moved))
+
+
 # --- creating archives -----------------------------------------------------------------------
 
 

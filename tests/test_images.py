@@ -117,9 +117,17 @@ def pillow_reference(data: bytes, height: int, width: int, channels: int, draft:
     return pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
 
 
+@pytest.mark.parametrize("decoder", ["simplejpeg", "pillow"])
 @pytest.mark.parametrize("kind", ["420", "444", "progressive", "grey"])
-def test_plain_jpegs_decode_as_pillow_opens_them(kind):
+def test_plain_jpegs_decode_as_pillow_opens_them(kind, decoder, monkeypatch):
+    from sparkbatch.records import images
     from sparkbatch.records.images import _jpeg_frame
+
+    if decoder == "simplejpeg":
+        pytest.importorskip("simplejpeg")
+        assert images._simplejpeg() is not None
+    else:  # the path where simplejpeg is not installed
+        monkeypatch.setattr(images, "_simplejpeg", lambda: None)
 
     rgb = Image.fromarray(gradient(100, 120).astype(np.uint8))
     image = rgb.convert("L") if kind == "grey" else rgb
@@ -137,6 +145,9 @@ def test_plain_jpegs_decode_as_pillow_opens_them(kind):
 
 
 def test_plain_jpegs_fall_back_where_pillow_changed_its_decoder_arguments(monkeypatch):
+    from sparkbatch.records import images
+
+    monkeypatch.setattr(images, "_simplejpeg", lambda: None)  # Pillow's one-call path
     data = encode(Image.fromarray(gradient(64, 64).astype(np.uint8)), "JPEG")
     expected = ImageRecordReader(16, 16, 3).decode(data)
 
@@ -452,11 +463,14 @@ def test_loader_errors_name_the_archive_and_entry(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
-def test_read_batch_in_a_forked_child_after_the_parent_used_its_pool():
+def test_read_batch_in_a_forked_child_after_the_parent_used_its_pool(monkeypatch):
     import os
     import signal
     import warnings
 
+    from sparkbatch.records import images
+
+    monkeypatch.setattr(images, "_BYTES_PER_THREAD", 1)  # tiny images on the pool too
     reader = ImageRecordReader(4, 4, 3, threads=2)
     data = [encode(solid(RED), "PNG")] * 4
     assert reader.read_batch(data, ["a.png"] * 4)[0].shape == (4, 3, 4, 4)  # the pool exists
@@ -475,6 +489,24 @@ def test_read_batch_in_a_forked_child_after_the_parent_used_its_pool():
     os.close(write_end)
     _, status = os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1" and status == 0
+
+
+def test_read_batch_threads_by_size_and_the_first_bad_file_named(monkeypatch):
+    from sparkbatch.records import images
+
+    good, bad = encode(solid(RED), "PNG"), b"\x89PNG broken"
+    data, uris = [good, good, bad, good, bad], [f"{i}.png" for i in range(5)]
+    used: list[int] = []
+    pool = images._pool
+    monkeypatch.setattr(images, "_pool", lambda threads: used.append(threads) or pool(threads))
+    reader = ImageRecordReader(4, 4, 3, threads=2)
+    with pytest.raises(FormatError, match="^2.png: "):
+        reader.read_batch(data, uris)
+    assert used == []  # a few hundred bytes: decoded on the calling thread
+    monkeypatch.setattr(images, "_BYTES_PER_THREAD", 1)
+    with pytest.raises(FormatError, match="^2.png: "):  # the first in order, whichever thread
+        reader.read_batch(data, uris)
+    assert set(used) == {2}  # the pool, for each of its tasks
 
 
 

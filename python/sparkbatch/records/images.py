@@ -49,6 +49,11 @@ call to Pillow's JPEG decoder (``Image.frombytes(mode, size, data, "jpeg", ...)`
 arguments ``Image.open`` and ``Image.draft`` would give it, after a scan of its markers for
 the frame's size; the pixels are the same (the tests compare them). Every other JPEG, and any
 JPEG this fails on, goes through ``Image.open``, which also names the problem of a bad one.
+Where simplejpeg is installed (the ``images`` extra installs it), a plain JPEG is decoded by it
+instead: the same libjpeg-turbo with the same settings (accurate DCT, fancy upsampling, the
+same DCT scale), straight into a numpy array without Pillow's per-image objects and copies, with
+the GIL released; the pixels are again Pillow's (the tests compare both paths), and anything it
+refuses goes the ways above.
 
 NOTE [image labels]: with a label generator, a record's label is the index of the generated
 class name in :attr:`ImageRecordReader.labels`. That list is set by ``labels=``, by
@@ -63,6 +68,7 @@ list is needed. Without a generator a record is ``[image]`` and there are no lab
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -94,6 +100,9 @@ _PLAIN_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman
 _SKIPPED_SEGMENTS = frozenset({0xC4, 0xCC, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)} - {0xEE})
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _MAX_THREADS = 8
+#: Encoded bytes a decoding thread of read_batch gets at least: handing a pool a few small
+#: JPEGs (32 of 64x64, 1.6 KiB each) costs more than decoding them on the calling thread.
+_BYTES_PER_THREAD = 64 << 10
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
@@ -108,6 +117,16 @@ def _pillow() -> Any:
             "pip install sparkbatch[images]"
         ) from e
     return Image
+
+
+@functools.cache
+def _simplejpeg() -> Any:
+    """The simplejpeg module where installed, else None (NOTE [plain JPEGs])."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -214,9 +233,10 @@ class ImageRecordReader(FileRecordReader):
         Let libjpeg decode JPEGs at a reduced scale when the target is much smaller (NOTE
         [image decoding], step 3).
     threads : int, optional
-        Threads of :meth:`read_batch`; default the cores this process may use, at most 8. Where
-        Spark runs one task per core and every task decodes, ``threads=1`` avoids
-        oversubscribing the cores.
+        Threads of :meth:`read_batch` at most; default the cores this process may use, at most
+        8. A batch gets one thread per 64 KiB of encoded images (so 32 small JPEGs decode on the
+        calling thread). Where Spark runs one task per core and every task decodes,
+        ``threads=1`` avoids oversubscribing the cores.
 
     Examples
     --------
@@ -378,20 +398,10 @@ class ImageRecordReader(FileRecordReader):
         image_module = _pillow()
         try:
             image = self._plain_jpeg(data, image_module)
-            if image is None:
-                image = image_module.open(io.BytesIO(data), formats=_FORMATS)
-                orientation = image.getexif().get(_ORIENTATION, 1) if "exif" in image.info else 1
-                if self.fast_jpeg and image.format in ("JPEG", "MPO"):  # MPO: its first JPEG
-                    turned = orientation in (5, 6, 7, 8)  # a quarter turn: draft for the sides
-                    size = (self.height, self.width) if turned else (self.width, self.height)
-                    image.draft("RGB" if self.channels == 3 else "L", size)
-                image.seek(0)  # a GIF's first frame
-                if orientation in _TURNS:
-                    image = image.transpose(_TURNS[orientation])
-            image = self._convert(image, image_module)
-            if image.size != (self.width, self.height):
-                image = image.resize((self.width, self.height), image_module.Resampling.BILINEAR)
-            pixels = np.asarray(image)
+            if isinstance(image, np.ndarray):  # decoded at the target size and mode
+                pixels = image
+            else:
+                pixels = self._pillow_pixels(data, image, image_module)
         except image_module.UnidentifiedImageError:
             signature = next((f for m, f in _SIGNATURES if bytes(data[:4]).startswith(m)), None)
             if signature is not None:
@@ -414,9 +424,28 @@ class ImageRecordReader(FileRecordReader):
         else:
             out[0] = pixels
 
+    def _pillow_pixels(self, data: bytes, image: Any, image_module: Any) -> np.ndarray:
+        """``data`` decoded by Pillow (``image``: the one-call JPEG path's image, or None to
+        open it), converted and resized: ``[h, w, 3]`` or ``[h, w]`` uint8."""
+        if image is None:
+            image = image_module.open(io.BytesIO(data), formats=_FORMATS)
+            orientation = image.getexif().get(_ORIENTATION, 1) if "exif" in image.info else 1
+            if self.fast_jpeg and image.format in ("JPEG", "MPO"):  # MPO: its first JPEG
+                turned = orientation in (5, 6, 7, 8)  # a quarter turn: draft for the sides
+                size = (self.height, self.width) if turned else (self.width, self.height)
+                image.draft("RGB" if self.channels == 3 else "L", size)
+            image.seek(0)  # a GIF's first frame
+            if orientation in _TURNS:
+                image = image.transpose(_TURNS[orientation])
+        image = self._convert(image, image_module)
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), image_module.Resampling.BILINEAR)
+        return np.asarray(image)
+
     def _plain_jpeg(self, data: bytes, image_module: Any) -> Any:
-        """A plain 8-bit grey or colour JPEG decoded in one call to Pillow's JPEG decoder, or
-        None for anything else (NOTE [plain JPEGs])."""
+        """A plain 8-bit grey or colour JPEG decoded in one call: by simplejpeg where installed
+        (an array, when it has the target size and mode; else an image), else by Pillow's JPEG
+        decoder (an image); None for anything else (NOTE [plain JPEGs])."""
         if not data.startswith(b"\xff\xd8\xff"):
             return None
         frame = _jpeg_frame(data)
@@ -434,11 +463,40 @@ class ImageRecordReader(FileRecordReader):
             reduction = min(width // self.width, height // self.height)
             scale = next((s for s in (8, 4, 2) if reduction >= s), 1)  # 1 when enlarging
         size = ((width + scale - 1) // scale, (height + scale - 1) // scale)
+        decoder = _simplejpeg()
+        if decoder is not None:
+            pixels = self._simplejpeg_pixels(decoder, data, mode, size)
+            if pixels is not None:
+                target = "RGB" if self.channels == 3 else "L"
+                if size == (self.width, self.height) and mode == target:
+                    return pixels
+                return image_module.fromarray(pixels, mode)
         try:  # the decoder's arguments (rawmode, jpegmode, scale, draft) are Pillow's own, not
             # its public API: a Pillow that changed them gives TypeError, and Image.open's path
             return image_module.frombytes(mode, size, data, "jpeg", mode, "", scale, 0)
         except (ValueError, OSError, TypeError):  # truncated or corrupt: Pillow's path names it
             return None
+
+    @staticmethod
+    def _simplejpeg_pixels(
+        decoder: Any, data: bytes, mode: str, size: tuple[int, int]
+    ) -> np.ndarray | None:
+        """``data`` decoded by simplejpeg at ``size`` (its DCT scale) in ``mode``: ``[h, w, 3]``
+        or ``[h, w]`` uint8; None where it refuses the bytes or picks another scale."""
+        try:
+            pixels = decoder.decode_jpeg(
+                data,
+                colorspace="GRAY" if mode == "L" else "RGB",
+                fastdct=False,
+                fastupsample=False,
+                min_height=size[1],
+                min_width=size[0],
+            )
+        except (ValueError, OSError, TypeError):  # corrupt, truncated: Pillow's path names it
+            return None
+        if pixels.shape[:2] != (size[1], size[0]):  # a finer factor than 1/2, 1/4, 1/8
+            return None
+        return pixels[:, :, 0] if mode == "L" else pixels
 
     def _convert(self, image: Any, image_module: Any) -> Any:
         """``image`` in mode "RGB" or "L" (NOTE [image decoding], step 4)."""
@@ -517,7 +575,8 @@ class ImageRecordReader(FileRecordReader):
         names = [self._where(i, uri, archive) for i, uri in enumerate(uris)]
         labels = self._batch_labels(uris, names)
         images = np.empty((n, self.channels, self.height, self.width), np.uint8)
-        threads = min(self.threads or _default_threads(), n)
+        by_size = sum(len(f) for f in files) // _BYTES_PER_THREAD
+        threads = min(self.threads or _default_threads(), n, max(1, by_size))
         if threads <= 1:
             for i in range(n):
                 self._decode_into(files[i], names[i], images[i])
