@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the image counts")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    print(versions("sparkbatch", "numpy", "pillow", "torch", "torchvision"))
+    print(versions("sparkbatch", "numpy", "pillow", "simplejpeg", "torch", "torchvision"))
     print(f"{len(os.sched_getaffinity(0))} cores for this process")
     run_case("tiny", max(64, int(2048 * args.scale)), 64, args.batch_size, args.repeat)
     run_case("large", max(64, int(1024 * args.scale)), 256, args.batch_size, args.repeat)
