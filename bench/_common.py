@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +33,46 @@ def best(fn: Callable[[], object], repeat: int = 3) -> float:
         times.append(time.perf_counter() - start)
     return min(times)
 
+
+
+def time_interleaved(
+    runners: dict[str, Callable[[int], object]], steps: int, repeat: int
+) -> dict[str, list[float]]:
+    """Seconds per step of each runner (called with the step's index), measured ``repeat``
+    times over ``steps`` steps, the runners interleaved so that drift on a shared machine hits
+    all alike; three warm-up steps each first."""
+    for fn in runners.values():
+        for i in range(3):
+            fn(i)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeat):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            for i in range(steps):
+                fn(i)
+            times[name].append((time.perf_counter() - start) / steps)
+    return times
+
+
+def ratios_to_torch(times: dict[str, list[float]]) -> dict[str, float]:
+    """From :func:`time_interleaved`'s times of "sparkbatch", "torch" and "torch_fused": the
+    best milliseconds per step of each, ``ratio`` (sparkbatch's best over PyTorch's best) and
+    ``paired_ratio_median``: per repetition, sparkbatch's time over PyTorch's best in that same
+    repetition, whose median resists a shared machine's bursts better than a ratio of bests."""
+    best_ms = {name: min(values) * 1e3 for name, values in times.items()}
+    paired = [
+        ours / min(theirs, fused)
+        for ours, theirs, fused in zip(
+            times["sparkbatch"], times["torch"], times["torch_fused"], strict=True
+        )
+    ]
+    return {
+        "sparkbatch_ms": best_ms["sparkbatch"],
+        "torch_ms": best_ms["torch"],
+        "torch_fused_ms": best_ms["torch_fused"],
+        "ratio": best_ms["sparkbatch"] / min(best_ms["torch"], best_ms["torch_fused"]),
+        "paired_ratio_median": float(statistics.median(paired)),
+    }
 
 def local_spark(app: str, driver_memory: str = "4g") -> Any:
     """A ``local[cores]`` SparkSession with the UI, progress bars and chatter off."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -110,13 +109,6 @@ def check_gradients(torch: Any, net: Any, model: Any, batch: Any, x: Any, y: Any
     return loss
 
 
-def per_step(run: Callable[[int], object], steps: int) -> float:
-    start = time.perf_counter()
-    for i in range(steps):
-        run(i)
-    return (time.perf_counter() - start) / steps
-
-
 def run(threads: int | None = None, *, steps: int = 10, repeat: int = 5, batches: int = 4) -> dict:
     """Time both; returns ``{"sparkbatch_ms", "torch_ms", "torch_fused_ms", "ratio",
     "paired_ratio_median", "losses", "threads", "versions"}`` (``losses``: per implementation
@@ -128,7 +120,7 @@ def run(threads: int | None = None, *, steps: int = 10, repeat: int = 5, batches
     from threadpoolctl import threadpool_limits
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _common import versions
+    from _common import ratios_to_torch, time_interleaved, versions
 
     sys.path.pop(0)
     from sparkbatch.data import DataSet
@@ -172,26 +164,9 @@ def run(threads: int | None = None, *, steps: int = 10, repeat: int = 5, batches
         for name, pair in losses.items():
             if abs(pair[0] - first_loss) > 1e-4 * max(1.0, abs(first_loss)):
                 raise SystemExit(f"first loss of {name} is {pair[0]}, sparkbatch's {first_loss}")
-        for fn in runners.values():  # warm up
-            for i in range(3):
-                fn(i)
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(repeat):  # interleaved, so drift on a shared machine hits all alike
-            for name, fn in runners.items():
-                times[name].append(per_step(fn, steps))
-    best = {name: min(values) * 1e3 for name, values in times.items()}
-    paired = [
-        ours / min(theirs, fused)
-        for ours, theirs, fused in zip(
-            times["sparkbatch"], times["torch"], times["torch_fused"], strict=True
-        )
-    ]
+        times = time_interleaved(runners, steps, repeat)
     return {
-        "sparkbatch_ms": best["sparkbatch"],
-        "torch_ms": best["torch"],
-        "torch_fused_ms": best["torch_fused"],
-        "ratio": best["sparkbatch"] / min(best["torch"], best["torch_fused"]),
-        "paired_ratio_median": float(np.median(paired)),
+        **ratios_to_torch(times),
         "losses": losses,
         "threads": threads,
         "versions": versions("sparkbatch", "numpy", "torch"),

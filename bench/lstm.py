@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,13 +71,6 @@ def torch_model(torch: Any, net: Any, fused: bool) -> tuple[Any, Any, Any]:
     return lstm, linear, optimizer
 
 
-def per_step(run: Callable[[int], object], steps: int) -> float:
-    start = time.perf_counter()
-    for i in range(steps):
-        run(i)
-    return (time.perf_counter() - start) / steps
-
-
 def run(threads: int | None = None, *, steps: int = 20, repeat: int = 5, batches: int = 8) -> dict:
     """Time both; returns ``{"sparkbatch_ms", "torch_ms", "torch_fused_ms", "ratio",
     "paired_ratio_median", "first_losses", "threads", "versions"}`` (best milliseconds per
@@ -89,7 +81,7 @@ def run(threads: int | None = None, *, steps: int = 20, repeat: int = 5, batches
     from threadpoolctl import threadpool_limits
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _common import versions
+    from _common import ratios_to_torch, time_interleaved, versions
 
     sys.path.pop(0)
     from sparkbatch.data import DataSet
@@ -134,28 +126,9 @@ def run(threads: int | None = None, *, steps: int = 20, repeat: int = 5, batches
             for mine, theirs in zip(reference, pair, strict=True):
                 if abs(mine - theirs) > 1e-4 * max(1.0, abs(mine)):
                     raise SystemExit(f"losses of {name} are {pair}, sparkbatch's {reference}")
-        for fn in runners.values():  # warm up
-            for i in range(3):
-                fn(i)
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(repeat):  # interleaved, so drift on a shared machine hits all alike
-            for name, fn in runners.items():
-                times[name].append(per_step(fn, steps))
-    best = {name: min(values) * 1e3 for name, values in times.items()}
-    # The paired ratio: per repetition, sparkbatch's time over PyTorch's best in that same
-    # repetition; its median resists a shared machine's bursts better than a ratio of bests.
-    paired = [
-        ours / min(theirs, fused)
-        for ours, theirs, fused in zip(
-            times["sparkbatch"], times["torch"], times["torch_fused"], strict=True
-        )
-    ]
+        times = time_interleaved(runners, steps, repeat)
     return {
-        "sparkbatch_ms": best["sparkbatch"],
-        "torch_ms": best["torch"],
-        "torch_fused_ms": best["torch_fused"],
-        "ratio": best["sparkbatch"] / min(best["torch"], best["torch_fused"]),
-        "paired_ratio_median": float(np.median(paired)),
+        **ratios_to_torch(times),
         "first_losses": reference,
         "threads": threads,
         "versions": versions("sparkbatch", "numpy", "torch"),
