@@ -292,6 +292,11 @@ def test_labels_inferred_sorted_and_records(class_dirs):
     assert reader.current_source.endswith("dog/e.jpeg")
     copy = pickle.loads(pickle.dumps(reader))
     assert copy == reader and copy.labels == reader.labels
+    assert copy.sources == []  # the listed files stay behind
+    with pytest.raises(RuntimeError, match="call initialize"):
+        copy.has_next()
+    copy.initialize(str(class_dirs))
+    assert [label for _, label in copy] == [0, 1, 1, 1, 2, 2]
     reader.reset()
     assert reader.has_next() and reader.next()[1] == 0
 

@@ -642,6 +642,17 @@ class ImageRecordReader(FileRecordReader):
             self.fast_jpeg, self.threads,
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Settings and labels only: the files :meth:`initialize` listed stay behind (the reader
+        travels to every Spark task inside a loader, and may have listed a million images);
+        an unpickled reader is initialized again to iterate files."""
+        state = self.__dict__.copy()
+        for name in ("_sources", "_initialized", "_file_index", "_records", "_lines"):
+            state.pop(name, None)
+        for name in ("_position", "_resume", "current_source", "current_line"):
+            state.pop(name, None)
+        return state
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
