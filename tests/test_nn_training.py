@@ -171,6 +171,18 @@ def test_config_round_trips_through_json():
     assert again.dtype == np.float64 and again.updater == net.updater
 
 
+def test_numpy_integer_sizes_are_stored_as_ints():
+    """Sizes computed with numpy (``x.shape[1]``, ``np.prod``) give numpy integers: a layer keeps
+    Python ints, so the configuration still writes as JSON; bad sizes name the field."""
+    net = Network([Dense(np.int64(3), np.int32(4)), Output(np.int64(4), 2)])
+    assert json.loads(net.to_json())["layers"][0]["n_in"] == 3
+    assert type(net.layers[0].n_out) is int
+    with pytest.raises(ValueError, match=r"Dense.n_out must be an int >= 1, got 0"):
+        Dense(3, 0)
+    with pytest.raises(ValueError, match=r"Output.n_in must be an int >= 1, got 2.5"):
+        Output(2.5, 2)
+
+
 def test_parameters_are_views_of_one_flat_buffer():
     net = Network([Dense(3, 4), Output(4, 2)], Momentum(0.1), seed=1)
     flat = net.params()

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .functions import DEFAULT_ALPHA, activation_code, needs_preactivation
-from .layers import WEIGHT_INITS, Layer, Params, Work, fill_weights, register_layer
+from .layers import WEIGHT_INITS, Layer, Params, Work, fill_weights, register_layer, set_count
 
 __all__ = ["Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "is_spatial", "resolve_sizes"]
 
@@ -67,16 +67,6 @@ def _pair(value: Any, name: str, least: int) -> Pair:
         raise ValueError(f"{name} must be >= {least}, got {value!r}")
     return pair
 
-
-def _set_count(layer: Any, field: str, optional: bool = False) -> None:
-    """Check ``layer.field`` is an int >= 1 (or None when ``optional``) and store it as a
-    Python int (a numpy integer would not survive ``to_json``)."""
-    value = getattr(layer, field)
-    if value is None and optional:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{type(layer).__name__}.{field} must be an int >= 1, got {value!r}")
-    object.__setattr__(layer, field, int(value))
 
 
 def _optional_pair(value: Any, name: str) -> Pair | None:
@@ -218,8 +208,8 @@ class Conv2D(_Spatial):
     param_words: ClassVar[dict[str, str]] = {"W": "weights", "b": "bias"}
 
     def __post_init__(self) -> None:
-        _set_count(self, "in_channels")
-        _set_count(self, "out_channels")
+        set_count(self, "in_channels")
+        set_count(self, "out_channels")
         self._window()
         if self.weight_init not in WEIGHT_INITS:
             raise ValueError(
@@ -326,7 +316,7 @@ class _Pool(_Spatial):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        _set_count(self, "channels", optional=True)
+        set_count(self, "channels", optional=True)
         self._window()
         if self.padding[0] >= self.kernel[0] or self.padding[1] >= self.kernel[1]:
             raise ValueError(
@@ -398,7 +388,7 @@ class Flatten(_Spatial):
     gives_image: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _set_count(self, "channels", optional=True)
+        set_count(self, "channels", optional=True)
         object.__setattr__(self, "input_size", _optional_pair(self.input_size, "input_size"))
 
     @property

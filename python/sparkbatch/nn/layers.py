@@ -31,6 +31,7 @@ __all__ = [
     "is_layer_type",
     "layer_from_config",
     "register_layer",
+    "set_count",
 ]
 
 #: Weight initialisations, as DL4J's ``WeightInit``: ``xavier`` N(0, 2 / (n_in + n_out)),
@@ -131,6 +132,17 @@ def fill_weights(
         target[...] = 0.0
 
 
+def set_count(layer: Any, field: str, optional: bool = False) -> None:
+    """Check ``layer.field`` is an int >= 1 (or None when ``optional``) and store it as a
+    Python int (a numpy integer would not survive ``to_json``)."""
+    value = getattr(layer, field)
+    if value is None and optional:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{type(layer).__name__}.{field} must be an int >= 1, got {value!r}")
+    object.__setattr__(layer, field, int(value))
+
+
 @dataclass(frozen=True)
 class _DenseBase(Layer):
     """``W [n_in, n_out]``, ``b [n_out]``, an activation, input dropout and L2 on ``W``."""
@@ -139,10 +151,8 @@ class _DenseBase(Layer):
 
     def _check(self) -> None:
         name = type(self).__name__
-        if self.n_in < 1 or self.n_out < 1:
-            raise ValueError(
-                f"{name} needs n_in >= 1 and n_out >= 1, got {self.n_in}, {self.n_out}"
-            )
+        set_count(self, "n_in")
+        set_count(self, "n_out")
         activation_code(self.activation)
         if self.weight_init not in WEIGHT_INITS:
             raise ValueError(

@@ -49,6 +49,7 @@ from .layers import (
     fill_weights,
     layer_from_config,
     register_layer,
+    set_count,
 )
 
 __all__ = ["LSTM", "RnnOutput", "LastTimeStep", "LSTM_ACTIVATIONS"]
@@ -93,10 +94,8 @@ class LSTM(Layer):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if self.n_in < 1 or self.n_out < 1:
-            raise ValueError(
-                f"{name} needs n_in >= 1 and n_out >= 1, got {self.n_in}, {self.n_out}"
-            )
+        set_count(self, "n_in")
+        set_count(self, "n_out")
         for field_name in ("activation", "gate_activation"):
             value = getattr(self, field_name)
             if value not in LSTM_ACTIVATIONS:
