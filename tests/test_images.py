@@ -465,6 +465,11 @@ def test_loader_errors_name_the_archive_and_entry(tmp_path):
     (tmp_path / "text.zip").write_bytes(b"plain text")
     with pytest.raises(FormatError, match="text.zip: not a zip archive"):
         FileBatchLoader(reader, 2, 1, 2).load(Source(str(tmp_path / "text.zip")))
+    loader = FileBatchLoader(reader, 2, 1, 2)
+    reader.set_labels(["ant", "bee", "cat", "dog"])  # after the loader checked num_classes
+    with pytest.raises(ValueError, match=r"three\.zip, entry file_0\.png \(i/cat/0\.png\): "
+                       r"label index 2 is outside num_classes=2"):
+        loader.load(Source(str(tmp_path / "three.zip")))
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")

@@ -27,6 +27,7 @@ from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.loaders import Preprocessor, Source, check_preprocessor, preprocess
 from sparkbatch.data.multidataset import MultiDataSet
 from sparkbatch.storage import FileBatch
+from sparkbatch.storage.file_batch import entry_name
 
 __all__ = ["FileBatchLoader", "ImageScaler"]
 
@@ -270,9 +271,10 @@ class FileBatchLoader:
         bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
         if bad.size:
             i = int(bad[0])
+            uri = batch.original_uris[i]
             raise ValueError(
-                f"{url}, file {batch.original_uris[i]}: label index {int(labels[i])} is outside "
-                f"num_classes={self.num_classes}"
+                f"{url}, entry {entry_name(i, uri)} ({uri}): label index {int(labels[i])} is "
+                f"outside num_classes={self.num_classes}"
             )
         one_hot = np.zeros((len(labels), self.num_classes), np.float32)
         one_hot[np.arange(len(labels)), labels] = 1.0
