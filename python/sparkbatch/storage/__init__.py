@@ -22,10 +22,13 @@ from sparkbatch.storage.ranges import (
     plan_line_ranges,
     read_line_range,
 )
+from sparkbatch.storage.sequence_file import SequenceFileReader, SequenceFileWriter
 
 __all__ = [
     "FileBatch",
     "LineRange",
+    "SequenceFileReader",
+    "SequenceFileWriter",
     "count_lines_before",
     "expand_paths",
     "plan_line_ranges",
