@@ -343,7 +343,7 @@ class SequenceFileWriter:
         out: list[bytes] = []
         pos, last_sync, sync = self._pos, self._last_sync, self.sync
         escape = _I32.pack(SYNC_ESCAPE) + sync
-        for k, v in zip(key_bytes, value_bytes):
+        for k, v in zip(key_bytes, value_bytes, strict=True):
             if pos >= last_sync + SYNC_INTERVAL:  # Hadoop's Writer.checkAndWriteSync
                 out.append(escape)
                 pos += SYNC_SIZE
@@ -357,7 +357,7 @@ class SequenceFileWriter:
         self._last_sync = last_sync
 
     def _append_block(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> None:
-        for k, v in zip(key_bytes, value_bytes):
+        for k, v in zip(key_bytes, value_bytes, strict=True):
             self._block_keys.append(k)
             self._block_values.append(v)
             self._block_bytes += len(k) + len(v)
@@ -649,7 +649,9 @@ class SequenceFileReader:
                 )
             data = source.take(length)
             if data is None:
-                raise self._fail(offset + 8, f"a record of {length} bytes, found the end of the file")
+                raise self._fail(
+                    offset + 8, f"a record of {length} bytes, found the end of the file"
+                )
             value = data[key_length:]
             if record:
                 value = self._inflate(value, offset + 8 + key_length, "a compressed value")
@@ -704,7 +706,7 @@ class SequenceFileReader:
                 self._buffer("value lengths"), count, offset, "value lengths"
             )
             values = self._split(self._buffer("values"), value_lengths, offset, "values")
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=True):
                 yield self._decode(offset, k, v)
 
     def close(self) -> None:
