@@ -290,7 +290,9 @@ def _decode_body(cur: _Cursor, kind: int, end: int) -> list[Any]:
         pieces = list(map(blob.__getitem__, map(slice, [0, *ends[:-1]], ends)))
         is_str = (tags[texts] == _STR).tolist()
         try:
-            out[texts] = [p.decode("utf-8") if s else p for p, s in zip(pieces, is_str)]
+            out[texts] = [
+                p.decode("utf-8") if s else p for p, s in zip(pieces, is_str, strict=True)
+            ]
         except UnicodeDecodeError as e:
             raise cur.fail(f"UTF-8 text ({e.reason})") from None
     for i in np.flatnonzero(tags == _ARRAY).tolist():
