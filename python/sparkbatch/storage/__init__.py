@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from sparkbatch.storage.file_batch import FileBatch
+from sparkbatch.storage.map_file_writers import MapFileSequenceWriter, MapFileWriter
+from sparkbatch.storage.map_file import MapFilePartWriter, MapFileReader
 from sparkbatch.storage.paths import (
     atomic_local_path,
     exists,
@@ -22,14 +24,28 @@ from sparkbatch.storage.ranges import (
     plan_line_ranges,
     read_line_range,
 )
+from sparkbatch.storage.record_codec import (
+    decode_record,
+    decode_sequence,
+    encode_record,
+    encode_sequence,
+)
 from sparkbatch.storage.sequence_file import SequenceFileReader, SequenceFileWriter
 
 __all__ = [
     "FileBatch",
     "LineRange",
+    "MapFilePartWriter",
+    "MapFileReader",
+    "MapFileSequenceWriter",
+    "MapFileWriter",
     "SequenceFileReader",
     "SequenceFileWriter",
     "count_lines_before",
+    "decode_record",
+    "decode_sequence",
+    "encode_record",
+    "encode_sequence",
     "expand_paths",
     "plan_line_ranges",
     "read_line_range",

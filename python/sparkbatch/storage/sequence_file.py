@@ -62,7 +62,8 @@ SYNC_INTERVAL = 5 * 1024 * SYNC_SIZE
 #: ``io.seqfile.compress.blocksize`` default (IO_SEQFILE_COMPRESS_BLOCKSIZE_DEFAULT).
 BLOCK_SIZE = 1_000_000
 DEFAULT_CODEC = "org.apache.hadoop.io.compress.DefaultCodec"
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # read size of sequential reads
+_SEEK_CHUNK = 1 << 14  # first read size after a seek (MapFile lookups read a record or two)
 
 _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
@@ -335,15 +336,22 @@ class SequenceFileWriter:
         value_bytes = [self._encode_value(v) for v in values]
         if len(key_bytes) != len(value_bytes):
             raise ValueError(f"{len(key_bytes)} keys but {len(value_bytes)} values")
+        self._append_encoded(key_bytes, value_bytes)
+
+    def _append_encoded(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> list[int]:
+        """Append serialized records; return :meth:`tell` as it was before each (for the
+        MapFile index in :mod:`sparkbatch.storage.map_file`)."""
+        self._check_open()
         if self.compression == "block":
-            self._append_block(key_bytes, value_bytes)
-            return
+            return self._append_block(key_bytes, value_bytes)
         if self.compression == "record":
             value_bytes = [zlib.compress(v) for v in value_bytes]
         out: list[bytes] = []
+        starts: list[int] = []
         pos, last_sync, sync = self._pos, self._last_sync, self.sync
         escape = _I32.pack(SYNC_ESCAPE) + sync
         for k, v in zip(key_bytes, value_bytes, strict=True):
+            starts.append(pos)
             if pos >= last_sync + SYNC_INTERVAL:  # Hadoop's Writer.checkAndWriteSync
                 out.append(escape)
                 pos += SYNC_SIZE
@@ -352,17 +360,20 @@ class SequenceFileWriter:
             out.append(k)
             out.append(v)
             pos += 8 + len(k) + len(v)
-        data = b"".join(out)
-        self._write(data)
+        self._write(b"".join(out))
         self._last_sync = last_sync
+        return starts
 
-    def _append_block(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> None:
+    def _append_block(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> list[int]:
+        starts: list[int] = []
         for k, v in zip(key_bytes, value_bytes, strict=True):
+            starts.append(self._pos)
             self._block_keys.append(k)
             self._block_values.append(v)
             self._block_bytes += len(k) + len(v)
             if self._block_bytes >= BLOCK_SIZE:  # as BlockCompressWriter.append
                 self._flush_block()
+        return starts
 
     def _flush_block(self) -> None:
         """Write the buffered records as one block: sync, count, four zlib streams."""
@@ -432,6 +443,7 @@ class _Input:
         self.buf = b""
         self.base = 0  # file offset of buf[0]
         self.i = 0  # index into buf
+        self.chunk = _CHUNK  # bytes read at a time: small after a seek, growing while sequential
 
     @property
     def offset(self) -> int:
@@ -443,11 +455,13 @@ class _Input:
             return
         self.f.seek(offset)
         self.buf, self.base, self.i = b"", offset, 0
+        self.chunk = _SEEK_CHUNK
 
     def _fill(self, n: int) -> bool:
         """Make ``n`` bytes available at ``i``; False if the file ends first."""
         rest = self.buf[self.i :]
-        more = self.f.read(max(n - len(rest), _CHUNK))
+        more = self.f.read(max(n - len(rest), self.chunk))
+        self.chunk = min(2 * self.chunk, _CHUNK)
         self.base += self.i
         self.buf, self.i = rest + more, 0
         while len(self.buf) < n and more:

@@ -1,0 +1,397 @@
+"""Hadoop MapFiles: a directory holding a sorted ``data`` SequenceFile and its ``index``.
+
+As Hadoop's ``org.apache.hadoop.io.MapFile`` lays them out (docs/format.md, "Hadoop
+SequenceFiles and MapFiles"): ``data`` holds the records in increasing key order; ``index`` is a
+block-compressed SequenceFile of (key, LongWritable offset in ``data``) for every
+``index_interval``-th record. A lookup binary-searches the index (read whole into memory) and
+scans ``data`` from the offset found. DataVec's ``MapFileRecordWriter`` writes one MapFile per
+split as ``part-r-00000``, ``part-r-00001``, ... under a root directory;
+:class:`MapFileReader` reads such a root as one map.
+
+Keys of the classes :mod:`sparkbatch.storage.sequence_file` decodes compare as Python values
+(ints numerically, Text by code point, which is Hadoop's UTF-8 byte order, BytesWritable
+bytewise); keys of other classes compare as their serialized bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import heapq
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sparkbatch.errors import FormatError
+from sparkbatch.storage.paths import _temp_name, is_local, join, resolve
+from sparkbatch.storage.sequence_file import SequenceFileReader, SequenceFileWriter
+
+__all__ = ["DATA_FILE", "INDEX_FILE", "MapFilePartWriter", "MapFileReader"]
+
+DATA_FILE = "data"
+INDEX_FILE = "index"
+_IO = "org.apache.hadoop.io."
+_LONG = _IO + "LongWritable"
+
+
+class MapFilePartWriter:
+    """Write one Hadoop MapFile directory (``data`` and ``index``), as Hadoop's MapFile.Writer.
+
+    Keys must increase strictly. An index entry (key, offset of its record in ``data``) is
+    written for the first record and then for a record at least ``index_interval`` records
+    after the last indexed one, where the data file has grown since (with block compression:
+    once per block), as Hadoop does.
+
+    Both files are written in a hidden temporary directory next to ``part_dir`` that is renamed
+    onto ``part_dir`` on :meth:`close` (an existing ``part_dir`` is replaced); if the ``with``
+    block raises, nothing is left. On object stores, which have no directories to rename,
+    ``data`` is uploaded first and ``index`` last, so a reader that finds the index finds the
+    data.
+
+    Parameters
+    ----------
+    part_dir : str or os.PathLike
+        The MapFile directory (e.g. ``root/part-r-00000``).
+    key_class, value_class : str
+        Java class names (see :mod:`sparkbatch.storage.sequence_file`).
+    index_interval : int, default 1
+        Records between index entries (DataVec's default 1; Hadoop's own default is 128).
+    compression : {None, "record", "block"}
+        Compression of ``data``; ``index`` is block-compressed, as Hadoop writes it.
+    storage_options : dict, optional
+        Keyword arguments for the file system.
+
+    Examples
+    --------
+    >>> with MapFilePartWriter("memory://sparkbatch-doc/map/part-r-00000", index_interval=2) as w:
+    ...     w.append_many([0, 1, 2], [b"a", b"b", b"c"])
+    >>> with MapFileReader("memory://sparkbatch-doc/map") as r:
+    ...     print(r.get(2), list(r.keys()))
+    b'c' [0, 1, 2]
+    """
+
+    def __init__(
+        self,
+        part_dir: str | os.PathLike[str],
+        key_class: str = _LONG,
+        value_class: str = _IO + "BytesWritable",
+        *,
+        index_interval: int = 1,
+        compression: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(index_interval, bool) or not isinstance(index_interval, int):
+            raise TypeError(f"index_interval must be an int, got {index_interval!r}")
+        if index_interval < 1:
+            raise ValueError(f"index_interval must be at least 1, got {index_interval}")
+        self.url = os.fspath(part_dir)
+        self.index_interval = index_interval
+        fs, path = resolve(self.url, storage_options)
+        self._local_target: str | None = None
+        directory = self.url
+        if is_local(fs):
+            target = os.path.abspath(path)
+            if os.path.exists(target) and not os.path.isdir(target):
+                raise FileExistsError(f"{self.url} exists and is not a directory")
+            parent, name = os.path.split(target)
+            os.makedirs(parent, exist_ok=True)
+            directory = os.path.join(parent, _temp_name(name))
+            os.mkdir(directory)
+            self._local_target = target
+        self._directory = directory
+        self._size = 0
+        self._last_index_count: int | None = None
+        self._last_index_pos = -1
+        self._last_key: Any = None
+        self._closed = False
+        self._data: SequenceFileWriter | None = None
+        self._index: SequenceFileWriter | None = None
+        try:
+            self._data = SequenceFileWriter(
+                join(directory, DATA_FILE),
+                key_class,
+                value_class,
+                compression=compression,
+                storage_options=storage_options,
+            )
+            self._index = SequenceFileWriter(
+                join(directory, INDEX_FILE),
+                key_class,
+                _LONG,
+                compression="block",
+                storage_options=storage_options,
+            )
+        except BaseException as e:
+            self._abort(e)
+            raise
+
+    def append(self, key: Any, value: Any) -> None:
+        """Append one record; its key must be greater than the last one."""
+        self.append_many((key,), (value,))
+
+    def append_many(self, keys: Iterable[Any], values: Iterable[Any]) -> None:
+        """Append records ``zip(keys, values)``; keys increase strictly (:class:`ValueError`
+        naming the first out of order otherwise, and nothing of the batch is written)."""
+        if self._closed or self._data is None or self._index is None:
+            raise ValueError(f"{self.url}: the MapFilePartWriter is closed")
+        keys = list(keys)
+        values = list(values)
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        if not keys:
+            return
+        previous = [self._last_key, *keys[:-1]] if self._size else keys[:-1]
+        following = keys if self._size else keys[1:]
+        for i, (a, b) in enumerate(zip(previous, following, strict=True)):
+            if not a < b:
+                n = self._size + i + (0 if self._size else 1)
+                raise ValueError(
+                    f"{self.url}: MapFile keys must increase strictly: record {n} has key "
+                    f"{b!r} after {a!r}"
+                )
+        encode_key = self._data._encode_key
+        encode_value = self._data._encode_value
+        key_bytes = [encode_key(k) for k in keys]
+        value_bytes = [encode_value(v) for v in values]
+        starts = self._data._append_encoded(key_bytes, value_bytes)
+        index_keys: list[bytes] = []
+        index_positions: list[int] = []
+        interval = self.index_interval
+        for i, pos in enumerate(starts):  # Hadoop's MapFile.Writer.append
+            size = self._size + i
+            due = self._last_index_count is None or size >= self._last_index_count + interval
+            if due and pos > self._last_index_pos:
+                index_keys.append(key_bytes[i])
+                index_positions.append(pos)
+                self._last_index_pos = pos
+                self._last_index_count = size
+        if index_keys:
+            self._index._append_encoded(
+                index_keys, [self._index._encode_value(p) for p in index_positions]
+            )
+        self._size += len(keys)
+        self._last_key = keys[-1]
+
+    def __len__(self) -> int:
+        """Records appended so far."""
+        return self._size
+
+    def close(self) -> None:
+        """Write both files and move the directory into place. Closing twice is a no-op."""
+        if self._closed:
+            return
+        try:
+            assert self._data is not None and self._index is not None
+            self._data.close()
+            self._index.close()
+            if self._local_target is not None:
+                self._commit_local(self._local_target)
+        except BaseException as e:
+            self._abort(e)
+            raise
+        self._closed = True
+
+    def _commit_local(self, target: str) -> None:
+        old = None
+        if os.path.lexists(target):
+            parent, name = os.path.split(target)
+            old = os.path.join(parent, _temp_name(name))
+            os.replace(target, old)
+        os.replace(self._directory, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _abort(self, error: BaseException) -> None:
+        self._closed = True
+        for writer in (self._index, self._data):
+            if writer is not None:
+                writer._abort(error)
+        if self._local_target is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+
+    def __enter__(self) -> MapFilePartWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._abort(exc)
+
+
+class _Part:
+    """One MapFile directory: its index in memory, its data file opened on first use."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
+        self.url = url
+        self.data_url = join(url, DATA_FILE)
+        self.index_url = join(url, INDEX_FILE)
+        self.storage_options = storage_options
+        try:
+            with SequenceFileReader(self.index_url, storage_options=storage_options) as index:
+                entries = list(index)
+                index_key_class = index.key_class
+        except FileNotFoundError:
+            raise FormatError(f"{self.index_url}: a MapFile index, found no such file") from None
+        try:
+            self._data: SequenceFileReader | None = SequenceFileReader(
+                self.data_url, storage_options=storage_options
+            )
+        except FileNotFoundError:
+            raise FormatError(f"{self.data_url}: a MapFile's data, found no such file") from None
+        self.key_class = self._data.key_class
+        self.value_class = self._data.value_class
+        if index_key_class != self.key_class:
+            raise FormatError(
+                f"{self.index_url}: expected keys of the data's class {self.key_class}, "
+                f"found {index_key_class}"
+            )
+        self.keys = [k for k, _ in entries]
+        self.positions = [p for _, p in entries]
+        for i in range(1, len(entries)):
+            if not (
+                self.keys[i - 1] <= self.keys[i] and self.positions[i - 1] <= self.positions[i]
+            ):
+                raise FormatError(
+                    f"{self.index_url}: entry {i}: expected keys and offsets in increasing "
+                    f"order, found {entries[i - 1]!r} then {entries[i]!r}"
+                )
+        if self.positions and self.positions[0] < self._data.header_end:
+            raise FormatError(
+                f"{self.index_url}: entry 0: expected an offset in {self.data_url} after its "
+                f"header ({self._data.header_end} bytes), found {self.positions[0]}"
+            )
+
+    def get(self, key: Any) -> Any:
+        """The value of ``key`` (KeyError if absent): as Hadoop's MapFile.Reader.get."""
+        i = bisect.bisect_right(self.keys, key) - 1
+        if i < 0:
+            raise KeyError(key)
+        assert self._data is not None
+        self._data.seek(self.positions[i])
+        for k, v in self._data:
+            if k == key:
+                return v
+            if k > key:
+                break
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        with SequenceFileReader(self.data_url, storage_options=self.storage_options) as data:
+            yield from data
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+
+
+class MapFileReader:
+    """Read a Hadoop MapFile directory, or a root of ``part-*`` MapFiles read as one map.
+
+    Every part's index is read into memory when the reader opens (as Hadoop's reader does on
+    first use); ``data`` files are read on demand. The number of records is not stored in a
+    MapFile, so there is no ``len()``: count with ``sum(1 for _ in reader.keys())``.
+
+    Parameters
+    ----------
+    part_dir_or_root : str or os.PathLike
+        A directory holding ``data`` and ``index``, or one whose ``part-*`` subdirectories do
+        (sorted by name; names starting with ``.`` or ``_`` are skipped).
+    storage_options : dict, optional
+        Keyword arguments for the file system.
+
+    Raises
+    ------
+    FormatError
+        No MapFile there, or an index or data file is missing or corrupt; the message names
+        the file.
+    """
+
+    def __init__(
+        self,
+        part_dir_or_root: str | os.PathLike[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.url = os.fspath(part_dir_or_root)
+        fs, path = resolve(self.url, storage_options)
+        if fs.exists(path.rstrip("/") + "/" + INDEX_FILE) or fs.exists(
+            path.rstrip("/") + "/" + DATA_FILE
+        ):
+            urls = [self.url]
+        else:
+            try:
+                entries = fs.ls(path, detail=True)
+            except FileNotFoundError:
+                raise FormatError(
+                    f"{self.url}: expected a MapFile directory, found nothing"
+                ) from None
+            names = sorted(
+                os.path.basename(e["name"].rstrip("/"))
+                for e in entries
+                if e.get("type") == "directory"
+            )
+            urls = [join(self.url, n) for n in names if n.startswith("part-")]
+            if not urls:
+                raise FormatError(
+                    f"{self.url}: expected a MapFile (data and index) or part-* MapFile "
+                    "directories, found neither"
+                )
+        self._parts: list[_Part] = []
+        try:
+            for url in urls:
+                self._parts.append(_Part(url, storage_options))
+        except BaseException:
+            self.close()
+            raise
+        classes = {(p.key_class, p.value_class) for p in self._parts}
+        if len(classes) > 1:
+            self.close()
+            raise FormatError(f"{self.url}: expected one key and value class, found {classes}")
+        self.key_class, self.value_class = classes.pop()
+        # Parts by first indexed key, for lookups (empty parts have no entries).
+        self._by_first = sorted((p for p in self._parts if p.keys), key=lambda p: p.keys[0])
+        self._firsts = [p.keys[0] for p in self._by_first]
+
+    @property
+    def parts(self) -> list[str]:
+        """The MapFile directories read, in order."""
+        return [p.url for p in self._parts]
+
+    def get(self, key: Any) -> Any:
+        """The value stored under ``key``; :class:`KeyError` if there is none."""
+        candidates = bisect.bisect_right(self._firsts, key)
+        for part in reversed(self._by_first[:candidates]):  # usually the last is the one
+            with contextlib.suppress(KeyError):
+                return part.get(key)
+        raise KeyError(key)
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            self.get(key)
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        """All ``(key, value)`` records in key order (parts merged)."""
+        if len(self._parts) == 1:
+            return iter(self._parts[0])
+        return heapq.merge(*self._parts, key=lambda kv: kv[0])
+
+    def keys(self) -> Iterator[Any]:
+        """All keys in order."""
+        return (k for k, _ in self)
+
+    def close(self) -> None:
+        """Close the data files."""
+        for part in self._parts:
+            part.close()
+
+    def __enter__(self) -> MapFileReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
