@@ -73,8 +73,16 @@ def test_numeric_records_are_one_array() -> None:
 
 @pytest.mark.parametrize(
     "sequence",
-    [[], [[]], [[], []], [[1.0, 2.0], [3.0, 4.0]], [[1, 2], [3, 4]], [[1.0, "x"], [2.0]],
-     [[1.0], [2]], [[np.zeros(2, np.uint8), 1.0]]],
+    [
+        [],
+        [[]],
+        [[], []],
+        [[1.0, 2.0], [3.0, 4.0]],
+        [[1, 2], [3, 4]],
+        [[1.0, "x"], [2.0]],
+        [[1.0], [2]],
+        [[np.zeros(2, np.uint8), 1.0]],
+    ],
 )
 def test_sequences_round_trip(sequence: list) -> None:
     data = encode_sequence(sequence)
@@ -174,24 +182,23 @@ def test_atomic_close_and_abort(tmp_path: Path, sc: object) -> None:
     from sparkbatch.spark import restore_map_file
 
     out = tmp_path / "a"
-    writer = MapFileWriter(out, split_size=2)
+    writer = MapFileWriter(out, split_size=2000)
     writer.write_batch([[float(i)] for i in range(5000)])  # past the write buffer: parts flushed
-    visible = _parts(out) if out.exists() else []
-    assert "_SUCCESS" not in visible
-    assert all(not n.startswith("part-") or (out / n / "data").exists() for n in visible)
-    if visible:
-        with pytest.raises(IncompleteExportError, match="no _SUCCESS"):
-            restore_map_file(sc, str(out))
+    visible = [n for n in _parts(out) if not n.startswith(".")]
+    assert visible == ["part-r-00000", "part-r-00001"]  # committed whole; part 2 still open
+    assert all((out / n / "data").exists() and (out / n / "index").exists() for n in visible)
+    with pytest.raises(IncompleteExportError, match="no _SUCCESS"):
+        restore_map_file(sc, str(out))
     writer.close()
-    assert restore_map_file(sc, str(out)).count() == 5000
+    assert restore_map_file(sc, str(out)).glom().map(len).collect() == [2000, 2000, 1000]
     with pytest.raises(FileExistsError, match="already holds a map file output"):
         MapFileWriter(out)
     failed = tmp_path / "b"
     with pytest.raises(TypeError, match="record 4999"):
-        with MapFileWriter(failed, split_size=2) as writer:
+        with MapFileWriter(failed, split_size=2000) as writer:
             writer.write_batch([[float(i)] for i in range(4999)])
             writer.write([{"not": "a value"}])
-    assert not failed.exists() or not [n for n in os.listdir(failed) if not n.startswith(".")]
+    assert not failed.exists() or os.listdir(failed) == []
 
 
 def test_convert_from_csv_readers(tmp_path: Path, sc: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sparkbatch.records.converter import RecordWriter, convert
 from sparkbatch.records.csv import CSVRecordReader, to_value
 from sparkbatch.records.csv_sequence import CSVSequenceRecordReader, SequenceRecord
 from sparkbatch.records.images import IMAGE_EXTENSIONS, ImageRecordReader
@@ -23,6 +24,8 @@ __all__ = [
     "PatternPathLabelGenerator",
     "Record",
     "RecordReader",
+    "RecordWriter",
     "SequenceRecord",
+    "convert",
     "to_value",
 ]

@@ -11,6 +11,11 @@ from sparkbatch.spark.csv import LinesToDataSets, RangesToDataSets, csv_to_datas
 from sparkbatch.spark.dataframe import ArrowToMinibatches, DataFrameError, dataframe_to_datasets
 from sparkbatch.spark.export import BatchAndExport, batch_and_export, list_paths
 from sparkbatch.spark.file_batches import create_file_batches_local, create_file_batches_spark
+from sparkbatch.spark.map_files import (
+    MapFilePartsToRecords,
+    restore_map_file,
+    restore_map_file_sequences,
+)
 from sparkbatch.spark.multi import (
     JoinedToMultiDataSets,
     RecordsToMultiDataSets,
@@ -33,6 +38,7 @@ __all__ = [
     "FileToRecords",
     "JoinedToMultiDataSets",
     "LinesToDataSets",
+    "MapFilePartsToRecords",
     "RangesToDataSets",
     "RecordsToDataSet",
     "SequenceFileToRecords",
@@ -51,4 +57,6 @@ __all__ = [
     "executor_errors",
     "list_paths",
     "map_rrmdsi",
+    "restore_map_file",
+    "restore_map_file_sequences",
 ]

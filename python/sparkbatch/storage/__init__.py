@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sparkbatch.storage.file_batch import FileBatch
-from sparkbatch.storage.map_file_writers import MapFileSequenceWriter, MapFileWriter
 from sparkbatch.storage.map_file import MapFilePartWriter, MapFileReader
+from sparkbatch.storage.map_file_writers import MapFileSequenceWriter, MapFileWriter
 from sparkbatch.storage.paths import (
     atomic_local_path,
     exists,
