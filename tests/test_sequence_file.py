@@ -13,6 +13,7 @@ import pathlib
 import struct
 import zlib
 
+import fsspec
 import pytest
 
 from sparkbatch import FormatError
@@ -225,6 +226,7 @@ def test_memory_filesystem_round_trip() -> None:
     url = "memory://sparkbatch-test-seq/a.seq"
     _write(url, [1, 2], [b"a", b"b"], compression="block")
     assert _read(url) == [(1, b"a"), (2, b"b")]
+    fsspec.filesystem("memory").rm("/sparkbatch-test-seq", recursive=True)
 
 
 # ------------------------------------------------------------------ truncated and corrupt files

@@ -69,6 +69,7 @@ class MapFilePartWriter:
     >>> with MapFileReader("memory://sparkbatch-doc/map") as r:
     ...     print(r.get(2), list(r.keys()))
     b'c' [0, 1, 2]
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc/map", recursive=True)
     """
 
     def __init__(

@@ -256,6 +256,7 @@ class SequenceFileWriter:
     >>> with SequenceFileReader(url) as r:
     ...     print(r.compression, list(r))
     block [(0, b'zero'), (1, b'one'), (2, b'two')]
+    >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc/seq", recursive=True)
     """
 
     def __init__(
