@@ -126,6 +126,10 @@ def test_writer_refuses_bad_values_and_writes_nothing(tmp_path: pathlib.Path) ->
         with pytest.raises(error), SequenceFileWriter(target) as w:
             w.append_many(keys, values)
         assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="32-bit"):
+        with SequenceFileWriter(target, IO + "VIntWritable", IO + "NullWritable") as w:
+            w.append(2**31, None)
+    assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match="compression"):
         SequenceFileWriter(target, compression="gzip")
 

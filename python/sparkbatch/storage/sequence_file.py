@@ -68,6 +68,7 @@ _SEEK_CHUNK = 1 << 14  # first read size after a seek (MapFile lookups read a re
 _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
 _RECORD_HEAD = struct.Struct(">ii")
+_INT_MAX = 2**31 - 1
 _COMPRESSIONS = (None, "record", "block")
 
 
@@ -135,7 +136,15 @@ def _bytes_writable(value: bytes | bytearray | memoryview) -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"a BytesWritable value must be bytes, got {type(value).__name__}")
     raw = bytes(value)
+    if len(raw) > _INT_MAX:
+        raise ValueError(f"a BytesWritable holds at most {_INT_MAX} bytes, got {len(raw)}")
     return _I32.pack(len(raw)) + raw
+
+
+def _vint32(value: int) -> bytes:
+    if not -(2**31) <= value <= _INT_MAX:
+        raise ValueError(f"a VIntWritable holds a 32-bit int, got {value}")
+    return write_vint(value)
 
 
 def _raw(value: bytes | bytearray | memoryview) -> bytes:
@@ -208,7 +217,7 @@ _WRITABLES: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
     _IO + "LongWritable": (_int_of(_I64.pack, "LongWritable"), _decode_fixed(">q")),
     _IO + "IntWritable": (_int_of(_I32.pack, "IntWritable"), _decode_fixed(">i")),
     _IO + "VLongWritable": (_int_of(write_vint, "VLongWritable"), _decode_vint),
-    _IO + "VIntWritable": (_int_of(write_vint, "VIntWritable"), _decode_vint),
+    _IO + "VIntWritable": (_int_of(_vint32, "VIntWritable"), _decode_vint),
     _IO + "Text": (_text, _decode_text),
     _IO + "BytesWritable": (_bytes_writable, _decode_bytes),
     _IO + "NullWritable": (_null, _decode_null),
@@ -295,7 +304,11 @@ class SequenceFileWriter:
         self._block_values: list[bytes] = []
         self._block_bytes = 0
         self._closed = False
-        self._write(self._header())
+        try:
+            self._write(self._header())
+        except BaseException as e:
+            self._abort(e)
+            raise
 
     def _header(self) -> bytes:
         parts = [
@@ -351,16 +364,22 @@ class SequenceFileWriter:
         starts: list[int] = []
         pos, last_sync, sync = self._pos, self._last_sync, self.sync
         escape = _I32.pack(SYNC_ESCAPE) + sync
-        for k, v in zip(key_bytes, value_bytes, strict=True):
-            starts.append(pos)
-            if pos >= last_sync + SYNC_INTERVAL:  # Hadoop's Writer.checkAndWriteSync
-                out.append(escape)
-                pos += SYNC_SIZE
-                last_sync = pos
-            out.append(_RECORD_HEAD.pack(len(k) + len(v), len(k)))
-            out.append(k)
-            out.append(v)
-            pos += 8 + len(k) + len(v)
+        try:
+            for k, v in zip(key_bytes, value_bytes, strict=True):
+                starts.append(pos)
+                if pos >= last_sync + SYNC_INTERVAL:  # Hadoop's Writer.checkAndWriteSync
+                    out.append(escape)
+                    pos += SYNC_SIZE
+                    last_sync = pos
+                out.append(_RECORD_HEAD.pack(len(k) + len(v), len(k)))
+                out.append(k)
+                out.append(v)
+                pos += 8 + len(k) + len(v)
+        except struct.error:
+            raise ValueError(
+                f"{self.url}: record {len(starts) - 1} of the batch is over 2 GiB, "
+                "more than a SequenceFile record holds"
+            ) from None
         self._write(b"".join(out))
         self._last_sync = last_sync
         return starts
