@@ -299,6 +299,15 @@ def test_corrupt_files(tmp_path: pathlib.Path) -> None:
     bad.write_bytes(bytes(data))
     assert "zlib" in _error_of(bad)
 
+    # Huge lengths (a record's, a block buffer's) are checked against the file's size first.
+    with SequenceFileReader(tmp_path / "b.seq") as r:
+        header, sync = pathlib.Path(tmp_path / "b.seq").read_bytes()[: r.header_end], r.sync
+    bad.write_bytes(header + b"\xff\xff\xff\xff" + sync + write_vint(1) + write_vint(2**62))
+    assert "found the end of the file" in _error_of(bad)
+    plain = (tmp_path / "r.seq").read_bytes()[:start]
+    bad.write_bytes(plain + struct.pack(">ii", 2**31 - 1, 8) + bytes(20))
+    assert "record of 2147483647 bytes" in _error_of(bad)
+
     # A Text key whose length disagrees with the record's key length.
     raw = _write(
         tmp_path / "t.seq", ["abc"], [None], key_class=IO + "Text", value_class=IO + "NullWritable"

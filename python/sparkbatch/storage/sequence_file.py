@@ -456,10 +456,13 @@ class SequenceFileWriter:
 
 
 class _Input:
-    """A file read through a buffer of about 1 MiB; ``take(n)`` returns the next ``n`` bytes."""
+    """A file of ``size`` bytes read through a buffer of up to 1 MiB; ``take(n)`` returns the
+    next ``n`` bytes. Lengths read from a hostile file are checked against ``size`` before any
+    read, so a huge one never allocates."""
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], size: int) -> None:
         self.f = f
+        self.size = size
         self.buf = b""
         self.base = 0  # file offset of buf[0]
         self.i = 0  # index into buf
@@ -490,11 +493,13 @@ class _Input:
         return len(self.buf) >= n
 
     def at_end(self) -> bool:
-        return self.i >= len(self.buf) and not self._fill(1)
+        return self.base + self.i >= self.size
 
     def take(self, n: int) -> bytes | None:
         """The next ``n`` bytes, or None if the file has fewer left (nothing consumed then)."""
         j = self.i + n
+        if self.base + j > self.size:
+            return None
         if j > len(self.buf) and not self._fill(n):
             return None
         j = self.i + n
@@ -548,7 +553,7 @@ class SequenceFileReader:
         fs, path = resolve(self.url, storage_options)
         self._file = fs.open(path, "rb")
         try:
-            self._in = _Input(self._file)
+            self._in = _Input(self._file, fs.size(path))
             self._read_header()
         except BaseException:
             self._file.close()
