@@ -1,4 +1,5 @@
-"""Storage: fsspec URLs and local paths, atomic writes, stable listings, FileBatch archives."""
+"""Storage: fsspec URLs and local paths, atomic writes, stable listings, FileBatch archives,
+Hadoop SequenceFiles and MapFiles."""
 
 from __future__ import annotations
 
