@@ -432,19 +432,24 @@ def test_spark_and_hadoop_read_ours(sc: object, tmp_path: pathlib.Path) -> None:
     )
     assert sc.sequenceFile(text).collect() == [("a", 1), ("é", -2), ("", 2**31 - 1)]  # type: ignore[attr-defined]
 
-    # Hadoop's own MapFile.Reader on our MapFile: index search and scan with its code.
+    # Hadoop's own MapFile.Reader on our MapFiles: index search and scan with its code.
+    block_map = tmp_path / "map" / "part-r-00001"
+    with MapFilePartWriter(block_map, index_interval=3, compression="block") as w:
+        w.append_many(range(100), values[:100])
     jvm = sc._jvm  # type: ignore[attr-defined]
+    hio = jvm.org.apache.hadoop.io
     conf = sc._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
     fs = jvm.org.apache.hadoop.fs.FileSystem.getLocal(conf)
-    reader = jvm.org.apache.hadoop.io.MapFile.Reader(fs, str(mapfile), conf)
-    try:
-        for k in [0, 1, 2, 50, 99]:
-            value = jvm.org.apache.hadoop.io.BytesWritable()
-            assert reader.get(jvm.org.apache.hadoop.io.LongWritable(k), value) is not None
-            assert bytes(value.copyBytes()) == values[k]
-        assert reader.get(jvm.org.apache.hadoop.io.LongWritable(100), value) is None
-    finally:
-        reader.close()
+    for directory in [mapfile, block_map]:
+        reader = hio.MapFile.Reader(fs, str(directory), conf)
+        try:
+            for k in [0, 1, 2, 50, 99]:
+                value = hio.BytesWritable()
+                assert reader.get(hio.LongWritable(k), value) is not None
+                assert bytes(value.copyBytes()) == values[k]
+            assert reader.get(hio.LongWritable(100), value) is None
+        finally:
+            reader.close()
 
 
 def test_we_read_sparks_and_hadoops(sc: object, tmp_path: pathlib.Path) -> None:
