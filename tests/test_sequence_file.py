@@ -389,6 +389,15 @@ def test_map_file_root_of_parts_and_errors(tmp_path: pathlib.Path) -> None:
     assert not (tmp_path / "bad").exists()
     assert sorted(os.listdir(tmp_path)) == ["root"]
 
+    _write(
+        root / "part-r-00001" / "index",
+        ["010"],
+        ["0"],
+        key_class=IO + "Text",
+        value_class=IO + "Text",
+    )
+    with pytest.raises(FormatError, match="part-r-00001/index: expected .* found .*Text"):
+        MapFileReader(root)
     os.remove(root / "part-r-00001" / "index")
     with pytest.raises(FormatError, match="part-r-00001/index"):
         MapFileReader(root)

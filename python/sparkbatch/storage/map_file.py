@@ -222,7 +222,7 @@ class MapFilePartWriter:
 
 
 class _Part:
-    """One MapFile directory: its index in memory, its data file opened on first use."""
+    """One MapFile directory: its index read into memory, its data file kept open for lookups."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
         self.url = url
@@ -232,7 +232,7 @@ class _Part:
         try:
             with SequenceFileReader(self.index_url, storage_options=storage_options) as index:
                 entries = list(index)
-                index_key_class = index.key_class
+                index_key_class, index_value_class = index.key_class, index.value_class
         except FileNotFoundError:
             raise FormatError(f"{self.index_url}: a MapFile index, found no such file") from None
         try:
@@ -243,25 +243,33 @@ class _Part:
             raise FormatError(f"{self.data_url}: a MapFile's data, found no such file") from None
         self.key_class = self._data.key_class
         self.value_class = self._data.value_class
-        if index_key_class != self.key_class:
-            raise FormatError(
-                f"{self.index_url}: expected keys of the data's class {self.key_class}, "
-                f"found {index_key_class}"
-            )
+        try:
+            self._check(entries, index_key_class, index_value_class)
+        except BaseException:
+            self.close()
+            raise
         self.keys = [k for k, _ in entries]
         self.positions = [p for _, p in entries]
+
+    def _check(self, entries: list, key_class: str, value_class: str) -> None:
+        """The index's classes, order and first offset, as Hadoop's reader expects them."""
+        assert self._data is not None
+        if (key_class, value_class) != (self.key_class, _LONG):
+            raise FormatError(
+                f"{self.index_url}: expected ({self.key_class}, {_LONG}) entries, found "
+                f"({key_class}, {value_class})"
+            )
         for i in range(1, len(entries)):
-            if not (
-                self.keys[i - 1] <= self.keys[i] and self.positions[i - 1] <= self.positions[i]
-            ):
+            (k0, p0), (k1, p1) = entries[i - 1], entries[i]
+            if not (k0 <= k1 and p0 <= p1):
                 raise FormatError(
                     f"{self.index_url}: entry {i}: expected keys and offsets in increasing "
                     f"order, found {entries[i - 1]!r} then {entries[i]!r}"
                 )
-        if self.positions and self.positions[0] < self._data.header_end:
+        if entries and entries[0][1] < self._data.header_end:
             raise FormatError(
                 f"{self.index_url}: entry 0: expected an offset in {self.data_url} after its "
-                f"header ({self._data.header_end} bytes), found {self.positions[0]}"
+                f"header ({self._data.header_end} bytes), found {entries[0][1]}"
             )
 
     def get(self, key: Any) -> Any:
