@@ -672,29 +672,33 @@ class SequenceFileReader:
     def _records(self) -> Iterator[tuple[Any, Any]]:
         source = self._in
         record = self.compression == "record"
-        while not source.at_end():
-            offset = source.offset
-            head = source.take(8)
-            if head is None:
+        unpack_from = _RECORD_HEAD.unpack_from
+        while source.base + source.i < source.size:
+            offset = source.base + source.i
+            if source.i + 8 > len(source.buf) and not source._fill(8):
                 raise self._fail(offset, "a record's lengths (8 bytes), found the end of the file")
-            length, key_length = _RECORD_HEAD.unpack(head)
+            length, key_length = unpack_from(source.buf, source.i)
             if length == SYNC_ESCAPE:
-                source.seek(offset + 4)
+                source.i += 4
                 self._check_sync(offset)
                 continue
             if length < 0 or not 0 <= key_length <= length:
                 raise self._fail(
                     offset, f"a record length and key length, found {length} and {key_length}"
                 )
-            data = source.take(length)
-            if data is None:
+            source.i += 8
+            if offset + 8 + length > source.size or (
+                source.i + length > len(source.buf) and not source._fill(length)
+            ):
                 raise self._fail(
                     offset + 8, f"a record of {length} bytes, found the end of the file"
                 )
-            value = data[key_length:]
+            buf, i = source.buf, source.i
+            source.i = i + length
+            value = buf[i + key_length : i + length]
             if record:
                 value = self._inflate(value, offset + 8 + key_length, "a compressed value")
-            yield self._decode(offset, data[:key_length], value)
+            yield self._decode(offset, buf[i : i + key_length], value)
 
     def _buffer(self, what: str) -> bytes:
         offset = self._in.offset
