@@ -84,6 +84,25 @@ for _t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32
     _TAGS[_t] = _INT
 _NUMBER_TYPES = {t for t, tag in _TAGS.items() if tag in (_FLOAT, _INT)}
 _FLOAT_TYPES = {t for t, tag in _TAGS.items() if tag == _FLOAT}
+_PREFIX = MAGIC + bytes((VERSION,))
+_SMALL = 256  # records of up to this many numbers are packed by one cached struct call
+_STRUCTS: dict[tuple[str, int], struct.Struct] = {}
+
+
+_FLOATS_HEAD = _PREFIX + b"d"
+_FLOAT_UNPACKERS = {  # by the length of the encoded record
+    _HEAD + 8 * count: struct.Struct(f"<{count}d") for count in range(_SMALL + 1)
+}
+
+
+def _packer(code: str, count: int) -> struct.Struct:
+    """The cached ``struct.Struct`` of ``count`` little-endian numbers (``d`` or ``q``): one
+    call packs or unpacks a whole small record, cheaper than numpy's per-call overhead."""
+    key = (code, count)
+    packer = _STRUCTS.get(key)
+    if packer is None:
+        packer = _STRUCTS[key] = struct.Struct(f"<{count}{code}")
+    return packer
 
 
 def _tag_of(value: Any) -> int:
@@ -118,6 +137,8 @@ def _body(record: Sequence[Any]) -> bytes:
     """The kind byte and the body of one record."""
     types = set(map(type, record))
     if not types or types <= _FLOAT_TYPES:
+        if len(record) <= _SMALL:
+            return b"d" + _packer("d", len(record)).pack(*record)
         return b"d" + np.array(record, dtype="<f8").tobytes()
     if types <= _NUMBER_TYPES and not types & _FLOAT_TYPES:
         return b"q" + _int64(list(record)).tobytes()
@@ -341,6 +362,10 @@ def decode_record(data: bytes | bytearray | memoryview, source: str | None = Non
 expected the bytes b'sb' then a version and a kind, found b'not a re' (a map file written by \
 another program?)
     """
+    if type(data) is bytes and data.startswith(_FLOATS_HEAD):  # the usual record: floats only
+        packer = _FLOAT_UNPACKERS.get(len(data))
+        if packer is not None:
+            return list(packer.unpack_from(data, _HEAD))
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     kind = _check_head(view, source, _RECORD_KINDS, "record")
     return _decode_body(_Cursor(view, _HEAD, source), kind, len(view))
