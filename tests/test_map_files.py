@@ -21,7 +21,7 @@ from sparkbatch.storage import (
     encode_record,
     encode_sequence,
 )
-from sparkbatch.storage.record_codec import is_sequence_encoding
+from sparkbatch.storage.record_codec import encode_records, is_sequence_encoding
 
 LONG = "org.apache.hadoop.io.LongWritable"
 BYTES = "org.apache.hadoop.io.BytesWritable"
@@ -67,6 +67,15 @@ def test_numeric_records_are_one_array() -> None:
     assert encode_sequence([[1.0], [2.0]]) == (
         b"sb\x01D" + np.array([2, 1], "<u4").tobytes() + np.array([1.0, 2.0], "<f8").tobytes()
     )
+    for batch in (
+        [[1.5, 2.0], [np.float32(3.0), 4.0]],
+        [[1, 2], [3, 4]],
+        [[1.0], [2.0, 3.0]],
+        [[], []],
+        [[1.0, True], [2.0, False]],
+        [[1.0, "2"], [3.0, 4.0]],
+    ):
+        assert encode_records(batch) == [encode_record(r) for r in batch], batch
     decoded = decode_record(encode_record([np.ones((2, 2), np.float32)]))[0]
     assert decoded.flags.writeable and decoded.flags.aligned
 

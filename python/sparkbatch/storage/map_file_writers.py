@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from sparkbatch.storage.paths import join, open_output, resolve
-from sparkbatch.storage.record_codec import encode_record, encode_sequence
+from sparkbatch.storage.record_codec import encode_record, encode_records, encode_sequence
 
 __all__ = ["SUCCESS", "MapFileSequenceWriter", "MapFileWriter", "part_name"]
 
@@ -156,6 +156,9 @@ class MapFileWriter:
     def _encode_one(self, record: Sequence[Any]) -> bytes:
         return encode_record(record)
 
+    def _encode_all(self, records: Sequence[Any]) -> list[bytes]:
+        return encode_records(records)
+
     def _convert_text(self, record: Sequence[Any], index: int, step: int | None = None) -> Any:
         """``record`` with its text values converted (a new list), or ``record`` itself."""
         assert self._convert is not None
@@ -187,7 +190,7 @@ class MapFileWriter:
         if self._convert is not None or not all(isinstance(r, list) for r in records):
             records = [self._prepare(r, start + i) for i, r in enumerate(records)]
         try:
-            return list(map(self._encode_one, records))
+            return self._encode_all(records)
         except (TypeError, ValueError):
             for i, record in enumerate(records):  # find the record at fault, to name it
                 try:
@@ -321,6 +324,9 @@ class MapFileSequenceWriter(MapFileWriter):
 
     def _encode_one(self, record: Sequence[Any]) -> bytes:
         return encode_sequence(record)
+
+    def _encode_all(self, records: Sequence[Any]) -> list[bytes]:
+        return list(map(encode_sequence, records))
 
     def _prepare(self, record: Any, index: int) -> Any:
         if not isinstance(record, (list, tuple)):

@@ -49,6 +49,7 @@ __all__ = [
     "decode_record",
     "decode_sequence",
     "encode_record",
+    "encode_records",
     "encode_sequence",
     "is_sequence_encoding",
 ]
@@ -190,6 +191,30 @@ def encode_record(record: Sequence[Any]) -> bytes:
     b'sb\\x01q\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\x00\\x00\\x00\\x00\\x00\\x00'
     """
     return MAGIC + bytes((VERSION,)) + _body(record)
+
+
+def encode_records(records: Sequence[Sequence[Any]]) -> list[bytes]:
+    """``[encode_record(r) for r in records]``, faster for a batch of float-only records of one
+    width (CSV's): the whole batch is laid out by one numpy array of heads and rows, then cut.
+
+    Examples
+    --------
+    >>> encode_records([[1.0, 2.0], [3.0, 4.0]]) == [encode_record([1.0, 2.0]),
+    ...                                              encode_record([3.0, 4.0])]
+    True
+    """
+    widths = set(map(len, records))
+    if len(widths) == 1:
+        width = widths.pop()
+        types = set(map(type, itertools.chain.from_iterable(records)))
+        if types and types <= _FLOAT_TYPES:
+            rows = np.empty(len(records), dtype=[("head", "S4"), ("values", "<f8", (width,))])
+            rows["head"] = _FLOATS_HEAD
+            rows["values"] = np.array(records, dtype="<f8").reshape(len(records), width)
+            blob = rows.tobytes()
+            size = rows.dtype.itemsize
+            return [blob[i : i + size] for i in range(0, len(blob), size)]
+    return list(map(encode_record, records))
 
 
 def encode_sequence(sequence: Sequence[Sequence[Any]]) -> bytes:
