@@ -86,7 +86,8 @@ class MapFileWriter:
     >>> with MapFileWriter("memory://sparkbatch-doc/mf", split_size=2) as writer:
     ...     writer.write_batch([[0.5, 1.0], [1.5, 0.0], [2.5, 1.0]])
     >>> import fsspec
-    >>> sorted(p.rsplit("/", 1)[1] for p in fsspec.filesystem("memory").ls("/sparkbatch-doc/mf"))
+    >>> memory = fsspec.filesystem("memory")
+    >>> sorted(p.rsplit("/", 1)[1] for p in memory.ls("/sparkbatch-doc/mf", detail=False))
     ['_SUCCESS', 'part-r-00000', 'part-r-00001']
     >>> fsspec.filesystem("memory").rm("/sparkbatch-doc", recursive=True)
     """
