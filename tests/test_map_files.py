@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sparkbatch.errors import FormatError, IncompleteExportError
-from sparkbatch.records import CSVRecordReader, CSVSequenceRecordReader, convert
+from sparkbatch.records import CSVRecordReader, CSVSequenceRecordReader, FileRecordReader, convert
 from sparkbatch.storage import (
     MapFileSequenceWriter,
     MapFileWriter,
@@ -261,3 +261,33 @@ def test_spark_sequence_file_reads_our_parts(tmp_path: Path, sc: object) -> None
     pairs = sc.sequenceFile(url, LONG, BYTES).collect()  # type: ignore[attr-defined]
     assert [k for k, _ in pairs] == list(range(5))
     assert all(_same(decode_record(v), r) for (_, v), r in zip(pairs, records, strict=True))
+
+
+class _ArrayReader(FileRecordReader):
+    """A custom reader: one ``[image, label]`` record per file (``b"<label>"``); ``b"bad"``
+    fails."""
+
+    def parse(self, data: bytes, source: str) -> list[list]:
+        label = int(data)
+        return [[np.full((1, 2, 2), label, np.uint8), label]]
+
+
+def test_convert_a_custom_reader_and_abort_on_its_error(tmp_path: Path, sc: object) -> None:
+    from sparkbatch.spark import restore_map_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.txt").write_bytes(str(i).encode())
+    out = str(tmp_path / "arrays")
+    assert convert(_ArrayReader().initialize(str(src)), MapFileWriter(out, split_size=2)) == 3
+    back = restore_map_file(sc, out).collect()
+    assert [r[1] for r in back] == [0, 1, 2]
+    assert all(
+        r[0].dtype == np.uint8 and r[0].shape == (1, 2, 2) and r[0].max() == r[1] for r in back
+    )
+    (src / "3.txt").write_bytes(b"bad")
+    failed = tmp_path / "failed"
+    with pytest.raises(ValueError, match="3.txt"):
+        convert(_ArrayReader().initialize(str(src)), MapFileWriter(failed), batch_size=1)
+    assert not failed.exists() or os.listdir(failed) == []
