@@ -13,6 +13,7 @@ import pytest
 from sparkbatch.errors import FormatError, IncompleteExportError
 from sparkbatch.records import CSVRecordReader, CSVSequenceRecordReader, FileRecordReader, convert
 from sparkbatch.storage import (
+    MapFileReader,
     MapFileSequenceWriter,
     MapFileWriter,
     SequenceFileReader,
@@ -144,6 +145,9 @@ def test_splitting_and_exact_part_contents(tmp_path: Path) -> None:
         pairs = _read_part(out / f"part-r-{p:05d}")
         assert [k for k, _ in pairs] == list(range(3 * p, min(3 * p + 3, 7)))
         assert [decode_record(v) for _, v in pairs] == records[3 * p : 3 * p + 3]
+    with MapFileReader(str(out)) as reader:  # random access by key, across the parts
+        assert decode_record(reader.get(5)) == records[5]
+        assert [k for k, _ in reader] == list(range(7))
     one = tmp_path / "one"
     with MapFileWriter(one) as writer:
         writer.write_batch(records)
