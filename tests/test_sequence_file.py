@@ -115,6 +115,22 @@ def test_round_trip_every_writable(tmp_path: pathlib.Path, compression: str | No
     assert _read(path) == [(b"\x01\x02", b"")]
 
 
+@pytest.mark.parametrize("compression", ["record", "block"])
+def test_compression_levels_give_the_same_records(tmp_path: pathlib.Path, compression: str) -> None:
+    values = [bytes(range(256)) * 40 + i.to_bytes(4, "big") for i in range(300)]
+    sizes = {}
+    for level in (1, 9):
+        path = str(tmp_path / f"{compression}-{level}.seq")
+        with SequenceFileWriter(path, compression=compression, compression_level=level) as w:
+            w.append_many(range(300), values)
+        with SequenceFileReader(path) as r:
+            assert [v for _, v in r] == values
+        sizes[level] = os.path.getsize(path)
+    assert sizes[9] <= sizes[1]
+    with pytest.raises(ValueError, match="compression_level must be -1 to 9, got 10"):
+        SequenceFileWriter(str(tmp_path / "x.seq"), compression="block", compression_level=10)
+
+
 def test_writer_refuses_bad_values_and_writes_nothing(tmp_path: pathlib.Path) -> None:
     target = tmp_path / "a.seq"
     for keys, values, error in [

@@ -23,6 +23,8 @@ import shutil
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
+
 from sparkbatch.errors import FormatError
 from sparkbatch.storage.paths import _temp_name, is_local, join, resolve
 from sparkbatch.storage.sequence_file import SequenceFileReader, SequenceFileWriter
@@ -122,6 +124,7 @@ class MapFilePartWriter:
                 _LONG,
                 compression="block",
                 storage_options=storage_options,
+                compression_level=1,  # keys and offsets: zlib's fastest level packs them well
             )
         except BaseException as e:
             self._abort(e)
@@ -142,18 +145,20 @@ class MapFilePartWriter:
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
         if not keys:
             return
+        longs = _longs(keys) if self._data.key_class == _LONG else None
         previous = [self._last_key, *keys[:-1]] if self._size else keys[:-1]
         following = keys if self._size else keys[1:]
-        for i, (a, b) in enumerate(zip(previous, following, strict=True)):
-            if not a < b:
-                n = self._size + i + (0 if self._size else 1)
-                raise ValueError(
-                    f"{self.url}: MapFile keys must increase strictly: record {n} has key "
-                    f"{b!r} after {a!r}"
-                )
+        if longs is None or not _increasing(longs, self._last_key if self._size else None):
+            for i, (a, b) in enumerate(zip(previous, following, strict=True)):
+                if not a < b:
+                    n = self._size + i + (0 if self._size else 1)
+                    raise ValueError(
+                        f"{self.url}: MapFile keys must increase strictly: record {n} has key "
+                        f"{b!r} after {a!r}"
+                    )
         encode_key = self._data._encode_key
         encode_value = self._data._encode_value
-        key_bytes = [encode_key(k) for k in keys]
+        key_bytes = _long_bytes(longs) if longs is not None else [encode_key(k) for k in keys]
         value_bytes = [encode_value(v) for v in values]
         starts = self._data._append_encoded(key_bytes, value_bytes)
         index_keys: list[bytes] = []
@@ -167,10 +172,9 @@ class MapFilePartWriter:
                 index_positions.append(pos)
                 self._last_index_pos = pos
                 self._last_index_count = size
-        if index_keys:
-            self._index._append_encoded(
-                index_keys, [self._index._encode_value(p) for p in index_positions]
-            )
+        if index_keys:  # the positions as LongWritables, all at once
+            positions = _long_bytes(np.asarray(index_positions, np.int64))
+            self._index._append_encoded(index_keys, positions)
         self._size += len(keys)
         self._last_key = keys[-1]
 
@@ -404,3 +408,27 @@ class MapFileReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _longs(keys: list[Any]) -> np.ndarray | None:
+    """LongWritable keys as an int64 array, where every key is a Python int in range (the
+    common case, encoded at once); None sends them one by one through the checked encoder."""
+    if not all(type(k) is int for k in keys):
+        return None
+    try:
+        return np.asarray(keys, np.int64)
+    except OverflowError:
+        return None
+
+
+def _increasing(longs: np.ndarray, last: Any) -> bool:
+    """Whether ``longs`` increase strictly, and start above ``last`` (None: no key yet)."""
+    if last is not None and not last < longs[0]:
+        return False
+    return bool(np.all(longs[1:] > longs[:-1]))
+
+
+def _long_bytes(longs: np.ndarray) -> list[bytes]:
+    """Each of ``longs`` as a LongWritable (8 bytes, big-endian)."""
+    raw = longs.astype(">i8").tobytes()
+    return [raw[i : i + 8] for i in range(0, len(raw), 8)]

@@ -37,6 +37,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
+import numpy as np
+
 from sparkbatch.errors import FormatError
 from sparkbatch.storage.paths import open_output, resolve
 
@@ -98,6 +100,15 @@ def write_vint(value: int) -> bytes:
         first = -120
     size = (value.bit_length() + 7) // 8
     return struct.pack(">b", first - size) + value.to_bytes(size, "big")
+
+
+def _vint_lengths(items: list[bytes]) -> bytes:
+    """The lengths of ``items`` as vints, one after another (all under 128, the usual case of
+    a block's keys and values: one byte each, at once)."""
+    lengths = list(map(len, items))
+    if max(lengths, default=0) < 128:
+        return bytes(lengths)
+    return b"".join(write_vint(n) for n in lengths)
 
 
 def read_vint(data: bytes | memoryview, offset: int) -> tuple[int, int]:
@@ -253,6 +264,9 @@ class SequenceFileWriter:
         :data:`BLOCK_SIZE` uncompressed bytes, as Hadoop's BlockCompressWriter does.
     metadata : dict of str to str, optional
         The header's metadata (Hadoop keeps it sorted; so does this writer).
+    compression_level : int, default -1
+        zlib's level, 1 (fastest) to 9 (smallest); -1 is zlib's default (6), Hadoop's
+        ZlibCompressor's. Any level gives streams every reader inflates.
     storage_options : dict, optional
         Keyword arguments for the file system.
 
@@ -277,9 +291,13 @@ class SequenceFileWriter:
         compression: str | None = None,
         metadata: dict[str, str] | None = None,
         storage_options: dict[str, Any] | None = None,
+        compression_level: int = -1,
     ) -> None:
         if compression not in _COMPRESSIONS:
             raise ValueError(f"compression must be None, 'record' or 'block', got {compression!r}")
+        if isinstance(compression_level, bool) or compression_level not in range(-1, 10):
+            raise ValueError(f"compression_level must be -1 to 9, got {compression_level!r}")
+        self.compression_level = compression_level
         for name, value in (("key_class", key_class), ("value_class", value_class)):
             if not isinstance(value, str) or not value:
                 raise TypeError(f"{name} must be a Java class name, got {value!r}")
@@ -359,7 +377,8 @@ class SequenceFileWriter:
         if self.compression == "block":
             return self._append_block(key_bytes, value_bytes)
         if self.compression == "record":
-            value_bytes = [zlib.compress(v) for v in value_bytes]
+            level = self.compression_level
+            value_bytes = [zlib.compress(v, level) for v in value_bytes]
         out: list[bytes] = []
         starts: list[int] = []
         pos, last_sync, sync = self._pos, self._last_sync, self.sync
@@ -385,14 +404,25 @@ class SequenceFileWriter:
         return starts
 
     def _append_block(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> list[int]:
+        """Buffer the records, flushing a block after the record that fills it to
+        ``BLOCK_SIZE``, as BlockCompressWriter.append (the fill points found at once)."""
+        if len(key_bytes) != len(value_bytes):
+            raise ValueError(f"{len(key_bytes)} keys but {len(value_bytes)} values")
+        sizes = np.fromiter(map(len, key_bytes), np.int64, len(key_bytes))
+        sizes += np.fromiter(map(len, value_bytes), np.int64, len(value_bytes))
         starts: list[int] = []
-        for k, v in zip(key_bytes, value_bytes, strict=True):
-            starts.append(self._pos)
-            self._block_keys.append(k)
-            self._block_values.append(v)
-            self._block_bytes += len(k) + len(v)
-            if self._block_bytes >= BLOCK_SIZE:  # as BlockCompressWriter.append
+        begin, n = 0, len(sizes)
+        while begin < n:
+            filled = np.cumsum(sizes[begin:]) + self._block_bytes
+            full = int(np.searchsorted(filled, BLOCK_SIZE))  # first record reaching the size
+            end = min(n, begin + full + 1)
+            starts.extend([self._pos] * (end - begin))
+            self._block_keys.extend(key_bytes[begin:end])
+            self._block_values.extend(value_bytes[begin:end])
+            self._block_bytes = int(filled[end - begin - 1])
+            if self._block_bytes >= BLOCK_SIZE:
                 self._flush_block()
+            begin = end
         return starts
 
     def _flush_block(self) -> None:
@@ -401,13 +431,8 @@ class SequenceFileWriter:
             return
         keys, values = self._block_keys, self._block_values
         parts = [_I32.pack(SYNC_ESCAPE), self.sync, write_vint(len(keys))]
-        for raw in (
-            b"".join(write_vint(len(k)) for k in keys),
-            b"".join(keys),
-            b"".join(write_vint(len(v)) for v in values),
-            b"".join(values),
-        ):
-            packed = zlib.compress(raw)
+        for raw in (_vint_lengths(keys), b"".join(keys), _vint_lengths(values), b"".join(values)):
+            packed = zlib.compress(raw, self.compression_level)
             parts.append(write_vint(len(packed)))
             parts.append(packed)
         self._write(b"".join(parts))
