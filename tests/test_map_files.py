@@ -116,6 +116,13 @@ def test_foreign_and_damaged_bytes_are_format_errors() -> None:
             decode_record(data[:cut])
     with pytest.raises(FormatError, match="the end of the record"):
         decode_record(data + b"\x00")
+    # A hostile array shape whose product overflows int64 (np.prod wrapped it to 0 values).
+    array = encode_record([np.zeros(2, np.uint8)])
+    head = array.index(b"|u1") + 3
+    for shape in ((2**32, 2**32), (0, 2**63 + 5)):
+        hostile = array[:head] + bytes([2]) + np.array(shape, "<u8").tobytes()
+        with pytest.raises(FormatError, match="an array of shape"):
+            decode_record(hostile)
     with pytest.raises(TypeError, match="got list"):
         encode_record([[1.0, 2.0]])
     with pytest.raises(ValueError, match="does not fit"):

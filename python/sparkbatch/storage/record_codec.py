@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -351,8 +352,15 @@ def _decode_body(cur: _Cursor, kind: int, end: int) -> list[Any]:
             raise cur.fail(f"a numeric dtype, found {descr!r}")
         ndim = cur.take(1, "an array's rank")[0]
         shape = tuple(cur.array("<u8", ndim, "an array's shape").tolist())
-        count = int(np.prod(shape, dtype=np.int64))
-        out[i] = cur.array(dtype.str, count, "an array's values").reshape(shape).copy()
+        # Python ints: a hostile shape's product overflows int64 (np.prod wraps to 0).
+        count = math.prod(shape)
+        if dtype.itemsize == 0 or count * dtype.itemsize > len(cur.data) - cur.pos:
+            raise cur.fail(f"{count} values of {dtype.str} for an array of shape {shape}")
+        try:
+            values = cur.array(dtype.str, count, "an array's values").reshape(shape)
+        except ValueError as e:  # a dimension numpy refuses (a 0 beside one over 2^63)
+            raise cur.fail(f"an array of shape {shape} ({e})") from None
+        out[i] = values.copy()
     if cur.pos != end:
         raise cur.fail(f"the end of the record at byte {end}")
     result: list[Any] = out.tolist()
