@@ -333,6 +333,14 @@ def test_corrupt_files(tmp_path: pathlib.Path) -> None:
     bad.write_bytes(bytes(data))
     assert "Text" in _error_of(bad)
 
+    # A BooleanWritable value of 0 or 2 bytes (read as True before: any field but b"\x00").
+    raw = _write(tmp_path / "f.seq", [1], [False], value_class=IO + "BooleanWritable")
+    data = pathlib.Path(raw).read_bytes()
+    for value in (b"", b"\x00\x00"):
+        head = struct.pack(">ii", 8 + len(value), 8)
+        bad.write_bytes(data[:-17] + head + data[-9:-1] + value)  # the key: 8 bytes
+        assert "BooleanWritable value: 1 bytes" in _error_of(bad)
+
 
 def test_other_codecs_are_refused(tmp_path: pathlib.Path) -> None:
     def header(codec: bytes) -> bytes:

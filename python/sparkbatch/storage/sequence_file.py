@@ -232,7 +232,7 @@ _WRITABLES: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
     _IO + "Text": (_text, _decode_text),
     _IO + "BytesWritable": (_bytes_writable, _decode_bytes),
     _IO + "NullWritable": (_null, _decode_null),
-    _IO + "BooleanWritable": (lambda v: b"\x01" if v else b"\x00", lambda d: d != b"\x00"),
+    _IO + "BooleanWritable": (lambda v: b"\x01" if v else b"\x00", _decode_fixed(">?")),
     _IO + "FloatWritable": (struct.Struct(">f").pack, _decode_fixed(">f")),
     _IO + "DoubleWritable": (struct.Struct(">d").pack, _decode_fixed(">d")),
 }
