@@ -302,3 +302,13 @@ def test_convert_a_custom_reader_and_abort_on_its_error(tmp_path: Path, sc: obje
     with pytest.raises(ValueError, match="3.txt"):
         convert(_ArrayReader().initialize(str(src)), MapFileWriter(failed), batch_size=1)
     assert not failed.exists() or os.listdir(failed) == []
+
+
+def test_parts_are_restored_in_the_order_of_their_numbers(tmp_path: Path) -> None:
+    from sparkbatch.spark.map_files import map_file_parts
+
+    for name in ("part-r-99999", "part-r-100000", "part-r-00002"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    names = [os.path.basename(p) for p in map_file_parts(str(tmp_path))]
+    assert names == ["part-r-00002", "part-r-99999", "part-r-100000"]  # not by name

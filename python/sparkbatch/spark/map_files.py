@@ -65,9 +65,12 @@ def map_file_parts(
     if "data" in entries and "index" in entries:
         return [url]
     parts = sorted(
-        name
-        for name, entry in entries.items()
-        if name.startswith("part-") and entry.get("type") == "directory"
+        (
+            name
+            for name, entry in entries.items()
+            if name.startswith("part-") and entry.get("type") == "directory"
+        ),
+        key=_part_number,
     )
     if not parts:
         raise FileNotFoundError(
@@ -80,6 +83,13 @@ def map_file_parts(
             "writes it is still running or failed; write it again"
         )
     return [join(url, name) for name in parts]
+
+
+def _part_number(name: str) -> tuple[int, str]:
+    """Parts in the order of their numbers: ``part-r-99999`` before ``part-r-100000`` (a
+    sort by name would put it after, and its records out of key order)."""
+    number = name.rsplit("-", 1)[-1]
+    return (int(number) if number.isdigit() else -1, name)
 
 
 class MapFilePartsToRecords:
