@@ -549,3 +549,40 @@ def test_we_read_sparks_and_hadoops(sc: object, tmp_path: pathlib.Path) -> None:
             with pytest.raises(KeyError):
                 r.get(3)
             assert list(r.keys()) == list(range(0, 20, 2))
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_batch_framing_writes_the_bytes_of_the_record_loop(
+    tmp_path: pathlib.Path, interval: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LongWritable -> BytesWritable parts are framed a batch at once; the files must be
+    those of the per-record path (sync markers, index offsets), batch after batch."""
+    import numpy as np
+
+    from sparkbatch.storage import map_file
+
+    rng = np.random.default_rng(0)
+    values = [rng.bytes(int(n)) for n in rng.integers(0, 400, 2500)]  # ~500 KB: 4 syncs
+    batches = [(0, 7), (7, 1200), (1200, 2500)]
+
+    def write(part: pathlib.Path) -> dict[str, bytes]:
+        with MapFilePartWriter(part, index_interval=interval) as w:
+            for begin, end in batches:
+                w.append_many(range(begin * 3, end * 3, 3), values[begin:end])
+        files = {}
+        for name in ("data", "index"):
+            with SequenceFileReader(part / name) as r:
+                sync = r.sync
+            files[name] = (part / name).read_bytes().replace(sync, b"S" * 16)
+        return files
+
+    fast = write(tmp_path / "fast")
+    monkeypatch.setattr(map_file, "_longs", lambda keys: None)  # the per-record path
+    slow = write(tmp_path / "slow")
+    assert fast == slow
+    assert fast["data"].count(b"S" * 16) >= 4
+    reader = MapFileReader(tmp_path / "fast")
+    assert reader.get(1200 * 3) == values[1200] and reader.get(2499 * 3) == values[2499]
+    with pytest.raises(KeyError):
+        reader.get(1)
+    reader.close()

@@ -35,6 +35,7 @@ DATA_FILE = "data"
 INDEX_FILE = "index"
 _IO = "org.apache.hadoop.io."
 _LONG = _IO + "LongWritable"
+_BYTES = _IO + "BytesWritable"
 
 
 class MapFilePartWriter:
@@ -146,9 +147,9 @@ class MapFilePartWriter:
         if not keys:
             return
         longs = _longs(keys) if self._data.key_class == _LONG else None
-        previous = [self._last_key, *keys[:-1]] if self._size else keys[:-1]
-        following = keys if self._size else keys[1:]
         if longs is None or not _increasing(longs, self._last_key if self._size else None):
+            previous = [self._last_key, *keys[:-1]] if self._size else keys[:-1]
+            following = keys if self._size else keys[1:]
             for i, (a, b) in enumerate(zip(previous, following, strict=True)):
                 if not a < b:
                     n = self._size + i + (0 if self._size else 1)
@@ -156,6 +157,27 @@ class MapFilePartWriter:
                         f"{self.url}: MapFile keys must increase strictly: record {n} has key "
                         f"{b!r} after {a!r}"
                     )
+        if (
+            longs is not None
+            and self._data.compression is None
+            and self._data.value_class == _BYTES
+            and all(type(v) is bytes for v in values)
+        ):  # the usual part (LongWritable -> BytesWritable, no compression): framed at once
+            starts = self._data._append_long_bytes(longs, values)
+            first = self._size if self._last_index_count is None else (
+                self._last_index_count + self.index_interval
+            )
+            # every record starts past the one before, so each due record is indexed
+            due = np.arange(max(first - self._size, 0), len(keys), self.index_interval)
+            if due.size:
+                self._index._append_encoded(
+                    _long_bytes(longs[due]), _long_bytes(np.asarray(starts)[due])
+                )
+                self._last_index_pos = int(starts[due[-1]])
+                self._last_index_count = self._size + int(due[-1])
+            self._size += len(keys)
+            self._last_key = keys[-1]
+            return
         encode_key = self._data._encode_key
         encode_value = self._data._encode_value
         key_bytes = _long_bytes(longs) if longs is not None else [encode_key(k) for k in keys]
@@ -166,8 +188,8 @@ class MapFilePartWriter:
         interval = self.index_interval
         for i, pos in enumerate(starts):  # Hadoop's MapFile.Writer.append
             size = self._size + i
-            due = self._last_index_count is None or size >= self._last_index_count + interval
-            if due and pos > self._last_index_pos:
+            due_now = self._last_index_count is None or size >= self._last_index_count + interval
+            if due_now and pos > self._last_index_pos:
                 index_keys.append(key_bytes[i])
                 index_positions.append(pos)
                 self._last_index_pos = pos

@@ -403,6 +403,56 @@ class SequenceFileWriter:
         self._last_sync = last_sync
         return starts
 
+    def _append_long_bytes(self, keys: np.ndarray, values: list[bytes]) -> list[int]:
+        """Plain records of LongWritable ``keys`` (int64) and BytesWritable ``values`` (their
+        bytes), framed at once: the bytes :meth:`_append_encoded` writes for them, sync markers
+        where it puts them, and the same starts (for the MapFile index)."""
+        self._check_open()
+        n = len(values)
+        lengths = np.fromiter(map(len, values), np.int64, n)
+        if n and int(lengths.max()) > _INT_MAX - 12:
+            raise ValueError(
+                f"{self.url}: record {int(lengths.argmax())} of the batch is over 2 GiB, more "
+                "than a SequenceFile record holds"
+            )
+        heads = np.empty(
+            n, dtype=[("length", ">i4"), ("key_length", ">i4"), ("key", ">i8"), ("size", ">i4")]
+        )
+        heads["length"] = 12 + lengths  # the key's 8 bytes, the BytesWritable's 4 and its bytes
+        heads["key_length"] = 8
+        heads["key"] = keys
+        heads["size"] = lengths
+        base = np.empty(n, np.int64)  # each record's start if no sync came between
+        base[:1] = self._pos
+        np.cumsum(20 + lengths[:-1], out=base[1:])
+        base[1:] += self._pos
+        starts = base.copy()
+        syncs: list[int] = []  # the records a sync marker goes before (Writer.checkAndWriteSync)
+        shift, last_sync, i = 0, self._last_sync, 0
+        while i < n:
+            j = i + int(np.searchsorted(base[i:], last_sync + SYNC_INTERVAL - shift))
+            starts[i : j + 1] += shift
+            if j >= n:
+                break
+            syncs.append(j)
+            shift += SYNC_SIZE
+            last_sync = int(base[j]) + shift
+            i = j + 1
+        blob = heads.tobytes()
+        pieces: list[bytes] = [b""] * (2 * n)
+        pieces[0::2] = [blob[k : k + 20] for k in range(0, 20 * n, 20)]
+        pieces[1::2] = values
+        escape = _I32.pack(SYNC_ESCAPE) + self.sync
+        out, begin = [], 0
+        for j in syncs:
+            out.append(b"".join(pieces[2 * begin : 2 * j]))
+            out.append(escape)
+            begin = j
+        out.append(b"".join(pieces[2 * begin :]))
+        self._write(b"".join(out))
+        self._last_sync = last_sync
+        return starts.tolist()
+
     def _append_block(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> list[int]:
         """Buffer the records, flushing a block after the record that fills it to
         ``BLOCK_SIZE``, as BlockCompressWriter.append (the fill points found at once)."""
