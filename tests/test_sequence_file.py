@@ -586,3 +586,21 @@ def test_batch_framing_writes_the_bytes_of_the_record_loop(
     with pytest.raises(KeyError):
         reader.get(1)
     reader.close()
+
+
+@pytest.mark.parametrize("compression", [None, "record", "block"])
+def test_values_alone(tmp_path: pathlib.Path, compression: str | None) -> None:
+    path = str(tmp_path / "v.seq")
+    values = [b"%d" % i * (i % 7) for i in range(500)]
+    with SequenceFileWriter(path, compression=compression) as w:
+        w.append_many(range(500), values)
+    with SequenceFileReader(path) as r:
+        assert list(r.values()) == values
+    raw = bytearray(pathlib.Path(path).read_bytes())
+    if compression is None:  # a BytesWritable whose own length disagrees with the record's
+        at = raw.index(b"4" * 4) - 4
+        raw[at : at + 4] = (9).to_bytes(4, "big")
+        pathlib.Path(path).write_bytes(bytes(raw))
+        expected = r"v\.seq: at byte \d+: expected"
+        with SequenceFileReader(path) as r, pytest.raises(FormatError, match=expected):
+            list(r.values())

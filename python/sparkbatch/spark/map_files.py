@@ -128,12 +128,12 @@ class MapFilePartsToRecords:
                     for key, value in reader:
                         source = f"{url} key {key}"
                         yield SequenceRecord(decode_sequence(value, source), source)
-                else:
-                    for key, value in reader:
+                else:  # the values alone: the keys are the records' indexes
+                    for n, value in enumerate(reader.values()):
                         try:
                             yield decode_record(value)
                         except FormatError:
-                            yield decode_record(value, f"{url} key {key}")
+                            yield decode_record(value, f"{url} record {n} of the part")
 
 
 def _restore(

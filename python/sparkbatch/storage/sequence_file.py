@@ -739,12 +739,25 @@ class SequenceFileReader:
             raise self._fail(offset, f"a {self.value_class} value: {e}") from None
         return k, v
 
+    def _value(self, offset: int, value: bytes) -> Any:
+        try:
+            return self._decode_value(value)
+        except (ValueError, IndexError, struct.error) as e:
+            raise self._fail(offset, f"a {self.value_class} value: {e}") from None
+
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         if self.compression == "block":
             return self._blocks()
         return self._records()
 
-    def _records(self) -> Iterator[tuple[Any, Any]]:
+    def values(self) -> Iterator[Any]:
+        """The values alone, in order, from where the reader is: iteration without decoding
+        the keys (a map file's are the records' indexes, which a restore does not need)."""
+        if self.compression == "block":
+            return self._blocks(with_keys=False)
+        return self._records(keys=False)
+
+    def _records(self, keys: bool = True) -> Iterator[Any]:
         source = self._in
         record = self.compression == "record"
         unpack_from = _RECORD_HEAD.unpack_from
@@ -773,7 +786,10 @@ class SequenceFileReader:
             value = buf[i + key_length : i + length]
             if record:
                 value = self._inflate(value, offset + 8 + key_length, "a compressed value")
-            yield self._decode(offset, buf[i : i + key_length], value)
+            if keys:
+                yield self._decode(offset, buf[i : i + key_length], value)
+            else:
+                yield self._value(offset, value)
 
     def _buffer(self, what: str) -> bytes:
         offset = self._in.offset
@@ -807,7 +823,7 @@ class SequenceFileReader:
             i += n
         return out
 
-    def _blocks(self) -> Iterator[tuple[Any, Any]]:
+    def _blocks(self, with_keys: bool = True) -> Iterator[Any]:
         source = self._in
         while not source.at_end():
             offset = source.offset
@@ -819,12 +835,16 @@ class SequenceFileReader:
             if count < 0:
                 raise self._fail(offset + SYNC_SIZE, f"a record count, found {count}")
             key_lengths = self._lengths(self._buffer("key lengths"), count, offset, "key lengths")
-            keys = self._split(self._buffer("keys"), key_lengths, offset, "keys")
+            block_keys = self._split(self._buffer("keys"), key_lengths, offset, "keys")
             value_lengths = self._lengths(
                 self._buffer("value lengths"), count, offset, "value lengths"
             )
             values = self._split(self._buffer("values"), value_lengths, offset, "values")
-            for k, v in zip(keys, values, strict=True):
+            if not with_keys:
+                for v in values:
+                    yield self._value(offset, v)
+                continue
+            for k, v in zip(block_keys, values, strict=True):
                 yield self._decode(offset, k, v)
 
     def close(self) -> None:
