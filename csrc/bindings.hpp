@@ -42,5 +42,6 @@ void register_csv(py::module_& m);
 void register_nn(py::module_& m);  // bindings_nn.cpp: the built-in network's kernels
 void register_conv(py::module_& m);  // bindings_conv.cpp: the convolutional layers' kernels
 void register_normalize(py::module_& m);  // bindings_normalize.cpp: the fitted normalizers
+void register_records(py::module_& m);  // bindings_records.cpp: map files' record encoding
 
 }  // namespace sparkbatch::bindings

@@ -37,4 +37,5 @@ PYBIND11_MODULE(_native, m, py::mod_gil_not_used()) {
   sparkbatch::bindings::register_nn(m);
   sparkbatch::bindings::register_conv(m);
   sparkbatch::bindings::register_normalize(m);
+  sparkbatch::bindings::register_records(m);
 }

@@ -22,7 +22,11 @@ from sparkbatch.storage import (
     encode_record,
     encode_sequence,
 )
-from sparkbatch.storage.record_codec import encode_records, is_sequence_encoding
+from sparkbatch.storage.record_codec import (
+    encode_float_rows,
+    encode_records,
+    is_sequence_encoding,
+)
 
 LONG = "org.apache.hadoop.io.LongWritable"
 BYTES = "org.apache.hadoop.io.BytesWritable"
@@ -77,6 +81,24 @@ def test_numeric_records_are_one_array() -> None:
         [[1.0, "2"], [3.0, 4.0]],
     ):
         assert encode_records(batch) == [encode_record(r) for r in batch], batch
+    batch = [[0.5, -1.0, 2.0], (3.0, 4.0, 1e300)]
+    rows = encode_float_rows(batch)
+    assert rows.dtype == np.uint8 and [r.tobytes() for r in rows] == encode_records(batch)
+    assert encode_float_rows([]).shape == (0, 4)
+    assert encode_float_rows([[], ()]).tolist() == [list(b"sb\x01d")] * 2
+
+    class Sub(float):
+        pass
+
+    for other in (  # any value but a plain float, or another width: the general encodings
+        [[1.0, 2]],
+        [[1.0], [2.0, 3.0]],
+        [[np.float64(1.0)]],
+        [[Sub(1.0)]],
+        [[1.0], np.array([2.0])],
+        [[1.0, None]],
+    ):
+        assert encode_float_rows(other) is None, other
     decoded = decode_record(encode_record([np.ones((2, 2), np.float32)]))[0]
     assert decoded.flags.writeable and decoded.flags.aligned
 

@@ -588,6 +588,45 @@ def test_batch_framing_writes_the_bytes_of_the_record_loop(
     reader.close()
 
 
+@pytest.mark.parametrize("compression", [None, "block"])
+def test_rows_of_one_array_write_the_bytes_of_the_record_loop(
+    tmp_path: pathlib.Path, compression: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values given as the rows of a uint8 array (MapFileWriter's float records) are framed
+    in one array, and the index takes its keys and offsets as rows: the files must be those of
+    bytes values through the per-record path, sync markers and blocks included."""
+    import numpy as np
+
+    from sparkbatch.storage import map_file
+
+    rows = np.random.default_rng(1).integers(0, 256, (6000, 37), dtype=np.uint8)  # 2 syncs
+    batches = [(0, 1), (1, 2500), (2500, 6000)]
+
+    def write(part: pathlib.Path, as_rows: bool) -> dict[str, bytes]:
+        with MapFilePartWriter(part, compression=compression) as w:
+            for begin, end in batches:
+                values = rows[begin:end] if as_rows else [r.tobytes() for r in rows[begin:end]]
+                w.append_many(range(begin, end), values)
+        files = {}
+        for name in ("data", "index"):
+            with SequenceFileReader(part / name) as r:
+                sync = r.sync
+            files[name] = (part / name).read_bytes().replace(sync, b"S" * 16)
+        return files
+
+    fast = write(tmp_path / "fast", True)
+    monkeypatch.setattr(map_file, "_longs", lambda keys: None)  # the per-record path
+    slow = write(tmp_path / "slow", False)
+    assert fast == slow
+    if compression is None:
+        assert fast["data"].count(b"S" * 16) >= 2
+    with MapFileReader(tmp_path / "fast") as reader:
+        assert reader.get(4321) == rows[4321].tobytes()
+        assert list(reader.keys()) == list(range(6000))
+    with pytest.raises(TypeError, match="2-D uint8"):
+        MapFilePartWriter(tmp_path / "bad").append_many(range(2), np.zeros((2, 3), np.int32))
+
+
 @pytest.mark.parametrize("compression", [None, "record", "block"])
 def test_values_alone(tmp_path: pathlib.Path, compression: str | None) -> None:
     path = str(tmp_path / "v.seq")

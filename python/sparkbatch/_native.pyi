@@ -143,3 +143,6 @@ def nn_avg_pool_backward(
     d_out: NDArray[Any], d_in: NDArray[Any], c: int, h: int, w: int, kh: int, kw: int, sh: int,
     sw: int, ph: int, pw: int,
 ) -> None: ...
+
+# bindings_records.cpp
+def pack_float_records(records: list[Any], head: bytes) -> NDArray[np.uint8] | None: ...

@@ -27,7 +27,7 @@ import numpy as np
 
 from sparkbatch.errors import FormatError
 from sparkbatch.storage.paths import _temp_name, is_local, join, resolve
-from sparkbatch.storage.sequence_file import SequenceFileReader, SequenceFileWriter
+from sparkbatch.storage.sequence_file import SequenceFileReader, SequenceFileWriter, _split_rows
 
 __all__ = ["DATA_FILE", "INDEX_FILE", "MapFilePartWriter", "MapFileReader"]
 
@@ -137,11 +137,18 @@ class MapFilePartWriter:
 
     def append_many(self, keys: Iterable[Any], values: Iterable[Any]) -> None:
         """Append records ``zip(keys, values)``; keys increase strictly (:class:`ValueError`
-        naming the first out of order otherwise, and nothing of the batch is written)."""
+        naming the first out of order otherwise, and nothing of the batch is written).
+
+        ``values`` may be a 2-D uint8 array whose rows are BytesWritable values of one size
+        (:func:`~sparkbatch.storage.record_codec.encode_float_rows`): framed without a Python
+        object per record."""
         if self._closed or self._data is None or self._index is None:
             raise ValueError(f"{self.url}: the MapFilePartWriter is closed")
-        keys = list(keys)
-        values = list(values)
+        keys = keys if isinstance(keys, range) else list(keys)
+        rows = values if isinstance(values, np.ndarray) else None
+        values = rows if rows is not None else list(values)
+        if rows is not None and (rows.ndim != 2 or rows.dtype != np.uint8):
+            raise TypeError(f"values as an array must be 2-D uint8 rows, got {rows.dtype!r}")
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
         if not keys:
@@ -161,7 +168,7 @@ class MapFilePartWriter:
             longs is not None
             and self._data.compression is None
             and self._data.value_class == _BYTES
-            and all(type(v) is bytes for v in values)
+            and (rows is not None or all(type(v) is bytes for v in values))
         ):  # the usual part (LongWritable -> BytesWritable, no compression): framed at once
             starts = self._data._append_long_bytes(longs, values)
             first = self._size if self._last_index_count is None else (
@@ -171,13 +178,15 @@ class MapFilePartWriter:
             due = np.arange(max(first - self._size, 0), len(keys), self.index_interval)
             if due.size:
                 self._index._append_encoded(
-                    _long_bytes(longs[due]), _long_bytes(np.asarray(starts)[due])
+                    _long_rows(longs[due]), _long_rows(np.asarray(starts)[due])
                 )
                 self._last_index_pos = int(starts[due[-1]])
                 self._last_index_count = self._size + int(due[-1])
             self._size += len(keys)
             self._last_key = keys[-1]
             return
+        if rows is not None:
+            values = _split_rows(rows)
         encode_key = self._data._encode_key
         encode_value = self._data._encode_value
         key_bytes = _long_bytes(longs) if longs is not None else [encode_key(k) for k in keys]
@@ -432,9 +441,13 @@ class MapFileReader:
         self.close()
 
 
-def _longs(keys: list[Any]) -> np.ndarray | None:
+def _longs(keys: list[Any] | range) -> np.ndarray | None:
     """LongWritable keys as an int64 array, where every key is a Python int in range (the
     common case, encoded at once); None sends them one by one through the checked encoder."""
+    if isinstance(keys, range):
+        if keys and not (-(2**63) <= min(keys[0], keys[-1]) and max(keys[0], keys[-1]) < 2**63):
+            return None
+        return np.arange(keys.start, keys.stop, keys.step, dtype=np.int64)
     if not all(type(k) is int for k in keys):
         return None
     try:
@@ -450,7 +463,11 @@ def _increasing(longs: np.ndarray, last: Any) -> bool:
     return bool(np.all(longs[1:] > longs[:-1]))
 
 
+def _long_rows(longs: np.ndarray) -> np.ndarray:
+    """Each of ``longs`` as a LongWritable (8 bytes, big-endian): the rows of a uint8 array."""
+    return longs.astype(">i8").view(np.uint8).reshape(-1, 8)
+
+
 def _long_bytes(longs: np.ndarray) -> list[bytes]:
-    """Each of ``longs`` as a LongWritable (8 bytes, big-endian)."""
-    raw = longs.astype(">i8").tobytes()
-    return [raw[i : i + 8] for i in range(0, len(raw), 8)]
+    """Each of ``longs`` as a LongWritable, a bytes object each."""
+    return _split_rows(_long_rows(longs))

@@ -34,8 +34,15 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from sparkbatch.storage.paths import join, open_output, resolve
-from sparkbatch.storage.record_codec import encode_record, encode_records, encode_sequence
+from sparkbatch.storage.record_codec import (
+    encode_float_rows,
+    encode_record,
+    encode_records,
+    encode_sequence,
+)
 
 __all__ = ["SUCCESS", "MapFileSequenceWriter", "MapFileWriter", "part_name"]
 
@@ -129,8 +136,11 @@ class MapFileWriter:
         self._part: Any = None  # the open part writer
         self._part_index = -1
         self._parts: list[str] = []  # part directories opened, committed or not
-        self._pending: list[bytes] = []  # encoded values not yet given to the part writer
-        self._pending_start = 0  # the key of _pending[0]
+        # encoded values not yet given to the part writer, batch by batch: bytes each, or the
+        # rows of one array (encode_float_rows)
+        self._pending: list[list[bytes] | np.ndarray] = []
+        self._pending_count = 0
+        self._pending_start = 0  # the key of the first pending value
         self._closed = False
 
     def __repr__(self) -> str:
@@ -160,6 +170,10 @@ class MapFileWriter:
     def _encode_all(self, records: Sequence[Any]) -> list[bytes]:
         return encode_records(records)
 
+    def _encode_rows(self, records: list[Any]) -> np.ndarray | None:
+        """The batch as rows of one array where it has that form (floats of one width)."""
+        return encode_float_rows(records)
+
     def _convert_text(self, record: Sequence[Any], index: int, step: int | None = None) -> Any:
         """``record`` with its text values converted (a new list), or ``record`` itself."""
         assert self._convert is not None
@@ -187,7 +201,15 @@ class MapFileWriter:
             )
         return record if self._convert is None else self._convert_text(record, index)
 
-    def _encode(self, records: Sequence[Any], start: int) -> list[bytes]:
+    def _encode(
+        self, records: Sequence[Any], start: int, *, rows: bool = True
+    ) -> list[bytes] | np.ndarray:
+        """The values of ``records`` (keys from ``start``, for errors); with ``rows``, as the
+        rows of one array where the batch has that form."""
+        if rows and self._convert is None and isinstance(records, list):
+            rows = self._encode_rows(records)
+            if rows is not None:
+                return rows
         if self._convert is not None or not all(isinstance(r, list) for r in records):
             records = [self._prepare(r, start + i) for i, r in enumerate(records)]
         try:
@@ -205,19 +227,23 @@ class MapFileWriter:
     def write(self, record: Sequence[Any]) -> None:
         """Append one record (its key: :attr:`count`)."""
         self._check_open()
-        self._pending.extend(self._encode([record], self.count))
-        self.count += 1
-        if len(self._pending) >= _FLUSH:
-            self._flush()
+        self._add_pending(self._encode([record], self.count, rows=False))
 
     def write_batch(self, records: Iterable[Sequence[Any]]) -> None:
         """Append many records, in order: the fast path (one encoding pass, one append per
         part)."""
         self._check_open()
         batch = records if isinstance(records, list) else list(records)
-        self._pending.extend(self._encode(batch, self.count))
-        self.count += len(batch)
-        if len(self._pending) >= _FLUSH:
+        self._add_pending(self._encode(batch, self.count))
+
+    def _add_pending(self, values: list[bytes] | np.ndarray) -> None:
+        if isinstance(values, list) and self._pending and isinstance(self._pending[-1], list):
+            self._pending[-1].extend(values)  # write() after write(): one list
+        else:
+            self._pending.append(values)
+        self.count += len(values)
+        self._pending_count += len(values)
+        if self._pending_count >= _FLUSH:
             self._flush()
 
     def _check_open(self) -> None:
@@ -241,18 +267,21 @@ class MapFileWriter:
 
     def _flush(self) -> None:
         """Give the pending values to the part writers, opening parts at split boundaries."""
-        key, values = self._pending_start, self._pending
-        done = 0
-        while done < len(values):
-            part = 0 if self.split_size is None else key // self.split_size
-            if part != self._part_index:
-                self._open_part(part)
-            end = len(values) if self.split_size is None else (part + 1) * self.split_size - key
-            chunk = values[done : done + end]
-            self._part.append_many(list(range(key, key + len(chunk))), chunk)
-            done += len(chunk)
-            key += len(chunk)
-        self._pending, self._pending_start = [], key
+        key = self._pending_start
+        for values in self._pending:
+            done = 0
+            while done < len(values):
+                part = 0 if self.split_size is None else key // self.split_size
+                if part != self._part_index:
+                    self._open_part(part)
+                room = len(values)
+                if self.split_size is not None:
+                    room = (part + 1) * self.split_size - key
+                chunk = values[done : done + room]
+                self._part.append_many(range(key, key + len(chunk)), chunk)
+                done += len(chunk)
+                key += len(chunk)
+        self._pending, self._pending_count, self._pending_start = [], 0, key
 
     def close(self) -> None:
         """Write what is pending, commit the last part, then ``_SUCCESS``
@@ -328,6 +357,9 @@ class MapFileSequenceWriter(MapFileWriter):
 
     def _encode_all(self, records: Sequence[Any]) -> list[bytes]:
         return list(map(encode_sequence, records))
+
+    def _encode_rows(self, records: list[Any]) -> np.ndarray | None:
+        return None
 
     def _prepare(self, record: Any, index: int) -> Any:
         if not isinstance(record, (list, tuple)):

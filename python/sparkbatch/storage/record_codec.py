@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from sparkbatch import _native
 from sparkbatch.errors import FormatError
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "VERSION",
     "decode_record",
     "decode_sequence",
+    "encode_float_rows",
     "encode_record",
     "encode_records",
     "encode_sequence",
@@ -194,9 +196,29 @@ def encode_record(record: Sequence[Any]) -> bytes:
     return MAGIC + bytes((VERSION,)) + _body(record)
 
 
+def encode_float_rows(records: Sequence[Sequence[Any]]) -> np.ndarray | None:
+    """The encodings of ``records`` as the rows of one uint8 array, where every record is a
+    list or tuple of Python floats and all have one width (CSV's, the usual batch); else None.
+
+    Row ``i`` holds ``encode_record(records[i])``; the batch is laid out by one native pass,
+    without a Python object per record or value, so that writers can frame it whole.
+
+    Examples
+    --------
+    >>> rows = encode_float_rows([[1.0, 2.0], [3.0, 4.0]])
+    >>> rows.shape, rows[1].tobytes() == encode_record([3.0, 4.0])
+    ((2, 20), True)
+    >>> encode_float_rows([[1.0, 2]]) is None  # an int: another encoding
+    True
+    """
+    batch = records if isinstance(records, list) else list(records)
+    rows: np.ndarray | None = _native.pack_float_records(batch, _FLOATS_HEAD)
+    return rows
+
+
 def encode_records(records: Sequence[Sequence[Any]]) -> list[bytes]:
     """``[encode_record(r) for r in records]``, faster for a batch of float-only records of one
-    width (CSV's): the whole batch is laid out by one numpy array of heads and rows, then cut.
+    width (CSV's): the batch is laid out by :func:`encode_float_rows`, then cut.
 
     Examples
     --------
@@ -204,18 +226,11 @@ def encode_records(records: Sequence[Sequence[Any]]) -> list[bytes]:
     ...                                              encode_record([3.0, 4.0])]
     True
     """
-    widths = set(map(len, records))
-    if len(widths) == 1:
-        width = widths.pop()
-        types = set(map(type, itertools.chain.from_iterable(records)))
-        if types and types <= _FLOAT_TYPES:
-            rows = np.empty(len(records), dtype=[("head", "S4"), ("values", "<f8", (width,))])
-            rows["head"] = _FLOATS_HEAD
-            rows["values"] = np.array(records, dtype="<f8").reshape(len(records), width)
-            blob = rows.tobytes()
-            size = rows.dtype.itemsize
-            return [blob[i : i + size] for i in range(0, len(blob), size)]
-    return list(map(encode_record, records))
+    rows = encode_float_rows(records)
+    if rows is None:
+        return list(map(encode_record, records))
+    blob, size = rows.tobytes(), rows.shape[1]
+    return [blob[i : i + size] for i in range(0, len(blob), size)]
 
 
 def encode_sequence(sequence: Sequence[Sequence[Any]]) -> bytes:

@@ -102,13 +102,54 @@ def write_vint(value: int) -> bytes:
     return struct.pack(">b", first - size) + value.to_bytes(size, "big")
 
 
-def _vint_lengths(items: list[bytes]) -> bytes:
-    """The lengths of ``items`` as vints, one after another (all under 128, the usual case of
-    a block's keys and values: one byte each, at once)."""
-    lengths = list(map(len, items))
-    if max(lengths, default=0) < 128:
-        return bytes(lengths)
-    return b"".join(write_vint(n) for n in lengths)
+def _vint_lengths(lengths: np.ndarray) -> bytes:
+    """``lengths`` as vints, one after another (all under 128, the usual case of a block's keys
+    and values: one byte each, at once)."""
+    if not lengths.size or int(lengths.max()) < 128:
+        return lengths.astype(np.uint8).tobytes()
+    return b"".join(map(write_vint, lengths.tolist()))
+
+
+def _split_rows(rows: np.ndarray) -> list[bytes]:
+    """The rows of a 2-D uint8 array as bytes objects."""
+    blob, width = rows.tobytes(), rows.shape[1]
+    if width == 0:
+        return [b""] * len(rows)
+    return [blob[i : i + width] for i in range(0, len(blob), width)]
+
+
+class _BlockColumn:
+    """The serialized keys (or values) of the block being filled, as byte chunks and their
+    items' lengths: a batch joins its items once, and fixed-width rows never become one bytes
+    object per item."""
+
+    __slots__ = ("chunks", "lengths")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes | memoryview] = []
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, data: bytes | memoryview, lengths: np.ndarray) -> None:
+        self.chunks.append(data)
+        self.lengths.append(lengths)
+
+    def take(self) -> tuple[bytes, bytes]:
+        """The items' vint lengths and their bytes; empties the column."""
+        lengths = np.concatenate(self.lengths) if self.lengths else np.empty(0, np.int64)
+        data = b"".join(self.chunks)
+        self.chunks, self.lengths = [], []
+        return _vint_lengths(lengths), data
+
+
+def _bytes_and_offsets(items: list[bytes] | np.ndarray) -> tuple[bytes | memoryview, np.ndarray]:
+    """The items' bytes one after another, and where each starts (with the end last)."""
+    if isinstance(items, np.ndarray):
+        n, width = items.shape
+        data: bytes | memoryview = memoryview(np.ascontiguousarray(items)).cast("B")
+        return data, np.arange(n + 1, dtype=np.int64) * width
+    offsets = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, items), np.int64, len(items)), out=offsets[1:])
+    return b"".join(items), offsets
 
 
 def read_vint(data: bytes | memoryview, offset: int) -> tuple[int, int]:
@@ -318,8 +359,9 @@ class SequenceFileWriter:
         )
         self._pos = 0
         self._last_sync = 0
-        self._block_keys: list[bytes] = []
-        self._block_values: list[bytes] = []
+        self._block_keys = _BlockColumn()
+        self._block_values = _BlockColumn()
+        self._block_count = 0  # records buffered in the block
         self._block_bytes = 0
         self._closed = False
         try:
@@ -370,12 +412,19 @@ class SequenceFileWriter:
             raise ValueError(f"{len(key_bytes)} keys but {len(value_bytes)} values")
         self._append_encoded(key_bytes, value_bytes)
 
-    def _append_encoded(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> list[int]:
-        """Append serialized records; return :meth:`tell` as it was before each (for the
-        MapFile index in :mod:`sparkbatch.storage.map_file`)."""
+    def _append_encoded(
+        self, key_bytes: list[bytes] | np.ndarray, value_bytes: list[bytes] | np.ndarray
+    ) -> list[int]:
+        """Append serialized records (a list of bytes each, or a 2-D uint8 array whose rows
+        are fixed-width items); return :meth:`tell` as it was before each (for the MapFile
+        index in :mod:`sparkbatch.storage.map_file`)."""
         self._check_open()
         if self.compression == "block":
             return self._append_block(key_bytes, value_bytes)
+        if isinstance(key_bytes, np.ndarray):
+            key_bytes = _split_rows(key_bytes)
+        if isinstance(value_bytes, np.ndarray):
+            value_bytes = _split_rows(value_bytes)
         if self.compression == "record":
             level = self.compression_level
             value_bytes = [zlib.compress(v, level) for v in value_bytes]
@@ -403,25 +452,34 @@ class SequenceFileWriter:
         self._last_sync = last_sync
         return starts
 
-    def _append_long_bytes(self, keys: np.ndarray, values: list[bytes]) -> list[int]:
+    def _append_long_bytes(self, keys: np.ndarray, values: list[bytes] | np.ndarray) -> list[int]:
         """Plain records of LongWritable ``keys`` (int64) and BytesWritable ``values`` (their
-        bytes), framed at once: the bytes :meth:`_append_encoded` writes for them, sync markers
-        where it puts them, and the same starts (for the MapFile index)."""
+        bytes, or the rows of a 2-D uint8 array), framed at once: the bytes
+        :meth:`_append_encoded` writes for them, sync markers where it puts them, and the same
+        starts (for the MapFile index). Rows are framed in one array with their heads, without
+        a Python object per record."""
         self._check_open()
         n = len(values)
-        lengths = np.fromiter(map(len, values), np.int64, n)
+        rows = values if isinstance(values, np.ndarray) else None
+        if rows is not None:
+            lengths = np.full(n, rows.shape[1], np.int64)
+        else:
+            lengths = np.fromiter(map(len, values), np.int64, n)
         if n and int(lengths.max()) > _INT_MAX - 12:
             raise ValueError(
                 f"{self.url}: record {int(lengths.argmax())} of the batch is over 2 GiB, more "
                 "than a SequenceFile record holds"
             )
-        heads = np.empty(
-            n, dtype=[("length", ">i4"), ("key_length", ">i4"), ("key", ">i8"), ("size", ">i4")]
-        )
+        fields = [("length", ">i4"), ("key_length", ">i4"), ("key", ">i8"), ("size", ">i4")]
+        if rows is not None:
+            fields.append(("value", np.uint8, (rows.shape[1],)))
+        heads = np.empty(n, dtype=fields)
         heads["length"] = 12 + lengths  # the key's 8 bytes, the BytesWritable's 4 and its bytes
         heads["key_length"] = 8
         heads["key"] = keys
         heads["size"] = lengths
+        if rows is not None:
+            heads["value"] = rows
         base = np.empty(n, np.int64)  # each record's start if no sync came between
         base[:1] = self._pos
         np.cumsum(20 + lengths[:-1], out=base[1:])
@@ -438,37 +496,54 @@ class SequenceFileWriter:
             shift += SYNC_SIZE
             last_sync = int(base[j]) + shift
             i = j + 1
-        blob = heads.tobytes()
-        pieces: list[bytes] = [b""] * (2 * n)
-        pieces[0::2] = [blob[k : k + 20] for k in range(0, 20 * n, 20)]
-        pieces[1::2] = values
         escape = _I32.pack(SYNC_ESCAPE) + self.sync
-        out, begin = [], 0
-        for j in syncs:
-            out.append(b"".join(pieces[2 * begin : 2 * j]))
-            out.append(escape)
-            begin = j
-        out.append(b"".join(pieces[2 * begin :]))
-        self._write(b"".join(out))
+        if rows is not None:  # the records one after another in heads: cut at the syncs
+            framed = memoryview(heads).cast("B")
+            size = heads.dtype.itemsize
+            cuts = [0, *(j * size for j in syncs), n * size]
+            pieces = [framed[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        else:  # heads and values interleaved, joined between the syncs
+            blob = heads.tobytes()
+            interleaved: list[bytes] = [b""] * (2 * n)
+            interleaved[0::2] = [blob[k : k + 20] for k in range(0, 20 * n, 20)]
+            interleaved[1::2] = values
+            bounds = [0, *syncs, n]
+            pieces = [
+                b"".join(interleaved[2 * a : 2 * b])
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+        for k, piece in enumerate(pieces):
+            if k:
+                self._write(escape)
+            self._write(piece)
         self._last_sync = last_sync
         return starts.tolist()
 
-    def _append_block(self, key_bytes: list[bytes], value_bytes: list[bytes]) -> list[int]:
+    def _append_block(
+        self, key_bytes: list[bytes] | np.ndarray, value_bytes: list[bytes] | np.ndarray
+    ) -> list[int]:
         """Buffer the records, flushing a block after the record that fills it to
         ``BLOCK_SIZE``, as BlockCompressWriter.append (the fill points found at once)."""
         if len(key_bytes) != len(value_bytes):
             raise ValueError(f"{len(key_bytes)} keys but {len(value_bytes)} values")
-        sizes = np.fromiter(map(len, key_bytes), np.int64, len(key_bytes))
-        sizes += np.fromiter(map(len, value_bytes), np.int64, len(value_bytes))
+        keys, key_offsets = _bytes_and_offsets(key_bytes)
+        values, value_offsets = _bytes_and_offsets(value_bytes)
+        ends = key_offsets[1:] + value_offsets[1:]  # key + value bytes up to each record's end
         starts: list[int] = []
-        begin, n = 0, len(sizes)
+        begin, n = 0, len(ends)
         while begin < n:
-            filled = np.cumsum(sizes[begin:]) + self._block_bytes
+            filled = ends[begin:] - (key_offsets[begin] + value_offsets[begin]) + self._block_bytes
             full = int(np.searchsorted(filled, BLOCK_SIZE))  # first record reaching the size
             end = min(n, begin + full + 1)
             starts.extend([self._pos] * (end - begin))
-            self._block_keys.extend(key_bytes[begin:end])
-            self._block_values.extend(value_bytes[begin:end])
+            for column, data, offsets in (
+                (self._block_keys, keys, key_offsets),
+                (self._block_values, values, value_offsets),
+            ):
+                column.add(
+                    data[offsets[begin] : offsets[end]], np.diff(offsets[begin : end + 1])
+                )
+            self._block_count += end - begin
             self._block_bytes = int(filled[end - begin - 1])
             if self._block_bytes >= BLOCK_SIZE:
                 self._flush_block()
@@ -477,17 +552,18 @@ class SequenceFileWriter:
 
     def _flush_block(self) -> None:
         """Write the buffered records as one block: sync, count, four zlib streams."""
-        if not self._block_keys:
+        if not self._block_count:
             return
-        keys, values = self._block_keys, self._block_values
-        parts = [_I32.pack(SYNC_ESCAPE), self.sync, write_vint(len(keys))]
-        for raw in (_vint_lengths(keys), b"".join(keys), _vint_lengths(values), b"".join(values)):
+        key_lengths, keys = self._block_keys.take()
+        value_lengths, values = self._block_values.take()
+        parts = [_I32.pack(SYNC_ESCAPE), self.sync, write_vint(self._block_count)]
+        for raw in (key_lengths, keys, value_lengths, values):
             packed = zlib.compress(raw, self.compression_level)
             parts.append(write_vint(len(packed)))
             parts.append(packed)
         self._write(b"".join(parts))
         self._last_sync = self._pos
-        self._block_keys, self._block_values, self._block_bytes = [], [], 0
+        self._block_count, self._block_bytes = 0, 0
 
     def tell(self) -> int:
         """The file length so far, as Hadoop's ``Writer.getLength()``: a position
