@@ -19,7 +19,12 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from sparkbatch import FormatError, IncompleteExportError  # noqa: E402
-from sparkbatch.data import DataSet, MultiDataSet, export_datasets  # noqa: E402
+from sparkbatch.data import (  # noqa: E402
+    DataSet,
+    FileDataSetIterator,
+    MultiDataSet,
+    export_datasets,
+)
 from sparkbatch.data.manifest import begin_export  # noqa: E402
 from sparkbatch.data.torch import MinibatchDataset, to_item  # noqa: E402
 
@@ -88,6 +93,9 @@ def test_set_epoch_reshuffles_the_same_way_on_every_rank(export):
     again = MinibatchDataset(export, shuffle=True, seed=7, rank=1, world_size=2)
     again.set_epoch(1)
     assert _file_ids(again) == orders[1][1]  # deterministic from seed and epoch
+    iterator = FileDataSetIterator(export, shuffle=True, seed=7)
+    iterator.set_epoch(1)
+    assert again.file_order() == iterator.file_order()  # the single-machine iterator's order
     # the epoch travels to the DataLoader's worker processes
     assert _loader_ids(ranks[1], num_workers=2) == orders[1][1]
     unshuffled = MinibatchDataset(export, rank=0, world_size=1)

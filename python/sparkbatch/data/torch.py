@@ -299,7 +299,7 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         verify: bool = True,
     ) -> None:
         super().__init__()
-        self.seed = _check_int("seed", seed, minimum=-(1 << 62))
+        self.seed = _check_int("seed", seed, minimum=0)
         if (rank is None) != (world_size is None):
             raise ValueError(
                 f"give both rank= and world_size= or neither (got rank={rank}, "
