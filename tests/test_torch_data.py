@@ -204,6 +204,8 @@ def test_a_truncated_or_foreign_file_is_a_format_error_naming_it(export, tmp_pat
     with pytest.raises(FileNotFoundError) as missing:
         list(MinibatchDataset([str(tmp_path / "gone.safetensors")], rank=0, world_size=1))
     assert missing.value.filename == str(tmp_path / "gone.safetensors")
+    with pytest.raises(ValueError, match="empty list"):
+        MinibatchDataset([])
 
 
 def test_an_incomplete_export_is_refused(export, tmp_path):

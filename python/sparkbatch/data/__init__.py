@@ -1,4 +1,9 @@
-"""Minibatches in memory (DataSet, MultiDataSet) and on storage (the minibatch file format)."""
+"""Minibatches in memory (DataSet, MultiDataSet) and on storage (the minibatch file format).
+
+``sparkbatch.data.torch`` (``MinibatchDataset``: exports as a PyTorch dataset) is imported on its
+own, ``from sparkbatch.data.torch import MinibatchDataset``: it needs torch, which this package
+never imports.
+"""
 
 from __future__ import annotations
 

@@ -44,10 +44,11 @@ except ImportError as e:  # pragma: no cover (the test extra installs torch)
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.format import _MMAP_MIN_BYTES, _minibatch, _plain_local_path, _read_arrays
 from sparkbatch.data.iterators import _resolve_files
+from sparkbatch.data.multidataset import MultiDataSet
 from sparkbatch.errors import FormatError
 from sparkbatch.storage import is_local, resolve
 
-__all__ = ["UNEVEN", "MinibatchDataset"]
+__all__ = ["UNEVEN", "MinibatchDataset", "read_minibatch", "to_item"]
 
 #: What ``MinibatchDataset(uneven=...)`` takes (NOTE [torch sharding]).
 UNEVEN = ("keep", "drop", "pad")
@@ -149,7 +150,7 @@ def _remote_buffer(fs: Any, path: str, name: str) -> np.ndarray:
 
 def read_minibatch(
     url: str, *, storage_options: Mapping[str, Any] | None = None, verify: bool = True
-) -> DataSet | Any:
+) -> DataSet | MultiDataSet:
     """One minibatch file as a DataSet or MultiDataSet whose arrays are writable views
     (NOTE [writable maps]), so that ``torch.from_numpy`` shares them without a copy or a warning.
 
