@@ -146,6 +146,18 @@ def test_writer_refuses_bad_values_and_writes_nothing(tmp_path: pathlib.Path) ->
         with SequenceFileWriter(target, IO + "VIntWritable", IO + "NullWritable") as w:
             w.append(2**31, None)
     assert os.listdir(tmp_path) == []
+    for value_class, value, error in [  # a clear TypeError or ValueError for every class
+        ("Text", b"bytes", TypeError),
+        ("FloatWritable", "1.5", TypeError),
+        ("FloatWritable", 1e300, ValueError),
+        ("DoubleWritable", None, TypeError),
+        ("BooleanWritable", 1, TypeError),
+    ]:
+        with pytest.raises(error, match=value_class), SequenceFileWriter(
+            target, IO + "LongWritable", IO + value_class
+        ) as w:
+            w.append(1, value)
+        assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match="compression"):
         SequenceFileWriter(target, compression="gzip")
 
@@ -320,6 +332,15 @@ def test_corrupt_files(tmp_path: pathlib.Path) -> None:
         header, sync = pathlib.Path(tmp_path / "b.seq").read_bytes()[: r.header_end], r.sync
     bad.write_bytes(header + b"\xff\xff\xff\xff" + sync + write_vint(1) + write_vint(2**62))
     assert "found the end of the file" in _error_of(bad)
+    # A block whose values stream inflates past the lengths its block lists: refused at the
+    # listed size, before it fills memory (a decompression bomb).
+    def stream(raw: bytes) -> bytes:
+        packed = zlib.compress(raw)
+        return write_vint(len(packed)) + packed
+
+    bomb = stream(b"\x08") + stream(bytes(8)) + stream(b"\x04") + stream(bytes(50_000_000))
+    bad.write_bytes(header + b"\xff\xff\xff\xff" + sync + write_vint(1) + bomb)
+    assert "values of at most 4 bytes" in _error_of(bad) and "bomb" in _error_of(bad)
     plain = (tmp_path / "r.seq").read_bytes()[:start]
     bad.write_bytes(plain + struct.pack(">ii", 2**31 - 1, 8) + bytes(20))
     assert "record of 2147483647 bytes" in _error_of(bad)
@@ -400,6 +421,14 @@ def test_map_file_root_of_parts_and_errors(tmp_path: pathlib.Path) -> None:
         with pytest.raises(KeyError):
             r.get("030")
         assert list(r) == [(f"{k:03d}", str(k)) for k in range(30)]
+    overlapping = tmp_path / "overlapping"  # parts whose key ranges overlap: every one is asked
+    for p, keys in enumerate([range(0, 21, 2), range(5, 8, 2)]):
+        with MapFilePartWriter(overlapping / f"part-r-{p:05d}", index_interval=4) as w:
+            w.append_many(keys, [b"%d" % k for k in keys])
+    with MapFileReader(overlapping) as r:
+        assert [r.get(k) for k in (0, 5, 6, 7, 20)] == [b"0", b"5", b"6", b"7", b"20"]
+        for missing in (1, 9, 21):
+            assert missing not in r
 
     with (
         pytest.raises(ValueError, match="record 2 has key 1 after 5"),
@@ -411,7 +440,7 @@ def test_map_file_root_of_parts_and_errors(tmp_path: pathlib.Path) -> None:
             w.append_many([1, 2, 5], [b"", b"", b""])
             w.append(5, b"")
     assert not (tmp_path / "bad").exists()
-    assert sorted(os.listdir(tmp_path)) == ["root"]
+    assert sorted(os.listdir(tmp_path)) == ["overlapping", "root"]
 
     _write(
         root / "part-r-00001" / "index",

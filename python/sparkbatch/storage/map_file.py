@@ -234,7 +234,12 @@ class MapFilePartWriter:
             parent, name = os.path.split(target)
             old = os.path.join(parent, _temp_name(name))
             os.replace(target, old)
-        os.replace(self._directory, target)
+        try:
+            os.replace(self._directory, target)
+        except BaseException:
+            if old is not None:  # put the previous part back: never leave neither
+                os.replace(old, target)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -285,6 +290,7 @@ class _Part:
             raise
         self.keys = [k for k, _ in entries]
         self.positions = [p for _, p in entries]
+        self._last: tuple[Any] | None = None  # (the greatest key,) once read
 
     def _check(self, entries: list, key_class: str, value_class: str) -> None:
         """The index's classes, order and first offset, as Hadoop's reader expects them."""
@@ -294,18 +300,37 @@ class _Part:
                 f"{self.index_url}: expected ({self.key_class}, {_LONG}) entries, found "
                 f"({key_class}, {value_class})"
             )
-        for i in range(1, len(entries)):
-            (k0, p0), (k1, p1) = entries[i - 1], entries[i]
-            if not (k0 <= k1 and p0 <= p1):
-                raise FormatError(
-                    f"{self.index_url}: entry {i}: expected keys and offsets in increasing "
-                    f"order, found {entries[i - 1]!r} then {entries[i]!r}"
-                )
+        bad = _first_decrease([p for _, p in entries])
+        keys = [k for k, _ in entries]
+        longs = _longs(keys)
+        bad_key = _first_decrease(longs) if longs is not None else next(
+            (i for i in range(1, len(keys)) if not keys[i - 1] <= keys[i]), None
+        )
+        if bad is None or (bad_key is not None and bad_key < bad):
+            bad = bad_key
+        if bad is not None:
+            raise FormatError(
+                f"{self.index_url}: entry {bad}: expected keys and offsets in increasing "
+                f"order, found {entries[bad - 1]!r} then {entries[bad]!r}"
+            )
         if entries and entries[0][1] < self._data.header_end:
             raise FormatError(
                 f"{self.index_url}: entry 0: expected an offset in {self.data_url} after its "
                 f"header ({self._data.header_end} bytes), found {entries[0][1]}"
             )
+
+    def last_key(self) -> Any:
+        """The part's greatest key (None when empty): read from the last indexed record on,
+        once, then kept."""
+        if self._last is None:
+            assert self._data is not None
+            last = None
+            if self.positions:
+                self._data.seek(self.positions[-1])
+                for key, _ in self._data:
+                    last = key
+            self._last = (last,)
+        return self._last[0]
 
     def get(self, key: Any) -> Any:
         """The value of ``key`` (KeyError if absent): as Hadoop's MapFile.Reader.get."""
@@ -406,8 +431,12 @@ class MapFileReader:
 
     def get(self, key: Any) -> Any:
         """The value stored under ``key``; :class:`KeyError` if there is none."""
-        candidates = bisect.bisect_right(self._firsts, key)
-        for part in reversed(self._by_first[:candidates]):  # usually the last is the one
+        candidates = self._by_first[: bisect.bisect_right(self._firsts, key)]
+        for i, part in enumerate(reversed(candidates)):  # usually the last is the one
+            # a part before it holds the key only if its keys reach it (they overlap); split
+            # outputs' parts do not, so a missing key reads one part, not all
+            if i and part.last_key() < key:
+                continue
             with contextlib.suppress(KeyError):
                 return part.get(key)
         raise KeyError(key)
@@ -454,6 +483,13 @@ def _longs(keys: list[Any] | range) -> np.ndarray | None:
         return np.asarray(keys, np.int64)
     except OverflowError:
         return None
+
+
+def _first_decrease(values: list[int] | np.ndarray) -> int | None:
+    """The first ``i`` with ``values[i] < values[i - 1]`` (ints), or None."""
+    array = np.asarray(values, np.int64)
+    found = np.flatnonzero(array[1:] < array[:-1])
+    return int(found[0]) + 1 if found.size else None
 
 
 def _increasing(longs: np.ndarray, last: Any) -> bool:

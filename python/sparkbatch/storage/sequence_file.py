@@ -180,8 +180,30 @@ def read_vint(data: bytes | memoryview, offset: int) -> tuple[int, int]:
 
 
 def _text(value: str) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"a Text value must be a str, got {type(value).__name__}")
     raw = value.encode("utf-8")
     return write_vint(len(raw)) + raw
+
+
+def _float_of(fmt: str, name: str) -> Callable[[float], bytes]:
+    packer = struct.Struct(fmt)
+
+    def encode(value: float) -> bytes:
+        if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
+            raise TypeError(f"a {name} value must be a number, got {type(value).__name__}")
+        try:
+            return packer.pack(float(value))
+        except (OverflowError, struct.error) as e:
+            raise ValueError(f"{value} does not fit a {name}") from e
+
+    return encode
+
+
+def _boolean(value: bool) -> bytes:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"a BooleanWritable value must be a bool, got {type(value).__name__}")
+    return b"\x01" if value else b"\x00"
 
 
 def _bytes_writable(value: bytes | bytearray | memoryview) -> bytes:
@@ -273,9 +295,9 @@ _WRITABLES: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
     _IO + "Text": (_text, _decode_text),
     _IO + "BytesWritable": (_bytes_writable, _decode_bytes),
     _IO + "NullWritable": (_null, _decode_null),
-    _IO + "BooleanWritable": (lambda v: b"\x01" if v else b"\x00", _decode_fixed(">?")),
-    _IO + "FloatWritable": (struct.Struct(">f").pack, _decode_fixed(">f")),
-    _IO + "DoubleWritable": (struct.Struct(">d").pack, _decode_fixed(">d")),
+    _IO + "BooleanWritable": (_boolean, _decode_fixed(">?")),
+    _IO + "FloatWritable": (_float_of(">f", "FloatWritable"), _decode_fixed(">f")),
+    _IO + "DoubleWritable": (_float_of(">d", "DoubleWritable"), _decode_fixed(">d")),
 }
 
 
@@ -794,10 +816,18 @@ class SequenceFileReader:
         if marker != self.sync:
             raise self._fail(offset + 4, "the file's sync marker, found other bytes (corrupt)")
 
-    def _inflate(self, data: bytes, offset: int, what: str) -> bytes:
+    def _inflate(self, data: bytes, offset: int, what: str, limit: int = _INT_MAX) -> bytes:
+        """``data`` inflated; never more than ``limit`` bytes (what the stream must hold, or a
+        Java array's most), so that a decompression bomb fails instead of filling memory."""
         try:
             z = zlib.decompressobj()
-            out = z.decompress(data)
+            out = z.decompress(data, limit + 1)
+            if len(out) > limit:
+                raise self._fail(
+                    offset,
+                    f"{what} of at most {limit} bytes, found a zlib stream that inflates to more "
+                    "(corrupt, or a decompression bomb)",
+                )
             if not z.eof:
                 raise zlib.error("the zlib stream is incomplete")
             return out
@@ -867,14 +897,16 @@ class SequenceFileReader:
             else:
                 yield self._value(offset, value)
 
-    def _buffer(self, what: str) -> bytes:
+    def _buffer(self, what: str, limit: int) -> bytes:
         offset = self._in.offset
         n = self._need_vint(f"the length of the {what}")
         if n < 0:
             raise self._fail(offset, f"the length of the {what}, found {n}")
-        return self._inflate(self._need(n, f"the {what}"), offset, f"the {what}")
+        return self._inflate(self._need(n, f"the {what}"), offset, f"the {what}", limit)
 
     def _lengths(self, data: bytes, count: int, offset: int, what: str) -> list[int]:
+        if len(data) == count and (not data or max(data) < 128):  # one byte each: at once
+            return list(data)
         lengths, i = [], 0
         try:
             for _ in range(count):
@@ -910,12 +942,19 @@ class SequenceFileReader:
             count = self._need_vint("a block's record count")
             if count < 0:
                 raise self._fail(offset + SYNC_SIZE, f"a record count, found {count}")
-            key_lengths = self._lengths(self._buffer("key lengths"), count, offset, "key lengths")
-            block_keys = self._split(self._buffer("keys"), key_lengths, offset, "keys")
-            value_lengths = self._lengths(
-                self._buffer("value lengths"), count, offset, "value lengths"
+            most = min(9 * count, _INT_MAX)  # vints of 1 to 9 bytes each
+            key_lengths = self._lengths(
+                self._buffer("key lengths", most), count, offset, "key lengths"
             )
-            values = self._split(self._buffer("values"), value_lengths, offset, "values")
+            block_keys = self._split(
+                self._buffer("keys", sum(key_lengths)), key_lengths, offset, "keys"
+            )
+            value_lengths = self._lengths(
+                self._buffer("value lengths", most), count, offset, "value lengths"
+            )
+            values = self._split(
+                self._buffer("values", sum(value_lengths)), value_lengths, offset, "values"
+            )
             if not with_keys:
                 for v in values:
                     yield self._value(offset, v)
