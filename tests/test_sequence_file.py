@@ -580,6 +580,17 @@ def test_we_read_sparks_and_hadoops(sc: object, tmp_path: pathlib.Path) -> None:
             assert list(r.keys()) == list(range(0, 20, 2))
 
 
+def _part_files(part: pathlib.Path) -> dict[str, bytes]:
+    """A MapFile's data and index bytes, each file's random sync marker replaced by b"S" * 16
+    (so that two writers' files compare)."""
+    files = {}
+    for name in ("data", "index"):
+        with SequenceFileReader(part / name) as r:
+            sync = r.sync
+        files[name] = (part / name).read_bytes().replace(sync, b"S" * 16)
+    return files
+
+
 @pytest.mark.parametrize("interval", [1, 3])
 def test_batch_framing_writes_the_bytes_of_the_record_loop(
     tmp_path: pathlib.Path, interval: int, monkeypatch: pytest.MonkeyPatch
@@ -598,12 +609,7 @@ def test_batch_framing_writes_the_bytes_of_the_record_loop(
         with MapFilePartWriter(part, index_interval=interval) as w:
             for begin, end in batches:
                 w.append_many(range(begin * 3, end * 3, 3), values[begin:end])
-        files = {}
-        for name in ("data", "index"):
-            with SequenceFileReader(part / name) as r:
-                sync = r.sync
-            files[name] = (part / name).read_bytes().replace(sync, b"S" * 16)
-        return files
+        return _part_files(part)
 
     fast = write(tmp_path / "fast")
     monkeypatch.setattr(map_file, "_longs", lambda keys: None)  # the per-record path
@@ -636,12 +642,7 @@ def test_rows_of_one_array_write_the_bytes_of_the_record_loop(
             for begin, end in batches:
                 values = rows[begin:end] if as_rows else [r.tobytes() for r in rows[begin:end]]
                 w.append_many(range(begin, end), values)
-        files = {}
-        for name in ("data", "index"):
-            with SequenceFileReader(part / name) as r:
-                sync = r.sync
-            files[name] = (part / name).read_bytes().replace(sync, b"S" * 16)
-        return files
+        return _part_files(part)
 
     fast = write(tmp_path / "fast", True)
     monkeypatch.setattr(map_file, "_longs", lambda keys: None)  # the per-record path
