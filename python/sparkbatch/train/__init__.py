@@ -6,6 +6,9 @@ configures (every fit a :class:`FitPlan` run through an :class:`Exchange`:
 :class:`SparkExchange` or :class:`SocketExchange`), and evaluates it with exactly merged counts;
 :class:`TrainingStats` holds the timings and renders the HTML report. :class:`Model` lists what
 a model needs (and what it may have, with the defaults :class:`ModelAccess` applies without it).
+``TorchModel`` (in :mod:`sparkbatch.train.torch_model`, needing the ``torch`` extra) makes a
+``torch.nn.Module`` such a model; it is imported when first named, so importing this package
+does not import torch.
 """
 
 from __future__ import annotations
@@ -35,3 +38,12 @@ __all__ = [
     "RoundStats",
     "TrainingStats",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``TorchModel``, imported on first use: importing sparkbatch.train must not import torch."""
+    if name == "TorchModel":
+        from .torch_model import TorchModel
+
+        return TorchModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
