@@ -11,7 +11,10 @@ read back as an RDD of records ordered by key, one partition per part::
 
 Only the parts' URLs travel to the executors; each task reads its part's ``data`` SequenceFile
 itself (:class:`sparkbatch.storage.SequenceFileReader`) and decodes the values
-(:mod:`sparkbatch.storage.record_codec`). DataVec returns an unsorted pair RDD of (index, record);
+(:mod:`sparkbatch.storage.record_codec`). Map files DataVec's ``MapFileRecordWriter`` /
+``MapFileSequenceRecordWriter`` wrote are read the same way: the part's value class picks the
+decoder (:mod:`sparkbatch.storage.datavec_writables`; NOTE [DataVec outputs have no _SUCCESS]).
+DataVec returns an unsorted pair RDD of (index, record);
 here the partitions are the parts in order and each part's keys increase, so the RDD is in key
 order with no shuffle, and ``rdd.zipWithIndex()`` gives the keys back.
 """
@@ -25,8 +28,16 @@ from typing import TYPE_CHECKING, Any
 from sparkbatch.errors import FormatError, IncompleteExportError
 from sparkbatch.records import SequenceRecord
 from sparkbatch.storage import join, resolve
+from sparkbatch.storage.datavec_writables import (
+    DATAVEC_CLASSES,
+    RECORD_CLASS,
+    SEQUENCE_CLASS,
+    decode_datavec_record,
+    decode_datavec_sequence,
+)
 from sparkbatch.storage.map_file_writers import SUCCESS
 from sparkbatch.storage.record_codec import decode_record, decode_sequence
+from sparkbatch.storage.sequence_file import read_vint
 
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
@@ -45,16 +56,19 @@ def map_file_parts(
     """The MapFile directories of a map file output, in part order.
 
     ``url`` is a directory of ``part-*`` MapFiles with ``_SUCCESS`` (what
-    :class:`~sparkbatch.storage.MapFileWriter` and Hadoop jobs write), or one MapFile directory
-    (``data`` and ``index``).
+    :class:`~sparkbatch.storage.MapFileWriter` and Hadoop jobs write), a directory of parts
+    DataVec's ``MapFileRecordWriter`` or ``MapFileSequenceRecordWriter`` wrote (no
+    ``_SUCCESS``: NOTE [DataVec outputs have no _SUCCESS]), or one MapFile directory (``data``
+    and ``index``).
 
     Raises
     ------
     FileNotFoundError
         ``url`` does not exist, or holds neither parts nor a MapFile.
     IncompleteExportError
-        ``url`` holds parts but no ``_SUCCESS``: a conversion still running or failed
-        (NOTE [map file output commit] in :mod:`sparkbatch.storage.map_file_writers`).
+        ``url`` holds parts but no ``_SUCCESS``, and not every part is DataVec's: a conversion
+        still running or failed (NOTE [map file output commit] in
+        :mod:`sparkbatch.storage.map_file_writers`).
     """
     url = os.fspath(url)
     options = dict(storage_options) if storage_options else None
@@ -77,12 +91,60 @@ def map_file_parts(
             f"{url} holds no map file: expected part-r-NNNNN directories (or data and index); "
             f"found {sorted(entries)[:5]}"
         )
+    urls = [join(url, name) for name in parts]
     if SUCCESS not in entries:
-        raise IncompleteExportError(
-            f"{url} holds {len(parts)} map file parts but no {SUCCESS}: the conversion that "
-            "writes it is still running or failed; write it again"
-        )
-    return [join(url, name) for name in parts]
+        foreign = _not_datavec(fs, [resolve(join(u, "data"), options)[1] for u in urls])
+        if foreign is not None:
+            raise IncompleteExportError(
+                f"{url} holds {len(parts)} map file parts but no {SUCCESS}: the conversion that "
+                f"writes it is still running or failed; write it again ({foreign}; only "
+                "DataVec-written parts are read without it)"
+            )
+    return urls
+
+
+# NOTE [DataVec outputs have no _SUCCESS]: DataVec's MapFileRecordWriter and
+# MapFileSequenceRecordWriter write their part-r-NNNNN MapFiles straight into the output
+# directory and no marker when they finish, so a DataVec output cannot say whether it is whole.
+# A directory without _SUCCESS is read when every part's data file is a SequenceFile whose value
+# class is DataVec's RecordWritable or SequenceRecordWritable (the headers alone are read, on the
+# driver): sparkbatch never writes those, so a partial sparkbatch output (parts of BytesWritable,
+# NOTE [map file output commit]) is still refused. A DataVec part cut short by a failed writer is
+# a FormatError when the job reads it.
+
+
+def _not_datavec(fs: Any, data_paths: list[str]) -> str | None:
+    """Why the parts whose ``data`` files are at ``data_paths`` are not all DataVec's, or None.
+
+    Reads each file's header only: the magic, version, key class and value class (Text each).
+    """
+    for path in data_paths:
+        try:
+            head = fs.cat_file(path, start=0, end=_HEADER_PREFIX)
+        except FileNotFoundError:
+            return f"{path} is missing"
+        value_class = _value_class(head)
+        if value_class not in DATAVEC_CLASSES:
+            return f"the values of {path} are {value_class or 'not a SequenceFile'}"
+    return None
+
+
+_HEADER_PREFIX = 1024  # bytes that hold a SequenceFile's magic and its two class names
+
+
+def _value_class(head: bytes) -> str | None:
+    """The value class named in the first bytes of a SequenceFile, or None."""
+    if head[:3] != b"SEQ":
+        return None
+    try:
+        key_length, start = read_vint(head, 4)
+        value_length, start = read_vint(head, start + key_length)
+    except IndexError:
+        return None
+    raw = head[start : start + value_length]
+    if key_length < 0 or value_length < 0 or len(raw) != value_length:
+        return None
+    return raw.decode("utf-8", "replace")
 
 
 def _part_number(name: str) -> tuple[int, str]:
@@ -119,21 +181,45 @@ class MapFilePartsToRecords:
         for part in parts:
             url = join(part, "data")
             with SequenceFileReader(url, storage_options=self.storage_options) as reader:
-                if reader.value_class != "org.apache.hadoop.io.BytesWritable":
+                value_class = reader.value_class
+                if value_class == _BYTES:
+                    decode_one, decode_steps = decode_record, decode_sequence
+                elif value_class in DATAVEC_CLASSES:
+                    if (value_class == SEQUENCE_CLASS) != self.sequences:
+                        raise FormatError(_mismatch(url, value_class, self.sequences))
+                    decode_one, decode_steps = decode_datavec_record, decode_datavec_sequence
+                else:
                     raise FormatError(
-                        f"{url}: values are {reader.value_class}, expected "
-                        "org.apache.hadoop.io.BytesWritable holding sparkbatch's record encoding"
+                        f"{url}: values are {value_class}, expected {_BYTES} holding "
+                        f"sparkbatch's record encoding, or DataVec's {RECORD_CLASS} or "
+                        f"{SEQUENCE_CLASS}"
                     )
                 if self.sequences:
                     for key, value in reader:
                         source = f"{url} key {key}"
-                        yield SequenceRecord(decode_sequence(value, source), source)
+                        yield SequenceRecord(decode_steps(value, source), source)
                 else:  # the values alone: the keys are the records' indexes
                     for n, value in enumerate(reader.values()):
                         try:
-                            yield decode_record(value)
+                            yield decode_one(value)
                         except FormatError:
-                            yield decode_record(value, f"{url} record {n} of the part")
+                            yield decode_one(value, f"{url} record {n} of the part")
+
+
+_BYTES = "org.apache.hadoop.io.BytesWritable"
+
+
+def _mismatch(url: str, value_class: str, sequences: bool) -> str:
+    """The error for a DataVec part read as the other kind (records as sequences, or back)."""
+    if sequences:
+        return (
+            f"{url}: values are DataVec's {value_class} (records, from MapFileRecordWriter), "
+            "read as sequences: use restore_map_file"
+        )
+    return (
+        f"{url}: values are DataVec's {value_class} (sequences, from "
+        "MapFileSequenceRecordWriter), read as records: use restore_map_file_sequences"
+    )
 
 
 def _restore(
@@ -172,8 +258,14 @@ def restore_map_file(
         See :func:`map_file_parts` (raised on the driver, at once).
     FormatError
         On the executors, when the job runs: a part that is not a SequenceFile of
-        BytesWritable values, or a value not of sparkbatch's record encoding (a sequence map
-        file: use :func:`restore_map_file_sequences`); the message names the file and key.
+        BytesWritable values (or of DataVec's ``RecordWritable``), or a value not of
+        sparkbatch's record encoding (a sequence map file: use
+        :func:`restore_map_file_sequences`); the message names the file and key.
+
+    Notes
+    -----
+    Map files DataVec's ``MapFileRecordWriter`` wrote are read too, without ``_SUCCESS``
+    (:mod:`sparkbatch.storage.datavec_writables` decodes their values).
 
     Examples
     --------

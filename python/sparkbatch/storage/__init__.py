@@ -3,6 +3,7 @@ Hadoop SequenceFiles and MapFiles."""
 
 from __future__ import annotations
 
+from sparkbatch.storage.datavec_writables import decode_datavec_record, decode_datavec_sequence
 from sparkbatch.storage.file_batch import FileBatch
 from sparkbatch.storage.map_file import MapFilePartWriter, MapFileReader
 from sparkbatch.storage.map_file_writers import MapFileSequenceWriter, MapFileWriter
@@ -43,6 +44,8 @@ __all__ = [
     "SequenceFileReader",
     "SequenceFileWriter",
     "count_lines_before",
+    "decode_datavec_record",
+    "decode_datavec_sequence",
     "decode_record",
     "decode_sequence",
     "encode_record",
