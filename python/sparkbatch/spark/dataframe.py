@@ -435,14 +435,12 @@ def dataframe_to_datasets(
     kinds = feature_kinds + [
         _kind(c, schema[c], True, sequence_features) for c in names[n_features:]
     ]
-    widths = _widths(df, names, kinds)
-    columns = tuple(Column(c, k, w) for c, k, w in zip(names, kinds, widths, strict=True))
     layout_groups: list[Group] = []
     position = 0
     for g, group in enumerate(feature_groups + label_groups):
         indices = tuple(range(position, position + len(group)))
         position += len(group)
-        sequence = {columns[i].is_sequence for i in indices}
+        sequence = {kinds[i] in ("steps", "sequence") for i in indices}
         if len(sequence) > 1:
             raise ValueError(
                 f"columns {group} make one array but mix sequences with other columns; put "
@@ -451,12 +449,14 @@ def dataframe_to_datasets(
         classes = None
         if g >= len(feature_groups) and not regression:
             classes = classes_list[g - len(feature_groups)]  # type: ignore[index]
-            if columns[indices[0]].kind not in ("scalar", "steps"):
+            if kinds[indices[0]] not in ("scalar", "steps"):
                 raise ValueError(
                     f"column {group[0]!r} holds class labels: expected a number (or an array of "
                     f"one class per step), found {schema[group[0]].simpleString()}"
                 )
         layout_groups.append(Group(indices, classes))
+    widths = _widths(df, names, kinds)  # a Spark job: after every check that needs none
+    columns = tuple(Column(c, k, w) for c, k, w in zip(names, kinds, widths, strict=True))
     layout = Layout(
         columns,
         tuple(layout_groups[: len(feature_groups)]),
