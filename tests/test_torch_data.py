@@ -246,7 +246,12 @@ def test_where_the_rank_comes_from(export, monkeypatch):
         copy = pickle.loads(pickle.dumps(dataset))  # as sent to a spawned DataLoader worker
     finally:
         dist.destroy_process_group()
-    assert copy.distributed() == (0, 1) and len(copy) == NUM_FILES
+    # a worker of this process takes the process group's rank that this process pickled...
+    assert _loader_ids(copy, num_workers=1) == list(range(NUM_FILES))
+    # ...any other process (another rank that the dataset was sent to) its own: the environment's
+    assert copy.distributed() == (1, 3) and len(copy) == len(range(1, NUM_FILES, 3))
+    again = pickle.loads(pickle.dumps(copy))  # pickled here again, without a process group
+    assert _loader_ids(again, num_workers=1) == list(range(1, NUM_FILES, 3))
     assert MinibatchDataset(export).distributed() == (1, 3)
     monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(ValueError, match="sets RANK but not WORLD_SIZE"):

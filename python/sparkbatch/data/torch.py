@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import mmap
+import multiprocessing
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -77,6 +79,17 @@ def _from_torch_distributed() -> tuple[int, int] | None:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return None
+
+
+def _this_process() -> tuple[str, int]:
+    """This process, as a pickled rank names the process that pickled it."""
+    return socket.gethostname(), os.getpid()
+
+
+def _parent_process() -> tuple[str, int] | None:
+    """The process that started this one (a DataLoader worker's: its rank's process)."""
+    parent = multiprocessing.parent_process()
+    return None if parent is None else (socket.gethostname(), parent.pid)
 
 
 def _from_environment() -> tuple[int, int] | None:
@@ -254,8 +267,8 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         environment variables (as torchrun sets them), else rank 0 of 1. They are looked up
         each time the dataset is iterated, in the process iterating it; a pickled dataset
         (sent to spawned DataLoader workers) carries the rank of ``torch.distributed`` from the
-        process that pickled it, used where the worker has neither its own process group nor
-        the environment variables.
+        process that pickled it, used in that process's children (its workers) where they have
+        no process group of their own, and ignored in any other process.
     uneven : {"keep", "drop", "pad"}, default "keep"
         What happens when the files do not divide evenly among the ranks. ``"keep"``: every
         file once, so ranks may differ by one item (DDP then needs ``model.join()``, or
@@ -324,7 +337,8 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         self._files = _resolve_files(url_or_paths, self.storage_options)
         if not self._files:
             raise ValueError("url_or_paths is an empty list: a dataset needs at least one file")
-        self._pickled_rank: tuple[int, int] | None = None
+        # (the process that pickled it, its torch.distributed rank): see distributed()
+        self._pickled_rank: tuple[tuple[str, int], tuple[int, int]] | None = None
 
     @property
     def files(self) -> list[str]:
@@ -342,7 +356,14 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         """``(rank, world_size)`` as this process sees it now (see ``rank`` above)."""
         if self.rank is not None and self.world_size is not None:
             return self.rank, self.world_size
-        return _from_torch_distributed() or self._pickled_rank or _from_environment() or (0, 1)
+        found = _from_torch_distributed()
+        if found is None and self._pickled_rank is not None:
+            # only a worker's own parent's rank: a dataset pickled on another rank (or unpickled
+            # here from one) must not carry that rank's shard into this one
+            pickled_by, pickled = self._pickled_rank
+            if pickled_by == _parent_process():
+                found = pickled
+        return found or _from_environment() or (0, 1)
 
     def file_order(self) -> list[str]:
         """Every file in the order of the current epoch, before sharding."""
@@ -390,7 +411,8 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_pickled_rank"] = _from_torch_distributed() or self._pickled_rank
+        found = _from_torch_distributed()  # for spawned workers; never a rank pickled in here
+        state["_pickled_rank"] = None if found is None else (_this_process(), found)
         return state
 
     def __repr__(self) -> str:
