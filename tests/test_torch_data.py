@@ -101,6 +101,15 @@ def test_set_epoch_reshuffles_the_same_way_on_every_rank(export):
     unshuffled = MinibatchDataset(export, rank=0, world_size=1)
     unshuffled.set_epoch(3)
     assert _file_ids(unshuffled) == list(range(NUM_FILES))
+    # numpy integers (an epoch from np.arange) are ints, as everywhere in sparkbatch
+    numpy_ints = MinibatchDataset(
+        export, shuffle=True, seed=np.int64(7), rank=np.int64(1), world_size=np.int32(2)
+    )
+    numpy_ints.set_epoch(np.arange(2)[1])
+    assert _file_ids(numpy_ints) == orders[1][1] and numpy_ints.distributed() == (1, 2)
+    assert type(numpy_ints.epoch) is int and type(numpy_ints.distributed()[0]) is int
+    with pytest.raises(TypeError, match="epoch must be an int"):
+        numpy_ints.set_epoch(1.0)
 
 
 def test_uneven_files_keep_drop_or_pad(export):

@@ -43,6 +43,7 @@ try:
 except ImportError as e:  # pragma: no cover (the test extra installs torch)
     raise ImportError("sparkbatch.data.torch needs PyTorch: pip install 'sparkbatch[torch]'") from e
 
+from sparkbatch._arguments import check_int
 from sparkbatch.data.dataset import DataSet
 from sparkbatch.data.format import _MMAP_MIN_BYTES, _minibatch, _plain_local_path, _read_arrays
 from sparkbatch.data.iterators import _resolve_files
@@ -57,14 +58,6 @@ UNEVEN = ("keep", "drop", "pad")
 _ALIGNMENT = 64  # of the buffers small and remote files are read into, as the format's reader
 
 Item = tuple[Any, ...]  # what MinibatchDataset yields (see to_item)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
 
 
 def _check_rank(rank: int, world_size: int, where: str) -> tuple[int, int]:
@@ -313,15 +306,17 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         verify: bool = True,
     ) -> None:
         super().__init__()
-        self.seed = _check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0)
         if (rank is None) != (world_size is None):
             raise ValueError(
                 f"give both rank= and world_size= or neither (got rank={rank}, "
                 f"world_size={world_size})"
             )
         if rank is not None and world_size is not None:
-            _check_rank(
-                _check_int("rank", rank, 0), _check_int("world_size", world_size, 1), "rank="
+            rank, world_size = _check_rank(
+                check_int("rank", rank, minimum=0),
+                check_int("world_size", world_size, minimum=1),
+                "rank=",
             )
         if uneven not in UNEVEN:
             raise ValueError(
@@ -350,7 +345,7 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         (``seed + epoch``). Call it with the same epoch on every rank, before iterating, as
         with ``DistributedSampler``; a DataLoader with ``persistent_workers=True`` keeps the
         epoch its workers started with."""
-        self.epoch = _check_int("epoch", epoch, minimum=0)
+        self.epoch = check_int("epoch", epoch, minimum=0)
 
     def distributed(self) -> tuple[int, int]:
         """``(rank, world_size)`` as this process sees it now (see ``rank`` above)."""
