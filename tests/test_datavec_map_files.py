@@ -178,6 +178,9 @@ def test_every_writable_type() -> None:
 def test_fixed_stride_records(values: list[bytes], want: list[Any]) -> None:
     _same(decode_datavec_record(record(*values)), want)
     _same(decode_datavec_sequence(sequence(values, values))[1], want)
+    # over 256 values: one numpy pass (or, for the Text among them, value by value)
+    _same(decode_datavec_record(record(*values * 150)), want * 150)
+    _same(decode_datavec_sequence(sequence(values * 150, values * 150))[1], want * 150)
 
 
 def test_sequences() -> None:

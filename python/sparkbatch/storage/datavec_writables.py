@@ -41,6 +41,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import Any
@@ -168,14 +169,53 @@ class _Reader:
         return n
 
     def values(self, n: int) -> list[Any]:
-        """``n`` typed values: one numpy pass when their payloads have one size."""
+        """``n`` typed values: by one struct call when all have one fixed type, by one numpy
+        pass when there are many whose payloads have one size, else one by one."""
         start = self.pos
         rest = len(self.data) - start
         if n and rest % n == 0 and rest // n - 2 in _BY_SIZE:
-            fast = self._fixed(n, rest // n - 2)
+            if n <= _UNIFORM_MAX:  # numpy's calls cost more than a small record's values
+                fast = _uniform(self.data, start, n)
+            else:
+                fast = self._fixed(n, rest // n - 2)
             if fast is not None:
+                self.pos = len(self.data)
                 return fast
-        return [self.value(n - i == 1) for i in range(n)]
+        return self._walk(n)
+
+    def _walk(self, n: int) -> list[Any]:
+        """``n`` values one by one: Text (with a one-byte length) and fixed payloads inline,
+        the rest through :meth:`value`."""
+        data, end, out = self.data, len(self.data), []
+        append, structs = out.append, _STRUCTS
+        pos = self.pos
+        for i in range(n):
+            if pos + 3 <= end and data[pos] == 0:  # types 0 to 11: a first byte of 0
+                kind, head = data[pos + 1], data[pos + 2]
+                if kind == _TEXT and head < 128:
+                    stop = pos + 3 + head
+                    if stop <= end:
+                        try:
+                            append(data[pos + 3 : stop].decode("utf-8"))
+                            pos = stop
+                            continue
+                        except UnicodeDecodeError:
+                            pass  # value() reports it
+                elif kind == _NULL:
+                    append(None)
+                    pos += 2
+                    continue
+                else:
+                    fixed = structs.get(kind)
+                    if fixed is not None and pos + 2 + fixed.size <= end:
+                        append(fixed.unpack_from(data, pos + 2)[0])
+                        pos += 2 + fixed.size
+                        continue
+            self.pos = pos
+            append(self.value(i == n - 1))
+            pos = self.pos
+        self.pos = pos
+        return out
 
     def _fixed(self, n: int, size: int) -> list[Any] | None:
         """The rest of the value as ``n`` values of ``size``-byte payloads, or None when their
@@ -192,7 +232,6 @@ class _Reader:
             present = np.unique(types).tolist()
             if not set(present) <= set(kinds):
                 return None
-        self.pos = len(self.data)
         if first == _NULL:
             return [None] * n
         payload = rows[:, 2:]
@@ -330,6 +369,31 @@ class _Reader:
         return flat != 0 if name == "BOOL" else flat
 
 
+#: type -> struct code of its payload, for records of one type read by one cached struct
+_CODES = {_BOOLEAN: "?", _BYTE: "b", _DOUBLE: "d", _FLOAT: "f", _INT: "i", _LONG: "q"}
+_UNIFORM_MAX = 256  # values of the widest record read by one struct (numpy beyond)
+
+
+@functools.lru_cache(maxsize=1024)
+def _uniform_struct(kind: int, n: int) -> struct.Struct:
+    return struct.Struct(">" + ("h" + _CODES[kind]) * n)
+
+
+def _uniform(data: bytes, start: int, n: int) -> list[Any] | None:
+    """``data[start:]`` as ``n`` values all of one fixed type, by one cached struct call (a
+    small record's numpy calls cost more than the values), or None."""
+    if n > _UNIFORM_MAX or start + 2 > len(data) or data[start] != 0:
+        return None
+    kind = data[start + 1]
+    code = _CODES.get(kind)
+    if code is None or len(data) - start != n * (2 + _STRUCTS[kind].size):
+        return None
+    items = _uniform_struct(kind, n).unpack_from(data, start)
+    if items[0::2].count(kind) != n:
+        return None
+    return list(items[1::2])
+
+
 def _payload_values(payload: np.ndarray, kind: int) -> list[Any]:
     """The values of the ``[n, size]`` uint8 payloads of type ``kind``, as Python values."""
     if kind == _BOOLEAN:  # Java's readBoolean: any byte but 0 is true
@@ -374,7 +438,13 @@ def decode_datavec_record(
     sparkbatch.errors.FormatError: DataVec RecordWritable in part-r-00000/data key 3: at byte 6 \
 of 6: expected a Double (8 bytes), found the end of the value
     """
-    reader = _Reader(_as_bytes(data), source, "RecordWritable")
+    data = _as_bytes(data)
+    n = int.from_bytes(data[:4], "big", signed=True)
+    if 0 < n <= _UNIFORM_MAX:  # the usual record: numbers of one type
+        values = _uniform(data, 4, n)
+        if values is not None:
+            return values
+    reader = _Reader(data, source, "RecordWritable")
     n = reader.count("the value count (int32)")
     if n > len(reader.data) // 2:  # every value has a 2-byte type
         raise reader.fail(f"{n} values of at least 2 bytes each, found the end of the value", 0)
