@@ -24,8 +24,9 @@ ends the record or sequence can be delimited: elsewhere it is a :class:`FormatEr
 
 A record or sequence whose values all have payloads of one size (all Double and Long, all Float
 and Int, all Boolean and Byte, all Null: the usual numeric CSV record) is a fixed-stride array:
-its type shorts are checked and its values read by a few numpy calls. Other records (Text, the
-usual record of a CSV written without ``convertTextTo``) are read value by value.
+up to 256 values of one type are checked and read by one cached ``struct`` call, wider ones by a
+few numpy calls over the whole array. Other records (Text, the usual record of a CSV written
+without ``convertTextTo``) are read value by value.
 
 Examples
 --------
