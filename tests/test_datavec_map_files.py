@@ -192,6 +192,9 @@ def test_sequences() -> None:
 
 
 _COMPRESSED_BUFFER = struct.pack(">q", 4) + _utf("COMPRESSED")
+# shape [2^40] with stride 0 over one value: would decode to 8 TB
+_HUGE_SHAPE = _buffer("LONG", np.array([1, 2**40, 0, 0, 1, ord("c")]))
+_HUGE_SHAPE += _buffer("DOUBLE", np.array([1.0]))
 
 
 @pytest.mark.parametrize(
@@ -216,10 +219,15 @@ _COMPRESSED_BUFFER = struct.pack(">q", 4) + _utf("COMPRESSED")
             record(ndarray(np.zeros((2, 3), np.float32)))[:-5],
             r"expected 6 FLOAT values of the array's data \(24 bytes\), found the end",
         ),
+        (
+            record(_typed(8, b"\x01" + _HUGE_SHAPE)),
+            r"expected 1099511627776 values for an array of shape \[1099511627776\] and strides "
+            r"\[0\], found 1",
+        ),
     ],
     ids=(
         "double text count left-over negative sparkbatch-encoding type-12 image bytes-not-last "
-        "utf8 nd-version nd-compressed nd-truncated"
+        "utf8 nd-version nd-compressed nd-truncated nd-huge-shape"
     ).split(),
 )
 def test_bad_record_names_place(data: bytes, message: str) -> None:

@@ -326,10 +326,12 @@ class _Reader:
         extent = (
             0 if 0 in shape else 1 + sum((s - 1) * d for s, d in zip(shape, strides, strict=True))
         )
-        if math.prod(shape) and extent > flat.size:
+        # nd4j writes a view's copy: never fewer values than the shape holds (a stride of 0
+        # over a huge shape would otherwise make a tiny value decode to terabytes)
+        if math.prod(shape) > flat.size or extent > flat.size:
             raise self.fail(
-                f"at least {extent} values for an array of shape {shape} and strides {strides}, "
-                f"found {flat.size}",
+                f"{math.prod(shape)} values for an array of shape {shape} and strides "
+                f"{strides}, found {flat.size}",
                 data_at,
             )
         try:
