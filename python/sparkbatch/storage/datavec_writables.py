@@ -88,8 +88,12 @@ _FIXED: dict[int, str | None] = {
     _NULL: None,
 }
 #: payload size -> the types of that size (a record of them is a fixed-stride array)
-_BY_SIZE: dict[int, tuple[int, ...]] = {0: (_NULL,), 1: (_BOOLEAN, _BYTE), 4: (_FLOAT, _INT)}
-_BY_SIZE[8] = (_DOUBLE, _LONG)
+_BY_SIZE: dict[int, tuple[int, ...]] = {
+    0: (_NULL,),
+    1: (_BOOLEAN, _BYTE),
+    4: (_FLOAT, _INT),
+    8: (_DOUBLE, _LONG),
+}
 #: type -> the struct that reads its payload alone (the value-by-value path)
 _STRUCTS = {
     _BOOLEAN: struct.Struct(">?"),
