@@ -310,6 +310,24 @@ _CASTS = {
 }
 
 
+def _selected(column: Any, kind: str, data_type: Any) -> Any:
+    """``column`` as Arrow should bring it: numbers cast to float; arrays as they are when
+    their values are floats, integers or booleans (numpy converts them, with no cast in Spark's
+    generated code), cast to float arrays otherwise (decimals); vectors as they are."""
+    from pyspark.sql import types as T
+
+    if kind == "vector":
+        return column
+    if kind != "scalar":
+        element = data_type.elementType
+        while isinstance(element, T.ArrayType):
+            element = element.elementType
+        plain = (T.FloatType, T.DoubleType, T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+        if isinstance(element, (*plain, T.BooleanType)):
+            return column
+    return column.cast(_CASTS[kind])
+
+
 def _widths(df: DataFrame, names: list[str], kinds: list[str]) -> list[int]:
     """The width of every column from the DataFrame's first row (one small Spark job when a
     column is a vector, an array or a sequence): every other row must match it."""
@@ -466,9 +484,7 @@ def dataframe_to_datasets(
     )
     selected = df.select(
         *[
-            (F.col(c.name) if c.kind == "vector" else F.col(c.name).cast(_CASTS[c.kind])).alias(
-                f"c{i}"
-            )
+            _selected(F.col(c.name), c.kind, schema[c.name]).alias(f"c{i}")
             for i, c in enumerate(columns)
         ]
     )
