@@ -94,8 +94,24 @@ def test_set_epoch_reshuffles_the_same_way_on_every_rank(export):
     iterator = FileDataSetIterator(export, shuffle=True, seed=7)
     iterator.set_epoch(1)
     assert again.file_order() == iterator.file_order()  # the single-machine iterator's order
-    # the epoch travels to the DataLoader's worker processes
+    # the epoch travels to the DataLoader's worker processes, persistent ones too
     assert _loader_ids(ranks[1], num_workers=2) == orders[1][1]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        loader = DataLoader(
+            ranks[1],
+            batch_size=None,
+            num_workers=2,
+            persistent_workers=True,
+            multiprocessing_context="fork",
+        )
+        for epoch in (0, 1):
+            ranks[1].set_epoch(epoch)
+            assert _file_ids(loader) == orders[epoch][1]
+        del loader
+    copy = pickle.loads(pickle.dumps(ranks[1]))  # a copy's epoch is its own
+    copy.set_epoch(5)
+    assert ranks[1].epoch == 1 and copy.epoch == 5
     unshuffled = MinibatchDataset(export, rank=0, world_size=1)
     unshuffled.set_epoch(3)
     assert _file_ids(unshuffled) == list(range(NUM_FILES))

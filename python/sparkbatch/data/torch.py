@@ -328,7 +328,9 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         self.uneven = uneven
         self.verify = bool(verify)
         self.storage_options = dict(storage_options) if storage_options else None
-        self.epoch = 0
+        # in shared memory, so that set_epoch reaches persistent DataLoader workers (forked or
+        # spawned: torch's pickler sends such a tensor by handle); plain pickling copies it
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._files = _resolve_files(url_or_paths, self.storage_options)
         if not self._files:
             raise ValueError("url_or_paths is an empty list: a dataset needs at least one file")
@@ -343,9 +345,14 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that the next pass reads; with ``shuffle=True`` it reorders the files
         (``seed + epoch``). Call it with the same epoch on every rank, before iterating, as
-        with ``DistributedSampler``; a DataLoader with ``persistent_workers=True`` keeps the
-        epoch its workers started with."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
+        with ``DistributedSampler``. The epoch is kept in shared memory, so it reaches the
+        workers of a DataLoader with ``persistent_workers=True`` too."""
+        self._epoch.fill_(check_int("epoch", epoch, minimum=0))
+
+    @property
+    def epoch(self) -> int:
+        """The epoch that the next pass reads (:meth:`set_epoch`)."""
+        return int(self._epoch)
 
     def distributed(self) -> tuple[int, int]:
         """``(rank, world_size)`` as this process sees it now (see ``rank`` above)."""
@@ -409,6 +416,12 @@ class MinibatchDataset(IterableDataset):  # type: ignore[type-arg,misc]
         found = _from_torch_distributed()  # for spawned workers; never a rank pickled in here
         state["_pickled_rank"] = None if found is None else (_this_process(), found)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # a copy (pickle, deepcopy) shares its epoch with the workers it starts, not with the
+        # original; one sent to a spawned worker is already shared (a no-op)
+        self._epoch = self._epoch.share_memory_()
 
     def __repr__(self) -> str:
         return (
