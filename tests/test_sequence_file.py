@@ -16,7 +16,7 @@ import zlib
 import fsspec
 import pytest
 
-from sparkbatch import FormatError
+from sparkbatch import FormatError, IncompleteExportError
 from sparkbatch.storage import (
     MapFilePartWriter,
     MapFileReader,
@@ -425,6 +425,9 @@ def test_map_file_root_of_parts_and_errors(tmp_path: pathlib.Path) -> None:
     for p, keys in enumerate([range(0, 21, 2), range(5, 8, 2)]):
         with MapFilePartWriter(overlapping / f"part-r-{p:05d}", index_interval=4) as w:
             w.append_many(keys, [b"%d" % k for k in keys])
+    with pytest.raises(IncompleteExportError, match="no _SUCCESS"):
+        MapFileReader(overlapping)  # a root of parts is read whole or not at all
+    (overlapping / "_SUCCESS").write_bytes(b"")
     with MapFileReader(overlapping) as r:
         assert [r.get(k) for k in (0, 5, 6, 7, 20)] == [b"0", b"5", b"6", b"7", b"20"]
         for missing in (1, 9, 21):

@@ -25,9 +25,9 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from sparkbatch.errors import FormatError, IncompleteExportError
+from sparkbatch.errors import FormatError
 from sparkbatch.records import SequenceRecord
-from sparkbatch.storage import join, resolve
+from sparkbatch.storage import join
 from sparkbatch.storage.datavec_writables import (
     DATAVEC_CLASSES,
     RECORD_CLASS,
@@ -35,9 +35,8 @@ from sparkbatch.storage.datavec_writables import (
     decode_datavec_record,
     decode_datavec_sequence,
 )
-from sparkbatch.storage.map_file_writers import SUCCESS
+from sparkbatch.storage.map_file import map_file_parts
 from sparkbatch.storage.record_codec import decode_record, decode_sequence
-from sparkbatch.storage.sequence_file import read_vint
 
 if TYPE_CHECKING:
     from pyspark import RDD, SparkContext
@@ -48,110 +47,6 @@ __all__ = [
     "restore_map_file",
     "restore_map_file_sequences",
 ]
-
-
-def map_file_parts(
-    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> list[str]:
-    """The MapFile directories of a map file output, in part order.
-
-    ``url`` is a directory of ``part-*`` MapFiles with ``_SUCCESS`` (what
-    :class:`~sparkbatch.storage.MapFileWriter` and Hadoop jobs write), a directory of parts
-    DataVec's ``MapFileRecordWriter`` or ``MapFileSequenceRecordWriter`` wrote (no
-    ``_SUCCESS``: NOTE [DataVec outputs have no _SUCCESS]), or one MapFile directory (``data``
-    and ``index``).
-
-    Raises
-    ------
-    FileNotFoundError
-        ``url`` does not exist, or holds neither parts nor a MapFile.
-    IncompleteExportError
-        ``url`` holds parts but no ``_SUCCESS``, and not every part is DataVec's: a conversion
-        still running or failed (NOTE [map file output commit] in
-        :mod:`sparkbatch.storage.map_file_writers`).
-    """
-    url = os.fspath(url)
-    options = dict(storage_options) if storage_options else None
-    fs, path = resolve(url, options)
-    if not fs.isdir(path):
-        raise FileNotFoundError(f"{url}: no such directory (expected a map file output)")
-    entries = {os.path.basename(p["name"].rstrip("/")): p for p in fs.ls(path, detail=True)}
-    if "data" in entries and "index" in entries:
-        return [url]
-    parts = sorted(
-        (
-            name
-            for name, entry in entries.items()
-            if name.startswith("part-") and entry.get("type") == "directory"
-        ),
-        key=_part_number,
-    )
-    if not parts:
-        raise FileNotFoundError(
-            f"{url} holds no map file: expected part-r-NNNNN directories (or data and index); "
-            f"found {sorted(entries)[:5]}"
-        )
-    urls = [join(url, name) for name in parts]
-    if SUCCESS not in entries:
-        foreign = _not_datavec(fs, [resolve(join(u, "data"), options)[1] for u in urls])
-        if foreign is not None:
-            raise IncompleteExportError(
-                f"{url} holds {len(parts)} map file parts but no {SUCCESS}: the conversion that "
-                f"writes it is still running or failed; write it again ({foreign}; only "
-                "DataVec-written parts are read without it)"
-            )
-    return urls
-
-
-# NOTE [DataVec outputs have no _SUCCESS]: DataVec's MapFileRecordWriter and
-# MapFileSequenceRecordWriter write their part-r-NNNNN MapFiles straight into the output
-# directory and no marker when they finish, so a DataVec output cannot say whether it is whole.
-# A directory without _SUCCESS is read when every part's data file is a SequenceFile whose value
-# class is DataVec's RecordWritable or SequenceRecordWritable (the headers alone are read, on the
-# driver): sparkbatch never writes those, so a partial sparkbatch output (parts of BytesWritable,
-# NOTE [map file output commit]) is still refused. A DataVec part cut short by a failed writer is
-# a FormatError when the job reads it.
-
-
-def _not_datavec(fs: Any, data_paths: list[str]) -> str | None:
-    """Why the parts whose ``data`` files are at ``data_paths`` are not all DataVec's, or None.
-
-    Reads each file's header only: the magic, version, key class and value class (Text each).
-    """
-    for path in data_paths:
-        try:
-            head = fs.cat_file(path, start=0, end=_HEADER_PREFIX)
-        except FileNotFoundError:
-            return f"{path} is missing"
-        value_class = _value_class(head)
-        if value_class not in DATAVEC_CLASSES:
-            return f"the values of {path} are {value_class or 'not a SequenceFile'}"
-    return None
-
-
-_HEADER_PREFIX = 1024  # bytes that hold a SequenceFile's magic and its two class names
-
-
-def _value_class(head: bytes) -> str | None:
-    """The value class named in the first bytes of a SequenceFile, or None."""
-    if head[:3] != b"SEQ":
-        return None
-    try:
-        key_length, start = read_vint(head, 4)
-        value_length, start = read_vint(head, start + key_length)
-    except IndexError:
-        return None
-    raw = head[start : start + value_length]
-    if key_length < 0 or value_length < 0 or len(raw) != value_length:
-        return None
-    return raw.decode("utf-8", "replace")
-
-
-def _part_number(name: str) -> tuple[int, str]:
-    """Parts in the order of their numbers: ``part-r-99999`` before ``part-r-100000`` (a
-    sort by name would put it after, and its records out of key order)."""
-    number = name.rsplit("-", 1)[-1]
-    return (int(number) if number.isdigit() else -1, name)
 
 
 class MapFilePartsToRecords:

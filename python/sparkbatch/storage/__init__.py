@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sparkbatch.storage.datavec_writables import decode_datavec_record, decode_datavec_sequence
 from sparkbatch.storage.file_batch import FileBatch
-from sparkbatch.storage.map_file import MapFilePartWriter, MapFileReader
+from sparkbatch.storage.map_file import MapFilePartWriter, MapFileReader, map_file_parts
 from sparkbatch.storage.map_file_writers import MapFileSequenceWriter, MapFileWriter
 from sparkbatch.storage.paths import (
     atomic_local_path,
@@ -60,6 +60,7 @@ __all__ = [
     "join",
     "list_files",
     "list_tree",
+    "map_file_parts",
     "open_output",
     "read_bytes",
     "resolve",

@@ -20,16 +20,23 @@ import contextlib
 import heapq
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from sparkbatch.errors import FormatError
+from sparkbatch.errors import FormatError, IncompleteExportError
+from sparkbatch.storage.datavec_writables import DATAVEC_CLASSES
+from sparkbatch.storage.map_file_writers import SUCCESS
 from sparkbatch.storage.paths import _temp_name, is_local, join, resolve
-from sparkbatch.storage.sequence_file import SequenceFileReader, SequenceFileWriter, _split_rows
+from sparkbatch.storage.sequence_file import (
+    SequenceFileReader,
+    SequenceFileWriter,
+    _split_rows,
+    read_vint,
+)
 
-__all__ = ["DATA_FILE", "INDEX_FILE", "MapFilePartWriter", "MapFileReader"]
+__all__ = ["DATA_FILE", "INDEX_FILE", "MapFilePartWriter", "MapFileReader", "map_file_parts"]
 
 DATA_FILE = "data"
 INDEX_FILE = "index"
@@ -69,7 +76,7 @@ class MapFilePartWriter:
     --------
     >>> with MapFilePartWriter("memory://sparkbatch-doc/map/part-r-00000", index_interval=2) as w:
     ...     w.append_many([0, 1, 2], [b"a", b"b", b"c"])
-    >>> with MapFileReader("memory://sparkbatch-doc/map") as r:
+    >>> with MapFileReader("memory://sparkbatch-doc/map/part-r-00000") as r:
     ...     print(r.get(2), list(r.keys()))
     b'c' [0, 1, 2]
     >>> import fsspec; fsspec.filesystem("memory").rm("/sparkbatch-doc/map", recursive=True)
@@ -366,8 +373,9 @@ class MapFileReader:
     Parameters
     ----------
     part_dir_or_root : str or os.PathLike
-        A directory holding ``data`` and ``index``, or one whose ``part-*`` subdirectories do
-        (sorted by name; names starting with ``.`` or ``_`` are skipped).
+        A directory holding ``data`` and ``index``, or an output whose ``part-*``
+        subdirectories do, as :func:`map_file_parts` lists them: in the order of their
+        numbers, and only when the output is complete (``_SUCCESS``, or DataVec's parts).
     storage_options : dict, optional
         Keyword arguments for the file system.
 
@@ -376,6 +384,10 @@ class MapFileReader:
     FormatError
         No MapFile there, or an index or data file is missing or corrupt; the message names
         the file.
+    IncompleteExportError
+        A root of parts without ``_SUCCESS``: the output is still being written, or its
+        writer failed (NOTE [map file output commit] in
+        :mod:`sparkbatch.storage.map_file_writers`).
     """
 
     def __init__(
@@ -385,29 +397,13 @@ class MapFileReader:
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         self.url = os.fspath(part_dir_or_root)
-        fs, path = resolve(self.url, storage_options)
-        if fs.exists(path.rstrip("/") + "/" + INDEX_FILE) or fs.exists(
-            path.rstrip("/") + "/" + DATA_FILE
-        ):
-            urls = [self.url]
-        else:
-            try:
-                entries = fs.ls(path, detail=True)
-            except FileNotFoundError:
-                raise FormatError(
-                    f"{self.url}: expected a MapFile directory, found nothing"
-                ) from None
-            names = sorted(
-                os.path.basename(e["name"].rstrip("/"))
-                for e in entries
-                if e.get("type") == "directory"
-            )
-            urls = [join(self.url, n) for n in names if n.startswith("part-")]
-            if not urls:
-                raise FormatError(
-                    f"{self.url}: expected a MapFile (data and index) or part-* MapFile "
-                    "directories, found neither"
-                )
+        try:
+            urls = map_file_parts(self.url, storage_options)
+        except FileNotFoundError as e:
+            raise FormatError(
+                f"{self.url}: expected a MapFile (data and index) or part-* MapFile "
+                f"directories, found neither ({e})"
+            ) from None
         self._parts: list[_Part] = []
         try:
             for url in urls:
@@ -507,3 +503,107 @@ def _long_rows(longs: np.ndarray) -> np.ndarray:
 def _long_bytes(longs: np.ndarray) -> list[bytes]:
     """Each of ``longs`` as a LongWritable, a bytes object each."""
     return _split_rows(_long_rows(longs))
+
+
+def map_file_parts(
+    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The MapFile directories of a map file output, in part order.
+
+    ``url`` is a directory of ``part-*`` MapFiles with ``_SUCCESS`` (what
+    :class:`~sparkbatch.storage.MapFileWriter` and Hadoop jobs write), a directory of parts
+    DataVec's ``MapFileRecordWriter`` or ``MapFileSequenceRecordWriter`` wrote (no
+    ``_SUCCESS``: NOTE [DataVec outputs have no _SUCCESS]), or one MapFile directory (``data``
+    and ``index``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``url`` does not exist, or holds neither parts nor a MapFile.
+    IncompleteExportError
+        ``url`` holds parts but no ``_SUCCESS``, and not every part is DataVec's: a conversion
+        still running or failed (NOTE [map file output commit] in
+        :mod:`sparkbatch.storage.map_file_writers`).
+    """
+    url = os.fspath(url)
+    options = dict(storage_options) if storage_options else None
+    fs, path = resolve(url, options)
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"{url}: no such directory (expected a map file output)")
+    entries = {os.path.basename(p["name"].rstrip("/")): p for p in fs.ls(path, detail=True)}
+    if "data" in entries and "index" in entries:
+        return [url]
+    parts = sorted(
+        (
+            name
+            for name, entry in entries.items()
+            if name.startswith("part-") and entry.get("type") == "directory"
+        ),
+        key=_part_number,
+    )
+    if not parts:
+        raise FileNotFoundError(
+            f"{url} holds no map file: expected part-r-NNNNN directories (or data and index); "
+            f"found {sorted(entries)[:5]}"
+        )
+    urls = [join(url, name) for name in parts]
+    if SUCCESS not in entries:
+        foreign = _not_datavec(fs, [resolve(join(u, "data"), options)[1] for u in urls])
+        if foreign is not None:
+            raise IncompleteExportError(
+                f"{url} holds {len(parts)} map file parts but no {SUCCESS}: the conversion that "
+                f"writes it is still running or failed; write it again ({foreign}; only "
+                "DataVec-written parts are read without it)"
+            )
+    return urls
+
+
+# NOTE [DataVec outputs have no _SUCCESS]: DataVec's MapFileRecordWriter and
+# MapFileSequenceRecordWriter write their part-r-NNNNN MapFiles straight into the output
+# directory and no marker when they finish, so a DataVec output cannot say whether it is whole.
+# A directory without _SUCCESS is read when every part's data file is a SequenceFile whose value
+# class is DataVec's RecordWritable or SequenceRecordWritable (the headers alone are read, on the
+# driver): sparkbatch never writes those, so a partial sparkbatch output (parts of BytesWritable,
+# NOTE [map file output commit]) is still refused. A DataVec part cut short by a failed writer is
+# a FormatError when the job reads it.
+
+
+def _not_datavec(fs: Any, data_paths: list[str]) -> str | None:
+    """Why the parts whose ``data`` files are at ``data_paths`` are not all DataVec's, or None.
+
+    Reads each file's header only: the magic, version, key class and value class (Text each).
+    """
+    for path in data_paths:
+        try:
+            head = fs.cat_file(path, start=0, end=_HEADER_PREFIX)
+        except FileNotFoundError:
+            return f"{path} is missing"
+        value_class = _value_class(head)
+        if value_class not in DATAVEC_CLASSES:
+            return f"the values of {path} are {value_class or 'not a SequenceFile'}"
+    return None
+
+
+_HEADER_PREFIX = 1024  # bytes that hold a SequenceFile's magic and its two class names
+
+
+def _value_class(head: bytes) -> str | None:
+    """The value class named in the first bytes of a SequenceFile, or None."""
+    if head[:3] != b"SEQ":
+        return None
+    try:
+        key_length, start = read_vint(head, 4)
+        value_length, start = read_vint(head, start + key_length)
+    except IndexError:
+        return None
+    raw = head[start : start + value_length]
+    if key_length < 0 or value_length < 0 or len(raw) != value_length:
+        return None
+    return raw.decode("utf-8", "replace")
+
+
+def _part_number(name: str) -> tuple[int, str]:
+    """Parts in the order of their numbers: ``part-r-99999`` before ``part-r-100000`` (a
+    sort by name would put it after, and its records out of key order)."""
+    number = name.rsplit("-", 1)[-1]
+    return (int(number) if number.isdigit() else -1, name)
