@@ -94,39 +94,25 @@ def _tables(ref: dict, rows: range) -> list[np.ndarray]:
 
 
 @pytest.mark.spark
-def test_sequences_and_per_step_labels_pad_as_csv_sequences(frame):
-    df, ref = frame
-    out = dataframe_to_datasets(df, ["s"], "ys", num_classes=CLASSES, batch_size=3).collect()
-    spec = LabelSpec(label_index=2, num_classes=CLASSES)
-    starts = [0, 3, 4, 7]  # partition 0: rows 0-3, partition 1: rows 4-8
-    ends = [3, 4, 7, 9]
-    assert len(out) == 4
-    for ds, start, end in zip(out, starts, ends, strict=True):
-        expected = tables_to_dataset(spec, _tables(ref, range(start, end)))
-        for name in ("features", "features_mask", "labels", "labels_mask"):
-            np.testing.assert_array_equal(getattr(ds, name), getattr(expected, name), name)
-    assert out[1].features_mask.tolist() == [[1.0, 1.0]]  # masked even where nothing is padded
-
-
-@pytest.mark.spark
-def test_column_groups_make_multidatasets(frame):
+def test_column_groups_make_multidatasets_with_sequences_padded_as_csv_sequences(frame):
     df, ref = frame
     out = dataframe_to_datasets(
-        df.coalesce(1),
+        df,
         [["x", "a"], "v", ["s"]],
         [["y"], ["ys"]],
         num_classes=[CLASSES, 2 * CLASSES],
-        batch_size=5,
+        batch_size=3,
         alignment="align_end",
     ).collect()
-    assert [type(m) for m in out] == [MultiDataSet, MultiDataSet]
-    for mds, rows in zip(out, (range(0, 5), range(5, 9)), strict=True):
+    parts = [range(0, 3), range(3, 4), range(4, 7), range(7, 9)]  # partitions: rows 0-3, 4-8
+    assert [type(m) for m in out] == [MultiDataSet] * 4
+    spec = LabelSpec(label_index=2, num_classes=2 * CLASSES)
+    for mds, rows in zip(out, parts, strict=True):
         index = list(rows)
         np.testing.assert_array_equal(
             mds.features[0], _f32(np.column_stack([ref["x"], ref["a"]])[index])
         )
         np.testing.assert_array_equal(mds.features[1], _f32(ref["v"][index]))
-        spec = LabelSpec(label_index=2, num_classes=2 * CLASSES)
         sequences = tables_to_dataset(spec, _tables(ref, rows), alignment="align_end")
         np.testing.assert_array_equal(mds.features[2], sequences.features)
         np.testing.assert_array_equal(mds.features_masks[2], sequences.features_mask)
@@ -134,6 +120,7 @@ def test_column_groups_make_multidatasets(frame):
         np.testing.assert_array_equal(mds.labels[0], np.eye(CLASSES)[ref["y"][index]])
         np.testing.assert_array_equal(mds.labels[1], sequences.labels)
         np.testing.assert_array_equal(mds.labels_masks[1], sequences.labels_mask)
+    assert out[1].features_masks[2].tolist() == [[1.0, 1.0]]  # masked where nothing is padded
 
 
 @pytest.mark.spark
@@ -231,6 +218,14 @@ def test_minibatches_carry_rows_across_record_batches():
     batches = convert(iter(_sequence_batches()))
     out = [from_bytes(blob.as_py()) for batch in batches for blob in batch.column(0)]
     assert [d.num_examples for d in out] == [2, 2, 1]
+    steps = [[1.0], [2.0, 3.0], [4.0], [5.0, 6.0, 7.0], [8.0]]
+    classes = [[0], [1, 0], [1], [0, 1, 1], [2]]
+    tables = [np.column_stack([a, b]) for a, b in zip(steps, classes, strict=True)]
+    spec = LabelSpec(label_index=1, num_classes=3)
+    for ds, (a, b) in zip(out, ((0, 2), (2, 4), (4, 5)), strict=True):
+        expected = tables_to_dataset(spec, tables[a:b])  # as CSV sequences pad, align_start
+        for name in ("features", "features_mask", "labels", "labels_mask"):
+            np.testing.assert_array_equal(getattr(ds, name), getattr(expected, name), name)
     assert out[1].features[:, 0].tolist() == [[4.0, 0.0, 0.0], [5.0, 6.0, 7.0]]
     assert out[1].labels_mask.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
     assert out[1].labels[1].argmax(axis=0).tolist() == [0, 1, 1]
