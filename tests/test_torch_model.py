@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from sparkbatch.data import DataSet, load  # noqa: E402
 from sparkbatch.data.manifest import minibatch_files  # noqa: E402
-from sparkbatch.errors import DivergenceError, NonFiniteError  # noqa: E402
+from sparkbatch.errors import CudaUnavailableError, DivergenceError, NonFiniteError  # noqa: E402
 from sparkbatch.spark import batch_and_export  # noqa: E402
 from sparkbatch.train import ModelAccess, ParameterAveraging, SparkNetwork, plan_rounds  # noqa: E402
 from sparkbatch.train.torch_model import TorchModel  # noqa: E402
@@ -306,6 +306,9 @@ def test_what_cannot_be_trained_is_refused_naming_it():
         TorchModel(mlp, torch.nn.MSELoss(), lambda ps: torch.optim.LBFGS(ps))
     with pytest.raises(TypeError, match="returned a int, not a torch.nn.Module"):
         TorchModel(lambda: 3, torch.nn.MSELoss(), OPTIMIZERS["sgd"])
+    if not torch.cuda.is_available():
+        with pytest.raises(CudaUnavailableError, match="cannot move to 'cuda'"):
+            TorchModel(mlp, torch.nn.MSELoss(), OPTIMIZERS["sgd"], device="cuda")
     masked = DataSet(np.ones((2, 4, 3)), np.ones((2, 3, 3)), labels_mask=np.ones((2, 3)))
     with pytest.raises(ValueError, match="labels mask: build the TorchModel with use_masks=True"):
         _model().fit_batch(masked)

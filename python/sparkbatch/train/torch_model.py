@@ -43,6 +43,7 @@ import torch
 
 from .._finite import diverged, non_finite_data, non_finite_in
 from ..data import DataSet, MultiDataSet
+from ..errors import CudaUnavailableError
 
 __all__ = ["TorchModel"]
 
@@ -314,8 +315,14 @@ class TorchModel:
         """Put the module on ``device`` with its parameters and averaged buffers in one new flat
         tensor there, and build the optimiser and its state's layout anew (the state's values
         are kept)."""
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise CudaUnavailableError(
+                    f"a TorchModel cannot move to {str(device)!r}: this torch "
+                    f"{torch.__version__} sees no CUDA device (a CPU build, or no GPU or driver)"
+                )
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
         state = self._state
         self.module.to(device)
         if isinstance(self.loss_fn, torch.nn.Module):
