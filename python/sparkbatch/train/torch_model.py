@@ -257,7 +257,7 @@ class TorchModel:
         dtype: str | torch.dtype | None,
     ) -> None:
         if dtype is not None:
-            target = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            target = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
             if not isinstance(target, torch.dtype) or not target.is_floating_point:
                 raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
             module = module.to(target)
@@ -620,7 +620,7 @@ class TorchModel:
                 where = f"iteration {self.iteration}"
                 detail = non_finite_in(ds)
                 if detail is not None:
-                    raise non_finite_data(where, detail, "fit(..., non_finite='skip')")
+                    raise non_finite_data(where, detail, "ParameterAveraging(non_finite='skip')")
                 raise diverged(where, f"the score is {score!r}")
             loss.backward()
             fresh = self.updater_steps == 0
