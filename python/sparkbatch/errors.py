@@ -74,10 +74,11 @@ class CudaUnavailableError(SparkbatchError, RuntimeError):
 
 
 class DataFrameError(SparkbatchError, ValueError):
-    """A DataFrame cell cannot become part of a minibatch (a null, a bad class index).
+    """A DataFrame cell cannot become part of a minibatch (a null, a ragged array or vector, an
+    empty sequence, a bad class index).
 
     Raised on the executors by :func:`sparkbatch.spark.dataframe_to_datasets`; the message names
-    the column and the row of its Arrow record batch.
+    the column and the row: ``"row R of partition P"``, counted from 0 within Spark partition P.
     """
 
 
