@@ -341,6 +341,11 @@ def test_corrupt_files(tmp_path: pathlib.Path) -> None:
     bomb = stream(b"\x08") + stream(bytes(8)) + stream(b"\x04") + stream(bytes(50_000_000))
     bad.write_bytes(header + b"\xff\xff\xff\xff" + sync + write_vint(1) + bomb)
     assert "values of at most 4 bytes" in _error_of(bad) and "bomb" in _error_of(bad)
+    # Key lengths summing past what zlib takes as a limit (2**63): a FormatError, not an
+    # OverflowError from inside the inflate.
+    lengths = stream(write_vint(2**62) * 3) + stream(b"abc")
+    bad.write_bytes(header + b"\xff\xff\xff\xff" + sync + write_vint(3) + lengths)
+    assert "keys of 13835058055282163712 bytes in all, found 3" in _error_of(bad)
     plain = (tmp_path / "r.seq").read_bytes()[:start]
     bad.write_bytes(plain + struct.pack(">ii", 2**31 - 1, 8) + bytes(20))
     assert "record of 2147483647 bytes" in _error_of(bad)

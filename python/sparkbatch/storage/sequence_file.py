@@ -819,6 +819,7 @@ class SequenceFileReader:
     def _inflate(self, data: bytes, offset: int, what: str, limit: int = _INT_MAX) -> bytes:
         """``data`` inflated; never more than ``limit`` bytes (what the stream must hold, or a
         Java array's most), so that a decompression bomb fails instead of filling memory."""
+        limit = min(limit, _INT_MAX)  # a block's lengths may sum past what zlib can be asked for
         try:
             z = zlib.decompressobj()
             out = z.decompress(data, limit + 1)
