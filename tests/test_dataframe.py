@@ -8,7 +8,7 @@ import pytest
 
 from sparkbatch.convert import LabelSpec
 from sparkbatch.convert.sequences import tables_to_dataset
-from sparkbatch.data import DataSet, MultiDataSet, from_bytes
+from sparkbatch.data import MultiDataSet, from_bytes
 from sparkbatch.errors import DataFrameError, SequenceLengthError
 from sparkbatch.spark import ArrowToMinibatches, dataframe_to_datasets, executor_errors
 from sparkbatch.spark._arrow_columns import Column, Where, decode_column
@@ -76,37 +76,29 @@ def _f32(array) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
-@pytest.mark.spark
-def test_numbers_vectors_and_arrays_against_numpy(frame):
-    df, ref = frame
-    out = dataframe_to_datasets(df, ["x", "v", "a"], ["r", "v"], regression=True, batch_size=2)
-    batches = out.collect()
-    assert [b.num_examples for b in batches] == [2, 2, 2, 2, 1]  # partitions of 4 and 5 rows
-    merged = DataSet.merge(batches)
-    expected = np.column_stack([ref["x"], ref["v"], ref["a"]])
-    np.testing.assert_array_equal(merged.features, _f32(expected))
-    np.testing.assert_array_equal(merged.labels, _f32(np.column_stack([ref["r"], ref["v"]])))
-
-
 def _tables(ref: dict, rows: range) -> list[np.ndarray]:
     """Row ``i``'s steps with its per-step class as the last column: a CSV sequence file."""
     return [np.column_stack([ref["s"][i], ref["ys"][i]]) for i in rows]
 
 
 @pytest.mark.spark
-def test_column_groups_make_multidatasets_with_sequences_padded_as_csv_sequences(frame):
+def test_every_column_type_in_groups_against_numpy(frame):
+    """Numbers, vectors (dense and sparse in one column), fixed arrays and sequences with
+    per-step labels, in column groups over two partitions: MultiDataSets whose sequences are
+    padded and masked as CSV sequences are (``tables_to_dataset``)."""
     df, ref = frame
     out = dataframe_to_datasets(
         df,
         [["x", "a"], "v", ["s"]],
-        [["y"], ["ys"]],
-        num_classes=[CLASSES, 2 * CLASSES],
+        [["r", "v"], ["ys"]],
+        regression=True,
         batch_size=3,
         alignment="align_end",
     ).collect()
     parts = [range(0, 3), range(3, 4), range(4, 7), range(7, 9)]  # partitions: rows 0-3, 4-8
     assert [type(m) for m in out] == [MultiDataSet] * 4
-    spec = LabelSpec(label_index=2, num_classes=2 * CLASSES)
+    assert [m.num_examples for m in out] == [len(p) for p in parts]
+    spec = LabelSpec(label_first=2, label_last=2, regression=True)
     for mds, rows in zip(out, parts, strict=True):
         index = list(rows)
         np.testing.assert_array_equal(
@@ -116,9 +108,10 @@ def test_column_groups_make_multidatasets_with_sequences_padded_as_csv_sequences
         sequences = tables_to_dataset(spec, _tables(ref, rows), alignment="align_end")
         np.testing.assert_array_equal(mds.features[2], sequences.features)
         np.testing.assert_array_equal(mds.features_masks[2], sequences.features_mask)
-        assert mds.features_masks[:2] == (None, None)
-        np.testing.assert_array_equal(mds.labels[0], np.eye(CLASSES)[ref["y"][index]])
-        np.testing.assert_array_equal(mds.labels[1], sequences.labels)
+        assert mds.features_masks[:2] == (None, None) and mds.labels_masks[0] is None
+        labels = np.column_stack([ref["r"], ref["v"]])[index]
+        np.testing.assert_array_equal(mds.labels[0], _f32(labels))
+        np.testing.assert_array_equal(mds.labels[1], sequences.labels)  # [n, 1, T] per step
         np.testing.assert_array_equal(mds.labels_masks[1], sequences.labels_mask)
     assert out[1].features_masks[2].tolist() == [[1.0, 1.0]]  # masked where nothing is padded
 
