@@ -35,9 +35,10 @@ def with_batch_norm() -> torch.nn.Module:
 OPTIMIZERS = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.3),
     "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.2, momentum=0.9),
-    "sgd-dampening-nesterov-decay": lambda ps: torch.optim.SGD(
+    "sgd-dampening-decay": lambda ps: torch.optim.SGD(
         ps, lr=0.2, momentum=0.8, dampening=0.3, weight_decay=0.01
     ),
+    "sgd-nesterov": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.05),
     "adam-amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.05, amsgrad=True, weight_decay=0.01),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.05),
