@@ -1,5 +1,6 @@
 // Bindings of the map files' record encoding (python/sparkbatch/storage/record_codec.py): the
 // usual batch, records of Python floats only and of one width (CSV's), laid out at once.
+#include <pybind11/critical_section.h>
 #include <pybind11/numpy.h>
 
 #include <cstring>
@@ -30,22 +31,33 @@ bool items_of(PyObject* item, PyObject* const** items, Py_ssize_t* size) {
 // hosts); None unless every record is a list or tuple of exactly `float`s (not a subclass, not
 // a numpy scalar: those take record_codec's general path), all of one width.
 py::object pack_float_records(const py::list& records, const py::bytes& head) {
-  const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
   char* head_data = nullptr;
   Py_ssize_t head_size = 0;
   if (PyBytes_AsStringAndSize(head.ptr(), &head_data, &head_size) != 0) throw py::error_already_set();
+  // A copy of the list (its items held): the module runs without the GIL on free-threaded
+  // builds, where another thread could change the caller's list while its items are read.
+  const auto batch = py::reinterpret_steal<py::list>(
+      PyList_GetSlice(records.ptr(), 0, PY_SSIZE_T_MAX));
+  if (!batch) throw py::error_already_set();
+  const Py_ssize_t n = PyList_GET_SIZE(batch.ptr());
   PyObject* const* values = nullptr;
   Py_ssize_t width = 0;
-  if (n > 0 && !items_of(PyList_GET_ITEM(records.ptr(), 0), &values, &width)) return py::none();
-  // One pass, checking as it copies (no Python code runs meanwhile: the list cannot change);
-  // a batch found not to be all floats drops the array and takes the general path.
+  if (n > 0) {
+    const py::handle first = PyList_GET_ITEM(batch.ptr(), 0);
+    const py::scoped_critical_section lock(first);
+    if (!items_of(first.ptr(), &values, &width)) return py::none();
+  }
+  // One pass, checking as it copies (no Python code runs meanwhile; each record a list is
+  // locked while read, on free-threaded builds); a batch found not to be all floats drops the
+  // array and takes the general path.
   const Py_ssize_t row = head_size + 8 * width;
   py::array_t<uint8_t> out({n, row});
   auto* dst = static_cast<uint8_t*>(out.mutable_data());
   for (Py_ssize_t i = 0; i < n; ++i, dst += row) {
+    const py::handle record = PyList_GET_ITEM(batch.ptr(), i);
+    const py::scoped_critical_section lock(record);
     Py_ssize_t size = 0;
-    if (!items_of(PyList_GET_ITEM(records.ptr(), i), &values, &size) || size != width)
-      return py::none();
+    if (!items_of(record.ptr(), &values, &size) || size != width) return py::none();
     std::memcpy(dst, head_data, static_cast<std::size_t>(head_size));
     uint8_t* slot = dst + head_size;
     for (Py_ssize_t j = 0; j < size; ++j, slot += 8) {
