@@ -195,6 +195,9 @@ _COMPRESSED_BUFFER = struct.pack(">q", 4) + _utf("COMPRESSED")
 # shape [2^40] with stride 0 over one value: would decode to 8 TB
 _HUGE_SHAPE = _buffer("LONG", np.array([1, 2**40, 0, 0, 1, ord("c")]))
 _HUGE_SHAPE += _buffer("DOUBLE", np.array([1.0]))
+# shape [1] with a stride of 2^62: inside the buffer, but no numpy stride
+_HUGE_STRIDE = _buffer("LONG", np.array([1, 1, 2**62, 0, 1, ord("c")]))
+_HUGE_STRIDE += _buffer("DOUBLE", np.array([1.0]))
 
 
 @pytest.mark.parametrize(
@@ -224,10 +227,14 @@ _HUGE_SHAPE += _buffer("DOUBLE", np.array([1.0]))
             r"expected 1099511627776 values for an array of shape \[1099511627776\] and strides "
             r"\[0\], found 1",
         ),
+        (
+            record(_typed(8, b"\x01" + _HUGE_STRIDE)),
+            r"at byte 87 of 129: expected an array of shape \[1\] \(",
+        ),
     ],
     ids=(
         "double text count left-over negative sparkbatch-encoding type-12 image bytes-not-last "
-        "utf8 nd-version nd-compressed nd-truncated nd-huge-shape"
+        "utf8 nd-version nd-compressed nd-truncated nd-huge-shape nd-huge-stride"
     ).split(),
 )
 def test_bad_record_names_place(data: bytes, message: str) -> None:

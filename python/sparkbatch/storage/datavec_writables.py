@@ -343,7 +343,7 @@ class _Reader:
                 flat, shape, [d * flat.itemsize for d in strides], writeable=False
             )
             array = view.astype(flat.dtype.newbyteorder("="), order="C")
-        except (ValueError, MemoryError) as e:
+        except (ValueError, OverflowError, MemoryError) as e:  # a stride past numpy's range
             raise self.fail(f"an array of shape {shape} ({e})", data_at) from None
         return array
 
