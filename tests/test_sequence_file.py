@@ -661,8 +661,9 @@ def test_rows_of_one_array_write_the_bytes_of_the_record_loop(
     with MapFileReader(tmp_path / "fast") as reader:
         assert reader.get(4321) == rows[4321].tobytes()
         assert list(reader.keys()) == list(range(6000))
-    with pytest.raises(TypeError, match="2-D uint8"):
-        MapFilePartWriter(tmp_path / "bad").append_many(range(2), np.zeros((2, 3), np.int32))
+    for bad in (np.zeros((2, 3), np.int32), np.zeros(2, np.uint8)):
+        with pytest.raises(TypeError, match=r"bad: values as an array must be 2-D uint8 rows, got"):
+            MapFilePartWriter(tmp_path / "bad").append_many(range(2), bad)
 
 
 @pytest.mark.parametrize("compression", [None, "record", "block"])

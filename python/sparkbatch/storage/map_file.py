@@ -155,7 +155,10 @@ class MapFilePartWriter:
         rows = values if isinstance(values, np.ndarray) else None
         values = rows if rows is not None else list(values)
         if rows is not None and (rows.ndim != 2 or rows.dtype != np.uint8):
-            raise TypeError(f"values as an array must be 2-D uint8 rows, got {rows.dtype!r}")
+            raise TypeError(
+                f"{self.url}: values as an array must be 2-D uint8 rows, got a {rows.ndim}-D "
+                f"{rows.dtype} array"
+            )
         if len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
         if not keys:
