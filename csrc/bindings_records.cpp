@@ -1,6 +1,5 @@
 // Bindings of the map files' record encoding (python/sparkbatch/storage/record_codec.py): the
 // usual batch, records of Python floats only and of one width (CSV's), laid out at once.
-#include <pybind11/critical_section.h>
 #include <pybind11/numpy.h>
 
 #include <cstring>
@@ -9,6 +8,31 @@
 
 namespace sparkbatch::bindings {
 namespace {
+
+// Locks a list while in scope, on free-threaded builds (where this module runs without the
+// GIL); nothing under the GIL. (pybind11's scoped_critical_section needs a newer pybind11.)
+class ListLock {
+ public:
+  explicit ListLock(PyObject* obj) {
+#ifdef Py_GIL_DISABLED
+    PyCriticalSection_Begin(&section_, obj);
+#else
+    (void)obj;
+#endif
+  }
+  ~ListLock() {
+#ifdef Py_GIL_DISABLED
+    PyCriticalSection_End(&section_);
+#endif
+  }
+  ListLock(const ListLock&) = delete;
+  ListLock& operator=(const ListLock&) = delete;
+
+ private:
+#ifdef Py_GIL_DISABLED
+  PyCriticalSection section_;
+#endif
+};
 
 // The items of `item` (borrowed; null for an empty list) and their count, where it is a list
 // or tuple; else false.
@@ -44,7 +68,7 @@ py::object pack_float_records(const py::list& records, const py::bytes& head) {
   Py_ssize_t width = 0;
   if (n > 0) {
     const py::handle first = PyList_GET_ITEM(batch.ptr(), 0);
-    const py::scoped_critical_section lock(first);
+    const ListLock lock(first.ptr());
     if (!items_of(first.ptr(), &values, &width)) return py::none();
   }
   // One pass, checking as it copies (no Python code runs meanwhile; each record a list is
@@ -55,7 +79,7 @@ py::object pack_float_records(const py::list& records, const py::bytes& head) {
   auto* dst = static_cast<uint8_t*>(out.mutable_data());
   for (Py_ssize_t i = 0; i < n; ++i, dst += row) {
     const py::handle record = PyList_GET_ITEM(batch.ptr(), i);
-    const py::scoped_critical_section lock(record);
+    const ListLock lock(record.ptr());
     Py_ssize_t size = 0;
     if (!items_of(record.ptr(), &values, &size) || size != width) return py::none();
     std::memcpy(dst, head_data, static_cast<std::size_t>(head_size));
