@@ -142,6 +142,9 @@ def test_bad_columns_fail_at_the_call(frame, spark):
     other = spark.createDataFrame([({"k": 1.0},)], ["m"])
     with pytest.raises(ValueError, match=r"column 'm' has type map<string,double>: expected"):
         dataframe_to_datasets(other, ["m"])
+    empty = spark.createDataFrame([([], [[]])] * 2, "a array<double>, s array<array<double>>")
+    with pytest.raises(DataFrameError, match="'s', the first row .* one value per step, found"):
+        dataframe_to_datasets(empty, [["s"], ["a"]])  # numpy cannot reshape values of width 0
 
 
 # -- the decoders and the record-batch carry, without Spark --------------------------------
