@@ -296,6 +296,19 @@ def test_a_nan_loss_is_a_divergence_error_and_the_parameters_stay():
         model.fit_batch(_data(20))
     np.testing.assert_array_equal(model.params(), before)
     assert model.iteration == 0
+    # A finite loss whose gradient is not (sqrt at 0): no step either, as in the built-in network
+    model = TorchModel(
+        mlp,
+        lambda out, y: torch.sqrt((out - out.detach()).pow(2).sum()) + out.mean(),
+        OPTIMIZERS["adam"],
+    )
+    before = model.params().copy()
+    with pytest.raises(DivergenceError, match="the gradient holds nan at parameter '0.weight'"):
+        model.fit_batch(_data(20))
+    np.testing.assert_array_equal(model.params(), before)
+    for p in model.module.parameters():  # finite, though their float32 sums overflow
+        p.grad = torch.full_like(p, 3e38)
+    assert model._non_finite_gradient() is None
     bad = _data(20)
     bad.features[3, 1] = np.nan
     with pytest.raises(NonFiniteError):
