@@ -313,6 +313,12 @@ def test_a_nan_loss_is_a_divergence_error_and_the_parameters_stay():
     bad.features[3, 1] = np.nan
     with pytest.raises(NonFiniteError):
         _model("adam").fit_batch(bad)
+    # float64 data beyond a float32 module's range: the minibatch's fault, as in the Network
+    huge = DataSet(bad.features.astype(np.float64), bad.labels)
+    huge.features[3, 1] = 1e300
+    float32 = TorchModel(mlp, torch.nn.CrossEntropyLoss(), OPTIMIZERS["adam"])
+    with pytest.raises(NonFiniteError, match="features hold values beyond float32's range: 1e"):
+        float32.fit_batch(huge)
 
 
 def test_what_cannot_be_trained_is_refused_naming_it():

@@ -73,7 +73,8 @@ def _tensor(array: Any, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     a = np.asarray(array)
     target = torch.empty((), dtype=dtype).numpy().dtype
     if a.dtype != target:
-        a = a.astype(target)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked, and named, on a NaN loss
+            a = a.astype(target)
     if not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)
     if a.flags.writeable:
@@ -647,10 +648,29 @@ class TorchModel:
         """Raise a step's error: NonFiniteError where the minibatch holds NaN or infinity,
         else DivergenceError with ``detail``."""
         where = f"iteration {self.iteration}"
-        bad_data = non_finite_in(ds)
+        bad_data = non_finite_in(ds) or self._beyond_dtype(ds)
         if bad_data is not None:
             raise non_finite_data(where, bad_data, "ParameterAveraging(non_finite='skip')")
         raise diverged(where, detail)
+
+    def _beyond_dtype(self, ds: DataSet) -> str | None:
+        """Where the minibatch's conversion to the module's dtype made a value infinite (float64
+        data for a float32 module), in words, as the built-in network names it; None if
+        nowhere."""
+        for name, array in (("features", ds.features), ("labels", ds.labels)):
+            a = np.asarray(array)
+            if a.dtype.kind != "f" or a.dtype.itemsize <= self.dtype.itemsize:
+                continue
+            converted = torch.from_numpy(np.ascontiguousarray(a)).to(self.dtype).reshape(-1)
+            bad = (~torch.isfinite(converted)).nonzero()
+            if len(bad):
+                index = int(bad[0, 0])
+                example = index // max(1, a.size // max(1, a.shape[0]))
+                return (
+                    f"{name} hold values beyond {str(self.dtype).removeprefix('torch.')}'s "
+                    f"range: {float(a.reshape(-1)[index])!r} at example {example}"
+                )
+        return None
 
     def _non_finite_gradient(self) -> str | None:
         """Where the gradient first holds NaN or infinity, in words; None where it is finite.
