@@ -207,9 +207,9 @@ class MapFileWriter:
         """The values of ``records`` (keys from ``start``, for errors); with ``rows``, as the
         rows of one array where the batch has that form."""
         if rows and self._convert is None and isinstance(records, list):
-            rows = self._encode_rows(records)
-            if rows is not None:
-                return rows
+            packed = self._encode_rows(records)
+            if packed is not None:
+                return packed
         if self._convert is not None or not all(isinstance(r, list) for r in records):
             records = [self._prepare(r, start + i) for i, r in enumerate(records)]
         try:
