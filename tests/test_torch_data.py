@@ -255,6 +255,44 @@ def test_remote_files_are_read_into_writable_memory():
         fsspec.filesystem("memory").rm("/torch-data-test", recursive=True)
 
 
+def test_a_file_of_unknown_size_is_read_whole(tmp_path):
+    """A server that sends no Content-Length (HTTP/1.0, the body ends with the connection):
+    fsspec knows no size, and the file is read to its end."""
+    import http.server
+    import threading
+
+    from sparkbatch.data import save
+    from sparkbatch.data.torch import read_minibatch
+
+    save(_batch(4), str(tmp_path / "a.sbt"))
+    payload = (tmp_path / "a.sbt").read_bytes()
+
+    class NoLength(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_HEAD(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoLength)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        batch = read_minibatch(f"http://127.0.0.1:{server.server_address[1]}/a.sbt")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert batch.features.flags.writeable
+    np.testing.assert_array_equal(batch.features, _batch(4).features)
+
+
 def test_where_the_rank_comes_from(export, monkeypatch):
     import torch.distributed as dist
 

@@ -149,7 +149,14 @@ def _remote_buffer(fs: Any, path: str, name: str) -> np.ndarray:
     try:
         with fs.open(path, "rb") as f:
             size = getattr(f, "size", None)
-            return _read_into(f, int(size if size is not None else fs.size(path)), name)
+            if size is None:
+                size = fs.size(path)
+            if size is None:  # a server that says no length (HTTP without Content-Length)
+                data = f.read()
+                buffer = _aligned_buffer(len(data))
+                buffer[:] = np.frombuffer(data, np.uint8)
+                return buffer
+            return _read_into(f, int(size), name)
     except FileNotFoundError as e:
         raise FileNotFoundError(2, "No such file or directory", name) from e
 
