@@ -106,6 +106,7 @@ def test_sums_and_shares():
         "broadcast": 1.5,
         "fit": 7.5,
         "aggregate": 1.5,
+        "average": 0.0,
         "other": 1.5,
     }
     assert stats.overhead_fraction() == 0.25
@@ -120,7 +121,9 @@ def test_summary_text():
     assert lines[3].split() == ["score", "1", "->", "0.5"]
     assert lines[5].split() == ["broadcast", "1.50", "12.5"]
     assert lines[6].split() == ["fit", "7.50", "62.5"]
-    assert lines[8].split() == ["other", "1.50", "12.5"]
+    assert lines[8].split() == ["average", "0.00", "0.0"]
+    assert lines[9].split() == ["other", "1.50", "12.5"]
+    assert len(lines) == 10  # no exchange, bytes or steps recorded: none shown
 
 
 def test_empty_stats():

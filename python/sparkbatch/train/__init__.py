@@ -21,9 +21,10 @@ from .runner import FitRunner
 from .socket_exchange import SocketExchange
 from .spark_exchange import SparkExchange
 from .spark_network import SparkNetwork
-from .stats import PhaseTiming, RoundStats, TrainingStats
+from .stats import AggregationStep, PhaseTiming, RoundStats, TrainingStats
 
 __all__ = [
+    "AggregationStep",
     "Exchange",
     "FitPlan",
     "FitRunner",

@@ -27,7 +27,7 @@ from .. import _native
 from .._finite import check_params
 from ..data import PreprocessingLoader
 from .model import ModelAccess
-from .stats import PhaseTiming, RoundStats, TrainingStats
+from .stats import AggregationStep, PhaseTiming, RoundStats, TrainingStats
 from .worker import RoundResult, WorkerSetup
 
 if TYPE_CHECKING:
@@ -47,13 +47,19 @@ class RoundTiming:
     to reach the workers (``broadcast_s``) and the slowest worker to fit (``fit_s``), and when
     the driver began summing and averaging (``aggregate_start``). ``driver_broadcast``: the
     driver spent ``broadcast_s`` itself (a Spark broadcast), which ``collect_stats`` records
-    as a driver phase."""
+    as a driver phase. What the ``exchange`` (its name) moved: ``distribute_bytes`` to the
+    workers at the round's start and ``aggregate_bytes`` back, each summed over the workers,
+    and the aggregation's ``steps`` (see :class:`~sparkbatch.train.stats.RoundStats`)."""
 
     start: float
     broadcast_s: float
     fit_s: float
     aggregate_start: float
     driver_broadcast: bool = False
+    distribute_bytes: int = 0
+    aggregate_bytes: int = 0
+    steps: tuple[AggregationStep, ...] = ()
+    exchange: str = ""
 
 
 class FitRunner:
@@ -169,6 +175,7 @@ class FitRunner:
         if result.params is None:  # every worker skipped all its minibatches: no average
             log.warning("%s: nothing fitted, %d minibatches skipped", label, result.skipped)
             return
+        average_start = time.time()
         check_params(
             result.params,
             f"round {self.round} (epoch {epoch}; {label} of this fit)",
@@ -189,12 +196,13 @@ class FitRunner:
             else:
                 _native.nn_average([result.state], result.state, result.workers)
                 model.set_updater_state(result.state)
+        average_s = time.time() - average_start
         if m.save_updater:
             access.updater_steps += result.max_batches  # before iteration: its default
         model.iteration += result.max_batches
         score = result.score_sum / result.batches
         access.record_score(score)
-        self._record(result, epoch, rounds_in_epoch, label, score, t)
+        self._record(result, epoch, rounds_in_epoch, label, score, t, average_start, average_s)
         self.round += 1
 
     def _record(
@@ -205,8 +213,13 @@ class FitRunner:
         label: str,
         score: float,
         t: RoundTiming,
+        average_start: float,
+        average_s: float,
     ) -> None:
+        """Add the round's RoundStats (and with ``collect_stats`` its phases: the workers',
+        and the driver's broadcast, aggregation and averaging) to the statistics."""
         end = time.time()
+        aggregate_s = max(0.0, (end - t.start) - t.broadcast_s - t.fit_s)
         self.stats.add_round(
             RoundStats(
                 epoch=epoch,
@@ -219,14 +232,23 @@ class FitRunner:
                 end=end,
                 broadcast_s=t.broadcast_s,
                 fit_s=min(t.fit_s, end - t.start),
-                aggregate_s=max(0.0, (end - t.start) - t.broadcast_s - t.fit_s),
+                aggregate_s=aggregate_s,
                 skipped=result.skipped,
                 minibatches=result.batches,
+                distribute_bytes=t.distribute_bytes,
+                aggregate_bytes=t.aggregate_bytes,
+                average_s=min(average_s, aggregate_s),  # a part of aggregate_s
+                steps=tuple(t.steps),
+                exchange=t.exchange,
             )
         )
         if self.settings.collect_stats:
             self.stats.add_phases(result.phases)
-            phases = [PhaseTiming(self.round, "driver", "aggregate", t.aggregate_start, end)]
+            split = min(max(average_start, t.aggregate_start), end)
+            phases = [
+                PhaseTiming(self.round, "driver", "aggregate", t.aggregate_start, split),
+                PhaseTiming(self.round, "driver", "average", split, end),
+            ]
             if t.driver_broadcast:
                 phases.insert(
                     0,

@@ -31,11 +31,11 @@ import numpy as np
 
 from ..evaluation import Evaluation, RegressionEvaluation
 
-__all__ = ["PhaseTiming", "RoundStats", "TrainingStats"]
+__all__ = ["AggregationStep", "PhaseTiming", "RoundStats", "TrainingStats"]
 
 FORMAT_NAME = "sparkbatch.train.stats"
 FORMAT_VERSION = 1
-ROUND_PHASES = ("broadcast", "fit", "aggregate")  # the driver's phases kept in RoundStats
+ROUND_PHASES = ("broadcast", "fit", "aggregate", "average")  # the driver's, per RoundStats
 #: A confusion matrix of more classes than this is not kept (nor drawn); per-class figures are.
 MAX_CONFUSION_CLASSES = 100
 #: The evaluation figures that are floats (or lists of floats): non-finite ones are written as
@@ -82,6 +82,19 @@ class PhaseTiming:
 
 
 @dataclass(frozen=True)
+class AggregationStep:
+    """One step of a round's aggregation: its ``name`` (``"treeAggregate"``, ``"receive"``,
+    ...), the ``seconds`` it took and the ``bytes`` it moved (summed over every sender).
+
+    What a step's time covers is the exchange's to say: see ``RoundStats.steps``.
+    """
+
+    name: str
+    seconds: float
+    bytes: int
+
+
+@dataclass(frozen=True)
 class RoundStats:
     """One averaging round as the driver saw it.
 
@@ -94,6 +107,14 @@ class RoundStats:
     score of the minibatches the ``workers`` fitted, over ``examples`` examples in
     ``minibatches`` minibatches (0 in statistics written before they were counted); ``skipped``
     counts the minibatches they skipped for holding NaN or infinity (``non_finite="skip"``).
+
+    What the ``exchange`` (``"spark"``, ``"socket"``, ...) moved: ``distribute_bytes``, the
+    parameters (and updater state) sent to the workers at the round's start, summed over the
+    workers (0 where they stay on the workers); ``aggregate_bytes``, what the workers sent back
+    to be summed, summed over every sender; ``steps``, the aggregation's steps in order, each
+    with its time and bytes (:class:`AggregationStep`). ``average_s`` is the driver's time
+    averaging the sum into the model and checking it, a part of ``aggregate_s``. All five are 0
+    or empty in statistics written before they were measured.
     """
 
     epoch: int
@@ -109,8 +130,16 @@ class RoundStats:
     aggregate_s: float
     skipped: int = 0
     minibatches: int = 0
+    distribute_bytes: int = 0
+    aggregate_bytes: int = 0
+    average_s: float = 0.0
+    steps: tuple[AggregationStep, ...] = ()
+    exchange: str = ""
 
     def __post_init__(self) -> None:
+        if not all(isinstance(s, AggregationStep) for s in self.steps):
+            raise TypeError(f"RoundStats steps must be AggregationSteps, got {self.steps!r}")
+        object.__setattr__(self, "steps", tuple(self.steps))
         if not self.end >= self.start:
             raise ValueError(
                 f"RoundStats end must not be before start, got start={self.start!r}, "
@@ -141,24 +170,37 @@ class TrainingStats:
     >>> for r, score in enumerate([0.75, 0.5]):
     ...     stats.add_round(RoundStats(epoch=0, round=r, rounds_in_epoch=2, score=score,
     ...         examples=64, workers=2, start=2.0 * r, end=2.0 * r + 2.0,
-    ...         broadcast_s=0.25, fit_s=1.5, aggregate_s=0.125))
+    ...         broadcast_s=0.25, fit_s=1.5, aggregate_s=0.125, average_s=0.0625,
+    ...         distribute_bytes=464, aggregate_bytes=464, exchange="spark",
+    ...         steps=(AggregationStep("treeAggregate", 0.0625, 464),)))
     >>> stats.add_phases([PhaseTiming(0, "executor 1", "fit", 0.25, 1.5)])
     >>> stats.total_seconds, stats.examples_per_second
     (4.0, 32.0)
     >>> stats.seconds_by_phase()
-    {'broadcast': 0.5, 'fit': 3.0, 'aggregate': 0.25, 'other': 0.25}
+    {'broadcast': 0.5, 'fit': 3.0, 'aggregate': 0.125, 'average': 0.125, 'other': 0.25}
     >>> stats.overhead_fraction()
     0.1875
+    >>> stats.bytes_by_phase()
+    {'distribute': 928, 'aggregate': 928}
+    >>> stats.steps_by_name()
+    {'treeAggregate': AggregationStep(name='treeAggregate', seconds=0.125, bytes=928)}
     >>> print(stats.summary())
     rounds      2 (1 epoch)
     examples    128 (32.0 examples/s)
     wall time   4.00 s
     score       0.75 -> 0.5
+    exchange    spark
     phase       seconds      %
     broadcast      0.50   12.5
     fit            3.00   75.0
-    aggregate      0.25    6.2
+    aggregate      0.12    3.1
+    average        0.12    3.1
     other          0.25    6.2
+    moved           bytes  a round
+    distribute      928 B    464 B
+    aggregate       928 B    464 B
+    step          seconds     bytes
+    treeAggregate    0.12     928 B
     >>> TrainingStats.from_dict(stats.to_dict()) == stats
     True
     >>> "<svg" in stats.render_html()
@@ -261,18 +303,47 @@ class TrainingStats:
     def seconds_by_phase(self) -> dict[str, float]:
         """Driver seconds per phase summed over the rounds, plus ``"other"`` for the rest.
 
-        ``"other"`` is :attr:`total_seconds` minus the three phases (never below 0).
+        ``"average"`` (the driver averaging the sum into the model) is split out of
+        ``"aggregate"``, which keeps the rest of each round's ``aggregate_s``. ``"other"`` is
+        :attr:`total_seconds` minus the four phases (never below 0).
         """
         out = {
             "broadcast": sum(r.broadcast_s for r in self.rounds),
             "fit": sum(r.fit_s for r in self.rounds),
-            "aggregate": sum(r.aggregate_s for r in self.rounds),
+            "aggregate": sum(max(0.0, r.aggregate_s - r.average_s) for r in self.rounds),
+            "average": sum(r.average_s for r in self.rounds),
         }
         out["other"] = max(0.0, self.total_seconds - sum(out.values()))
         return out
 
+    def bytes_by_phase(self) -> dict[str, int]:
+        """Bytes moved over all rounds: ``"distribute"`` (parameters sent to the workers at
+        the rounds' starts) and ``"aggregate"`` (what the workers sent back), each summed over
+        the workers (0 where not measured)."""
+        return {
+            "distribute": sum(r.distribute_bytes for r in self.rounds),
+            "aggregate": sum(r.aggregate_bytes for r in self.rounds),
+        }
+
+    def steps_by_name(self) -> dict[str, AggregationStep]:
+        """Every aggregation step's seconds and bytes summed over the rounds, by name, in the
+        order the steps first appear."""
+        seconds: dict[str, float] = {}
+        moved: dict[str, int] = {}
+        for r in self.rounds:
+            for step in r.steps:
+                seconds[step.name] = seconds.get(step.name, 0.0) + step.seconds
+                moved[step.name] = moved.get(step.name, 0) + step.bytes
+        return {name: AggregationStep(name, seconds[name], moved[name]) for name in seconds}
+
+    @property
+    def exchanges(self) -> list[str]:
+        """The exchanges' names the rounds were recorded with, in order of first use."""
+        return list(dict.fromkeys(r.exchange for r in self.rounds if r.exchange))
+
     def overhead_fraction(self) -> float:
-        """Share of the wall time spent broadcasting and aggregating (0 when no time passed).
+        """Share of the wall time spent broadcasting, aggregating and averaging (0 when no time
+        passed).
 
         The price of parameter averaging: time in which no worker fits. A high value asks for a
         larger ``averaging_frequency``.
@@ -281,10 +352,11 @@ class TrainingStats:
         if total <= 0:
             return 0.0
         by_phase = self.seconds_by_phase()
-        return (by_phase["broadcast"] + by_phase["aggregate"]) / total
+        return (by_phase["broadcast"] + by_phase["aggregate"] + by_phase["average"]) / total
 
     def summary(self) -> str:
-        """A short plain-text table: rounds, examples, speed, score, time per phase."""
+        """A short plain-text table: rounds, examples, speed, score, the exchange, time per
+        phase and, where measured, the bytes moved and the aggregation's steps."""
         if not self.rounds:
             return "no rounds recorded"
         epochs = len({r.epoch for r in self.rounds})
@@ -298,10 +370,25 @@ class TrainingStats:
         ]
         if self.skipped:
             lines.append(f"{'skipped':<11} {self.skipped} minibatches (NaN or infinity)")
+        if self.exchanges:
+            lines.append(f"{'exchange':<11} {', '.join(self.exchanges)}")
         lines += [f"{'phase':<11} {'seconds':>7} {'%':>6}"]
         for name, seconds in self.seconds_by_phase().items():
             share = 100.0 * seconds / total if total > 0 else 0.0
             lines.append(f"{name:<11} {seconds:>7.2f} {share:>6.1f}")
+        moved = self.bytes_by_phase()
+        if any(moved.values()):
+            lines.append(f"{'moved':<11} {'bytes':>9} {'a round':>8}")
+            for name, count in moved.items():
+                per_round = format_bytes(count / len(self.rounds))
+                lines.append(f"{name:<11} {format_bytes(count):>9} {per_round:>8}")
+        steps = self.steps_by_name()
+        if steps:
+            width = max(11, *(len(name) for name in steps))
+            lines.append(f"{'step':<{width}} {'seconds':>7} {'bytes':>9}")
+            for step in steps.values():
+                seconds, moved_by = f"{step.seconds:.2f}", format_bytes(step.bytes)
+                lines.append(f"{step.name:<{width}} {seconds:>7} {moved_by:>9}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -394,7 +481,15 @@ def _record(obj: Any) -> dict[str, Any]:
     for key, value in out.items():
         if isinstance(value, float) and not math.isfinite(value):
             out[key] = repr(value)  # "nan", "inf", "-inf": float() reads them back
+        elif key == "steps":
+            out[key] = [_record(step) for step in getattr(obj, key)]
     return out
+
+
+def _steps(records: Any) -> tuple[AggregationStep, ...]:
+    if not isinstance(records, list):
+        raise TypeError(f"expected a list of steps, got {type(records).__name__}")
+    return tuple(_from_record(AggregationStep, s, i) for i, s in enumerate(records))
 
 
 def _from_record(cls: type, record: Any, index: int) -> Any:
@@ -407,7 +502,7 @@ def _from_record(cls: type, record: Any, index: int) -> Any:
             if f.default is not dataclasses.MISSING:  # added later: older records lack it
                 continue
             raise ValueError(f"{name} {index}: missing field {f.name!r}")
-        convert = {"int": int, "float": float, "str": str}[f.type]
+        convert = {"int": int, "float": float, "str": str}.get(f.type, _steps)
         try:
             values[f.name] = convert(record[f.name])
         except (TypeError, ValueError) as e:
@@ -514,6 +609,18 @@ def evaluation_figures(evaluation: Evaluation | RegressionEvaluation) -> dict[st
 
 
 # --- formatting ----------------------------------------------------------------------------------
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes as people read a size (powers of 1000): ``"928 B"``, ``"4.6 MB"``.
+
+    >>> format_bytes(928), format_bytes(4_600_000), format_bytes(12.5e9)
+    ('928 B', '4.6 MB', '12.5 GB')
+    """
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count:.0f} B"
 
 
 def format_duration(seconds: float) -> str:
