@@ -400,17 +400,63 @@ void updater_step(Updater u, T* params, const T* grads, T* state, std::size_t co
   });
 }
 
+namespace {
+
+// The average's passes over one block (no pointer aliases another: the loops vectorise).
+template <typename T>
+void sum_block(T* __restrict sum, const T* __restrict a, const T* __restrict b, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) sum[i] = a[i] + b[i];
+}
+
+template <typename T>
+void add_block(T* __restrict sum, const T* __restrict x, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) sum[i] += x[i];
+}
+
+template <typename T>
+void divide_block(T* __restrict out, const T* __restrict sum, std::size_t n, T d) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = sum[i] / d;
+}
+
+template <typename T>
+void divide_in_place(T* x, std::size_t n, T d) {
+  for (std::size_t i = 0; i < n; ++i) x[i] = x[i] / d;
+}
+
+// Elements per block of the average: its sum (16 KiB) stays in the L1 cache while each buffer's
+// block is added to it, one buffer after another.
+template <typename T>
+constexpr std::size_t kAverageBlock = 16384 / sizeof(T);
+
+}  // namespace
+
+// Block by block: the block's sum in a small array kept in cache, b0 + b1, then + b2, ... one
+// buffer at a time (each pass a vectorised loop over two streams; one loop over all k buffers
+// per element neither vectorises nor streams), then divided into out. That is mean_at's
+// arithmetic exactly (the sum in T, in buffer order, then one division), so the result has the
+// same bits as the per-element loop and the CUDA kernel. out may be one of the buffers: a block
+// of out is written only after all buffers' block has been read.
 template <typename T>
 void average(const T* const* buffers, std::size_t k, T* out, std::size_t count, double divisor) {
   const T d = static_cast<T>(divisor);
+  constexpr std::size_t block = kAverageBlock<T>;
   for_pieces(count, count * k, [&](std::size_t begin, std::size_t end) {
-    if (k == 1) {  // a sum aggregated elsewhere, divided here
-      const T* x = buffers[0];
-      for (std::size_t i = begin; i < end; ++i) out[i] = x[i] / d;
-      return;
+    alignas(64) T sum[block];
+    for (std::size_t b = begin; b < end; b += block) {
+      const std::size_t n = std::min(block, end - b);
+      if (k == 1) {  // a sum aggregated elsewhere, divided here (often in place)
+        if (buffers[0] == out) {
+          divide_in_place(out + b, n, d);
+        } else {
+          std::memcpy(sum, buffers[0] + b, n * sizeof(T));
+          divide_block(out + b, sum, n, d);
+        }
+        continue;
+      }
+      sum_block(sum, buffers[0] + b, buffers[1] + b, n);
+      for (std::size_t j = 2; j < k; ++j) add_block(sum, buffers[j] + b, n);
+      divide_block(out + b, sum, n, d);
     }
-    for (std::size_t i = begin; i < end; ++i)
-      out[i] = mean_at(buffers, static_cast<int64_t>(k), static_cast<int64_t>(i), d);
   });
 }
 

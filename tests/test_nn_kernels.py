@@ -202,6 +202,58 @@ def test_average_of_k_buffers_matches_numpy(k, dtype, size):
     np.testing.assert_array_equal(buffers[0], out)
 
 
+def _sum_in_order(buffers, dtype):
+    """numpy's sum of the buffers in buffer order, rounded to dtype at every addition."""
+    total = buffers[0].copy()
+    for b in buffers[1:]:
+        np.add(total, b, out=total)
+    return total
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+# one element; one past the kernel's 16 KiB blocks (4096 float32, 2048 float64), with a
+# ragged end; and past the 131072 values of work from which the pool splits it
+@pytest.mark.parametrize("size", [1, 4099, 150_001])
+def test_average_has_the_bits_of_a_sum_in_buffer_order_then_one_division(dtype, size):
+    # mean_at's arithmetic, which the CUDA kernel shares: the blocked CPU kernel must keep it
+    rng = np.random.default_rng(size)
+    # magnitudes from 1e-3 to 1e3, so that another order of the additions rounds differently
+    scale = 10.0 ** rng.integers(-3, 4, size=(9, size))
+    buffers = list((rng.normal(size=(9, size)) * scale).astype(dtype))
+    reordered = 0
+    for k in range(1, 10):
+        total = _sum_in_order(buffers[:k], dtype)
+        out = np.empty(size, dtype)
+        _native.nn_average(buffers[:k], out)
+        np.testing.assert_array_equal(out, total / dtype(k), err_msg=f"k={k}")
+        _native.nn_average(buffers[:k], out, 2.5)
+        np.testing.assert_array_equal(out, total / dtype(2.5), err_msg=f"k={k}, divisor 2.5")
+        # into one of its own buffers (the middle one), and the same buffer twice
+        inplace = [b.copy() for b in buffers[:k]]
+        _native.nn_average(inplace, inplace[k // 2])
+        np.testing.assert_array_equal(inplace[k // 2], total / dtype(k), err_msg=f"k={k}")
+        twice = [buffers[0], *buffers[: k - 1]]
+        _native.nn_average(twice, out)
+        np.testing.assert_array_equal(out, _sum_in_order(twice, dtype) / dtype(k))
+        if size > 1:
+            reversed_sum = _sum_in_order(buffers[:k][::-1], dtype)
+            reordered += int((reversed_sum != total).any())
+    assert reordered > 0 or size == 1  # the data tells the orders apart: these tests can fail
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_into_adds_in_place_over_odd_sizes(dtype):
+    rng = np.random.default_rng(7)
+    for size in (1, 5, 4099, 150_001):
+        acc, x = rng.normal(size=(2, size)).astype(dtype)
+        expected = acc + x
+        _native.nn_add_into(acc, x)
+        np.testing.assert_array_equal(acc, expected, err_msg=f"size {size}")
+    same = np.arange(7, dtype=dtype)
+    _native.nn_add_into(same, same)  # a buffer added to itself doubles
+    np.testing.assert_array_equal(same, 2 * np.arange(7, dtype=dtype))
+
+
 def test_axpy_and_dropout():
     y = np.ones(1000, np.float32)
     _native.nn_axpy(y, np.full(1000, 2, np.float32), 0.5)
