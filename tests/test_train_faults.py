@@ -18,7 +18,7 @@ from sparkbatch.data import DataSet, Source, load
 from sparkbatch.nn import SGD, Adam, Dense, Network, Output
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
-EXCHANGES = ["spark", "socket"]
+EXCHANGES = ["spark", "socket", "ring"]
 SKIP_HINT = "fix the data, or skip such minibatches with ParameterAveraging(non_finite='skip')"
 
 
@@ -115,6 +115,7 @@ def test_skip_mode_counts_the_skipped_minibatches_and_both_exchanges_agree(sc, t
         assert np.isfinite(spark_net.model.params()).all()
         fitted[exchange] = spark_net.model.params()
     np.testing.assert_allclose(fitted["socket"], fitted["spark"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fitted["ring"], fitted["spark"], rtol=0, atol=1e-6)
 
 
 @pytest.mark.spark

@@ -1,14 +1,14 @@
 """Distributed training on Spark by parameter averaging, and its statistics.
 
-:class:`SparkNetwork` fits a :class:`Model` (such as :class:`sparkbatch.nn.Network`) from an RDD
-of DataSets, a directory of minibatch files or an RDD of paths, as :class:`ParameterAveraging`
-configures (every fit a :class:`FitPlan` run through an :class:`Exchange`:
-:class:`SparkExchange` or :class:`SocketExchange`), and evaluates it with exactly merged counts;
-:class:`TrainingStats` holds the timings and renders the HTML report. :class:`Model` lists what
-a model needs (and what it may have, with the defaults :class:`ModelAccess` applies without it).
+:class:`SparkNetwork` fits a :class:`Model` (such as :class:`sparkbatch.nn.Network`) from an RDD of
+DataSets, a directory of minibatch files or an RDD of paths, as :class:`ParameterAveraging`
+configures (every fit a :class:`FitPlan` run through an :class:`Exchange`: :class:`SparkExchange`,
+:class:`SocketExchange` or :class:`RingExchange`), and evaluates it with exactly merged counts;
+:class:`TrainingStats` holds the timings and renders the HTML report. :class:`Model` lists what a
+model needs (and what it may have, with the defaults :class:`ModelAccess` applies without it).
 ``TorchModel`` (in :mod:`sparkbatch.train.torch_model`, needing the ``torch`` extra) makes a
-``torch.nn.Module`` such a model; it is imported when first named, so importing this package
-does not import torch.
+``torch.nn.Module`` such a model; it is imported when first named, so importing this package does
+not import torch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .exchange import Exchange
 from .master import ParameterAveraging, plan_rounds
 from .model import Model, ModelAccess
 from .plan import FitPlan
+from .ring_exchange import RingExchange
 from .runner import FitRunner
 from .socket_exchange import SocketExchange
 from .spark_exchange import SparkExchange
@@ -31,6 +32,7 @@ __all__ = [
     "Model",
     "ModelAccess",
     "ParameterAveraging",
+    "RingExchange",
     "SocketExchange",
     "SparkExchange",
     "SparkNetwork",

@@ -2,13 +2,16 @@
 
 A fit is a :class:`~sparkbatch.train.plan.FitPlan` (its rounds, and who fits what in each) run
 through an exchange with a :class:`~sparkbatch.train.runner.FitRunner` (the driver's side: what
-every round starts from, and averaging each round's results into the model). Two exchanges come
+every round starts from, and averaging each round's results into the model). Three exchanges come
 with sparkbatch, named by ``ParameterAveraging(exchange=...)``:
 
 * :class:`~sparkbatch.train.spark_exchange.SparkExchange` ("spark"): a Spark job per round,
   the parameters broadcast and the results summed by ``treeAggregate``;
 * :class:`~sparkbatch.train.socket_exchange.SocketExchange` ("socket"): one barrier job per
-  fit, every worker averaging through a server on the driver after every round.
+  fit, every worker averaging through a server on the driver after every round;
+* :class:`~sparkbatch.train.ring_exchange.RingExchange` ("ring"): one barrier job per fit, the
+  workers summing among themselves by ring all-reduce after every round, worker 0 sending the
+  sum to the driver.
 
 ``ParameterAveraging`` also takes an :class:`Exchange` object itself.
 """

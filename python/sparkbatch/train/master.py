@@ -26,6 +26,7 @@ import numpy as np
 from .._arguments import check_int, check_optional_int
 from .._finite import check_mode
 from .exchange import Exchange
+from .ring_exchange import RingExchange
 from .socket_exchange import SocketExchange
 from .spark_exchange import SparkExchange
 
@@ -33,7 +34,7 @@ __all__ = ["ParameterAveraging", "plan_rounds"]
 
 _REPARTITION = ("always", "never", "balanced")
 _APPROACH = ("export", "direct")
-_EXCHANGE = ("spark", "socket")
+_EXCHANGE = ("spark", "socket", "ring")
 
 
 @dataclass(frozen=True)
@@ -90,28 +91,33 @@ class ParameterAveraging:
         CPU either way. Needs a model with ``to(device)``, as :class:`sparkbatch.nn.Network`.
     storage_options : mapping, optional
         fsspec options for the files (credentials, endpoint).
-    exchange : "spark", "socket" or Exchange
+    exchange : "spark", "socket", "ring" or Exchange
         How the workers' parameters meet: a name, or an :class:`~sparkbatch.train.Exchange` object
-        (the names stand for :class:`~sparkbatch.train.SparkExchange` and
-        :class:`~sparkbatch.train.SocketExchange` with ``aggregation_depth``, or ``exchange_host``
-        and ``exchange_port``, as given here). "spark" (DL4J's way, the default): every round is a
-        Spark job; the parameters are broadcast and the results summed by ``treeAggregate``. Works
-        on any cluster, but each round pays Spark's job and task start-up and moves the parameters
-        through the JVM. "socket": every fit is one barrier job whose tasks run all of its rounds,
-        sending their parameters to a server on the driver over TCP after every
-        ``averaging_frequency`` minibatches and going on from the average it sends back (the same
-        arithmetic, several times faster on small rounds). Needs every worker scheduled at once
-        (``workers`` at most the executors' task slots, no dynamic allocation) and the executors
-        able to reach the driver; with ``approach="direct"`` each worker holds its share of the
-        minibatches in memory for the whole fit. Workers on the driver's machine exchange through
-        shared memory (``/dev/shm``). A failed task fails the job, which is submitted again as often
-        as Spark retries a task; every worker resumes at the first round not yet averaged, so no
-        example is lost or counted twice.
+        (the names stand for :class:`~sparkbatch.train.SparkExchange`,
+        :class:`~sparkbatch.train.SocketExchange` and :class:`~sparkbatch.train.RingExchange` with
+        ``aggregation_depth``, or ``exchange_host`` and ``exchange_port``, as given here). "spark"
+        (DL4J's way, the default): every round is a Spark job; the parameters are broadcast and the
+        results summed by ``treeAggregate``. Works on any cluster, but each round pays Spark's job
+        and task start-up and moves the parameters through the JVM. "socket": every fit is one
+        barrier job whose tasks run all of its rounds, sending their parameters to a server on the
+        driver over TCP after every ``averaging_frequency`` minibatches and going on from the
+        average it sends back (the same arithmetic, several times faster on small rounds). Needs
+        every worker scheduled at once (``workers`` at most the executors' task slots, no dynamic
+        allocation) and the executors able to reach the driver; with ``approach="direct"`` each
+        worker holds its share of the minibatches in memory for the whole fit. Workers on the
+        driver's machine exchange through shared memory (``/dev/shm``). A failed task fails the job,
+        which is submitted again as often as Spark retries a task; every worker resumes at the first
+        round not yet averaged, so no example is lost or counted twice. "ring": one barrier job per
+        fit too, but the workers sum their parameters among themselves by ring all-reduce over TCP
+        (each sends and receives about twice the parameters per round, however many workers there
+        are) and only worker 0 sends each round's sum to the driver: for many workers or large
+        models (see docs/scaling.md). Needs the executors able to reach each other and the driver on
+        any port; failures are retried as with "socket".
     exchange_host : str, optional
-        For "socket": the address executors connect to; default 127.0.0.1 on a local master,
-        else ``spark.driver.host``.
+        For "socket" and "ring": the address executors connect to the driver at; default
+        127.0.0.1 on a local master, else ``spark.driver.host``.
     exchange_port : int
-        For "socket": the driver's port (0: any free port).
+        For "socket" and "ring": the driver's port (0: any free port).
     non_finite : "raise" or "skip"
         What a worker does with a minibatch holding NaN or infinity in its features, labels or
         masks: fail the fit with a :class:`~sparkbatch.errors.NonFiniteError` naming the
@@ -185,6 +191,8 @@ class ParameterAveraging:
             return self.exchange
         if self.exchange == "socket":
             return SocketExchange(host=self.exchange_host, port=self.exchange_port)
+        if self.exchange == "ring":
+            return RingExchange(host=self.exchange_host, port=self.exchange_port)
         return SparkExchange(aggregation_depth=self.aggregation_depth)
 
 
