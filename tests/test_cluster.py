@@ -99,10 +99,19 @@ socket_master = ParameterAveraging(batch_size_per_worker=50, averaging_frequency
                                    exchange="socket")
 socket_spark_net = SparkNetwork(sc, socket_net, socket_master)
 socket_spark_net.fit({str(data)!r}, epochs=3)
+# And with the ring exchange: the executors sum among themselves (over the addresses Spark
+# gives their tasks), worker 0 sends each round's sum to the driver.
+ring_net = Network([Dense(6, 16, "tanh"), Output(16, 3)], Adam(0.02), seed=0)
+ring_master = ParameterAveraging(batch_size_per_worker=50, averaging_frequency=3, workers=2,
+                                 exchange="ring")
+ring_spark_net = SparkNetwork(sc, ring_net, ring_master)
+ring_spark_net.fit({str(data)!r}, epochs=3)
 executors = sc._jsc.sc().statusTracker().getExecutorInfos()
 print(json.dumps({{
     "socket_difference": float(abs(socket_net.params() - net.params()).max()),
     "socket_rounds": len(socket_spark_net.stats.rounds),
+    "ring_difference": float(abs(ring_net.params() - net.params()).max()),
+    "ring_rounds": len(ring_spark_net.stats.rounds),
     "accuracy": evaluation.accuracy(),
     "confusion": evaluation.confusion_matrix().tolist(),
     "rounds": len(spark_net.stats.rounds),
@@ -120,6 +129,8 @@ print(json.dumps({{
     assert result["accuracy"] > 0.9
     assert result["socket_rounds"] == result["rounds"]
     assert result["socket_difference"] < 1e-5
+    assert result["ring_rounds"] == result["rounds"]
+    assert result["ring_difference"] < 1e-5
     # the distributed evaluation counts what a local evaluation of the trained model counts
     local = Network.load(tmp_path / "net.safetensors").evaluate(DataSet(x, y))
     np.testing.assert_array_equal(result["confusion"], local.confusion_matrix())
