@@ -345,7 +345,7 @@ def test_socket_exchange_trains_exactly_as_spark_exchange(sc, tmp_path, updater,
     np.testing.assert_allclose([r.score for r in ours], [r.score for r in theirs], rtol=1e-5)
     phases = results["socket"].stats.phases
     assert {p.worker for p in phases} == {"worker 0", "worker 1", "driver"}
-    assert {p.phase for p in phases} == {"broadcast", "fit", "aggregate"}
+    assert {p.phase for p in phases} == {"broadcast", "fit", "aggregate", "average"}
     assert {p.round for p in phases} == {r.round for r in ours}
 
 

@@ -506,3 +506,111 @@ def test_an_evaluation_of_one_of_a_graphs_outputs_names_it(sc):
     spark_net.stats.evaluation["output"] = "<b>"  # a name is text, escaped
     page = spark_net.stats.render_html()
     assert "of output &#x27;&lt;b&gt;&#x27;" in page and "<b>" not in page
+
+
+def test_bytes_steps_and_averaging_are_summed_shown_and_round_trip():
+    from sparkbatch.train import AggregationStep
+
+    stats = _stats()
+    steps = (AggregationStep("receive", 0.25, 800), AggregationStep("sum", 0.125, 0))
+    stats.rounds[1] = dataclasses.replace(
+        stats.rounds[1],
+        distribute_bytes=800,
+        aggregate_bytes=800,
+        average_s=0.25,
+        steps=steps,
+        exchange="socket",
+    )
+    assert stats.seconds_by_phase() == {
+        "broadcast": 1.5,
+        "fit": 7.5,
+        "aggregate": 1.25,
+        "average": 0.25,
+        "other": 1.5,
+    }
+    assert stats.overhead_fraction() == 0.25  # averaging was in aggregate_s before
+    assert stats.bytes_by_phase() == {"distribute": 800, "aggregate": 800}
+    assert stats.steps_by_name() == {s.name: s for s in steps}
+    assert stats.exchanges == ["socket"]
+    lines = stats.summary().splitlines()
+    assert lines[4].split() == ["exchange", "socket"]
+    assert [line.split() for line in lines[-6:]] == [
+        ["moved", "bytes", "a", "round"],
+        ["distribute", "800", "B", "267", "B"],
+        ["aggregate", "800", "B", "267", "B"],
+        ["step", "seconds", "bytes"],
+        ["receive", "0.25", "800", "B"],
+        ["sum", "0.12", "0", "B"],
+    ]
+    page = _parse(stats.render_html())
+    cells = [t.strip() for t in page.text if t.strip()]
+    assert cells[cells.index("exchange") + 1] == "socket"
+    assert cells[cells.index("bytes moved") + 1] == "800 B to the workers, 800 B back"
+    receive = cells.index("step: receive")  # total, median and slowest round, bytes
+    assert cells[receive : receive + 6] == ["step: receive", "0.250", "250.0 ms"] + [
+        "250.0 ms",
+        "800 B",
+        "800 B",
+    ]
+    assert cells[cells.index("average (driver)") + 1] == "0.250"
+    record = json.loads(json.dumps(stats.to_dict()))
+    assert record["rounds"][1]["steps"][0] == {"name": "receive", "seconds": 0.25, "bytes": 800}
+    assert TrainingStats.from_dict(record) == stats
+    # statistics written before these fields were measured read with their defaults
+    for r in record["rounds"]:
+        for key in ("distribute_bytes", "aggregate_bytes", "average_s", "steps", "exchange"):
+            r.pop(key)
+    old = TrainingStats.from_dict(record)
+    assert old.rounds[1].steps == () and old.rounds[1].average_s == 0.0
+    assert old.bytes_by_phase() == {"distribute": 0, "aggregate": 0} and old.exchanges == []
+    assert "moved" not in old.summary() and "step" not in old.summary()
+    assert "bytes moved" not in old.render_html() and "step:" not in old.render_html()
+    record["rounds"][1]["steps"] = [{"name": "sum", "seconds": "soon", "bytes": 0}]
+    with pytest.raises(
+        ValueError,
+        match="RoundStats 1: field 'steps': AggregationStep 0: field 'seconds' must be float",
+    ):
+        TrainingStats.from_dict(record)
+    with pytest.raises(TypeError, match="steps must be AggregationSteps"):
+        dataclasses.replace(stats.rounds[0], steps=({"name": "sum"},))
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("exchange", ["spark", "socket"])
+def test_a_fit_measures_the_bytes_and_steps_of_every_round(sc, exchange):
+    from sparkbatch.data import DataSet
+    from sparkbatch.nn import Adam, Dense, Network, Output
+    from sparkbatch.train import ParameterAveraging, SparkNetwork
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).astype(int)]
+    net = Network([Dense(4, 8, "tanh"), Output(8, 2)], Adam(0.01), seed=0)
+    master = ParameterAveraging(
+        batch_size_per_worker=8,
+        averaging_frequency=1,
+        workers=2,
+        exchange=exchange,
+        collect_stats=True,
+    )
+    spark_net = SparkNetwork(sc, net, master)
+    spark_net.fit(sc.parallelize(DataSet(x, y).split(8), 2), epochs=1)
+    rounds = spark_net.stats.rounds
+    arrays = net.params().nbytes + net.updater_state().nbytes  # save_updater: both travel
+    assert len(rounds) == 2 and all(r.workers == 2 for r in rounds)
+    for r in rounds:
+        assert r.exchange == exchange
+        assert r.distribute_bytes == r.aggregate_bytes == 2 * arrays
+        assert 0 < r.average_s <= r.aggregate_s
+        if exchange == "spark":
+            assert [s.name for s in r.steps] == ["treeAggregate"]
+            assert r.steps[0].bytes == 2 * arrays
+        else:  # local Spark: shared memory where /dev/shm allows, else TCP
+            assert [s.name for s in r.steps][-1] == "sum" and r.steps[-1].seconds > 0
+            assert r.steps[0].name in ("shared memory", "receive")
+            assert r.steps[0].bytes == 2 * arrays
+        assert all(s.seconds >= 0 for s in r.steps)
+    driver = [p.phase for p in spark_net.stats.phases if p.worker == "driver"]
+    assert driver.count("average") == 2 and driver.count("aggregate") == 2
+    by_phase = spark_net.stats.seconds_by_phase()
+    assert sum(by_phase.values()) == pytest.approx(spark_net.stats.total_seconds)

@@ -7,7 +7,8 @@ totals; the configuration (model, averaging settings, Spark, and every fit's dat
 and workers); the held-out evaluation when there is one (accuracy, a per-class table and a
 heat-mapped confusion matrix, or a per-column regression table; a note where the model was
 trained on after it); the score per round with the epochs marked; the throughput per round; the
-driver's time per phase; and a timeline with one row per worker. :func:`write_html` writes it
+driver's time per phase, with what the exchange moved and each aggregation step's time (where
+measured); and a timeline with one row per worker. :func:`write_html` writes it
 to any fsspec URL. :meth:`TrainingStats.render_html` and :meth:`TrainingStats.to_html` call
 them. The numbers come from :mod:`sparkbatch.train.stats`; this module only draws them.
 
@@ -50,7 +51,7 @@ import numpy as np
 
 from sparkbatch.storage import open_output
 
-from .stats import PhaseTiming, RoundStats, TrainingStats, format_duration
+from .stats import PhaseTiming, RoundStats, TrainingStats, format_bytes, format_duration
 
 __all__ = ["PLOT_BACKGROUNDS", "render_html", "write_html"]
 
@@ -207,6 +208,18 @@ def _totals_table(stats: TrainingStats) -> str:
         ("broadcast + aggregate", f"{100 * stats.overhead_fraction():.1f} % of wall time"),
         ("timeline rows", str(len({p.worker for p in stats.phases}))),
     ]
+    moved = stats.bytes_by_phase()
+    if any(moved.values()):
+        rows.insert(
+            6,
+            (
+                "bytes moved",
+                f"{format_bytes(moved['distribute'])} to the workers, "
+                f"{format_bytes(moved['aggregate'])} back",
+            ),
+        )
+    if stats.exchanges:
+        rows.insert(6, ("exchange", ", ".join(stats.exchanges)))
     if stats.skipped:
         rows.insert(2, ("skipped minibatches", f"{stats.skipped:,} (NaN or infinity)"))
     ev = stats.evaluation
@@ -705,7 +718,48 @@ def _phase_breakdown(stats: TrainingStats) -> str:
         for n, s in by_phase.items()
     )
     table = f"<table><tr><th>phase</th><th>seconds</th><th>%</th></tr>{rows}</table>"
-    return "\n".join(out) + "\n" + _legend(by_phase, colours) + "\n" + table
+    return (
+        "\n".join(out) + "\n" + _legend(by_phase, colours) + "\n" + table + _exchange_table(stats)
+    )
+
+
+def _exchange_table(stats: TrainingStats) -> str:
+    """Per round, what the exchange moved and how long each step took: the parameters'
+    distribution (the broadcast phase), each aggregation step, the driver's averaging; as the
+    total and the median and most of a round. Empty for statistics without these figures."""
+    rounds = stats.rounds
+    if not any(r.distribute_bytes or r.aggregate_bytes or r.steps or r.average_s for r in rounds):
+        return ""
+    # name -> per round (seconds, bytes), bytes None where the row moves nothing
+    rows: dict[str, list[tuple[float, int | None]]] = {
+        "distribute": [(r.broadcast_s, r.distribute_bytes) for r in rounds]
+    }
+    for r in rounds:
+        for step in r.steps:
+            rows.setdefault(f"step: {step.name}", []).append((step.seconds, step.bytes))
+    rows["average (driver)"] = [(r.average_s, None) for r in rounds]
+    head = (
+        "<tr><th>exchange</th><th>seconds</th><th>median round</th><th>slowest round</th>"
+        "<th>bytes</th><th>bytes a round</th></tr>"
+    )
+    cells = []
+    for name, values in rows.items():
+        seconds = np.array([v[0] for v in values], dtype=np.float64)
+        moved = [v[1] for v in values if v[1] is not None]
+        total_bytes = format_bytes(sum(moved)) if moved else "-"
+        per_round = format_bytes(sum(moved) / len(moved)) if moved else "-"
+        cells.append(
+            f"<tr><td>{_esc(name)}</td><td>{seconds.sum():.3f}</td>"
+            f"<td>{format_duration(float(np.median(seconds)))}</td>"
+            f"<td>{format_duration(float(seconds.max()))}</td>"
+            f"<td>{_esc(total_bytes)}</td><td>{_esc(per_round)}</td></tr>"
+        )
+    exchange = ", ".join(stats.exchanges) or "unknown"
+    note = (
+        f'<p class="note">What the exchange ({_esc(exchange)}) moved and each step\'s time, over '
+        f"{len(rounds):,} rounds (bytes summed over the workers).</p>"
+    )
+    return "\n" + note + f'<table class="exchange">{head}{"".join(cells)}</table>'
 
 
 def _timeline(phases: list[PhaseTiming]) -> str:

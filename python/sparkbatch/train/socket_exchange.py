@@ -26,6 +26,14 @@ that a retry would meet again (a worker's NonFiniteError or DivergenceError, sen
 worker is told to stop (a header whose ``round`` is past the last) and the driver raises the
 error once the job has ended.
 
+Measured per round (:class:`~sparkbatch.train.stats.RoundStats`): ``distribute_bytes``, the
+arrays of the answers that started the round (each worker's, through TCP or its shared-memory
+slot); ``aggregate_bytes``, the arrays the workers sent back (TCP or shared memory); and the
+steps ``"receive"`` (the TCP bytes) or ``"shared memory"`` (the bytes that passed through the
+slots), timed from the first byte of the round's first result to the end of its last, and
+``"sum"``, the time spent summing the results as they arrived (within that span; it moves
+nothing). Only arrays count: the JSON headers (a few hundred bytes a message) do not.
+
 Resources: :meth:`AveragingServer.close` stops the accepting thread (woken through a socket
 pair), shuts down every connection, joins every thread and closes the listening socket, so a
 fit leaves no socket or thread behind, whether it succeeded or failed.
@@ -53,7 +61,7 @@ from .exchange import Exchange
 from .model import ModelAccess
 from .runner import RoundTiming
 from .shared_slots import SharedSlots
-from .stats import PhaseTiming
+from .stats import AggregationStep, PhaseTiming
 from .worker import RoundResult, WorkerSetup, combine, start_round
 
 if TYPE_CHECKING:
@@ -147,7 +155,8 @@ class AveragingServer:
     lock) when all ``workers`` have sent round ``round_index``: it must average ``result`` into
     the model and record the round. ``state(r)`` returns what a worker about to fit round ``r``
     needs: a header dict (iteration, updater_steps, epoch) and the arrays (parameters, updater
-    state).
+    state). While ``apply`` runs, :attr:`measured` holds what the round moved (the module's
+    docstring says what is measured).
     """
 
     def __init__(
@@ -173,6 +182,17 @@ class AveragingServer:
         self._arrived: set[int] = set()  # the workers whose result for this round is in
         self._total: RoundResult | None = None  # their sum (None: none with data yet)
         self._fit_s = self._broadcast_s = 0.0  # the slowest worker's, this round
+        # What moved: the answers' arrays by the round they start (TCP, shared memory), and
+        # this round's results: bytes by way, first byte in, last message in, summing time.
+        self._sent: dict[int, int] = {}
+        self._sent_shared: dict[int, int] = {}
+        self._in_tcp = self._in_shared = 0
+        self._first_in: float | None = None
+        self._last_in = 0.0
+        self._sum_s = 0.0
+        #: What the round being applied moved (RoundTiming's ``distribute_bytes``,
+        #: ``aggregate_bytes`` and ``steps``), set before ``apply`` is called.
+        self.measured: dict[str, Any] = {}
         #: The first round not yet averaged (all rounds before it are in the model).
         self.next_round = 0
         self._round_start = time.time()
@@ -299,13 +319,16 @@ class AveragingServer:
             r = self.next_round
             header, arrays = self._state(r)
             stopping = self._stopping
+            if not stopping:
+                self._count_answer(r, arrays, shared=False)
         if stopping:
             send_message(conn, stop)
             return
         send_message(conn, dict(header, round=r, shared=granted), arrays)
         spare: list[np.ndarray] = []  # this connection's receive buffers
         while r < self.rounds:
-            message, spare, _ = recv_message(conn, spare)
+            message, spare, first_byte = recv_message(conn, spare)
+            message_in = time.time()
             if "error" in message:  # the worker met an error a retry would meet again
                 with self._cond:
                     self._stop(_worker_error(message))
@@ -316,12 +339,21 @@ class AveragingServer:
                     return
                 if sent == self.next_round and worker not in self._arrived and not self._stopping:
                     received = spare
+                    moved = sum(a.nbytes for a in spare)
                     if granted and message.get("shared") and self._shared is not None:
                         received = self._shared.slot(worker)  # written by this task only
+                        if int(message["batches"]):  # else it wrote nothing there
+                            self._in_shared += sum(a.nbytes for a in received)
+                    self._in_tcp += moved
+                    if self._first_in is None or first_byte < self._first_in:
+                        self._first_in = first_byte
+                    self._last_in = max(self._last_in, message_in)
                     # Summed on arrival (in place into the first result's buffers, which
                     # their connection reuses only after this round's end).
                     self._arrived.add(worker)
+                    summing = time.perf_counter()
                     self._total = combine(self._total, _result_of(message, received))
+                    self._sum_s += time.perf_counter() - summing
                     self._fit_s = max(self._fit_s, float(message["fit_s"]))
                     self._broadcast_s = max(self._broadcast_s, float(message["broadcast_s"]))
                     if len(self._arrived) == self.workers:
@@ -335,6 +367,7 @@ class AveragingServer:
                     r = self.next_round
                     header, arrays = self._state(r)
                     shared = granted and self._shared_ok  # the average is in its slot
+                    self._count_answer(r, arrays, shared=shared)
             if stopping:
                 send_message(conn, stop)
                 return
@@ -342,8 +375,34 @@ class AveragingServer:
                 arrays = []
             send_message(conn, dict(header, round=r, shared=shared), arrays)
 
+    def _count_answer(self, r: int, arrays: list[np.ndarray], *, shared: bool) -> None:
+        """Count the arrays of an answer that starts round ``r`` (lock held)."""
+        if r < self.rounds:
+            sent = self._sent_shared if shared else self._sent
+            sent[r] = sent.get(r, 0) + sum(int(a.nbytes) for a in arrays)
+
+    def _measure(self, r: int) -> dict[str, Any]:
+        """What round ``r`` moved (lock held; its last result is in)."""
+        distributed = self._sent.pop(r, 0) + self._sent_shared.pop(r, 0)
+        for done in [g for g in (*self._sent, *self._sent_shared) if g < r]:
+            self._sent.pop(done, None)  # a retried task's answers for a round long gone
+            self._sent_shared.pop(done, None)
+        seconds = max(0.0, self._last_in - (self._first_in or self._last_in))
+        steps = []
+        if self._in_tcp or not self._in_shared:
+            steps.append(AggregationStep("receive", seconds, self._in_tcp))
+        if self._in_shared:
+            steps.append(AggregationStep("shared memory", seconds, self._in_shared))
+        steps.append(AggregationStep("sum", self._sum_s, 0))
+        return {
+            "distribute_bytes": distributed,
+            "aggregate_bytes": self._in_tcp + self._in_shared,
+            "steps": tuple(steps),
+        }
+
     def _commit(self, r: int) -> None:
         """Hand the round's sum to ``apply`` and open the next round (lock held)."""
+        self.measured = self._measure(r)
         try:
             if self._total is not None:
                 self._apply(self._total, r, self._round_start, self._fit_s, self._broadcast_s)
@@ -356,6 +415,9 @@ class AveragingServer:
         self._arrived.clear()
         self._total = None
         self._fit_s = self._broadcast_s = 0.0
+        self._in_tcp = self._in_shared = 0
+        self._first_in = None
+        self._last_in = self._sum_s = 0.0
         self.next_round = r + 1
         self._round_start = time.time()
         self._cond.notify_all()
@@ -421,7 +483,10 @@ class SocketExchange(Exchange):
             return runner.state(plan, g)
 
         def apply(result: RoundResult, g: int, start: float, fit_s: float, bcast: float) -> None:
-            runner.finish(plan, g, result, RoundTiming(start, bcast, fit_s, time.time()))
+            timing = RoundTiming(
+                start, bcast, fit_s, time.time(), exchange=self.name, **server.measured
+            )
+            runner.finish(plan, g, result, timing)
 
         host, bind = self._address(sc)
         shared = None

@@ -506,6 +506,8 @@ def _from_record(cls: type, record: Any, index: int) -> Any:
         try:
             values[f.name] = convert(record[f.name])
         except (TypeError, ValueError) as e:
+            if convert is _steps:  # the step's own error names it
+                raise ValueError(f"{name} {index}: field {f.name!r}: {e}") from e
             raise ValueError(
                 f"{name} {index}: field {f.name!r} must be {f.type}, got {record[f.name]!r}"
             ) from e
