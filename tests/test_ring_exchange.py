@@ -19,7 +19,7 @@ from sparkbatch.train import ParameterAveraging, RingExchange, SparkNetwork
 from sparkbatch.train.ring import connect_ring
 
 
-def _ring_tasks(size: int, task, piece_bytes: int = 4096) -> list:
+def _ring_tasks(size: int, task, piece_bytes: int = 4096, transport: str | None = None) -> list:
     """Run ``task(ring)`` on ``size`` threads joined in one ring over loopback (a barrier
     standing for ``BarrierTaskContext.allGather``); their results in rank order."""
     messages: list = [None] * size
@@ -36,7 +36,13 @@ def _ring_tasks(size: int, task, piece_bytes: int = 4096) -> list:
 
         try:
             with connect_ring(
-                rank, size, gather, "token", host="127.0.0.1", piece_bytes=piece_bytes
+                rank,
+                size,
+                gather,
+                "token",
+                host="127.0.0.1",
+                piece_bytes=piece_bytes,
+                transport=transport,
             ) as ring:
                 results[rank] = task(ring)
         except BaseException as e:  # noqa: BLE001  (the test looks at it)
@@ -74,6 +80,47 @@ def test_all_reduce_gives_every_task_the_same_sum(size, length):
         # Each task sends its share twice: 2 (size - 1) / size of the buffer.
         share = data[0].nbytes * 2 * (size - 1) / size
         assert abs(sent - share) <= 2 * data[0].itemsize * size
+
+
+@pytest.mark.parametrize("transport", ["bfloat16", "float16"])
+@pytest.mark.parametrize("size", [2, 3])
+def test_half_precision_transport_halves_the_bytes_and_every_task_keeps_the_same_bits(
+    size, transport
+):
+    rng = np.random.default_rng(size)
+    data = [rng.standard_normal(20_003).astype(np.float32) for _ in range(size)]
+    float_state = np.arange(10, dtype=np.float64)  # other dtypes travel as they are
+
+    def task(ring):
+        buffer, state = data[ring.rank].copy(), float_state.copy()
+        steps = ring.all_reduce(buffer)
+        ring.all_reduce(state)
+        return buffer, sum(step.bytes for step in steps), state
+
+    results = _ring_tasks(size, task, transport=transport)
+    full = _ring_tasks(size, lambda ring: sum(s.bytes for s in ring.all_reduce(data[0].copy())))
+    expected = np.sum(np.stack(data), axis=0)
+    mantissa = {"bfloat16": 8, "float16": 11}[transport]
+    for (buffer, sent, state), sent_in_full in zip(results, full, strict=True):
+        np.testing.assert_array_equal(buffer, results[0][0])
+        # Each value is rounded once per hop at most: size roundings of 2^-mantissa.
+        tolerance = size * 2.0**-mantissa * np.max(np.abs(np.stack(data)), axis=0) * 2
+        assert np.all(np.abs(buffer - expected) <= tolerance)
+        assert sent * 2 == sent_in_full
+        np.testing.assert_array_equal(state, float_state * size)
+    with pytest.raises(ValueError, match="transport must be one of"):
+        connect_ring(0, 1, lambda m: [m], "token", host="127.0.0.1", transport="int8")
+
+
+def test_bfloat16_transport_rounds_to_nearest_ties_to_even():
+    from sparkbatch.train.ring import _Codec
+
+    codec = _Codec("bfloat16")
+    ones = np.array([1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-9, -(1 + 2**-7 + 2**-9), 3e38], np.float32)
+    codec.round(ones)
+    np.testing.assert_array_equal(
+        ones, np.array([1, 1 + 2**-6, 1, -(1 + 2**-7), 3.00405527e38], np.float32)
+    )
 
 
 def test_a_task_that_leaves_the_ring_is_a_connection_error_for_its_neighbours():
@@ -211,3 +258,24 @@ def test_ring_is_a_named_exchange():
     ring = master.exchanger
     assert isinstance(ring, RingExchange) and (ring.host, ring.port) == ("10.0.0.1", 1234)
     assert repr(ring).startswith("RingExchange(host='10.0.0.1', port=1234")
+
+
+@pytest.mark.spark
+def test_ring_with_bfloat16_transport_trains_close_to_the_spark_exchange(sc, tmp_path):
+    directory = _export(sc, tmp_path, 160, 10)
+    models = {}
+    for exchange in ("spark", RingExchange(transport="bfloat16")):
+        master = ParameterAveraging(
+            batch_size_per_worker=10, averaging_frequency=2, workers=2, exchange=exchange
+        )
+        spark_net = SparkNetwork(sc, _network(Adam(0.01)), master)
+        spark_net.fit(directory)
+        models[str(exchange)] = spark_net
+    ring = models[str(RingExchange(transport="bfloat16"))]
+    spark = models["spark"]
+    difference = np.abs(ring.model.params() - spark.model.params())
+    assert 0 < difference.max() < 0.02  # rounded for the wire: close, not equal
+    nbytes = ring.model.params().nbytes + ring.model.updater_state().nbytes
+    for r in ring.stats.rounds:
+        steps = {s.name: s.bytes for s in r.steps}
+        assert steps["reduce-scatter"] + steps["all-gather"] == nbytes // 2

@@ -25,6 +25,12 @@ then copied. The order of the additions differs from chunk to chunk (chunk ``c``
 ring order starting at task ``c``), so the sum may differ from a sum in task order in the last
 bits.
 
+``transport="bfloat16"`` or ``"float16"`` sends float32 buffers at half the bytes: each piece is
+rounded to the transport type (to nearest, ties to even) for the wire and summed in float32 on
+arrival; each summed chunk is rounded once more before the all-gather, on the task that owns it,
+so that every task still ends with the same bits. bfloat16 keeps float32's range with 8 bits of
+mantissa; float16 keeps 11 bits but overflows past 65504. Other dtypes travel as they are.
+
 Any failure (a peer that died, a connection cut) raises ``ConnectionError`` on the tasks next
 to it, which fail their tasks; Spark then ends the barrier stage's other tasks.
 """
@@ -46,7 +52,7 @@ import numpy as np
 from .. import _native
 from .socket_exchange import recv_message, send_message
 
-__all__ = ["Ring", "RingStep", "connect_ring"]
+__all__ = ["Ring", "RingStep", "connect_ring", "TRANSPORTS"]
 
 #: The default size of the pieces chunks travel in (1 MiB: large enough that per-piece costs
 #: vanish, small enough that summing and sending overlap).
@@ -54,6 +60,8 @@ PIECE_BYTES = 1 << 20
 _SOCKET_BUFFER = 4 << 20  # per direction: a few pieces in flight
 _CONNECT_S = 60.0  # how long the ring waits for its neighbours to connect
 _SPARE_PIECES = 3  # receive buffers: one being filled, one being summed, one queued
+#: What ``transport`` takes: None (every buffer as it is), "bfloat16" or "float16".
+TRANSPORTS = (None, "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,42 @@ class RingStep:
     name: str
     seconds: float
     bytes: int
+
+
+class _Codec:
+    """How a float32 piece travels: as itself (``wire`` None), or rounded to bfloat16 or
+    float16 (to nearest, ties to even), carried as uint16 / float16 and widened on arrival."""
+
+    def __init__(self, transport: str | None) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        self.transport = transport
+        self.wire = {None: None, "bfloat16": np.dtype(np.uint16), "float16": np.dtype(np.float16)}[
+            transport
+        ]
+
+    def applies(self, dtype: np.dtype) -> bool:
+        return self.wire is not None and dtype == np.float32
+
+    def encode(self, piece: np.ndarray) -> np.ndarray:
+        """``piece`` (float32) as the wire carries it: a new array."""
+        if self.transport == "float16":
+            return piece.astype(np.float16)
+        bits = piece.view(np.uint32)
+        rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+        return ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
+
+    def decode(self, wire: np.ndarray, out: np.ndarray) -> None:
+        """Widen ``wire`` into the float32 array ``out``."""
+        if self.transport == "float16":
+            np.copyto(out, wire, casting="unsafe")
+        else:
+            np.left_shift(wire, np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
+
+    def round(self, piece: np.ndarray) -> None:
+        """Round ``piece`` in place to what the wire carries (the summed chunk's owner does,
+        so that its copy and everyone else's agree)."""
+        self.decode(self.encode(piece), piece)
 
 
 class _Sender:
@@ -122,16 +166,23 @@ class Ring:
         left: socket.socket | None,
         *,
         piece_bytes: int = PIECE_BYTES,
+        transport: str | None = None,
     ) -> None:
         if size > 1 and (right is None or left is None):
             raise ValueError("a ring of more than one task needs both neighbours' connections")
         self.rank = rank
         self.size = size
         self.piece_bytes = max(64, int(piece_bytes))
+        self._codec = _Codec(transport)
         self._right = right
         self._left = left
         self._sender = _Sender(right) if right is not None else None
         self._spares: dict[np.dtype, list[np.ndarray]] = {}
+
+    @property
+    def transport(self) -> str | None:
+        """What float32 buffers travel as: None (float32), "bfloat16" or "float16"."""
+        return self._codec.transport
 
     def __enter__(self) -> Ring:
         return self
@@ -197,17 +248,24 @@ class Ring:
     def _reduce_scatter(self, flat: np.ndarray, bounds: np.ndarray) -> int:
         assert self._sender is not None and self._left is not None
         n, i, sender = self.size, self.rank, self._sender
+        codec = self._codec if self._codec.applies(flat.dtype) else None
+        wire = codec.wire if codec is not None else flat.dtype
         sent = 0
+
+        def send(piece: np.ndarray) -> int:
+            out = codec.encode(piece) if codec is not None else piece
+            sender.send(memoryview(out).cast("B"))
+            return out.nbytes
+
         for piece in self._pieces(flat, bounds, i):  # step 0: this task's own chunk i
-            sender.send(memoryview(piece).cast("B"))
-            sent += piece.nbytes
+            sent += send(piece)
         # What arrives, in order: chunk i-1-s of step s, piece by piece.
-        arriving = [
-            piece for s in range(n - 1) for piece in self._pieces(flat, bounds, (i - s - 1) % n)
-        ]
-        per_step = [len(self._pieces(flat, bounds, (i - s - 1) % n)) for s in range(n - 1)]
-        last_step_start = sum(per_step[:-1])
-        spares = self._spare_pieces(flat.dtype, max((p.size for p in arriving), default=0))
+        per_step = [self._pieces(flat, bounds, (i - s - 1) % n) for s in range(n - 1)]
+        arriving = [piece for pieces in per_step for piece in pieces]
+        forwarded = len(arriving) - len(per_step[-1])  # the last step's pieces stay here
+        largest = max((p.size for p in arriving), default=0)
+        spares = self._spare_pieces(wire, largest)
+        widened = np.empty(largest if codec is not None else 0, np.float32)
         free: queue.Queue[np.ndarray] = queue.Queue()
         for spare in spares:
             free.put(spare)
@@ -227,29 +285,42 @@ class Ring:
                         f"receiving from the previous task of the ring failed: {got}"
                     ) from got
                 incoming = got[: piece.size]
+                if codec is not None:
+                    codec.decode(incoming, widened[: piece.size])
+                    incoming = widened[: piece.size]
                 _native.nn_add_into(piece, incoming)
                 free.put(got)
-                if k < last_step_start:  # summed here, passed on in the next step
-                    sender.send(memoryview(piece).cast("B"))
-                    sent += piece.nbytes
+                if k < forwarded:  # summed here, passed on in the next step
+                    sent += send(piece)
         finally:
             receiver.join()  # ends once every piece is in, or on the connection's error
+        if codec is not None:  # the chunk summed here, as everyone else will receive it
+            for piece in self._pieces(flat, bounds, (i + 1) % n):
+                codec.round(piece)
         sender.flush()
         return sent
 
     def _all_gather_chunks(self, flat: np.ndarray, bounds: np.ndarray) -> int:
         assert self._sender is not None and self._left is not None
         n, i, sender = self.size, self.rank, self._sender
+        codec = self._codec if self._codec.applies(flat.dtype) else None
         sent = 0
         for piece in self._pieces(flat, bounds, (i + 1) % n):  # step 0: the chunk summed here
-            sender.send(memoryview(piece).cast("B"))
-            sent += piece.nbytes
+            out = codec.encode(piece) if codec is not None else piece
+            sender.send(memoryview(out).cast("B"))
+            sent += out.nbytes
         for s in range(n - 1):
             for piece in self._pieces(flat, bounds, (i - s) % n):
-                _recv_into(self._left, memoryview(piece).cast("B"))
+                if codec is None:
+                    _recv_into(self._left, memoryview(piece).cast("B"))
+                    out = piece
+                else:  # a new array: the sender may still hold the previous one
+                    out = np.empty(piece.size, codec.wire)
+                    _recv_into(self._left, memoryview(out).cast("B"))
+                    codec.decode(out, piece)
                 if s < n - 2:
-                    sender.send(memoryview(piece).cast("B"))
-                    sent += piece.nbytes
+                    sender.send(memoryview(out).cast("B"))
+                    sent += out.nbytes
         sender.flush()
         return sent
 
@@ -306,14 +377,17 @@ def connect_ring(
     host: str,
     bind_host: str = "",
     piece_bytes: int = PIECE_BYTES,
+    transport: str | None = None,
 ) -> Ring:
     """Join the ring of ``size`` tasks as task ``rank``: listen on ``bind_host``, publish
     ``host`` and the port through ``gather`` (``BarrierTaskContext.allGather``: every task's
     message, in rank order), connect to the next task and accept the previous one, each
-    connection opened with the fit's ``token`` and the sender's rank."""
+    connection opened with the fit's ``token`` and the sender's rank. ``transport``: what
+    float32 buffers travel as (see the module's docstring)."""
+    _Codec(transport)  # refused before any connection
     if size == 1:
         gather(json.dumps({}))  # every barrier task calls allGather as often as the others
-        return Ring(rank, size, None, None, piece_bytes=piece_bytes)
+        return Ring(rank, size, None, None, piece_bytes=piece_bytes, transport=transport)
     listener = socket.create_server((bind_host, 0), backlog=4)
     right = left = None
     try:
@@ -325,7 +399,7 @@ def connect_ring(
         _tune(right)
         send_message(right, {"token": token, "rank": rank})
         left = _accept_left(listener, token, (rank - 1) % size)
-        return Ring(rank, size, right, left, piece_bytes=piece_bytes)
+        return Ring(rank, size, right, left, piece_bytes=piece_bytes, transport=transport)
     except BaseException:
         for sock in (right, left):
             if sock is not None:

@@ -50,7 +50,7 @@ from .._finite import first_non_finite
 from .._jobs import JobDescription
 from .exchange import Exchange
 from .model import ModelAccess
-from .ring import PIECE_BYTES, Ring, connect_ring
+from .ring import PIECE_BYTES, TRANSPORTS, Ring, connect_ring
 from .runner import RoundTiming
 from .socket_exchange import WORKER_ERRORS, recv_message, send_message
 from .socket_exchange import _task_slots as task_slots
@@ -78,21 +78,35 @@ class RingExchange(Exchange):
 
     ``host``: the address executors reach the driver at (default 127.0.0.1 on a local master,
     else ``spark.driver.host``); ``port``: the driver's port (0: any free port);
-    ``piece_bytes``: the size of the pieces the all-reduce pipelines. Needs every worker
-    scheduled at once and the executors able to reach each other and the driver on any port.
+    ``piece_bytes``: the size of the pieces the all-reduce pipelines; ``transport``:
+    ``"bfloat16"`` or ``"float16"`` sends float32 parameters and updater state between workers
+    at half the bytes, rounded for the wire and summed in float32 (the workers and the driver
+    still agree bit for bit; the average differs from the other exchanges' by that rounding),
+    None sends them as they are. Needs every worker scheduled at once and the executors able to
+    reach each other and the driver on any port.
     """
 
     name = "ring"
 
     def __init__(
-        self, host: str | None = None, port: int = 0, piece_bytes: int = PIECE_BYTES
+        self,
+        host: str | None = None,
+        port: int = 0,
+        piece_bytes: int = PIECE_BYTES,
+        transport: str | None = None,
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         self.host = host
         self.port = port
         self.piece_bytes = piece_bytes
+        self.transport = transport
 
     def __repr__(self) -> str:
-        return f"RingExchange(host={self.host!r}, port={self.port}, piece_bytes={self.piece_bytes})"
+        return (
+            f"RingExchange(host={self.host!r}, port={self.port}, "
+            f"piece_bytes={self.piece_bytes}, transport={self.transport!r})"
+        )
 
     def run(self, runner: FitRunner, plan: FitPlan) -> None:
         sc = runner.sc
@@ -143,6 +157,7 @@ class RingExchange(Exchange):
                     first_round=first_round,
                     local=local,
                     piece_bytes=self.piece_bytes,
+                    transport=self.transport,
                 )
                 try:
                     plan.worker_view().barrier().mapPartitionsWithIndex(fit).collect()
@@ -382,6 +397,7 @@ class RingRounds:
         first_round: int,
         local: bool,
         piece_bytes: int = PIECE_BYTES,
+        transport: str | None = None,
     ) -> None:
         self.setup = setup
         self.weights = weights  # Broadcast of {"round", "counters", "params", "state"}
@@ -392,6 +408,7 @@ class RingRounds:
         self.first_round = first_round  # round r of the fit is round first_round + r overall
         self.local = local
         self.piece_bytes = piece_bytes
+        self.transport = transport
 
     def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[Any]:
         from pyspark import BarrierTaskContext
@@ -409,6 +426,7 @@ class RingRounds:
             host=host,
             bind_host="127.0.0.1" if self.local else "",
             piece_bytes=self.piece_bytes,
+            transport=self.transport,
         ) as ring:
             uplink = _Uplink(self.driver, self.token, self.attempt) if index == 0 else None
             try:
