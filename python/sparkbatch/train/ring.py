@@ -395,7 +395,15 @@ def connect_ring(
         port = listener.getsockname()[1]
         addresses = [json.loads(m) for m in gather(json.dumps({"host": host, "port": port}))]
         target = addresses[(rank + 1) % size]
-        right = socket.create_connection((target["host"], int(target["port"])), _CONNECT_S)
+        try:
+            right = socket.create_connection((target["host"], int(target["port"])), _CONNECT_S)
+        except OSError as e:
+            raise ConnectionError(
+                f"task {rank} of the ring cannot reach task {(rank + 1) % size} at "
+                f"{target['host']}:{target['port']} ({e}): exchange='ring' needs the executors "
+                "to reach each other on any port; where they cannot, use exchange='socket' or "
+                "'spark'"
+            ) from e
         _tune(right)
         send_message(right, {"token": token, "rank": rank})
         left = _accept_left(listener, token, (rank - 1) % size)
