@@ -277,6 +277,7 @@ class Ring:
             daemon=True,
         )
         receiver.start()
+        done = False
         try:
             for k, piece in enumerate(arriving):
                 got = ready.get()
@@ -292,7 +293,13 @@ class Ring:
                 free.put(got)
                 if k < forwarded:  # summed here, passed on in the next step
                     sent += send(piece)
+            done = True
         finally:
+            if not done:  # unblock the receiver wherever it waits: the ring is broken anyway
+                with contextlib.suppress(OSError):
+                    self._left.shutdown(socket.SHUT_RDWR)
+                for spare in spares:
+                    free.put(spare)
             receiver.join()  # ends once every piece is in, or on the connection's error
         if codec is not None:  # the chunk summed here, as everyone else will receive it
             for piece in self._pieces(flat, bounds, (i + 1) % n):
