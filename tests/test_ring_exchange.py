@@ -19,7 +19,9 @@ from sparkbatch.train import ParameterAveraging, RingExchange, SparkNetwork
 from sparkbatch.train.ring import connect_ring
 
 
-def _ring_tasks(size: int, task, piece_bytes: int = 4096, transport: str | None = None) -> list:
+def _ring_tasks(
+    size: int, task, piece_bytes: int = 4096, transport: str | None = None, grid: bool = True
+) -> list:
     """Run ``task(ring)`` on ``size`` threads joined in one ring over loopback (a barrier
     standing for ``BarrierTaskContext.allGather``); their results in rank order."""
     messages: list = [None] * size
@@ -43,6 +45,7 @@ def _ring_tasks(size: int, task, piece_bytes: int = 4096, transport: str | None 
                 host="127.0.0.1",
                 piece_bytes=piece_bytes,
                 transport=transport,
+                grid=grid,
             ) as ring:
                 results[rank] = task(ring)
         except BaseException as e:  # noqa: BLE001  (the test looks at it)
@@ -57,7 +60,7 @@ def _ring_tasks(size: int, task, piece_bytes: int = 4096, transport: str | None 
     return results
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 4, 6])  # 4 and 6: grids of 2 x 2 and 2 x 3
 @pytest.mark.parametrize("length", [0, 1, 4, 1001, 30_011])
 def test_all_reduce_gives_every_task_the_same_sum(size, length):
     rng = np.random.default_rng(length)
@@ -83,7 +86,7 @@ def test_all_reduce_gives_every_task_the_same_sum(size, length):
 
 
 @pytest.mark.parametrize("transport", ["bfloat16", "float16"])
-@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("size", [2, 3, 4])
 def test_half_precision_transport_halves_the_bytes_and_every_task_keeps_the_same_bits(
     size, transport
 ):
@@ -123,16 +126,30 @@ def test_bfloat16_transport_rounds_to_nearest_ties_to_even():
     )
 
 
-def test_a_task_that_leaves_the_ring_is_a_connection_error_for_its_neighbours():
+def test_tasks_form_a_grid_of_rings_where_their_number_splits():
+    from sparkbatch.train.ring import Grid, Ring, grid_width
+
+    assert [grid_width(n) for n in (1, 2, 3, 4, 5, 6, 12, 16, 97, 256)] == [
+        1, 1, 1, 2, 1, 2, 3, 4, 1, 16
+    ]  # fmt: skip
+    kinds = _ring_tasks(6, lambda ring: (type(ring), ring.rows.size, ring.columns.size))
+    assert kinds == [(Grid, 2, 3)] * 6
+    plain = _ring_tasks(4, lambda ring: type(ring), grid=False)
+    assert plain == [Ring] * 4
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_a_task_that_leaves_the_ring_is_a_connection_error_for_the_others(size):
     def task(ring):
         if ring.rank == 1:
             ring.close()
             return "left"
         return ring.all_reduce(np.ones(100_000, np.float32))
 
-    results = _ring_tasks(3, task)
+    results = _ring_tasks(size, task)
     assert results[1] == "left"
-    assert all(isinstance(r, ConnectionError) for r in (results[0], results[2])), results
+    others = [r for rank, r in enumerate(results) if rank != 1]
+    assert all(isinstance(r, ConnectionError) for r in others), results
 
 
 def test_a_stranger_connecting_to_a_task_is_refused(monkeypatch):

@@ -16,6 +16,13 @@ Every task sends and receives ``2 (size - 1) / size`` times the buffer per all-r
 ``size`` is: the traffic per task does not grow with the number of tasks, unlike a star (every
 task to one server) whose centre receives ``size`` buffers.
 
+Each pass takes ``size - 1`` steps, and each step a hop's latency: with hundreds of tasks the
+hops cost more than the bytes. :func:`connect_ring` therefore arranges the tasks in a
+:class:`Grid` where their number splits (16 x 16 for 256): a reduce-scatter along each row, an
+all-reduce of each task's summed chunk along its column, an all-gather along the row; the
+bytes sent stay those of one ring, the hops fall from ``2 (size - 1)`` to
+``2 (width - 1) + 2 (size / width - 1)``.
+
 Chunks travel in pieces of ``piece_bytes``: a receiving thread takes piece ``k + 1`` off the
 socket while the task's own thread adds piece ``k``, and a sending thread passes each summed
 piece on as soon as it is summed, so that the steps overlap (a pipeline around the ring).
@@ -52,7 +59,7 @@ import numpy as np
 from .. import _native
 from .socket_exchange import recv_message, send_message
 
-__all__ = ["Ring", "RingStep", "connect_ring", "TRANSPORTS"]
+__all__ = ["Grid", "Ring", "RingStep", "connect_ring", "grid_width", "TRANSPORTS"]
 
 #: The default size of the pieces chunks travel in (1 MiB: large enough that per-piece costs
 #: vanish, small enough that summing and sending overlap).
@@ -227,11 +234,11 @@ class Ring:
             raise ValueError("all_reduce needs a writable contiguous buffer")
         if self.size == 1 or flat.size == 0:
             return [RingStep("reduce-scatter", 0.0, 0), RingStep("all-gather", 0.0, 0)]
-        bounds = np.linspace(0, flat.size, self.size + 1).round().astype(np.int64)
+        bounds = self.bounds(flat.size)
         start = time.perf_counter()
-        sent = self._reduce_scatter(flat, bounds)
+        sent = self.reduce_scatter(flat, bounds)
         middle = time.perf_counter()
-        sent_gather = self._all_gather_chunks(flat, bounds)
+        sent_gather = self.all_gather_chunks(flat, bounds)
         end = time.perf_counter()
         return [
             RingStep("reduce-scatter", middle - start, sent),
@@ -240,12 +247,23 @@ class Ring:
 
     # -- the two passes ----------------------------------------------------------------------
 
+    def bounds(self, length: int) -> np.ndarray:
+        """Where the ``size`` chunks of a buffer of ``length`` values begin and end."""
+        return np.linspace(0, length, self.size + 1).round().astype(np.int64)
+
+    def owned(self, bounds: np.ndarray) -> slice:
+        """The chunk this task holds summed after :meth:`reduce_scatter`."""
+        c = (self.rank + 1) % self.size
+        return slice(int(bounds[c]), int(bounds[c + 1]))
+
     def _pieces(self, flat: np.ndarray, bounds: np.ndarray, chunk: int) -> list[np.ndarray]:
         lo, hi = int(bounds[chunk]), int(bounds[chunk + 1])
         step = max(1, self.piece_bytes // flat.itemsize)
         return [flat[a : min(hi, a + step)] for a in range(lo, hi, step)]
 
-    def _reduce_scatter(self, flat: np.ndarray, bounds: np.ndarray) -> int:
+    def reduce_scatter(self, flat: np.ndarray, bounds: np.ndarray) -> int:
+        """The first pass: afterwards chunk :meth:`owned` of ``flat`` holds the sum over the
+        ring's tasks. The bytes this task sent."""
         assert self._sender is not None and self._left is not None
         n, i, sender = self.size, self.rank, self._sender
         codec = self._codec if self._codec.applies(flat.dtype) else None
@@ -307,7 +325,9 @@ class Ring:
         sender.flush()
         return sent
 
-    def _all_gather_chunks(self, flat: np.ndarray, bounds: np.ndarray) -> int:
+    def all_gather_chunks(self, flat: np.ndarray, bounds: np.ndarray) -> int:
+        """The second pass: every task's owned chunk copied into every other task's ``flat``.
+        The bytes this task sent."""
         assert self._sender is not None and self._left is not None
         n, i, sender = self.size, self.rank, self._sender
         codec = self._codec if self._codec.applies(flat.dtype) else None
@@ -337,6 +357,63 @@ class Ring:
             spares = [np.empty(size, dtype) for _ in range(_SPARE_PIECES)]
             self._spares[dtype] = spares
         return spares
+
+
+class Grid:
+    """Tasks in rows of ``rows.size`` and columns of ``columns.size``, each row and column a
+    :class:`Ring`: an all-reduce is a reduce-scatter along the rows, an all-reduce of each
+    task's summed chunk along its column, and an all-gather along the rows. The bytes each task
+    sends are about those of one ring over all the tasks, but a value crosses
+    ``2 (rows.size - 1) + 2 (columns.size - 1)`` connections instead of ``2 (size - 1)``: for
+    256 tasks 60 hops, not 510, where each hop's latency counts.
+    """
+
+    def __init__(self, rank: int, size: int, rows: Ring, columns: Ring) -> None:
+        self.rank = rank
+        self.size = size
+        self.rows = rows
+        self.columns = columns
+
+    @property
+    def transport(self) -> str | None:
+        return self.rows.transport
+
+    def __enter__(self) -> Grid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.rows.close()
+        self.columns.close()
+
+    def all_gather(self, item: Any) -> list[Any]:
+        """Every task's ``item`` (JSON-able), in rank order, on every task."""
+        by_row = self.columns.all_gather(self.rows.all_gather(item))
+        return [x for row in by_row for x in row]
+
+    def all_reduce(self, buffer: np.ndarray) -> list[RingStep]:
+        """As :meth:`Ring.all_reduce`, over the whole grid."""
+        flat = buffer.reshape(-1)
+        if not flat.flags.c_contiguous or not flat.flags.writeable:
+            raise ValueError("all_reduce needs a writable contiguous buffer")
+        if flat.size == 0:
+            return [RingStep("reduce-scatter", 0.0, 0), RingStep("all-gather", 0.0, 0)]
+        bounds = self.rows.bounds(flat.size)
+        start = time.perf_counter()
+        sent = self.rows.reduce_scatter(flat, bounds)
+        middle = time.perf_counter()
+        scatter, gather = self.columns.all_reduce(flat[self.rows.owned(bounds)])
+        after_columns = time.perf_counter()
+        sent_gather = self.rows.all_gather_chunks(flat, bounds)
+        end = time.perf_counter()
+        return [
+            RingStep("reduce-scatter", middle - start + scatter.seconds, sent + scatter.bytes),
+            RingStep(
+                "all-gather", end - after_columns + gather.seconds, sent_gather + gather.bytes
+            ),
+        ]
 
 
 class _Queued:
@@ -375,6 +452,16 @@ def _recv_into(sock: socket.socket, view: memoryview) -> None:
 # -- building the ring ---------------------------------------------------------------------------
 
 
+def grid_width(size: int) -> int:
+    """The width of the grid :func:`connect_ring` arranges ``size`` tasks in: the largest
+    divisor of ``size`` not above its square root (1: a plain ring, for 1-3 tasks and primes)."""
+    width = 1
+    for divisor in range(2, int(size**0.5) + 1):
+        if size % divisor == 0:
+            width = divisor
+    return width
+
+
 def connect_ring(
     rank: int,
     size: int,
@@ -385,64 +472,118 @@ def connect_ring(
     bind_host: str = "",
     piece_bytes: int = PIECE_BYTES,
     transport: str | None = None,
-) -> Ring:
-    """Join the ring of ``size`` tasks as task ``rank``: listen on ``bind_host``, publish
+    grid: bool = True,
+) -> Ring | Grid:
+    """Join the ``size`` tasks' collective as task ``rank``: listen on ``bind_host``, publish
     ``host`` and the port through ``gather`` (``BarrierTaskContext.allGather``: every task's
-    message, in rank order), connect to the next task and accept the previous one, each
-    connection opened with the fit's ``token`` and the sender's rank. ``transport``: what
-    float32 buffers travel as (see the module's docstring)."""
+    message, in rank order), connect to the next task of each ring this task belongs to and
+    accept the previous one, each connection opened with the fit's ``token``, the sender's rank
+    and the ring's name.
+
+    With ``grid`` (and a ``size`` that :func:`grid_width` splits) the tasks form a
+    :class:`Grid` of rows and columns, each a ring; else one :class:`Ring`. ``transport``: what
+    float32 buffers travel as (see the module's docstring).
+    """
     _Codec(transport)  # refused before any connection
+    width = grid_width(size) if grid else 1
+    if width > 1:
+        row, column = divmod(rank, width)
+        rings = {
+            "row": [row * width + k for k in range(width)],
+            "column": [column + width * k for k in range(size // width)],
+        }
+    else:
+        rings = {"ring": list(range(size))}
+    made: dict[str, Ring] = {}
     if size == 1:
         gather(json.dumps({}))  # every barrier task calls allGather as often as the others
         return Ring(rank, size, None, None, piece_bytes=piece_bytes, transport=transport)
-    listener = socket.create_server((bind_host, 0), backlog=4)
-    right = left = None
+    listener = socket.create_server((bind_host, 0), backlog=8)
+    right: dict[str, socket.socket] = {}
+    left: dict[str, socket.socket] = {}
     try:
         listener.settimeout(_CONNECT_S)
         port = listener.getsockname()[1]
         addresses = [json.loads(m) for m in gather(json.dumps({"host": host, "port": port}))]
-        target = addresses[(rank + 1) % size]
-        try:
-            right = socket.create_connection((target["host"], int(target["port"])), _CONNECT_S)
-        except OSError as e:
-            raise ConnectionError(
-                f"task {rank} of the ring cannot reach task {(rank + 1) % size} at "
-                f"{target['host']}:{target['port']} ({e}): exchange='ring' needs the executors "
-                "to reach each other on any port; where they cannot, use exchange='socket' or "
-                "'spark'"
-            ) from e
-        _tune(right)
-        send_message(right, {"token": token, "rank": rank})
-        left = _accept_left(listener, token, (rank - 1) % size)
-        return Ring(rank, size, right, left, piece_bytes=piece_bytes, transport=transport)
+        for name, members in rings.items():
+            target = members[(members.index(rank) + 1) % len(members)]
+            right[name] = _connect(rank, target, addresses[target])
+            send_message(right[name], {"token": token, "rank": rank, "ring": name})
+        expected = {
+            (name, members[(members.index(rank) - 1) % len(members)])
+            for name, members in rings.items()
+        }
+        left = _accept_left(listener, token, expected)
+        for name, members in rings.items():
+            made[name] = Ring(
+                members.index(rank),
+                len(members),
+                right[name],
+                left[name],
+                piece_bytes=piece_bytes,
+                transport=transport,
+            )
     except BaseException:
-        for sock in (right, left):
-            if sock is not None:
-                sock.close()
+        for sock in [*right.values(), *left.values()]:
+            sock.close()
         raise
     finally:
         listener.close()
+    if width > 1:
+        return Grid(rank, size, made["row"], made["column"])
+    return made["ring"]
 
 
-def _accept_left(listener: socket.socket, token: str, expected: int) -> socket.socket:
-    """The previous task's connection: the first one that opens with the token and its rank."""
+def _connect(rank: int, target: int, address: dict[str, Any]) -> socket.socket:
+    try:
+        sock = socket.create_connection((address["host"], int(address["port"])), _CONNECT_S)
+    except OSError as e:
+        raise ConnectionError(
+            f"task {rank} of the ring cannot reach task {target} at "
+            f"{address['host']}:{address['port']} ({e}): exchange='ring' needs the executors "
+            "to reach each other on any port; where they cannot, use exchange='socket' or "
+            "'spark'"
+        ) from e
+    _tune(sock)
+    return sock
+
+
+def _accept_left(
+    listener: socket.socket, token: str, expected: set[tuple[str, int]]
+) -> dict[str, socket.socket]:
+    """The previous tasks' connections, one per ring (``expected``: its name and the previous
+    task's rank): the first that open with the token and the right names."""
     deadline = time.monotonic() + _CONNECT_S
-    while True:
-        if time.monotonic() > deadline:
-            raise ConnectionError(
-                f"task {expected} of the ring did not connect within {_CONNECT_S:.0f} s"
-            )
-        conn, _ = listener.accept()  # raises socket.timeout past the listener's timeout
-        try:
-            conn.settimeout(_CONNECT_S)
-            hello, _, _ = recv_message(conn)
-        except (ConnectionError, OSError):
+    found: dict[str, socket.socket] = {}
+    try:
+        while len(found) < len(expected):
+            if time.monotonic() > deadline:
+                missing = sorted(f"task {r} ({name})" for name, r in expected if name not in found)
+                raise ConnectionError(
+                    f"{', '.join(missing)} of the ring did not connect within {_CONNECT_S:.0f} s"
+                )
+            conn, _ = listener.accept()  # raises socket.timeout past the listener's timeout
+            try:
+                conn.settimeout(_CONNECT_S)
+                hello, _, _ = recv_message(conn)
+            except (ConnectionError, OSError):
+                conn.close()
+                continue
+            name = hello.get("ring")
+            if (
+                hello.get("token") == token
+                and (name, hello.get("rank")) in expected
+                and name not in found
+            ):
+                _tune(conn)
+                found[str(name)] = conn
+            else:
+                conn.close()  # not ours
+    except BaseException:
+        for conn in found.values():
             conn.close()
-            continue
-        if hello.get("token") == token and hello.get("rank") == expected:
-            _tune(conn)
-            return conn
-        conn.close()  # not ours
+        raise
+    return found
 
 
 def _tune(sock: socket.socket) -> None:

@@ -50,7 +50,7 @@ from .._finite import first_non_finite
 from .._jobs import JobDescription
 from .exchange import Exchange
 from .model import ModelAccess
-from .ring import PIECE_BYTES, TRANSPORTS, Ring, connect_ring
+from .ring import PIECE_BYTES, TRANSPORTS, Grid, Ring, connect_ring
 from .runner import RoundTiming
 from .socket_exchange import WORKER_ERRORS, recv_message, send_message
 from .socket_exchange import _task_slots as task_slots
@@ -503,7 +503,12 @@ class _RingWorker:
     """The rounds of one ring worker (see the module's docstring for one round's steps)."""
 
     def __init__(
-        self, rounds: RingRounds, ring: Ring, uplink: _Uplink | None, index: int, plan: list[Any]
+        self,
+        rounds: RingRounds,
+        ring: Ring | Grid,
+        uplink: _Uplink | None,
+        index: int,
+        plan: list[Any],
     ) -> None:
         self.rounds = rounds
         self.setup = rounds.setup
