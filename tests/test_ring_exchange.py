@@ -14,7 +14,7 @@ import pytest
 from tests.test_train_spark import _export, _FailsOnceLoader, _network
 
 from sparkbatch.data.manifest import minibatch_files
-from sparkbatch.nn import SGD, Adam
+from sparkbatch.nn import Adam
 from sparkbatch.train import ParameterAveraging, RingExchange, SparkNetwork
 from sparkbatch.train.ring import connect_ring
 
@@ -176,8 +176,8 @@ def test_a_stranger_connecting_to_a_task_is_refused(monkeypatch):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("updater", [Adam(0.01), SGD(0.2)], ids=["adam", "sgd"])
-def test_ring_exchange_trains_exactly_as_spark_exchange(sc, tmp_path, updater):
+def test_ring_exchange_trains_exactly_as_spark_exchange(sc, tmp_path):
+    updater = Adam(0.01)  # with its state: both buffers go round the ring
     directory = _export(sc, tmp_path, 230, 10)
     results = {}
     for exchange in ("spark", "ring"):
