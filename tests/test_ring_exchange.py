@@ -5,6 +5,7 @@ average."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -124,6 +125,17 @@ def test_bfloat16_transport_rounds_to_nearest_ties_to_even():
     np.testing.assert_array_equal(
         ones, np.array([1, 1 + 2**-6, 1, -(1 + 2**-7), 3.00405527e38], np.float32)
     )
+    # NaNs whose rounding would carry into the exponent or the sign stay NaNs, not 0 or inf.
+    nans = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FC00000], np.uint32).view(np.float32)
+    codec.round(nans)
+    assert np.isnan(nans).all(), nans.view(np.uint32)
+
+
+def test_all_reduce_refuses_a_buffer_it_could_only_sum_a_copy_of():
+    from sparkbatch.train.ring import Ring
+
+    with Ring(0, 1, None, None) as ring, pytest.raises(ValueError, match="contiguous"):
+        ring.all_reduce(np.ones((3, 4), np.float32).T)
 
 
 def test_tasks_form_a_grid_of_rings_where_their_number_splits():
@@ -170,6 +182,19 @@ def test_a_stranger_connecting_to_a_task_is_refused(monkeypatch):
     monkeypatch.setattr(socket, "create_server", intruding_server)
     results = _ring_tasks(2, task)
     assert results == [[0, 1], [0, 1]]
+
+
+def test_a_neighbour_that_never_connects_is_named_once_the_wait_is_over(monkeypatch):
+    from sparkbatch.train import ring
+
+    monkeypatch.setattr(ring, "_CONNECT_S", 0.2)
+    silent = socket.create_server(("127.0.0.1", 0))  # task 1: accepts, never connects back
+    task_1 = json.dumps({"host": "127.0.0.1", "port": silent.getsockname()[1]})
+    try:
+        with pytest.raises(ConnectionError, match=r"task 1 \(ring\) of the ring did not connect"):
+            ring.connect_ring(0, 2, lambda m: [m, task_1], "token", host="127.0.0.1")
+    finally:
+        silent.close()
 
 
 # --- fits on local Spark ------------------------------------------------------------------------
@@ -268,6 +293,27 @@ def test_a_worker_without_files_in_a_round_stays_out_of_the_ring_average(sc, tmp
         fitted[exchange] = spark_net.model
     np.testing.assert_allclose(fitted["ring"].params(), fitted["spark"].params(), atol=1e-6)
     assert fitted["ring"].iteration == fitted["spark"].iteration
+
+
+def test_a_workers_error_is_kept_by_the_driver_before_worker_0_goes_on():
+    from sparkbatch import NonFiniteError
+    from sparkbatch.train.ring_exchange import RoundCollector, _Uplink
+
+    collector = RoundCollector(rounds=2, apply=lambda *args: None, bind_host="127.0.0.1")
+    collector.attempt = 2
+    try:
+        stale = _Uplink(("127.0.0.1", collector.port), collector.token, attempt=1)
+        with pytest.raises(ConnectionError, match="worker's error to the driver"):
+            stale.send_now({"error": "NonFiniteError", "message": "from an earlier try"})
+        stale.close()
+        assert collector.error is None  # a stale worker 0 is not heard
+        uplink = _Uplink(("127.0.0.1", collector.port), collector.token, attempt=2)
+        uplink.send_now({"error": "NonFiniteError", "message": "NaN in minibatch 3"})
+        error = collector.error  # kept already: the job may end as soon as worker 0 returns
+        uplink.close()
+    finally:
+        collector.close()
+    assert isinstance(error, NonFiniteError) and "minibatch 3" in str(error)
 
 
 def test_ring_is_a_named_exchange():

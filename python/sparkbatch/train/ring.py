@@ -102,7 +102,11 @@ class _Codec:
             return piece.astype(np.float16)
         bits = piece.view(np.uint32)
         rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-        return ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
+        wire = ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
+        nan = np.isnan(piece)
+        if nan.any():  # rounding would carry a NaN's mantissa into its exponent or sign (0.0)
+            wire[nan] = (bits[nan] >> np.uint32(16)).astype(np.uint16) | np.uint16(0x40)
+        return wire
 
     def decode(self, wire: np.ndarray, out: np.ndarray) -> None:
         """Widen ``wire`` into the float32 array ``out``."""
@@ -152,7 +156,7 @@ class _Sender:
                     return
                 if self.error is None:
                     self._sock.sendall(data)
-            except OSError as e:
+            except Exception as e:  # noqa: BLE001  (raised by flush; a dead thread would hang it)
                 self.error = e
             finally:
                 self._queue.task_done()
@@ -229,9 +233,9 @@ class Ring:
         """Sum the contiguous ``buffer`` over every task, in place: afterwards every task's
         ``buffer`` holds the same sum. The tasks' buffers must agree in dtype and size.
         Returns the two passes' times and bytes sent by this task."""
-        flat = buffer.reshape(-1)
-        if not flat.flags.c_contiguous or not flat.flags.writeable:
+        if not buffer.flags.c_contiguous or not buffer.flags.writeable:  # else reshape copies
             raise ValueError("all_reduce needs a writable contiguous buffer")
+        flat = buffer.reshape(-1)
         if self.size == 1 or flat.size == 0:
             return [RingStep("reduce-scatter", 0.0, 0), RingStep("all-gather", 0.0, 0)]
         bounds = self.bounds(flat.size)
@@ -395,9 +399,9 @@ class Grid:
 
     def all_reduce(self, buffer: np.ndarray) -> list[RingStep]:
         """As :meth:`Ring.all_reduce`, over the whole grid."""
-        flat = buffer.reshape(-1)
-        if not flat.flags.c_contiguous or not flat.flags.writeable:
+        if not buffer.flags.c_contiguous or not buffer.flags.writeable:  # else reshape copies
             raise ValueError("all_reduce needs a writable contiguous buffer")
+        flat = buffer.reshape(-1)
         if flat.size == 0:
             return [RingStep("reduce-scatter", 0.0, 0), RingStep("all-gather", 0.0, 0)]
         bounds = self.rows.bounds(flat.size)
@@ -562,7 +566,11 @@ def _accept_left(
                 raise ConnectionError(
                     f"{', '.join(missing)} of the ring did not connect within {_CONNECT_S:.0f} s"
                 )
-            conn, _ = listener.accept()  # raises socket.timeout past the listener's timeout
+            listener.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue  # past the deadline: the check above names the missing tasks
             try:
                 conn.settimeout(_CONNECT_S)
                 hello, _, _ = recv_message(conn)

@@ -124,8 +124,8 @@ class RingExchange(Exchange):
         def apply(result: RoundResult | None, g: int, timing: RoundTiming) -> None:
             runner.finish(plan, g, result, timing)
 
+        setup = runner.worker_setup(plan)  # before the collector: nothing to close if it fails
         collector = RoundCollector(rounds=rounds, apply=apply, bind_host=bind, port=self.port)
-        setup = runner.worker_setup(plan)
         epochs = [planned.epoch for planned in plan.rounds]
         first_round = runner.round  # round r of the fit is round first_round + r overall
         jobs = JobDescription(sc)
@@ -310,12 +310,12 @@ class RoundCollector:
                     with self.lock:
                         if self._closed or attempt != self.attempt:
                             return  # a stale worker 0 of an earlier attempt
-                        if "error" in message:  # a worker's: the fit ends, no answer awaited
+                        if "error" in message:  # a worker's: the fit ends
                             if self.error is None:
                                 kind = WORKER_ERRORS.get(str(message["error"]), RuntimeError)
                                 self.error = kind(str(message.get("message", "a worker failed")))
-                            return
-                        self._take(message, spare, arrived, received)
+                        else:
+                            self._take(message, spare, arrived, received)
                         stop = self.error is not None
                     send_message(conn, {"stop": stop})
                     if stop or self.next_round >= self.rounds:
@@ -451,9 +451,13 @@ class _Uplink:
                 "ParameterAveraging(exchange_host=...) to an address executors reach and open "
                 "its port (exchange_port=...), or use exchange='spark'"
             ) from e
-        self._sock.settimeout(None)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        send_message(self._sock, {"token": token, "attempt": attempt})
+        try:
+            self._sock.settimeout(None)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            send_message(self._sock, {"token": token, "attempt": attempt})
+        except BaseException:
+            self._sock.close()
+            raise
         self._copies: list[np.ndarray] = []
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -472,9 +476,14 @@ class _Uplink:
         self._thread.start()
 
     def send_now(self, header: dict[str, Any]) -> None:
-        """Send a message without arrays and wait for nothing (a worker's error)."""
+        """Send a message without arrays (a worker's error) and wait for the driver's answer:
+        the workers' job must not end before the driver has kept the error."""
         self.wait()
-        send_message(self._sock, header)
+        try:
+            send_message(self._sock, header)
+            recv_message(self._sock)
+        except (ConnectionError, OSError) as e:
+            raise ConnectionError(f"sending a worker's error to the driver failed: {e}") from e
 
     def wait(self) -> None:
         """Wait for the last round's answer; raise if sending it failed."""
@@ -589,7 +598,7 @@ class _RingWorker:
                 summary["steps"] = [[name, *step] for name, step in steps.items()]
                 self.uplink.send(summary, buffers)
             if fitters:  # else the model keeps its parameters and the counters stand
-                if any(first_non_finite(b) >= 0 for b in buffers):
+                if first_non_finite(buffers[0]) >= 0:  # the parameters, as the driver checks
                     return  # the sum overflowed: the driver's check raises the DivergenceError
                 self._average(buffers, own, len(fitters))
                 if setup.save_updater:
