@@ -74,6 +74,23 @@ BROADCAST_BLOCK = 4 << 20
 GOAL = {"executors": 256, "size": "10M", "frequency": 5, "gbits": 10.0, "share": 0.20}
 
 
+def ring_steps(n: int) -> int:
+    """Latency-bound steps of one all-reduce among ``n`` workers: ``2 (n - 1)`` on one ring;
+    on the grid of rings ``exchange="ring"`` forms where ``n`` splits into ``w`` columns
+    (:func:`sparkbatch.train.ring.grid_width`), ``2 (w - 1)`` along a row and ``2 (n / w - 1)``
+    along a column. The bytes each worker sends are ``2 (n - 1) / n`` of the buffer either way.
+
+    >>> ring_steps(3), ring_steps(4), ring_steps(256)
+    (4, 4, 60)
+    """
+    try:
+        from sparkbatch.train.ring import grid_width
+    except ImportError:  # a checkout whose ring has no grid
+        return 2 * (n - 1)
+    w = grid_width(n)
+    return 2 * (w - 1) + 2 * (n // w - 1)
+
+
 def n_parameters(hidden: int) -> int:
     """Parameters of the 64-``hidden``-``hidden``-10 network (weights and biases).
 
@@ -371,7 +388,7 @@ TERMS: dict[str, list[tuple[str, str, Any]]] = {
     "ring": [
         ("round", "s per round", lambda p, n, s, k: 1.0),
         ("worker_round", "s per round on each worker", lambda p, n, s, k: s),
-        ("step", "s per ring step", lambda p, n, s, k: 2.0 * (n - 1)),
+        ("step", "s per ring step", lambda p, n, s, k: float(ring_steps(n))),
         ("worker_byte", "s per byte sent by each worker",
          lambda p, n, s, k: 2.0 * (n - 1) / n * p * s),
         ("driver_byte", "s per byte averaged by the driver", lambda p, n, s, k: float(p)),
@@ -487,36 +504,47 @@ def predict_cluster(
     # executors in their own JVMs, as on a standalone cluster here
     c["driver_byte" if exchange != "ring" else "worker_byte"] += c.get("cluster_byte", 0.0)
     average = model["average_byte"] * p
+    terms: dict[str, float]
     if exchange == "spark":
         # torrent broadcast: every executor receives P once, pipelined in blocks over a tree
         broadcast = p * wire + math.ceil(math.log2(n)) * (min(p, BROADCAST_BLOCK) * wire + latency)
         # treeAggregate(depth=2): a shuffle to f = ceil(sqrt(N)) partitions, then f results to
         # the driver; every receiver takes f results in over its link and adds them
         f = max(math.ceil(n ** 0.5), 2)
-        aggregate = 2 * (f * p * (wire + c["driver_byte"]) + latency)
-        rest = (
-            2 * c["job"] + c["worker_round"] + c["task"] * (n + f) + c["worker_byte"] * p
-            + broadcast + aggregate
-        )
+        terms = {
+            "two stages per round": 2 * c["job"] + c["worker_round"],
+            "task launches, N + f": c["task"] * (n + f),
+            "CPU per byte, workers": c["worker_byte"] * p,
+            "broadcast on the wire": broadcast,
+            "treeAggregate, CPU per byte": 2 * f * p * c["driver_byte"],
+            "treeAggregate on the wire": 2 * (f * p * wire + latency),
+        }
     elif exchange == "socket":
         # star on the driver: N x P in and N x P out over the driver's link
-        rest = (
-            c["round"] + c["worker_round"] + c["message"] * n + c["worker_byte"] * p
-            + c["driver_byte"] * n * p + 2 * n * p * wire + 2 * latency
-        )
+        terms = {
+            "per round": c["round"] + c["worker_round"],
+            "per worker, on the driver": c["message"] * n,
+            "CPU per byte, workers": c["worker_byte"] * p,
+            "CPU per byte, driver (N x P)": c["driver_byte"] * n * p,
+            "driver's link, 2 N x P": 2 * n * p * wire + 2 * latency,
+        }
     elif exchange == "ring":
-        steps = 2 * (n - 1)
+        steps = ring_steps(n)
         moved = 2.0 * (n - 1) / n * p
         # worker 0 sends the sum to the driver on a thread while the next round fits: only
         # what outlasts that fit counts
-        rest = (
-            c["round"] + c["worker_round"] + steps * (c["step"] + latency)
-            + moved * (c["worker_byte"] + wire)
-            + c["driver_byte"] * p + max(0.0, p * wire - fit)
-        )
+        terms = {
+            "per round": c["round"] + c["worker_round"],
+            "ring steps, software": steps * c["step"],
+            "ring steps, network latency": steps * latency,
+            "CPU per byte, workers": moved * c["worker_byte"],
+            "on the wire, 2 (N-1)/N x P": moved * wire,
+            "sum to the driver": c["driver_byte"] * p + max(0.0, p * wire - fit),
+        }
     else:
         raise ValueError(f"no cost model for exchange {exchange!r}")
-    rest += average
+    terms["driver's averaging"] = average
+    rest = sum(terms.values())
     wall = fit + rest
     per_example = model["per_minibatch"][size] / model["batch"]
     # the smallest minibatch (fit time linear in examples) at which the rest is GOAL's share
@@ -525,7 +553,7 @@ def predict_cluster(
     batch = max(1, math.ceil(need / (per_example * frequency))) if per_example > 0 else None
     return {
         "fit_s": fit, "rest_s": rest, "wall_s": wall, "rest_share": rest / wall,
-        "batch_for_goal": batch,
+        "batch_for_goal": batch, "terms": terms,
     }
 
 
@@ -580,6 +608,26 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
     )
     for exchange, (err, where) in sorted(worst.items()):
         print(f"worst at 2-4 workers, {exchange}: {100 * err:+.1f} % ({where})")
+    print("\n| points | count | median error | worst | within 25 % |")
+    print("|---|---:|---:|---:|---:|")
+    groups = {
+        "all": lambda p: True,
+        "local[1]": lambda p: p["config"] == "local[1]",
+        "local[2]": lambda p: p["config"] == "local[2]",
+        "clusters of 2-4 workers": lambda p: p["config"].startswith("cluster"),
+        "clusters of 2-4 workers, rounds of 50 ms or more": lambda p: (
+            p["config"].startswith("cluster") and _median_round(p, "wall_s") >= 0.05),
+    }
+    for exchange in [None, *model["exchanges"]]:
+        for name, keep in groups.items():
+            sel = np.array([
+                abs(e) for p, e in zip(points, errors, strict=True)
+                if keep(p) and exchange in (None, p["exchange"])
+            ])
+            if len(sel):
+                label = name if exchange is None else f"{exchange}, {name}"
+                print(f"| {label} | {len(sel)} | {100 * np.median(sel):.1f} % | "
+                      f"{100 * sel.max():.1f} % | {(sel <= 0.25).sum()} |")
 
     print("\n## Predicted rounds on a cluster (one executor per machine)")
     print(
@@ -609,6 +657,21 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
                             f"{pred['wall_s']:.3f} | {pred['fit_s']:.3f} | "
                             f"{100 * pred['rest_share']:.1f} % | {pred['batch_for_goal']} |"
                         )
+    print("\n## Predicted share of the round outside fitting (round seconds in brackets)")
+    columns = [(n, g) for n in PREDICT_EXECUTORS for g in PREDICT_GBITS]
+    print("| exchange | size | freq | " + " | ".join(f"{n} x {g:g} Gbit/s" for n, g in columns)
+          + " |")
+    print("|---|---|---:|" + "---:|" * len(columns))
+    by_key = {(p["exchange"], p["size"], p["frequency"], p["executors"], p["gbits"]): p
+              for p in predictions}
+    for exchange in model["exchanges"]:
+        for size in model["per_minibatch"]:
+            for frequency in sorted({p["frequency"] for p in points}):
+                cells = []
+                for n, g in columns:
+                    p = by_key[exchange, size, frequency, n, g]
+                    cells.append(f"{100 * p['rest_share']:.0f} % ({p['wall_s']:.3g})")
+                print(f"| {exchange} | {size} | {frequency} | " + " | ".join(cells) + " |")
     goal = [
         p for p in predictions
         if p["executors"] == GOAL["executors"] and p["size"] == GOAL["size"]
@@ -623,6 +686,13 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
             f"{model['batch']} (round {p['wall_s']:.3f} s); the goal is met from batch "
             f"{p['batch_for_goal']} (fitting time taken as linear in examples)"
         )
+    print("\n| exchange | term | ms per round |")
+    print("|---|---|---:|")
+    for p in goal:
+        print(f"| {p['exchange']} | fitting ({GOAL['frequency']} minibatches) | "
+              f"{p['fit_s'] * 1e3:.1f} |")
+        for name, seconds in p["terms"].items():
+            print(f"| {p['exchange']} | {name} | {seconds * 1e3:.1f} |")
     return {"model": model, "predictions": predictions}
 
 
@@ -709,10 +779,11 @@ def plot(data: dict[str, Any], fitted: dict[str, Any], path: str, prediction_pat
         ax.set_xlabel("executors")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("% of the round outside fitting")
-    axes[0][-1].legend(fontsize=6)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
     fig.suptitle(f"Predicted by the model (batch {model['batch']}, fitting as measured on one "
                  "core here)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(prediction_path, dpi=110)
     plt.close(fig)
 
@@ -733,7 +804,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache", default=os.path.join("/tmp", "sparkbatch-scaling-data"),
                         help="folder of the minibatch files (kept for later runs)")
     parser.add_argument("--out", default=os.path.join("/tmp", "sparkbatch-scaling.json"))
-    parser.add_argument("--from-json", help="refit and redraw saved points; measure nothing")
+    parser.add_argument("--from-json", help="refit and redraw saved points (several files: "
+                        "comma-separated, their points together); measure nothing")
     parser.add_argument("--plot", default=os.path.join(REPO_DIR, "docs", "scaling.png"))
     parser.add_argument("--plot-prediction",
                         default=os.path.join(REPO_DIR, "docs", "scaling_prediction.png"))
@@ -744,8 +816,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.from_json:
-        with open(args.from_json) as f:
-            data = json.load(f)
+        data = {}
+        for path in args.from_json.split(","):
+            with open(path) as f:
+                more = json.load(f)
+            if not data:
+                data = more
+            else:  # points of another run (e.g. one exchange measured later) join the first's
+                data["points"] += more["points"]
+                data["meta"].setdefault("merged", []).append(more["meta"])
     else:
         if args.quick:
             args.configs, args.sizes, args.frequencies, args.rounds = (
@@ -791,6 +870,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             kind, workers = CONFIGS[name]
             measure = measure_local if kind == "local" else measure_cluster
             data["points"] += measure(args, name, workers, files)
+            with open("/proc/loadavg") as f:
+                data["meta"].setdefault("load_after", {})[name] = f.read().split()[:3]
             with open(args.out, "w") as f:  # saved after every configuration
                 json.dump(data, f, indent=1)
         data["meta"]["measure_s"] = time.perf_counter() - started
@@ -802,6 +883,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{meta['date']}, {meta['cores']} cores, {meta['versions']}, load before "
           f"{' '.join(meta['load_before'])}, batch {meta['batch']}, "
           f"{meta['rounds_measured']} measured rounds per point after one warm-up round")
+    for name, load in meta.get("load_after", {}).items():
+        print(f"load average (1, 5, 15 min) after {name}: {' '.join(load)}")
+    for more in meta.get("merged", []):
+        print(f"with the points of a run of {more['date']} ({', '.join(more['exchanges'])}; "
+              f"load before {' '.join(more['load_before'])})")
     fitted = report(data)
     if not args.no_plot:
         plot(data, fitted, args.plot, args.plot_prediction)
