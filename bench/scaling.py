@@ -686,8 +686,9 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
             f"{model['batch']} (round {p['wall_s']:.3f} s); the goal is met from batch "
             f"{p['batch_for_goal']} (fitting time taken as linear in examples)"
         )
-    print("\n| exchange | term | ms per round |")
-    print("|---|---|---:|")
+    if goal:
+        print("\n| exchange | term | ms per round |")
+        print("|---|---|---:|")
     for p in goal:
         print(f"| {p['exchange']} | fitting ({GOAL['frequency']} minibatches) | "
               f"{p['fit_s'] * 1e3:.1f} |")
