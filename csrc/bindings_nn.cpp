@@ -339,6 +339,58 @@ void py_add_into(const py::array& acc, const py::array& x) {
     nn::add_into(mut<double>(acc), static_cast<const double*>(x.data()), flat.count);
 }
 
+// The bfloat16 transport's kernels: float32 arrays and uint16 arrays of the same size, both
+// C-contiguous (the ring's pieces); the GIL is released while they run.
+void check_bfloat16_pair(const py::array& f32, const char* f32_name, const py::array& wire,
+                         const char* wire_name) {
+  if (!f32.dtype().is(py::dtype::of<float>()))
+    throw py::type_error(std::string(f32_name) + " must be float32, got " +
+                         std::string(py::str(f32.dtype())));
+  if (!wire.dtype().is(py::dtype::of<uint16_t>()))
+    throw py::type_error(std::string(wire_name) + " must be uint16 (bfloat16 bits), got " +
+                         std::string(py::str(wire.dtype())));
+  for (const py::array* a : {&f32, &wire})
+    if (!(a->flags() & py::array::c_style))
+      throw py::value_error("bfloat16 kernels need C-contiguous arrays");
+  if (f32.size() != wire.size())
+    throw py::value_error(std::string(f32_name) + " has " + std::to_string(f32.size()) +
+                          " values, " + wire_name + " " + std::to_string(wire.size()));
+}
+
+void require_writable(const py::array& a, const char* name) {
+  if (!a.writeable()) throw py::value_error(std::string(name) + " must be writable");
+}
+
+void py_bfloat16_encode(const py::array& x, const py::array& out) {
+  check_bfloat16_pair(x, "x", out, "out");
+  require_writable(out, "out");
+  const auto* src = static_cast<const float*>(x.data());
+  auto* dst = static_cast<uint16_t*>(const_cast<void*>(out.data()));
+  const auto n = static_cast<std::size_t>(x.size());
+  py::gil_scoped_release release;
+  nn::bfloat16_encode(src, dst, n);
+}
+
+void py_bfloat16_add_into(const py::array& acc, const py::array& x) {
+  check_bfloat16_pair(acc, "acc", x, "x");
+  require_writable(acc, "acc");
+  auto* dst = static_cast<float*>(const_cast<void*>(acc.data()));
+  const auto* src = static_cast<const uint16_t*>(x.data());
+  const auto n = static_cast<std::size_t>(acc.size());
+  py::gil_scoped_release release;
+  nn::bfloat16_add_into(dst, src, n);
+}
+
+void py_bfloat16_decode(const py::array& x, const py::array& out) {
+  check_bfloat16_pair(out, "out", x, "x");
+  require_writable(out, "out");
+  const auto* src = static_cast<const uint16_t*>(x.data());
+  auto* dst = static_cast<float*>(const_cast<void*>(out.data()));
+  const auto n = static_cast<std::size_t>(out.size());
+  py::gil_scoped_release release;
+  nn::bfloat16_decode(src, dst, n);
+}
+
 void py_axpy(const py::array& y, const py::array& x, double alpha) {
   Flat flat;
   flat.add(y, "y", true);
@@ -552,6 +604,12 @@ void register_nn(py::module_& m) {
         "out may be one of them.");
   m.def("nn_add_into", &py_add_into, "acc"_a, "x"_a, "acc += x, in place.");
   m.def("nn_axpy", &py_axpy, "y"_a, "x"_a, "alpha"_a, "y += alpha * x, in place.");
+  m.def("bfloat16_encode", &py_bfloat16_encode, "x"_a, "out"_a,
+        "out (uint16) = float32 x rounded to bfloat16, to nearest, ties to even (NaN kept).");
+  m.def("bfloat16_add_into", &py_bfloat16_add_into, "acc"_a, "x"_a,
+        "acc (float32) += x (uint16 bfloat16 bits) widened, in place.");
+  m.def("bfloat16_decode", &py_bfloat16_decode, "x"_a, "out"_a,
+        "out (float32) = x (uint16 bfloat16 bits) widened.");
   m.def("nn_dropout", &py_dropout, "x"_a, "rate"_a, "seed"_a,
         "Inverted dropout in place; the mask is a function of (seed, index).");
   m.def("first_non_finite", &py_first_non_finite, "x"_a,

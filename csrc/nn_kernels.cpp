@@ -681,4 +681,35 @@ void lstm_backward_step(const LstmBackwardStep<T>& p, Activation act, Activation
 SPARKBATCH_NN_INSTANTIATE(float)
 SPARKBATCH_NN_INSTANTIATE(double)
 
+namespace {
+
+inline uint16_t to_bfloat16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u)  // NaN: keep it one (rounding could carry it away)
+    return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+inline float from_bfloat16(uint16_t value) {
+  const uint32_t bits = static_cast<uint32_t>(value) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+}  // namespace
+
+void bfloat16_encode(const float* __restrict x, uint16_t* __restrict out, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) out[i] = to_bfloat16(x[i]);
+}
+
+void bfloat16_add_into(float* __restrict acc, const uint16_t* __restrict x, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) acc[i] += from_bfloat16(x[i]);
+}
+
+void bfloat16_decode(const uint16_t* __restrict x, float* __restrict out, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) out[i] = from_bfloat16(x[i]);
+}
+
 }  // namespace sparkbatch::nn

@@ -54,6 +54,14 @@ void add_into(T* acc, const T* x, std::size_t count);
 template <typename T>
 void axpy(T* y, const T* x, T alpha, std::size_t count);
 
+// bfloat16 as the ring exchange's wire carries it: the upper 16 bits of a float32, rounded to
+// nearest, ties to even (a NaN stays a quiet NaN of the same sign).
+void bfloat16_encode(const float* x, uint16_t* out, std::size_t count);
+// acc += x widened from bfloat16 (exact: a bfloat16 is a float32 with 16 zero low bits).
+void bfloat16_add_into(float* acc, const uint16_t* x, std::size_t count);
+// out = x widened from bfloat16.
+void bfloat16_decode(const uint16_t* x, float* out, std::size_t count);
+
 // x[i] *= dropout_factor(seed, i) for i in [0, count): drops with probability `rate`.
 template <typename T>
 void dropout(T* x, std::size_t count, double rate, uint64_t seed);

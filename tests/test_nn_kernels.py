@@ -354,3 +354,38 @@ def test_first_non_finite_refuses_other_dtypes_and_strided_arrays():
         _native.first_non_finite(np.zeros(3, np.float16))
     with pytest.raises(ValueError, match="x must be C-contiguous"):
         _native.first_non_finite(np.zeros((4, 4), np.float32)[:, ::2])
+
+
+def test_bfloat16_kernels_round_to_nearest_even_keep_nans_and_widen_exactly():
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 50_001, dtype=np.uint64).astype(np.uint32)  # every pattern
+    x = np.concatenate(
+        [
+            bits.view(np.float32),
+            np.array([1 + 2**-8, 1 + 3 * 2**-8, -np.inf, np.inf, 3.4e38, -0.0], np.float32),
+        ]
+    )
+    wire = np.empty(x.size, np.uint16)
+    _native.bfloat16_encode(x, wire)
+    # Reference: add 0x7FFF plus the kept part's lowest bit, keep the upper half (NaNs apart).
+    u = x.view(np.uint32).astype(np.uint64)
+    expected = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    expected[nan] = (u[nan] >> 16).astype(np.uint16) | 0x40
+    np.testing.assert_array_equal(wire, expected)
+    assert nan.any() and np.array_equal(np.isnan(_widened(wire)), nan)  # NaNs stay NaNs
+    np.testing.assert_array_equal(wire[-6:], [0x3F80, 0x3F82, 0xFF80, 0x7F80, 0x7F80, 0x8000])
+    acc = np.full(x.size, 0.5, np.float32)
+    _native.bfloat16_add_into(acc, wire)
+    np.testing.assert_array_equal(acc, np.float32(0.5) + _widened(wire))
+    with pytest.raises(TypeError, match="uint16"):
+        _native.bfloat16_encode(x, np.empty(x.size, np.int32))
+    with pytest.raises(ValueError, match="values"):
+        _native.bfloat16_decode(wire[:3], np.empty(4, np.float32))
+
+
+def _widened(wire: np.ndarray) -> np.ndarray:
+    out = np.empty(wire.size, np.float32)
+    _native.bfloat16_decode(wire, out)
+    np.testing.assert_array_equal(out.view(np.uint32), wire.astype(np.uint32) << 16)
+    return out
