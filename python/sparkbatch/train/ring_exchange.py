@@ -28,9 +28,9 @@ the attempt number its connection opens with.
 
 Errors that a retry would meet again stop the fit on every worker at the same round: a worker's
 NonFiniteError or DivergenceError (seen by all in step 2, sent to the driver by worker 0), a sum
-that is not finite (seen by all after step 3; the driver's check raises it), or the driver's
-own error (worker 0 learns it from the driver's answer to the previous round and passes it on
-in step 2).
+of the parameters that is not finite (seen by all after step 3; the driver's check raises it),
+or the driver's own error (worker 0 learns it from the driver's answer to the previous round
+and passes it on in step 2).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ __all__ = ["RingExchange", "RingRounds", "RoundCollector"]
 log = logging.getLogger("sparkbatch.train")
 
 _JOIN_S = 10.0
+_GRACE_S = 2.0  # how long a task whose own code failed keeps its ring open: see _close_later
 
 
 class RingExchange(Exchange):
@@ -212,8 +213,8 @@ class RoundCollector:
     ``apply(result, round_index, timing)`` (under :attr:`lock`), in round order.
 
     A connection opens with the fit's :attr:`token` and the job :attr:`attempt` it belongs to;
-    only the current attempt's worker 0 is heard, and only for :attr:`next_round`. Every round
-    is answered with whether the fit goes on (``{"stop": bool}``).
+    only the current attempt's worker 0 is heard, and only for :attr:`next_round`. Every round,
+    and a worker's error, is answered with whether the fit goes on (``{"stop": bool}``).
     """
 
     def __init__(
@@ -418,7 +419,7 @@ class RingRounds:
         context = BarrierTaskContext.get()
         infos = context.getTaskInfos()
         host = "127.0.0.1" if self.local else infos[index].address.rsplit(":", 1)[0]
-        with connect_ring(
+        ring = connect_ring(
             index,
             len(infos),
             context.allGather,
@@ -427,14 +428,34 @@ class RingRounds:
             bind_host="127.0.0.1" if self.local else "",
             piece_bytes=self.piece_bytes,
             transport=self.transport,
-        ) as ring:
+        )
+        try:
             uplink = _Uplink(self.driver, self.token, self.attempt) if index == 0 else None
             try:
                 _RingWorker(self, ring, uplink, index, plan).run()
             finally:
                 if uplink is not None:
                     uplink.close()
+        except Exception as e:
+            if isinstance(e, ConnectionError):  # the ring or the driver broke: pass it on
+                ring.close()
+            else:  # this task's own error (a loader's): Spark must hear it, not the neighbours'
+                _close_later(ring)  # ConnectionErrors, which the closed ring would raise at once
+            raise
+        except BaseException:
+            ring.close()
+            raise
+        ring.close()
         return iter(())
+
+
+def _close_later(ring: Ring | Grid) -> None:
+    """Close ``ring`` after :data:`_GRACE_S` on a thread (Spark ends the other barrier tasks
+    once it has this task's error; the closed ring ends them where it does not)."""
+    closer = threading.Timer(_GRACE_S, ring.close)
+    closer.name = "sparkbatch-ring-close"
+    closer.daemon = True
+    closer.start()
 
 
 class _Uplink:
