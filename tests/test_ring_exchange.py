@@ -52,7 +52,8 @@ def _ring_tasks(
         except BaseException as e:  # noqa: BLE001  (the test looks at it)
             results[rank] = e
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(size)]
+    # Daemons: a task that hangs fails the test below instead of keeping pytest from exiting.
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(size)]
     for t in threads:
         t.start()
     for t in threads:
