@@ -97,15 +97,11 @@ class _Codec:
         return self.wire is not None and dtype == np.float32
 
     def encode(self, piece: np.ndarray) -> np.ndarray:
-        """``piece`` (float32) as the wire carries it: a new array."""
+        """``piece`` (float32) as the wire carries it: a new array (a NaN stays a NaN)."""
         if self.transport == "float16":
             return piece.astype(np.float16)
-        bits = piece.view(np.uint32)
-        rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-        wire = ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
-        nan = np.isnan(piece)
-        if nan.any():  # rounding would carry a NaN's mantissa into its exponent or sign (0.0)
-            wire[nan] = (bits[nan] >> np.uint32(16)).astype(np.uint16) | np.uint16(0x40)
+        wire = np.empty(piece.size, np.uint16)
+        _native.bfloat16_encode(piece, wire)  # one native pass: nearest, ties to even
         return wire
 
     def decode(self, wire: np.ndarray, out: np.ndarray) -> None:
@@ -113,7 +109,15 @@ class _Codec:
         if self.transport == "float16":
             np.copyto(out, wire, casting="unsafe")
         else:
-            np.left_shift(wire, np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
+            _native.bfloat16_decode(wire, out)
+
+    def add_into(self, acc: np.ndarray, wire: np.ndarray, spare: np.ndarray) -> None:
+        """``acc += wire`` widened (``spare``: a float32 array of ``acc``'s size, for float16)."""
+        if self.transport == "float16":
+            np.copyto(spare, wire, casting="unsafe")
+            _native.nn_add_into(acc, spare)
+        else:
+            _native.bfloat16_add_into(acc, wire)  # widened and added in one pass
 
     def round(self, piece: np.ndarray) -> None:
         """Round ``piece`` in place to what the wire carries (the summed chunk's owner does,
@@ -309,9 +313,9 @@ class Ring:
                     ) from got
                 incoming = got[: piece.size]
                 if codec is not None:
-                    codec.decode(incoming, widened[: piece.size])
-                    incoming = widened[: piece.size]
-                _native.nn_add_into(piece, incoming)
+                    codec.add_into(piece, incoming, widened[: piece.size])
+                else:
+                    _native.nn_add_into(piece, incoming)
                 free.put(got)
                 if k < forwarded:  # summed here, passed on in the next step
                     sent += send(piece)
