@@ -192,7 +192,7 @@ def test_a_server_whose_sockets_are_past_descriptor_1024_still_accepts():
             filler.append(os.open(os.devnull, os.O_RDONLY))
         server, params, _ = _server(workers=1, rounds=1)
         try:
-            assert server._listener.fileno() >= 1024
+            assert server._connections.sockets()[0].fileno() >= 1024
             w0, start, _ = _connect(server, 0)
             assert start["round"] == 0
             _result(w0, 0, [2, 2, 2, 2])

@@ -267,11 +267,9 @@ def _driver_resources(servers: list) -> dict[str, object]:
         "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("sparkbatch")),
         "listening": sorted(_listening_ports() & ports),
         "open sockets": sum(
-            sock.fileno() >= 0
-            for server in servers
-            for sock in (server._listener, server._wake_reader, server._wake_writer)
+            sock.fileno() >= 0 for server in servers for sock in server._connections.sockets()
         ),
-        "connections": sum(len(server._conns) for server in servers),
+        "connections": sum(server._connections.connections for server in servers),
         "shared memory": sorted(n for n in shm if n.startswith("sparkbatch")),
         "temporary": sorted(
             n for n in os.listdir(tempfile.gettempdir()) if n.startswith("sparkbatch-export")

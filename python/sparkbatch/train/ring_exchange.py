@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import selectors
 import socket
 import threading
 import time
@@ -56,6 +55,7 @@ from .socket_exchange import WORKER_ERRORS, recv_message, send_message
 from .socket_exchange import _task_slots as task_slots
 from .socket_exchange import _task_tries as task_tries
 from .stats import AggregationStep, PhaseTiming
+from .tcp_server import ConnectionServer
 from .worker import RoundResult, WorkerSetup, start_round
 
 if TYPE_CHECKING:
@@ -68,7 +68,6 @@ __all__ = ["RingExchange", "RingRounds", "RoundCollector"]
 
 log = logging.getLogger("sparkbatch.train")
 
-_JOIN_S = 10.0
 _GRACE_S = 2.0  # how long a task whose own code failed keeps its ring open: see _close_later
 
 
@@ -237,95 +236,45 @@ class RoundCollector:
         self.round_start = time.time()
         #: The first error of the fit: a worker's, or the driver's while averaging.
         self.error: BaseException | None = None
-        self._listener = socket.create_server((bind_host, port), backlog=16)
-        self.port = self._listener.getsockname()[1]
         self._closed = False
-        self._conns: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._accepter = threading.Thread(
-            target=self._accept, name="sparkbatch-ring-collector", daemon=True
+        self._connections = ConnectionServer(
+            self._serve, name="sparkbatch-ring-collector", bind_host=bind_host, port=port
         )
-        self._accepter.start()
+        self.port = self._connections.port
 
     def close(self) -> None:
         """Stop accepting, shut every connection down, join every thread. Idempotent."""
         with self.lock:
-            if self._closed:
-                return
             self._closed = True
-        try:
-            self._wake_writer.send(b"x")
-        except OSError:
-            pass
-        self._accepter.join(_JOIN_S)
-        with self.lock:
-            conns, threads = list(self._conns), list(self._threads)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(_JOIN_S)
-        self._listener.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
-
-    def _accept(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            while True:
-                ready = {key.fileobj for key, _ in selector.select()}
-                if self._wake_reader in ready:
-                    return
-                if self._listener in ready:
-                    try:
-                        conn, _ = self._listener.accept()
-                    except OSError:
-                        continue
-                    thread = threading.Thread(
-                        target=self._serve, args=(conn,), name="sparkbatch-ring-round", daemon=True
-                    )
-                    with self.lock:
-                        if self._closed:
-                            conn.close()
-                            return
-                        self._conns.add(conn)
-                        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-                    thread.start()
+        self._connections.close()
 
     def _serve(self, conn: socket.socket) -> None:
-        try:
-            with conn:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                hello, _, _ = recv_message(conn)
-                if hello.get("token") != self.token:
-                    return
-                attempt = int(hello.get("attempt", -1))
-                spare: list[np.ndarray] = []
-                while True:
-                    message, spare, arrived = recv_message(conn, spare)
-                    received = time.time()
-                    with self.lock:
-                        if self._closed or attempt != self.attempt:
-                            return  # a stale worker 0 of an earlier attempt
-                        if "error" in message:  # a worker's: the fit ends
-                            if self.error is None:
-                                kind = WORKER_ERRORS.get(str(message["error"]), RuntimeError)
-                                self.error = kind(str(message.get("message", "a worker failed")))
-                        else:
-                            self._take(message, spare, arrived, received)
-                        stop = self.error is not None
-                    send_message(conn, {"stop": stop})
-                    if stop or self.next_round >= self.rounds:
-                        return
-        except (ConnectionError, OSError, ValueError, KeyError):
-            return  # the task died or was killed (or close() shut the connection down)
-        finally:
+        """Worker 0's connection (of any attempt): its rounds in order, each answered."""
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello, _, _ = recv_message(conn)
+        if hello.get("token") != self.token:
+            return
+        attempt = int(hello.get("attempt", -1))
+        spare: list[np.ndarray] = []
+        while True:
+            try:
+                message, spare, arrived = recv_message(conn, spare)
+            except (ValueError, KeyError):  # not a message of ours
+                return
+            received = time.time()
             with self.lock:
-                self._conns.discard(conn)
+                if self._closed or attempt != self.attempt:
+                    return  # a stale worker 0 of an earlier attempt
+                if "error" in message:  # a worker's: the fit ends
+                    if self.error is None:
+                        kind = WORKER_ERRORS.get(str(message["error"]), RuntimeError)
+                        self.error = kind(str(message.get("message", "a worker failed")))
+                else:
+                    self._take(message, spare, arrived, received)
+                stop = self.error is not None
+            send_message(conn, {"stop": stop})
+            if stop or self.next_round >= self.rounds:
+                return
 
     def _take(
         self, message: dict[str, Any], arrays: list[np.ndarray], arrived: float, received: float

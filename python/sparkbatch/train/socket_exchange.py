@@ -45,7 +45,6 @@ import json
 import logging
 import re
 import secrets
-import selectors
 import socket
 import struct
 import threading
@@ -62,6 +61,7 @@ from .model import ModelAccess
 from .runner import RoundTiming
 from .shared_slots import SharedSlots
 from .stats import AggregationStep, PhaseTiming
+from .tcp_server import ConnectionServer
 from .worker import RoundResult, WorkerSetup, combine, start_round
 
 if TYPE_CHECKING:
@@ -83,7 +83,6 @@ log = logging.getLogger("sparkbatch.train")
 
 _LENGTH = struct.Struct("<Q")
 _MAX_HEADER = 1 << 26  # a header is a few hundred bytes; more means a stray client
-_JOIN_S = 10.0  # how long close() waits for each thread (they only need to notice the close)
 #: The errors a worker reports by name instead of failing its task (NOTE [deterministic
 #: errors] in worker.py): a retry would meet them again.
 WORKER_ERRORS: dict[str, type[Exception]] = {
@@ -176,8 +175,14 @@ class AveragingServer:
         self._state = state
         self._apply = apply
         self.token = secrets.token_hex(16)
-        self._listener = socket.create_server((bind_host, port), backlog=max(16, workers))
-        self.address = (host, self._listener.getsockname()[1])
+        self._connections = ConnectionServer(
+            self._serve,
+            name="sparkbatch-exchange",
+            bind_host=bind_host,
+            port=port,
+            backlog=max(16, workers),
+        )
+        self.address = (host, self._connections.port)
         self._cond = threading.Condition()
         self._arrived: set[int] = set()  # the workers whose result for this round is in
         self._total: RoundResult | None = None  # their sum (None: none with data yet)
@@ -206,74 +211,18 @@ class AveragingServer:
         self._connected: set[int] = set()
         #: The first error of the fit: raised while averaging, or reported by a worker.
         self.error: BaseException | None = None
-        self._conns: set[socket.socket] = set()  # open connections, shut down by close()
-        self._threads: list[threading.Thread] = []  # their threads, joined by close()
-        self._wake_reader, self._wake_writer = socket.socketpair()  # wakes the accept loop
-        self._accepter = threading.Thread(
-            target=self._accept, name="sparkbatch-exchange", daemon=True
-        )
-        self._accepter.start()
 
     def close(self) -> None:
         """End the fit's server: wake every waiting connection, shut every connection down,
         join every thread, close every socket and remove the shared memory. Idempotent."""
         with self._cond:
-            if self._closed and self._listener.fileno() < 0:
-                return
             self._closed = True
             self._cond.notify_all()
             if self._shared is not None:
                 self._shared.close(unlink=True)
-        try:
-            self._wake_writer.send(b"x")
-        except OSError:
-            pass
-        self._accepter.join(_JOIN_S)
-        with self._cond:  # no new connection from here on: the accept loop has ended
-            conns, threads = list(self._conns), list(self._threads)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading from it
-            except OSError:
-                pass  # closed by its thread meanwhile
-        for thread in threads:
-            thread.join(_JOIN_S)
-        self._listener.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
+        self._connections.close()
 
     # -- connections -------------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        # A selector, not select.select: that fails once a descriptor is 1024 or more (a
-        # driver with many open files), which would end this thread and hang every worker.
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            while True:
-                ready = {key.fileobj for key, _ in selector.select()}
-                if self._wake_reader in ready:
-                    return
-                if self._listener in ready and not self._accept_one():
-                    return
-
-    def _accept_one(self) -> bool:
-        """Accept one connection and start its thread; False once the server is closed."""
-        try:
-            conn, _ = self._listener.accept()
-        except OSError:  # the client gave up before it was accepted
-            return True
-        thread = threading.Thread(
-            target=self._serve, args=(conn,), name="sparkbatch-exchange-worker", daemon=True
-        )
-        with self._cond:
-            if self._closed:
-                conn.close()
-                return False
-            self._conns.add(conn)
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-        return True
 
     def _stop(self, error: BaseException) -> None:
         """Keep ``error`` for the driver and tell every worker to stop (lock held)."""
@@ -291,16 +240,6 @@ class AveragingServer:
         counts and later ones are answered without counting. Every answer tells the worker
         which round to fit next.
         """
-        try:
-            with conn:
-                self._exchange(conn)
-        except (ConnectionError, OSError):
-            return  # the task died or was killed (or close() shut the connection down)
-        finally:
-            with self._cond:
-                self._conns.discard(conn)
-
-    def _exchange(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stop = {"round": self.rounds, "shared": False, "stop": True}  # past the last round
         hello, _, _ = recv_message(conn)
