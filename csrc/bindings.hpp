@@ -43,5 +43,6 @@ void register_nn(py::module_& m);  // bindings_nn.cpp: the built-in network's ke
 void register_conv(py::module_& m);  // bindings_conv.cpp: the convolutional layers' kernels
 void register_normalize(py::module_& m);  // bindings_normalize.cpp: the fitted normalizers
 void register_records(py::module_& m);  // bindings_records.cpp: map files' record encoding
+void register_ring(py::module_& m);  // bindings_ring.cpp: the ring all-reduce's passes
 
 }  // namespace sparkbatch::bindings

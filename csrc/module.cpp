@@ -7,6 +7,7 @@
 
 #include "bindings.hpp"
 #include "one_hot.hpp"
+#include "ring.hpp"
 
 namespace py = pybind11;
 
@@ -24,6 +25,8 @@ PYBIND11_MODULE(_native, m, py::mod_gil_not_used()) {
       if (p) std::rethrow_exception(p);
     } catch (const sparkbatch::bindings::NamedFormatError& e) {
       PyErr_SetString(format_error_type, e.what());
+    } catch (const sparkbatch::ring::ConnectionLost& e) {
+      PyErr_SetString(PyExc_ConnectionError, e.what());
     } catch (const sparkbatch::LabelRangeError& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const std::system_error& e) {
@@ -38,4 +41,5 @@ PYBIND11_MODULE(_native, m, py::mod_gil_not_used()) {
   sparkbatch::bindings::register_conv(m);
   sparkbatch::bindings::register_normalize(m);
   sparkbatch::bindings::register_records(m);
+  sparkbatch::bindings::register_ring(m);
 }

@@ -23,9 +23,11 @@ all-reduce of each task's summed chunk along its column, an all-gather along the
 bytes sent stay those of one ring, the hops fall from ``2 (size - 1)`` to
 ``2 (width - 1) + 2 (size / width - 1)``.
 
-Chunks travel in pieces of ``piece_bytes``: a receiving thread takes piece ``k + 1`` off the
-socket while the task's own thread adds piece ``k``, and a sending thread passes each summed
-piece on as soon as it is summed, so that the steps overlap (a pipeline around the ring).
+Chunks travel in pieces of ``piece_bytes``. Both passes run in native code
+(``_native.RingPasses``) in the calling thread, without the GIL: it receives piece after piece
+from the previous task and sums or places it, and in between hands the next task whatever its
+socket takes, without blocking on either side; so receiving, summing and sending overlap (a
+pipeline around the ring), and a hop costs a piece's time rather than Python's.
 
 Every task ends with the same bits: each chunk is summed once, by one chain of additions, and
 then copied. The order of the additions differs from chunk to chunk (chunk ``c`` is summed in
@@ -34,9 +36,10 @@ bits.
 
 ``transport="bfloat16"`` or ``"float16"`` sends float32 buffers at half the bytes: each piece is
 rounded to the transport type (to nearest, ties to even) for the wire and summed in float32 on
-arrival; each summed chunk is rounded once more before the all-gather, on the task that owns it,
-so that every task still ends with the same bits. bfloat16 keeps float32's range with 8 bits of
-mantissa; float16 keeps 11 bits but overflows past 65504. Other dtypes travel as they are.
+arrival (widened and added in one pass); each summed chunk is rounded once more before the
+all-gather, on the task that owns it, so that every task still ends with the same bits.
+bfloat16 keeps float32's range with 8 bits of mantissa; float16 keeps 11 bits but overflows past
+65504. Other dtypes travel as they are.
 
 Any failure (a peer that died, a connection cut) raises ``ConnectionError`` on the tasks next
 to it, which fail their tasks; Spark then ends the barrier stage's other tasks.
@@ -66,7 +69,6 @@ __all__ = ["Grid", "Ring", "RingStep", "connect_ring", "grid_width", "TRANSPORTS
 PIECE_BYTES = 1 << 20
 _SOCKET_BUFFER = 4 << 20  # per direction: a few pieces in flight
 _CONNECT_S = 60.0  # how long the ring waits for its neighbours to connect
-_SPARE_PIECES = 3  # receive buffers: one being filled, one being summed, one queued
 #: What ``transport`` takes: None (every buffer as it is), "bfloat16" or "float16".
 TRANSPORTS = (None, "bfloat16", "float16")
 
@@ -79,50 +81,6 @@ class RingStep:
     name: str
     seconds: float
     bytes: int
-
-
-class _Codec:
-    """How a float32 piece travels: as itself (``wire`` None), or rounded to bfloat16 or
-    float16 (to nearest, ties to even), carried as uint16 / float16 and widened on arrival."""
-
-    def __init__(self, transport: str | None) -> None:
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-        self.transport = transport
-        self.wire = {None: None, "bfloat16": np.dtype(np.uint16), "float16": np.dtype(np.float16)}[
-            transport
-        ]
-
-    def applies(self, dtype: np.dtype) -> bool:
-        return self.wire is not None and dtype == np.float32
-
-    def encode(self, piece: np.ndarray) -> np.ndarray:
-        """``piece`` (float32) as the wire carries it: a new array (a NaN stays a NaN)."""
-        if self.transport == "float16":
-            return piece.astype(np.float16)
-        wire = np.empty(piece.size, np.uint16)
-        _native.bfloat16_encode(piece, wire)  # one native pass: nearest, ties to even
-        return wire
-
-    def decode(self, wire: np.ndarray, out: np.ndarray) -> None:
-        """Widen ``wire`` into the float32 array ``out``."""
-        if self.transport == "float16":
-            np.copyto(out, wire, casting="unsafe")
-        else:
-            _native.bfloat16_decode(wire, out)
-
-    def add_into(self, acc: np.ndarray, wire: np.ndarray, spare: np.ndarray) -> None:
-        """``acc += wire`` widened (``spare``: a float32 array of ``acc``'s size, for float16)."""
-        if self.transport == "float16":
-            np.copyto(spare, wire, casting="unsafe")
-            _native.nn_add_into(acc, spare)
-        else:
-            _native.bfloat16_add_into(acc, wire)  # widened and added in one pass
-
-    def round(self, piece: np.ndarray) -> None:
-        """Round ``piece`` in place to what the wire carries (the summed chunk's owner does,
-        so that its copy and everyone else's agree)."""
-        self.decode(self.encode(piece), piece)
 
 
 class _Sender:
@@ -188,16 +146,23 @@ class Ring:
         self.rank = rank
         self.size = size
         self.piece_bytes = max(64, int(piece_bytes))
-        self._codec = _Codec(transport)
+        _check_transport(transport)
+        self._transport = transport
         self._right = right
         self._left = left
         self._sender = _Sender(right) if right is not None else None
-        self._spares: dict[np.dtype, list[np.ndarray]] = {}
+        self._passes = (
+            _native.RingPasses(
+                right.fileno(), left.fileno(), rank, size, self.piece_bytes, transport
+            )
+            if right is not None and left is not None
+            else None
+        )
 
     @property
     def transport(self) -> str | None:
         """What float32 buffers travel as: None (float32), "bfloat16" or "float16"."""
-        return self._codec.transport
+        return self._transport
 
     def __enter__(self) -> Ring:
         return self
@@ -264,107 +229,19 @@ class Ring:
         c = (self.rank + 1) % self.size
         return slice(int(bounds[c]), int(bounds[c + 1]))
 
-    def _pieces(self, flat: np.ndarray, bounds: np.ndarray, chunk: int) -> list[np.ndarray]:
-        lo, hi = int(bounds[chunk]), int(bounds[chunk + 1])
-        step = max(1, self.piece_bytes // flat.itemsize)
-        return [flat[a : min(hi, a + step)] for a in range(lo, hi, step)]
-
     def reduce_scatter(self, flat: np.ndarray, bounds: np.ndarray) -> int:
         """The first pass: afterwards chunk :meth:`owned` of ``flat`` holds the sum over the
         ring's tasks. The bytes this task sent."""
-        assert self._sender is not None and self._left is not None
-        n, i, sender = self.size, self.rank, self._sender
-        codec = self._codec if self._codec.applies(flat.dtype) else None
-        wire = codec.wire if codec is not None else flat.dtype
-        sent = 0
-
-        def send(piece: np.ndarray) -> int:
-            out = codec.encode(piece) if codec is not None else piece
-            sender.send(memoryview(out).cast("B"))
-            return out.nbytes
-
-        for piece in self._pieces(flat, bounds, i):  # step 0: this task's own chunk i
-            sent += send(piece)
-        # What arrives, in order: chunk i-1-s of step s, piece by piece.
-        per_step = [self._pieces(flat, bounds, (i - s - 1) % n) for s in range(n - 1)]
-        arriving = [piece for pieces in per_step for piece in pieces]
-        forwarded = len(arriving) - len(per_step[-1])  # the last step's pieces stay here
-        largest = max((p.size for p in arriving), default=0)
-        spares = self._spare_pieces(wire, largest)
-        widened = np.empty(largest if codec is not None else 0, np.float32)
-        free: queue.Queue[np.ndarray] = queue.Queue()
-        for spare in spares:
-            free.put(spare)
-        ready: queue.Queue[Any] = queue.Queue()
-        receiver = threading.Thread(
-            target=_receive_pieces,
-            args=(self._left, [p.size for p in arriving], free, ready),
-            name="sparkbatch-ring-receive",
-            daemon=True,
-        )
-        receiver.start()
-        done = False
-        try:
-            for k, piece in enumerate(arriving):
-                got = ready.get()
-                if isinstance(got, BaseException):
-                    raise ConnectionError(
-                        f"receiving from the previous task of the ring failed: {got}"
-                    ) from got
-                incoming = got[: piece.size]
-                if codec is not None:
-                    codec.add_into(piece, incoming, widened[: piece.size])
-                else:
-                    _native.nn_add_into(piece, incoming)
-                free.put(got)
-                if k < forwarded:  # summed here, passed on in the next step
-                    sent += send(piece)
-            done = True
-        finally:
-            if not done:  # unblock the receiver wherever it waits: the ring is broken anyway
-                with contextlib.suppress(OSError):
-                    self._left.shutdown(socket.SHUT_RDWR)
-                for spare in spares:
-                    free.put(spare)
-            receiver.join()  # ends once every piece is in, or on the connection's error
-        if codec is not None:  # the chunk summed here, as everyone else will receive it
-            for piece in self._pieces(flat, bounds, (i + 1) % n):
-                codec.round(piece)
-        sender.flush()
-        return sent
+        assert self._passes is not None and self._sender is not None
+        self._sender.flush()  # nothing of all_gather's may be left to interleave
+        return self._passes.reduce_scatter(flat, bounds, self.size)
 
     def all_gather_chunks(self, flat: np.ndarray, bounds: np.ndarray) -> int:
         """The second pass: every task's owned chunk copied into every other task's ``flat``.
         The bytes this task sent."""
-        assert self._sender is not None and self._left is not None
-        n, i, sender = self.size, self.rank, self._sender
-        codec = self._codec if self._codec.applies(flat.dtype) else None
-        sent = 0
-        for piece in self._pieces(flat, bounds, (i + 1) % n):  # step 0: the chunk summed here
-            out = codec.encode(piece) if codec is not None else piece
-            sender.send(memoryview(out).cast("B"))
-            sent += out.nbytes
-        for s in range(n - 1):
-            for piece in self._pieces(flat, bounds, (i - s) % n):
-                if codec is None:
-                    _recv_into(self._left, memoryview(piece).cast("B"))
-                    out = piece
-                else:  # a new array: the sender may still hold the previous one
-                    out = np.empty(piece.size, codec.wire)
-                    _recv_into(self._left, memoryview(out).cast("B"))
-                    codec.decode(out, piece)
-                if s < n - 2:
-                    sender.send(memoryview(out).cast("B"))
-                    sent += out.nbytes
-        sender.flush()
-        return sent
-
-    def _spare_pieces(self, dtype: np.dtype, size: int) -> list[np.ndarray]:
-        spares = self._spares.get(dtype)
-        if spares is None or spares[0].size < size:
-            spares = [np.empty(size, dtype) for _ in range(_SPARE_PIECES)]
-            self._spares[dtype] = spares
-        return spares
+        assert self._passes is not None and self._sender is not None
+        self._sender.flush()
+        return self._passes.all_gather(flat, bounds, self.size)
 
 
 class Grid:
@@ -435,26 +312,9 @@ class _Queued:
         self._sender.send(bytes(data))
 
 
-def _receive_pieces(
-    sock: socket.socket, sizes: list[int], free: queue.Queue, ready: queue.Queue
-) -> None:
-    """The receiving thread of a reduce-scatter: each piece into a free spare, then handed on
-    (an exception instead, if the connection fails)."""
-    try:
-        for size in sizes:
-            spare = free.get()
-            _recv_into(sock, memoryview(spare[:size]).cast("B"))
-            ready.put(spare)
-    except BaseException as e:  # noqa: BLE001  (handed to the summing thread, which raises it)
-        ready.put(e)
-
-
-def _recv_into(sock: socket.socket, view: memoryview) -> None:
-    while len(view):
-        n = sock.recv_into(view)
-        if n == 0:
-            raise ConnectionError("the previous task of the ring closed its connection")
-        view = view[n:]
+def _check_transport(transport: str | None) -> None:
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
 
 
 # -- building the ring ---------------------------------------------------------------------------
@@ -492,7 +352,7 @@ def connect_ring(
     :class:`Grid` of rows and columns, each a ring; else one :class:`Ring`. ``transport``: what
     float32 buffers travel as (see the module's docstring).
     """
-    _Codec(transport)  # refused before any connection
+    _check_transport(transport)  # refused before any connection
     width = grid_width(size) if grid else 1
     if width > 1:
         row, column = divmod(rank, width)
