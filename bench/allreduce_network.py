@@ -195,11 +195,16 @@ class Network:
 
 
 def cleanup_leftovers() -> list[str]:
-    """Delete every namespace, link and temporary folder named ``sbnet*`` (a killed run's)."""
+    """Delete every namespace, link and temporary folder named ``sbnet*`` (a killed run's),
+    ending the workers still running in those namespaces."""
     removed = []
     for line in _cmd("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(PREFIX):
+            for pid in _cmd("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGTERM)  # a killed run's workers
+                    removed.append(f"process {pid} in {name}")
             _cmd("ip", "netns", "del", name, check=False)
             removed.append(f"netns {name}")
     for line in _cmd("ip", "-o", "link", "show", check=False).stdout.splitlines():
@@ -664,7 +669,7 @@ def main() -> None:
         print(f"allreduce_network: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
-        print(f"\ninterrupted ({e or 'SIGINT'}); the network was removed", file=sys.stderr)
+        print(f"\ninterrupted ({str(e) or 'SIGINT'}); the network was removed", file=sys.stderr)
         sys.exit(130)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
