@@ -20,16 +20,19 @@ and the ``"bfloat16"`` transports. Per setting it prints:
   ratios measured / serial and measured / overlap. Where the ring's pipeline hides the CPU's
   work behind the wire's, measured / overlap approaches 1 and the serial model overestimates.
 
-Shaping: ``tbf`` (token bucket filter) at the rate, a burst of 2 ms at that rate (at least
-128 KiB: veths pass TSO/GSO packets of up to 64 KiB, which tbf would otherwise cut, and a
-smaller burst fell 2-7 % short at 4 Gbit/s here) and a queue of 10 ms. ``netem`` (rate and
-delay) is not built into this machine's kernel (``CONFIG_NET_SCH_NETEM`` unset; htb shaped as
-accurately as tbf at 1 and 4 Gbit/s, tbf is one qdisc instead of a qdisc and a class). tbf
-counts whole frames, headers included, as a real link does: a TCP stream's payload reaches at
-most 1448/1514 = 95.6 % of the rate at MTU 1500 (99.3 % at 9000; a real Ethernet link's
-preamble and gap take a little more). Before the ring runs, one TCP stream of ``--stream-mb``
-between two machines at each rate shows the emulation's accuracy and what the veths, the bridge
-and tc cost the CPU at that rate (the whole machine's busy share while the stream ran).
+Shaping: ``tbf`` (token bucket filter) at the rate, with a bucket of ``--burst-kib`` (128 KiB)
+and a queue of 10 ms at the rate. ``netem`` (rate and delay) is not built into this machine's
+kernel (``CONFIG_NET_SCH_NETEM`` unset); htb shaped a stream as accurately as tbf at 1 and
+4 Gbit/s, and tbf is one qdisc where htb needs a qdisc and a class. The bucket is what a link
+sends unshaped after a pause, so it is kept small against the bytes a setting puts on a link
+(1M float32 values among 2 machines: 4 MB, 3 %), but above a TSO/GSO packet (64 KiB), which tbf
+would cut up: with 64 KiB a stream reached 67 % of 4 Gbit/s here, with 128 KiB 92-95 %, with
+1 MiB no more. tbf counts whole frames, headers included, as a real link does: a TCP stream's
+payload reaches at most 1448/1514 = 95.6 % of the rate at MTU 1500 (99.3 % at 9000; a real
+Ethernet link's preamble and gap take a little more). Before the ring runs, one TCP stream of
+``--stream-mb`` from machine 0 to machine 1 at each rate prints the emulation's accuracy and the
+CPU its two processes used (their own user and system time) beside the whole machine's busy
+share (everything else running on it included).
 
 ``--delay-ms`` adds that one-way latency (netem on each machine's uplink, tbf under it) and the
 model ``steps x delay`` (``2 (N-1)`` steps on a ring, ``2 (w-1) + 2 (N/w-1)`` on a grid of
@@ -42,7 +45,7 @@ Needs root (network namespaces and tc). Run (a few minutes; the namespaces, link
 folder are removed at the end, on Ctrl-C and on SIGTERM)::
 
     .venv/bin/python bench/allreduce_network.py --out /tmp/sparkbatch-allreduce-network.json
-    .venv/bin/python bench/allreduce_network.py --elements 100000 --repeat 2 --gbits 1  # ~30 s
+    .venv/bin/python bench/allreduce_network.py --elements 100000 --repeat 2 --gbits 1  # ~20 s
     .venv/bin/python bench/allreduce_network.py --cleanup   # leftovers of a killed run (sbnet*)
 """
 
@@ -149,6 +152,15 @@ class Network:
             _cmd("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", inner)
             _cmd("ip", "-n", ns, "link", "set", inner, "up")
             _cmd("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def tcp_settings(self) -> dict[str, str]:
+        """The TCP settings the rings run under, as machine 0's namespace has them."""
+        names = ("net.ipv4.tcp_congestion_control", "net.ipv4.tcp_slow_start_after_idle",
+                 "net.core.wmem_max", "net.core.rmem_max")
+        paths = ["/proc/sys/" + n.replace(".", "/") for n in names]
+        found = _cmd("ip", "netns", "exec", self.namespaces[0], "cat", *paths, check=False)
+        values = found.stdout.split("\n")
+        return {n.rsplit(".", 1)[1]: v.strip() for n, v in zip(names, values, strict=False)}
 
     def devices(self) -> list[tuple[str | None, str]]:
         """(namespace or None for the root one, device) of both ends of every machine's link."""
@@ -501,6 +513,10 @@ def _commit() -> str:
     return commit + (" + uncommitted changes in python/ or csrc/" if dirty else "")
 
 
+def _label(gbits: float | None) -> str:
+    return "none" if gbits is None else f"{gbits:g}"
+
+
 def _parse_rates(values: list[str]) -> list[float | None]:
     rates: list[float | None] = [None]  # unshaped first: the CPU-only times the model needs
     for v in values:
@@ -541,18 +557,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"median of {args.repeat} after a warm-up, slowest process; cpu = the unshaped run")
     result: dict[str, Any] = {
         "versions": header, "cores": cores, "mtu": args.mtu, "delay_ms": args.delay_ms,
-        "repeat": args.repeat, "piece_kib": args.piece_kib, "streams": [], "points": [],
-        "qdisc": {str(g): qdisc_text(g, args.delay_ms, burst) for g in rates},
+        "repeat": args.repeat, "piece_kib": args.piece_kib, "burst_bytes": burst,
+        "streams": [], "points": [],
+        "qdisc": {_label(g): qdisc_text(g, args.delay_ms, burst) for g in rates},
     }
     folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
     net = Network(max(max(args.processes), 2), args.mtu)
     started = time.perf_counter()
     try:
         net.up()
+        result["tcp"] = net.tcp_settings()
+        print("TCP in the namespaces: " + ", ".join(f"{k} {v}" for k, v in result["tcp"].items()))
+        print(f"note: a link sends its bucket ({args.burst_kib} KiB) unshaped after a pause: "
+              "buffers that put not much more than that on a link come out faster than the rate")
         cpu: dict[tuple[int, int, str], float] = {}
         for gbits in rates:
             net.shape(gbits, args.delay_ms, burst)
-            label = "none" if gbits is None else f"{gbits:g}"
+            label = _label(gbits)
             print(f"\n== {label} Gbit/s: {qdisc_text(gbits, args.delay_ms, burst)}; "
                   f"load average {os.getloadavg()[0]:.1f}")
             if args.stream_mb > 0:
