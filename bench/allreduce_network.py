@@ -434,12 +434,17 @@ def _wait(procs: list[subprocess.Popen], folder: Path, what: str, timeout_s: flo
             if failed or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        bad = [p for p in procs if p.poll() != 0]
+        bad = [(i, p) for i, p in enumerate(procs) if p.poll() != 0]
         if bad:
-            p = bad[0]
-            tail = Path(p.log.name).read_text(errors="replace")[-2000:]  # type: ignore[attr-defined]
-            why = "timed out" if p.poll() is None else f"exit {p.returncode}"
-            raise RuntimeError(f"{what}: a worker failed ({why}); its output ends:\n{tail}")
+            states = ", ".join(
+                f"worker {i} " + (f"exit {p.returncode}" if p.poll() is not None
+                                  else "timed out" if time.monotonic() > deadline
+                                  else "still running, ended")
+                for i, p in bad
+            )
+            logs = [Path(p.log.name).read_text(errors="replace") for _, p in bad]  # type: ignore[attr-defined]
+            tail = next((log for log in logs if log.strip()), "(no output)")[-2000:]
+            raise RuntimeError(f"{what} failed ({states}); the first output ends:\n{tail}")
     finally:
         _end(procs)
 
@@ -689,6 +694,9 @@ def main() -> None:
     except Refused as e:
         print(f"allreduce_network: {e}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:  # a command or a worker failed; the network is removed already
+        print(f"allreduce_network: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt as e:
         print(f"\ninterrupted ({str(e) or 'SIGINT'}); the network was removed", file=sys.stderr)
         sys.exit(130)
