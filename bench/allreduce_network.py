@@ -323,7 +323,7 @@ def ring_worker(args: argparse.Namespace) -> None:
         del base
         buffer = np.empty_like(data)
         for transport in args.transports:
-            times = []
+            times, cpu_times = [], []
             with connect_ring(
                 rank, size, gather, "sbnet", host=args.host, bind_host=args.host,
                 piece_bytes=args.piece_kib << 10,
@@ -332,15 +332,16 @@ def ring_worker(args: argparse.Namespace) -> None:
                 for _ in range(args.repeat + 1):
                     np.copyto(buffer, data)
                     ring.all_reduce(tick)  # the barrier: every process is here
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     ring.all_reduce(buffer)
                     times.append(time.perf_counter() - start)
+                    cpu_times.append(time.process_time() - cpu_start)
             error = float(np.max(np.abs(buffer - expected)))
             # float32: exact; bfloat16: at most one rounding per hop and one of the sum
             tolerance = 0.0 if transport == "float32" else 0.01 * size
             points.append({
                 "elements": elements, "transport": transport, "times": times[1:],
-                "max_error": error, "right": error <= tolerance,
+                "cpu_times": cpu_times[1:], "max_error": error, "right": error <= tolerance,
             })
     _write_json(folder / f"result-{rank}.json", points)
 
@@ -481,9 +482,12 @@ def measure_ring(net: Network, folder: Path, size: int, args: argparse.Namespace
     out = []
     for i, point in enumerate(ranks[0]):
         slowest = [max(rank[i]["times"][k] for rank in ranks) for k in range(args.repeat)]
+        busy = sum(sum(rank[i]["cpu_times"]) for rank in ranks)
         out.append({
             "elements": point["elements"], "transport": point["transport"],
             "seconds": statistics.median(slowest), "slowest_per_repeat": slowest,
+            # the processes' own CPU (user + system, every thread) over the timed all-reduces
+            "cores_busy": busy / max(sum(slowest), 1e-9),
             "right": all(rank[i]["right"] for rank in ranks),
             "max_error": max(rank[i]["max_error"] for rank in ranks),
         })
@@ -575,7 +579,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("TCP in the namespaces: " + ", ".join(f"{k} {v}" for k, v in result["tcp"].items()))
         print(f"note: a link sends its bucket ({args.burst_kib} KiB) unshaped after a pause: "
               "buffers that put not much more than that on a link come out faster than the rate")
+        print("columns: cores = the N processes' own CPU (user + system) over the timed "
+              "all-reduces, in cores; N x rate = the links' total rate against what one "
+              "unshaped stream reached here (near 100 %: the emulation runs out of CPU)")
         cpu: dict[tuple[int, int, str], float] = {}
+        capacity = None  # Gbit/s of one unshaped stream: what the kernel here moves at most
         for gbits in rates:
             net.shape(gbits, args.delay_ms, burst)
             label = _label(gbits)
@@ -592,9 +600,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"{s['receiver_cpu_s'] / s['seconds']:.2f} cores, whole machine "
                       f"{s['machine_busy'] * 100:.0f} % busy")
                 result["streams"].append({"gbits": gbits, "achieved_gbits": achieved, **s})
+                if gbits is None:
+                    capacity = achieved
             print(f"{'N':>2} {'values':>9} {'transport':>9} {'measured ms':>11} {'wire ms':>8} "
                   f"{'cpu ms':>7} {'serial ms':>9} {'overlap ms':>10} {'/serial':>7} "
-                  f"{'/overlap':>8} {'algbw GB/s':>10}")
+                  f"{'/overlap':>8} {'algbw GB/s':>10} {'cores':>5} {'N x rate':>8}")
             for size in args.processes:
                 for p in measure_ring(net, folder, size, args):
                     if not p["right"]:
@@ -620,7 +630,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 f"{m['serial_s'] * 1e3:>9.2f} {m['overlap_s'] * 1e3:>10.2f} "
                                 f"{point['measured_over_serial']:>7.2f} "
                                 f"{point['measured_over_overlap']:>8.2f}")
-                    row += f" {p['elements'] * 4 / seconds / 1e9:>10.2f}"
+                    row += f" {p['elements'] * 4 / seconds / 1e9:>10.2f} {p['cores_busy']:>5.2f}"
+                    if gbits is not None and capacity:
+                        point["links_over_capacity"] = size * gbits / capacity
+                        row += f" {point['links_over_capacity']:>8.0%}"
                     print(row, flush=True)
                     result["points"].append(point)
             drops = net.drops()
