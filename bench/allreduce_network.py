@@ -18,7 +18,12 @@ and the ``"bfloat16"`` transports. Per setting it prints:
   (the "none" rate, run first): what the processes cost without a bandwidth limit;
 * ``serial = cpu + wire`` (docs/scaling.md's form) and ``overlap = max(cpu, wire)``, and the
   ratios measured / serial and measured / overlap. Where the ring's pipeline hides the CPU's
-  work behind the wire's, measured / overlap approaches 1 and the serial model overestimates.
+  work behind the wire's, measured / overlap approaches 1 and the serial model overestimates;
+* ``cores``: the N processes' own CPU time (user and system, every thread) over the timed
+  all-reduces, in cores, and ``N x rate``: the links' total rate against the rate one unshaped
+  TCP stream reached here. The kernel moves every link's bytes through the veths and the bridge
+  on this machine's cores: as ``N x rate`` nears 100 % the emulation runs out of CPU and the
+  point measures this machine, not the network.
 
 Shaping: ``tbf`` (token bucket filter) at the rate, with a bucket of ``--burst-kib`` (128 KiB)
 and a queue of 10 ms at the rate. ``netem`` (rate and delay) is not built into this machine's
@@ -104,9 +109,7 @@ def _tc(namespace: str | None, *argv: str, check: bool = True) -> subprocess.Com
 def qdisc_text(gbits: float | None, delay_ms: float, burst: int) -> str:
     """The qdisc put on every shaped device, as words for the printout."""
     if gbits is None:
-        return "none (the veths' default, noqueue)" + (
-            f"; netem delay {delay_ms:g} ms on each uplink" if delay_ms else ""
-        )
+        return "none (the veths' default, noqueue; no delay either)"
     rate = gbits * 1e9 / 8
     text = (
         f"tbf rate {gbits:g}gbit burst {burst} bytes ({burst / rate * 1e3:.2f} ms at the "
@@ -585,7 +588,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu: dict[tuple[int, int, str], float] = {}
         capacity = None  # Gbit/s of one unshaped stream: what the kernel here moves at most
         for gbits in rates:
-            net.shape(gbits, args.delay_ms, burst)
+            net.shape(gbits, args.delay_ms if gbits is not None else 0.0, burst)
             label = _label(gbits)
             print(f"\n== {label} Gbit/s: {qdisc_text(gbits, args.delay_ms, burst)}; "
                   f"load average {os.getloadavg()[0]:.1f}")
