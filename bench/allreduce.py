@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--elements", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--processes", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--piece-kib", type=int, default=1024, help="the ring's pieces")
+    parser.add_argument("--piece-kib", type=int, default=256, help="the ring's pieces")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
     os.environ["RING_PIECE_BYTES"] = str(args.piece_kib << 10)  # read by the spawned processes

@@ -668,7 +668,7 @@ def main() -> None:
                         help="link rates in Gbit/s; 'none' (unshaped) is always run first")
     parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--piece-kib", type=int, default=1024, help="the ring's pieces")
+    parser.add_argument("--piece-kib", type=int, default=256, help="the ring's pieces")
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--burst-kib", type=int, default=BURST_KIB,
                         help="tbf's bucket: what a link sends unshaped after a pause")

@@ -64,9 +64,10 @@ from .socket_exchange import recv_message, send_message
 
 __all__ = ["Grid", "Ring", "RingStep", "connect_ring", "grid_width", "TRANSPORTS"]
 
-#: The default size of the pieces chunks travel in (1 MiB: large enough that per-piece costs
-#: vanish, small enough that summing and sending overlap).
-PIECE_BYTES = 1 << 20
+#: The default size of the pieces chunks travel in (256 KiB: large enough that per-piece costs
+#: vanish, small enough that a piece and the values it is added to stay in a core's L2 cache,
+#: and that a hop of the pipeline costs little: 0.2 ms at 10 Gbit/s).
+PIECE_BYTES = 256 << 10
 _SOCKET_BUFFER = 4 << 20  # per direction: a few pieces in flight
 _CONNECT_S = 60.0  # how long the ring waits for its neighbours to connect
 #: What ``transport`` takes: None (every buffer as it is), "bfloat16" or "float16".
