@@ -48,7 +48,7 @@ sys.path.pop(0)
 
 from sparkbatch.data import DataSet  # noqa: E402
 from sparkbatch.nn import SGD, Dense, Network, Output  # noqa: E402
-from sparkbatch.train import ParameterAveraging, SparkNetwork  # noqa: E402
+from sparkbatch.train import ParameterAveraging, RingExchange, SparkNetwork  # noqa: E402
 
 FEATURES, CLASSES = 64, 10
 #: Hidden width of the 64-H-H-10 network for each size (99,690, 994,570 and 9,971,530
@@ -72,6 +72,16 @@ NETWORK_LATENCY_S = 50e-6
 #: Spark's broadcast moves blocks of this size (spark.broadcast.blockSize, 4 MiB).
 BROADCAST_BLOCK = 4 << 20
 GOAL = {"executors": 256, "size": "10M", "frequency": 5, "gbits": 10.0, "share": 0.20}
+#: TCP payload per byte on the wire at an MTU of 1500 (1448 of each 1514-byte frame, with
+#: timestamps); bench/allreduce_network.py's streams reached 95.5-95.7 % of a shaped link.
+TCP_PAYLOAD = 1448 / 1514
+#: What each exchange name measured here passes as ``ParameterAveraging(exchange=...)``.
+EXCHANGES: dict[str, Any] = {
+    "spark": lambda: "spark",
+    "socket": lambda: "socket",
+    "ring": lambda: "ring",
+    "ring-bf16": lambda: RingExchange(transport="bfloat16"),
+}
 
 
 def ring_steps(n: int) -> int:
@@ -128,10 +138,10 @@ def write_files(directory: str, count: int, batch: int) -> list[str]:
 
 
 def exchange_known(name: str) -> bool:
-    """Whether ``ParameterAveraging`` accepts ``exchange=name`` in this checkout."""
+    """Whether ``ParameterAveraging`` accepts the exchange called ``name`` in this checkout."""
     try:
-        ParameterAveraging(exchange=name)
-    except (ValueError, TypeError):
+        ParameterAveraging(exchange=EXCHANGES[name]())
+    except (KeyError, ValueError, TypeError):
         return False
     return True
 
@@ -182,7 +192,7 @@ def measure_point(
         averaging_frequency=frequency,
         workers=workers,
         collect_stats=True,
-        exchange=exchange,
+        exchange=EXCHANGES[exchange](),
         shuffle=False,
         prefetch=0,
     )
@@ -214,7 +224,7 @@ def warm_up(sc: Any, workers: int, exchanges: Sequence[str], files: Sequence[str
     for exchange in exchanges:
         master = ParameterAveraging(
             batch_size_per_worker=batch, averaging_frequency=1, workers=workers,
-            exchange=exchange, shuffle=False,
+            exchange=EXCHANGES[exchange](), shuffle=False,
         )
         SparkNetwork(sc, make_network(HIDDEN["0.1M"]), master).fit_paths(
             list(files[: 2 * workers])
@@ -324,7 +334,7 @@ def _point_line(point: dict[str, Any]) -> str:
     walls = [r["wall_s"] for r in point["rounds"]]
     fits = [r["fit_s"] for r in point["rounds"]]
     return (
-        f"{point['config']:>9} {point['exchange']:>6} {point['size']:>4} "
+        f"{point['config']:>9} {point['exchange']:>9} {point['size']:>4} "
         f"f={point['frequency']:<2} wall {np.median(walls):.3f} s fit {np.median(fits):.3f} s "
         f"(warm-up round {point['warmup_wall_s']:.2f} s)"
     )
@@ -396,6 +406,8 @@ TERMS: dict[str, list[tuple[str, str, Any]]] = {
          lambda p, n, s, k: k * 2.0 * (n - 1) / n * p * s),
     ],
 }
+# The bfloat16 transport: the same terms, per float32 byte summed (its own constants).
+TERMS["ring-bf16"] = TERMS["ring"]
 
 
 def _is_cluster(point: dict[str, Any]) -> float:
@@ -498,11 +510,12 @@ def predict_cluster(
     """
     n = executors
     p = n_parameters(HIDDEN[size]) * BYTES_PER_PARAMETER
-    wire = 1.0 / (gbits * 1e9 / 8)  # seconds per byte on one link
+    wire = 1.0 / (gbits * 1e9 / 8 * TCP_PAYLOAD)  # seconds per byte of payload on one link
     fit = model_fit_s(model, exchange, size, frequency, 1.0)
     c = dict(model["exchanges"][exchange])
     # executors in their own JVMs, as on a standalone cluster here
-    c["driver_byte" if exchange != "ring" else "worker_byte"] += c.get("cluster_byte", 0.0)
+    ring = exchange.startswith("ring")
+    c["worker_byte" if ring else "driver_byte"] += c.get("cluster_byte", 0.0)
     average = model["average_byte"] * p
     terms: dict[str, float]
     if exchange == "spark":
@@ -528,22 +541,29 @@ def predict_cluster(
             "CPU per byte, driver (N x P)": c["driver_byte"] * n * p,
             "driver's link, 2 N x P": 2 * n * p * wire + 2 * latency,
         }
-    elif exchange == "ring":
+    elif ring:
         steps = ring_steps(n)
-        moved = 2.0 * (n - 1) / n * p
-        # worker 0 sends the sum to the driver on a thread while the next round fits: only
-        # what outlasts that fit counts
+        moved = 2.0 * (n - 1) / n * p  # float32 bytes summed and passed on by each worker
+        cpu = moved * c["worker_byte"]
+        on_wire = moved * wire * (0.5 if exchange == "ring-bf16" else 1.0)
+        # The native passes receive, sum and send in one pipeline: the CPU's work and the
+        # wire's overlap, and the longer of the two counts (bench/allreduce_network.py measured
+        # this on shaped links; docs/scaling.md). Worker 0 sends the float32 sum to the driver
+        # on a thread while the next round fits, and the driver averages it meanwhile: only
+        # what outlasts that fit counts.
         terms = {
             "per round": c["round"] + c["worker_round"],
             "ring steps, software": steps * c["step"],
             "ring steps, network latency": steps * latency,
-            "CPU per byte, workers": moved * c["worker_byte"],
-            "on the wire, 2 (N-1)/N x P": moved * wire,
-            "sum to the driver": c["driver_byte"] * p + max(0.0, p * wire - fit),
+            f"all-reduce: CPU {cpu * 1e3:.0f} ms or wire {on_wire * 1e3:.0f} ms, the longer":
+                max(cpu, on_wire),
+            "sum to the driver and its averaging, beyond the next fit":
+                c["driver_byte"] * p + max(0.0, p * wire + average - fit),
         }
     else:
         raise ValueError(f"no cost model for exchange {exchange!r}")
-    terms["driver's averaging"] = average
+    if not ring:
+        terms["driver's averaging"] = average
     rest = sum(terms.values())
     wall = fit + rest
     per_example = model["per_minibatch"][size] / model["batch"]
@@ -568,9 +588,9 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
     model = fit_model(points, cores)
     print(f"\n## Fitted constants ({len(points)} points, {cores} cores, batch {model['batch']})")
     for exchange in model["fit0"]:
-        print(f"{exchange:>6} fit0 (per round)             "
+        print(f"{exchange:>9} fit0 (per round)             "
               f"{model['fit0'][exchange] * 1e3:10.3f} ms")
-        print(f"{exchange:>6} fit_byte (per byte)          "
+        print(f"{exchange:>9} fit_byte (per byte)          "
               f"{model['fit_byte'][exchange] * 1e9:10.4f} ns")
     for size, c in model["per_minibatch"].items():
         print(f"per_minibatch[{size}] (1 core)          {c * 1e3:10.3f} ms")
@@ -579,7 +599,7 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
         for name, unit, _ in TERMS[exchange]:
             value = coef[name]
             shown = f"{value * 1e9:10.4f} ns" if "byte" in name else f"{value * 1e3:10.3f} ms"
-            print(f"{exchange:>6} {name:<28} {shown}  ({unit})")
+            print(f"{exchange:>9} {name:<28} {shown}  ({unit})")
 
     print("\n## Model against measurement (per-round medians)")
     print("| config | exchange | size | freq | wall s | model s | error | fit s | model fit s |")
@@ -635,7 +655,8 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
         f"minibatch size ({model['batch']} examples), no stragglers (every executor as fast), "
         "full-duplex links of the given bandwidth, "
         f"{NETWORK_LATENCY_S * 1e6:.0f} µs per message on top of the measured software cost, "
-        "the measured CPU cost per byte kept and the wire time added, "
+        "the measured CPU cost per byte kept and the wire time (TCP payload 1448 of 1514 "
+        "bytes) added, but for the ring, whose pipeline overlaps them (the longer counts), "
         "Spark's treeAggregate(depth 2) as two levels of fan-in ceil(sqrt(N)), "
         "torrent broadcast pipelined in 4 MiB blocks."
     )
@@ -682,7 +703,7 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
           f"{GOAL['frequency']}, {GOAL['gbits']:g} Gbit/s")
     for p in goal:
         print(
-            f"{p['exchange']:>6}: {100 * p['rest_share']:.1f} % outside fitting at batch "
+            f"{p['exchange']:>9}: {100 * p['rest_share']:.1f} % outside fitting at batch "
             f"{model['batch']} (round {p['wall_s']:.3f} s); the goal is met from batch "
             f"{p['batch_for_goal']} (fitting time taken as linear in examples)"
         )
@@ -761,7 +782,8 @@ def plot(data: dict[str, Any], fitted: dict[str, Any], path: str, prediction_pat
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.4), squeeze=False,
                              sharey=True)
     styles = {1.0: ":", 10.0: "-", 25.0: "--"}
-    ex_colors = {"spark": "tab:red", "socket": "tab:blue", "ring": "tab:green"}
+    ex_colors = {"spark": "tab:red", "socket": "tab:blue", "ring": "tab:green",
+                 "ring-bf16": "tab:olive"}
     frequency = GOAL["frequency"] if GOAL["frequency"] in frequencies else frequencies[-1]
     ns = [4, 8, 16, 32, 64, 128, 256]
     for j, size in enumerate(sizes):
@@ -799,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default=",".join(HIDDEN), help="network sizes")
     parser.add_argument("--frequencies", default="1,5,20")
     parser.add_argument("--exchanges", default=None,
-                        help="default: spark,socket and ring where this checkout has it")
+                        help=f"default: {','.join(EXCHANGES)} where this checkout has them")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per point")
     parser.add_argument("--batch", type=int, default=32, help="examples per minibatch")
     parser.add_argument("--cache", default=os.path.join("/tmp", "sparkbatch-scaling-data"),
@@ -833,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if "--plot" not in (argv if argv is not None else sys.argv):
                 args.no_plot = True
         if args.exchanges is None:
-            args.exchanges = ",".join(n for n in ("spark", "socket", "ring") if exchange_known(n))
+            args.exchanges = ",".join(n for n in EXCHANGES if exchange_known(n))
         args.exchanges = args.exchanges.split(",")
         args.sizes = args.sizes.split(",")
         args.frequencies = [int(f) for f in args.frequencies.split(",")]
