@@ -331,6 +331,7 @@ def ring_worker(args: argparse.Namespace) -> None:
                 rank, size, gather, "sbnet", host=args.host, bind_host=args.host,
                 piece_bytes=args.piece_kib << 10,
                 transport=None if transport == "float32" else transport,
+                channels=args.channels,
             ) as ring:
                 for _ in range(args.repeat + 1):
                     np.copyto(buffer, data)
@@ -474,7 +475,8 @@ def measure_ring(net: Network, folder: Path, size: int, args: argparse.Namespace
     sub = Path(tempfile.mkdtemp(prefix=f"ring{size}-", dir=folder))
     common = ["--worker", "ring", "--dir", str(sub), "--size", str(size),
               "--repeat", str(args.repeat), "--piece-kib", str(args.piece_kib),
-              "--elements", *map(str, args.elements), "--transports", *args.transports]
+              "--channels", str(args.channels), "--elements", *map(str, args.elements),
+              "--transports", *args.transports]
     procs = [
         _spawn(net.namespaces[r], sub, f"rank{r}", *common, "--rank", str(r),
                "--host", net.ips[r])
@@ -566,10 +568,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"caveat: {cores} cores; processes beyond {cores} take turns on them, and the "
         "veths, the bridge and tc run on the same cores (see the stream's CPU share)"
     )
-    print(f"median of {args.repeat} after a warm-up, slowest process; cpu = the unshaped run")
+    print(f"median of {args.repeat} after a warm-up, slowest process; cpu = the unshaped run; "
+          f"pieces of {args.piece_kib} KiB, {args.channels} channel(s)")
     result: dict[str, Any] = {
         "versions": header, "cores": cores, "mtu": args.mtu, "delay_ms": args.delay_ms,
-        "repeat": args.repeat, "piece_kib": args.piece_kib, "burst_bytes": burst,
+        "repeat": args.repeat, "piece_kib": args.piece_kib, "channels": args.channels,
+        "burst_bytes": burst,
         "streams": [], "points": [],
         "qdisc": {_label(g): qdisc_text(g, args.delay_ms, burst) for g in rates},
     }
@@ -669,6 +673,8 @@ def main() -> None:
     parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--piece-kib", type=int, default=256, help="the ring's pieces")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="rings each all-reduce is split over (connect_ring(channels=...))")
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--burst-kib", type=int, default=BURST_KIB,
                         help="tbf's bucket: what a link sends unshaped after a pause")

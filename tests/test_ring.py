@@ -15,7 +15,12 @@ from sparkbatch.train.ring import connect_ring
 
 
 def _ring_tasks(
-    size: int, task, piece_bytes: int = 4096, transport: str | None = None, grid: bool = True
+    size: int,
+    task,
+    piece_bytes: int = 4096,
+    transport: str | None = None,
+    grid: bool = True,
+    channels: int = 1,
 ) -> list:
     """Run ``task(ring)`` on ``size`` threads joined in one ring over loopback (a barrier
     standing for ``BarrierTaskContext.allGather``); their results in rank order."""
@@ -41,6 +46,7 @@ def _ring_tasks(
                 piece_bytes=piece_bytes,
                 transport=transport,
                 grid=grid,
+                channels=channels,
             ) as ring:
                 results[rank] = task(ring)
         except BaseException as e:  # noqa: BLE001  (the test looks at it)
@@ -109,6 +115,43 @@ def test_half_precision_transport_halves_the_bytes_and_every_task_keeps_the_same
         np.testing.assert_array_equal(state, float_state * size)
     with pytest.raises(ValueError, match="transport must be one of"):
         connect_ring(0, 1, lambda m: [m], "token", host="127.0.0.1", transport="int8")
+
+
+@pytest.mark.parametrize("size, channels", [(2, 2), (3, 3), (4, 2)])  # 4: grids of 2 x 2
+def test_channels_split_the_buffer_and_sum_as_one_ring_does(size, channels):
+    from sparkbatch.train.ring import Channels
+
+    rng = np.random.default_rng(size)
+    data = [rng.standard_normal(30_011).astype(np.float32) for _ in range(size)]
+
+    def task(ring):
+        buffer = data[ring.rank].copy()
+        steps = ring.all_reduce(buffer)
+        return type(ring), buffer, steps, ring.all_gather(ring.rank)
+
+    results = _ring_tasks(size, task, channels=channels)
+    expected = np.sum(np.stack(data).astype(np.float64), axis=0)
+    for kind, buffer, steps, gathered in results:
+        assert kind is Channels
+        np.testing.assert_array_equal(buffer, results[0][1])
+        np.testing.assert_allclose(buffer, expected, rtol=1e-5, atol=1e-5)
+        assert gathered == list(range(size))
+        share = data[0].nbytes * 2 * (size - 1) / size
+        assert abs(sum(step.bytes for step in steps) - share) <= 2 * 4 * size * channels
+    with pytest.raises(ValueError, match="channels must be 1 or more"):
+        connect_ring(0, 2, lambda m: [m, m], "token", host="127.0.0.1", channels=0)
+
+
+def test_a_task_that_leaves_is_a_connection_error_on_every_channel():
+    def task(ring):
+        if ring.rank == 1:
+            ring.close()
+            return "left"
+        return ring.all_reduce(np.ones(200_000, np.float32))
+
+    results = _ring_tasks(3, task, channels=3)
+    assert results[1] == "left"
+    assert all(isinstance(r, ConnectionError) for r in (results[0], results[2])), results
 
 
 def test_bfloat16_ring_of_two_sums_exactly_as_specified():

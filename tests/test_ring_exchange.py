@@ -20,7 +20,8 @@ def test_ring_exchange_trains_exactly_as_spark_exchange(sc, tmp_path):
     updater = Adam(0.01)  # with its state: both buffers go round the ring
     directory = _export(sc, tmp_path, 230, 10)
     results = {}
-    for exchange in ("spark", "ring"):
+    exchanges = {"spark": "spark", "ring": "ring", "two channels": RingExchange(channels=2)}
+    for name, exchange in exchanges.items():
         master = ParameterAveraging(
             batch_size_per_worker=10,
             averaging_frequency=4,
@@ -30,10 +31,11 @@ def test_ring_exchange_trains_exactly_as_spark_exchange(sc, tmp_path):
         )
         spark_net = SparkNetwork(sc, _network(updater), master)
         spark_net.fit(directory, epochs=2)
-        results[exchange] = spark_net
+        results[name] = spark_net
     spark, ring = results["spark"].model, results["ring"].model
-    np.testing.assert_allclose(ring.params(), spark.params(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(ring.updater_state(), spark.updater_state(), rtol=0, atol=1e-6)
+    for model in (ring, results["two channels"].model):
+        np.testing.assert_allclose(model.params(), spark.params(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(model.updater_state(), spark.updater_state(), rtol=0, atol=1e-6)
     assert (ring.iteration, ring.epoch) == (spark.iteration, spark.epoch)
     ours, theirs = results["ring"].stats.rounds, results["spark"].stats.rounds
     assert [(r.epoch, r.examples, r.workers) for r in ours] == [
@@ -136,6 +138,8 @@ def test_ring_is_a_named_exchange():
     ring = master.exchanger
     assert isinstance(ring, RingExchange) and (ring.host, ring.port) == ("10.0.0.1", 1234)
     assert repr(ring).startswith("RingExchange(host='10.0.0.1', port=1234")
+    with pytest.raises(ValueError, match="channels must be an int of 1 or more"):
+        RingExchange(channels=0)
 
 
 @pytest.mark.spark

@@ -54,6 +54,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,7 @@ import numpy as np
 from .. import _native
 from .socket_exchange import recv_message, send_message
 
-__all__ = ["Grid", "Ring", "RingStep", "connect_ring", "grid_width", "TRANSPORTS"]
+__all__ = ["Channels", "Grid", "Ring", "RingStep", "connect_ring", "grid_width", "TRANSPORTS"]
 
 #: The default size of the pieces chunks travel in (256 KiB: large enough that per-piece costs
 #: vanish, small enough that a piece and the values it is added to stay in a core's L2 cache,
@@ -171,6 +172,14 @@ class Ring:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def abort(self) -> None:
+        """Shut both connections down, so that a pass running on another thread fails at once
+        (closing a socket would not wake it)."""
+        for sock in (self._right, self._left):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         """Stop the sending thread and close both connections. Idempotent."""
         if self._sender is not None:
@@ -270,6 +279,10 @@ class Grid:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def abort(self) -> None:
+        self.rows.abort()
+        self.columns.abort()
+
     def close(self) -> None:
         self.rows.close()
         self.columns.close()
@@ -299,6 +312,82 @@ class Grid:
             RingStep(
                 "all-gather", end - after_columns + gather.seconds, sent_gather + gather.bytes
             ),
+        ]
+
+
+class Channels:
+    """Several rings (or grids) among the same tasks, each over connections of its own: an
+    all-reduce cuts the buffer into as many contiguous parts and sums each on its own channel
+    and thread, so that the all-reduce's CPU work (copies into and out of the kernel, sums)
+    spreads over that many cores and that many TCP streams share each link, as NCCL's channels
+    do. Worth it where each task has cores to spare while it averages (they sit idle then
+    anyway, its fitting done).
+    """
+
+    def __init__(self, members: Sequence[Ring | Grid]) -> None:
+        if len(members) < 2:
+            raise ValueError("Channels needs two or more rings")
+        self.members = list(members)
+        self.rank = members[0].rank
+        self.size = members[0].size
+        self._pool = ThreadPoolExecutor(len(members) - 1, "sparkbatch-ring-channel")
+
+    @property
+    def transport(self) -> str | None:
+        return self.members[0].transport
+
+    def __enter__(self) -> Channels:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def abort(self) -> None:
+        for member in self.members:
+            member.abort()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for member in self.members:
+            member.close()
+
+    def all_gather(self, item: Any) -> list[Any]:
+        """Every task's ``item`` (JSON-able), in rank order, on every task (on channel 0)."""
+        return self.members[0].all_gather(item)
+
+    def all_reduce(self, buffer: np.ndarray) -> list[RingStep]:
+        """As :meth:`Ring.all_reduce`; each step's seconds are the slowest channel's, its bytes
+        all channels' together."""
+        if not buffer.flags.c_contiguous or not buffer.flags.writeable:  # else reshape copies
+            raise ValueError("all_reduce needs a writable contiguous buffer")
+        flat = buffer.reshape(-1)
+        edges = np.linspace(0, flat.size, len(self.members) + 1).round().astype(np.int64)
+        parts = [flat[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        others = [
+            self._pool.submit(member.all_reduce, part)
+            for member, part in zip(self.members[1:], parts[1:], strict=True)
+        ]
+        results: list[list[RingStep]] = []
+        try:
+            results.append(self.members[0].all_reduce(parts[0]))
+        except BaseException:
+            self.abort()  # the other channels' passes must not wait for peers that gave up
+            raise
+        finally:
+            errors = []
+            for future in others:
+                try:
+                    results.append(future.result())
+                except BaseException as e:  # noqa: BLE001  (raised below, after every channel)
+                    errors.append(e)
+                    self.abort()
+        if errors:
+            raise errors[0]
+        return [
+            RingStep(
+                steps[0].name, max(s.seconds for s in steps), sum(s.bytes for s in steps)
+            )
+            for steps in zip(*results, strict=True)
         ]
 
 
@@ -342,7 +431,8 @@ def connect_ring(
     piece_bytes: int = PIECE_BYTES,
     transport: str | None = None,
     grid: bool = True,
-) -> Ring | Grid:
+    channels: int = 1,
+) -> Ring | Grid | Channels:
     """Join the ``size`` tasks' collective as task ``rank``: listen on ``bind_host``, publish
     ``host`` and the port through ``gather`` (``BarrierTaskContext.allGather``: every task's
     message, in rank order), connect to the next task of each ring this task belongs to and
@@ -351,23 +441,33 @@ def connect_ring(
 
     With ``grid`` (and a ``size`` that :func:`grid_width` splits) the tasks form a
     :class:`Grid` of rows and columns, each a ring; else one :class:`Ring`. ``transport``: what
-    float32 buffers travel as (see the module's docstring).
+    float32 buffers travel as (see the module's docstring). ``channels`` > 1: that many such
+    rings or grids, each over connections of its own, as :class:`Channels`.
     """
     _check_transport(transport)  # refused before any connection
+    if int(channels) < 1:
+        raise ValueError(f"channels must be 1 or more, got {channels!r}")
+    channels = int(channels)
     width = grid_width(size) if grid else 1
     if width > 1:
         row, column = divmod(rank, width)
-        rings = {
+        shapes = {
             "row": [row * width + k for k in range(width)],
             "column": [column + width * k for k in range(size // width)],
         }
     else:
-        rings = {"ring": list(range(size))}
+        shapes = {"ring": list(range(size))}
+    # Each channel's rings, by the name their connections open with.
+    rings = {
+        (name if c == 0 else f"{name}/{c}"): members
+        for c in range(channels)
+        for name, members in shapes.items()
+    }
     made: dict[str, Ring] = {}
     if size == 1:
         gather(json.dumps({}))  # every barrier task calls allGather as often as the others
         return Ring(rank, size, None, None, piece_bytes=piece_bytes, transport=transport)
-    listener = socket.create_server((bind_host, 0), backlog=8)
+    listener = socket.create_server((bind_host, 0), backlog=max(8, 2 * len(rings)))
     right: dict[str, socket.socket] = {}
     left: dict[str, socket.socket] = {}
     try:
@@ -398,9 +498,15 @@ def connect_ring(
         raise
     finally:
         listener.close()
-    if width > 1:
-        return Grid(rank, size, made["row"], made["column"])
-    return made["ring"]
+    def channel(c: int) -> Ring | Grid:
+        suffix = "" if c == 0 else f"/{c}"
+        if width > 1:
+            return Grid(rank, size, made["row" + suffix], made["column" + suffix])
+        return made["ring" + suffix]
+
+    if channels == 1:
+        return channel(0)
+    return Channels([channel(c) for c in range(channels)])
 
 
 def _connect(rank: int, target: int, address: dict[str, Any]) -> socket.socket:

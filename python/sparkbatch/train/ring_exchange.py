@@ -49,7 +49,7 @@ from .._finite import first_non_finite
 from .._jobs import JobDescription
 from .exchange import Exchange
 from .model import ModelAccess
-from .ring import PIECE_BYTES, TRANSPORTS, Grid, Ring, connect_ring
+from .ring import PIECE_BYTES, TRANSPORTS, Channels, Grid, Ring, connect_ring
 from .runner import RoundTiming
 from .socket_exchange import WORKER_ERRORS, recv_message, send_message
 from .socket_exchange import _task_slots as task_slots
@@ -82,8 +82,11 @@ class RingExchange(Exchange):
     ``"bfloat16"`` or ``"float16"`` sends float32 parameters and updater state between workers
     at half the bytes, rounded for the wire and summed in float32 (the workers and the driver
     still agree bit for bit; the average differs from the other exchanges' by that rounding),
-    None sends them as they are. Needs every worker scheduled at once and the executors able to
-    reach each other and the driver on any port.
+    None sends them as they are; ``channels``: how many rings each all-reduce is split over,
+    each with its own connections and thread (:class:`~sparkbatch.train.ring.Channels`: more
+    than 1 where each worker's executor has that many cores free while it averages, and for
+    links faster than one TCP stream fills). Needs every worker scheduled at once and the
+    executors able to reach each other and the driver on any port.
     """
 
     name = "ring"
@@ -94,18 +97,23 @@ class RingExchange(Exchange):
         port: int = 0,
         piece_bytes: int = PIECE_BYTES,
         transport: str | None = None,
+        channels: int = 1,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be an int of 1 or more, got {channels!r}")
         self.host = host
         self.port = port
         self.piece_bytes = piece_bytes
         self.transport = transport
+        self.channels = channels
 
     def __repr__(self) -> str:
         return (
             f"RingExchange(host={self.host!r}, port={self.port}, "
-            f"piece_bytes={self.piece_bytes}, transport={self.transport!r})"
+            f"piece_bytes={self.piece_bytes}, transport={self.transport!r}, "
+            f"channels={self.channels})"
         )
 
     def run(self, runner: FitRunner, plan: FitPlan) -> None:
@@ -158,6 +166,7 @@ class RingExchange(Exchange):
                     local=local,
                     piece_bytes=self.piece_bytes,
                     transport=self.transport,
+                    channels=self.channels,
                 )
                 try:
                     plan.worker_view().barrier().mapPartitionsWithIndex(fit).collect()
@@ -348,6 +357,7 @@ class RingRounds:
         local: bool,
         piece_bytes: int = PIECE_BYTES,
         transport: str | None = None,
+        channels: int = 1,
     ) -> None:
         self.setup = setup
         self.weights = weights  # Broadcast of {"round", "counters", "params", "state"}
@@ -359,6 +369,7 @@ class RingRounds:
         self.local = local
         self.piece_bytes = piece_bytes
         self.transport = transport
+        self.channels = channels
 
     def __call__(self, index: int, partition: Iterator[Any]) -> Iterator[Any]:
         from pyspark import BarrierTaskContext
@@ -377,6 +388,7 @@ class RingRounds:
             bind_host="127.0.0.1" if self.local else "",
             piece_bytes=self.piece_bytes,
             transport=self.transport,
+            channels=self.channels,
         )
         try:
             uplink = _Uplink(self.driver, self.token, self.attempt) if index == 0 else None
@@ -398,7 +410,7 @@ class RingRounds:
         return iter(())
 
 
-def _close_later(ring: Ring | Grid) -> None:
+def _close_later(ring: Ring | Grid | Channels) -> None:
     """Close ``ring`` after :data:`_GRACE_S` on a thread (Spark ends the other barrier tasks
     once it has this task's error; the closed ring ends them where it does not)."""
     closer = threading.Timer(_GRACE_S, ring.close)
@@ -484,7 +496,7 @@ class _RingWorker:
     def __init__(
         self,
         rounds: RingRounds,
-        ring: Ring | Grid,
+        ring: Ring | Grid | Channels,
         uplink: _Uplink | None,
         index: int,
         plan: list[Any],
