@@ -154,6 +154,16 @@ def test_a_task_that_leaves_is_a_connection_error_on_every_channel():
     assert all(isinstance(r, ConnectionError) for r in (results[0], results[2])), results
 
 
+@pytest.mark.parametrize("size, channels", [(1, 1), (2, 1), (3, 1), (6, 1), (4, 2)])
+def test_gather_values_gives_every_task_every_row_in_rank_order(size, channels):
+    def task(ring):
+        return ring.gather_values(np.array([ring.rank, 0.5, -ring.rank * 1e300]))
+
+    expected = np.array([[r, 0.5, -r * 1e300] for r in range(size)])
+    for table in _ring_tasks(size, task, transport="bfloat16", channels=channels):
+        np.testing.assert_array_equal(table, expected)  # float64: never rounded for the wire
+
+
 def test_bfloat16_ring_of_two_sums_exactly_as_specified():
     """Two tasks: the owner of each chunk adds its own float32 values to the other's rounded
     to bfloat16, rounds the sum once, and both keep that: bit for bit."""

@@ -208,6 +208,21 @@ class Ring:
         self._sender.flush()
         return items
 
+    def gather_values(self, values: np.ndarray) -> np.ndarray:
+        """Every task's ``values`` (float64, as many on every task), one row per task in rank
+        order: a native all-gather, without JSON or Python between hops, for what every round
+        exchanges."""
+        values = np.ascontiguousarray(values, np.float64).reshape(-1)
+        table = np.zeros((self.size, values.size), np.float64)
+        if self.size == 1:
+            table[0] = values
+            return table
+        # all_gather_chunks passes on the chunk after each task's rank first (what
+        # reduce_scatter left summed there): task r's row travels as chunk r + 1.
+        table[(self.rank + 1) % self.size] = values
+        self.all_gather_chunks(table.reshape(-1), np.arange(self.size + 1) * values.size)
+        return np.roll(table, -1, axis=0)
+
     def all_reduce(self, buffer: np.ndarray) -> list[RingStep]:
         """Sum the contiguous ``buffer`` over every task, in place: afterwards every task's
         ``buffer`` holds the same sum. The tasks' buffers must agree in dtype and size.
@@ -292,6 +307,12 @@ class Grid:
         by_row = self.columns.all_gather(self.rows.all_gather(item))
         return [x for row in by_row for x in row]
 
+    def gather_values(self, values: np.ndarray) -> np.ndarray:
+        """As :meth:`Ring.gather_values`, over the whole grid (along the row, then the rows
+        along the column)."""
+        row = self.rows.gather_values(values)
+        return self.columns.gather_values(row.reshape(-1)).reshape(self.size, -1)
+
     def all_reduce(self, buffer: np.ndarray) -> list[RingStep]:
         """As :meth:`Ring.all_reduce`, over the whole grid."""
         if not buffer.flags.c_contiguous or not buffer.flags.writeable:  # else reshape copies
@@ -354,6 +375,10 @@ class Channels:
     def all_gather(self, item: Any) -> list[Any]:
         """Every task's ``item`` (JSON-able), in rank order, on every task (on channel 0)."""
         return self.members[0].all_gather(item)
+
+    def gather_values(self, values: np.ndarray) -> np.ndarray:
+        """As :meth:`Ring.gather_values` (on channel 0)."""
+        return self.members[0].gather_values(values)
 
     def all_reduce(self, buffer: np.ndarray) -> list[RingStep]:
         """As :meth:`Ring.all_reduce`; each step's seconds are the slowest channel's, its bytes

@@ -11,8 +11,10 @@ receives all of them.
 One round, on every worker:
 
 1. fit the round's minibatches;
-2. all-gather of every worker's counts (minibatches, examples, score, skips, errors, timings):
-   every worker learns, identically, how many fitted and whether the fit stops;
+2. all-gather of every worker's counts (minibatches, examples, score, skips, timings, whether
+   it failed), as one row of float64 each through the native ring (an error's text follows
+   only when one failed): every worker learns, identically, how many fitted and whether the
+   fit stops;
 3. all-reduce of the parameters (and updater state), from zeros on a worker that fitted nothing;
 4. worker 0 sends the round's sum and counts to the driver (from a copy, on a thread, while
    the next round fits), where :class:`~sparkbatch.train.runner.FitRunner` averages it into the
@@ -527,34 +529,22 @@ class _RingWorker:
                 access.model, items, f"round {g} (epoch {counters['epoch']}), {worker}", copy=False
             )
             end = time.time()
-            phases = []
-            if setup.collect_stats:
-                phases = [
-                    [g, worker, "broadcast", received, fit_start],
-                    [g, worker, "fit", fit_start, end],
-                ]
-            mine = {
-                "batches": fitted.batches,
-                "examples": fitted.examples,
-                "score_sum": fitted.score_sum,
-                "skipped": fitted.skipped,
-                "fit_s": end - fit_start,
-                "phases": phases,
-                "error": _error_of(fitted.error),
-                "stop": bool(self.uplink is not None and self._driver_stops()),
-            }
+            stop = bool(self.uplink is not None and self._driver_stops())
+            mine = [fitted.batches, fitted.examples, fitted.score_sum, fitted.skipped]
+            mine += [end - fit_start, received, fit_start, end, fitted.error is not None, stop]
             gather_start = time.perf_counter()
-            everyone = self.ring.all_gather(mine)
-            gather_s = time.perf_counter() - gather_start
-            errors = [m["error"] for m in everyone if m["error"] is not None]
-            if errors:  # NOTE [deterministic errors] (worker.py): the driver raises it
+            everyone = _Counts(self.ring.gather_values(np.array(mine, np.float64)))
+            if everyone.errors:  # NOTE [deterministic errors] (worker.py): the driver raises it
+                errors = self.ring.all_gather(_error_of(fitted.error))
+                error = next(e for e in errors if e is not None)
                 if self.uplink is not None:
-                    self.uplink.send_now({"error": errors[0][0], "message": errors[0][1]})
+                    self.uplink.send_now({"error": error[0], "message": error[1]})
                 return
-            if any(m["stop"] for m in everyone):
+            gather_s = time.perf_counter() - gather_start
+            if everyone.stop:
                 return  # the driver failed averaging the previous round; it raises that
-            fitters = [m for m in everyone if m["batches"] > 0]
-            buffers, own = self._buffers(bool(fitters), fitted.batches > 0)
+            fitters = int(np.count_nonzero(everyone.batches))
+            buffers, own = self._buffers(fitters > 0, fitted.batches > 0)
             steps: dict[str, list[Any]] = {"metadata": [gather_s, 0]}
             for b in buffers:  # the parameters, then the updater state: each pass summed up
                 for step in self.ring.all_reduce(b):
@@ -562,14 +552,14 @@ class _RingWorker:
                     steps[step.name] = [seconds + step.seconds, sent + step.bytes]
             summary = {
                 "round": r,
-                "workers": len(fitters),
-                "batches": sum(m["batches"] for m in everyone),
-                "examples": sum(m["examples"] for m in everyone),
-                "score_sum": float(sum(m["score_sum"] for m in everyone)),
-                "skipped": sum(m["skipped"] for m in everyone),
-                "max_batches": max(m["batches"] for m in everyone),
-                "fit_s": max(m["fit_s"] for m in everyone),
-                "phases": [p for m in everyone for p in m["phases"]],
+                "workers": fitters,
+                "batches": int(everyone.batches.sum()),
+                "examples": int(everyone.table[:, 1].sum()),
+                "score_sum": float(everyone.table[:, 2].sum()),
+                "skipped": int(everyone.table[:, 3].sum()),
+                "max_batches": int(everyone.batches.max()),
+                "fit_s": float(everyone.table[:, 4].max()),
+                "phases": everyone.phases(g) if setup.collect_stats else [],
             }
             if self.uplink is not None:
                 total = sum(b.nbytes for b in buffers)
@@ -582,7 +572,7 @@ class _RingWorker:
             if fitters:  # else the model keeps its parameters and the counters stand
                 if first_non_finite(buffers[0]) >= 0:  # the parameters, as the driver checks
                     return  # the sum overflowed: the driver's check raises the DivergenceError
-                self._average(buffers, own, len(fitters))
+                self._average(buffers, own, fitters)
                 if setup.save_updater:
                     counters["updater_steps"] += summary["max_batches"]
                 counters["iteration"] += summary["max_batches"]
@@ -632,6 +622,26 @@ class _RingWorker:
             model.set_params(buffers[0])
             if len(buffers) > 1:
                 model.set_updater_state(buffers[1])
+
+
+class _Counts:
+    """Every worker's figures of a round, as :meth:`Ring.gather_values` brings them: one row
+    per worker of minibatches, examples, score sum, skips, fitting seconds, the times the round
+    was received, its fitting began and ended, and whether it failed or the driver stops."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+        self.batches = table[:, 0]
+        self.errors = bool(table[:, 8].any())
+        self.stop = bool(table[:, 9].any())
+
+    def phases(self, g: int) -> list[list[Any]]:
+        """The workers' phase timings of round ``g``, as ``RoundStats`` keeps them."""
+        out: list[list[Any]] = []
+        for rank, (received, fit_start, end) in enumerate(self.table[:, 5:8].tolist()):
+            out.append([g, f"worker {rank}", "broadcast", received, fit_start])
+            out.append([g, f"worker {rank}", "fit", fit_start, end])
+        return out
 
 
 def _error_of(error: Exception | None) -> list[str] | None:
