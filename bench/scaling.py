@@ -406,8 +406,11 @@ TERMS: dict[str, list[tuple[str, str, Any]]] = {
          lambda p, n, s, k: k * 2.0 * (n - 1) / n * p * s),
     ],
 }
-# The bfloat16 transport: the same terms, per float32 byte summed (its own constants).
+# The bfloat16 transport: the same terms, per float32 byte summed. Its costs per byte are its
+# own; those per round and per step are the same code's as float32's, and one fit over both
+# exchanges' points finds them (at 2-4 workers the steps alone cannot tell them from the rest).
 TERMS["ring-bf16"] = TERMS["ring"]
+SHARED_TERMS = {"ring-bf16": ("ring", ("round", "worker_round", "step"))}
 
 
 def _is_cluster(point: dict[str, Any]) -> float:
@@ -459,19 +462,35 @@ def fit_model(points: Sequence[dict[str, Any]], cores: int) -> dict[str, Any]:
     else:
         model["average_byte"] = 0.0
     model["exchanges"] = {}
+    joined = {SHARED_TERMS[x][0]: x for x in exchanges if x in SHARED_TERMS}
     for exchange in exchanges:
-        sel = [p for p in points if p["exchange"] == exchange]
-        terms = TERMS[exchange]
+        if exchange in SHARED_TERMS and SHARED_TERMS[exchange][0] in exchanges:
+            continue  # fitted with the exchange it shares terms with
+        partner = joined.get(exchange)
+        shared = SHARED_TERMS[partner][1] if partner else ()
+        group = [exchange] + ([partner] if partner else [])
+        # columns: the shared terms, then each exchange's own
+        columns = [(None, name) for name in shared] + [
+            (x, name) for x in group for name, _, _ in TERMS[x] if name not in shared
+        ]
+        sel = [p for p in points if p["exchange"] in group]
+        features = {name: f for name, _, f in TERMS[exchange]}
         a = np.array([
-            [f(p["bytes"], p["workers"], _share(p["workers"], cores), _is_cluster(p))
-             for _, _, f in terms]
+            [
+                features[name](p["bytes"], p["workers"], _share(p["workers"], cores),
+                               _is_cluster(p)) if owner in (None, p["exchange"]) else 0.0
+                for owner, name in columns
+            ]
             for p in sel
         ])
         rest = np.array([_median_round(p, "rest_s") - _median_round(p, "average_s") for p in sel])
         coef = _nnls(a, rest, 1.0 / np.array([_median_round(p, "wall_s") for p in sel]))
-        model["exchanges"][exchange] = {
-            name: float(c) for (name, _, _), c in zip(terms, coef, strict=True)
-        }
+        for x in group:
+            model["exchanges"][x] = {
+                name: float(c) for (owner, name), c in zip(columns, coef, strict=True)
+                if owner in (None, x)
+            }
+    model["exchanges"] = {x: model["exchanges"][x] for x in exchanges}
     return model
 
 
