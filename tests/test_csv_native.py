@@ -244,6 +244,33 @@ def test_quoted_fields() -> None:
     )
 
 
+QUOTED_CELLS = [
+    "1.5", "-0.000123", "+7", "12345678901234567", "3.4028235e38", "1e-46", "-2.5E+3", "0",
+    " 1.5", "1.5 ", "\t-2\t", "007.50", ".5", "5.", "inf", "-NaN", "123456789012345678901",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", ""])
+def test_quoted_numbers_parse_as_their_unquoted_text(end: str) -> None:
+    """NOTE(csv-quoted-numbers): a number in quotes, whichever path takes it, is the number its
+    text is unquoted (blanks inside the quotes trimmed alike), as the last field of a line, in
+    the middle of one and at the buffer's end."""
+    sep = end or "\n"
+    for cell in QUOTED_CELLS:
+        quoted = f'"{cell}",1,"{cell}"{sep}2,"{cell}",3{end}'
+        plain = f"{cell},1,{cell}{sep}2,{cell},3{end}"
+        np.testing.assert_array_equal(values(quoted), values(plain), err_msg=cell)
+    np.testing.assert_array_equal(values(f'"1.5" ,"2"\t{end}'), [[1.5, 2]])
+    tabs = values(f'"1.5"\t"2"{end}', delimiter="\t")
+    np.testing.assert_array_equal(tabs, [[1.5, 2]])
+    assert error('"1.5"x,2\n') == (1, 0, '"1.5"x', "a delimiter after the closing quote")
+    # with tab as the delimiter a tab is no blank, inside quotes or out
+    assert error('"1.5\t"\t2\n', delimiter="\t") == (1, 0, '"1.5\t"', "a number")
+    assert error('"1\n5",2\n') == (1, 0, '"1\n5"', "a number")
+    assert error('"",2\n') == (1, 0, '""', "a number")
+    assert error('"1 5",2\n') == (1, 0, '"1 5"', "a number")
+
+
 def test_quoted_newlines_near_the_end_of_the_buffer() -> None:
     # the last records are parsed from a padded copy; a quoted field may reach into it
     head = "1,a\n" * 20
