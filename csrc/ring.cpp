@@ -190,20 +190,20 @@ void Passes::wait(bool want_recv) {
   // POLLERR / POLLHUP: the next send or recv reports what happened.
 }
 
+Passes::Layout Passes::layout(void* flat, Dtype dtype, const std::int64_t* bounds) const {
+  return Layout{static_cast<std::uint8_t*>(flat), bounds, size_, dtype == Dtype::f64 ? 8u : 4u,
+                wire_size(dtype), piece_values(dtype), encodes(dtype)};
+}
+
 std::uint64_t Passes::reduce_scatter(void* flat, Dtype dtype, const std::int64_t* bounds) {
   sent_ = 0;
   outgoing_.clear();
+  const Layout l = layout(flat, dtype, bounds);
   const int n = size_;
-  const std::size_t item = dtype == Dtype::f64 ? 8 : 4;
-  const std::size_t wsize = wire_size(dtype);
-  const std::size_t step = piece_values(dtype);
-  const bool encoded = encodes(dtype);
-  auto* base = static_cast<std::uint8_t*>(flat);
-  auto chunk = [&](int c) {
-    c = ((c % n) + n) % n;
-    return std::pair<std::size_t, std::size_t>(static_cast<std::size_t>(bounds[c]),
-                                               static_cast<std::size_t>(bounds[c + 1]));
-  };
+  const std::size_t item = l.item, wsize = l.wsize, step = l.step;
+  const bool encoded = l.encoded;
+  std::uint8_t* const base = l.base;
+  auto chunk = [&](int c) { return l.chunk(c); };
   auto values = [&](int c) { return chunk(c).second - chunk(c).first; };
   // The workspace: one staging piece for what arrives, then (when encoding) every piece this
   // task sends, in order: its own chunk, then each summed chunk it passes on.
@@ -254,17 +254,12 @@ std::uint64_t Passes::reduce_scatter(void* flat, Dtype dtype, const std::int64_t
 std::uint64_t Passes::all_gather(void* flat, Dtype dtype, const std::int64_t* bounds) {
   sent_ = 0;
   outgoing_.clear();
+  const Layout l = layout(flat, dtype, bounds);
   const int n = size_;
-  const std::size_t item = dtype == Dtype::f64 ? 8 : 4;
-  const std::size_t wsize = wire_size(dtype);
-  const std::size_t step = piece_values(dtype);
-  const bool encoded = encodes(dtype);
-  auto* base = static_cast<std::uint8_t*>(flat);
-  auto chunk = [&](int c) {
-    c = ((c % n) + n) % n;
-    return std::pair<std::size_t, std::size_t>(static_cast<std::size_t>(bounds[c]),
-                                               static_cast<std::size_t>(bounds[c + 1]));
-  };
+  const std::size_t item = l.item, wsize = l.wsize, step = l.step;
+  const bool encoded = l.encoded;
+  std::uint8_t* const base = l.base;
+  auto chunk = [&](int c) { return l.chunk(c); };
   // When encoding, the workspace holds every chunk as the wire carries it: the one summed here
   // (sent), then each arriving one (widened into place, and passed on from there).
   const std::size_t total = static_cast<std::size_t>(bounds[n] - bounds[0]);

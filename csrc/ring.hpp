@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace sparkbatch::ring {
@@ -42,6 +43,22 @@ class Passes {
   std::uint64_t all_gather(void* flat, Dtype dtype, const std::int64_t* bounds);
 
  private:
+  // A pass's buffer and its chunks: where each begins and ends, how its values travel.
+  struct Layout {
+    std::uint8_t* base;
+    const std::int64_t* bounds;
+    int size;
+    std::size_t item;     // bytes per value in the buffer
+    std::size_t wsize;    // bytes per value on the wire
+    std::size_t step;     // values per piece
+    bool encoded;         // float32 rounded for the wire
+    // Chunk c (taken mod size) as [first, last) values.
+    std::pair<std::size_t, std::size_t> chunk(int c) const {
+      c = ((c % size) + size) % size;
+      return {static_cast<std::size_t>(bounds[c]), static_cast<std::size_t>(bounds[c + 1])};
+    }
+  };
+
   struct Outgoing {
     const std::uint8_t* data;
     std::size_t bytes;
@@ -61,6 +78,7 @@ class Passes {
   std::size_t wire_size(Dtype dtype) const;
   bool encodes(Dtype dtype) const { return dtype == Dtype::f32 && wire_ != Wire::same; }
   std::uint8_t* workspace(std::size_t bytes);
+  Layout layout(void* flat, Dtype dtype, const std::int64_t* bounds) const;
 
   int send_fd_;
   int recv_fd_;
