@@ -53,9 +53,9 @@ namespace {
 // NOTE(csv-threads): with several threads a buffer is cut into chunks of at least kMinChunkBytes,
 // kChunksPerThread per thread (threads take the next chunk when done, so a slow one holds no one
 // up), at record boundaries. Without the quote character in the buffer a boundary is the first
-// newline after the cut; with it, one sequential memchr pass over newlines and quotes
-// (find_boundaries) tracks which newlines are inside quoted fields, so quoted CSV is parsed in
-// parallel too. A first parallel pass counts each chunk's newlines: a chunk holds at most that many
+// newline after the cut; with it, a newline may lie inside quotes, and the boundary is found by
+// reading from the cut in every quote state at once until the states agree
+// (NOTE(csv-quote-states)), so quoted CSV is parsed in parallel too. A first parallel pass counts each chunk's newlines: a chunk holds at most that many
 // records (one more without a final newline), and no more rows than its bytes can hold
 // (NOTE(csv-memory)), so every chunk parses straight into its own part of one shared block, and
 // the parts are moved together only when a chunk had blank lines, quoted newlines or bad rows.
@@ -1107,9 +1107,65 @@ inline const char* find_near(const char* p, const char* end, char c) {
   return nullptr;
 }
 
+// NOTE(csv-quote-states): scan_field's record structure is a machine of four states read a byte
+// at a time (quote_step). Where a newline ends a record depends on every quote before it, but
+// the machine forgets its past quickly: started in each of the four states at the same byte, the
+// four copies agree after a few fields of ordinary CSV (a delimiter right after a closing quote
+// joins them all, "1","2" after at most two quotes), and from there the state is known whatever
+// came before. So a chunk boundary needs no pass from the buffer's start: from each cut, the four
+// copies read until they agree, and the agreed one reads on to the next newline outside quotes.
+// Where they do not agree before the next cut (a quoted field of many lines, or quotes too rare),
+// find_boundaries falls back to the sequential pass from the last boundary it has.
+enum class QuoteState : uint8_t {
+  kFieldStart,     // outside quotes, only blanks since the record or field began
+  kUnquoted,       // outside quotes, in a field past its first non-blank byte or closing quote
+  kQuoted,         // inside a quoted field
+  kQuoteInQuoted,  // just after a quote in a quoted field: its closing one or the first of ""
+};
+
+// The state after `c` read in state `s`; a newline read outside kQuoted ends a record.
+inline QuoteState quote_step(QuoteState s, char c, const Dialect& d) {
+  switch (s) {
+    case QuoteState::kQuoted:
+      return c == d.quote ? QuoteState::kQuoteInQuoted : QuoteState::kQuoted;
+    case QuoteState::kQuoteInQuoted:
+      if (c == d.quote) return QuoteState::kQuoted;  // "" inside quotes
+      break;                                         // else as after the closing quote
+    case QuoteState::kFieldStart:
+      if (c == d.quote) return QuoteState::kQuoted;
+      if (d.is_space(c)) return QuoteState::kFieldStart;  // (never the delimiter)
+      break;
+    case QuoteState::kUnquoted:
+      break;
+  }
+  return c == d.delimiter || c == '\n' ? QuoteState::kFieldStart : QuoteState::kUnquoted;
+}
+
+// A record start in (from, end) found without the quote state at `from`: nullptr when the four
+// copies of the machine do not agree before `limit`, `end` when they agree but no record starts
+// after that before `end`. See NOTE(csv-quote-states).
+const char* record_start_near(const char* from, const char* limit, const char* end,
+                              const Dialect& d) {
+  QuoteState s[4] = {QuoteState::kFieldStart, QuoteState::kUnquoted, QuoteState::kQuoted,
+                     QuoteState::kQuoteInQuoted};
+  const char* p = from;
+  for (;;) {
+    if (p >= limit) return nullptr;
+    for (QuoteState& x : s) x = quote_step(x, *p, d);
+    ++p;
+    if (s[0] == s[1] && s[1] == s[2] && s[2] == s[3]) break;
+  }
+  for (QuoteState state = s[0]; p < end; ++p) {
+    if (*p == '\n' && state != QuoteState::kQuoted) return p + 1;
+    state = quote_step(state, *p, d);
+  }
+  return end;
+}
+
 // Chunk starts: `begin`, then for each cut the first record boundary at or after it (see
-// NOTE(csv-threads)). Follows scan_field's rules: a quote opens a quoted field only as the first
-// non-blank byte of a field; a quoted field ends at a quote not followed by another.
+// NOTE(csv-threads)); with quotes in the buffer, a record boundary near it. Follows scan_field's
+// rules: a quote opens a quoted field only as the first non-blank byte of a field; a quoted
+// field ends at a quote not followed by another.
 std::vector<const char*> find_boundaries(const char* begin, const char* end, std::size_t chunks,
                                          const Dialect& d) {
   std::vector<const char*> bounds{begin};
@@ -1127,8 +1183,17 @@ std::vector<const char*> find_boundaries(const char* begin, const char* end, std
     }
     return bounds;
   }
-  const char* s = begin;    // scan position, outside quotes
-  const char* rec = begin;  // start of the current record
+  while (k < chunks) {  // NOTE(csv-quote-states)
+    const char* from = std::max(cut(k), bounds.back());
+    const char* rec = record_start_near(from, k + 1 < chunks ? cut(k + 1) : end, end, d);
+    if (rec == nullptr) break;  // no agreement: the sequential pass below
+    if (rec >= end) return bounds;
+    bounds.push_back(rec);
+    while (k < chunks && rec >= cut(k)) ++k;
+  }
+  // The sequential pass, from the last boundary found (outside quotes, at a record start).
+  const char* s = bounds.back();  // scan position, outside quotes
+  const char* rec = s;            // start of the current record
   const char* nl = find_char(s, end, '\n');
   const char* q = find_near(s, end, d.quote);
   while (k < chunks && nl != nullptr) {

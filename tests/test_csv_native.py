@@ -563,6 +563,28 @@ def test_threads_report_the_same_first_error(quoted: bool) -> None:
         assert skip_many["lines"] == skip_one["lines"] == data.count(b"\n")
 
 
+def test_threads_cut_where_the_quote_state_takes_long_to_know() -> None:
+    """NOTE(csv-quote-states): a cut inside a quoted field of many lines, and cuts far from any
+    quote (the states never agree: the sequential pass takes over), give one thread's result."""
+    field = '"' + "text, more text\n" * 250_000 + '"'  # 4 MB of one quoted field
+    rows = "1,2\n" * 600_000
+    cases = {
+        "long field": f"{field},1\n{rows}{field},2\n".encode(),
+        "one quote at the start": f'"a",1\n{rows}{rows}'.encode(),
+        "quotes only at the end": f'{rows}{rows}"a",1\n'.encode(),
+        "left open": f'{rows}"a,1\n{rows}'.encode(),
+        "literal quotes": f'{rows}a"b,1\n"c"" ",2\n{rows}'.encode(),
+    }
+    for name, data in cases.items():
+        assert len(data) > 4 << 20, name
+        one = parse(data, threads=1, string_columns=[0], on_error="skip")
+        for threads in (2, 5):
+            many = parse(data, threads=threads, string_columns=[0], on_error="skip")
+            np.testing.assert_array_equal(many["values"], one["values"], err_msg=name)
+            assert many["strings"] == one["strings"], name
+            assert (many["lines"], many["skipped"]) == (one["lines"], one["skipped"]), name
+
+
 # --------------------------------------------------------------------------------------------
 # Arguments
 
