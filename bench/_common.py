@@ -35,6 +35,33 @@ def best(fn: Callable[[], object], repeat: int = 3) -> float:
 
 
 
+def write_numeric_csv(
+    path: str, megabytes: float, features: int, classes: int, seed: int = 0
+) -> int:
+    """Write a CSV of about ``megabytes`` MB: ``features`` ``%.6f`` columns of standard normal
+    values, then an integer label below ``classes``. Returns its number of rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows, written = 0, 0
+    with open(path, "w") as f:
+        while written < megabytes * 1e6:
+            n = 50_000
+            values = rng.standard_normal((n, features))
+            labels = rng.integers(0, classes, n)
+            block = (
+                "\n".join(
+                    ",".join(f"{v:.6f}" for v in row) + f",{label}"
+                    for row, label in zip(values, labels, strict=True)
+                )
+                + "\n"
+            )
+            f.write(block)
+            written += len(block)
+            rows += n
+    return rows
+
+
 def time_interleaved(
     runners: dict[str, Callable[[int], object]], steps: int, repeat: int
 ) -> dict[str, list[float]]:
@@ -74,8 +101,11 @@ def ratios_to_torch(times: dict[str, list[float]]) -> dict[str, float]:
         "paired_ratio_median": float(statistics.median(paired)),
     }
 
-def local_spark(app: str, driver_memory: str = "4g") -> Any:
-    """A ``local[cores]`` SparkSession with the UI, progress bars and chatter off."""
+def local_spark(app: str, driver_memory: str = "4g", conf: dict[str, str] | None = None) -> Any:
+    """A ``local[cores]`` SparkSession with the UI, progress bars and chatter off, and ``conf``
+    (by default :func:`sparkbatch.spark.recommended_conf`, as docs/index.md advises users)."""
+    from sparkbatch.spark import recommended_conf
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
@@ -86,6 +116,7 @@ def local_spark(app: str, driver_memory: str = "4g") -> Any:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", driver_memory)
         .config("spark.python.worker.reuse", "true")
+        .config(map=recommended_conf() if conf is None else conf)
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")

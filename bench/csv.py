@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from _common import best, local_spark, versions  # noqa: E402 (bench/ is on sys.path until the next line)
+from _common import best, local_spark, versions, write_numeric_csv  # noqa: E402 (bench/ is on sys.path until the next line)
 
 # This file is named csv.py: keep its folder off sys.path so `import csv` (pandas does) finds
 # the standard library.
@@ -39,28 +39,6 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 FEATURES, CLASSES, BATCH = 20, 10, 32
-
-
-def generate(path: str, megabytes: float, seed: int = 0) -> int:
-    """Write a CSV of about ``megabytes`` MB; return its number of rows."""
-    rng = np.random.default_rng(seed)
-    rows, written = 0, 0
-    with open(path, "w") as f:
-        while written < megabytes * 1e6:
-            n = 50_000
-            values = rng.standard_normal((n, FEATURES))
-            labels = rng.integers(0, CLASSES, n)
-            block = (
-                "\n".join(
-                    ",".join(f"{v:.6f}" for v in row) + f",{label}"
-                    for row, label in zip(values, labels, strict=True)
-                )
-                + "\n"
-            )
-            f.write(block)
-            written += len(block)
-            rows += n
-    return rows
 
 
 def parse_benchmarks(path: str) -> list[tuple[str, float]]:
@@ -240,7 +218,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="sparkbatch-bench-csv-", dir=args.dir)
     try:
         path = os.path.join(workdir, "data.csv")
-        rows = generate(path, args.mb)
+        rows = write_numeric_csv(path, args.mb, FEATURES, CLASSES)
         size = os.path.getsize(path) / 1e6
         print(f"CSV: {size:.1f} MB, {rows:,} rows of {FEATURES} float features + 1 integer label\n")
         parsed = parse_benchmarks(path)

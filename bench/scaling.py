@@ -250,6 +250,8 @@ def measure_local(args: argparse.Namespace, config: str, workers: int, files: li
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    from sparkbatch.spark import recommended_conf
+
     spark = (
         SparkSession.builder.master(f"local[{workers}]")
         .appName(f"sparkbatch-scaling-{config}")
@@ -257,6 +259,7 @@ def measure_local(args: argparse.Namespace, config: str, workers: int, files: li
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "4g")
         .config("spark.python.worker.reuse", "true")
+        .config(map=recommended_conf())
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")

@@ -94,6 +94,8 @@ SESSION_CONF = {
     # SparkContext() waits until every executor asked for (cores.max / executor.cores) is there.
     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
     "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
+    # Unix domain sockets to the Python workers (NOTE [python task latency])
+    "spark.python.unix.domain.socket.enabled": "true",
 }
 # The shared driver's session (NOTE [shared driver]): a failed task is tried once more, as on the
 # test session's local[2,2] master (the standalone default is 4 tries).

@@ -17,6 +17,8 @@ def spark() -> Iterator[object]:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    from sparkbatch.spark import recommended_conf
+
     session = (
         SparkSession.builder.master("local[2,2]")  # 2 cores; a failed task is retried once
         .appName("sparkbatch-tests")
@@ -25,6 +27,7 @@ def spark() -> Iterator[object]:
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.driver.memory", "2g")
         .config("spark.python.worker.reuse", "true")
+        .config(map=recommended_conf())
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

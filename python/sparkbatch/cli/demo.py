@@ -228,12 +228,15 @@ def _local_spark(workers: int) -> Any:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    from sparkbatch.spark import recommended_conf
+
     spark = (
         SparkSession.builder.master(f"local[{workers}]")
         .appName("sparkbatch-demo")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "2g")
         .config("spark.python.worker.reuse", "true")
+        .config(map=recommended_conf())
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")

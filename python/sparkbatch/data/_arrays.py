@@ -375,7 +375,11 @@ class ExampleBatch:
 
         The pieces are views of this object's arrays.
         """
-        return [self[piece] for piece in split_slices(self.num_examples, batch_size)]
+        pieces = split_slices(self.num_examples, batch_size)
+        if self.metadata:  # sources to keep in step: NOTE [sequence sources]
+            return [self[piece] for piece in pieces]
+        # a partition's thousands of minibatches: slices need none of __getitem__'s checks
+        return [self._map(operator.itemgetter(piece)) for piece in pieces]
 
     def shuffle(self: _B, seed: int | np.random.Generator | None = None) -> _B:
         """A new object with the examples in random order (``np.random.default_rng(seed)``).

@@ -7,6 +7,7 @@ Importing this package does not start or need a JVM; pyspark is imported where i
 from __future__ import annotations
 
 from sparkbatch.spark._errors import executor_errors
+from sparkbatch.spark.conf import recommended_conf
 from sparkbatch.spark.csv import LinesToDataSets, RangesToDataSets, csv_to_datasets
 from sparkbatch.spark.dataframe import ArrowToMinibatches, DataFrameError, dataframe_to_datasets
 from sparkbatch.spark.export import BatchAndExport, batch_and_export, list_paths
@@ -57,6 +58,7 @@ __all__ = [
     "executor_errors",
     "list_paths",
     "map_rrmdsi",
+    "recommended_conf",
     "restore_map_file",
     "restore_map_file_sequences",
 ]
