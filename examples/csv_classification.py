@@ -32,7 +32,7 @@ import numpy as np
 
 from sparkbatch.nn import Adam, Dense, Network, Output
 from sparkbatch.records import CSVRecordReader
-from sparkbatch.spark import RecordsToDataSet, StringToRecords, csv_to_datasets
+from sparkbatch.spark import RecordsToDataSet, StringToRecords, csv_to_datasets, recommended_conf
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
 FEATURES, CLASSES = 5, 4
@@ -75,6 +75,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("csv-classification")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

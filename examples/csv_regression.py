@@ -30,7 +30,7 @@ import numpy as np
 
 from sparkbatch.nn import Adam, Dense, Network, Output
 from sparkbatch.records import CSVRecordReader
-from sparkbatch.spark import RecordsToDataSet, StringToRecords, csv_to_datasets
+from sparkbatch.spark import RecordsToDataSet, StringToRecords, csv_to_datasets, recommended_conf
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
 FEATURES, TARGETS = 3, 3
@@ -58,6 +58,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("csv-regression")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ from sparkbatch.spark import (
     SequencesToDataSet,
     batch_and_export,
     csv_sequences_to_datasets,
+    recommended_conf,
 )
 
 FEATURES, CLASSES = 5, 5
@@ -81,6 +82,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("csv-sequences")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ import numpy as np
 
 from sparkbatch.data import DataSet, FileDataSetIterator, Source
 from sparkbatch.nn import Adam, Dense, Network, Output
-from sparkbatch.spark import list_paths
+from sparkbatch.spark import list_paths, recommended_conf
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
 FEATURES, CLASSES = 6, 3
@@ -91,6 +91,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("custom-loader")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sparkbatch.nn import SGD, Adam, Dense, Network, Output
-from sparkbatch.spark import batch_and_export, csv_to_datasets, list_paths
+from sparkbatch.spark import batch_and_export, csv_to_datasets, list_paths, recommended_conf
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
 FEATURES, CLASSES = 4, 3
@@ -67,6 +67,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("export-then-train")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

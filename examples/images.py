@@ -40,7 +40,7 @@ from sparkbatch.records import (
     ParentPathLabelGenerator,
     PatternPathLabelGenerator,
 )
-from sparkbatch.spark import create_file_batches_local, list_paths
+from sparkbatch.spark import create_file_batches_local, list_paths, recommended_conf
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
 CLASSES = ["circle", "cross", "square"]
@@ -107,6 +107,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("images")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ import numpy as np
 
 from sparkbatch.nn import Adam, Dense, Network, Output
 from sparkbatch.records import CSVRecordReader, convert
-from sparkbatch.spark import RecordsToDataSet, restore_map_file
+from sparkbatch.spark import RecordsToDataSet, recommended_conf, restore_map_file
 from sparkbatch.storage import MapFileWriter
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
@@ -60,6 +60,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("map-files")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

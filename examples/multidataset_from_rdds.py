@@ -36,6 +36,7 @@ from sparkbatch.spark import (
     batch_and_export,
     executor_errors,
     map_rrmdsi,
+    recommended_conf,
 )
 from sparkbatch.storage import list_files, read_bytes
 from sparkbatch.train import ParameterAveraging, SparkNetwork
@@ -72,7 +73,12 @@ def main(spark=None, small: bool = False) -> None:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the executors use this Python
         from pyspark.sql import SparkSession
 
-        spark = SparkSession.builder.master("local[2]").appName("multidataset").getOrCreate()
+        spark = (
+            SparkSession.builder.master("local[2]")
+            .appName("multidataset")
+            .config(map=recommended_conf())  # docs/index.md#install
+            .getOrCreate()
+        )
     sc = spark.sparkContext
     n = 128 if small else 4000
     batch = 16 if small else 32

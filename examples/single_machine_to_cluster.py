@@ -38,7 +38,7 @@ from sparkbatch.convert import RecordReaderDataSetIterator
 from sparkbatch.data import FileDataSetIterator, export_datasets
 from sparkbatch.nn import Adam, Dense, Network, Output
 from sparkbatch.records import CSVRecordReader
-from sparkbatch.spark import list_paths
+from sparkbatch.spark import list_paths, recommended_conf
 from sparkbatch.train import ParameterAveraging, SparkNetwork
 
 FEATURES, CLASSES = 4, 3
@@ -66,6 +66,7 @@ def main(spark: object | None = None, small: bool = False) -> None:
             SparkSession.builder.master("local[2]")
             .appName("single-machine-to-cluster")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from sparkbatch.data import DataSet
 from sparkbatch.data.torch import MinibatchDataset
-from sparkbatch.spark import batch_and_export
+from sparkbatch.spark import batch_and_export, recommended_conf
 from sparkbatch.train import ParameterAveraging, SparkNetwork, TorchModel
 
 FEATURES, CLASSES = 8, 4
@@ -77,6 +77,7 @@ def main(spark: object | None = None, small: bool = False) -> dict[str, Any]:
             SparkSession.builder.master("local[2]")
             .appName("torch-training")
             .config("spark.ui.enabled", "false")
+            .config(map=recommended_conf())  # docs/index.md#install
             .getOrCreate()
         )
     sc = spark.sparkContext  # type: ignore[attr-defined]
