@@ -98,7 +98,7 @@ constexpr double kPow10Negative[] = {
     1e-52, 1e-53, 1e-54, 1e-55, 1e-56, 1e-57, 1e-58, 1e-59, 1e-60, 1e-61, 1e-62, 1e-63, 1e-64};
 constexpr int kMaxPow10 = 64;
 
-// NOTE(csv-rounding): mantissa * 10^exp10 (0 < mantissa < 10^18) rounded to float32, when one
+// NOTE(csv-rounding): mantissa * 10^exp10 (0 < mantissa < 2^63) rounded to float32, when one
 // double multiplication settles it; false sends the caller to std::from_chars (correctly rounded).
 // The mantissa is exact up to 2^53 and 10^k for 0 <= k <= 22, so the product is at most three
 // roundings of half a unit in the last place away from the true value, usually fewer. Rounding it
@@ -548,17 +548,18 @@ inline uint64_t digits_value(uint64_t t, unsigned n) {
 }
 
 // Appends the digits at p to m (wrapping past 19 digits: the caller checks the count) and returns
-// how many there were. Reads 8 bytes at once: the caller guarantees kSlack readable bytes after
-// the newline that ends the cell (NOTE(csv-tail)).
+// how many there were, eight at a time. Reads 8 bytes at once, never more than 7 past the first
+// byte that is not a digit: the caller guarantees kSlack readable bytes after the newline that
+// ends the cell (NOTE(csv-tail)).
 inline std::size_t read_digits(const char*& p, uint64_t& m) {
-  const uint64_t t = load8(p) ^ kZeros;
-  const unsigned n = leading_digits(t);
-  m = m * kIntPow10[n] + digits_value(t, n);
-  p += n;
-  if (n < 8) return n;
-  const char* const start = p - 8;
-  for (unsigned dg; (dg = digit(*p)) < 10; ++p) m = m * 10 + dg;
-  return static_cast<std::size_t>(p - start);
+  const char* const start = p;
+  for (;;) {
+    const uint64_t t = load8(p) ^ kZeros;
+    const unsigned n = leading_digits(t);
+    m = m * kIntPow10[n] + digits_value(t, n);
+    p += n;
+    if (n < 8) return static_cast<std::size_t>(p - start);
+  }
 }
 
 // Stores v, negated when `negative`, without a branch (signs are random in real data).
@@ -582,15 +583,19 @@ inline Term scalar_number(const char*& pos, float* out, const Dialect& d) {
   const bool negative = *p == '-';
   p += (*p == '-' || *p == '+');
   uint64_t m = 0;
-  std::size_t count = read_digits(p, m);
+  std::size_t count = read_digits(p, m);  // digits, and (below) the fraction's significant ones
   int64_t exp10 = 0;
   if (*p == '.') {
-    ++p;
+    const char* const first = ++p;
+    if (m == 0) {
+      while (*p == '0') ++p;  // 0.000123: the fraction's leading zeros only scale
+    }
     const std::size_t fraction = read_digits(p, m);
-    exp10 = -static_cast<int64_t>(fraction);
+    exp10 = -static_cast<int64_t>(p - first);
     count += fraction;
   }
-  if (count - 1 >= 18) return Term::kNone;  // no digits, or more than fit
+  // No digits, or more than 19 (m may have wrapped), or m of 2^63 and up (fast_convert's limit)
+  if (count - 1 >= 19 || m >> 63 != 0) return Term::kNone;
   if ((*p | 0x20) == 'e') {
     ++p;
     const bool exp_negative = *p == '-';

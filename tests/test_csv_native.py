@@ -184,6 +184,22 @@ def test_long_and_awkward_decimals_are_correctly_rounded() -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+def test_shortest_round_trip_doubles_are_correctly_rounded() -> None:
+    """``%.17g`` and repr() of doubles: 17 significant digits, after up to four zeros of a
+    fraction (0.00012345678901234567), and 19 significant digits: the scalar path's limits."""
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal(4000) * np.power(10.0, rng.integers(-5, 6, 4000))
+    texts = [f"{v:.17g}" for v in x] + [repr(float(v)) for v in x[:500]]
+    texts += [f"{v:.18f}" for v in x[:500]]  # up to 24 digits, many of them leading zeros
+    digits = rng.integers(10**18, 10**19, 500, dtype=np.uint64)
+    texts += [f"{d}e{int(e)}" for d, e in zip(digits, rng.integers(-45, 20, 500), strict=True)]
+    texts += [f"0.{d}" for d in digits[:100]] + [f"9{d}" for d in digits[:100]]  # 20 digits
+    texts += ["9223372036854775807", "9223372036854775808", "0.00000000000000000000000001"]
+    got = values("\n".join(texts))[:, 0]
+    expected = np.array([nearest_f32(t) for t in texts], dtype=np.float32)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_special_words_signs_and_spaces() -> None:
     got = values(" 1.5 ,\t-2 , +3.\n nan,NaN,-inf\nInfinity,-INF, .25\n-0,+0,1E2\n")
     assert got.shape == (4, 3)

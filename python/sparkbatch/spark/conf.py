@@ -4,10 +4,12 @@ NOTE [python task latency]: Spark's executors talk to their Python workers over 
 loopback by default, and the end of every Python task is a few small writes each way: one of
 them waits for a delayed acknowledgement, which Linux sends after 40 ms (Nagle's algorithm meets
 delayed ACKs), so every Python task costs about 40 ms whatever it does. Measured on local[2] with
-PySpark 4.3 (``bench/spark_tasks.py``): a job of 4 empty Python tasks took about 150 ms and one of
-16 tasks about 450 ms over TCP, against about 55 and 150 ms with Unix domain sockets between the
-JVM and its workers (``spark.python.unix.domain.socket.enabled``, Spark 4.1 and later). A fit
-runs a job per averaging round, csv_to_datasets a task per byte range: both pay it per task.
+PySpark 4.3 (``bench/csv_end_to_end.py``, docs/performance.md): a job of 4 empty Python tasks took
+161-166 ms and one of 16 tasks 453-460 ms over TCP, against 45-51 and 106-108 ms with Unix domain
+sockets between the JVM and its workers (``spark.python.unix.domain.socket.enabled``, Spark 4.1
+and later). A fit runs a job per averaging round, csv_to_datasets a task per byte range: both pay
+it per task. Whether the stall shows depends on the timing of those writes: larger tasks meet it
+less often (a 150 MB CSV converted in 4 tasks took about as long either way).
 Setting TCP_NODELAY or TCP_QUICKACK on the worker's end of the socket from inside a task was
 tried and does not help.
 """

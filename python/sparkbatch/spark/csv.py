@@ -82,8 +82,8 @@ _MAX_HEAD = 1 << 28  # the driver reads at most this much of a file to find its 
 def default_split_size(total_bytes: int, parallelism: int) -> int:
     """A size that cuts ``total_bytes`` into a multiple of ``parallelism`` ranges (so that every
     core gets the same share), each of 4 to 64 MiB, in as few waves of tasks as that allows:
-    each Python task costs a Spark job about 6 ms, or 40 ms over TCP (NOTE [python task
-    latency] in :mod:`sparkbatch.spark.conf`).
+    each wave of Python tasks costs a Spark job about 10 ms, or 50 ms over TCP (NOTE [python
+    task latency] in :mod:`sparkbatch.spark.conf`).
 
     >>> [default_split_size(mb << 20, 2) >> 20 for mb in (1, 50, 150)]
     [4, 25, 37]
