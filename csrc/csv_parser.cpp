@@ -664,6 +664,66 @@ inline __m128i eight_digit_halves(__m128i z) {
 }
 #endif
 
+#if defined(__SSE2__)
+// The digits of the cell [p, p + length) (length <= 15; a sign bit `sign`, digits and at most the
+// one dot in `dots`, as fast_number checked) as two 32-bit lanes, the high eight digits and the
+// low eight, and in `fraction` how many follow the dot. Reads the 16 bytes before p + length.
+__attribute__((always_inline)) inline __m128i cell_digits(const char* p, unsigned length,
+                                                          unsigned dots, unsigned sign,
+                                                          unsigned& fraction) {
+  const int shift = 16 - static_cast<int>(length);  // where the cell starts once end-aligned
+  const unsigned has_dot = dots != 0;
+  const auto dot = static_cast<unsigned>(__builtin_ctz(dots | 1u << length));  // length: none
+  fraction = length - dot - has_dot;
+  const __m128i y = _mm_sub_epi8(load16(p + length - 16), _mm_set1_epi8('0'));
+  const __m128i after_dot = bytes_from(has_dot ? shift + static_cast<int>(dot) + 1 : 0);
+  const __m128i squeezed = _mm_or_si128(_mm_and_si128(after_dot, y),
+                                        _mm_andnot_si128(after_dot, _mm_slli_si128(y, 1)));
+  const int first = shift + static_cast<int>(has_dot + sign);  // the first digit, once squeezed
+  const __m128i z = _mm_and_si128(squeezed, bytes_from(first));
+  return eight_digit_halves(z);
+}
+
+// fast_number's cell with an exponent, [+-]digits[.digits](e|E)[+-]digits (at most three): the
+// part before the e by cell_digits, the product rounded by fast_convert (NOTE(csv-rounding)).
+// `es` marks the cell's e bytes; the other masks are fast_number's. kNone, consuming nothing, for
+// anything else.
+__attribute__((noinline)) Term exponent_number(const char*& pos, float* out, unsigned length,
+                                               unsigned end, unsigned newlines, unsigned digits,
+                                               unsigned dots, unsigned sign, unsigned es) {
+  const char* const p = pos;
+  const auto e = static_cast<unsigned>(__builtin_ctz(es));
+  const unsigned before = (1u << e) - 1;  // the bytes before the e
+  if ((es & (es - 1)) != 0 || ((digits | dots | sign) & before) != before ||
+      (dots & ~before) != 0 || (dots & (dots - 1)) != 0 || (digits & before) == 0) {
+    return Term::kNone;
+  }
+  const char* q = p + e + 1;
+  const char* const stop = p + length;
+  const bool exp_negative = *q == '-';
+  q += (*q == '-' || *q == '+');
+  if (q == stop || stop - q > 3) return Term::kNone;
+  int64_t x = 0;
+  for (; q < stop; ++q) {
+    const unsigned dg = digit(*q);
+    if (dg >= 10) return Term::kNone;
+    x = x * 10 + dg;
+  }
+  unsigned fraction = 0;
+  const __m128i halves = cell_digits(p, e, dots, sign, fraction);
+  const uint64_t m =
+      static_cast<uint64_t>(static_cast<uint32_t>(_mm_cvtsi128_si32(halves))) * 100000000u +
+      static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_srli_si128(halves, 4)));
+  float v = 0.0f;
+  if (m != 0 && !fast_convert(m, (exp_negative ? -x : x) - static_cast<int64_t>(fraction), v)) {
+    return Term::kNone;
+  }
+  store_signed(out, v, p[0] == '-');
+  pos = p + end + 1;
+  return (newlines >> end) & 1 ? Term::kEnd : Term::kDelim;
+}
+#endif
+
 // NOTE(csv-simd): the common cell, [+-]digits[.digits] in at most 15 bytes, is parsed with 16-byte
 // operations and no data-dependent branch. The delimiter or newline ending it comes first, from a
 // compare mask, so the next cell is known a few cycles after this one starts and the CPU overlaps
@@ -672,9 +732,9 @@ inline __m128i eight_digit_halves(__m128i z) {
 // shift, the bytes before it (and a sign) cleared, and its at most 14 digits summed with
 // multiply-adds. Up to 7 significant digits and 10 decimals (the usual case) the integer and 10^k
 // are exact floats and one float division rounds correctly; otherwise one double multiplication
-// by -+10^-k and the midpoint test of NOTE(csv-rounding). Anything else (exponents, blanks, longer
-// cells, words, quotes, errors) goes to scalar_number. Reads the 16 bytes at pos (NOTE(csv-tail))
-// and the 16 before it when pos >= floor.
+// by -+10^-k and the midpoint test of NOTE(csv-rounding). A cell with an exponent (1.5e-03) goes
+// to exponent_number; anything else (blanks, longer cells, words, quotes, errors) to
+// scalar_number. Reads the 16 bytes at pos (NOTE(csv-tail)) and the 16 before it when pos >= floor.
 // Always inlined: with two callers (record and quoted_number) GCC's size limits would keep it out
 // of record's loop, a sixth slower.
 __attribute__((always_inline)) inline Term fast_number(const char*& pos, float* out,
@@ -696,17 +756,8 @@ __attribute__((always_inline)) inline Term fast_number(const char*& pos, float* 
     const unsigned sign = negative || p[0] == '+';
     if (((digits | dots | sign) & in_cell) == in_cell && (dots & (dots - 1)) == 0 &&
         (digits & in_cell) != 0) {
-      const int shift = 16 - static_cast<int>(length);  // where the cell starts once end-aligned
-      const unsigned has_dot = dots != 0;
-      const auto dot = static_cast<unsigned>(__builtin_ctz(dots | 1u << length));  // length: none
-      const unsigned fraction = length - dot - has_dot;
-      const __m128i y = _mm_sub_epi8(load16(p + length - 16), _mm_set1_epi8('0'));
-      const __m128i after_dot = bytes_from(has_dot ? shift + static_cast<int>(dot) + 1 : 0);
-      const __m128i squeezed = _mm_or_si128(_mm_and_si128(after_dot, y),
-                                            _mm_andnot_si128(after_dot, _mm_slli_si128(y, 1)));
-      const int first = shift + static_cast<int>(has_dot + sign);  // the first digit, once squeezed
-      const __m128i z = _mm_and_si128(squeezed, bytes_from(first));
-      const __m128i halves = eight_digit_halves(z);
+      unsigned fraction = 0;
+      const __m128i halves = cell_digits(p, length, dots, sign, fraction);
       const auto both = static_cast<uint64_t>(_mm_cvtsi128_si64(halves));
       const unsigned table = 16 * negative + fraction;
       if ((both & 0xFF000000FFFFFFFFu) == 0 && fraction <= 10) {
@@ -728,6 +779,11 @@ __attribute__((always_inline)) inline Term fast_number(const char*& pos, float* 
         pos = p + end + 1;
         return (newlines >> end) & 1 ? Term::kEnd : Term::kDelim;
       }
+    } else if (const unsigned es = bitmask(_mm_cmpeq_epi8(_mm_or_si128(x, _mm_set1_epi8(0x20)),
+                                                          _mm_set1_epi8('e'))) & in_cell;
+               es != 0) {
+      const Term t = exponent_number(pos, out, length, end, newlines, digits, dots, sign, es);
+      if (t != Term::kNone) return t;
     }
   }
 #else

@@ -200,6 +200,30 @@ def test_shortest_round_trip_doubles_are_correctly_rounded() -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+def test_exponent_cells_are_correctly_rounded() -> None:
+    """Cells with an exponent take exponent_number (NOTE(csv-simd)) up to 15 bytes: every form
+    of it, the float range's edges, and longer cells (the scalar path) alike."""
+    rng = np.random.default_rng(23)
+    mantissas = rng.standard_normal(3000) * np.power(10.0, rng.integers(-3, 4, 3000))
+    texts = [f"{v:.6e}" for v in mantissas[:1000]] + [f"{v:.3E}" for v in mantissas[1000:2000]]
+    texts += [f"{v:.8e}" for v in mantissas[2000:]]  # 15 bytes with a sign, 14 without
+    digits = rng.integers(0, 10**7, 2000)
+    exponents = rng.integers(-60, 45, 2000)
+    forms = ["{d}e{x}", "{d}E+{x}", "-{d}.e{x}", "+.{d}e{x:03d}", "0.0{d}e{x}", "{d}.5e-0{y}"]
+    texts += [
+        forms[i % len(forms)].format(d=d, x=abs(x) if i % 2 else x, y=abs(x) % 10)
+        for i, (d, x) in enumerate(zip(digits, exponents, strict=True))
+    ]
+    texts += ["3.4028234e38", "3.4028236e38", "1e39", "1.17549435e-38", "1.1754942e-38",
+              "1.4e-45", "7e-46", "8e-46", "1e-50", "0e999", "-0e5", "0.0e0", "1e000", "9e-099"]
+    lines = [",".join(texts[i : i + 3]) for i in range(0, len(texts) - 2, 3)]
+    got = values("\n".join(line + "\r" * (k % 7 == 0) for k, line in enumerate(lines)))  # CRLF too
+    expected = np.array([nearest_f32(t) for t in texts[: got.size]], dtype=np.float32)
+    np.testing.assert_array_equal(got.ravel(), expected)
+    negative = [t.startswith("-") for t in texts[: got.size]]  # -0e5 too
+    assert np.signbit(got.ravel()).tolist() == negative
+
+
 def test_special_words_signs_and_spaces() -> None:
     got = values(" 1.5 ,\t-2 , +3.\n nan,NaN,-inf\nInfinity,-INF, .25\n-0,+0,1E2\n")
     assert got.shape == (4, 3)
@@ -212,7 +236,8 @@ def test_special_words_signs_and_spaces() -> None:
 
 @pytest.mark.parametrize(
     "cell",
-    ["", " ", "abc", "1.2.3", "1e", "e5", "--1", "1-", ".", "-", "0x10", "1a", "infinit", "1 2"],
+    ["", " ", "abc", "1.2.3", "1e", "e5", "--1", "1-", ".", "-", "0x10", "1a", "infinit", "1 2",
+     "1e+", "1ee5", "1e5.0", "1.2.3e4", "+-1e5", "1e+-5", "1e5e5", ".e5", "-e5", "1E-x", "1e 5"],
 )
 def test_bad_numbers_are_reported(cell: str) -> None:
     assert error(f"1,2\n3,{cell}\n") == (2, 1, cell, "a number")
