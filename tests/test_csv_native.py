@@ -186,7 +186,8 @@ def test_long_and_awkward_decimals_are_correctly_rounded() -> None:
 
 def test_shortest_round_trip_doubles_are_correctly_rounded() -> None:
     """``%.17g`` and repr() of doubles: 17 significant digits, after up to four zeros of a
-    fraction (0.00012345678901234567), and 19 significant digits: the scalar path's limits."""
+    fraction (0.00012345678901234567), and 19 significant digits: the limits of long_number (16
+    to 31 bytes) and of the scalar path."""
     rng = np.random.default_rng(17)
     x = rng.standard_normal(4000) * np.power(10.0, rng.integers(-5, 6, 4000))
     texts = [f"{v:.17g}" for v in x] + [repr(float(v)) for v in x[:500]]
