@@ -487,8 +487,8 @@ def csv_to_datasets(
     sc : SparkContext, optional
         For file input (default: the active context).
     split_size : int, optional
-        Bytes of CSV per partition for file input (default: about two partitions per core,
-        each of 4 to 64 MiB).
+        Bytes of CSV per partition for file input (default: the same number of partitions
+        per core, each of 4 to 64 MiB, as few as that allows: one per core up to 64 MiB each).
     storage_options : mapping, optional
         fsspec options for the file system (credentials, endpoint).
     preprocessor : callable, optional
