@@ -288,6 +288,10 @@ def test_a_task_that_leaves_the_ring_is_a_connection_error_for_the_others(size):
     assert results[1] == "left"
     others = [r for rank, r in enumerate(results) if rank != 1]
     assert all(isinstance(r, ConnectionError) for r in others), results
+    for rank, r in enumerate(results):  # each names its task, its ring and its neighbours
+        if rank != 1:
+            assert str(r).startswith(f"task {rank} of {size} (ring "), r
+            assert "at 127.0.0.1:" in str(r), r
 
 
 def test_a_stranger_connecting_to_a_task_is_refused(monkeypatch):

@@ -53,7 +53,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -142,11 +142,14 @@ class Ring:
         *,
         piece_bytes: int = PIECE_BYTES,
         transport: str | None = None,
+        label: str | None = None,
     ) -> None:
         if size > 1 and (right is None or left is None):
             raise ValueError("a ring of more than one task needs both neighbours' connections")
         self.rank = rank
         self.size = size
+        # what a ConnectionError of this ring starts with: which task, which ring, its neighbours
+        self.label = label or f"task {rank} of a ring of {size}"
         self.piece_bytes = max(64, int(piece_bytes))
         _check_transport(transport)
         self._transport = transport
@@ -200,12 +203,13 @@ class Ring:
         items: list[Any] = [None] * self.size
         items[self.rank] = item
         payload = json.dumps(item)
-        for s in range(self.size - 1):
-            send_message(_Queued(self._sender), {"item": payload})
-            header, _, _ = recv_message(self._left)
-            payload = header["item"]
-            items[(self.rank - s - 1) % self.size] = json.loads(payload)
-        self._sender.flush()
+        with self._naming_errors():
+            for s in range(self.size - 1):
+                send_message(_Queued(self._sender), {"item": payload})
+                header, _, _ = recv_message(self._left)
+                payload = header["item"]
+                items[(self.rank - s - 1) % self.size] = json.loads(payload)
+            self._sender.flush()
         return items
 
     def gather_values(self, values: np.ndarray) -> np.ndarray:
@@ -258,15 +262,25 @@ class Ring:
         """The first pass: afterwards chunk :meth:`owned` of ``flat`` holds the sum over the
         ring's tasks. The bytes this task sent."""
         assert self._passes is not None and self._sender is not None
-        self._sender.flush()  # nothing of all_gather's may be left to interleave
-        return self._passes.reduce_scatter(flat, bounds, self.size)
+        with self._naming_errors():
+            self._sender.flush()  # nothing of all_gather's may be left to interleave
+            return self._passes.reduce_scatter(flat, bounds, self.size)
 
     def all_gather_chunks(self, flat: np.ndarray, bounds: np.ndarray) -> int:
         """The second pass: every task's owned chunk copied into every other task's ``flat``.
         The bytes this task sent."""
         assert self._passes is not None and self._sender is not None
-        self._sender.flush()
-        return self._passes.all_gather(flat, bounds, self.size)
+        with self._naming_errors():
+            self._sender.flush()
+            return self._passes.all_gather(flat, bounds, self.size)
+
+    @contextlib.contextmanager
+    def _naming_errors(self) -> Iterator[None]:
+        """A ConnectionError inside says which task and ring it happened on (:attr:`label`)."""
+        try:
+            yield
+        except ConnectionError as e:
+            raise ConnectionError(f"{self.label}: {e}") from e
 
 
 class Grid:
@@ -509,13 +523,20 @@ def connect_ring(
         }
         left = _accept_left(listener, token, expected)
         for name, members in rings.items():
+            position = members.index(rank)
+            before, after = members[position - 1], members[(position + 1) % len(members)]
             made[name] = Ring(
-                members.index(rank),
+                position,
                 len(members),
                 right[name],
                 left[name],
                 piece_bytes=piece_bytes,
                 transport=transport,
+                label=(
+                    f"task {rank} of {size} (ring {name!r} of {len(members)}: after task "
+                    f"{before} at {_where(addresses[before])}, before task {after} at "
+                    f"{_where(addresses[after])})"
+                ),
             )
     except BaseException:
         for sock in [*right.values(), *left.values()]:
@@ -534,13 +555,19 @@ def connect_ring(
     return Channels([channel(c) for c in range(channels)])
 
 
+def _where(address: dict[str, Any]) -> str:
+    """``host:port`` of a task's published address, ``[host]:port`` for an IPv6 host."""
+    host = str(address["host"])
+    return f"[{host}]:{address['port']}" if ":" in host else f"{host}:{address['port']}"
+
+
 def _connect(rank: int, target: int, address: dict[str, Any]) -> socket.socket:
     try:
         sock = socket.create_connection((address["host"], int(address["port"])), _CONNECT_S)
     except OSError as e:
         raise ConnectionError(
             f"task {rank} of the ring cannot reach task {target} at "
-            f"{address['host']}:{address['port']} ({e}): exchange='ring' needs the executors "
+            f"{_where(address)} ({e}): exchange='ring' needs the executors "
             "to reach each other on any port; where they cannot, use exchange='socket' or "
             "'spark'"
         ) from e
