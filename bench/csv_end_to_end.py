@@ -147,6 +147,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sparkbatch.spark import recommended_conf
+    from sparkbatch.spark.conf import UNIX_SOCKETS
 
     print("versions:", versions("sparkbatch", "pyspark", "numpy"), f"| {os.cpu_count()} cores")
     workdir = args.dir or tempfile.mkdtemp(prefix="sparkbatch-bench-e2e-")
@@ -156,7 +157,7 @@ def main() -> None:
             path = os.path.join(workdir, f"numeric-{mb}.csv")
             files[mb] = (path, write_numeric_csv(path, mb, FEATURES, CLASSES))
         transports = {
-            "tcp": {"spark.python.unix.domain.socket.enabled": "false"},
+            "tcp": {UNIX_SOCKETS: "false"},
             "unix": recommended_conf(),
         }
         rows = []

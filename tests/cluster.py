@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparkbatch.spark import recommended_conf
+
 __all__ = [
     "FAST_START_JAVA_OPTS",
     "SESSION_CONF",
@@ -95,7 +97,7 @@ SESSION_CONF = {
     "spark.scheduler.minRegisteredResourcesRatio": "1.0",
     "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
     # Unix domain sockets to the Python workers (NOTE [python task latency])
-    "spark.python.unix.domain.socket.enabled": "true",
+    **recommended_conf(),
 }
 # The shared driver's session (NOTE [shared driver]): a failed task is tried once more, as on the
 # test session's local[2,2] master (the standalone default is 4 tries).

@@ -513,20 +513,16 @@ def connect_ring(
         listener.settimeout(_CONNECT_S)
         port = listener.getsockname()[1]
         addresses = [json.loads(m) for m in gather(json.dumps({"host": host, "port": port}))]
-        for name, members in rings.items():
-            target = members[(members.index(rank) + 1) % len(members)]
-            right[name] = _connect(rank, target, addresses[target])
+        neighbours = {name: _neighbours(members, rank) for name, members in rings.items()}
+        for name, (_, after) in neighbours.items():
+            right[name] = _connect(rank, after, addresses[after])
             send_message(right[name], {"token": token, "rank": rank, "ring": name})
-        expected = {
-            (name, members[(members.index(rank) - 1) % len(members)])
-            for name, members in rings.items()
-        }
+        expected = {(name, before) for name, (before, _) in neighbours.items()}
         left = _accept_left(listener, token, expected)
         for name, members in rings.items():
-            position = members.index(rank)
-            before, after = members[position - 1], members[(position + 1) % len(members)]
+            before, after = neighbours[name]
             made[name] = Ring(
-                position,
+                members.index(rank),
                 len(members),
                 right[name],
                 left[name],
@@ -553,6 +549,12 @@ def connect_ring(
     if channels == 1:
         return channel(0)
     return Channels([channel(c) for c in range(channels)])
+
+
+def _neighbours(members: list[int], rank: int) -> tuple[int, int]:
+    """The tasks before and after ``rank`` in the ring of ``members`` (in ring order)."""
+    position = members.index(rank)
+    return members[position - 1], members[(position + 1) % len(members)]
 
 
 def _where(address: dict[str, Any]) -> str:
