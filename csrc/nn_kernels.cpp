@@ -8,6 +8,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "thread_pool.hpp"
 
 namespace sparkbatch::nn {
@@ -691,6 +695,23 @@ inline uint16_t to_bfloat16(float value) {
   return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
+#if defined(__SSE2__)
+// Eight values of to_bfloat16 at once. The compiler's own vectorisation of the scalar loop spends
+// most of its time narrowing 32-bit lanes to 16 (SSE2 has no unsigned pack): 11-17 ms for 10M
+// values here against 3.4 for decoding. Here each lane keeps its result in the upper half and is
+// shifted down arithmetically, so the signed pack (packssdw) narrows it exactly.
+inline __m128i to_bfloat16_x4(__m128i bits) {
+  const __m128i lsb = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
+  const __m128i rounded = _mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7FFF)), lsb);
+  const __m128i magnitude = _mm_and_si128(bits, _mm_set1_epi32(0x7FFFFFFF));
+  const __m128i is_nan = _mm_cmpgt_epi32(magnitude, _mm_set1_epi32(0x7F800000));
+  const __m128i quiet_nan = _mm_or_si128(bits, _mm_set1_epi32(0x400000));
+  const __m128i chosen =
+      _mm_or_si128(_mm_and_si128(is_nan, quiet_nan), _mm_andnot_si128(is_nan, rounded));
+  return _mm_srai_epi32(chosen, 16);
+}
+#endif
+
 inline float from_bfloat16(uint16_t value) {
   const uint32_t bits = static_cast<uint32_t>(value) << 16;
   float out;
@@ -701,7 +722,16 @@ inline float from_bfloat16(uint16_t value) {
 }  // namespace
 
 void bfloat16_encode(const float* __restrict x, uint16_t* __restrict out, std::size_t count) {
-  for (std::size_t i = 0; i < count; ++i) out[i] = to_bfloat16(x[i]);
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  for (; i + 8 <= count; i += 8) {
+    const __m128i low = to_bfloat16_x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+    const __m128i high =
+        to_bfloat16_x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i + 4)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_packs_epi32(low, high));
+  }
+#endif
+  for (; i < count; ++i) out[i] = to_bfloat16(x[i]);
 }
 
 void bfloat16_add_into(float* __restrict acc, const uint16_t* __restrict x, std::size_t count) {
