@@ -501,10 +501,9 @@ def measure_ring(net: Network, folder: Path, size: int, args: argparse.Namespace
 
 def ring_steps(size: int) -> int:
     """Latency-bound steps of one all-reduce: the ring's, or the grid's where N splits."""
-    from sparkbatch.train.ring import grid_width
+    from sparkbatch.train.ring import grid_hops
 
-    w = grid_width(size)
-    return 2 * (size - 1) if w == 1 else 2 * (w - 1) + 2 * (size // w - 1)
+    return grid_hops(size)
 
 
 def model(size: int, elements: int, transport: str, gbits: float, cpu_s: float,

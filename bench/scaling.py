@@ -85,20 +85,18 @@ EXCHANGES: dict[str, Any] = {
 
 
 def ring_steps(n: int) -> int:
-    """Latency-bound steps of one all-reduce among ``n`` workers: ``2 (n - 1)`` on one ring;
-    on the grid of rings ``exchange="ring"`` forms where ``n`` splits into ``w`` columns
-    (:func:`sparkbatch.train.ring.grid_width`), ``2 (w - 1)`` along a row and ``2 (n / w - 1)``
-    along a column. The bytes each worker sends are ``2 (n - 1) / n`` of the buffer either way.
+    """Latency-bound steps of one all-reduce among ``n`` workers as ``exchange="ring"`` arranges
+    them (:func:`sparkbatch.train.ring.grid_hops`): ``2 (n - 1)`` on one ring (``n`` prime), and
+    on a grid ``2 (length - 1)`` along each axis of :func:`~sparkbatch.train.ring.grid_shape`
+    (``n``'s prime factors). The bytes each worker sends are ``2 (n - 1) / n`` of the buffer
+    either way.
 
     >>> ring_steps(3), ring_steps(4), ring_steps(256)
-    (4, 4, 60)
+    (4, 4, 16)
     """
-    try:
-        from sparkbatch.train.ring import grid_width
-    except ImportError:  # a checkout whose ring has no grid
-        return 2 * (n - 1)
-    w = grid_width(n)
-    return 2 * (w - 1) + 2 * (n // w - 1)
+    from sparkbatch.train.ring import grid_hops
+
+    return grid_hops(n)
 
 
 def n_parameters(hidden: int) -> int:

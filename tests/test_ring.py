@@ -62,7 +62,8 @@ def _ring_tasks(
     return results
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5, 4, 6])  # 4 and 6: grids of 2 x 2 and 2 x 3
+# 4, 6 and 12: grids of 2 x 2, 2 x 3 and 2 x 2 x 3
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 4, 6, 12])
 @pytest.mark.parametrize("length", [0, 1, 4, 1001, 30_011])
 def test_all_reduce_gives_every_task_the_same_sum(size, length):
     rng = np.random.default_rng(length)
@@ -265,13 +266,27 @@ def test_all_reduce_refuses_a_buffer_it_could_only_sum_a_copy_of():
 
 
 def test_tasks_form_a_grid_of_rings_where_their_number_splits():
-    from sparkbatch.train.ring import Grid, Ring, grid_width
+    from sparkbatch.train.ring import Grid, Ring, grid_hops, grid_shape
 
-    assert [grid_width(n) for n in (1, 2, 3, 4, 5, 6, 12, 16, 97, 256)] == [
-        1, 1, 1, 2, 1, 2, 3, 4, 1, 16
+    assert [grid_shape(n) for n in (1, 2, 3, 4, 5, 6, 12, 16, 97, 100)] == [
+        (1,), (2,), (3,), (2, 2), (5,), (2, 3), (2, 2, 3), (2, 2, 2, 2), (97,), (2, 2, 5, 5)
     ]  # fmt: skip
+    assert [grid_hops(n) for n in (2, 4, 12, 97, 256)] == [2, 4, 8, 192, 16]
     kinds = _ring_tasks(6, lambda ring: (type(ring), ring.rows.size, ring.columns.size))
     assert kinds == [(Grid, 2, 3)] * 6
+
+    def axes(ring):  # each axis's ring: its length and the ranks of this task's neighbours
+        shape = []
+        while isinstance(ring, Grid):
+            shape.append(ring.rows.size)
+            ring = ring.columns
+        return [*shape, ring.size]
+
+    assert _ring_tasks(12, axes) == [[2, 2, 3]] * 12
+    # Task 5 = digits (1, 0, 1) on axes of (2, 2, 3), strides (1, 2, 4): along axis 2 its ring is
+    # tasks 1, 5, 9, so its neighbours there are 1 and 9 (named in its errors).
+    labels = _ring_tasks(12, lambda ring: ring.columns.columns.label)
+    assert "ring 'axis 2' of 3: after task 1 at" in labels[5] and "before task 9 at" in labels[5]
     plain = _ring_tasks(4, lambda ring: type(ring), grid=False)
     assert plain == [Ring] * 4
 

@@ -18,10 +18,13 @@ task to one server) whose centre receives ``size`` buffers.
 
 Each pass takes ``size - 1`` steps, and each step a hop's latency: with hundreds of tasks the
 hops cost more than the bytes. :func:`connect_ring` therefore arranges the tasks in a
-:class:`Grid` where their number splits (16 x 16 for 256): a reduce-scatter along each row, an
-all-reduce of each task's summed chunk along its column, an all-gather along the row; the
-bytes sent stay those of one ring, the hops fall from ``2 (size - 1)`` to
-``2 (width - 1) + 2 (size / width - 1)``.
+:class:`Grid` of as many axes as their number has prime factors (:func:`grid_shape`: eight
+axes of 2 for 256), one ring along each axis: a reduce-scatter along the first axis, an
+all-reduce of each task's summed chunk over the other axes (the same again, one axis fewer),
+an all-gather along the first axis. The bytes each task sends stay those of one ring,
+``2 (size - 1) / size`` of the buffer; the hops fall from ``2 (size - 1)`` to twice the sum of
+the axes' lengths less one each (16 for 256 tasks, against 510 on one ring and 60 on a 16 x 16
+grid). With axes of 2 this is Rabenseifner's recursive halving and doubling.
 
 Chunks travel in pieces of ``piece_bytes``. Both passes run in native code
 (``_native.RingPasses``) in the calling thread, without the GIL: it receives piece after piece
@@ -63,7 +66,16 @@ import numpy as np
 from .. import _native
 from .socket_exchange import recv_message, send_message
 
-__all__ = ["Channels", "Grid", "Ring", "RingStep", "connect_ring", "grid_width", "TRANSPORTS"]
+__all__ = [
+    "Channels",
+    "Grid",
+    "Ring",
+    "RingStep",
+    "connect_ring",
+    "grid_hops",
+    "grid_shape",
+    "TRANSPORTS",
+]
 
 #: The default size of the pieces chunks travel in (256 KiB: large enough that per-piece costs
 #: vanish, small enough that a piece and the values it is added to stay in a core's L2 cache,
@@ -284,15 +296,15 @@ class Ring:
 
 
 class Grid:
-    """Tasks in rows of ``rows.size`` and columns of ``columns.size``, each row and column a
-    :class:`Ring`: an all-reduce is a reduce-scatter along the rows, an all-reduce of each
-    task's summed chunk along its column, and an all-gather along the rows. The bytes each task
-    sends are about those of one ring over all the tasks, but a value crosses
-    ``2 (rows.size - 1) + 2 (columns.size - 1)`` connections instead of ``2 (size - 1)``: for
-    256 tasks 60 hops, not 510, where each hop's latency counts.
+    """Tasks in rows of ``rows.size`` (a :class:`Ring`) and columns of ``columns.size`` (a
+    :class:`Ring`, or itself a :class:`Grid` over the remaining axes): an all-reduce is a
+    reduce-scatter along the row, an all-reduce of each task's summed chunk along its column,
+    and an all-gather along the row. The bytes each task sends are those of one ring over all
+    the tasks, but a value crosses ``2 (rows.size - 1)`` connections plus the column's instead
+    of ``2 (size - 1)``: for 256 tasks 16 hops on :func:`grid_shape`'s eight axes of 2, not 510.
     """
 
-    def __init__(self, rank: int, size: int, rows: Ring, columns: Ring) -> None:
+    def __init__(self, rank: int, size: int, rows: Ring, columns: Ring | Grid) -> None:
         self.rank = rank
         self.size = size
         self.rows = rows
@@ -449,14 +461,35 @@ def _check_transport(transport: str | None) -> None:
 # -- building the ring ---------------------------------------------------------------------------
 
 
-def grid_width(size: int) -> int:
-    """The width of the grid :func:`connect_ring` arranges ``size`` tasks in: the largest
-    divisor of ``size`` not above its square root (1: a plain ring, for 1-3 tasks and primes)."""
-    width = 1
-    for divisor in range(2, int(size**0.5) + 1):
-        if size % divisor == 0:
-            width = divisor
-    return width
+def grid_shape(size: int) -> tuple[int, ...]:
+    """The axes :func:`connect_ring` arranges ``size`` tasks on: ``size``'s prime factors,
+    smallest first (one axis, a plain ring, for 1, 2, 3 and other primes). A grid's all-reduce
+    takes ``2 (length - 1)`` hops along each axis, so the most axes take the fewest hops: 16 for
+    256 tasks on eight axes of 2, where a 16 x 16 grid takes 60.
+
+    >>> grid_shape(256), grid_shape(12), grid_shape(7)
+    ((2, 2, 2, 2, 2, 2, 2, 2), (2, 2, 3), (7,))
+    """
+    factors: list[int] = []
+    rest, divisor = max(1, int(size)), 2
+    while divisor * divisor <= rest:
+        while rest % divisor == 0:
+            factors.append(divisor)
+            rest //= divisor
+        divisor += 1
+    if rest > 1 or not factors:
+        factors.append(rest)
+    return tuple(factors)
+
+
+def grid_hops(size: int) -> int:
+    """The hops a value takes in one all-reduce among ``size`` tasks as :func:`connect_ring`
+    arranges them: ``2 (length - 1)`` along each axis of :func:`grid_shape`.
+
+    >>> grid_hops(3), grid_hops(4), grid_hops(256)
+    (4, 4, 16)
+    """
+    return sum(2 * (length - 1) for length in grid_shape(size))
 
 
 def connect_ring(
@@ -478,8 +511,9 @@ def connect_ring(
     accept the previous one, each connection opened with the fit's ``token``, the sender's rank
     and the ring's name.
 
-    With ``grid`` (and a ``size`` that :func:`grid_width` splits) the tasks form a
-    :class:`Grid` of rows and columns, each a ring; else one :class:`Ring`. ``transport``: what
+    With ``grid`` (and a ``size`` that is not prime) the tasks form a :class:`Grid` on the axes
+    of :func:`grid_shape`, a ring along each (named ``"axis 0"``, ``"axis 1"``, ...); else one
+    :class:`Ring`. ``transport``: what
     float32 buffers travel as (see the module's docstring). ``channels`` > 1: that many such
     rings or grids, each over connections of its own, as :class:`Channels`.
     """
@@ -487,13 +521,13 @@ def connect_ring(
     if int(channels) < 1:
         raise ValueError(f"channels must be 1 or more, got {channels!r}")
     channels = int(channels)
-    width = grid_width(size) if grid else 1
-    if width > 1:
-        row, column = divmod(rank, width)
-        shapes = {
-            "row": [row * width + k for k in range(width)],
-            "column": [column + width * k for k in range(size // width)],
-        }
+    axes = grid_shape(size) if grid else (size,)
+    if len(axes) > 1:  # axis k's ring: the tasks whose ranks differ from this one in digit k
+        shapes, stride = {}, 1
+        for k, length in enumerate(axes):
+            digit = (rank // stride) % length
+            shapes[f"axis {k}"] = [rank + (m - digit) * stride for m in range(length)]
+            stride *= length
     else:
         shapes = {"ring": list(range(size))}
     # Each channel's rings, by the name their connections open with.
@@ -542,13 +576,22 @@ def connect_ring(
         listener.close()
     def channel(c: int) -> Ring | Grid:
         suffix = "" if c == 0 else f"/{c}"
-        if width > 1:
-            return Grid(rank, size, made["row" + suffix], made["column" + suffix])
-        return made["ring" + suffix]
+        if len(axes) == 1:
+            return made["ring" + suffix]
+        return _nested(rank, size, [made[f"axis {k}{suffix}"] for k in range(len(axes))])
 
     if channels == 1:
         return channel(0)
     return Channels([channel(c) for c in range(channels)])
+
+
+def _nested(rank: int, size: int, rings: list[Ring]) -> Ring | Grid:
+    """The grid whose rows are ``rings[0]`` and whose columns are the grid of the other axes
+    (among the tasks that share this one's place along the first: ranks ``rank // length``)."""
+    if len(rings) == 1:
+        return rings[0]
+    length = rings[0].size
+    return Grid(rank, size, rings[0], _nested(rank // length, size // length, rings[1:]))
 
 
 def _neighbours(members: list[int], rank: int) -> tuple[int, int]:
