@@ -54,6 +54,10 @@ FEATURES, CLASSES = 64, 10
 #: Hidden width of the 64-H-H-10 network for each size (99,690, 994,570 and 9,971,530
 #: parameters).
 HIDDEN = {"0.1M": 280, "1M": 960, "10M": 3120}
+#: Measured rounds per point for the smaller networks (at least ``--rounds``, as many as the
+#: files allow): their rounds last milliseconds, where one late scheduling of a worker on the
+#: shared cores doubles a round, so their medians need more rounds to settle.
+SHORT_ROUNDS = {"0.1M": 9, "1M": 5}
 BYTES_PER_PARAMETER = 4  # float32, plain SGD: no updater state travels
 #: The configurations measured: name, master ("local[k]" or a standalone cluster of k one-core
 #: workers), workers per round.
@@ -216,17 +220,32 @@ def measure_point(
     }
 
 
-def warm_up(sc: Any, workers: int, exchanges: Sequence[str], files: Sequence[str], batch: int
-            ) -> None:
-    """A small fit per exchange, so that Python workers and the JIT are warm before measuring."""
-    for exchange in exchanges:
+def warm_up(sc: Any, workers: int, exchanges: Sequence[str], files: Sequence[str], batch: int,
+            largest: str = "0.1M") -> None:
+    """A small fit per exchange, so that Python workers and the JIT are warm before measuring;
+    and, for the Spark exchange, one of the ``largest`` network: the executor JVMs' first rounds
+    of 40 MB results ran 1.5x their later ones (heaps growing), past the one round each point
+    drops."""
+    fits = [(exchange, "0.1M") for exchange in exchanges]
+    if "spark" in exchanges and largest != "0.1M":
+        fits.append(("spark", largest))
+    for exchange, size in fits:
         master = ParameterAveraging(
             batch_size_per_worker=batch, averaging_frequency=1, workers=workers,
             exchange=EXCHANGES[exchange](), shuffle=False,
         )
-        SparkNetwork(sc, make_network(HIDDEN["0.1M"]), master).fit_paths(
+        SparkNetwork(sc, make_network(HIDDEN[size]), master).fit_paths(
             list(files[: 2 * workers])
         )
+
+
+def point_rounds(args: argparse.Namespace, size: str, workers: int, frequency: int, files: int
+                 ) -> int:
+    """Measured rounds for one point: ``--rounds``, or :data:`SHORT_ROUNDS` for the smaller
+    networks (not with ``--quick``), within what ``files`` minibatch files give after the
+    warm-up round."""
+    wanted = max(args.rounds, 0 if args.quick else SHORT_ROUNDS.get(size, 0))
+    return max(1, min(wanted, files // (workers * frequency) - 1))
 
 
 def _plan(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -263,10 +282,13 @@ def measure_local(args: argparse.Namespace, config: str, workers: int, files: li
     spark.sparkContext.setLogLevel("ERROR")
     points = []
     try:
-        warm_up(spark.sparkContext, workers, args.exchanges, files, args.batch)
+        warm_up(spark.sparkContext, workers, args.exchanges, files, args.batch,
+                largest=args.sizes[-1])
         for spec in _plan(args):
+            rounds = point_rounds(args, spec["size"], workers, spec["frequency"],
+                                  len(files))
             point = measure_point(
-                spark.sparkContext, config=config, workers=workers, rounds=args.rounds,
+                spark.sparkContext, config=config, workers=workers, rounds=rounds,
                 files=files, batch=args.batch, **spec,
             )
             _log(_point_line(point))
@@ -318,10 +340,12 @@ def measure_cluster(args: argparse.Namespace, config: str, workers: int, files: 
             _log(f"{config}: cluster and driver up in {time.perf_counter() - started:.1f} s")
             driver.run(script({
                 "warm_up": True, "workers": workers, "exchanges": list(args.exchanges),
-                "files": files, "batch": args.batch,
+                "files": files, "batch": args.batch, "largest": args.sizes[-1],
             }), timeout=300)
             for spec in _plan(args):
-                call = {"config": config, "workers": workers, "rounds": args.rounds,
+                rounds = point_rounds(args, spec["size"], workers, spec["frequency"],
+                                      len(files))
+                call = {"config": config, "workers": workers, "rounds": rounds,
                         "files": files, "batch": args.batch, **spec}
                 point = driver.run(script(call), timeout=600)
                 _log(_point_line(point))
@@ -386,6 +410,8 @@ TERMS: dict[str, list[tuple[str, str, Any]]] = {
         ("driver_byte", "s per byte received by the driver", lambda p, n, s, k: p * n),
         ("cluster_byte", "s per byte received by the driver from executor JVMs, extra",
          lambda p, n, s, k: k * p * n),
+        ("cluster_task", "s per worker, extra on a cluster (tasks launched in executor JVMs)",
+         lambda p, n, s, k: k * float(n)),
     ],
     "socket": [
         ("round", "s per round", lambda p, n, s, k: 1.0),
@@ -908,6 +934,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "load_before": load,
                 "batch": args.batch,
                 "rounds_measured": args.rounds,
+                "short_rounds": {} if args.quick else SHORT_ROUNDS,
                 "exchanges": args.exchanges,
                 "command": " ".join(sys.argv),
             },
@@ -931,7 +958,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta = data["meta"]
     print(f"{meta['date']}, {meta['cores']} cores, {meta['versions']}, load before "
           f"{' '.join(meta['load_before'])}, batch {meta['batch']}, "
-          f"{meta['rounds_measured']} measured rounds per point after one warm-up round")
+          f"{meta['rounds_measured']} measured rounds per point after one warm-up round"
+          + "".join(f", {n} for {size}" for size, n in meta.get("short_rounds", {}).items())
+          + (" where the files allow" if meta.get("short_rounds") else ""))
     for name, load in meta.get("load_after", {}).items():
         print(f"load average (1, 5, 15 min) after {name}: {' '.join(load)}")
     for more in meta.get("merged", []):

@@ -381,6 +381,19 @@ void py_bfloat16_add_into(const py::array& acc, const py::array& x) {
   nn::bfloat16_add_into(dst, src, n);
 }
 
+void py_bfloat16_add_encode(const py::array& acc, const py::array& x, const py::array& out) {
+  check_bfloat16_pair(acc, "acc", x, "x");
+  check_bfloat16_pair(acc, "acc", out, "out");
+  require_writable(acc, "acc");
+  require_writable(out, "out");
+  auto* sum = static_cast<float*>(const_cast<void*>(acc.data()));
+  const auto* src = static_cast<const uint16_t*>(x.data());
+  auto* dst = static_cast<uint16_t*>(const_cast<void*>(out.data()));
+  const auto n = static_cast<std::size_t>(acc.size());
+  py::gil_scoped_release release;
+  nn::bfloat16_add_encode(sum, src, dst, n);
+}
+
 void py_bfloat16_decode(const py::array& x, const py::array& out) {
   check_bfloat16_pair(out, "out", x, "x");
   require_writable(out, "out");
@@ -608,6 +621,9 @@ void register_nn(py::module_& m) {
         "out (uint16) = float32 x rounded to bfloat16, to nearest, ties to even (NaN kept).");
   m.def("bfloat16_add_into", &py_bfloat16_add_into, "acc"_a, "x"_a,
         "acc (float32) += x (uint16 bfloat16 bits) widened, in place.");
+  m.def("bfloat16_add_encode", &py_bfloat16_add_encode, "acc"_a, "x"_a, "out"_a,
+        "acc (float32) += x (uint16 bfloat16 bits) widened, then out (uint16) = acc rounded to "
+        "bfloat16: one pass (a ring's reduce-scatter step).");
   m.def("bfloat16_decode", &py_bfloat16_decode, "x"_a, "out"_a,
         "out (float32) = x (uint16 bfloat16 bits) widened.");
   m.def("nn_dropout", &py_dropout, "x"_a, "rate"_a, "seed"_a,

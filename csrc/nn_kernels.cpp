@@ -10,6 +10,7 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#include <xmmintrin.h>
 #endif
 
 #include "thread_pool.hpp"
@@ -740,6 +741,31 @@ void bfloat16_add_into(float* __restrict acc, const uint16_t* __restrict x, std:
 
 void bfloat16_decode(const uint16_t* __restrict x, float* __restrict out, std::size_t count) {
   for (std::size_t i = 0; i < count; ++i) out[i] = from_bfloat16(x[i]);
+}
+
+void bfloat16_add_encode(float* __restrict acc, const uint16_t* __restrict x,
+                         uint16_t* __restrict out, std::size_t count) {
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  const __m128i zero = _mm_setzero_si128();
+  for (; i + 8 <= count; i += 8) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i));
+    // widening: each bfloat16 becomes the upper half of a float32 whose lower half is zero
+    const __m128 low = _mm_add_ps(_mm_loadu_ps(acc + i),
+                                  _mm_castsi128_ps(_mm_unpacklo_epi16(zero, bits)));
+    const __m128 high = _mm_add_ps(_mm_loadu_ps(acc + i + 4),
+                                   _mm_castsi128_ps(_mm_unpackhi_epi16(zero, bits)));
+    _mm_storeu_ps(acc + i, low);
+    _mm_storeu_ps(acc + i + 4, high);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_packs_epi32(to_bfloat16_x4(_mm_castps_si128(low)),
+                                     to_bfloat16_x4(_mm_castps_si128(high))));
+  }
+#endif
+  for (; i < count; ++i) {
+    acc[i] += from_bfloat16(x[i]);
+    out[i] = to_bfloat16(acc[i]);
+  }
 }
 
 }  // namespace sparkbatch::nn

@@ -61,6 +61,9 @@ void bfloat16_encode(const float* x, uint16_t* out, std::size_t count);
 void bfloat16_add_into(float* acc, const uint16_t* x, std::size_t count);
 // out = x widened from bfloat16.
 void bfloat16_decode(const uint16_t* x, float* out, std::size_t count);
+// acc += x widened, then out = acc rounded to bfloat16: bfloat16_add_into and bfloat16_encode
+// in one pass (a ring's reduce-scatter sums what arrived and sends the sum on).
+void bfloat16_add_encode(float* acc, const uint16_t* x, uint16_t* out, std::size_t count);
 
 // x[i] *= dropout_factor(seed, i) for i in [0, count): drops with probability `rate`.
 template <typename T>

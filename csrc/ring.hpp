@@ -36,10 +36,12 @@ class Passes {
   Passes(int send_fd, int recv_fd, int rank, int size, std::size_t piece_bytes, Wire wire);
 
   // Reduce-scatter over flat (bounds: the size + 1 chunk boundaries, in values): afterwards
-  // chunk rank + 1 holds the sum over the ring (rounded as the wire carries it, when it is not
-  // `same`, so that every task's copy will agree). Returns the bytes this task sent.
+  // chunk rank + 1 holds the sum over the ring, in float32 (what arrived was rounded as the wire
+  // carries it). Returns the bytes this task sent.
   std::uint64_t reduce_scatter(void* flat, Dtype dtype, const std::int64_t* bounds);
-  // All-gather: every task's summed chunk copied into the others' flat. Bytes sent.
+  // All-gather: every task's summed chunk copied into the others' flat; when the wire is not
+  // `same`, each chunk is rounded as the wire carries it, on its owner too, so that every task
+  // ends with the same bits. Bytes sent.
   std::uint64_t all_gather(void* flat, Dtype dtype, const std::int64_t* bounds);
 
  private:

@@ -383,6 +383,13 @@ def test_bfloat16_kernels_round_to_nearest_even_keep_nans_and_widen_exactly():
     acc = np.full(x.size, 0.5, np.float32)
     _native.bfloat16_add_into(acc, wire)
     np.testing.assert_array_equal(acc, np.float32(0.5) + _widened(wire))
+    # The fused step of a ring's reduce-scatter: the same sum, then the same rounding.
+    fused, fused_wire = np.full(x.size, 0.5, np.float32), np.empty(x.size, np.uint16)
+    _native.bfloat16_add_encode(fused, wire, fused_wire)
+    np.testing.assert_array_equal(fused.view(np.uint32), acc.view(np.uint32))
+    expected_wire = np.empty(x.size, np.uint16)
+    _native.bfloat16_encode(acc, expected_wire)
+    np.testing.assert_array_equal(fused_wire, expected_wire)
     with pytest.raises(TypeError, match="uint16"):
         _native.bfloat16_encode(x, np.empty(x.size, np.int32))
     with pytest.raises(ValueError, match="values"):

@@ -39,8 +39,10 @@ bits.
 
 ``transport="bfloat16"`` or ``"float16"`` sends float32 buffers at half the bytes: each piece is
 rounded to the transport type (to nearest, ties to even) for the wire and summed in float32 on
-arrival (widened and added in one pass); each summed chunk is rounded once more before the
-all-gather, on the task that owns it, so that every task still ends with the same bits.
+arrival (widened and added in one pass); each summed chunk is rounded once more as the
+all-gather sends it, and its owner keeps the rounded values, so that every task still ends with
+the same bits. In a grid only the last rounding of a chunk's values counts: a row's summed chunk
+goes through the column's all-reduce in float32, as summed.
 bfloat16 keeps float32's range with 8 bits of mantissa; float16 keeps 11 bits but overflows past
 65504. Other dtypes travel as they are.
 
