@@ -283,7 +283,7 @@ def measure_local(args: argparse.Namespace, config: str, workers: int, files: li
     points = []
     try:
         warm_up(spark.sparkContext, workers, args.exchanges, files, args.batch,
-                largest=args.sizes[-1])
+                largest=max(args.sizes, key=HIDDEN.__getitem__))
         for spec in _plan(args):
             rounds = point_rounds(args, spec["size"], workers, spec["frequency"],
                                   len(files))
@@ -340,7 +340,8 @@ def measure_cluster(args: argparse.Namespace, config: str, workers: int, files: 
             _log(f"{config}: cluster and driver up in {time.perf_counter() - started:.1f} s")
             driver.run(script({
                 "warm_up": True, "workers": workers, "exchanges": list(args.exchanges),
-                "files": files, "batch": args.batch, "largest": args.sizes[-1],
+                "files": files, "batch": args.batch,
+                "largest": max(args.sizes, key=HIDDEN.__getitem__),
             }), timeout=300)
             for spec in _plan(args):
                 rounds = point_rounds(args, spec["size"], workers, spec["frequency"],
@@ -563,6 +564,7 @@ def predict_cluster(
     # executors in their own JVMs, as on a standalone cluster here
     ring = exchange.startswith("ring")
     c["worker_byte" if ring else "driver_byte"] += c.get("cluster_byte", 0.0)
+    c["task"] = c.get("task", 0.0) + c.get("cluster_task", 0.0)
     average = model["average_byte"] * p
     terms: dict[str, float]
     if exchange == "spark":
