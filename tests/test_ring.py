@@ -329,6 +329,26 @@ def test_a_stranger_connecting_to_a_task_is_refused(monkeypatch):
     assert results == [[0, 1], [0, 1]]
 
 
+def test_a_silent_stranger_does_not_hold_up_the_neighbours_behind_it(monkeypatch):
+    from sparkbatch.train import ring
+
+    monkeypatch.setattr(ring, "_HELLO_S", 0.2)
+    strangers: list = []
+    real = socket.create_server
+
+    def server_with_a_silent_caller(*args, **kwargs):  # connects first, then says nothing
+        server = real(*args, **kwargs)
+        strangers.append(socket.create_connection(("127.0.0.1", server.getsockname()[1])))
+        return server
+
+    monkeypatch.setattr(socket, "create_server", server_with_a_silent_caller)
+    try:  # with the whole wait (60 s) per stranger, the threads would outlast _ring_tasks' join
+        assert _ring_tasks(2, lambda r: r.all_gather(r.rank)) == [[0, 1], [0, 1]]
+    finally:
+        for sock in strangers:
+            sock.close()
+
+
 def test_a_neighbour_that_never_connects_is_named_once_the_wait_is_over(monkeypatch):
     from sparkbatch.train import ring
 

@@ -85,6 +85,10 @@ __all__ = [
 PIECE_BYTES = 256 << 10
 _SOCKET_BUFFER = 4 << 20  # per direction: a few pieces in flight
 _CONNECT_S = 60.0  # how long the ring waits for its neighbours to connect
+# How long an accepted connection has to say who it is: a neighbour sends its hello as soon as it
+# has connected, so a connection silent this long is a stranger (a port scanner, a health check)
+# and must not hold up the neighbours queued behind it until the whole wait is over.
+_HELLO_S = 5.0
 #: What ``transport`` takes: None (every buffer as it is), "bfloat16" or "float16".
 TRANSPORTS = (None, "bfloat16", "float16")
 
@@ -642,7 +646,7 @@ def _accept_left(
             except TimeoutError:
                 continue  # past the deadline: the check above names the missing tasks
             try:
-                conn.settimeout(_CONNECT_S)
+                conn.settimeout(min(_HELLO_S, max(0.01, deadline - time.monotonic())))
                 hello, _, _ = recv_message(conn)
             except (ConnectionError, OSError):
                 conn.close()
