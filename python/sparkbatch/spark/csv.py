@@ -394,7 +394,7 @@ class RangesToDataSets(_CsvToDataSets):
             if not buffer:
                 continue
             if begin == 0:  # the file's first bytes: NOTE [foreign files]
-                start = text_start(r.url, buffer)
+                start = text_start(r.url, bytes(memoryview(buffer)[:HEAD_BYTES]))
                 if start:
                     buffer = memoryview(buffer)[start:]
             if begin >= self.header_ends.get(r.url, begin + 1):
