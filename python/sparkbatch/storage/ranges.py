@@ -178,7 +178,7 @@ def read_line_range(
     """Read the whole lines that belong to ``line_range``; return them and their file offset.
 
     The lines come as ``bytes``, or from a local file as a ``memoryview`` of a numpy buffer
-    (:func:`_read_into_array`: a third of the cost of ``read`` for a range of tens of MB).
+    (:func:`_read_into_array`: half the cost of ``read`` for a range of tens of MB).
 
     Examples
     --------
