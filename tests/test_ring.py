@@ -21,6 +21,7 @@ def _ring_tasks(
     transport: str | None = None,
     grid: bool = True,
     channels: int = 1,
+    host: str = "127.0.0.1",
 ) -> list:
     """Run ``task(ring)`` on ``size`` threads joined in one ring over loopback (a barrier
     standing for ``BarrierTaskContext.allGather``); their results in rank order."""
@@ -42,7 +43,7 @@ def _ring_tasks(
                 size,
                 gather,
                 "token",
-                host="127.0.0.1",
+                host=host,
                 piece_bytes=piece_bytes,
                 transport=transport,
                 grid=grid,
@@ -327,6 +328,41 @@ def test_a_stranger_connecting_to_a_task_is_refused(monkeypatch):
     monkeypatch.setattr(socket, "create_server", intruding_server)
     results = _ring_tasks(2, task)
     assert results == [[0, 1], [0, 1]]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_tasks_that_publish_ipv6_addresses_form_a_ring_and_name_them_in_brackets():
+    from sparkbatch.train.ring import address_host
+
+    assert address_host("[::1]:7078") == "::1"  # as BarrierTaskInfo.address writes IPv6
+    data = np.arange(40_000, dtype=np.float32)
+
+    def summed(ring):
+        buffer = data.copy()
+        ring.all_reduce(buffer)
+        return buffer
+
+    for buffer in _ring_tasks(4, summed, host="::1"):  # a grid of two rings of 2
+        np.testing.assert_array_equal(buffer, data * 4)
+
+    def task(ring):
+        if ring.rank == 1:
+            ring.close()
+            return "left"
+        return ring.all_reduce(np.ones(100_000, np.float32))
+
+    results = _ring_tasks(3, task, host="::1")
+    assert results[1] == "left"
+    for r in (results[0], results[2]):
+        assert isinstance(r, ConnectionError) and "at [::1]:" in str(r), r
 
 
 def test_a_silent_stranger_does_not_hold_up_the_neighbours_behind_it(monkeypatch):

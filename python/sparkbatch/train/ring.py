@@ -73,6 +73,7 @@ __all__ = [
     "Grid",
     "Ring",
     "RingStep",
+    "address_host",
     "connect_ring",
     "grid_hops",
     "grid_shape",
@@ -546,7 +547,7 @@ def connect_ring(
     if size == 1:
         gather(json.dumps({}))  # every barrier task calls allGather as often as the others
         return Ring(rank, size, None, None, piece_bytes=piece_bytes, transport=transport)
-    listener = socket.create_server((bind_host, 0), backlog=max(8, 2 * len(rings)))
+    listener = _listen(bind_host, backlog=max(8, 2 * len(rings)))
     right: dict[str, socket.socket] = {}
     left: dict[str, socket.socket] = {}
     try:
@@ -589,6 +590,29 @@ def connect_ring(
     if channels == 1:
         return channel(0)
     return Channels([channel(c) for c in range(channels)])
+
+
+def _listen(bind_host: str, backlog: int) -> socket.socket:
+    """A listening socket on a free port of ``bind_host``: for ``""`` (every address) IPv6 and
+    IPv4 both where the machine has both, so that neighbours reach this task whichever family
+    its published address is; an IPv6 literal binds IPv6."""
+    if bind_host == "" and socket.has_dualstack_ipv6():
+        return socket.create_server(
+            ("", 0), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
+        )
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    return socket.create_server((bind_host, 0), family=family, backlog=backlog)
+
+
+def address_host(address: str) -> str:
+    """The host of a ``host:port`` address as Spark writes it (``BarrierTaskInfo.address``),
+    without the brackets of an IPv6 host, as socket calls take it.
+
+    >>> address_host("10.0.0.5:41123"), address_host("[2001:db8::7]:41123")
+    ('10.0.0.5', '2001:db8::7')
+    """
+    host = address.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _nested(rank: int, size: int, rings: list[Ring]) -> Ring | Grid:

@@ -51,7 +51,7 @@ from .._finite import first_non_finite
 from .._jobs import JobDescription
 from .exchange import Exchange
 from .model import ModelAccess
-from .ring import PIECE_BYTES, TRANSPORTS, Channels, Grid, Ring, connect_ring
+from .ring import PIECE_BYTES, TRANSPORTS, Channels, Grid, Ring, address_host, connect_ring
 from .runner import RoundTiming
 from .socket_exchange import WORKER_ERRORS, recv_message, send_message
 from .socket_exchange import _task_slots as task_slots
@@ -380,7 +380,7 @@ class RingRounds:
         plan = items[0] if items else []
         context = BarrierTaskContext.get()
         infos = context.getTaskInfos()
-        host = "127.0.0.1" if self.local else infos[index].address.rsplit(":", 1)[0]
+        host = "127.0.0.1" if self.local else address_host(infos[index].address)
         ring = connect_ring(
             index,
             len(infos),
