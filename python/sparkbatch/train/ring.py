@@ -67,6 +67,7 @@ import numpy as np
 
 from .. import _native
 from .socket_exchange import recv_message, send_message
+from .tcp_server import listen
 
 __all__ = [
     "Channels",
@@ -547,7 +548,7 @@ def connect_ring(
     if size == 1:
         gather(json.dumps({}))  # every barrier task calls allGather as often as the others
         return Ring(rank, size, None, None, piece_bytes=piece_bytes, transport=transport)
-    listener = _listen(bind_host, backlog=max(8, 2 * len(rings)))
+    listener = listen(bind_host, backlog=max(8, 2 * len(rings)))
     right: dict[str, socket.socket] = {}
     left: dict[str, socket.socket] = {}
     try:
@@ -590,18 +591,6 @@ def connect_ring(
     if channels == 1:
         return channel(0)
     return Channels([channel(c) for c in range(channels)])
-
-
-def _listen(bind_host: str, backlog: int) -> socket.socket:
-    """A listening socket on a free port of ``bind_host``: for ``""`` (every address) IPv6 and
-    IPv4 both where the machine has both, so that neighbours reach this task whichever family
-    its published address is; an IPv6 literal binds IPv6."""
-    if bind_host == "" and socket.has_dualstack_ipv6():
-        return socket.create_server(
-            ("", 0), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
-        )
-    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-    return socket.create_server((bind_host, 0), family=family, backlog=backlog)
 
 
 def address_host(address: str) -> str:

@@ -17,9 +17,21 @@ import socket
 import threading
 from collections.abc import Callable
 
-__all__ = ["ConnectionServer"]
+__all__ = ["ConnectionServer", "listen"]
 
 _JOIN_S = 10.0  # how long close() waits for each thread (they only need to notice the close)
+
+
+def listen(bind_host: str = "", port: int = 0, backlog: int = 16) -> socket.socket:
+    """A listening socket on ``bind_host``:``port`` (0: any free port). For ``""`` (every
+    address) it takes IPv6 and IPv4 both where the machine has both, so that peers reach it
+    whichever family the address they were given is; an IPv6 literal binds IPv6."""
+    if bind_host == "" and socket.has_dualstack_ipv6():
+        return socket.create_server(
+            ("", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
+        )
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    return socket.create_server((bind_host, port), family=family, backlog=backlog)
 
 
 class ConnectionServer:
@@ -40,7 +52,7 @@ class ConnectionServer:
     ) -> None:
         self._serve = serve
         self._name = name
-        self._listener = socket.create_server((bind_host, port), backlog=backlog)
+        self._listener = listen(bind_host, port, backlog)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._closed = False
