@@ -499,19 +499,14 @@ def measure_ring(net: Network, folder: Path, size: int, args: argparse.Namespace
     return out
 
 
-def ring_steps(size: int) -> int:
-    """Latency-bound steps of one all-reduce: the ring's, or the grid's where N splits."""
-    from sparkbatch.train.ring import grid_hops
-
-    return grid_hops(size)
-
-
 def model(size: int, elements: int, transport: str, gbits: float, cpu_s: float,
           delay_ms: float) -> dict[str, float]:
     """docs/scaling.md's wire time of one all-reduce and the two ways of adding the CPU's."""
+    from sparkbatch.train.ring import grid_hops
+
     nbytes = elements * (4 if transport == "float32" else 2)
     wire = 2 * (size - 1) / size * nbytes / (gbits * 1e9 / 8)
-    latency = ring_steps(size) * delay_ms * 1e-3
+    latency = grid_hops(size) * delay_ms * 1e-3
     return {
         "wire_s": wire, "latency_s": latency,
         "serial_s": cpu_s + wire + latency, "overlap_s": max(cpu_s, wire) + latency,

@@ -74,17 +74,13 @@ def _examples(ds) -> int:  # type: ignore[no-untyped-def]
 
 
 def native_parse(path: str) -> int:
-    """The whole file read into memory and parsed on every thread, as one machine would: read
-    into a numpy array (numpy asks for huge pages, so the read costs half of ``f.read()``'s
-    page faults and zeroing), as ``read_line_range`` reads local ranges."""
-    import numpy as np
-
+    """The whole file read into memory as sparkbatch's jobs read a local range
+    (``read_line_range``: into a numpy array) and parsed on every thread, as one machine would."""
     from sparkbatch import _native
+    from sparkbatch.storage import plan_line_ranges, read_line_range
 
-    data = np.empty(os.path.getsize(path), np.uint8)
-    with open(path, "rb", buffering=0) as f:
-        if f.readinto(data) != data.size:
-            raise AssertionError(f"{path}: short read")
+    (whole,) = plan_line_ranges([path], lambda total: max(total, 1))
+    data, _ = read_line_range(whole)
     return _native.parse_csv(data, threads=0, quoted_newlines=False)["values"].shape[0]
 
 

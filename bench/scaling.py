@@ -49,6 +49,7 @@ sys.path.pop(0)
 from sparkbatch.data import DataSet  # noqa: E402
 from sparkbatch.nn import SGD, Dense, Network, Output  # noqa: E402
 from sparkbatch.train import ParameterAveraging, RingExchange, SparkNetwork  # noqa: E402
+from sparkbatch.train.ring import grid_hops  # noqa: E402
 
 FEATURES, CLASSES = 64, 10
 #: Hidden width of the 64-H-H-10 network for each size (99,690, 994,570 and 9,971,530
@@ -86,21 +87,6 @@ EXCHANGES: dict[str, Any] = {
     "ring": lambda: "ring",
     "ring-bf16": lambda: RingExchange(transport="bfloat16"),
 }
-
-
-def ring_steps(n: int) -> int:
-    """Latency-bound steps of one all-reduce among ``n`` workers as ``exchange="ring"`` arranges
-    them (:func:`sparkbatch.train.ring.grid_hops`): ``2 (n - 1)`` on one ring (``n`` prime), and
-    on a grid ``2 (length - 1)`` along each axis of :func:`~sparkbatch.train.ring.grid_shape`
-    (``n``'s prime factors). The bytes each worker sends are ``2 (n - 1) / n`` of the buffer
-    either way.
-
-    >>> ring_steps(3), ring_steps(4), ring_steps(256)
-    (4, 4, 16)
-    """
-    from sparkbatch.train.ring import grid_hops
-
-    return grid_hops(n)
 
 
 def n_parameters(hidden: int) -> int:
@@ -283,7 +269,7 @@ def measure_local(args: argparse.Namespace, config: str, workers: int, files: li
     points = []
     try:
         warm_up(spark.sparkContext, workers, args.exchanges, files, args.batch,
-                largest=max(args.sizes, key=HIDDEN.__getitem__))
+                largest=args.largest)
         for spec in _plan(args):
             rounds = point_rounds(args, spec["size"], workers, spec["frequency"],
                                   len(files))
@@ -341,7 +327,7 @@ def measure_cluster(args: argparse.Namespace, config: str, workers: int, files: 
             driver.run(script({
                 "warm_up": True, "workers": workers, "exchanges": list(args.exchanges),
                 "files": files, "batch": args.batch,
-                "largest": max(args.sizes, key=HIDDEN.__getitem__),
+                "largest": args.largest,
             }), timeout=300)
             for spec in _plan(args):
                 rounds = point_rounds(args, spec["size"], workers, spec["frequency"],
@@ -426,7 +412,7 @@ TERMS: dict[str, list[tuple[str, str, Any]]] = {
     "ring": [
         ("round", "s per round", lambda p, n, s, k: 1.0),
         ("worker_round", "s per round on each worker", lambda p, n, s, k: s),
-        ("step", "s per ring step", lambda p, n, s, k: float(ring_steps(n))),
+        ("step", "s per ring step (grid_hops)", lambda p, n, s, k: float(grid_hops(n))),
         ("worker_byte", "s per byte sent by each worker",
          lambda p, n, s, k: 2.0 * (n - 1) / n * p * s),
         ("driver_byte", "s per byte averaged by the driver", lambda p, n, s, k: float(p)),
@@ -591,7 +577,7 @@ def predict_cluster(
             "driver's link, 2 N x P": 2 * n * p * wire + 2 * latency,
         }
     elif ring:
-        steps = ring_steps(n)
+        steps = grid_hops(n)
         moved = 2.0 * (n - 1) / n * p  # float32 bytes summed and passed on by each worker
         cpu = moved * c["worker_byte"] / channels
         on_wire = moved * wire * (0.5 if exchange == "ring-bf16" else 1.0)
@@ -920,6 +906,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for size in args.sizes:
             if size not in HIDDEN:
                 raise SystemExit(f"unknown size {size!r}: choose from {', '.join(HIDDEN)}")
+        args.largest = max(args.sizes, key=HIDDEN.__getitem__)
         most = max(CONFIGS[c][1] for c in configs)
         files = write_files(args.cache, (1 + args.rounds) * most * max(args.frequencies),
                             args.batch)
