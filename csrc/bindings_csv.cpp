@@ -102,6 +102,7 @@ py::dict py_parse_csv(py::handle buffer, const std::string& delimiter, const std
     out["error"] = py::none();
   }
   out["lines"] = py::int_(r.lines);
+  out["block_rows"] = py::int_(r.block_rows);
   return out;
 }
 
@@ -121,7 +122,23 @@ With quoted_newlines=False every line is one record, and a quoted field must clo
 Returns a dict: "values" (float32 [rows, columns]), "strings" ({column: [str]} for string_columns),
 "skipped" (bad rows skipped with on_error="skip"), "error" (None or (line, column, text, expected)
 for the first bad row; line is 1-based in the buffer, column -1 for a wrong number of fields) and
-"lines" (physical lines consumed). Bad data never raises: the caller decides.)doc");
+"lines" (physical lines consumed), and "block_rows" (the rows parsed a block at a time: a
+diagnostic, NOTE(csv-blocks)). Bad data never raises: the caller decides.)doc");
+  m.def(
+      "_set_csv_blocks",
+      [](const std::string& mode) {
+        static const char* const kNames[] = {"off", "sse2", "best"};
+        for (int i = 0; i < 3; ++i) {
+          if (mode == kNames[i]) {
+            return std::string(kNames[static_cast<int>(set_csv_blocks(static_cast<CsvBlocks>(i)))]);
+          }
+        }
+        throw py::value_error("mode must be 'off', 'sse2' or 'best', got '" + mode + "'");
+      },
+      py::arg("mode"),
+      "For tests: how parse_csv parses tables of plain numbers (NOTE(csv-blocks)): 'best' (a "
+      "block of rows at a time, with AVX2 where the CPU has it), 'sse2' (without AVX2) or 'off' "
+      "(record by record). Returns the previous mode.");
 }
 
 }  // namespace sparkbatch::bindings

@@ -110,6 +110,7 @@ struct CsvResult {
   uint64_t skipped = 0;                          // bad rows skipped (skip_bad_rows)
   std::optional<CsvError> error;                 // the first bad row, in file order
   uint64_t lines = 0;                            // physical lines consumed
+  uint64_t block_rows = 0;  // rows parsed a block at a time (NOTE(csv-blocks)): a diagnostic
 };
 
 // Checks the options alone (not the data); throws std::invalid_argument saying what is wrong.
@@ -118,5 +119,12 @@ void validate_csv_options(const CsvOptions& options);
 // Parses data[0, size). With skip_bad_rows false and an error, `values` holds no rows and `lines`
 // counts up to the bad record. Safe to call without the GIL.
 CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& options);
+
+// For tests and fuzzing: whether tables of plain numbers may be parsed a block of rows at a time
+// (NOTE(csv-blocks) in csv_parser.cpp), and with which instructions. kBest (the default) takes
+// AVX2 where the CPU has it; kSse2 never does; kOff parses every row record by record. All three
+// must give the same result. Returns the previous setting.
+enum class CsvBlocks { kOff, kSse2, kBest };
+CsvBlocks set_csv_blocks(CsvBlocks mode);
 
 }  // namespace sparkbatch

@@ -12,6 +12,11 @@
 // -DSPARKBATCH_CSV_MIN_CHUNK_BYTES=64 -DSPARKBATCH_CSV_ABORT_CHECK_RECORDS=2: chunks of 64 bytes
 // instead of 1 MiB, and a look for an earlier chunk's error every 2 records instead of 1024) the text, repeated to at least 128 bytes, is cut into
 // chunks parsed by several threads: the result must equal the single-threaded parse.
+//
+// With FUZZ_CSV_BLOCKS defined (target csv_blocks; csv_parser.cpp built with
+// -DSPARKBATCH_CSV_BLOCK_BYTES=64 -DSPARKBATCH_CSV_MIN_CHUNK_BYTES=64) tables of plain numbers are
+// parsed 64 bytes of rows at a time (NOTE(csv-blocks)), with SSE2 and with AVX2 where the CPU has
+// it: the result must equal the parse record by record.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -226,6 +231,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   // The trailing blank lines can only matter inside an unterminated quote; with no columns given
   // and no data row the framed text has none either.
   check_same(r, f, 1, "framed text");
+#elif defined(FUZZ_CSV_BLOCKS)
+  // The text repeated to at least 256 bytes, exactly sized: parsed a block of rows at a time
+  // (64-byte blocks) and record by record, one thread or several, it must give the same result.
+  if (n == 0) return 0;
+  std::vector<char> text;
+  while (text.size() < 256) text.insert(text.end(), data + kOptionBytes, data + size);
+  std::vector<char> exact(text);  // an exactly sized copy: nothing may be read past it
+  exact.shrink_to_fit();
+  using sparkbatch::CsvBlocks;
+  sparkbatch::set_csv_blocks(CsvBlocks::kOff);
+  const CsvResult by_record = sparkbatch::parse_csv(exact.data(), exact.size(), opt);
+  for (CsvBlocks mode : {CsvBlocks::kSse2, CsvBlocks::kBest}) {
+    sparkbatch::set_csv_blocks(mode);
+    const CsvResult blocks = sparkbatch::parse_csv(exact.data(), exact.size(), opt);
+    check_result(blocks, opt);
+    check_same(by_record, blocks, 0, "blocks of rows");
+    if (by_record.lines != blocks.lines) fail("lines differ with blocks of rows");
+  }
 #else
   if (n == 0) return 0;
   constexpr std::size_t kMinBytes = 128;  // 2 chunks of 64 bytes: the parallel threshold

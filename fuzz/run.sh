@@ -9,6 +9,8 @@
 #                         write-and-read-back
 #           csv           csrc/csv_parser.cpp: parse_csv, options from the first 6 bytes
 #           csv_parallel  csv_parser.cpp with 64-byte chunks: several threads must equal one
+#           csv_blocks    csv_parser.cpp with 64-byte blocks of number rows (NOTE(csv-blocks)):
+#                         the same result as record by record
 #   RUNS:   inputs to execute (default 1000000); 0 runs until stopped or a crash
 # Builds with clang (clang++, or the newest clang++-NN on PATH; CXX overrides) into build/fuzz/,
 # starts from the committed seeds (fuzz/corpus/TARGET/ by hand, fuzz/corpus/TARGET.tar.xz from
@@ -42,16 +44,21 @@ build() {
       harness=fuzz/fuzz_csv.cpp; sources=(csrc/csv_parser.cpp csrc/thread_pool.cpp)
       defs=(-DFUZZ_CSV_PARALLEL -DSPARKBATCH_CSV_MIN_CHUNK_BYTES=64
             -DSPARKBATCH_CSV_ABORT_CHECK_RECORDS=2) ;;
-    *) echo "fuzz/run.sh: unknown target '$target' (json, format, csv, csv_parallel)" >&2; exit 2 ;;
+    csv_blocks)  # 64-byte blocks of plain number rows against the parse record by record
+      harness=fuzz/fuzz_csv.cpp; sources=(csrc/csv_parser.cpp csrc/thread_pool.cpp)
+      defs=(-DFUZZ_CSV_BLOCKS -DSPARKBATCH_CSV_BLOCK_BYTES=64 -DSPARKBATCH_CSV_MIN_CHUNK_BYTES=64
+            -DSPARKBATCH_CSV_ABORT_CHECK_RECORDS=2) ;;
+    *) echo "fuzz/run.sh: unknown target '$target' (json, format, csv, csv_parallel, csv_blocks)" >&2
+       exit 2 ;;
   esac
   mkdir -p "$out"
   "$CXX" "${flags[@]}" "${defs[@]}" -fsanitize=fuzzer "$harness" "${sources[@]}" -o "$out/$target"
 }
 
-usage="usage: bash fuzz/run.sh json|format|csv|csv_parallel [RUNS] [libFuzzer flags] | build | merge TARGET"
+usage="usage: bash fuzz/run.sh json|format|csv|csv_parallel|csv_blocks [RUNS] [libFuzzer flags] | build | merge TARGET"
 target=${1:?$usage}
 if [ "$target" = build ]; then
-  for t in json format csv csv_parallel; do build "$t"; done
+  for t in json format csv csv_parallel csv_blocks; do build "$t"; done
   exit 0
 fi
 merge=
@@ -68,7 +75,9 @@ corpus=$out/corpus/$target
 artifacts=$out/artifacts/$target
 mkdir -p "$corpus" "$artifacts"
 seeds=()
-seed_dir=fuzz/corpus/${target%_parallel}
+base=${target%_parallel}
+base=${base%_blocks}  # csv_parallel and csv_blocks start from csv's seeds and dictionary
+seed_dir=fuzz/corpus/$base
 [ -d "$seed_dir" ] && seeds+=("$seed_dir")
 # fuzz/corpus/TARGET.tar.xz: the corpus of earlier long runs, merged (bash fuzz/run.sh merge TARGET)
 packed=fuzz/corpus/$target.tar.xz
@@ -103,7 +112,7 @@ if [ -n "$merge" ]; then
   echo "$packed: $(ls "$minimal" | wc -l) inputs, $(stat -c %s "$packed") bytes"
   exit 0
 fi
-dict=fuzz/${target%_parallel}.dict
+dict=fuzz/$base.dict
 dict_flag=()
 [ -f "$dict" ] && dict_flag=(-dict="$dict")
 max_len=4096

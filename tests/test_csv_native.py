@@ -628,6 +628,126 @@ def test_threads_cut_where_the_quote_state_takes_long_to_know() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Blocks of plain number rows (NOTE(csv-blocks)): the same result as record by record
+
+
+def parse_in(mode: str, data: bytes, **kwargs: object) -> dict:
+    """Parse with the block path in `mode` ('best', 'sse2' or 'off': record by record)."""
+    before = _native._set_csv_blocks(mode)
+    try:
+        return parse(data, **kwargs)
+    finally:
+        _native._set_csv_blocks(before)
+
+
+def plain_rows(rng: np.random.Generator, rows: int) -> list[list[str]]:
+    """Rows of 9 plain number cells, mostly of the shapes the block path converts two at a time
+    (1 to 15 bytes, signs, 0 to 10 decimals, up to 7 digits), now and then one it hands to
+    fast_number (an exponent, 17 digits, 12 decimals, a plus sign), and a class index (column 8,
+    of 10)."""
+    x = rng.standard_normal((rows, 8))
+    cells = []
+    for i, row in enumerate(x):
+        line = [f"{row[0]:.6f}", f"{row[1]:.1f}", str(int(row[2] * 1e6)), f"{row[3]:.{i % 5}f}"]
+        line.append(f"{row[4]:.3e}" if i % 5 == 0 else f"{row[4]:.4f}")
+        line.append(repr(float(row[5])) if i % 7 == 0 else f"{row[5]:.2f}")
+        line.append(f"{row[6]:.12f}" if i % 11 == 0 else f"{row[6]:.3f}")
+        line.append(f"+{abs(row[7]):.3f}" if i % 13 == 0 else f"{row[7]:.5f}")
+        line.append(str(i % 10))
+        cells.append(line)
+    return cells
+
+
+def joined(cells: list[list[str]], end: str = "\n") -> bytes:
+    return "".join(",".join(row) + end for row in cells).encode()
+
+
+def assert_same_parse(a: dict, b: dict) -> None:
+    assert a["values"].shape == b["values"].shape
+    np.testing.assert_array_equal(a["values"].view(np.uint32), b["values"].view(np.uint32))
+    assert (a["error"], a["lines"], a["skipped"]) == (b["error"], b["lines"], b["skipped"])
+
+
+@pytest.mark.parametrize("mode", ["best", "sse2"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_give_the_record_by_record_parse(mode: str, threads: int) -> None:
+    rng = np.random.default_rng(5)
+    cells = plain_rows(rng, 30_000)  # 2.3 MB: many blocks, and chunks with two threads
+    data = joined(cells)
+    kinds = {"class_columns": {8: 10}, "threads": threads}
+    got = parse_in(mode, data, **kinds)
+    assert got["error"] is None and got["values"].shape == (30_000, 9)
+    assert got["block_rows"] > 29_000  # all but the first and last rows of each chunk
+    by_record = parse_in("off", data, **kinds)
+    assert by_record["block_rows"] == 0
+    assert_same_parse(got, by_record)
+    expected = np.array([[np.float32(np.float64(c)) for c in row] for row in cells[:2000]])
+    np.testing.assert_array_equal(got["values"][:2000], expected)
+
+
+# One flaw in an otherwise plain table, at a row in its middle: the block holding it goes record
+# by record, and the rows around it still come from blocks.
+FLAWS = {
+    "a word": lambda row: row[:2] + ["x"] + row[3:],
+    "nan": lambda row: row[:2] + ["nan"] + row[3:],
+    "blanks around a number": lambda row: row[:2] + [f" {row[2]} "] + row[3:],
+    "an empty cell": lambda row: row[:2] + [""] + row[3:],
+    "a short row": lambda row: row[:-1],
+    "a long row": lambda row: row + ["1"],
+    "a class index out of range": lambda row: row[:-1] + ["10"],
+    "a class index with a dot": lambda row: row[:-1] + ["3.0"],
+    "a class index of minus zero": lambda row: row[:-1] + ["-0"],
+    "a class index with leading zeros": lambda row: row[:-1] + ["007"],
+    "a quoted number": lambda row: row[:2] + [f'"{row[2]}"'] + row[3:],
+    "two dots": lambda row: row[:2] + ["1.2.3"] + row[3:],
+    "a sign alone": lambda row: row[:2] + ["-"] + row[3:],
+    "a dot alone": lambda row: row[:2] + ["."] + row[3:],
+    "a lone sign in the middle": lambda row: row[:2] + ["12-3"] + row[3:],
+}
+
+
+@pytest.mark.parametrize("flaw", sorted(FLAWS))
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_flawed_row_among_blocks_is_parsed_as_record_by_record(flaw: str, on_error: str) -> None:
+    rng = np.random.default_rng(9)
+    cells = plain_rows(rng, 4000)
+    cells[2500] = FLAWS[flaw](cells[2500])
+    data = joined(cells)
+    kinds = {"class_columns": {8: 10}, "on_error": on_error}
+    by_record = parse_in("off", data, **kinds)
+    for mode in ("best", "sse2"):
+        got = parse_in(mode, data, **kinds)
+        if on_error == "skip":  # raising keeps no rows
+            assert 2000 < got["block_rows"] < 4000  # all but the block with the flaw (64 KiB)
+        assert_same_parse(got, by_record)
+
+
+@pytest.mark.parametrize("text", ["\n\n", "\r\n", "\n   \n"])
+def test_blank_lines_and_crlf_among_blocks(text: str) -> None:
+    cells = plain_rows(np.random.default_rng(2), 3000)
+    data = joined(cells[:1500]) + text.encode() + joined(cells[1500:])
+    got = parse(data)
+    assert 1000 < got["block_rows"] < 3000
+    assert_same_parse(got, parse_in("off", data))
+    crlf = joined(cells, "\r\n")
+    assert_same_parse(parse(crlf), parse_in("off", crlf))
+    np.testing.assert_array_equal(parse(crlf)["values"], parse(joined(cells))["values"])
+
+
+def test_blank_lines_in_a_table_of_one_column_are_not_taken_for_rows() -> None:
+    """Found by fuzz/run.sh csv_blocks: in a table of one column every newline ends a "row", blank
+    ones too, and a block of blank lines at the end of a chunk once asked for more room than the
+    chunk's rows can need (RuntimeError: more rows than a chunk can hold)."""
+    for threads in (1, 2):
+        for kinds in ({}, {"class_columns": {0: 3}}):
+            data = b"1\n" * 600_000 + b"\n" * 60_000 + b"2\n" * 600_000
+            result = parse(data, threads=threads, **kinds)
+            assert result["error"] is None and result["values"].shape == (1_200_000, 1)
+            assert result["values"][599_999:600_001, 0].tolist() == [1.0, 2.0]
+            assert result["lines"] == 1_260_000
+
+
+# --------------------------------------------------------------------------------------------
 # Arguments
 
 
