@@ -898,24 +898,50 @@ __attribute__((noinline)) Term quoted_number(const char*& pos, float* out, const
   return Term::kNone;
 }
 
-// NOTE(csv-blocks): a table of plain numbers (no quote character, no CR, every column a number
-// or a class index) is parsed a block of rows at a time in two passes. The first finds every
-// delimiter and newline of the block (index_terminators: 64 bytes per step, the positions taken
-// from the compare masks), so that each cell's start and end are known before any is converted;
-// the second converts the cells, which no longer wait on one another (record's loop learns where
-// a cell starts only once the previous one is parsed), two at a time with AVX2 where the CPU has
-// it. The block is kept only when it is exactly rows of `columns` cells and every cell converted
-// as fast_number converts it; anything else (a word, a blank line, a row of another width, an
-// exponent past the 16-byte paths, a quote) leaves the block to record, which gives the same
-// values, errors and line numbers. Two blocks in a row given back turn the block path off for the
-// chunk. tests/test_csv_native.py compares both paths on the same text, and fuzz/run.sh's
-// csv_blocks target does so with 64-byte blocks.
+// NOTE(csv-blocks): a table of plain numbers (every column a number or a class index, no CR, a
+// number in quotes only whole: "1.5") is parsed a block of rows at a time in two passes. The
+// first finds every delimiter and newline of the block (index_terminators: 64 bytes per step, the
+// positions taken from the compare masks), so that each cell's start and end are known before any
+// is converted; the second converts the cells, which no longer wait on one another (record's loop
+// learns where a cell starts only once the previous one is parsed), two at a time with AVX2
+// where the CPU has it. The block is kept only when it is exactly rows of `columns` cells and
+// every cell converted as fast_number converts it; anything else (a word, a blank line, a row of
+// another width, a quoted comma) leaves the block to record, which gives the same values, errors
+// and line numbers. Two blocks in a row given back, or two with over a quarter of their cells
+// left to fast_number (exponents, 17 digits: record's own loop is faster for those), turn the
+// block path off for the chunk. tests/test_csv_native.py compares both paths on the same text,
+// and fuzz/run.sh's csv_blocks target does so with 64-byte blocks.
 #ifndef SPARKBATCH_CSV_BLOCK_BYTES
 #define SPARKBATCH_CSV_BLOCK_BYTES (std::size_t{1} << 16)
 #endif
 constexpr std::size_t kBlockBytes = SPARKBATCH_CSV_BLOCK_BYTES;
 static_assert(kBlockBytes >= 64 && kBlockBytes < (std::size_t{1} << 31));
 std::atomic<CsvBlocks> g_blocks{CsvBlocks::kBest};
+
+// A block's cells: cell i of a block at b ends at its terminator b[ends[i]] and starts after the
+// previous one's (the first at b). A cell in quotes ("1.5", the quote its first and last byte)
+// is the number between them, as quoted_number reads it (NOTE(csv-quoted-numbers)). The
+// converters below read from 16 bytes before b to kSlack bytes past the last terminator (a
+// newline: NOTE(csv-tail)).
+struct BlockCells {
+  const char* b;
+  const uint32_t* ends;
+  const Dialect& dialect;
+  const Dialect& inside;  // the dialect with the quote as delimiter
+  bool quotes;            // cells may be in quotes (Plan::quoted_numbers)
+  const char* floor;
+};
+
+// [start, end) less its quotes when the cell is in quotes; false when it starts with the quote
+// but does not end with it (a quote left open, blanks after it: record decides).
+inline bool unquote(const BlockCells& c, uint32_t& start, uint32_t& end, bool& quoted) {
+  quoted = c.quotes && c.b[start] == c.dialect.quote;
+  if (!quoted) return true;
+  if (end - start < 2 || c.b[end - 1] != c.dialect.quote) return false;
+  ++start;
+  --end;
+  return true;
+}
 
 #if defined(__SSE2__)
 // The offsets from b of the delimiters and newlines in [b, e), in order, into out (room for
@@ -994,31 +1020,35 @@ __attribute__((always_inline)) inline bool known_number(const char* p, unsigned 
   return digits_to_float(eight_digit_halves(z), negative, has_dot ? 15 - dot : 0, out);
 }
 
-// The block's cells: cell i of a block at b ends at its terminator b[ends[i]] and starts after
-// the previous one's (the first at b). The converters below read from 16 bytes before b to
-// kSlack bytes past the last terminator (a newline: NOTE(csv-tail)).
-//
 // A cell known_number does not take (exponents, long cells, blanks), as record would take it:
-// false when fast_number does not, or ends it elsewhere.
-__attribute__((noinline)) bool slow_cell_number(const char* b, uint32_t start, uint32_t end,
-                                                float* out, const Dialect& d, const char* floor) {
-  const char* p = b + start;
-  const Term t = fast_number(p, out, d, floor);
-  return t != Term::kNone && p == b + end + 1 && (t == Term::kEnd) == (b[end] == '\n');
+// false when fast_number does not, or ends it elsewhere than at its terminator (or quote).
+__attribute__((noinline)) bool slow_cell_number(const BlockCells& c, uint32_t start, uint32_t end,
+                                                bool quoted, float* out) {
+  const char* p = c.b + start;
+  if (quoted) return fast_number(p, out, c.inside, c.floor) == Term::kDelim && p == c.b + end + 1;
+  const Term t = fast_number(p, out, c.dialect, c.floor);
+  return t != Term::kNone && p == c.b + end + 1 && (t == Term::kEnd) == (c.b[end] == '\n');
 }
 
-// Converts cells [0, n), the first starting at b + start, to out[i]; returns how many
-// known_number did not take (fast_number did), or SIZE_MAX when a cell is not fast_number's
-// either.
-std::size_t convert_cells(const char* b, uint32_t start, const uint32_t* ends, std::size_t n,
-                          float* out, const Dialect& d, const char* floor) {
+// Cell [start, end) to *out: 0 when known_number took it, 1 when fast_number did, SIZE_MAX when
+// neither.
+inline std::size_t convert_cell(const BlockCells& c, uint32_t start, uint32_t end, float* out) {
+  bool quoted = false;
+  if (!unquote(c, start, end, quoted)) return SIZE_MAX;
+  if (known_number(c.b + start, end - start, out)) return 0;
+  return slow_cell_number(c, start, end, quoted, out) ? 1 : SIZE_MAX;
+}
+
+// Converts cells [first, n) to out[i]; returns how many known_number did not take (fast_number
+// did), or SIZE_MAX when a cell is not fast_number's either.
+std::size_t convert_cells(const BlockCells& c, std::size_t first, std::size_t n, float* out) {
   std::size_t slow = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!known_number(b + start, ends[i] - start, out + i)) {
-      if (!slow_cell_number(b, start, ends[i], out + i, d, floor)) return SIZE_MAX;
-      ++slow;
-    }
-    start = ends[i] + 1;
+  uint32_t start = first == 0 ? 0 : c.ends[first - 1] + 1;
+  for (std::size_t i = first; i < n; ++i) {
+    const std::size_t s = convert_cell(c, start, c.ends[i], out + i);
+    if (s == SIZE_MAX) return SIZE_MAX;
+    slow += s;
+    start = c.ends[i] + 1;
   }
   return slow;
 }
@@ -1086,26 +1116,26 @@ SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline bool known_pair(
 }
 
 // convert_cells with known_pair: the count is of cells in pairs known_pair did not take.
-SPARKBATCH_AVX2_TARGET std::size_t convert_cells_avx2(const char* b, const uint32_t* ends,
-                                                      std::size_t n, float* out, const Dialect& d,
-                                                      const char* floor) {
+SPARKBATCH_AVX2_TARGET std::size_t convert_cells_avx2(const BlockCells& c, std::size_t n,
+                                                      float* out) {
   uint32_t start = 0;
   std::size_t i = 0;
   std::size_t slow = 0;
   for (; i + 1 < n; i += 2) {
-    const uint32_t mid = ends[i] + 1;
-    if (!known_pair(b + start, ends[i] - start, b + mid, ends[i + 1] - mid, out + i)) {
+    uint32_t start0 = start, end0 = c.ends[i], start1 = end0 + 1, end1 = c.ends[i + 1];
+    bool quoted0 = false, quoted1 = false;
+    if (!unquote(c, start0, end0, quoted0) || !unquote(c, start1, end1, quoted1)) return SIZE_MAX;
+    if (!known_pair(c.b + start0, end0 - start0, c.b + start1, end1 - start1, out + i)) {
       // slow_cell_number's callees are compiled without AVX: each of their SSE instructions
       // would pay for the upper halves known_pair leaves dirty (ten times slower in all).
       _mm256_zeroupper();
-      const std::size_t two = convert_cells(b, start, ends + i, 2, out + i, d, floor);
-      if (two == SIZE_MAX) return SIZE_MAX;
+      if (convert_cells(c, i, i + 2, out) == SIZE_MAX) return SIZE_MAX;
       slow += 2;
     }
-    start = ends[i + 1] + 1;
+    start = c.ends[i + 1] + 1;
   }
   if (i == n) return slow;
-  const std::size_t last = convert_cells(b, start, ends + i, 1, out + i, d, floor);
+  const std::size_t last = convert_cells(c, i, n, out);
   return last == SIZE_MAX ? SIZE_MAX : slow + last;
 }
 
@@ -1153,7 +1183,7 @@ class ChunkParser {
 
   const char* parse_records(const char* p, const char* end, const char* last_nl);
   bool parse_block(const char* p, const char* last_nl, const char*& block_end);
-  bool class_cells_fit(const char* b, std::size_t rows) const;
+  bool class_cells_fit(const BlockCells& c, std::size_t rows) const;
   Term record(const char*& pos, const char* end, const char* last_nl);
   Term slow_cell(std::size_t col, const char*& pos, const char* end, const char* last_nl,
                  float* row, uint64_t& inner);
@@ -1306,8 +1336,11 @@ bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& b
     if (ends_.empty()) ends_.resize(kBlockBytes + 4);
     const Dialect& d = plan_.dialect;
     std::size_t rows_found = 0;
-    const std::size_t cells = index_terminators(p, block_end, d.delimiter, d.quoting ? d.quote : '\0',
-                                                ends_.data(), rows_found);
+    // With quoted_numbers, a quote is looked at cell by cell (unquote); without, it ends the
+    // block path here, as a CR does.
+    const char refused = d.quoting && !plan_.quoted_numbers ? d.quote : '\0';
+    const std::size_t cells =
+        index_terminators(p, block_end, d.delimiter, refused, ends_.data(), rows_found);
     const std::size_t ncols = plan_.columns;
     bool kept = cells != SIZE_MAX && cells == rows_found * ncols;
     for (std::size_t r = 1; kept && r <= rows_found; ++r) kept = p[ends_[r * ncols - 1]] == '\n';
@@ -1319,13 +1352,15 @@ bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& b
     }
     if (kept) {
       float* const out = out_ + size_;
+      const BlockCells block{p, ends_.data(), d, plan_.inside_quotes, plan_.quoted_numbers,
+                             floor_};
 #if defined(SPARKBATCH_CSV_AVX2)
-      const std::size_t slow = avx2_ ? convert_cells_avx2(p, ends_.data(), cells, out, d, floor_)
-                                     : convert_cells(p, 0, ends_.data(), cells, out, d, floor_);
+      const std::size_t slow =
+          avx2_ ? convert_cells_avx2(block, cells, out) : convert_cells(block, 0, cells, out);
 #else
-      const std::size_t slow = convert_cells(p, 0, ends_.data(), cells, out, d, floor_);
+      const std::size_t slow = convert_cells(block, 0, cells, out);
 #endif
-      kept = slow != SIZE_MAX && class_cells_fit(p, rows_found);
+      kept = slow != SIZE_MAX && class_cells_fit(block, rows_found);
       // Mostly cells for fast_number (exponents, 17 digits): record's loop is faster for those.
       slow_blocks_ = kept && slow > cells / 4 ? slow_blocks_ + 1 : 0;
     }
@@ -1354,16 +1389,19 @@ bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& b
 // digits spelling an index below its column's number of classes, as class_index would take it
 // (the float parse_block wrote is then static_cast<float>(index), as record writes). Anything
 // else ("-0", "1.0", 9 digits) goes record by record.
-bool ChunkParser::class_cells_fit(const char* b, std::size_t rows_found) const {
+bool ChunkParser::class_cells_fit(const BlockCells& c, std::size_t rows_found) const {
   const std::size_t ncols = plan_.columns;
   for (std::size_t col = 0; col < ncols; ++col) {
     if (plan_.kinds[col] != Kind::kClass) continue;
     const auto limit = static_cast<uint64_t>(plan_.num_classes[plan_.slot[col]]);
     for (std::size_t r = 0; r < rows_found; ++r) {
       const std::size_t i = r * ncols + col;
-      const uint32_t start = i == 0 ? 0 : ends_[i - 1] + 1;
-      const unsigned length = ends_[i] - start;
-      const uint64_t t = load8(b + start) ^ kZeros;  // 8 bytes: the terminator and kSlack after
+      uint32_t start = i == 0 ? 0 : c.ends[i - 1] + 1;
+      uint32_t end = c.ends[i];
+      bool quoted = false;
+      unquote(c, start, end, quoted);  // the cell converted: its quotes close
+      const unsigned length = end - start;
+      const uint64_t t = load8(c.b + start) ^ kZeros;  // 8 bytes: the terminator and kSlack after
       if (length - 1 >= 8 || leading_digits(t) < length || digits_value(t, length) >= limit) {
         return false;
       }

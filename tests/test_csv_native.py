@@ -668,12 +668,13 @@ def assert_same_parse(a: dict, b: dict) -> None:
     assert (a["error"], a["lines"], a["skipped"]) == (b["error"], b["lines"], b["skipped"])
 
 
+@pytest.mark.parametrize("quoted", [False, True])
 @pytest.mark.parametrize("mode", ["best", "sse2"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_blocks_give_the_record_by_record_parse(mode: str, threads: int) -> None:
+def test_blocks_give_the_record_by_record_parse(quoted: bool, mode: str, threads: int) -> None:
     rng = np.random.default_rng(5)
     cells = plain_rows(rng, 30_000)  # 2.3 MB: many blocks, and chunks with two threads
-    data = joined(cells)
+    data = joined([[f'"{c}"' for c in row] for row in cells] if quoted else cells)
     kinds = {"class_columns": {8: 10}, "threads": threads}
     got = parse_in(mode, data, **kinds)
     assert got["error"] is None and got["values"].shape == (30_000, 9)
@@ -699,6 +700,16 @@ FLAWS = {
     "a class index of minus zero": lambda row: row[:-1] + ["-0"],
     "a class index with leading zeros": lambda row: row[:-1] + ["007"],
     "a quoted number": lambda row: row[:2] + [f'"{row[2]}"'] + row[3:],
+    "a quoted class index": lambda row: row[:-1] + [f'"{row[-1]}"'],
+    "a quoted comma": lambda row: row[:2] + ['"1,5"'] + row[3:],
+    "a quote left open": lambda row: row[:2] + ['"1.5'] + row[3:],
+    "a quote closed early": lambda row: row[:2] + ['"1".5'] + row[3:],
+    "a blank after the closing quote": lambda row: row[:2] + ['"1.5" '] + row[3:],
+    "doubled quotes": lambda row: row[:2] + ['"1""5"'] + row[3:],
+    "a quote alone": lambda row: row[:2] + ['"'] + row[3:],
+    "empty quotes": lambda row: row[:2] + ['""'] + row[3:],
+    "blanks in quotes": lambda row: row[:2] + ['" 1.5 "'] + row[3:],
+    "a quoted newline": lambda row: row[:2] + ['"1\n5"'] + row[3:],
     "two dots": lambda row: row[:2] + ["1.2.3"] + row[3:],
     "a sign alone": lambda row: row[:2] + ["-"] + row[3:],
     "a dot alone": lambda row: row[:2] + ["."] + row[3:],
@@ -718,8 +729,10 @@ def test_a_flawed_row_among_blocks_is_parsed_as_record_by_record(flaw: str, on_e
     for mode in ("best", "sse2"):
         got = parse_in(mode, data, **kinds)
         if on_error == "skip":  # raising keeps no rows
-            assert 2000 < got["block_rows"] < 4000  # all but the block with the flaw (64 KiB)
+            assert 2000 < got["block_rows"] <= 4000  # all but the block with the flaw (64 KiB)
         assert_same_parse(got, by_record)
+    without_quoting = parse_in("off", data, quote="", **kinds)
+    assert_same_parse(parse(data, quote="", **kinds), without_quoting)
 
 
 @pytest.mark.parametrize("text", ["\n\n", "\r\n", "\n   \n"])
