@@ -1391,7 +1391,7 @@ bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& b
         index_terminators(p, block_end, d.delimiter, refused, ends_.data(), rows_found);
 #endif
     const std::size_t ncols = plan_.columns;
-    bool kept = cells != SIZE_MAX && cells == rows_found * ncols;
+    bool kept = cells != SIZE_MAX && cells % ncols == 0 && cells / ncols == rows_found;
     for (std::size_t r = 1; kept && r <= rows_found; ++r) kept = p[ends_[r * ncols - 1]] == '\n';
     // Room for the cells, unless more than the chunk's rows can need: then they are not all
     // rows (blank lines in a table of one column), and record decides (NOTE(csv-memory)).
