@@ -1274,7 +1274,7 @@ class ChunkParser {
   unsigned block_misses_ = 0;  // blocks given back in a row
   unsigned slow_blocks_ = 0;   // blocks in a row with over a quarter of their cells slow
   bool avx2_ = false;          // parse_block converts with convert_cells_avx2
-  std::vector<uint32_t> ends_;  // parse_block's terminator offsets
+  std::vector<uint32_t> ends_;  // parse_block's terminator offsets, grown to the largest block
 };
 
 void ChunkParser::run(const char* begin, const char* end, const char* readable_begin,
@@ -1376,7 +1376,10 @@ bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& b
     block_end = find_char(p, last_nl + 1, '\n') + 1;
   } else {
     block_end = nl + 1;
-    if (ends_.empty()) ends_.resize(kBlockBytes + 4);
+    // Room for every byte to be a terminator, and the 3 written past the last (append_offsets):
+    // as much as the block needs, so that a small parse pays for little.
+    const auto bytes = static_cast<std::size_t>(block_end - p);
+    if (ends_.size() < bytes + 4) ends_.resize(bytes + 4);
     const Dialect& d = plan_.dialect;
     std::size_t rows_found = 0;
     // With quoted_numbers, a quote is looked at cell by cell (unquote); without, it ends the
