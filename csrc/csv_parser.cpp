@@ -904,13 +904,14 @@ __attribute__((noinline)) Term quoted_number(const char*& pos, float* out, const
 // positions taken from the compare masks), so that each cell's start and end are known before any
 // is converted; the second converts the cells, which no longer wait on one another (record's loop
 // learns where a cell starts only once the previous one is parsed), two at a time with AVX2
-// where the CPU has it. The block is kept only when it is exactly rows of `columns` cells and
-// every cell converted as fast_number converts it; anything else (a word, a blank line, a row of
-// another width, a quoted comma) leaves the block to record, which gives the same values, errors
-// and line numbers. Two blocks in a row given back, or two with over a quarter of their cells
-// left to fast_number (exponents, 17 digits: record's own loop is faster for those), turn the
-// block path off for the chunk. tests/test_csv_native.py compares both paths on the same text,
-// and fuzz/run.sh's csv_blocks target does so with 64-byte blocks.
+// where the CPU has it. Without AVX2 only tables in quotes take it: on bare numbers the first
+// pass costs more than the second saves. The block is kept only when it is exactly rows of
+// `columns` cells and every cell converted as fast_number converts it; anything else (a word, a
+// blank line, a row of another width, a quoted comma) leaves the block to record, which gives the
+// same values, errors and line numbers. Two blocks in a row given back, or two with over a
+// quarter of their cells left to fast_number (exponents, 17 digits: record's own loop is faster
+// for those), turn the block path off for the chunk. tests/test_csv_native.py compares both
+// paths on the same text, and fuzz/run.sh's csv_blocks target does so with 64-byte blocks.
 #ifndef SPARKBATCH_CSV_BLOCK_BYTES
 #define SPARKBATCH_CSV_BLOCK_BYTES (std::size_t{1} << 16)
 #endif
@@ -1368,6 +1369,12 @@ const char* ChunkParser::parse_records(const char* p, const char* end, const cha
 bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& block_end) {
 #if defined(__SSE2__)
   if (p < floor_) return false;  // known_number reads 16 bytes before a cell's end
+  if (!avx2_ && !(plan_.quoted_numbers && *p == plan_.dialect.quote)) {
+    // Without AVX2 the block path gains only on quoted cells (783 to 1,201 MB/s from memory);
+    // on bare ones the index costs more than it saves (f6 1,127 to 977, bench/csv_blocks.py).
+    blocks_ = false;
+    return false;
+  }
   const char* const limit = std::min(p + kBlockBytes, last_nl + 1);
   const char* nl = limit;  // the last newline before limit (last_nl is one)
   while (nl > p && *--nl != '\n') {
