@@ -8,6 +8,7 @@ import mmap
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from decimal import Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
@@ -691,32 +692,42 @@ def test_blocks_give_the_record_by_record_parse(quoted: bool, mode: str, threads
 
 # One flaw in an otherwise plain table, at a row in its middle: the block holding it goes record
 # by record, and the rows around it still come from blocks.
+def in_third(text: str) -> Callable[[list[str]], list[str]]:
+    """A row with its third cell replaced by ``text``."""
+    return lambda row: [*row[:2], text, *row[3:]]
+
+
+def as_label(text: str) -> Callable[[list[str]], list[str]]:
+    """A row with its class index (the last cell) replaced by ``text``."""
+    return lambda row: [*row[:-1], text]
+
+
 FLAWS = {
-    "a word": lambda row: row[:2] + ["x"] + row[3:],
-    "nan": lambda row: row[:2] + ["nan"] + row[3:],
-    "blanks around a number": lambda row: row[:2] + [f" {row[2]} "] + row[3:],
-    "an empty cell": lambda row: row[:2] + [""] + row[3:],
+    "a word": in_third("x"),
+    "nan": in_third("nan"),
+    "blanks around a number": lambda row: [*row[:2], f" {row[2]} ", *row[3:]],
+    "an empty cell": in_third(""),
     "a short row": lambda row: row[:-1],
     "a long row": lambda row: row + ["1"],
-    "a class index out of range": lambda row: row[:-1] + ["10"],
-    "a class index with a dot": lambda row: row[:-1] + ["3.0"],
-    "a class index of minus zero": lambda row: row[:-1] + ["-0"],
-    "a class index with leading zeros": lambda row: row[:-1] + ["007"],
-    "a quoted number": lambda row: row[:2] + [f'"{row[2]}"'] + row[3:],
-    "a quoted class index": lambda row: row[:-1] + [f'"{row[-1]}"'],
-    "a quoted comma": lambda row: row[:2] + ['"1,5"'] + row[3:],
-    "a quote left open": lambda row: row[:2] + ['"1.5'] + row[3:],
-    "a quote closed early": lambda row: row[:2] + ['"1".5'] + row[3:],
-    "a blank after the closing quote": lambda row: row[:2] + ['"1.5" '] + row[3:],
-    "doubled quotes": lambda row: row[:2] + ['"1""5"'] + row[3:],
-    "a quote alone": lambda row: row[:2] + ['"'] + row[3:],
-    "empty quotes": lambda row: row[:2] + ['""'] + row[3:],
-    "blanks in quotes": lambda row: row[:2] + ['" 1.5 "'] + row[3:],
-    "a quoted newline": lambda row: row[:2] + ['"1\n5"'] + row[3:],
-    "two dots": lambda row: row[:2] + ["1.2.3"] + row[3:],
-    "a sign alone": lambda row: row[:2] + ["-"] + row[3:],
-    "a dot alone": lambda row: row[:2] + ["."] + row[3:],
-    "a lone sign in the middle": lambda row: row[:2] + ["12-3"] + row[3:],
+    "a class index out of range": as_label("10"),
+    "a class index with a dot": as_label("3.0"),
+    "a class index of minus zero": as_label("-0"),
+    "a class index with leading zeros": as_label("007"),
+    "a quoted number": lambda row: [*row[:2], f'"{row[2]}"', *row[3:]],
+    "a quoted class index": lambda row: [*row[:-1], f'"{row[-1]}"'],
+    "a quoted comma": in_third('"1,5"'),
+    "a quote left open": in_third('"1.5'),
+    "a quote closed early": in_third('"1".5'),
+    "a blank after the closing quote": in_third('"1.5" '),
+    "doubled quotes": in_third('"1""5"'),
+    "a quote alone": in_third('"'),
+    "empty quotes": in_third('""'),
+    "blanks in quotes": in_third('" 1.5 "'),
+    "a quoted newline": in_third('"1\n5"'),
+    "two dots": in_third("1.2.3"),
+    "a sign alone": in_third("-"),
+    "a dot alone": in_third("."),
+    "a lone sign in the middle": in_third("12-3"),
 }
 
 
