@@ -9,6 +9,7 @@ import errno
 import gzip
 import io
 import lzma
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -447,3 +448,34 @@ def test_ranges_past_the_header_do_not_read_the_start_of_their_file(monkeypatch,
     own = RangesToDataSets(LabelSpec(-1, N_CLASSES), options, 32, None)
     out = DataSet.merge(list(own(plan_line_ranges([str(paths[0])], 1 << 20))))
     assert out.features[:, 0].tolist() == list(range(300))
+
+
+def test_ranges_are_read_into_one_buffer_that_holds_only_the_range(tmp_path):
+    """NOTE [read buffer]: a worker reads its ranges into one array, kept from range to range; a
+    short range read into a long buffer is that range, not the rest of the buffer's length."""
+    import sparkbatch.spark.csv as spark_csv
+    from sparkbatch.storage import read_line_range
+
+    path = tmp_path / "t.csv"
+    path.write_text("".join(f"{k},{k % 7}\n" for k in range(5000)))
+    ranges = plan_line_ranges([str(path)], 9000)
+    longest = max(ranges, key=lambda r: len(read_line_range(r)[0]))
+    spark_csv._read_buffers.array = None
+    arrays = set()
+    for r in [longest, *ranges, longest]:
+        got, begin = spark_csv._read_range(r, {})
+        want, want_begin = read_line_range(r)
+        assert (bytes(got), begin) == (bytes(want), want_begin)
+        arrays.add(id(got.obj))
+    assert arrays == {id(spark_csv._read_buffers.array)}  # the longest first: one throughout
+    other: list = []  # another thread has a buffer of its own
+    thread = threading.Thread(target=lambda: other.append(spark_csv._read_range(longest, {})))
+    thread.start()
+    thread.join()
+    assert other[0][0].obj is not spark_csv._read_buffers.array
+    small = np.zeros(10, np.uint8)
+    got, _ = read_line_range(longest, buffer=small)
+    assert got.obj is not small and bytes(got) == bytes(read_line_range(longest)[0])
+    function = RangesToDataSets(LabelSpec(-1, 7), CsvOptions(), 32, None)
+    out = DataSet.merge(list(function(ranges)))
+    assert out.features[:, 0].tolist() == list(range(5000))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from fsspec.utils import infer_compression
 
 from sparkbatch._arguments import check_int, check_optional_int
@@ -373,6 +375,25 @@ class LinesToDataSets(_CsvToDataSets):
         )
 
 
+# NOTE [read buffer]: a range's bytes are dead once parsed (the parse copies what it keeps, an
+# error copies its text, and nothing is yielded between the read and the parse), so each thread
+# of a worker process reads its local ranges into one array, kept from range to range and task
+# to task: the pages stay mapped (37.5 MB read in 7 ms instead of 11 into a new array). It is as
+# large as the largest range the thread read: MAX_SPLIT_SIZE and a line at most with the default
+# split sizes.
+_read_buffers = threading.local()
+
+
+def _read_range(r: LineRange, storage_options: Mapping[str, Any]) -> tuple[Any, int]:
+    """read_line_range into this thread's read buffer (NOTE [read buffer])."""
+    kept: np.ndarray | None = getattr(_read_buffers, "array", None)
+    buffer, begin = read_line_range(r, storage_options=storage_options, buffer=kept)
+    array = buffer.obj if isinstance(buffer, memoryview) else None
+    if isinstance(array, np.ndarray) and (kept is None or array.size > kept.size):
+        _read_buffers.array = array
+    return buffer, begin
+
+
 class RangesToDataSets(_CsvToDataSets):
     """Reads the :class:`~sparkbatch.storage.LineRange` items of a partition and converts them."""
 
@@ -390,7 +411,7 @@ class RangesToDataSets(_CsvToDataSets):
         skip = self.options.skip_lines
         for r in ranges:
             with reading(r.url):
-                buffer, begin = read_line_range(r, storage_options=self.storage_options)
+                buffer, begin = _read_range(r, self.storage_options)
             if not buffer:
                 continue
             if begin == 0:  # the file's first bytes: NOTE [foreign files]

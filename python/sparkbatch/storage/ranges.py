@@ -173,12 +173,18 @@ def _find_newline(f: Any, position: int, size: int) -> int:
 
 
 def read_line_range(
-    line_range: LineRange, *, storage_options: Mapping[str, Any] | None = None
+    line_range: LineRange,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    buffer: np.ndarray | None = None,
 ) -> tuple[bytes | memoryview, int]:
     """Read the whole lines that belong to ``line_range``; return them and their file offset.
 
     The lines come as ``bytes``, or from a local file as a ``memoryview`` of a numpy buffer
-    (:func:`_read_into_array`: half the cost of ``read`` for a range of tens of MB).
+    (:func:`_read_into_array`: half the cost of ``read`` for a range of tens of MB). ``buffer``,
+    a 1-D ``uint8`` array, is where a local range goes when it fits (its bytes are overwritten
+    and the result is a view of it): a caller reading range after range into one array reuses
+    pages already mapped, 7 ms for 37.5 MB where a new array takes 11.
 
     Examples
     --------
@@ -201,17 +207,19 @@ def read_line_range(
         stop = min(stop + 1, r.size)
         f.seek(begin)
         if isinstance(fs, LocalFileSystem):
-            return _read_into_array(f, stop - begin), begin
+            return _read_into_array(f, stop - begin, buffer), begin
         return f.read(stop - begin), begin
 
 
-def _read_into_array(f: Any, size: int) -> memoryview:
-    """Up to ``size`` bytes of the local file ``f`` (fewer at its end), read into a new numpy
-    array. ``f.read(size)`` builds a ``bytes`` object whose pages the kernel faults in and zeroes
-    4 KiB at a time, which cost more than the copy: 21-22 ms for 42 MB here, against 11 ms into a
-    numpy array, for which numpy asks the kernel for 2 MiB pages (``madvise``)."""
-    out = np.empty(size, np.uint8)
-    view = memoryview(out)
+def _read_into_array(f: Any, size: int, buffer: np.ndarray | None = None) -> memoryview:
+    """Up to ``size`` bytes of the local file ``f`` (fewer at its end), read into ``buffer`` when
+    it is a ``uint8`` array that fits them, else into a new numpy array. ``f.read(size)`` builds
+    a ``bytes`` object whose pages the kernel faults in and zeroes 4 KiB at a time, which cost
+    more than the copy: 21-22 ms for 42 MB here, against 11 ms into a new numpy array, for which
+    numpy asks the kernel for 2 MiB pages (``madvise``), and 7 ms into one already mapped."""
+    fits = buffer is not None and buffer.dtype == np.uint8 and buffer.ndim == 1
+    out = buffer if fits and buffer.size >= size else np.empty(size, np.uint8)
+    view = memoryview(out)[:size]  # readinto fills what it is given: no more than the range
     got = 0
     while got < size:
         n = f.readinto(view[got:])
