@@ -138,7 +138,8 @@ diagnostic, NOTE(csv-blocks)). Bad data never raises: the caller decides.)doc");
       py::arg("mode"),
       "For tests: how parse_csv parses tables of plain numbers (NOTE(csv-blocks)): 'best' (a "
       "block of rows at a time, with AVX2 where the CPU has it), 'sse2' (without AVX2) or 'off' "
-      "(record by record). Returns the previous mode.");
+      "(record by record, and category cells without their tables: NOTE(csv-categories)). "
+      "Returns the previous mode.");
 }
 
 }  // namespace sparkbatch::bindings

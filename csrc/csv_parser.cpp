@@ -1,6 +1,7 @@
 #include "csv_parser.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <cstdint>
@@ -394,6 +395,103 @@ std::string clip(const char* b, const char* e) {
 
 enum class Kind : uint8_t { kNumber, kClass, kCategory, kString };
 
+inline uint64_t load8(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
+// NOTE(csv-categories): a category cell is looked up by its bytes as they stand, without the field
+// scanner, trimming or a std::hash: a name of 1 to 16 bytes is kept as two 8-byte words (zeros past
+// its end) in an open-addressing table, and a cell of the same length whose two words (read with
+// one 16-byte load, masked to its length) equal a name's is that name. Only names the general path
+// would find from the same bytes are kept: no delimiter, quote, CR or newline in them and no blank
+// at either end (the general path trims the cell and unquotes it first). Any other cell (a miss, a
+// quoted or blank-padded name, a name the table does not keep) goes to the general path, which
+// finds it or reports it.
+class CategoryTable {
+ public:
+  static constexpr std::size_t kMaxLength = 16;
+
+  // The table of `names` (their indices as values), with the names `d` would read differently left
+  // out.
+  CategoryTable(const std::vector<std::string>& names, const Dialect& d);
+
+  // Whether the `length` bytes at p (1 to 16; the 16 bytes at p readable) are a kept name; its
+  // index to out.
+  bool find(const char* p, std::size_t length, float& out) const {
+    if (length - 1 >= kMaxLength) return false;
+    const uint64_t w0 = load8(p) & kMasks[length][0];
+    const uint64_t w1 = load8(p + 8) & kMasks[length][1];
+    for (std::size_t i = slot_of(w0, w1, length);; i = (i + 1) & mask_) {
+      const Entry& e = entries_[i];
+      if (e.length == 0) return false;
+      if (e.w0 == w0 && e.w1 == w1 && e.length == length) {
+        out = e.value;
+        return true;
+      }
+    }
+  }
+
+ private:
+  struct Entry {
+    uint64_t w0 = 0, w1 = 0;
+    uint32_t length = 0;  // 0: empty
+    float value = 0;
+  };
+  std::size_t slot_of(uint64_t w0, uint64_t w1, std::size_t length) const {
+    const uint64_t h = (w0 * 0x9E3779B97F4A7C15u) ^ ((w1 + length) * 0xC2B2AE3D27D4EB4Fu);
+    return static_cast<std::size_t>(h >> shift_);
+  }
+  // kMasks[n]: the words' bytes below n.
+  static constexpr auto kMasks = [] {
+    std::array<std::array<uint64_t, 2>, kMaxLength + 1> m{};
+    for (std::size_t n = 0; n <= kMaxLength; ++n) {
+      m[n][0] = n >= 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * n)) - 1;
+      m[n][1] = n >= 16 ? ~uint64_t{0} : n <= 8 ? 0 : (uint64_t{1} << (8 * (n - 8))) - 1;
+    }
+    return m;
+  }();
+
+  std::vector<Entry> entries_;
+  std::size_t mask_ = 0;
+  int shift_ = 64;
+};
+
+CategoryTable::CategoryTable(const std::vector<std::string>& names, const Dialect& d) {
+  auto kept = [&](const std::string& name) {
+    if (name.empty() || name.size() > kMaxLength) return false;
+    if (d.is_space(name.front()) || d.is_space(name.back())) return false;
+    return std::none_of(name.begin(), name.end(), [&](char c) {
+      return c == d.delimiter || c == '\n' || c == '\r' || (d.quoting && c == d.quote);
+    });
+  };
+  const auto count = static_cast<std::size_t>(std::count_if(names.begin(), names.end(), kept));
+  std::size_t size = 8;
+  int bits = 3;
+  while (size < 2 * count) {
+    size *= 2;
+    ++bits;
+  }
+  entries_.resize(size);
+  mask_ = size - 1;
+  shift_ = 64 - bits;
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    if (!kept(names[k])) continue;
+    const std::size_t length = names[k].size();
+    char padded[kMaxLength] = {};
+    std::memcpy(padded, names[k].data(), length);
+    Entry e;
+    e.w0 = load8(padded);
+    e.w1 = load8(padded + 8);
+    e.length = static_cast<uint32_t>(length);
+    e.value = static_cast<float>(k);
+    std::size_t i = slot_of(e.w0, e.w1, length);
+    while (entries_[i].length != 0) i = (i + 1) & mask_;
+    entries_[i] = e;
+  }
+}
+
 // NOTE(csv-memory): what a parse holds is bounded by the buffer, never by a number in the options
 // or a row's width alone, so that a small hostile input cannot exhaust memory:
 // - The plan keeps one byte per column (its Kind), and four more (its slot) only when some column
@@ -420,9 +518,12 @@ struct Plan {
   std::vector<int64_t> num_classes;  // per class slot
   std::vector<std::vector<std::string>> category_names;  // per category slot
   std::vector<std::unordered_map<std::string_view, float>> category_index;
+  std::vector<CategoryTable> category_tables;  // per category slot: NOTE(csv-categories)
+  std::vector<uint32_t> number_columns;  // of numbers and class indices, when block_columns
   std::size_t string_slots = 0;   // string columns below `columns` (not only `reachable`)
   bool skip_bad = false;
-  bool plain_numbers = false;     // every column a number or a class index: NOTE(csv-blocks)
+  bool plain_numbers = false;     // every column a number or a class index
+  bool block_columns = false;     // every column a number, class index or category: NOTE(csv-blocks)
   const char* closing_quote = "a closing quote";  // what an unterminated field lacks
   Dialect inside_quotes;          // the dialect with the quote as delimiter (quoted_number)
   bool quoted_numbers = false;    // quoted_number may be tried
@@ -514,6 +615,7 @@ void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns, std::size_
     for (std::size_t k = 0; k < names.size(); ++k) {
       plan.category_index[i].emplace(std::string_view(names[k]), static_cast<float>(k));
     }
+    plan.category_tables.emplace_back(names, plan.dialect);
   }
   std::vector<int64_t> strings = o.string_columns;
   std::sort(strings.begin(), strings.end());
@@ -522,22 +624,21 @@ void build_plan(Plan& plan, const CsvOptions& o, std::size_t columns, std::size_
     ++plan.may_be_empty;
     mark(col, Kind::kString, plan.string_slots++);
   }
-  plan.plain_numbers = columns > 0 && plan.reachable == columns &&
-                       std::all_of(plan.kinds.begin(), plan.kinds.end(), [](Kind k) {
+  const bool every_column = columns > 0 && plan.reachable == columns;
+  plan.plain_numbers = every_column && std::all_of(plan.kinds.begin(), plan.kinds.end(), [](Kind k) {
                          return k == Kind::kNumber || k == Kind::kClass;
                        });
+  plan.block_columns = every_column && std::none_of(plan.kinds.begin(), plan.kinds.end(),
+                                                    [](Kind k) { return k == Kind::kString; });
+  for (std::size_t col = 0; plan.block_columns && col < columns; ++col) {
+    if (plan.kinds[col] != Kind::kCategory) plan.number_columns.push_back(static_cast<uint32_t>(col));
+  }
 }
 
 // Digits eight bytes at a time (SWAR), so that the number of digits in a cell costs no mispredicted
 // branch. The host is little-endian (CMakeLists.txt checks): the first byte is the lowest.
 constexpr uint64_t kZeros = 0x3030303030303030u;  // "00000000"
 constexpr uint64_t kIntPow10[] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
-
-inline uint64_t load8(const char* p) {
-  uint64_t w;
-  std::memcpy(&w, p, sizeof w);
-  return w;
-}
 
 // How many of the 8 bytes (t = bytes ^ "00000000") are leading ASCII digits.
 inline unsigned leading_digits(uint64_t t) {
@@ -873,6 +974,27 @@ __attribute__((always_inline)) inline Term fast_number(const char*& pos, float* 
   return scalar_number(pos, out, d);
 }
 
+// NOTE(csv-categories): record's category cell when it ends within 16 bytes and is a name of the
+// table as it stands (a CR before its newline left out, as scan_field leaves it out); kNone,
+// reading nothing past the 16 bytes at pos (NOTE(csv-tail)), for anything else.
+inline Term fast_category(const char*& pos, float* out, const Dialect& d,
+                          const CategoryTable& table) {
+#if defined(__SSE2__)
+  const __m128i x = load16(pos);
+  const unsigned newlines = bitmask(_mm_cmpeq_epi8(x, _mm_set1_epi8('\n')));
+  const unsigned ends = bitmask(_mm_cmpeq_epi8(x, _mm_set1_epi8(d.delimiter))) | newlines;
+  if (ends == 0) return Term::kNone;
+  const auto end = static_cast<unsigned>(__builtin_ctz(ends));
+  const unsigned crlf = (bitmask(_mm_cmpeq_epi8(x, _mm_set1_epi8('\r'))) << 1) & newlines;
+  if (!table.find(pos, end - ((crlf >> end) & 1), *out)) return Term::kNone;
+  pos += end + 1;
+  return (newlines >> end) & 1 ? Term::kEnd : Term::kDelim;
+#else
+  (void)pos, (void)out, (void)d, (void)table;
+  return Term::kNone;
+#endif
+}
+
 // NOTE(csv-quoted-numbers): a number cell in quotes ("1.5": writers that quote every field) takes
 // the fast paths between the quotes. `inside` is the dialect with the quote as its delimiter, so
 // that the number ends at the closing quote; the delimiter or the line's end must follow it at
@@ -898,8 +1020,8 @@ __attribute__((noinline)) Term quoted_number(const char*& pos, float* out, const
   return Term::kNone;
 }
 
-// NOTE(csv-blocks): a table of plain numbers (every column a number or a class index, no CR, a
-// number in quotes only whole: "1.5") is parsed a block of rows at a time in two passes. The
+// NOTE(csv-blocks): a table of plain numbers (every column a number, a class index or a category,
+// no CR, a cell in quotes only whole: "1.5") is parsed a block of rows at a time in two passes. The
 // first finds every delimiter and newline of the block (index_terminators: 64 bytes per step, the
 // positions taken from the compare masks), so that each cell's start and end are known before any
 // is converted; the second converts the cells, which no longer wait on one another (record's loop
@@ -908,7 +1030,10 @@ __attribute__((noinline)) Term quoted_number(const char*& pos, float* out, const
 // pass costs more than the second saves. The block is kept only when it is exactly rows of
 // `columns` cells and every cell converted as fast_number converts it; anything else (a word, a
 // blank line, a row of another width, a quoted comma) leaves the block to record, which gives the
-// same values, errors and line numbers. Two blocks in a row given back, or two with over a
+// same values, errors and line numbers. A category cell is left to a last pass over its columns,
+// which finds it in the column's CategoryTable (NOTE(csv-categories)) and overwrites whatever the
+// number pass wrote there; a cell the table does not find gives the block back. Two blocks in a
+// row given back, or two with over a
 // quarter of their cells left to fast_number (exponents, 17 digits: record's own loop is faster
 // for those), turn the block path off for the chunk. tests/test_csv_native.py compares both
 // paths on the same text, and fuzz/run.sh's csv_blocks target does so with 64-byte blocks.
@@ -931,6 +1056,11 @@ struct BlockCells {
   const Dialect& inside;  // the dialect with the quote as delimiter
   bool quotes;            // cells may be in quotes (Plan::quoted_numbers)
   const char* floor;
+  const Kind* kinds;      // per column
+  std::size_t columns;
+  // Whether cells of column `col` are left to the category pass.
+  bool later(std::size_t col) const { return kinds[col] == Kind::kCategory; }
+  std::size_t next(std::size_t col) const { return col + 1 == columns ? 0 : col + 1; }
 };
 
 // [start, end) less its quotes when the cell is in quotes; false when it starts with the quote
@@ -1050,16 +1180,29 @@ inline std::size_t convert_cell(const BlockCells& c, uint32_t start, uint32_t en
   return slow_cell_number(c, start, end, quoted, out) ? 1 : SIZE_MAX;
 }
 
-// Converts cells [first, n) to out[i]; returns how many known_number did not take (fast_number
-// did), or SIZE_MAX when a cell is not fast_number's either.
-std::size_t convert_cells(const BlockCells& c, std::size_t first, std::size_t n, float* out) {
+// convert_pair's cells one at a time, out of its loop: 2, or SIZE_MAX when one is not a number.
+__attribute__((noinline)) std::size_t convert_two_cells(const BlockCells& c, uint32_t start0,
+                                                        uint32_t end0, uint32_t start1,
+                                                        uint32_t end1, float* out0, float* out1) {
+  if (convert_cell(c, start0, end0, out0) == SIZE_MAX) return SIZE_MAX;
+  return convert_cell(c, start1, end1, out1) == SIZE_MAX ? SIZE_MAX : 2;
+}
+
+// Converts cells [first, n) to out[i], the first of them in column `col`; returns how many
+// known_number did not take (fast_number did), or SIZE_MAX when a cell is not fast_number's either
+// and not one the category pass takes (BlockCells::later).
+std::size_t convert_cells(const BlockCells& c, std::size_t first, std::size_t n, std::size_t col,
+                          float* out) {
   std::size_t slow = 0;
   uint32_t start = first == 0 ? 0 : c.ends[first - 1] + 1;
   for (std::size_t i = first; i < n; ++i) {
-    const std::size_t s = convert_cell(c, start, c.ends[i], out + i);
-    if (s == SIZE_MAX) return SIZE_MAX;
-    slow += s;
+    if (!c.later(col)) {
+      const std::size_t s = convert_cell(c, start, c.ends[i], out + i);
+      if (s == SIZE_MAX) return SIZE_MAX;
+      slow += s;
+    }
     start = c.ends[i] + 1;
+    col = c.next(col);
   }
   return slow;
 }
@@ -1081,9 +1224,10 @@ SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline __m256i eight_digit
 
 // known_number on two cells at once, one per 16-byte lane, when both are [-]digits[.digits] with
 // at most 7 significant digits and 10 decimals (the float division of digits_to_float); false,
-// writing nothing, otherwise. out[0] and out[1] get the two floats.
+// writing nothing, otherwise. *out0 and *out1 (out0 + 1 when kAdjacent) get the two floats.
+template <bool kAdjacent>
 SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline bool known_pair(
-    const char* p0, unsigned length0, const char* p1, unsigned length1, float* out) {
+    const char* p0, unsigned length0, const char* p1, unsigned length1, float* out0, float* out1) {
   if (length0 - 1 >= 15 || length1 - 1 >= 15) return false;
   const unsigned shift0 = 16 - length0, shift1 = 16 - length1;
   const __m256i x = lanes(load16(p0 + length0 - 16), load16(p1 + length1 - 16));
@@ -1122,32 +1266,79 @@ SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline bool known_pair(
   const __m128 divisors = _mm_unpacklo_ps(_mm_load_ss(&kDivisor[16 * negative0 + fraction0]),
                                           _mm_load_ss(&kDivisor[16 * negative1 + fraction1]));
   const __m128 v = _mm_div_ps(_mm_cvtepi32_ps(_mm_unpackhi_epi64(h, h)), divisors);
-  _mm_storel_pi(reinterpret_cast<__m64*>(out), v);
+  if constexpr (kAdjacent) {
+    (void)out1;
+    _mm_storel_pi(reinterpret_cast<__m64*>(out0), v);
+  } else {
+    _mm_store_ss(out0, v);
+    _mm_store_ss(out1, _mm_shuffle_ps(v, v, 1));
+  }
   return true;
 }
 
-// convert_cells with known_pair: the count is of cells in pairs known_pair did not take.
+// Cells [start0, end0) and [start1, end1) to *out0 and *out1 (out0 + 1 when kAdjacent): 0 when
+// known_pair took both, 2 when convert_cell did, SIZE_MAX when a cell is not a number.
+template <bool kAdjacent>
+SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline std::size_t convert_pair(
+    const BlockCells& c, uint32_t start0, uint32_t end0, uint32_t start1, uint32_t end1,
+    float* out0, float* out1) {
+  uint32_t b0 = start0, e0 = end0, b1 = start1, e1 = end1;
+  bool quoted0 = false, quoted1 = false;
+  if (!unquote(c, b0, e0, quoted0) || !unquote(c, b1, e1, quoted1)) return SIZE_MAX;
+  if (known_pair<kAdjacent>(c.b + b0, e0 - b0, c.b + b1, e1 - b1, out0, out1)) return 0;
+  // slow_cell_number's callees are compiled without AVX: each of their SSE instructions would pay
+  // for the upper halves known_pair leaves dirty (ten times slower in all).
+  _mm256_zeroupper();
+  return convert_two_cells(c, start0, end0, start1, end1, out0, out1);
+}
+
+// convert_cells with known_pair, for a table without category columns: the count is of cells in
+// pairs known_pair did not take.
 SPARKBATCH_AVX2_TARGET std::size_t convert_cells_avx2(const BlockCells& c, std::size_t n,
                                                       float* out) {
   uint32_t start = 0;
   std::size_t i = 0;
   std::size_t slow = 0;
   for (; i + 1 < n; i += 2) {
-    uint32_t start0 = start, end0 = c.ends[i], start1 = end0 + 1, end1 = c.ends[i + 1];
-    bool quoted0 = false, quoted1 = false;
-    if (!unquote(c, start0, end0, quoted0) || !unquote(c, start1, end1, quoted1)) return SIZE_MAX;
-    if (!known_pair(c.b + start0, end0 - start0, c.b + start1, end1 - start1, out + i)) {
-      // slow_cell_number's callees are compiled without AVX: each of their SSE instructions
-      // would pay for the upper halves known_pair leaves dirty (ten times slower in all).
-      _mm256_zeroupper();
-      if (convert_cells(c, i, i + 2, out) == SIZE_MAX) return SIZE_MAX;
-      slow += 2;
-    }
-    start = c.ends[i + 1] + 1;
+    const uint32_t end0 = c.ends[i], end1 = c.ends[i + 1];
+    const std::size_t s = convert_pair<true>(c, start, end0, end0 + 1, end1, out + i, out + i + 1);
+    if (s == SIZE_MAX) return SIZE_MAX;
+    slow += s;
+    start = end1 + 1;
   }
   if (i == n) return slow;
-  const std::size_t last = convert_cells(c, i, n, out);
+  const std::size_t last = convert_cells(c, i, n, i % c.columns, out);
   return last == SIZE_MAX ? SIZE_MAX : slow + last;
+}
+
+// convert_cells_avx2 for a table with category columns: each row's number cells (`numbers`, the
+// columns of numbers and class indices) in pairs, an odd one alone; the category cells are left to
+// find_categories.
+SPARKBATCH_AVX2_TARGET std::size_t convert_listed_avx2(const BlockCells& c, std::size_t rows,
+                                                       const std::vector<uint32_t>& numbers,
+                                                       float* out) {
+  const std::size_t count = numbers.size();
+  std::size_t slow = 0;
+  auto start_of = [&](std::size_t i) { return i == 0 ? 0 : c.ends[i - 1] + 1; };
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::size_t base = r * c.columns;
+    std::size_t k = 0;
+    for (; k + 1 < count; k += 2) {
+      const std::size_t i0 = base + numbers[k], i1 = base + numbers[k + 1];
+      const std::size_t s = convert_pair<false>(c, start_of(i0), c.ends[i0], start_of(i1),
+                                                c.ends[i1], out + i0, out + i1);
+      if (s == SIZE_MAX) return SIZE_MAX;
+      slow += s;
+    }
+    if (k < count) {
+      _mm256_zeroupper();
+      const std::size_t i = base + numbers[k];
+      const std::size_t s = convert_cell(c, start_of(i), c.ends[i], out + i);
+      if (s == SIZE_MAX) return SIZE_MAX;
+      slow += s;
+    }
+  }
+  return slow;
 }
 
 // index_terminators with 32-byte compares.
@@ -1228,6 +1419,7 @@ class ChunkParser {
   const char* parse_records(const char* p, const char* end, const char* last_nl);
   bool parse_block(const char* p, const char* last_nl, const char*& block_end);
   bool class_cells_fit(const BlockCells& c, std::size_t rows) const;
+  bool find_categories(const BlockCells& c, std::size_t rows, float* out) const;
   Term record(const char*& pos, const char* end, const char* last_nl);
   Term slow_cell(std::size_t col, const char*& pos, const char* end, const char* last_nl,
                  float* row, uint64_t& inner);
@@ -1271,11 +1463,12 @@ class ChunkParser {
   std::size_t records_ = 0;
   BadCell bad_cell_;
   std::string scratch_;
-  bool blocks_ = false;        // parse_block may be tried (NOTE(csv-blocks))
-  unsigned block_misses_ = 0;  // blocks given back in a row
-  unsigned slow_blocks_ = 0;   // blocks in a row with over a quarter of their cells slow
-  bool avx2_ = false;          // parse_block converts with convert_cells_avx2
-  std::vector<uint32_t> ends_;  // parse_block's terminator offsets, grown to the largest block
+  bool blocks_ = false;           // parse_block may be tried (NOTE(csv-blocks))
+  unsigned block_misses_ = 0;     // blocks given back in a row
+  unsigned slow_blocks_ = 0;      // blocks in a row with over a quarter of their cells slow
+  bool avx2_ = false;             // parse_block converts with convert_cells_avx2
+  bool category_tables_ = false;  // record looks category cells up in their tables
+  std::vector<uint32_t> ends_;    // parse_block's terminator offsets, grown to the largest block
 };
 
 void ChunkParser::run(const char* begin, const char* end, const char* readable_begin,
@@ -1313,7 +1506,8 @@ void ChunkParser::run(const char* begin, const char* end, const char* readable_b
   }
   floor_ = readable_end - readable_begin >= 16 ? readable_begin + 16 : readable_end;
   const CsvBlocks mode = g_blocks.load(std::memory_order_relaxed);
-  blocks_ = plan_.plain_numbers && mode != CsvBlocks::kOff;
+  blocks_ = plan_.block_columns && mode != CsvBlocks::kOff;
+  category_tables_ = mode != CsvBlocks::kOff;
 #if defined(SPARKBATCH_CSV_AVX2)
   avx2_ = mode == CsvBlocks::kBest && has_avx2();
 #endif
@@ -1411,15 +1605,19 @@ bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& b
     }
     if (kept) {
       float* const out = out_ + size_;
-      const BlockCells block{p, ends_.data(), d, plan_.inside_quotes, plan_.quoted_numbers,
-                             floor_};
+      const BlockCells block{p,      ends_.data(),        d,    plan_.inside_quotes,
+                             plan_.quoted_numbers, floor_, plan_.kinds.data(), ncols};
 #if defined(SPARKBATCH_CSV_AVX2)
       const std::size_t slow =
-          avx2_ ? convert_cells_avx2(block, cells, out) : convert_cells(block, 0, cells, out);
+          !avx2_ ? convert_cells(block, 0, cells, 0, out)
+          : plan_.category_tables.empty()
+              ? convert_cells_avx2(block, cells, out)
+              : convert_listed_avx2(block, rows_found, plan_.number_columns, out);
 #else
-      const std::size_t slow = convert_cells(block, 0, cells, out);
+      const std::size_t slow = convert_cells(block, 0, cells, 0, out);
 #endif
-      kept = slow != SIZE_MAX && class_cells_fit(block, rows_found);
+      kept = slow != SIZE_MAX && class_cells_fit(block, rows_found) &&
+             find_categories(block, rows_found, out);
       // Mostly cells for fast_number (exponents, 17 digits): record's loop is faster for those.
       slow_blocks_ = kept && slow > cells / 4 ? slow_blocks_ + 1 : 0;
     }
@@ -1469,6 +1667,27 @@ bool ChunkParser::class_cells_fit(const BlockCells& c, std::size_t rows_found) c
   return true;
 }
 
+// NOTE(csv-blocks): each category cell of the block's rows found in its column's table
+// (NOTE(csv-categories)), its index written over what the number pass left in out; false when a
+// cell is not found there (record decides: a blank-padded name, an error).
+bool ChunkParser::find_categories(const BlockCells& c, std::size_t rows_found, float* out) const {
+  const std::size_t ncols = plan_.columns;
+  for (std::size_t col = 0; col < ncols; ++col) {
+    if (plan_.kinds[col] != Kind::kCategory) continue;
+    const CategoryTable& table = plan_.category_tables[plan_.slot[col]];
+    for (std::size_t r = 0; r < rows_found; ++r) {
+      const std::size_t i = r * ncols + col;
+      uint32_t start = i == 0 ? 0 : c.ends[i - 1] + 1;
+      uint32_t end = c.ends[i];
+      bool quoted = false;
+      if (!unquote(c, start, end, quoted) || !table.find(c.b + start, end - start, out[i])) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
 Term ChunkParser::record(const char*& pos, const char* end, const char* last_nl) {
   const Dialect& d = plan_.dialect;
   const char* p = pos;
@@ -1490,7 +1709,11 @@ Term ChunkParser::record(const char*& pos, const char* end, const char* last_nl)
   std::size_t col = 0;
   for (;;) {
     Term t = Term::kNone;
-    if (kinds[col] == Kind::kNumber) t = fast_number(p, row + col, d, floor_);
+    if (kinds[col] == Kind::kNumber) {
+      t = fast_number(p, row + col, d, floor_);
+    } else if (kinds[col] == Kind::kCategory && category_tables_) {
+      t = fast_category(p, row + col, d, plan_.category_tables[plan_.slot[col]]);
+    }
     if (t == Term::kNone) t = slow_cell(col, p, end, last_nl, row, inner);
     if (t == Term::kDelim) {
       if (++col == ncols) return bad_record(pos, pos, p, false, ncols, nullptr, end, last_nl);

@@ -120,10 +120,11 @@ void validate_csv_options(const CsvOptions& options);
 // counts up to the bad record. Safe to call without the GIL.
 CsvResult parse_csv(const char* data, std::size_t size, const CsvOptions& options);
 
-// For tests and fuzzing: whether tables of plain numbers may be parsed a block of rows at a time
-// (NOTE(csv-blocks) in csv_parser.cpp), and with which instructions. kBest (the default) takes
-// AVX2 where the CPU has it; kSse2 never does; kOff parses every row record by record. All three
-// must give the same result. Returns the previous setting.
+// For tests and fuzzing: whether tables of numbers and categories may be parsed a block of rows at
+// a time (NOTE(csv-blocks) in csv_parser.cpp), and with which instructions. kBest (the default)
+// takes AVX2 where the CPU has it; kSse2 never does; kOff parses every row record by record and
+// every category cell by the general path, without the category tables (NOTE(csv-categories)).
+// All three must give the same result. Returns the previous setting.
 enum class CsvBlocks { kOff, kSse2, kBest };
 CsvBlocks set_csv_blocks(CsvBlocks mode);
 

@@ -216,8 +216,22 @@ def test_exponent_cells_are_correctly_rounded() -> None:
         forms[i % len(forms)].format(d=d, x=abs(x) if i % 2 else x, y=abs(x) % 10)
         for i, (d, x) in enumerate(zip(digits, exponents, strict=True))
     ]
-    texts += ["3.4028234e38", "3.4028236e38", "1e39", "1.17549435e-38", "1.1754942e-38",
-              "1.4e-45", "7e-46", "8e-46", "1e-50", "0e999", "-0e5", "0.0e0", "1e000", "9e-099"]
+    texts += [
+        "3.4028234e38",
+        "3.4028236e38",
+        "1e39",
+        "1.17549435e-38",
+        "1.1754942e-38",
+        "1.4e-45",
+        "7e-46",
+        "8e-46",
+        "1e-50",
+        "0e999",
+        "-0e5",
+        "0.0e0",
+        "1e000",
+        "9e-099",
+    ]
     lines = [",".join(texts[i : i + 3]) for i in range(0, len(texts) - 2, 3)]
     got = values("\n".join(line + "\r" * (k % 7 == 0) for k, line in enumerate(lines)))  # CRLF too
     expected = np.array([nearest_f32(t) for t in texts[: got.size]], dtype=np.float32)
@@ -238,8 +252,33 @@ def test_special_words_signs_and_spaces() -> None:
 
 @pytest.mark.parametrize(
     "cell",
-    ["", " ", "abc", "1.2.3", "1e", "e5", "--1", "1-", ".", "-", "0x10", "1a", "infinit", "1 2",
-     "1e+", "1ee5", "1e5.0", "1.2.3e4", "+-1e5", "1e+-5", "1e5e5", ".e5", "-e5", "1E-x", "1e 5"],
+    [
+        "",
+        " ",
+        "abc",
+        "1.2.3",
+        "1e",
+        "e5",
+        "--1",
+        "1-",
+        ".",
+        "-",
+        "0x10",
+        "1a",
+        "infinit",
+        "1 2",
+        "1e+",
+        "1ee5",
+        "1e5.0",
+        "1.2.3e4",
+        "+-1e5",
+        "1e+-5",
+        "1e5e5",
+        ".e5",
+        "-e5",
+        "1E-x",
+        "1e 5",
+    ],
 )
 def test_bad_numbers_are_reported(cell: str) -> None:
     assert error(f"1,2\n3,{cell}\n") == (2, 1, cell, "a number")
@@ -766,6 +805,122 @@ def test_blank_lines_and_crlf_among_blocks(text: str) -> None:
     crlf = joined(cells, "\r\n")
     assert_same_parse(parse(crlf), parse_in("off", crlf))
     np.testing.assert_array_equal(parse(crlf)["values"], parse(joined(cells))["values"])
+
+
+# Category columns (NOTE(csv-categories)): a cell is looked up by its bytes in a table of the
+# names, from record's loop and in blocks; what the table leaves out goes the general way.
+CATEGORY_NAMES = {
+    1: ["red", "green", "blue"],
+    # lengths at the table's edges, a prefix of another, names that read as numbers
+    4: ["a", "ab", "abc", "x" * 15, "y" * 16, "z" * 17, "1", "2.5", "-3", "in side"],
+    # the last column: its cells end at a newline
+    6: ["north", "south", "east", "west"],
+}
+
+
+def category_rows(
+    rng: np.random.Generator, rows: int, long_names: bool = True
+) -> tuple[list[list[str]], np.ndarray]:
+    """Rows of 7 cells (numbers, a class index in column 3 of 10, categories in 1, 4 and 6) and
+    the float32 table they should give; without `long_names`, no name longer than the table
+    keeps (17 bytes)."""
+    x = rng.standard_normal((rows, 3))
+    picks = {col: rng.integers(0, len(names), rows) for col, names in CATEGORY_NAMES.items()}
+    if not long_names:
+        picks[4][picks[4] == CATEGORY_NAMES[4].index("z" * 17)] = 0
+    cells, expected = [], np.empty((rows, 7), np.float32)
+    for i in range(rows):
+        row = [f"{x[i, 0]:.6f}", "", f"{x[i, 1]:.3f}", str(i % 10), "", f"{x[i, 2]:.2f}", ""]
+        expected[i] = [np.float32(float(c)) if c else 0 for c in row]
+        for col, names in CATEGORY_NAMES.items():
+            row[col] = names[picks[col][i]]
+            expected[i, col] = picks[col][i]
+        cells.append(row)
+    return cells, expected
+
+
+def category_kinds(**more: object) -> dict:
+    return {"categories": CATEGORY_NAMES, "class_columns": {3: 10}, **more}
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_category_cells_in_every_path_give_their_index(
+    quoted: bool, end: str, threads: int
+) -> None:
+    kinds = category_kinds(threads=threads)
+    for long_names in (True, False):
+        cells, expected = category_rows(np.random.default_rng(3), 20_000, long_names)
+        data = joined([[f'"{c}"' for c in row] for row in cells] if quoted else cells, end)
+        by_record = parse_in("off", data, **kinds)
+        assert by_record["error"] is None
+        np.testing.assert_array_equal(by_record["values"], expected)
+        for mode in ("best", "sse2"):
+            got = parse_in(mode, data, **kinds)
+            assert_same_parse(got, by_record)
+            # A name the table leaves out sends its block by record (every block has one), so
+            # does a CR; without AVX2 only tables in quotes take blocks.
+            if long_names or end == "\r\n" or not (quoted or mode == "best"):
+                assert got["block_rows"] == 0
+            else:
+                assert got["block_rows"] > 19_000  # all but the first and last of each chunk
+
+
+def test_names_the_table_leaves_out_are_still_found() -> None:
+    names = ["com,ma", 'q"uote', "z" * 40, "plain"]
+    written = ['"com,ma"', '"q""uote"', "z" * 40, "plain"]
+    picks = np.random.default_rng(4).integers(0, 4, 5000)
+    data = "".join(f"{i},{written[k]}\n" for i, k in enumerate(picks)).encode()
+    for mode in ("best", "sse2", "off"):
+        got = parse_in(mode, data, categories={1: names})
+        assert got["error"] is None
+        np.testing.assert_array_equal(got["values"][:, 1], picks.astype(np.float32))
+
+
+CATEGORY_FLAWS = {
+    "an unknown name": "purple",
+    "another column's name": "north",
+    "a name in another case": "Red",
+    "blanks around a name": " red ",
+    "a quoted name": '"red"',
+    "a quoted name with blanks": '" red "',
+    "an empty cell": "",
+    "empty quotes": '""',
+    "a prefix of a name": "re",
+    "a name and more": "reds",
+    "a quote left open": '"red',
+    "a number": "1",
+}
+
+
+@pytest.mark.parametrize("flaw", sorted(CATEGORY_FLAWS))
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_flawed_category_cell_among_blocks_is_parsed_as_record_by_record(
+    flaw: str, on_error: str
+) -> None:
+    cells, _ = category_rows(np.random.default_rng(6), 4000)
+    cells = [[c if len(c) < 17 else "x" * 15 for c in row] for row in cells]  # all in the table
+    cells[2500][1] = CATEGORY_FLAWS[flaw]
+    data = joined(cells)
+    kinds = category_kinds(on_error=on_error)
+    by_record = parse_in("off", data, **kinds)
+    for mode in ("best", "sse2"):
+        got = parse_in(mode, data, **kinds)
+        if on_error == "skip" and mode == "best" and flaw != "a quote left open":
+            assert 2000 < got["block_rows"] <= 4000  # all but the block with the flaw
+        assert_same_parse(got, by_record)
+    found = flaw in ("blanks around a name", "a quoted name", "a quoted name with blanks")
+    assert (by_record["error"] is None) == found
+    if found:
+        assert by_record["values"][2500, 1] == 0  # 'red'
+    if by_record["error"] is not None:
+        line, column, text, expected = by_record["error"]
+        assert (line, column) == (2501, 1)
+        if flaw == "a quote left open":  # the field runs to the end of the buffer
+            assert text.startswith('"red,') and expected == "a closing quote"
+        else:
+            assert (text, expected) == (CATEGORY_FLAWS[flaw], "one of ['red', 'green', 'blue']")
 
 
 def test_blank_lines_in_a_table_of_one_column_are_not_taken_for_rows() -> None:
