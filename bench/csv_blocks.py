@@ -7,8 +7,9 @@ Usage (the project's environment or bench/requirements-peers.txt's):
 The shapes of bench/csv_peers.py (generated alike, about --mb MB each) are read into memory once,
 then parsed to float32 by ``_native.parse_csv`` on one thread and on all, best of five after a
 warm-up, in each mode of ``_native._set_csv_blocks`` (NOTE(csv-blocks) in csrc/csv_parser.cpp):
-``off`` parses every row record by record, as before the block path; ``sse2`` parses blocks of
-plain number rows without AVX2; ``best`` takes AVX2 where the CPU has it. MB/s of the file's
+``off`` parses every row record by record and every category cell by the general path, as before
+the block path and the category tables (NOTE(csv-categories)); ``sse2`` parses blocks of number
+and category rows without AVX2; ``best`` takes AVX2 where the CPU has it. MB/s of the file's
 bytes, the share of rows the block path parsed, and a check that every mode gives the same bits.
 """
 

@@ -9,8 +9,9 @@ Seven generated CSV shapes (about --mb MB each) are parsed into one C-ordered fl
 that POLARS_MAX_THREADS and pyarrow's CPU count are set before the library is imported). Each
 timing starts from the file's path (the page cache is warm) and ends with that array; the
 best of three runs after one warm-up, in MB/s. sparkbatch reads the file as its own Spark
-jobs read a local range (``sparkbatch.storage.read_line_range``: into a numpy array), then runs
-the native parser on it. Every parser's array is checked against sparkbatch's (shape and sum), so
+jobs read a local range (``sparkbatch.storage.read_line_range``: into a numpy array; on all
+threads in one part per core, as the tasks of a job read their ranges at once), then runs the
+native parser on it. Every parser's array is checked against sparkbatch's (shape and sum), so
 none is timed doing less work.
 
 Categorical columns (shape 7) become the index of the value in a known list of names: sparkbatch
@@ -146,7 +147,7 @@ def sparkbatch_parser(threads: int) -> Callable[[str, dict], np.ndarray]:
     def parse(path: str, meta: dict) -> np.ndarray:
         # read as sparkbatch's own jobs read a local range (into a numpy array)
         (whole,) = plan_line_ranges([path], lambda total: max(total, 1))
-        data, _ = read_line_range(whole)
+        data, _ = read_line_range(whole, threads=(os.cpu_count() or 1) if threads > 1 else 1)
         cats = {int(c): v for c, v in meta["categories"].items()}
         r = _native.parse_csv(data, threads=0 if threads > 1 else 1, categories=cats)
         return r["values"]

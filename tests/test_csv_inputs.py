@@ -450,6 +450,42 @@ def test_ranges_past_the_header_do_not_read_the_start_of_their_file(monkeypatch,
     assert out.features[:, 0].tolist() == list(range(300))
 
 
+def test_a_range_read_by_several_threads_is_the_range(tmp_path, monkeypatch):
+    """read_line_range(threads=N) reads a local range in parts at once (8 MiB each at least;
+    64 KiB here): the same bytes as one thread, from the file's start, middle and end, into a
+    given buffer too; a part that meets the file's end early keeps only what lies before it."""
+    from sparkbatch.storage import ranges as storage_ranges
+    from sparkbatch.storage import read_line_range
+    from sparkbatch.storage.ranges import _read_parts
+
+    monkeypatch.setattr(storage_ranges, "_MIN_PART", 64 << 10)
+    parallel_reads: list[int] = []
+
+    def counted(fd: int, offset: int, view: memoryview, parts: int) -> int:
+        parallel_reads.append(parts)
+        return _read_parts(fd, offset, view, parts)
+
+    monkeypatch.setattr(storage_ranges, "_read_parts", counted)
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"".join(b"%d,%d\n" % (k, k % 7) for k in range(300_000)))  # 2.7 MB
+    for r in plan_line_ranges([str(path)], 1 << 20):
+        want, want_begin = read_line_range(r)
+        assert len(want) > 400 << 10
+        for threads in (2, 3, 8):
+            got, begin = read_line_range(r, threads=threads)
+            assert begin == want_begin and got == want
+        kept = np.zeros(4 << 20, np.uint8)
+        got, _ = read_line_range(r, threads=3, buffer=kept)
+        assert got.obj is kept and got == want
+    assert len(parallel_reads) == 3 * 4 and max(parallel_reads) == 8  # 3 ranges, 4 reads each
+    small = tmp_path / "small.bin"
+    small.write_bytes(bytes(range(100)))
+    view = memoryview(np.zeros(300, np.uint8))
+    with open(small, "rb") as f:
+        assert _read_parts(f.fileno(), 40, view, 3) == 60  # the first part short: 60 bytes
+        assert bytes(view[:60]) == bytes(range(40, 100))
+
+
 def test_ranges_are_read_into_one_buffer_that_holds_only_the_range(tmp_path):
     """NOTE [read buffer]: a worker reads its ranges into one array, kept from range to range; a
     short range read into a long buffer is that range, not the rest of the buffer's length."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +178,7 @@ def read_line_range(
     *,
     storage_options: Mapping[str, Any] | None = None,
     buffer: np.ndarray | None = None,
+    threads: int = 1,
 ) -> tuple[bytes | memoryview, int]:
     """Read the whole lines that belong to ``line_range``; return them and their file offset.
 
@@ -184,7 +186,10 @@ def read_line_range(
     (:func:`_read_into_array`: half the cost of ``read`` for a range of tens of MB). ``buffer``,
     a 1-D ``uint8`` array, is where a local range goes when it fits (its bytes are overwritten
     and the result is a view of it): a caller reading range after range into one array reuses
-    pages already mapped, 7 ms for 37.5 MB where a new array takes 11.
+    pages already mapped, 7 ms for 37.5 MB where a new array takes 11. ``threads`` above 1 reads
+    a local range in that many parts at once, each of at least 8 MiB (a reader that goes on to
+    parse with every core: 42 MB in 6.7 ms on 2 cores instead of 13.9); Spark tasks, already one
+    per core, read with one.
 
     Examples
     --------
@@ -207,19 +212,28 @@ def read_line_range(
         stop = min(stop + 1, r.size)
         f.seek(begin)
         if isinstance(fs, LocalFileSystem):
-            return _read_into_array(f, stop - begin, buffer), begin
+            return _read_into_array(f, stop - begin, buffer, threads), begin
         return f.read(stop - begin), begin
 
 
-def _read_into_array(f: Any, size: int, buffer: np.ndarray | None = None) -> memoryview:
-    """Up to ``size`` bytes of the local file ``f`` (fewer at its end), read into ``buffer`` when
-    it is a ``uint8`` array that fits them, else into a new numpy array. ``f.read(size)`` builds
-    a ``bytes`` object whose pages the kernel faults in and zeroes 4 KiB at a time, which cost
-    more than the copy: 21-22 ms for 42 MB here, against 11 ms into a new numpy array, for which
-    numpy asks the kernel for 2 MiB pages (``madvise``), and 7 ms into one already mapped."""
+_MIN_PART = 8 << 20  # the least a thread of a parallel read reads
+
+
+def _read_into_array(
+    f: Any, size: int, buffer: np.ndarray | None = None, threads: int = 1
+) -> memoryview:
+    """Up to ``size`` bytes of the local file ``f`` from its position (fewer at its end), read
+    into ``buffer`` when it is a ``uint8`` array that fits them, else into a new numpy array; in
+    up to ``threads`` parts at once (``os.preadv`` releases the GIL). ``f.read(size)`` builds a
+    ``bytes`` object whose pages the kernel faults in and zeroes 4 KiB at a time, which cost more
+    than the copy: 21-22 ms for 42 MB here, against 11 ms into a new numpy array, for which numpy
+    asks the kernel for 2 MiB pages (``madvise``), and 7 ms into one already mapped."""
     fits = buffer is not None and buffer.dtype == np.uint8 and buffer.ndim == 1
     out = buffer if fits and buffer.size >= size else np.empty(size, np.uint8)
     view = memoryview(out)[:size]  # readinto fills what it is given: no more than the range
+    parts = min(threads, size // _MIN_PART)
+    if parts > 1 and hasattr(os, "preadv"):
+        return view[: _read_parts(f.fileno(), f.tell(), view, parts)]
     got = 0
     while got < size:
         n = f.readinto(view[got:])
@@ -227,6 +241,32 @@ def _read_into_array(f: Any, size: int, buffer: np.ndarray | None = None) -> mem
             break
         got += n
     return view[:got]
+
+
+def _read_parts(fd: int, offset: int, view: memoryview, parts: int) -> int:
+    """Fill ``view`` from the file ``fd`` at ``offset`` in ``parts`` parts read at once; return
+    how many bytes were read: all but those past the file's end."""
+    size = len(view)
+    step = -(-size // parts)
+
+    def read_part(start: int) -> int:  # bytes read from [start, start + step)
+        stop, got = min(size, start + step), 0
+        while start + got < stop:
+            n = os.preadv(fd, [view[start + got : stop]], offset + start + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    with ThreadPoolExecutor(parts) as pool:
+        got = list(pool.map(read_part, range(0, size, step)))
+    # a file cut short while read: keep what lies before the first short part
+    whole = 0
+    for start, n in zip(range(0, size, step), got, strict=True):
+        whole = start + n
+        if n < min(step, size - start):
+            break
+    return whole
 
 
 def count_lines_before(
@@ -260,4 +300,3 @@ def count_lines_before(
             offset -= len(block)
             size = min(2 * size, _BLOCK)
     return count if limit is None else min(count, limit)
-
