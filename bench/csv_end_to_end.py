@@ -9,7 +9,7 @@ sockets, ``sparkbatch.spark.recommended_conf()``), one local[N] session (N = cor
 - the fixed cost of a job of 1 to 16 empty Python tasks (NOTE [python task latency] in
   ``sparkbatch.spark.conf``);
 - for each CSV size: the native parse of the whole file on all threads in the driver (read into
-  memory, then ``parse_csv``), and ``csv_to_datasets(path)`` counted by a sum of example counts
+  memory in one part per core, then ``parse_csv``), and ``csv_to_datasets(path)`` counted by a sum of example counts
   (minibatches of 32 in the executors), with jobs over the same byte ranges that stop earlier:
   read only, read and parse, and the whole conversion.
 
@@ -75,12 +75,13 @@ def _examples(ds) -> int:  # type: ignore[no-untyped-def]
 
 def native_parse(path: str) -> int:
     """The whole file read into memory as sparkbatch's jobs read a local range
-    (``read_line_range``: into a numpy array) and parsed on every thread, as one machine would."""
+    (``read_line_range``: into a numpy array, one part per core at once) and parsed on every
+    thread, as one machine would."""
     from sparkbatch import _native
     from sparkbatch.storage import plan_line_ranges, read_line_range
 
     (whole,) = plan_line_ranges([path], lambda total: max(total, 1))
-    data, _ = read_line_range(whole)
+    data, _ = read_line_range(whole, threads=os.cpu_count() or 1)
     return _native.parse_csv(data, threads=0, quoted_newlines=False)["values"].shape[0]
 
 
