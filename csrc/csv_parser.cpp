@@ -1020,23 +1020,25 @@ __attribute__((noinline)) Term quoted_number(const char*& pos, float* out, const
   return Term::kNone;
 }
 
-// NOTE(csv-blocks): a table of plain numbers (every column a number, a class index or a category,
-// no CR, a cell in quotes only whole: "1.5") is parsed a block of rows at a time in two passes. The
+// NOTE(csv-blocks): a table of numbers (every column a number, a class index or a category, no
+// CR, a cell in quotes only whole: "1.5") is parsed a block of rows at a time in two passes. The
 // first finds every delimiter and newline of the block (index_terminators: 64 bytes per step, the
 // positions taken from the compare masks), so that each cell's start and end are known before any
 // is converted; the second converts the cells, which no longer wait on one another (record's loop
 // learns where a cell starts only once the previous one is parsed), two at a time with AVX2
-// where the CPU has it. Without AVX2 only tables in quotes take it: on bare numbers the first
-// pass costs more than the second saves. The block is kept only when it is exactly rows of
+// where the CPU has it (known_pair; once a block had cells for fast_number, an exponent of a
+// sign and two digits, as printf's %e writes it, is split off each cell first and taken as a
+// power of ten: split_exponent). Without AVX2 only tables in quotes take it: on bare numbers the
+// first pass costs more than the second saves. The block is kept only when it is exactly rows of
 // `columns` cells and every cell converted as fast_number converts it; anything else (a word, a
 // blank line, a row of another width, a quoted comma) leaves the block to record, which gives the
 // same values, errors and line numbers. A category cell is left to a last pass over its columns,
 // which finds it in the column's CategoryTable (NOTE(csv-categories)) and overwrites whatever the
 // number pass wrote there; a cell the table does not find gives the block back. Two blocks in a
-// row given back, or two with over a
-// quarter of their cells left to fast_number (exponents, 17 digits: record's own loop is faster
-// for those), turn the block path off for the chunk. tests/test_csv_native.py compares both
-// paths on the same text, and fuzz/run.sh's csv_blocks target does so with 64-byte blocks.
+// row given back, or two with over a quarter of their cells left to fast_number (17 digits:
+// record's own loop is faster for those), turn the block path off for the chunk.
+// tests/test_csv_native.py compares both paths on the same text, and fuzz/run.sh's csv_blocks
+// target does so with 64-byte blocks.
 #ifndef SPARKBATCH_CSV_BLOCK_BYTES
 #define SPARKBATCH_CSV_BLOCK_BYTES (std::size_t{1} << 16)
 #endif
@@ -1224,10 +1226,12 @@ SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline __m256i eight_digit
 
 // known_number on two cells at once, one per 16-byte lane, when both are [-]digits[.digits] with
 // at most 7 significant digits and 10 decimals (the float division of digits_to_float); false,
-// writing nothing, otherwise. *out0 and *out1 (out0 + 1 when kAdjacent) get the two floats.
+// writing nothing, otherwise. *out0 and *out1 (out0 + 1 when kAdjacent) get the two floats, each
+// times 10^scale (an exponent: the decimals less the scale must still be 0 to 10).
 template <bool kAdjacent>
 SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline bool known_pair(
-    const char* p0, unsigned length0, const char* p1, unsigned length1, float* out0, float* out1) {
+    const char* p0, unsigned length0, const char* p1, unsigned length1, float* out0, float* out1,
+    int scale0 = 0, int scale1 = 0) {
   if (length0 - 1 >= 15 || length1 - 1 >= 15) return false;
   const unsigned shift0 = 16 - length0, shift1 = 16 - length1;
   const __m256i x = lanes(load16(p0 + length0 - 16), load16(p1 + length1 - 16));
@@ -1249,7 +1253,9 @@ SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline bool known_pair(
   const unsigned has_dot0 = dots0 != 0, has_dot1 = dots1 != 0;
   const auto dot0 = static_cast<unsigned>(__builtin_ctz(dots0 | 1u << 16));
   const auto dot1 = static_cast<unsigned>(__builtin_ctz(dots1 | 1u << 16));
-  const unsigned fraction0 = has_dot0 ? 15 - dot0 : 0, fraction1 = has_dot1 ? 15 - dot1 : 0;
+  // below 0 (an exponent above the decimals) they wrap past 10
+  const unsigned fraction0 = (has_dot0 ? 15 - dot0 : 0) - static_cast<unsigned>(scale0);
+  const unsigned fraction1 = (has_dot1 ? 15 - dot1 : 0) - static_cast<unsigned>(scale1);
   if (fraction0 > 10 || fraction1 > 10) return false;
   const __m256i after_dot = lanes(bytes_from(has_dot0 ? static_cast<int>(dot0) + 1 : 0),
                                   bytes_from(has_dot1 ? static_cast<int>(dot1) + 1 : 0));
@@ -1276,16 +1282,38 @@ SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline bool known_pair(
   return true;
 }
 
+// The `length` bytes at p less an exponent of a sign and two digits at their end (e+05, E-12:
+// what printf's %e writes), and that exponent; the cell as it is and 0 otherwise. Reads only the
+// cell.
+inline unsigned split_exponent(const char* p, unsigned length, int& exponent) {
+  exponent = 0;
+  if (length < 5) return length;
+  const char* const x = p + length - 4;
+  const unsigned tens = digit(x[2]), ones = digit(x[3]);
+  if ((x[0] | 0x20) != 'e' || (x[1] != '+' && x[1] != '-') || tens > 9 || ones > 9) return length;
+  const auto value = static_cast<int>(10 * tens + ones);
+  exponent = x[1] == '-' ? -value : value;
+  return length - 4;
+}
+
 // Cells [start0, end0) and [start1, end1) to *out0 and *out1 (out0 + 1 when kAdjacent): 0 when
-// known_pair took both, 2 when convert_cell did, SIZE_MAX when a cell is not a number.
-template <bool kAdjacent>
+// known_pair took both (with kExponents, cells with split_exponent's exponents too), 2 when
+// convert_cell did, SIZE_MAX when a cell is not a number.
+template <bool kAdjacent, bool kExponents>
 SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline std::size_t convert_pair(
     const BlockCells& c, uint32_t start0, uint32_t end0, uint32_t start1, uint32_t end1,
     float* out0, float* out1) {
   uint32_t b0 = start0, e0 = end0, b1 = start1, e1 = end1;
   bool quoted0 = false, quoted1 = false;
   if (!unquote(c, b0, e0, quoted0) || !unquote(c, b1, e1, quoted1)) return SIZE_MAX;
-  if (known_pair<kAdjacent>(c.b + b0, e0 - b0, c.b + b1, e1 - b1, out0, out1)) return 0;
+  if constexpr (kExponents) {
+    int x0 = 0, x1 = 0;
+    const unsigned m0 = split_exponent(c.b + b0, e0 - b0, x0);
+    const unsigned m1 = split_exponent(c.b + b1, e1 - b1, x1);
+    if (known_pair<kAdjacent>(c.b + b0, m0, c.b + b1, m1, out0, out1, x0, x1)) return 0;
+  } else if (known_pair<kAdjacent>(c.b + b0, e0 - b0, c.b + b1, e1 - b1, out0, out1)) {
+    return 0;
+  }
   // slow_cell_number's callees are compiled without AVX: each of their SSE instructions would pay
   // for the upper halves known_pair leaves dirty (ten times slower in all).
   _mm256_zeroupper();
@@ -1294,6 +1322,7 @@ SPARKBATCH_AVX2_TARGET __attribute__((always_inline)) inline std::size_t convert
 
 // convert_cells with known_pair, for a table without category columns: the count is of cells in
 // pairs known_pair did not take.
+template <bool kExponents>
 SPARKBATCH_AVX2_TARGET std::size_t convert_cells_avx2(const BlockCells& c, std::size_t n,
                                                       float* out) {
   uint32_t start = 0;
@@ -1301,7 +1330,8 @@ SPARKBATCH_AVX2_TARGET std::size_t convert_cells_avx2(const BlockCells& c, std::
   std::size_t slow = 0;
   for (; i + 1 < n; i += 2) {
     const uint32_t end0 = c.ends[i], end1 = c.ends[i + 1];
-    const std::size_t s = convert_pair<true>(c, start, end0, end0 + 1, end1, out + i, out + i + 1);
+    const std::size_t s =
+        convert_pair<true, kExponents>(c, start, end0, end0 + 1, end1, out + i, out + i + 1);
     if (s == SIZE_MAX) return SIZE_MAX;
     slow += s;
     start = end1 + 1;
@@ -1314,6 +1344,7 @@ SPARKBATCH_AVX2_TARGET std::size_t convert_cells_avx2(const BlockCells& c, std::
 // convert_cells_avx2 for a table with category columns: each row's number cells (`numbers`, the
 // columns of numbers and class indices) in pairs, an odd one alone; the category cells are left to
 // find_categories.
+template <bool kExponents>
 SPARKBATCH_AVX2_TARGET std::size_t convert_listed_avx2(const BlockCells& c, std::size_t rows,
                                                        const std::vector<uint32_t>& numbers,
                                                        float* out) {
@@ -1325,8 +1356,9 @@ SPARKBATCH_AVX2_TARGET std::size_t convert_listed_avx2(const BlockCells& c, std:
     std::size_t k = 0;
     for (; k + 1 < count; k += 2) {
       const std::size_t i0 = base + numbers[k], i1 = base + numbers[k + 1];
-      const std::size_t s = convert_pair<false>(c, start_of(i0), c.ends[i0], start_of(i1),
-                                                c.ends[i1], out + i0, out + i1);
+      const std::size_t s = convert_pair<false, kExponents>(c, start_of(i0), c.ends[i0],
+                                                            start_of(i1), c.ends[i1], out + i0,
+                                                            out + i1);
       if (s == SIZE_MAX) return SIZE_MAX;
       slow += s;
     }
@@ -1420,6 +1452,8 @@ class ChunkParser {
   bool parse_block(const char* p, const char* last_nl, const char*& block_end);
   bool class_cells_fit(const BlockCells& c, std::size_t rows) const;
   bool find_categories(const BlockCells& c, std::size_t rows, float* out) const;
+  std::size_t convert_block(const BlockCells& c, std::size_t cells, std::size_t rows,
+                            float* out) const;
   Term record(const char*& pos, const char* end, const char* last_nl);
   Term slow_cell(std::size_t col, const char*& pos, const char* end, const char* last_nl,
                  float* row, uint64_t& inner);
@@ -1468,6 +1502,7 @@ class ChunkParser {
   unsigned slow_blocks_ = 0;      // blocks in a row with over a quarter of their cells slow
   bool avx2_ = false;             // parse_block converts with convert_cells_avx2
   bool category_tables_ = false;  // record looks category cells up in their tables
+  bool exponents_ = false;        // blocks split exponents off their cells (split_exponent)
   std::vector<uint32_t> ends_;    // parse_block's terminator offsets, grown to the largest block
 };
 
@@ -1607,17 +1642,11 @@ bool ChunkParser::parse_block(const char* p, const char* last_nl, const char*& b
       float* const out = out_ + size_;
       const BlockCells block{p,      ends_.data(),        d,    plan_.inside_quotes,
                              plan_.quoted_numbers, floor_, plan_.kinds.data(), ncols};
-#if defined(SPARKBATCH_CSV_AVX2)
-      const std::size_t slow =
-          !avx2_ ? convert_cells(block, 0, cells, 0, out)
-          : plan_.category_tables.empty()
-              ? convert_cells_avx2(block, cells, out)
-              : convert_listed_avx2(block, rows_found, plan_.number_columns, out);
-#else
-      const std::size_t slow = convert_cells(block, 0, cells, 0, out);
-#endif
+      const std::size_t slow = convert_block(block, cells, rows_found, out);
       kept = slow != SIZE_MAX && class_cells_fit(block, rows_found) &&
              find_categories(block, rows_found, out);
+      // Cells for fast_number: perhaps exponents, which known_pair takes once split off.
+      if (kept && slow > 0) exponents_ = true;
       // Mostly cells for fast_number (exponents, 17 digits): record's loop is faster for those.
       slow_blocks_ = kept && slow > cells / 4 ? slow_blocks_ + 1 : 0;
     }
@@ -1665,6 +1694,26 @@ bool ChunkParser::class_cells_fit(const BlockCells& c, std::size_t rows_found) c
     }
   }
   return true;
+}
+
+// The block's number cells to out (convert_cells' count, or SIZE_MAX): with AVX2 two at a time,
+// in rows of their columns when the table has categories, exponents split off once a block had
+// cells for fast_number.
+std::size_t ChunkParser::convert_block(const BlockCells& c, std::size_t cells, std::size_t rows,
+                                       float* out) const {
+#if defined(SPARKBATCH_CSV_AVX2)
+  if (avx2_) {
+    const std::vector<uint32_t>& numbers = plan_.number_columns;
+    if (plan_.category_tables.empty()) {
+      return exponents_ ? convert_cells_avx2<true>(c, cells, out)
+                        : convert_cells_avx2<false>(c, cells, out);
+    }
+    return exponents_ ? convert_listed_avx2<true>(c, rows, numbers, out)
+                      : convert_listed_avx2<false>(c, rows, numbers, out);
+  }
+#endif
+  (void)rows;
+  return convert_cells(c, 0, cells, 0, out);
 }
 
 // NOTE(csv-blocks): each category cell of the block's rows found in its column's table

@@ -807,6 +807,76 @@ def test_blank_lines_and_crlf_among_blocks(text: str) -> None:
     np.testing.assert_array_equal(parse(crlf)["values"], parse(joined(cells))["values"])
 
 
+def exponent_rows(rng: np.random.Generator, rows: int, general: bool = False) -> list[list[str]]:
+    """Rows of 8 cells in printf's %e forms (what the block path splits the exponent off), now
+    and then one it leaves to fast_number (a one-digit exponent, one past the decimals, 10
+    significant digits, a float32 underflow, no dot, a plus sign) and a class index (of 10);
+    with `general`, also cells that only record's general path takes (a three-digit exponent to
+    zero, a float32 overflow to inf), which send their blocks record by record."""
+    x = rng.standard_normal((rows, 7)) * 10.0 ** rng.integers(-3, 4, (rows, 7))
+    odd = ["1.5e5", "1e+05", "-0.000000e+00", "3.25e+12", "1.5e-30", "+1.5e+00"]
+    odd += ["1.234567891e+00", f"{x[0, 0]:.0e}"] + (["2.5E-100", "7e+39"] if general else [])
+    cells = []
+    for i, row in enumerate(x):
+        line = [f"{row[0]:.6e}", f"{row[1]:.3E}", f"{row[2]:.6e}", f"{row[3]:.2e}"]
+        line += [f"{row[4]:.6e}", f"{row[5]:.1e}"]
+        line.append(odd[i % len(odd)] if i % 3 == 0 else f"{row[6]:.4e}")
+        line.append(str(i % 10))
+        cells.append(line)
+    return cells
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+@pytest.mark.parametrize("general", [False, True])
+def test_exponent_cells_in_blocks_give_the_record_by_record_parse(
+    quoted: bool, general: bool
+) -> None:
+    cells = exponent_rows(np.random.default_rng(8), 20_000, general)
+    data = joined([[f'"{c}"' for c in row] for row in cells] if quoted else cells)
+    kinds = {"class_columns": {7: 10}}
+    by_record = parse_in("off", data, **kinds)
+    assert by_record["error"] is None
+    with np.errstate(over="ignore"):
+        expected = np.array([[np.float32(float(c)) for c in row] for row in cells])
+    np.testing.assert_array_equal(by_record["values"].view(np.uint32), expected.view(np.uint32))
+    for mode in ("best", "sse2"):
+        got = parse_in(mode, data, **kinds)
+        assert_same_parse(got, by_record)
+        if general:  # every block has a cell for the general path
+            assert got["block_rows"] == 0
+        elif mode == "best":  # without AVX2 exponents are fast_number's: record is faster
+            assert got["block_rows"] > 19_000
+
+
+EXPONENT_FLAWS = [
+    "1.5e+0x",
+    "1.5e++05",
+    "e+05",
+    "1.5e+05e",
+    ".e+05",
+    "-e+05",
+    "1.5 e+05",
+    "1.5e+",
+    "1.5e-0",
+    "1..5e+05",
+    "1.5f+05",
+    "--1.5e+05",
+    "1.5e+05 ",
+]
+
+
+@pytest.mark.parametrize("flaw", EXPONENT_FLAWS)
+def test_a_flawed_exponent_among_blocks_is_parsed_as_record_by_record(flaw: str) -> None:
+    cells = exponent_rows(np.random.default_rng(10), 4000)
+    cells[2500][4] = flaw  # the blocks before and after it are converted in blocks
+    data = joined(cells)
+    for on_error in ("raise", "skip"):
+        kinds = {"class_columns": {7: 10}, "on_error": on_error}
+        by_record = parse_in("off", data, **kinds)
+        for mode in ("best", "sse2"):
+            assert_same_parse(parse_in(mode, data, **kinds), by_record)
+
+
 # Category columns (NOTE(csv-categories)): a cell is looked up by its bytes in a table of the
 # names, from record's loop and in blocks; what the table leaves out goes the general way.
 CATEGORY_NAMES = {
