@@ -8,11 +8,11 @@ Seven generated CSV shapes (about --mb MB each) are parsed into one C-ordered fl
 [rows, columns] per file by every parser, in one fresh process per library and thread count (so
 that POLARS_MAX_THREADS and pyarrow's CPU count are set before the library is imported). Each
 timing starts from the file's path (the page cache is warm) and ends with that array; the
-best of three runs after one warm-up, in MB/s. sparkbatch reads the file as its own Spark
-jobs read a local range (``sparkbatch.storage.read_line_range``: into a numpy array; on all
-threads in one part per core, as the tasks of a job read their ranges at once), then runs the
-native parser on it. Every parser's array is checked against sparkbatch's (shape and sum), so
-none is timed doing less work.
+best of three runs after one warm-up (and a first pass over every file), in MB/s. sparkbatch
+reads the file as its own Spark jobs read a local range (``sparkbatch.storage.read_line_range``:
+into a numpy array; on all threads in one part per core, as the tasks of a job read their
+ranges at once), then runs the native parser on it. Every parser's array is checked against
+sparkbatch's (shape and sum), so none is timed doing less work.
 
 Categorical columns (shape 7) become the index of the value in a known list of names: sparkbatch
 through the native parser's ``categories`` option, pandas through a ``CategoricalDtype``'s codes,
@@ -258,6 +258,15 @@ def worker(library: str, threads: int, files: dict) -> dict:
         variants["duckdb read_csv"] = duckdb_parser(threads)
     out: dict = {}
     for name, parse in variants.items():
+        # A first pass over every file before any timing: a process's first large allocations
+        # cost several times more here (a fresh process read f6 in 104-123 ms twice, then in
+        # 17-18), which fell on whichever shape came first (f6 on two threads: 812-1,078 MB/s
+        # against 1,160-1,446 when not first).
+        for path, meta in files.values():
+            try:
+                parse(path, meta)
+            except Exception:  # noqa: BLE001, S112 (reported by the timed pass below)
+                continue
         for shape, (path, meta) in files.items():
             mb = os.path.getsize(path) / 1e6
             try:
