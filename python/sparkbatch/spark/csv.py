@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 
 __all__ = ["csv_to_datasets", "LinesToDataSets", "RangesToDataSets"]
 
-MAX_SPLIT_SIZE = 64 << 20  # bytes of CSV per Spark partition when reading files ...
+# Bytes of CSV per Spark partition when reading files: at most what Spark's file sources put in
+# one (spark.sql.files.maxPartitionBytes, 128 MiB; HDFS's block size, which sc.textFile splits
+# at) ...
+MAX_SPLIT_SIZE = 128 << 20
 MIN_SPLIT_SIZE = 4 << 20  # ... and at least this many, unless a file is smaller
 _MAX_BLOCK = 16 << 20  # bytes read at a time while looking for the first data row
 _MAX_ROW_SHOWN = 1000  # characters of the first data row kept for hints
@@ -83,14 +86,17 @@ _MAX_HEAD = 1 << 28  # the driver reads at most this much of a file to find its 
 
 def default_split_size(total_bytes: int, parallelism: int) -> int:
     """A size that cuts ``total_bytes`` into a multiple of ``parallelism`` ranges (so that every
-    core gets the same share), each of 4 to 64 MiB, in as few waves of tasks as that allows:
+    core gets the same share), each of 4 to 128 MiB, in as few waves of tasks as that allows:
     each wave of Python tasks costs a Spark job about 10 ms, or 50 ms over TCP (NOTE [python
-    task latency] in :mod:`sparkbatch.spark.conf`).
+    task latency] in :mod:`sparkbatch.spark.conf`). 150 MB on 2 cores went from 4 ranges of
+    37.5 MB (with at most 64 MiB) to 2 of 75 MB: 152-158 to 146 ms over Unix sockets, 169-172 to
+    146 over TCP (docs/performance.md). A task holds its range and the rows parsed from it, about
+    twice the range's bytes for tables of short numbers.
 
     >>> [default_split_size(mb << 20, 2) >> 20 for mb in (1, 50, 150)]
-    [4, 25, 37]
+    [4, 25, 75]
     >>> default_split_size(10 << 30, 4) >> 20
-    64
+    128
     """
     cores = max(1, parallelism)
     waves = max(1, -(-total_bytes // (cores * MAX_SPLIT_SIZE)))
@@ -509,7 +515,8 @@ def csv_to_datasets(
         For file input (default: the active context).
     split_size : int, optional
         Bytes of CSV per partition for file input (default: the same number of partitions
-        per core, each of 4 to 64 MiB, as few as that allows: one per core up to 64 MiB each).
+        per core, each of 4 to 128 MiB, as few as that allows: one per core up to 128 MiB
+        each).
     storage_options : mapping, optional
         fsspec options for the file system (credentials, endpoint).
     preprocessor : callable, optional
