@@ -9,9 +9,9 @@ sockets, ``sparkbatch.spark.recommended_conf()``), one local[N] session (N = cor
 - the fixed cost of a job of 1 to 16 empty Python tasks (NOTE [python task latency] in
   ``sparkbatch.spark.conf``);
 - for each CSV size: the native parse of the whole file on all threads in the driver (read into
-  memory in one part per core, then ``parse_csv``), and ``csv_to_datasets(path)`` counted by a sum of example counts
-  (minibatches of 32 in the executors), with jobs over the same byte ranges that stop earlier:
-  read only, read and parse, and the whole conversion.
+  memory in one part per core, then ``parse_csv``), and ``csv_to_datasets(path)`` counted by a
+  sum of example counts (minibatches of 32 in the executors), with jobs over the same byte
+  ranges that stop earlier: read only, read and parse, and the whole conversion.
 
 Times are the best (and median) of ``--repeat`` runs after a warm-up; MB/s are of the file's size.
 """

@@ -334,9 +334,8 @@ def main() -> None:
         spec = os.path.join(workdir, "files.json")
         with open(spec, "w") as f:
             json.dump(files, f)
-        # The kernel writes the new files back to disk about 30 s later, which landed in the
-        # timings of whichever process ran then (f6 on two threads at 588-851 MB/s, 1,219-1,249
-        # alone): written back now, before any timing.
+        # The new files written back to disk now, not by the kernel about 30 s later, during
+        # some process's timings.
         os.sync()
         results: dict[tuple[str, int], dict] = {}
         for library, threads in RUNS:
