@@ -90,8 +90,8 @@ def default_split_size(total_bytes: int, parallelism: int) -> int:
     each wave of Python tasks costs a Spark job about 10 ms, or 50 ms over TCP (NOTE [python
     task latency] in :mod:`sparkbatch.spark.conf`). 150 MB on 2 cores went from 4 ranges of
     37.5 MB (with at most 64 MiB) to 2 of 75 MB: 152-158 to 141-146 ms over Unix sockets,
-    169-172 to 146-148 over TCP (docs/performance.md). A task holds its range and the rows parsed from it, about
-    twice the range's bytes for tables of short numbers.
+    169-172 to 146-148 over TCP (docs/performance.md). A task holds its range and the rows
+    parsed from it, about twice the range's bytes for tables of short numbers.
 
     >>> [default_split_size(mb << 20, 2) >> 20 for mb in (1, 50, 150)]
     [4, 25, 75]
